@@ -1,0 +1,20 @@
+//! The ops. Each file holds one family; all take `f32` activations.
+
+mod attention;
+mod conv;
+mod delta_rule;
+mod elementwise;
+mod matmul;
+mod norm;
+mod rope;
+
+pub use attention::{AttentionShape, causal_attention};
+pub use conv::causal_conv1d_silu;
+pub use delta_rule::{
+    DeltaRuleInputs, DeltaRuleShape, VHeadOrder, gated_delta_rule_chunked,
+    gated_delta_rule_recurrent,
+};
+pub use elementwise::{add_assign, sigmoid, silu, softmax, softplus, swiglu};
+pub use matmul::{matmul, matmul_ref};
+pub use norm::{gated_rms_norm, l2_norm, rms_norm};
+pub use rope::rope_neox;

@@ -1,0 +1,27 @@
+//! The engine's worker threads.
+//!
+//! For now ops run on rayon's global pool, sized once by [`init_threads`]. The speed work
+//! replaces it with an engine-owned pool without changing any op signature.
+
+use std::sync::OnceLock;
+
+static THREADS: OnceLock<usize> = OnceLock::new();
+
+/// Sizes the worker pool. `None` uses every available CPU. Only the first call has effect;
+/// it returns the number of threads in use.
+pub fn init_threads(n: Option<usize>) -> usize {
+    *THREADS.get_or_init(|| {
+        let n = n
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // Ignoring the error is right: it only fails if another part of the process already
+        // built the global pool, which then stays in use.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        rayon::current_num_threads()
+    })
+}
+
+/// Number of worker threads in use.
+pub fn threads() -> usize {
+    init_threads(None)
+}
