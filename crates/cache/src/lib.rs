@@ -23,7 +23,11 @@ pub enum LayerSpec {
     /// KV cache rows of `kv_width = Hkv·D` values each, for keys and for values.
     Attention { kv_width: usize },
     /// Conv window `[conv_kernel - 1, conv_channels]` and recurrent state of `recurrent_len`.
-    DeltaNet { conv_channels: usize, conv_kernel: usize, recurrent_len: usize },
+    DeltaNet {
+        conv_channels: usize,
+        conv_kernel: usize,
+        recurrent_len: usize,
+    },
 }
 
 /// KV rows of one attention layer: `[len, kv_width]` each.
@@ -49,7 +53,10 @@ impl KvCache {
     /// # Panics
     /// If the rows are not whole.
     pub fn append(&mut self, k: &[f32], v: &[f32]) {
-        assert!(k.len() == v.len() && k.len().is_multiple_of(self.kv_width), "kv rows are not whole");
+        assert!(
+            k.len() == v.len() && k.len().is_multiple_of(self.kv_width),
+            "kv rows are not whole"
+        );
         self.k.extend_from_slice(k);
         self.v.extend_from_slice(v);
     }
@@ -108,15 +115,18 @@ impl SequenceState {
         let layers = specs
             .iter()
             .map(|spec| match *spec {
-                LayerSpec::Attention { kv_width } => {
-                    LayerState::Attention(KvCache { kv_width, ..KvCache::default() })
-                }
-                LayerSpec::DeltaNet { conv_channels, conv_kernel, recurrent_len } => {
-                    LayerState::DeltaNet(DeltaNetState {
-                        conv: vec![0.0; conv_kernel.saturating_sub(1) * conv_channels],
-                        recurrent: vec![0.0; recurrent_len],
-                    })
-                }
+                LayerSpec::Attention { kv_width } => LayerState::Attention(KvCache {
+                    kv_width,
+                    ..KvCache::default()
+                }),
+                LayerSpec::DeltaNet {
+                    conv_channels,
+                    conv_kernel,
+                    recurrent_len,
+                } => LayerState::DeltaNet(DeltaNetState {
+                    conv: vec![0.0; conv_kernel.saturating_sub(1) * conv_channels],
+                    recurrent: vec![0.0; recurrent_len],
+                }),
             })
             .collect();
         SequenceState { layers, pos: 0 }
@@ -162,7 +172,10 @@ impl SequenceState {
                 LayerState::DeltaNet(d) => SnapshotLayer::DeltaNet(d.clone()),
             })
             .collect();
-        Snapshot { layers, pos: self.pos }
+        Snapshot {
+            layers,
+            pos: self.pos,
+        }
     }
 
     /// Rewinds to `snap`, taken earlier from this sequence (or one sharing its prefix).
@@ -172,11 +185,15 @@ impl SequenceState {
             return Err(RestoreError::Layout);
         }
         if snap.pos > self.pos {
-            return Err(RestoreError::Ahead { snapshot: snap.pos, state: self.pos });
+            return Err(RestoreError::Ahead {
+                snapshot: snap.pos,
+                state: self.pos,
+            });
         }
         for (layer, saved) in self.layers.iter().zip(&snap.layers) {
             match (layer, saved) {
-                (LayerState::Attention(kv), SnapshotLayer::Attention { rows }) if *rows <= kv.len() => {}
+                (LayerState::Attention(kv), SnapshotLayer::Attention { rows })
+                    if *rows <= kv.len() => {}
                 (LayerState::DeltaNet(d), SnapshotLayer::DeltaNet(s))
                     if d.conv.len() == s.conv.len() && d.recurrent.len() == s.recurrent.len() => {}
                 _ => return Err(RestoreError::Layout),
@@ -184,7 +201,9 @@ impl SequenceState {
         }
         for (layer, saved) in self.layers.iter_mut().zip(&snap.layers) {
             match (layer, saved) {
-                (LayerState::Attention(kv), SnapshotLayer::Attention { rows }) => kv.truncate(*rows),
+                (LayerState::Attention(kv), SnapshotLayer::Attention { rows }) => {
+                    kv.truncate(*rows)
+                }
                 (LayerState::DeltaNet(d), SnapshotLayer::DeltaNet(s)) => d.clone_from(s),
                 _ => unreachable!("checked above"),
             }
@@ -220,7 +239,11 @@ mod tests {
     use super::*;
 
     const SPECS: [LayerSpec; 2] = [
-        LayerSpec::DeltaNet { conv_channels: 2, conv_kernel: 3, recurrent_len: 4 },
+        LayerSpec::DeltaNet {
+            conv_channels: 2,
+            conv_kernel: 3,
+            recurrent_len: 4,
+        },
         LayerSpec::Attention { kv_width: 2 },
     ];
 
@@ -254,7 +277,13 @@ mod tests {
         step(&mut s, 1.0);
         let ahead = s.snapshot();
         let mut fresh = SequenceState::new(&SPECS);
-        assert_eq!(fresh.restore(&ahead), Err(RestoreError::Ahead { snapshot: 1, state: 0 }));
+        assert_eq!(
+            fresh.restore(&ahead),
+            Err(RestoreError::Ahead {
+                snapshot: 1,
+                state: 0
+            })
+        );
         let mut other = SequenceState::new(&SPECS[..1]);
         assert_eq!(other.restore(&ahead), Err(RestoreError::Layout));
     }

@@ -16,7 +16,9 @@ pub fn init_threads(n: Option<usize>) -> usize {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         // Ignoring the error is right: it only fails if another part of the process already
         // built the global pool, which then stays in use.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
         rayon::current_num_threads()
     })
 }

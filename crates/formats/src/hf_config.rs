@@ -15,9 +15,15 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid JSON: {source}")]
-    Json { path: String, source: serde_json::Error },
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
 }
 
 /// The whole `config.json`.
@@ -89,8 +95,10 @@ impl RawConfig {
     /// Reads and parses `path`.
     pub fn from_file(path: &Path) -> Result<Self, ConfigFileError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigFileError::Io { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Io {
+            path: p.clone(),
+            source,
+        })?;
         Self::from_json(&text).map_err(|source| ConfigFileError::Json { path: p, source })
     }
 
@@ -115,16 +123,22 @@ mod tests {
         assert_eq!(nested.top.model_type.as_deref(), Some("qwen3_5"));
         let text = nested.text_config.unwrap();
         assert_eq!(text.hidden_size, Some(64));
-        assert_eq!(text.rope_parameters.unwrap().mrope_section, Some(vec![2, 1, 1]));
+        assert_eq!(
+            text.rope_parameters.unwrap().mrope_section,
+            Some(vec![2, 1, 1])
+        );
 
-        let flat = RawConfig::from_json(r#"{"model_type":"qwen3_5_moe_text","num_experts":8}"#).unwrap();
+        let flat =
+            RawConfig::from_json(r#"{"model_type":"qwen3_5_moe_text","num_experts":8}"#).unwrap();
         assert!(flat.text_config.is_none());
         assert_eq!(flat.top.num_experts, Some(8));
     }
 
     #[test]
     fn wrong_types_are_errors_with_positions() {
-        let err = RawConfig::from_json(r#"{"hidden_size":"big"}"#).unwrap_err().to_string();
+        let err = RawConfig::from_json(r#"{"hidden_size":"big"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 1"), "{err}");
     }
 }

@@ -25,7 +25,10 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 #[derive(Debug, thiserror::Error)]
 pub enum SafetensorsError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{dir}: no {SINGLE_FILE} or {INDEX_FILE} found")]
     NotFound { dir: PathBuf },
     #[error("{path}: invalid safetensors file: {why}")]
@@ -113,7 +116,9 @@ impl Checkpoint {
             ck.add_file(&single)?;
             return Ok(ck);
         }
-        Err(SafetensorsError::NotFound { dir: dir.to_path_buf() })
+        Err(SafetensorsError::NotFound {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Opens a shard index and every shard it names.
@@ -122,9 +127,14 @@ impl Checkpoint {
         struct Index {
             weight_map: BTreeMap<String, String>,
         }
-        let bad = |why: String| SafetensorsError::InvalidIndex { path: index.to_path_buf(), why };
-        let text = std::fs::read_to_string(index)
-            .map_err(|source| SafetensorsError::Io { path: index.to_path_buf(), source })?;
+        let bad = |why: String| SafetensorsError::InvalidIndex {
+            path: index.to_path_buf(),
+            why,
+        };
+        let text = std::fs::read_to_string(index).map_err(|source| SafetensorsError::Io {
+            path: index.to_path_buf(),
+            source,
+        })?;
         let parsed: Index = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut ck = Checkpoint::default();
@@ -133,7 +143,9 @@ impl Checkpoint {
         shards.dedup();
         for shard in shards {
             if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
-                return Err(bad(format!("shard name {shard:?} is not a plain file name")));
+                return Err(bad(format!(
+                    "shard name {shard:?} is not a plain file name"
+                )));
             }
             ck.add_file(&dir.join(shard))?;
         }
@@ -146,7 +158,11 @@ impl Checkpoint {
                         t.file.display()
                     )));
                 }
-                None => return Err(bad(format!("tensor {name} is listed in {shard} but missing"))),
+                None => {
+                    return Err(bad(format!(
+                        "tensor {name} is listed in {shard} but missing"
+                    )));
+                }
             }
         }
         Ok(ck)
@@ -154,7 +170,10 @@ impl Checkpoint {
 
     /// Maps one file and adds its tensors.
     pub fn add_file(&mut self, path: &Path) -> Result<(), SafetensorsError> {
-        let io = |source| SafetensorsError::Io { path: path.to_path_buf(), source };
+        let io = |source| SafetensorsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         // SAFETY: the map is read-only. If another process truncates or rewrites the file while
         // it is mapped, reads may fault or see new bytes; every engine that maps weights shares
@@ -183,10 +202,16 @@ struct RawEntry {
 }
 
 fn parse(path: &Path, map: Arc<Mmap>) -> Result<Vec<(String, TensorEntry)>, SafetensorsError> {
-    let bad = |why: String| SafetensorsError::Invalid { path: path.to_path_buf(), why };
+    let bad = |why: String| SafetensorsError::Invalid {
+        path: path.to_path_buf(),
+        why,
+    };
     let bytes: &[u8] = &map;
     if bytes.len() < 8 {
-        return Err(bad(format!("file is {} bytes, shorter than the 8-byte header length", bytes.len())));
+        return Err(bad(format!(
+            "file is {} bytes, shorter than the 8-byte header length",
+            bytes.len()
+        )));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     let header_end = usize::try_from(n)
@@ -194,7 +219,10 @@ fn parse(path: &Path, map: Arc<Mmap>) -> Result<Vec<(String, TensorEntry)>, Safe
         .and_then(|n| n.checked_add(8))
         .filter(|&end| end <= bytes.len())
         .ok_or_else(|| {
-            bad(format!("header length {n} exceeds the file size {} (truncated file?)", bytes.len()))
+            bad(format!(
+                "header length {n} exceeds the file size {} (truncated file?)",
+                bytes.len()
+            ))
         })?;
     let header: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&bytes[8..header_end])
         .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
@@ -226,7 +254,15 @@ fn parse(path: &Path, map: Arc<Mmap>) -> Result<Vec<(String, TensorEntry)>, Safe
             )));
         }
         let data = ByteView::new(map.clone(), header_end + begin, end - begin);
-        out.push((name, TensorEntry { dtype, shape: raw.shape, data, file: path.to_path_buf() }));
+        out.push((
+            name,
+            TensorEntry {
+                dtype,
+                shape: raw.shape,
+                data,
+                file: path.to_path_buf(),
+            },
+        ));
     }
     Ok(out)
 }
@@ -266,12 +302,24 @@ mod tests {
     fn reads_what_it_writes() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(SINGLE_FILE);
-        write(&p, &[("a", "F32", vec![2, 2], f32_bytes(&[1.0, 2.0, 3.0, 4.0])), ("b", "I64", vec![1], vec![0; 8])])
-            .unwrap();
+        write(
+            &p,
+            &[
+                ("a", "F32", vec![2, 2], f32_bytes(&[1.0, 2.0, 3.0, 4.0])),
+                ("b", "I64", vec![1], vec![0; 8]),
+            ],
+        )
+        .unwrap();
         let ck = Checkpoint::open_dir(dir.path()).unwrap();
         let a = &ck.tensors["a"];
-        assert_eq!((a.dtype.clone(), a.shape.clone()), (StDType::Known(DType::F32), vec![2, 2]));
-        assert_eq!(a.data.as_bytes(), f32_bytes(&[1.0, 2.0, 3.0, 4.0]).as_slice());
+        assert_eq!(
+            (a.dtype.clone(), a.shape.clone()),
+            (StDType::Known(DType::F32), vec![2, 2])
+        );
+        assert_eq!(
+            a.data.as_bytes(),
+            f32_bytes(&[1.0, 2.0, 3.0, 4.0]).as_slice()
+        );
         assert_eq!(ck.tensors["b"].dtype, StDType::Other("I64".into()));
     }
 
@@ -284,8 +332,14 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (full[..full.len() - 3].to_vec(), "truncated"),
             (full[..5].to_vec(), "shorter than"),
-            ([&100_000u64.to_le_bytes()[..], &full[8..]].concat(), "exceeds the file size"),
-            ([&full[..8], &vec![b'{'; full.len() - 8][..]].concat(), "not valid JSON"),
+            (
+                [&100_000u64.to_le_bytes()[..], &full[8..]].concat(),
+                "exceeds the file size",
+            ),
+            (
+                [&full[..8], &vec![b'{'; full.len() - 8][..]].concat(),
+                "not valid JSON",
+            ),
         ];
         for (bytes, want) in cases {
             std::fs::write(&p, bytes).unwrap();
@@ -294,25 +348,56 @@ mod tests {
         }
         write(&p, &[("w", "F32", vec![5], f32_bytes(&[1.0; 4]))]).unwrap();
         let err = Checkpoint::open_dir(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("tensor w") && err.contains("needs 20 bytes"), "{err}");
+        assert!(
+            err.contains("tensor w") && err.contains("needs 20 bytes"),
+            "{err}"
+        );
         std::fs::remove_file(&p).unwrap();
-        assert!(Checkpoint::open_dir(dir.path()).unwrap_err().to_string().contains("no model.safetensors"));
+        assert!(
+            Checkpoint::open_dir(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("no model.safetensors")
+        );
     }
 
     #[test]
     fn sharded_index_must_match_its_shards() {
         let dir = tempfile::tempdir().unwrap();
-        write(&dir.path().join("s1.safetensors"), &[("a", "F32", vec![1], f32_bytes(&[1.0]))]).unwrap();
-        write(&dir.path().join("s2.safetensors"), &[("b", "F32", vec![1], f32_bytes(&[2.0]))]).unwrap();
+        write(
+            &dir.path().join("s1.safetensors"),
+            &[("a", "F32", vec![1], f32_bytes(&[1.0]))],
+        )
+        .unwrap();
+        write(
+            &dir.path().join("s2.safetensors"),
+            &[("b", "F32", vec![1], f32_bytes(&[2.0]))],
+        )
+        .unwrap();
         let index = dir.path().join(INDEX_FILE);
-        std::fs::write(&index, r#"{"metadata":{},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#)
-            .unwrap();
+        std::fs::write(
+            &index,
+            r#"{"metadata":{},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#,
+        )
+        .unwrap();
         let ck = Checkpoint::open_dir(dir.path()).unwrap();
         assert_eq!(ck.tensors.len(), 2);
-        std::fs::write(&index, r#"{"weight_map":{"a":"s1.safetensors","c":"s2.safetensors"}}"#).unwrap();
+        std::fs::write(
+            &index,
+            r#"{"weight_map":{"a":"s1.safetensors","c":"s2.safetensors"}}"#,
+        )
+        .unwrap();
         let err = Checkpoint::open_dir(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("tensor c is listed in s2.safetensors but missing"), "{err}");
+        assert!(
+            err.contains("tensor c is listed in s2.safetensors but missing"),
+            "{err}"
+        );
         std::fs::write(&index, r#"{"weight_map":{"a":"../s1.safetensors"}}"#).unwrap();
-        assert!(Checkpoint::open_dir(dir.path()).unwrap_err().to_string().contains("plain file name"));
+        assert!(
+            Checkpoint::open_dir(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("plain file name")
+        );
     }
 }

@@ -32,13 +32,21 @@ impl ByteView {
     /// A view owning a fresh copy of `bytes`.
     pub fn from_vec(bytes: Vec<u8>) -> Self {
         let len = bytes.len();
-        ByteView { owner: Arc::new(bytes), offset: 0, len }
+        ByteView {
+            owner: Arc::new(bytes),
+            offset: 0,
+            len,
+        }
     }
 
     /// A view owning the little-endian bytes of `values`, guaranteed 4-byte aligned.
     pub fn from_f32(values: Vec<f32>) -> Self {
         let len = values.len() * 4;
-        ByteView { owner: Arc::new(F32Buffer(values)), offset: 0, len }
+        ByteView {
+            owner: Arc::new(F32Buffer(values)),
+            offset: 0,
+            len,
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -59,13 +67,20 @@ impl ByteView {
     /// If the sub-range is outside this view.
     pub fn slice(&self, start: usize, len: usize) -> Self {
         assert!(start + len <= self.len, "sub-view outside its parent view");
-        ByteView { owner: self.owner.clone(), offset: self.offset + start, len }
+        ByteView {
+            owner: self.owner.clone(),
+            offset: self.offset + start,
+            len,
+        }
     }
 }
 
 impl fmt::Debug for ByteView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ByteView").field("offset", &self.offset).field("len", &self.len).finish()
+        f.debug_struct("ByteView")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
     }
 }
 

@@ -10,7 +10,11 @@ pub struct Mat {
 
 impl Mat {
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Mat { data: vec![0.0; rows * cols], rows, cols }
+        Mat {
+            data: vec![0.0; rows * cols],
+            rows,
+            cols,
+        }
     }
 
     /// Wraps `data` as `[rows, cols]`.
@@ -18,7 +22,11 @@ impl Mat {
     /// # Panics
     /// If `data.len() != rows * cols`.
     pub fn from_vec(data: Vec<f32>, rows: usize, cols: usize) -> Self {
-        assert_eq!(data.len(), rows * cols, "matrix data does not match its shape");
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "matrix data does not match its shape"
+        );
         Mat { data, rows, cols }
     }
 

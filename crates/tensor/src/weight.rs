@@ -6,7 +6,13 @@ use crate::{ByteView, DType};
 #[derive(Debug, thiserror::Error)]
 pub enum WeightError {
     #[error("{dtype} weight of shape [{rows}, {cols}] needs {expected} bytes, got {got}")]
-    Size { dtype: DType, rows: usize, cols: usize, expected: usize, got: usize },
+    Size {
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        got: usize,
+    },
 }
 
 /// A row-major matrix `[rows, cols]` (`[out, in]` for a linear layer: `y = x Wᵀ`).
@@ -22,14 +28,34 @@ pub struct Weight {
 }
 
 impl Weight {
-    pub fn new(dtype: DType, rows: usize, cols: usize, data: ByteView) -> Result<Self, WeightError> {
+    pub fn new(
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        data: ByteView,
+    ) -> Result<Self, WeightError> {
         let expected = rows * cols * dtype.size();
         if data.len() != expected {
-            return Err(WeightError::Size { dtype, rows, cols, expected, got: data.len() });
+            return Err(WeightError::Size {
+                dtype,
+                rows,
+                cols,
+                expected,
+                got: data.len(),
+            });
         }
         let aligned = (data.as_bytes().as_ptr() as usize).is_multiple_of(dtype.align());
-        let data = if aligned { data } else { ByteView::from_vec(data.as_bytes().to_vec()) };
-        Ok(Weight { dtype, rows, cols, data })
+        let data = if aligned {
+            data
+        } else {
+            ByteView::from_vec(data.as_bytes().to_vec())
+        };
+        Ok(Weight {
+            dtype,
+            rows,
+            cols,
+            data,
+        })
     }
 
     /// An `f32` weight owning `values` (`[rows, cols]`).
@@ -37,8 +63,17 @@ impl Weight {
     /// # Panics
     /// If `values.len() != rows * cols`.
     pub fn from_f32(values: Vec<f32>, rows: usize, cols: usize) -> Self {
-        assert_eq!(values.len(), rows * cols, "weight values do not match their shape");
-        Weight { dtype: DType::F32, rows, cols, data: ByteView::from_f32(values) }
+        assert_eq!(
+            values.len(),
+            rows * cols,
+            "weight values do not match their shape"
+        );
+        Weight {
+            dtype: DType::F32,
+            rows,
+            cols,
+            data: ByteView::from_f32(values),
+        }
     }
 
     pub fn dtype(&self) -> DType {
@@ -63,7 +98,11 @@ impl Weight {
     /// # Panics
     /// If the rows are out of range.
     pub fn rows_range(&self, start: usize, n: usize) -> Weight {
-        assert!(start + n <= self.rows, "rows {start}+{n} outside a {}-row weight", self.rows);
+        assert!(
+            start + n <= self.rows,
+            "rows {start}+{n} outside a {}-row weight",
+            self.rows
+        );
         let row_bytes = self.cols * self.dtype.size();
         Weight {
             dtype: self.dtype,

@@ -30,36 +30,50 @@ pub struct AttentionShape {
 /// # Panics
 /// If the shapes disagree.
 pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) -> Mat {
-    let AttentionShape { n_heads, n_kv_heads, head_dim: d, scale } = shape;
+    let AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim: d,
+        scale,
+    } = shape;
     let kv_width = n_kv_heads * d;
     assert_eq!(q.cols, n_heads * d, "attention: query width");
-    assert!(n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads), "attention: head grouping");
-    assert!(k.len() == v.len() && k.len().is_multiple_of(kv_width), "attention: kv shape");
+    assert!(
+        n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+        "attention: head grouping"
+    );
+    assert!(
+        k.len() == v.len() && k.len().is_multiple_of(kv_width),
+        "attention: kv shape"
+    );
     let s = k.len() / kv_width;
     assert!(s >= q.rows, "attention: fewer keys than queries");
     let past = s - q.rows;
     let group = n_heads / n_kv_heads;
 
     let mut out = Mat::zeros(q.rows, n_heads * d);
-    out.data.par_chunks_mut(n_heads * d).enumerate().for_each(|(t, out_row)| {
-        let visible = past + t + 1;
-        let mut scores = vec![0.0f32; visible];
-        for h in 0..n_heads {
-            let kvh = h / group;
-            let qh = &q.row(t)[h * d..(h + 1) * d];
-            for (j, sc) in scores.iter_mut().enumerate() {
-                *sc = dot(qh, &k[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d]) * scale;
-            }
-            softmax(&mut scores);
-            let oh = &mut out_row[h * d..(h + 1) * d];
-            for (j, p) in scores.iter().enumerate() {
-                let vj = &v[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d];
-                for (o, x) in oh.iter_mut().zip(vj) {
-                    *o += p * x;
+    out.data
+        .par_chunks_mut(n_heads * d)
+        .enumerate()
+        .for_each(|(t, out_row)| {
+            let visible = past + t + 1;
+            let mut scores = vec![0.0f32; visible];
+            for h in 0..n_heads {
+                let kvh = h / group;
+                let qh = &q.row(t)[h * d..(h + 1) * d];
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    *sc = dot(qh, &k[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d]) * scale;
+                }
+                softmax(&mut scores);
+                let oh = &mut out_row[h * d..(h + 1) * d];
+                for (j, p) in scores.iter().enumerate() {
+                    let vj = &v[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d];
+                    for (o, x) in oh.iter_mut().zip(vj) {
+                        *o += p * x;
+                    }
                 }
             }
-        }
-    });
+        });
     out
 }
 
@@ -70,7 +84,12 @@ mod tests {
     /// Prefilling T queries at once equals T single-query steps over a growing cache.
     #[test]
     fn batched_queries_equal_incremental_steps() {
-        let shape = AttentionShape { n_heads: 4, n_kv_heads: 2, head_dim: 3, scale: 0.5 };
+        let shape = AttentionShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 3,
+            scale: 0.5,
+        };
         let t = 5;
         let q: Vec<f32> = (0..t * 12).map(|i| (i as f32 * 0.3).sin()).collect();
         let k: Vec<f32> = (0..t * 6).map(|i| (i as f32 * 0.7).cos()).collect();

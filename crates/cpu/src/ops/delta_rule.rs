@@ -69,12 +69,25 @@ pub struct DeltaRuleInputs<'a> {
 
 fn check(shape: &DeltaRuleShape, x: &DeltaRuleInputs<'_>, state: &[f32]) -> usize {
     let t = x.q.rows;
-    assert!(shape.nk > 0 && shape.nv.is_multiple_of(shape.nk), "delta rule: head grouping");
-    assert!(x.q.cols == shape.nk * shape.dk && x.k.cols == x.q.cols, "delta rule: q/k width");
+    assert!(
+        shape.nk > 0 && shape.nv.is_multiple_of(shape.nk),
+        "delta rule: head grouping"
+    );
+    assert!(
+        x.q.cols == shape.nk * shape.dk && x.k.cols == x.q.cols,
+        "delta rule: q/k width"
+    );
     assert!(x.v.cols == shape.nv * shape.dv, "delta rule: v width");
     assert!(x.k.rows == t && x.v.rows == t, "delta rule: token counts");
-    assert!(x.g.len() == t * shape.nv && x.beta.len() == t * shape.nv, "delta rule: g/beta");
-    assert_eq!(state.len(), shape.state_len(), "delta rule: state must be [Nv, Dk, Dv]");
+    assert!(
+        x.g.len() == t * shape.nv && x.beta.len() == t * shape.nv,
+        "delta rule: g/beta"
+    );
+    assert_eq!(
+        state.len(),
+        shape.state_len(),
+        "delta rule: state must be [Nv, Dk, Dv]"
+    );
     t
 }
 
@@ -87,8 +100,11 @@ fn per_head(
     f: impl Fn(usize, &mut [f32]) -> Vec<f32> + Sync,
 ) -> Mat {
     let (nv, dv) = (shape.nv, shape.dv);
-    let outs: Vec<Vec<f32>> =
-        state.par_chunks_mut(shape.dk * dv).enumerate().map(|(h, s)| f(h, s)).collect();
+    let outs: Vec<Vec<f32>> = state
+        .par_chunks_mut(shape.dk * dv)
+        .enumerate()
+        .map(|(h, s)| f(h, s))
+        .collect();
     let mut out = Mat::zeros(t, nv * dv);
     for (h, o) in outs.iter().enumerate() {
         for ti in 0..t {
@@ -290,22 +306,40 @@ mod tests {
     #[test]
     fn chunked_equals_recurrent() {
         for order in [VHeadOrder::Grouped, VHeadOrder::Tiled] {
-            let shape = DeltaRuleShape { nk: 2, nv: 4, dk: 8, dv: 6, order };
+            let shape = DeltaRuleShape {
+                nk: 2,
+                nv: 4,
+                dk: 8,
+                dv: 6,
+                order,
+            };
             for t in [1usize, 5, 16, 17, 40, 63] {
                 let mut q = Mat::from_vec(noise(t * 16, 0.37), t, 16);
                 let mut k = Mat::from_vec(noise(t * 16, 0.91), t, 16);
                 normalise(&mut q, 8);
                 normalise(&mut k, 8);
                 let v = Mat::from_vec(noise(t * 24, 0.53), t, 24);
-                let g: Vec<f32> = noise(t * 4, 0.29).iter().map(|x| -0.5 * (x + 1.1)).collect();
+                let g: Vec<f32> = noise(t * 4, 0.29)
+                    .iter()
+                    .map(|x| -0.5 * (x + 1.1))
+                    .collect();
                 let beta: Vec<f32> = noise(t * 4, 0.77).iter().map(|x| 0.5 + 0.45 * x).collect();
-                let x = DeltaRuleInputs { q: &q, k: &k, v: &v, g: &g, beta: &beta };
+                let x = DeltaRuleInputs {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    g: &g,
+                    beta: &beta,
+                };
                 let init = noise(shape.state_len(), 0.13);
                 let (mut s1, mut s2) = (init.clone(), init);
                 let o1 = gated_delta_rule_recurrent(shape, x, &mut s1);
                 let o2 = gated_delta_rule_chunked(shape, x, &mut s2, 16);
                 let max = |a: &[f32], b: &[f32]| {
-                    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+                    a.iter()
+                        .zip(b)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0f32, f32::max)
                 };
                 assert!(max(&o1.data, &o2.data) < 1e-4, "{order:?} t={t} outputs");
                 assert!(max(&s1, &s2) < 1e-4, "{order:?} t={t} state");
@@ -315,9 +349,24 @@ mod tests {
 
     #[test]
     fn head_orders_map_value_heads_to_key_heads() {
-        let grouped = DeltaRuleShape { nk: 2, nv: 6, dk: 1, dv: 1, order: VHeadOrder::Grouped };
-        let tiled = DeltaRuleShape { order: VHeadOrder::Tiled, ..grouped };
-        assert_eq!((0..6).map(|j| grouped.k_head(j)).collect::<Vec<_>>(), [0, 0, 0, 1, 1, 1]);
-        assert_eq!((0..6).map(|j| tiled.k_head(j)).collect::<Vec<_>>(), [0, 1, 0, 1, 0, 1]);
+        let grouped = DeltaRuleShape {
+            nk: 2,
+            nv: 6,
+            dk: 1,
+            dv: 1,
+            order: VHeadOrder::Grouped,
+        };
+        let tiled = DeltaRuleShape {
+            order: VHeadOrder::Tiled,
+            ..grouped
+        };
+        assert_eq!(
+            (0..6).map(|j| grouped.k_head(j)).collect::<Vec<_>>(),
+            [0, 0, 0, 1, 1, 1]
+        );
+        assert_eq!(
+            (0..6).map(|j| tiled.k_head(j)).collect::<Vec<_>>(),
+            [0, 1, 0, 1, 0, 1]
+        );
     }
 }

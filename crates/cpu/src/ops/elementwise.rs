@@ -64,7 +64,10 @@ mod tests {
             assert!((f64::from(sigmoid(x)) - s).abs() < 1e-6);
             assert!((f64::from(silu(x)) - f64::from(x) * s).abs() < 1e-5);
             let sp = (1.0 + f64::from(x).exp()).ln();
-            assert!((f64::from(softplus(x)) - sp).abs() < 1e-5 * sp.max(1.0), "softplus({x})");
+            assert!(
+                (f64::from(softplus(x)) - sp).abs() < 1e-5 * sp.max(1.0),
+                "softplus({x})"
+            );
         }
     }
 

@@ -15,25 +15,32 @@ const ROWS_PER_TASK: usize = 64;
 /// # Panics
 /// If `x.cols != w.cols()`.
 pub fn matmul(x: &Mat, w: &Weight) -> Mat {
-    assert_eq!(x.cols, w.cols(), "matmul: input width does not match the weight");
+    assert_eq!(
+        x.cols,
+        w.cols(),
+        "matmul: input width does not match the weight"
+    );
     let (t, n, k) = (x.rows, w.rows(), w.cols());
     // [out, T]: one contiguous block per task.
     let mut out_t = vec![0.0f32; n * t];
-    out_t.par_chunks_mut(ROWS_PER_TASK * t.max(1)).enumerate().for_each(|(task, block)| {
-        let mut widened = vec![0.0f32; if w.dtype() == DType::F32 { 0 } else { k }];
-        for (i, out_row) in block.chunks_exact_mut(t.max(1)).enumerate() {
-            let r = task * ROWS_PER_TASK + i;
-            let row: &[f32] = if w.dtype() == DType::F32 {
-                f32_row(w, r)
-            } else {
-                w.row_to_f32(r, &mut widened);
-                &widened
-            };
-            for (ti, o) in out_row.iter_mut().enumerate() {
-                *o = dot(row, x.row(ti));
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * t.max(1))
+        .enumerate()
+        .for_each(|(task, block)| {
+            let mut widened = vec![0.0f32; if w.dtype() == DType::F32 { 0 } else { k }];
+            for (i, out_row) in block.chunks_exact_mut(t.max(1)).enumerate() {
+                let r = task * ROWS_PER_TASK + i;
+                let row: &[f32] = if w.dtype() == DType::F32 {
+                    f32_row(w, r)
+                } else {
+                    w.row_to_f32(r, &mut widened);
+                    &widened
+                };
+                for (ti, o) in out_row.iter_mut().enumerate() {
+                    *o = dot(row, x.row(ti));
+                }
             }
-        }
-    });
+        });
     let mut out = Mat::zeros(t, n);
     for r in 0..n {
         for ti in 0..t {
@@ -45,7 +52,11 @@ pub fn matmul(x: &Mat, w: &Weight) -> Mat {
 
 /// Scalar reference for [`matmul`]: one element at a time, `f64` accumulation.
 pub fn matmul_ref(x: &Mat, w: &Weight) -> Mat {
-    assert_eq!(x.cols, w.cols(), "matmul_ref: input width does not match the weight");
+    assert_eq!(
+        x.cols,
+        w.cols(),
+        "matmul_ref: input width does not match the weight"
+    );
     let mut out = Mat::zeros(x.rows, w.rows());
     for ti in 0..x.rows {
         for r in 0..w.rows() {
@@ -101,10 +112,14 @@ mod tests {
     fn as_dtype(values: &[f32], dtype: DType) -> Vec<u8> {
         match dtype {
             DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            DType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-            DType::BF16 => {
-                values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
-            }
+            DType::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            DType::BF16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
         }
     }
 
@@ -124,7 +139,12 @@ mod tests {
                 .unwrap();
                 let got = matmul(&x, &w);
                 let want = matmul_ref(&x, &w);
-                let err = got.data.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                let err = got
+                    .data
+                    .iter()
+                    .zip(&want.data)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
                 assert!(err < 1e-4, "{dtype} t={t} n={n} k={k}: max error {err}");
             }
         }

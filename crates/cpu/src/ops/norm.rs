@@ -11,7 +11,11 @@ use super::elementwise::silu;
 /// If `x.len()` is not a multiple of `w.len()`.
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     let d = w.len();
-    assert!(d > 0 && x.len().is_multiple_of(d), "rms_norm: {} values in groups of {d}", x.len());
+    assert!(
+        d > 0 && x.len().is_multiple_of(d),
+        "rms_norm: {} values in groups of {d}",
+        x.len()
+    );
     for group in x.chunks_exact_mut(d) {
         let inv = 1.0 / (mean_square(group) + eps).sqrt();
         for (v, wi) in group.iter_mut().zip(w) {
@@ -45,7 +49,11 @@ pub fn gated_rms_norm(x: &mut [f32], z: &[f32], w: &[f32], eps: f32) {
 /// # Panics
 /// If `x.len()` is not a multiple of `d`.
 pub fn l2_norm(x: &mut [f32], d: usize, eps: f32) {
-    assert!(d > 0 && x.len().is_multiple_of(d), "l2_norm: {} values in groups of {d}", x.len());
+    assert!(
+        d > 0 && x.len().is_multiple_of(d),
+        "l2_norm: {} values in groups of {d}",
+        x.len()
+    );
     for group in x.chunks_exact_mut(d) {
         let inv = 1.0 / (group.iter().map(|v| v * v).sum::<f32>() + eps).sqrt();
         for v in group.iter_mut() {

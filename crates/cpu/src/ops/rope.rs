@@ -8,8 +8,14 @@
 /// If the shapes disagree.
 pub fn rope_neox(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     let r = cos.len();
-    assert!(sin.len() == r && 2 * r <= head_dim, "rope_neox: rotary width exceeds head");
-    assert!(x.len().is_multiple_of(head_dim), "rope_neox: input is not whole heads");
+    assert!(
+        sin.len() == r && 2 * r <= head_dim,
+        "rope_neox: rotary width exceeds head"
+    );
+    assert!(
+        x.len().is_multiple_of(head_dim),
+        "rope_neox: input is not whole heads"
+    );
     for head in x.chunks_exact_mut(head_dim) {
         for d in 0..r {
             let (a, b) = (head[d], head[d + r]);

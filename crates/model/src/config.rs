@@ -1,0 +1,592 @@
+//! The validated model configuration.
+//!
+//! Built from the raw `config.json` mirror ([`qinfer_formats::hf_config::RawConfig`]) in one
+//! place, so every later stage can rely on its invariants: layer kinds are an enum list of the
+//! right length, head counts divide, the rotary slice and mRoPE sections agree, the MoE fields
+//! exist exactly for MoE models. No library defaults are assumed: a missing field is an error
+//! naming it.
+
+use qinfer_cpu::ops::VHeadOrder;
+use qinfer_formats::hf_config::{RawConfig, RawTextConfig};
+
+use crate::error::ConfigError;
+
+/// Token mixer of a decoder layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// Gated DeltaNet (`"linear_attention"`).
+    DeltaNet,
+    /// Gated softmax attention (`"full_attention"`).
+    Attention,
+}
+
+/// How stored RMSNorm weights relate to the multiplier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormConvention {
+    /// Hugging Face: stored `w`, multiplier `1 + w` (all norms but DeltaNet's gated norm).
+    ZeroCentred,
+    /// GGUF: the `+1` is already folded in; stored weight is the multiplier.
+    Plain,
+}
+
+/// Which config layout the file used (decides the tensor prefix to expect first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigForm {
+    /// `text_config` nested inside a multimodal config.
+    Multimodal,
+    /// Text fields at the top level.
+    TextOnly,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionConfig {
+    /// `Hq`.
+    pub n_heads: usize,
+    /// `Hkv`.
+    pub n_kv_heads: usize,
+    /// `D`.
+    pub head_dim: usize,
+    /// `q_proj` also produces a per-head output gate (`[q_h | gate_h]` per head).
+    pub output_gate: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeltaNetConfig {
+    /// `Nk`.
+    pub n_k_heads: usize,
+    /// `Nv`.
+    pub n_v_heads: usize,
+    /// `Dk`.
+    pub k_head_dim: usize,
+    /// `Dv`.
+    pub v_head_dim: usize,
+    /// `K`.
+    pub conv_kernel: usize,
+    pub v_head_order: VHeadOrder,
+}
+
+impl DeltaNetConfig {
+    pub fn key_dim(&self) -> usize {
+        self.n_k_heads * self.k_head_dim
+    }
+
+    pub fn value_dim(&self) -> usize {
+        self.n_v_heads * self.v_head_dim
+    }
+
+    /// `C`: conv channels, `q ‖ k ‖ v`.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.key_dim() + self.value_dim()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+    /// Leading dims of each head that rotate (`head_dim · partial_rotary_factor`).
+    pub rotary_dim: usize,
+    /// Frequencies taken from the (t, h, w) position streams; sums to `rotary_dim / 2`.
+    pub mrope_section: [usize; 3],
+    /// Interleaved (`i mod 3`) rather than contiguous assignment of frequencies to streams.
+    pub mrope_interleaved: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedForwardConfig {
+    Dense {
+        intermediate: usize,
+    },
+    Moe {
+        n_experts: usize,
+        top_k: usize,
+        expert_intermediate: usize,
+        shared_intermediate: usize,
+    },
+}
+
+/// Everything the text model needs to know, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// `model_type` of the language model (`qwen3_5_text` or `qwen3_5_moe_text`).
+    pub model_type: String,
+    pub form: ConfigForm,
+    pub hidden: usize,
+    pub vocab: usize,
+    pub layers: Vec<LayerKind>,
+    pub rms_norm_eps: f32,
+    pub attention: AttentionConfig,
+    pub deltanet: DeltaNetConfig,
+    pub rope: RopeConfig,
+    pub feed_forward: FeedForwardConfig,
+    pub tie_embeddings: bool,
+    pub max_positions: usize,
+    pub mtp_layers: usize,
+    pub norm: NormConvention,
+}
+
+const EXPECTED: &str =
+    "qwen3_5 / qwen3_5_moe (multimodal, with text_config) or qwen3_5_text / qwen3_5_moe_text";
+
+impl ModelConfig {
+    /// Validates a Hugging Face `config.json`.
+    pub fn from_hf(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let top_type = raw.top.model_type.as_deref().unwrap_or("");
+        let (form, text, moe) = match (top_type, &raw.text_config) {
+            ("qwen3_5", Some(t)) => (ConfigForm::Multimodal, t, false),
+            ("qwen3_5_moe", Some(t)) => (ConfigForm::Multimodal, t, true),
+            ("qwen3_5" | "qwen3_5_moe", None) => return Err(ConfigError::Missing("text_config")),
+            ("qwen3_5_text", _) => (ConfigForm::TextOnly, &raw.top, false),
+            ("qwen3_5_moe_text", _) => (ConfigForm::TextOnly, &raw.top, true),
+            ("", _) => return Err(ConfigError::Missing("model_type")),
+            (other, _) => {
+                return Err(ConfigError::UnknownModelType {
+                    found: other.into(),
+                    expected: EXPECTED,
+                });
+            }
+        };
+        if form == ConfigForm::Multimodal {
+            let want = if moe {
+                "qwen3_5_moe_text"
+            } else {
+                "qwen3_5_text"
+            };
+            match text.model_type.as_deref() {
+                None => {}
+                Some(t) if t == want => {}
+                Some(t) => {
+                    return Err(ConfigError::Invalid {
+                        field: "text_config.model_type",
+                        why: format!("{t:?} inside a {top_type} config (expected {want:?})"),
+                    });
+                }
+            }
+        }
+        // Multimodal configs keep `tie_word_embeddings` at the top level; accept either.
+        let tie = raw
+            .top
+            .tie_word_embeddings
+            .or(text.tie_word_embeddings)
+            .unwrap_or(false);
+        Self::from_text(text, form, moe, tie)
+    }
+
+    fn from_text(
+        t: &RawTextConfig,
+        form: ConfigForm,
+        moe: bool,
+        tie: bool,
+    ) -> Result<Self, ConfigError> {
+        let hidden = req(t.hidden_size, "hidden_size")?;
+        let n_layers = req(t.num_hidden_layers, "num_hidden_layers")?;
+        positive(hidden, "hidden_size")?;
+        positive(n_layers, "num_hidden_layers")?;
+        let layers = layer_kinds(t, n_layers)?;
+
+        if let Some(act) = &t.hidden_act
+            && act != "silu"
+        {
+            return Err(ConfigError::Unsupported {
+                field: "hidden_act",
+                why: format!("{act:?}"),
+            });
+        }
+        if t.attention_bias == Some(true) {
+            return Err(ConfigError::Unsupported {
+                field: "attention_bias",
+                why: "true".into(),
+            });
+        }
+
+        let attention = AttentionConfig {
+            n_heads: req(t.num_attention_heads, "num_attention_heads")?,
+            n_kv_heads: req(t.num_key_value_heads, "num_key_value_heads")?,
+            head_dim: req(t.head_dim, "head_dim")?,
+            output_gate: t.attn_output_gate.unwrap_or(true),
+        };
+        positive(attention.n_heads, "num_attention_heads")?;
+        positive(attention.n_kv_heads, "num_key_value_heads")?;
+        positive(attention.head_dim, "head_dim")?;
+        if !attention.n_heads.is_multiple_of(attention.n_kv_heads) {
+            return Err(ConfigError::Invalid {
+                field: "num_key_value_heads",
+                why: format!(
+                    "{} query heads are not a multiple of {} kv heads",
+                    attention.n_heads, attention.n_kv_heads
+                ),
+            });
+        }
+
+        let deltanet = DeltaNetConfig {
+            n_k_heads: req(t.linear_num_key_heads, "linear_num_key_heads")?,
+            n_v_heads: req(t.linear_num_value_heads, "linear_num_value_heads")?,
+            k_head_dim: req(t.linear_key_head_dim, "linear_key_head_dim")?,
+            v_head_dim: req(t.linear_value_head_dim, "linear_value_head_dim")?,
+            conv_kernel: req(t.linear_conv_kernel_dim, "linear_conv_kernel_dim")?,
+            v_head_order: VHeadOrder::Grouped,
+        };
+        positive(deltanet.n_k_heads, "linear_num_key_heads")?;
+        positive(deltanet.n_v_heads, "linear_num_value_heads")?;
+        positive(deltanet.k_head_dim, "linear_key_head_dim")?;
+        positive(deltanet.v_head_dim, "linear_value_head_dim")?;
+        positive(deltanet.conv_kernel, "linear_conv_kernel_dim")?;
+        if !deltanet.n_v_heads.is_multiple_of(deltanet.n_k_heads) {
+            return Err(ConfigError::Invalid {
+                field: "linear_num_value_heads",
+                why: format!(
+                    "{} value heads are not a multiple of {} key heads",
+                    deltanet.n_v_heads, deltanet.n_k_heads
+                ),
+            });
+        }
+
+        let rope = rope(t, attention.head_dim)?;
+
+        let feed_forward = if moe {
+            let c = FeedForwardConfig::Moe {
+                n_experts: req(t.num_experts, "num_experts")?,
+                top_k: req(t.num_experts_per_tok, "num_experts_per_tok")?,
+                expert_intermediate: req(t.moe_intermediate_size, "moe_intermediate_size")?,
+                shared_intermediate: req(
+                    t.shared_expert_intermediate_size,
+                    "shared_expert_intermediate_size",
+                )?,
+            };
+            if let FeedForwardConfig::Moe {
+                n_experts,
+                top_k,
+                expert_intermediate,
+                ..
+            } = c
+            {
+                positive(n_experts, "num_experts")?;
+                positive(expert_intermediate, "moe_intermediate_size")?;
+                if top_k == 0 || top_k > n_experts {
+                    return Err(ConfigError::Invalid {
+                        field: "num_experts_per_tok",
+                        why: format!("{top_k} is not in 1..={n_experts}"),
+                    });
+                }
+            }
+            if t.mlp_only_layers.as_ref().is_some_and(|l| !l.is_empty()) {
+                return Err(ConfigError::Unsupported {
+                    field: "mlp_only_layers",
+                    why: "dense layers inside a MoE model".into(),
+                });
+            }
+            if t.norm_topk_prob == Some(false) {
+                return Err(ConfigError::Unsupported {
+                    field: "norm_topk_prob",
+                    why: "false (Qwen3.5 MoE always renormalises the top-k weights)".into(),
+                });
+            }
+            c
+        } else {
+            let intermediate = req(t.intermediate_size, "intermediate_size")?;
+            positive(intermediate, "intermediate_size")?;
+            FeedForwardConfig::Dense { intermediate }
+        };
+
+        let vocab = req(t.vocab_size, "vocab_size")?;
+        positive(vocab, "vocab_size")?;
+        let eps = req(t.rms_norm_eps, "rms_norm_eps")?;
+        if !(eps > 0.0 && eps < 1.0) {
+            return Err(ConfigError::Invalid {
+                field: "rms_norm_eps",
+                why: format!("{eps} is not in (0, 1)"),
+            });
+        }
+        let model_type = if moe {
+            "qwen3_5_moe_text"
+        } else {
+            "qwen3_5_text"
+        }
+        .to_string();
+        Ok(ModelConfig {
+            model_type,
+            form,
+            hidden,
+            vocab,
+            layers,
+            rms_norm_eps: eps as f32,
+            attention,
+            deltanet,
+            rope,
+            feed_forward,
+            tie_embeddings: tie,
+            max_positions: req(t.max_position_embeddings, "max_position_embeddings")?,
+            mtp_layers: t.mtp_num_hidden_layers.unwrap_or(0),
+            norm: NormConvention::ZeroCentred,
+        })
+    }
+
+    /// Number of decoder layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_moe(&self) -> bool {
+        matches!(self.feed_forward, FeedForwardConfig::Moe { .. })
+    }
+}
+
+fn req<T>(v: Option<T>, field: &'static str) -> Result<T, ConfigError> {
+    v.ok_or(ConfigError::Missing(field))
+}
+
+fn positive(v: usize, field: &'static str) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::Invalid {
+            field,
+            why: "must be positive".into(),
+        });
+    }
+    Ok(())
+}
+
+fn layer_kinds(t: &RawTextConfig, n_layers: usize) -> Result<Vec<LayerKind>, ConfigError> {
+    if let Some(types) = &t.layer_types {
+        if types.len() != n_layers {
+            return Err(ConfigError::Invalid {
+                field: "layer_types",
+                why: format!("{} entries for {n_layers} layers", types.len()),
+            });
+        }
+        return types
+            .iter()
+            .map(|s| match s.as_str() {
+                "linear_attention" => Ok(LayerKind::DeltaNet),
+                "full_attention" => Ok(LayerKind::Attention),
+                other => Err(ConfigError::Invalid {
+                    field: "layer_types",
+                    why: format!(
+                        "unknown layer type {other:?} (expected linear_attention or full_attention)"
+                    ),
+                }),
+            })
+            .collect();
+    }
+    let interval = t
+        .full_attention_interval
+        .ok_or(ConfigError::Missing("layer_types"))?;
+    positive(interval, "full_attention_interval")?;
+    Ok((0..n_layers)
+        .map(|i| {
+            if (i + 1).is_multiple_of(interval) {
+                LayerKind::Attention
+            } else {
+                LayerKind::DeltaNet
+            }
+        })
+        .collect())
+}
+
+fn rope(t: &RawTextConfig, head_dim: usize) -> Result<RopeConfig, ConfigError> {
+    let p = t.rope_parameters.as_ref();
+    let rope_type = p.and_then(|p| p.rope_type.clone().or_else(|| p.legacy_type.clone()));
+    match rope_type.as_deref() {
+        None | Some("default") => {}
+        Some(other) => {
+            return Err(ConfigError::Unsupported {
+                field: "rope_parameters.rope_type",
+                why: format!("{other:?} (only \"default\" is implemented)"),
+            });
+        }
+    }
+    if let Some(s) = &t.rope_scaling
+        && s.rope_type
+            .as_deref()
+            .or(s.legacy_type.as_deref())
+            .is_some_and(|ty| ty != "default")
+    {
+        return Err(ConfigError::Unsupported {
+            field: "rope_scaling",
+            why: "scaled RoPE (YaRN)".into(),
+        });
+    }
+    let theta = p
+        .and_then(|p| p.rope_theta)
+        .or(t.rope_theta)
+        .ok_or(ConfigError::Missing("rope_parameters.rope_theta"))?;
+    if theta.is_nan() || theta <= 1.0 {
+        return Err(ConfigError::Invalid {
+            field: "rope_parameters.rope_theta",
+            why: format!("{theta}"),
+        });
+    }
+    let factor = p
+        .and_then(|p| p.partial_rotary_factor)
+        .or(t.partial_rotary_factor)
+        .ok_or(ConfigError::Missing(
+            "rope_parameters.partial_rotary_factor",
+        ))?;
+    let rotary = head_dim as f64 * factor;
+    let rotary_dim = rotary as usize;
+    if rotary_dim as f64 != rotary
+        || rotary_dim == 0
+        || !rotary_dim.is_multiple_of(2)
+        || rotary_dim > head_dim
+    {
+        return Err(ConfigError::Invalid {
+            field: "partial_rotary_factor",
+            why: format!(
+                "head_dim {head_dim} × {factor} is not an even number of dims within the head"
+            ),
+        });
+    }
+    let section = p
+        .and_then(|p| p.mrope_section.clone())
+        .ok_or(ConfigError::Missing("rope_parameters.mrope_section"))?;
+    let mrope_section: [usize; 3] =
+        section
+            .as_slice()
+            .try_into()
+            .map_err(|_| ConfigError::Invalid {
+                field: "rope_parameters.mrope_section",
+                why: format!("{section:?} does not have 3 entries"),
+            })?;
+    if mrope_section.iter().sum::<usize>() != rotary_dim / 2 {
+        return Err(ConfigError::Invalid {
+            field: "rope_parameters.mrope_section",
+            why: format!(
+                "{section:?} does not sum to rotary_dim / 2 = {}",
+                rotary_dim / 2
+            ),
+        });
+    }
+    Ok(RopeConfig {
+        theta,
+        rotary_dim,
+        mrope_section,
+        mrope_interleaved: p.and_then(|p| p.mrope_interleaved).unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"{"model_type":"qwen3_5_text","hidden_size":64,"num_hidden_layers":4,
+        "full_attention_interval":4,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":32,
+        "linear_num_key_heads":2,"linear_num_value_heads":4,"linear_key_head_dim":16,
+        "linear_value_head_dim":16,"linear_conv_kernel_dim":4,"intermediate_size":128,
+        "vocab_size":320,"rms_norm_eps":1e-6,"max_position_embeddings":4096,"hidden_act":"silu",
+        "rope_parameters":{"rope_type":"default","rope_theta":1e7,"partial_rotary_factor":0.25,
+        "mrope_section":[2,1,1],"mrope_interleaved":true}}"#;
+
+    fn parse(text: &str) -> Result<ModelConfig, ConfigError> {
+        ModelConfig::from_hf(&RawConfig::from_json(text).unwrap())
+    }
+
+    fn with(field: &str, value: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(TEXT).unwrap();
+        v[field] = serde_json::from_str(value).unwrap();
+        v.to_string()
+    }
+
+    #[test]
+    fn derives_layer_kinds_from_the_interval() {
+        let c = parse(TEXT).unwrap();
+        assert_eq!(
+            c.layers,
+            [
+                LayerKind::DeltaNet,
+                LayerKind::DeltaNet,
+                LayerKind::DeltaNet,
+                LayerKind::Attention
+            ]
+        );
+        assert_eq!(c.rope.rotary_dim, 8);
+        assert_eq!(c.deltanet.conv_dim(), 2 * 32 + 64);
+    }
+
+    /// Each broken config names the field at fault.
+    #[test]
+    fn inconsistent_configs_name_the_field() {
+        let cases = [
+            (
+                with("model_type", "\"llama\""),
+                "unknown model type \"llama\"",
+            ),
+            (with("hidden_size", "null"), "`hidden_size` is missing"),
+            (
+                with("layer_types", "[\"linear_attention\"]"),
+                "`layer_types`: 1 entries for 4 layers",
+            ),
+            (
+                with("layer_types", "[\"a\",\"b\",\"c\",\"d\"]"),
+                "unknown layer type \"a\"",
+            ),
+            (with("num_key_value_heads", "3"), "`num_key_value_heads`"),
+            (
+                with("linear_num_value_heads", "3"),
+                "`linear_num_value_heads`",
+            ),
+            (
+                with(
+                    "rope_parameters",
+                    r#"{"rope_theta":1e7,"partial_rotary_factor":0.25,"mrope_section":[2,2,1]}"#,
+                ),
+                "does not sum to rotary_dim / 2 = 4",
+            ),
+            (
+                with(
+                    "rope_parameters",
+                    r#"{"rope_type":"yarn","rope_theta":1e7,"partial_rotary_factor":0.25,"mrope_section":[2,1,1]}"#,
+                ),
+                "not supported",
+            ),
+            (
+                with("partial_rotary_factor", "0.3").replace("\"partial_rotary_factor\":0.25,", ""),
+                "partial_rotary_factor",
+            ),
+            (with("hidden_act", "\"gelu\""), "`hidden_act`"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn multimodal_form_reads_text_config_and_top_level_tie() {
+        let nested = format!(
+            r#"{{"model_type":"qwen3_5","tie_word_embeddings":true,"text_config":{TEXT}}}"#
+        );
+        let c = parse(&nested).unwrap();
+        assert_eq!(c.form, ConfigForm::Multimodal);
+        assert!(c.tie_embeddings);
+        let mismatched = nested.replace("qwen3_5_text", "qwen3_5_moe_text");
+        assert!(
+            parse(&mismatched)
+                .unwrap_err()
+                .to_string()
+                .contains("text_config.model_type")
+        );
+        assert!(
+            parse(r#"{"model_type":"qwen3_5"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("text_config")
+        );
+    }
+
+    #[test]
+    fn moe_needs_its_fields() {
+        let moe = with("model_type", "\"qwen3_5_moe_text\"");
+        assert!(parse(&moe).unwrap_err().to_string().contains("num_experts"));
+        let mut v: serde_json::Value = serde_json::from_str(&moe).unwrap();
+        v["num_experts"] = 8.into();
+        v["num_experts_per_tok"] = 9.into();
+        v["moe_intermediate_size"] = 32.into();
+        v["shared_expert_intermediate_size"] = 32.into();
+        assert!(
+            parse(&v.to_string())
+                .unwrap_err()
+                .to_string()
+                .contains("not in 1..=8")
+        );
+        v["num_experts_per_tok"] = 2.into();
+        assert!(parse(&v.to_string()).unwrap().is_moe());
+    }
+}

@@ -1,0 +1,60 @@
+//! Errors of loading and running a model. Each names the file, field or tensor at fault.
+
+use qinfer_formats::hf_config::ConfigFileError;
+use qinfer_formats::safetensors::SafetensorsError;
+
+/// `config.json` is readable JSON but does not describe a model qinfer can run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown model type {found:?}: qinfer runs {expected}")]
+    UnknownModelType {
+        found: String,
+        expected: &'static str,
+    },
+    #[error("config field `{0}` is missing")]
+    Missing(&'static str),
+    #[error("config field `{field}`: {why}")]
+    Invalid { field: &'static str, why: String },
+    #[error("config field `{field}`: {why} is not supported yet")]
+    Unsupported { field: &'static str, why: String },
+}
+
+/// A model directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0} is not a directory")]
+    NotADirectory(String),
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+    #[error("{path}: {source}")]
+    Config { path: String, source: ConfigError },
+    #[error(transparent)]
+    Checkpoint(#[from] SafetensorsError),
+    #[error("tensor {name} is missing from the checkpoint")]
+    MissingTensor { name: String },
+    #[error("tensor {name} has shape {got:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("tensor {name} has dtype {dtype}, which qinfer cannot compute with (F32, F16, BF16)")]
+    DType { name: String, dtype: String },
+}
+
+/// A forward step was asked to do something impossible. The sequence state is unchanged.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ForwardError {
+    #[error("token id {id} at index {index} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange { id: u32, index: usize, vocab: usize },
+    #[error("{needed} positions exceed the context of {limit} (already {used} in this sequence)")]
+    ContextOverflow {
+        used: usize,
+        needed: usize,
+        limit: usize,
+    },
+    #[error("empty input: a forward step needs at least one token")]
+    Empty,
+    #[error("the sequence state does not belong to this model")]
+    StateMismatch,
+}

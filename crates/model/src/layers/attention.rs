@@ -1,0 +1,109 @@
+//! Gated full attention.
+//!
+//! ```text
+//! qg = x W_qᵀ → [T, Hq, 2D]: per head, q = first D, gate = last D   (interleaved per head)
+//! k = x W_kᵀ, v = x W_vᵀ → [T, Hkv, D]
+//! q, k ← RMSNorm per head (q_norm, k_norm), then partial mRoPE
+//! o = softmax(q kᵀ / √D + causal) v   (GQA over the KV cache, which stores post-RoPE k and v)
+//! out = (o ⊙ sigmoid(gate)) W_oᵀ
+//! ```
+
+use qinfer_cache::KvCache;
+use qinfer_cpu::ops::{self, AttentionShape};
+use qinfer_tensor::{Mat, Weight};
+
+use super::norm::RmsNorm;
+use super::rope::{Position3, Rope};
+use crate::config::AttentionConfig;
+use crate::error::LoadError;
+use crate::loader::{Loader, TensorId};
+use crate::names::LayerTensor;
+
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub config: AttentionConfig,
+    /// `[Hq·D·(1 + gate), H]`.
+    pub q: Weight,
+    /// `[Hkv·D, H]`.
+    pub k: Weight,
+    /// `[Hkv·D, H]`.
+    pub v: Weight,
+    /// `[H, Hq·D]`.
+    pub o: Weight,
+    /// Over `D`.
+    pub q_norm: RmsNorm,
+    pub k_norm: RmsNorm,
+}
+
+impl Attention {
+    pub fn load(
+        ld: &Loader<'_>,
+        l: usize,
+        c: AttentionConfig,
+        hidden: usize,
+        eps: f32,
+    ) -> Result<Self, LoadError> {
+        let q_rows = c.n_heads * c.head_dim * if c.output_gate { 2 } else { 1 };
+        let kv = c.n_kv_heads * c.head_dim;
+        let id = |t| TensorId::Layer(l, t);
+        Ok(Attention {
+            config: c,
+            q: ld.matrix(id(LayerTensor::AttnQ), q_rows, hidden)?,
+            k: ld.matrix(id(LayerTensor::AttnK), kv, hidden)?,
+            v: ld.matrix(id(LayerTensor::AttnV), kv, hidden)?,
+            o: ld.matrix(id(LayerTensor::AttnO), hidden, c.n_heads * c.head_dim)?,
+            q_norm: RmsNorm::load(ld, id(LayerTensor::AttnQNorm), c.head_dim, eps)?,
+            k_norm: RmsNorm::load(ld, id(LayerTensor::AttnKNorm), c.head_dim, eps)?,
+        })
+    }
+
+    /// `x [T, H]` (normed) at `positions` → `[T, H]`; appends this step's k/v to `kv`.
+    pub fn forward(&self, x: &Mat, positions: &[Position3], rope: &Rope, kv: &mut KvCache) -> Mat {
+        let AttentionConfig {
+            n_heads,
+            n_kv_heads,
+            head_dim: d,
+            output_gate,
+        } = self.config;
+        let t = x.rows;
+        let qg = ops::matmul(x, &self.q);
+        // [T, Hq·(2D)] -> q [T, Hq·D], gate [T, Hq·D]
+        let (mut q, gate) = if output_gate {
+            let mut q = Mat::zeros(t, n_heads * d);
+            let mut gate = Mat::zeros(t, n_heads * d);
+            for ti in 0..t {
+                for h in 0..n_heads {
+                    let src = &qg.row(ti)[h * 2 * d..(h + 1) * 2 * d];
+                    q.row_mut(ti)[h * d..(h + 1) * d].copy_from_slice(&src[..d]);
+                    gate.row_mut(ti)[h * d..(h + 1) * d].copy_from_slice(&src[d..]);
+                }
+            }
+            (q, Some(gate))
+        } else {
+            (qg, None)
+        };
+        let mut k = ops::matmul(x, &self.k); // [T, Hkv·D]
+        let v = ops::matmul(x, &self.v); // [T, Hkv·D]
+        self.q_norm.forward(&mut q);
+        self.k_norm.forward(&mut k);
+        for ti in 0..t {
+            let (cos, sin) = rope.angles(positions[ti]);
+            ops::rope_neox(q.row_mut(ti), d, &cos, &sin);
+            ops::rope_neox(k.row_mut(ti), d, &cos, &sin);
+        }
+        kv.append(&k.data, &v.data);
+        let shape = AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let mut o = ops::causal_attention(&q, &kv.k, &kv.v, shape); // [T, Hq·D]
+        if let Some(gate) = gate {
+            for (oi, gi) in o.data.iter_mut().zip(&gate.data) {
+                *oi *= ops::sigmoid(*gi);
+            }
+        }
+        ops::matmul(&o, &self.o)
+    }
+}

@@ -1,0 +1,150 @@
+//! Gated DeltaNet, the linear-attention mixer of three in every four Qwen3.5 layers.
+//!
+//! ```text
+//! m = x W_qkvᵀ [T, C]    z = x W_zᵀ [T, Nv·Dv]    b = x W_bᵀ, a = x W_aᵀ [T, Nv]
+//! m ← silu(causal depthwise conv(m))           (rolling [K-1, C] window in the state)
+//! q, k, v = split(m)                           (q ‖ k ‖ v, head-major)
+//! β = sigmoid(b);  g = A · softplus(a + dt_bias),  A = −exp(A_log) < 0
+//! q, k ← l2norm per head;  q ← q / √Dk
+//! o = gated delta rule(q, k, v, g, β)          (state [Nv, Dk, Dv], f32)
+//! o ← RMSNorm_plain(o per head; norm) ⊙ silu(z)
+//! out = o W_outᵀ
+//! ```
+//!
+//! Prefill runs the chunked form of the delta rule (chunks of [`CHUNK`]); single-token decode
+//! the recurrent form. They agree (tested in `qinfer-cpu` and end to end).
+
+use qinfer_cache::DeltaNetState;
+use qinfer_cpu::ops::{self, DeltaRuleInputs, DeltaRuleShape};
+use qinfer_tensor::{Mat, Weight};
+
+use super::norm::RmsNorm;
+use crate::config::DeltaNetConfig;
+use crate::error::LoadError;
+use crate::loader::{Loader, TensorId};
+use crate::names::LayerTensor;
+
+/// Chunk length of the chunked delta rule (as in the reference implementation).
+pub const CHUNK: usize = 64;
+/// Epsilon of the q/k L2 normalisation (the reference uses a fixed 1e-6).
+const L2_EPS: f32 = 1e-6;
+
+/// Which form of the delta rule a step uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeltaNetPath {
+    /// Chunked for more than one token, recurrent for one.
+    #[default]
+    Auto,
+    /// Always token by token.
+    Recurrent,
+    /// Always chunked.
+    Chunked,
+}
+
+#[derive(Clone, Debug)]
+pub struct GatedDeltaNet {
+    pub config: DeltaNetConfig,
+    /// `[C, H]`.
+    pub qkv: Weight,
+    /// `[Nv·Dv, H]`.
+    pub z: Weight,
+    /// `[Nv, H]`.
+    pub b: Weight,
+    /// `[Nv, H]`.
+    pub a: Weight,
+    /// `[C, K]`.
+    pub conv: Vec<f32>,
+    /// `[Nv]`.
+    pub dt_bias: Vec<f32>,
+    /// `A = −exp(A_log)`, `[Nv]`.
+    pub a_neg: Vec<f32>,
+    /// Plain RMSNorm over `Dv`, shared by all heads.
+    pub norm: RmsNorm,
+    /// `[H, Nv·Dv]`.
+    pub out: Weight,
+}
+
+impl GatedDeltaNet {
+    pub fn load(
+        ld: &Loader<'_>,
+        l: usize,
+        c: DeltaNetConfig,
+        hidden: usize,
+        eps: f32,
+    ) -> Result<Self, LoadError> {
+        let id = |t| TensorId::Layer(l, t);
+        let (conv_dim, nv) = (c.conv_dim(), c.n_v_heads);
+        let a_log = ld.f32s(id(LayerTensor::DeltaNetALog), &[&[nv]])?;
+        Ok(GatedDeltaNet {
+            config: c,
+            qkv: ld.matrix(id(LayerTensor::DeltaNetQkv), conv_dim, hidden)?,
+            z: ld.matrix(id(LayerTensor::DeltaNetZ), c.value_dim(), hidden)?,
+            b: ld.matrix(id(LayerTensor::DeltaNetB), nv, hidden)?,
+            a: ld.matrix(id(LayerTensor::DeltaNetA), nv, hidden)?,
+            conv: ld.f32s(
+                id(LayerTensor::DeltaNetConv),
+                &[&[conv_dim, 1, c.conv_kernel], &[conv_dim, c.conv_kernel]],
+            )?,
+            dt_bias: ld.f32s(id(LayerTensor::DeltaNetDtBias), &[&[nv]])?,
+            a_neg: a_log.iter().map(|v| -v.exp()).collect(),
+            // The gated norm is plain (`w`, not `1 + w`) in every checkpoint format.
+            norm: RmsNorm {
+                weight: ld.f32s(id(LayerTensor::DeltaNetNorm), &[&[c.v_head_dim]])?,
+                eps,
+            },
+            out: ld.matrix(id(LayerTensor::DeltaNetOut), hidden, c.value_dim())?,
+        })
+    }
+
+    /// `x [T, H]` (normed) → `[T, H]`, advancing `state`.
+    pub fn forward(&self, x: &Mat, state: &mut DeltaNetState, path: DeltaNetPath) -> Mat {
+        let c = self.config;
+        let (t, nv, key_dim) = (x.rows, c.n_v_heads, c.key_dim());
+        let mixed = ops::matmul(x, &self.qkv); // [T, C]
+        let z = ops::matmul(x, &self.z); // [T, Nv·Dv]
+        let b = ops::matmul(x, &self.b); // [T, Nv]
+        let a = ops::matmul(x, &self.a); // [T, Nv]
+        let mixed = ops::causal_conv1d_silu(&mixed, &mut state.conv, &self.conv, c.conv_kernel);
+        let mut q = mixed.cols_range(0, key_dim); // [T, Nk·Dk]
+        let mut k = mixed.cols_range(key_dim, key_dim); // [T, Nk·Dk]
+        let v = mixed.cols_range(2 * key_dim, c.value_dim()); // [T, Nv·Dv]
+        let beta: Vec<f32> = b.data.iter().map(|&x| ops::sigmoid(x)).collect();
+        let g: Vec<f32> = a
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, &ai)| self.a_neg[i % nv] * ops::softplus(ai + self.dt_bias[i % nv]))
+            .collect();
+        ops::l2_norm(&mut q.data, c.k_head_dim, L2_EPS);
+        ops::l2_norm(&mut k.data, c.k_head_dim, L2_EPS);
+        let scale = 1.0 / (c.k_head_dim as f32).sqrt();
+        q.data.iter_mut().for_each(|v| *v *= scale);
+
+        let shape = DeltaRuleShape {
+            nk: c.n_k_heads,
+            nv,
+            dk: c.k_head_dim,
+            dv: c.v_head_dim,
+            order: c.v_head_order,
+        };
+        let inputs = DeltaRuleInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            g: &g,
+            beta: &beta,
+        };
+        let chunked = match path {
+            DeltaNetPath::Auto => t > 1,
+            DeltaNetPath::Recurrent => false,
+            DeltaNetPath::Chunked => true,
+        };
+        let mut o = if chunked {
+            ops::gated_delta_rule_chunked(shape, inputs, &mut state.recurrent, CHUNK)
+        } else {
+            ops::gated_delta_rule_recurrent(shape, inputs, &mut state.recurrent)
+        };
+        ops::gated_rms_norm(&mut o.data, &z.data, &self.norm.weight, self.norm.eps);
+        ops::matmul(&o, &self.out)
+    }
+}

@@ -1,0 +1,45 @@
+//! SwiGLU feed-forward: `W_down (silu(W_gate x) ⊙ W_up x)`.
+
+use qinfer_cpu::ops;
+use qinfer_tensor::{Mat, Weight};
+
+use crate::error::LoadError;
+use crate::loader::{Loader, TensorId};
+use crate::names::LayerTensor;
+
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// `[I, H]`.
+    pub gate: Weight,
+    /// `[I, H]`.
+    pub up: Weight,
+    /// `[H, I]`.
+    pub down: Weight,
+}
+
+impl Mlp {
+    /// Loads a dense MLP of layer `l` from the given roles (the MLP of a layer, or a MoE's
+    /// shared expert).
+    pub fn load(
+        ld: &Loader<'_>,
+        l: usize,
+        roles: [LayerTensor; 3],
+        hidden: usize,
+        intermediate: usize,
+    ) -> Result<Self, LoadError> {
+        let [g, u, d] = roles;
+        Ok(Mlp {
+            gate: ld.matrix(TensorId::Layer(l, g), intermediate, hidden)?,
+            up: ld.matrix(TensorId::Layer(l, u), intermediate, hidden)?,
+            down: ld.matrix(TensorId::Layer(l, d), hidden, intermediate)?,
+        })
+    }
+
+    /// `[T, H] → [T, H]`.
+    pub fn forward(&self, x: &Mat) -> Mat {
+        let mut gate = ops::matmul(x, &self.gate); // [T, I]
+        let up = ops::matmul(x, &self.up); // [T, I]
+        ops::swiglu(&mut gate.data, &up.data);
+        ops::matmul(&gate, &self.down)
+    }
+}

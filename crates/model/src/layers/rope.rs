@@ -1,0 +1,107 @@
+//! Partial, interleaved multimodal RoPE (mRoPE) angles.
+//!
+//! Each head rotates only its first `rotary_dim` dims, in NeoX pairs `(d, d + rotary_dim/2)`.
+//! Frequency `i` (of `rotary_dim/2`) takes its angle from one of three position streams
+//! (time, height, width): with interleaving, `i mod 3 == 1` (and `i < 3·section[1]`) → height,
+//! `i mod 3 == 2` (and `i < 3·section[2]`) → width, otherwise time. For text all three streams
+//! equal the token position, so this reduces to ordinary partial RoPE; the streams exist so
+//! image tokens can be added without touching this file.
+
+use crate::config::RopeConfig;
+
+/// Position of a token in the three mRoPE streams `(t, h, w)`.
+pub type Position3 = [u32; 3];
+
+/// The text position `p` in all three streams.
+pub fn text_position(p: usize) -> Position3 {
+    let p = u32::try_from(p).unwrap_or(u32::MAX);
+    [p, p, p]
+}
+
+#[derive(Clone, Debug)]
+pub struct Rope {
+    /// `θ^(−2i / rotary_dim)`, `[rotary_dim / 2]`, computed in `f32` as the reference does.
+    inv_freq: Vec<f32>,
+    /// Stream (0 = t, 1 = h, 2 = w) of each frequency.
+    stream: Vec<usize>,
+}
+
+impl Rope {
+    pub fn new(c: &RopeConfig) -> Self {
+        let half = c.rotary_dim / 2;
+        let theta = c.theta as f32;
+        let inv_freq = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / c.rotary_dim as f32))
+            .collect();
+        let [_, sh, sw] = c.mrope_section;
+        let stream = (0..half)
+            .map(|i| {
+                if c.mrope_interleaved {
+                    match i % 3 {
+                        1 if i < 3 * sh => 1,
+                        2 if i < 3 * sw => 2,
+                        _ => 0,
+                    }
+                } else {
+                    let st = c.mrope_section[0];
+                    if i < st {
+                        0
+                    } else if i < st + sh {
+                        1
+                    } else {
+                        2
+                    }
+                }
+            })
+            .collect();
+        Rope { inv_freq, stream }
+    }
+
+    /// `(cos, sin)` of every frequency's angle at `pos`.
+    pub fn angles(&self, pos: Position3) -> (Vec<f32>, Vec<f32>) {
+        self.inv_freq
+            .iter()
+            .zip(&self.stream)
+            .map(|(f, &s)| {
+                let a = pos[s] as f32 * f;
+                (a.cos(), a.sin())
+            })
+            .unzip()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(interleaved: bool) -> RopeConfig {
+        RopeConfig {
+            theta: 1e7,
+            rotary_dim: 64,
+            mrope_section: [11, 11, 10],
+            mrope_interleaved: interleaved,
+        }
+    }
+
+    #[test]
+    fn interleaved_streams_follow_i_mod_3() {
+        let r = Rope::new(&config(true));
+        assert_eq!(&r.stream[..7], &[0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(r.stream.iter().filter(|&&s| s == 1).count(), 11);
+        assert_eq!(r.stream.iter().filter(|&&s| s == 2).count(), 10);
+        assert_eq!(r.stream[30], 0);
+        assert_eq!(r.stream[31], 1);
+    }
+
+    /// With t = h = w, mRoPE is plain partial RoPE whichever assignment is used.
+    #[test]
+    fn text_positions_reduce_to_plain_rope() {
+        let (a, b) = (Rope::new(&config(true)), Rope::new(&config(false)));
+        for p in [0, 1, 77, 4096] {
+            assert_eq!(a.angles(text_position(p)), b.angles(text_position(p)));
+        }
+        let (cos, sin) = a.angles([5, 0, 0]);
+        assert_eq!(cos[1], 1.0);
+        assert!(sin[0] != 0.0);
+    }
+}

@@ -1,0 +1,23 @@
+//! The Qwen3.5 / Qwen3.6 text model (dense and MoE).
+//!
+//! * [`config`]: the validated configuration, built from the raw `config.json` mirror.
+//! * [`names`]: the one table from tensor roles to checkpoint names. Tensor-name strings
+//!   appear nowhere else.
+//! * [`loader`]: fetches and checks tensors by role (shape, dtype, norm convention).
+//! * `layers/`: the mechanisms (norms, RoPE, gated attention, Gated DeltaNet, SwiGLU MLP, MoE),
+//!   each loading its weights and running its forward step through `qinfer_cpu::ops`.
+//! * [`qwen35`]: binds them into the forward pass.
+//!
+//! Architecture invariant: model code never touches SIMD, threads or file formats; it calls
+//! the op vocabulary of `qinfer-cpu`, and state lives in `qinfer_cache::SequenceState`.
+
+pub mod config;
+mod error;
+pub mod layers;
+pub mod loader;
+pub mod names;
+pub mod qwen35;
+
+pub use config::{FeedForwardConfig, LayerKind, ModelConfig, NormConvention};
+pub use error::{ConfigError, ForwardError, LoadError};
+pub use qwen35::{DeltaNetPath, LogitsFor, Qwen35, TracePoint};

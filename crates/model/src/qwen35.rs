@@ -1,0 +1,373 @@
+//! The Qwen3.5 / Qwen3.6 text model: dense (0.8B…27B) and MoE (35B-A3B…397B-A17B).
+//!
+//! ```text
+//! x = embed[ids]                                          [T, H]
+//! for each layer:
+//!     x = x + Mixer(RMSNorm(x))     Mixer = GatedDeltaNet | GatedAttention (by layer kind)
+//!     x = x + FFN(RMSNorm(x))       FFN = SwiGLU MLP | MoE
+//! logits = RMSNorm(x) · lm_headᵀ                          [T, V]   (lm_head = embed if tied)
+//! ```
+//!
+//! The model holds weights only. Everything a sequence accumulates lives in
+//! [`SequenceState`], passed `&mut` into [`Qwen35::forward`]; positions come from it too.
+
+use std::path::Path;
+
+use qinfer_cache::{LayerSpec, LayerState, SequenceState};
+use qinfer_cpu::ops;
+use qinfer_formats::hf_config::RawConfig;
+use qinfer_formats::safetensors::Checkpoint;
+use qinfer_tensor::{DType, Mat, Weight};
+
+use crate::config::{FeedForwardConfig, LayerKind, ModelConfig};
+use crate::error::{ForwardError, LoadError};
+pub use crate::layers::gated_deltanet::DeltaNetPath;
+use crate::layers::{
+    attention::Attention,
+    gated_deltanet::GatedDeltaNet,
+    mlp::Mlp,
+    moe::Moe,
+    norm::RmsNorm,
+    rope::{Rope, text_position},
+};
+use crate::loader::{Loader, TensorId};
+use crate::names::{self, Global, LayerTensor};
+
+/// Token mixer of one layer.
+#[derive(Clone, Debug)]
+pub enum Mixer {
+    DeltaNet(GatedDeltaNet),
+    Attention(Attention),
+}
+
+/// Feed-forward block of one layer.
+#[derive(Clone, Debug)]
+pub enum FeedForward {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Mat) -> Mat {
+        match self {
+            FeedForward::Dense(m) => m.forward(x),
+            FeedForward::Moe(m) => m.forward(x),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub input_norm: RmsNorm,
+    pub mixer: Mixer,
+    pub post_attention_norm: RmsNorm,
+    pub feed_forward: FeedForward,
+}
+
+/// Which positions get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Every position of the step: `[T, V]`.
+    All,
+    /// Only the last: `[1, V]` (generation).
+    Last,
+}
+
+/// Named intermediate tensors, reported to a trace callback (for layer-by-layer comparison
+/// against a reference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracePoint {
+    /// Token embeddings, `[T, H]`.
+    Embeddings,
+    /// Residual stream after layer `l`, `[T, H]`.
+    LayerOutput(usize),
+    /// After the final norm, `[T, H]` (only the rows that get logits).
+    FinalNorm,
+}
+
+/// Tensors in the checkpoint that the text model does not use (yet).
+#[derive(Clone, Debug, Default)]
+pub struct ExtraTensors {
+    /// `mtp.*`: the multi-token-prediction head.
+    pub mtp: Vec<String>,
+    /// `model.visual.*`: the vision tower.
+    pub vision: Vec<String>,
+    /// Anything else.
+    pub unknown: Vec<String>,
+}
+
+/// A loaded model.
+#[derive(Clone, Debug)]
+pub struct Qwen35 {
+    pub config: ModelConfig,
+    /// `[V, H]`.
+    pub embed: Weight,
+    pub layers: Vec<Layer>,
+    pub final_norm: RmsNorm,
+    /// `[V, H]`; shares the embedding's bytes when tied.
+    pub lm_head: Weight,
+    pub extras: ExtraTensors,
+    rope: Rope,
+    deltanet_path: DeltaNetPath,
+}
+
+impl Qwen35 {
+    /// Loads a Hugging Face model directory (`config.json` + safetensors).
+    pub fn load_dir(dir: &Path) -> Result<Self, LoadError> {
+        if !dir.is_dir() {
+            return Err(LoadError::NotADirectory(dir.display().to_string()));
+        }
+        let config_path = dir.join("config.json");
+        let raw = RawConfig::from_file(&config_path)?;
+        let config = ModelConfig::from_hf(&raw).map_err(|source| LoadError::Config {
+            path: config_path.display().to_string(),
+            source,
+        })?;
+        let checkpoint = Checkpoint::open_dir(dir)?;
+        Self::from_checkpoint(config, &checkpoint)
+    }
+
+    /// Builds the model from a validated config and an opened checkpoint.
+    pub fn from_checkpoint(
+        config: ModelConfig,
+        checkpoint: &Checkpoint,
+    ) -> Result<Self, LoadError> {
+        let prefix = Loader::detect_prefix(checkpoint)?;
+        let ld = Loader::new(checkpoint, prefix, config.norm);
+        let (h, v, eps) = (config.hidden, config.vocab, config.rms_norm_eps);
+        let embed = ld.matrix(TensorId::Global(Global::Embed), v, h)?;
+        let lm_head = if config.tie_embeddings && !ld.has(TensorId::Global(Global::LmHead)) {
+            embed.clone()
+        } else {
+            ld.matrix(TensorId::Global(Global::LmHead), v, h)?
+        };
+        let mut layers = Vec::with_capacity(config.n_layers());
+        for (l, kind) in config.layers.iter().enumerate() {
+            let mixer = match kind {
+                LayerKind::DeltaNet => {
+                    Mixer::DeltaNet(GatedDeltaNet::load(&ld, l, config.deltanet, h, eps)?)
+                }
+                LayerKind::Attention => {
+                    Mixer::Attention(Attention::load(&ld, l, config.attention, h, eps)?)
+                }
+            };
+            let feed_forward = match config.feed_forward {
+                FeedForwardConfig::Dense { intermediate } => FeedForward::Dense(Mlp::load(
+                    &ld,
+                    l,
+                    [
+                        LayerTensor::MlpGate,
+                        LayerTensor::MlpUp,
+                        LayerTensor::MlpDown,
+                    ],
+                    h,
+                    intermediate,
+                )?),
+                FeedForwardConfig::Moe {
+                    n_experts,
+                    top_k,
+                    expert_intermediate,
+                    shared_intermediate,
+                } => FeedForward::Moe(Moe::load(
+                    &ld,
+                    l,
+                    h,
+                    n_experts,
+                    top_k,
+                    expert_intermediate,
+                    shared_intermediate,
+                )?),
+            };
+            layers.push(Layer {
+                input_norm: RmsNorm::load(&ld, TensorId::Layer(l, LayerTensor::InputNorm), h, eps)?,
+                mixer,
+                post_attention_norm: RmsNorm::load(
+                    &ld,
+                    TensorId::Layer(l, LayerTensor::PostAttentionNorm),
+                    h,
+                    eps,
+                )?,
+                feed_forward,
+            });
+        }
+        let final_norm = RmsNorm::load(&ld, TensorId::Global(Global::FinalNorm), h, eps)?;
+        let mut extras = ExtraTensors::default();
+        for name in ld.unused() {
+            match names::extra(&name) {
+                Some(names::Extra::Mtp) => extras.mtp.push(name),
+                Some(names::Extra::Vision) => extras.vision.push(name),
+                None => extras.unknown.push(name),
+            }
+        }
+        let rope = Rope::new(&config.rope);
+        Ok(Qwen35 {
+            config,
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+            extras,
+            rope,
+            deltanet_path: DeltaNetPath::Auto,
+        })
+    }
+
+    /// Chooses the form of the delta rule (default [`DeltaNetPath::Auto`]).
+    pub fn set_deltanet_path(&mut self, path: DeltaNetPath) {
+        self.deltanet_path = path;
+    }
+
+    /// What each layer keeps per sequence.
+    pub fn state_specs(&self) -> Vec<LayerSpec> {
+        let c = &self.config;
+        c.layers
+            .iter()
+            .map(|k| match k {
+                LayerKind::Attention => LayerSpec::Attention {
+                    kv_width: c.attention.n_kv_heads * c.attention.head_dim,
+                },
+                LayerKind::DeltaNet => LayerSpec::DeltaNet {
+                    conv_channels: c.deltanet.conv_dim(),
+                    conv_kernel: c.deltanet.conv_kernel,
+                    recurrent_len: c.deltanet.n_v_heads
+                        * c.deltanet.k_head_dim
+                        * c.deltanet.v_head_dim,
+                },
+            })
+            .collect()
+    }
+
+    /// A fresh, empty sequence for this model.
+    pub fn new_state(&self) -> SequenceState {
+        SequenceState::new(&self.state_specs())
+    }
+
+    /// Runs `tokens` through the model, continuing the sequence in `state`; returns logits
+    /// `[T, V]` or `[1, V]`. On error, `state` is unchanged.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        state: &mut SequenceState,
+        logits: LogitsFor,
+    ) -> Result<Mat, ForwardError> {
+        self.forward_traced(tokens, state, logits, &mut |_, _| {})
+    }
+
+    /// [`Qwen35::forward`], reporting named intermediate tensors to `trace`.
+    pub fn forward_traced(
+        &self,
+        tokens: &[u32],
+        state: &mut SequenceState,
+        logits: LogitsFor,
+        trace: &mut dyn FnMut(TracePoint, &Mat),
+    ) -> Result<Mat, ForwardError> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(ForwardError::Empty);
+        }
+        if let Some((index, &id)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id as usize >= c.vocab)
+        {
+            return Err(ForwardError::TokenOutOfRange {
+                id,
+                index,
+                vocab: c.vocab,
+            });
+        }
+        let start = state.pos();
+        if start + tokens.len() > c.max_positions {
+            return Err(ForwardError::ContextOverflow {
+                used: start,
+                needed: tokens.len(),
+                limit: c.max_positions,
+            });
+        }
+        if state.layers().len() != self.layers.len() {
+            return Err(ForwardError::StateMismatch);
+        }
+        let positions: Vec<_> = (start..start + tokens.len()).map(text_position).collect();
+
+        let mut x = Mat::zeros(tokens.len(), c.hidden); // [T, H]
+        for (row, &id) in x.rows_iter_mut().zip(tokens) {
+            self.embed.row_to_f32(id as usize, row);
+        }
+        trace(TracePoint::Embeddings, &x);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_norm.apply(&x);
+            let mixed = match (&layer.mixer, state.layer_mut(l)) {
+                (Mixer::DeltaNet(d), LayerState::DeltaNet(s)) => {
+                    d.forward(&h, s, self.deltanet_path)
+                }
+                (Mixer::Attention(a), LayerState::Attention(kv)) => {
+                    a.forward(&h, &positions, &self.rope, kv)
+                }
+                _ => unreachable!("state layout comes from this model's state_specs"),
+            };
+            ops::add_assign(&mut x.data, &mixed.data);
+            let h = layer.post_attention_norm.apply(&x);
+            let ff = layer.feed_forward.forward(&h);
+            ops::add_assign(&mut x.data, &ff.data);
+            trace(TracePoint::LayerOutput(l), &x);
+        }
+        state.advance(tokens.len());
+        let mut last = match logits {
+            LogitsFor::All => x,
+            LogitsFor::Last => Mat::from_vec(x.row(x.rows - 1).to_vec(), 1, c.hidden),
+        };
+        self.final_norm.forward(&mut last);
+        trace(TracePoint::FinalNorm, &last);
+        Ok(ops::matmul(&last, &self.lm_head))
+    }
+
+    /// Number of parameters of the text model (the LM head counted once when tied).
+    pub fn parameter_count(&self) -> usize {
+        let c = &self.config;
+        let mut n = self.embed.rows() * self.embed.cols() + c.hidden;
+        if !c.tie_embeddings {
+            n += self.lm_head.rows() * self.lm_head.cols();
+        }
+        let m = |w: &Weight| w.rows() * w.cols();
+        let mlp = |x: &Mlp| m(&x.gate) + m(&x.up) + m(&x.down);
+        for layer in &self.layers {
+            n += layer.input_norm.weight.len() + layer.post_attention_norm.weight.len();
+            n += match &layer.mixer {
+                Mixer::DeltaNet(d) => {
+                    m(&d.qkv)
+                        + m(&d.z)
+                        + m(&d.b)
+                        + m(&d.a)
+                        + m(&d.out)
+                        + d.conv.len()
+                        + d.dt_bias.len()
+                        + d.a_neg.len()
+                        + d.norm.weight.len()
+                }
+                Mixer::Attention(a) => {
+                    m(&a.q)
+                        + m(&a.k)
+                        + m(&a.v)
+                        + m(&a.o)
+                        + a.q_norm.weight.len()
+                        + a.k_norm.weight.len()
+                }
+            };
+            n += match &layer.feed_forward {
+                FeedForward::Dense(x) => mlp(x),
+                FeedForward::Moe(x) => {
+                    m(&x.router)
+                        + x.experts.iter().map(mlp).sum::<usize>()
+                        + mlp(&x.shared)
+                        + m(&x.shared_gate)
+                }
+            };
+        }
+        n
+    }
+
+    /// Storage type of the embedding (a proxy for the checkpoint's dtype).
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+}

@@ -1,0 +1,68 @@
+//! Shared helpers of the golden tests: fixture paths, reference files, comparisons.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use qinfer_model::{LogitsFor, Qwen35};
+
+/// `tests/fixtures/<name>` at the repository root.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+pub fn load(name: &str) -> Qwen35 {
+    Qwen35::load_dir(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// `reference.json` of a fixture.
+pub fn reference(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// `(shape, data)` of a fixture's `.npy` file.
+pub fn npy(name: &str, file: &str) -> (Vec<usize>, Vec<f32>) {
+    qinfer_formats::npy::read_f32(&fixture(name).join(file)).unwrap()
+}
+
+/// Largest |a - b| and where it is (row, col) for `[rows, cols]` data.
+pub fn max_diff(a: &[f32], b: &[f32], cols: usize) -> (f32, usize, usize) {
+    assert_eq!(a.len(), b.len(), "compared arrays differ in length");
+    let mut worst = (0.0f32, 0, 0);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let d = (x - y).abs();
+        if d > worst.0 || d.is_nan() {
+            worst = (d, i / cols, i % cols);
+        }
+    }
+    worst
+}
+
+/// Greedy decoding: prefill, then `n` tokens one at a time (argmax, lowest id on ties).
+pub fn greedy(model: &Qwen35, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut state = model.new_state();
+    let mut logits = model.forward(prompt, &mut state, LogitsFor::Last).unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let row = logits.row(0);
+        let next = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+            .unwrap() as u32;
+        out.push(next);
+        if out.len() < n {
+            logits = model.forward(&[next], &mut state, LogitsFor::Last).unwrap();
+        }
+    }
+    out
+}
