@@ -62,7 +62,7 @@ struct GenerateArgs {
     #[arg(long)]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy (argmax).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     temperature: f32,
     /// Random seed for temperature > 0.
     #[arg(long, default_value_t = 0)]

@@ -1,0 +1,118 @@
+//! The `qinfer` binary end to end: the public commands, their output formats, and clear
+//! errors (exit code 1, a message, no panic) for bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+fn qinfer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qinfer")).args(args).output().expect("qinfer runs")
+}
+
+fn reference(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap()
+}
+
+fn csv(v: &serde_json::Value) -> String {
+    v.as_array().unwrap().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn logits_out_writes_the_reference_logits() {
+    let name = "tiny-dense-f32";
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("logits.npy");
+    let model = fixture(name);
+    let ids = csv(&reference(name)["short_prompt"]);
+    let o = qinfer(&["logits", model.to_str().unwrap(), "--ids", &ids, "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (shape, got) = qinfer_formats::npy::read_f32(&out).unwrap();
+    let (want_shape, want) = qinfer_formats::npy::read_f32(&fixture(name).join("logits_short.npy")).unwrap();
+    assert_eq!(shape, want_shape);
+    let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d <= 1e-3, "max |Δlogit| {d}");
+}
+
+#[test]
+fn logits_without_out_prints_top5_per_position() {
+    let o = qinfer(&["logits", fixture("tiny-moe-f32").to_str().unwrap(), "--ids", "1,2,3", "--threads", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.lines().all(|l| l.contains("top-5:") && l.matches('(').count() == 5), "{text}");
+}
+
+#[test]
+fn generate_json_gives_the_reference_greedy_ids() {
+    for name in ["tiny-dense-f32", "tiny-moe-bf16"] {
+        let r = reference(name);
+        let want = r["greedy_ids"].as_array().unwrap().len().to_string();
+        let o = qinfer(&[
+            "generate",
+            fixture(name).to_str().unwrap(),
+            "--ids",
+            &csv(&r["greedy_prompt"]),
+            "--max-tokens",
+            &want,
+            "--temperature",
+            "0",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(got, serde_json::json!({ "ids": r["greedy_ids"] }), "{name}");
+    }
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let run = |seed: &str| {
+        let o = qinfer(&[
+            "generate",
+            fixture("tiny-dense-f32").to_str().unwrap(),
+            "--ids",
+            "5,6,7",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "1.0",
+            "--seed",
+            seed,
+            "--ignore-eos",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        o.stdout
+    };
+    assert_eq!(run("7"), run("7"));
+    assert_ne!(run("7"), run("8"));
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let model = fixture("tiny-dense-f32");
+    let m = model.to_str().unwrap();
+    let config = model.join("config.json");
+    let cases: [(&[&str], &str); 6] = [
+        (&["logits", m, "--ids", "1,x"], "\"x\" is not a token id"),
+        (&["logits", m, "--ids", "1,99999"], "outside the vocabulary"),
+        (&["logits", "/nonexistent", "--ids", "1"], "not a directory"),
+        (&["logits", m, "--ids", ""], "no token ids"),
+        (&["generate", m, "--ids", "1", "--max-tokens", "2", "--temperature", "-1"], "--temperature"),
+        (&["logits", config.to_str().unwrap(), "--ids", "1"], "model directory"),
+    ];
+    for (args, want) in cases {
+        let o = qinfer(args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let err = stderr(&o);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
