@@ -1,0 +1,17 @@
+//! Text in, text out.
+//!
+//! * [`tokenizer`]: the model's `tokenizer.json` (Hugging Face `tokenizers`, pure-Rust build)
+//!   and a streaming detokenizer that never emits broken UTF-8.
+//! * [`template`]: the model's own Jinja chat template, rendered byte-identically to Python
+//!   jinja2 as transformers renders it.
+//! * [`sampler`]: temperature, top-k/p, min-p, penalties, seeds, stop conditions.
+//! * [`parser`]: one incremental state machine splitting model output into reasoning,
+//!   content and Qwen XML tool calls; streaming-safe, never panics.
+//!
+//! Architecture invariant: this crate knows nothing about HTTP; the server maps its types to
+//! wire formats.
+
+pub mod parser;
+pub mod sampler;
+pub mod template;
+pub mod tokenizer;
