@@ -4,6 +4,8 @@
 //! * `qinfer logits MODEL --ids 1,2,3 [--out FILE.npy]`
 //! * `qinfer generate MODEL --ids 1,2,3 --max-tokens N [--temperature 0] [--json]`
 
+mod inspect;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +33,14 @@ enum Command {
     Logits(LogitsArgs),
     /// Generate tokens after a prompt of token ids.
     Generate(GenerateArgs),
+    /// Show a model's architecture, layer pattern, parameter count, dtypes and tensor table.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// Model directory (Hugging Face layout: config.json + *.safetensors).
+    model: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +109,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Logits(a) => logits(a),
         Command::Generate(a) => generate(a),
+        Command::Inspect(a) => inspect::run(&a.model, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

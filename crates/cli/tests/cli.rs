@@ -5,19 +5,30 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 fn qinfer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qinfer")).args(args).output().expect("qinfer runs")
+    Command::new(env!("CARGO_BIN_EXE_qinfer"))
+        .args(args)
+        .output()
+        .expect("qinfer runs")
 }
 
 fn reference(name: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
+        .unwrap()
 }
 
 fn csv(v: &serde_json::Value) -> String {
-    v.as_array().unwrap().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn stderr(o: &Output) -> String {
@@ -31,22 +42,45 @@ fn logits_out_writes_the_reference_logits() {
     let out = dir.path().join("logits.npy");
     let model = fixture(name);
     let ids = csv(&reference(name)["short_prompt"]);
-    let o = qinfer(&["logits", model.to_str().unwrap(), "--ids", &ids, "--out", out.to_str().unwrap()]);
+    let o = qinfer(&[
+        "logits",
+        model.to_str().unwrap(),
+        "--ids",
+        &ids,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (shape, got) = qinfer_formats::npy::read_f32(&out).unwrap();
-    let (want_shape, want) = qinfer_formats::npy::read_f32(&fixture(name).join("logits_short.npy")).unwrap();
+    let (want_shape, want) =
+        qinfer_formats::npy::read_f32(&fixture(name).join("logits_short.npy")).unwrap();
     assert_eq!(shape, want_shape);
-    let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let d = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(d <= 1e-3, "max |Δlogit| {d}");
 }
 
 #[test]
 fn logits_without_out_prints_top5_per_position() {
-    let o = qinfer(&["logits", fixture("tiny-moe-f32").to_str().unwrap(), "--ids", "1,2,3", "--threads", "1"]);
+    let o = qinfer(&[
+        "logits",
+        fixture("tiny-moe-f32").to_str().unwrap(),
+        "--ids",
+        "1,2,3",
+        "--threads",
+        "1",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8(o.stdout).unwrap();
     assert_eq!(text.lines().count(), 3, "{text}");
-    assert!(text.lines().all(|l| l.contains("top-5:") && l.matches('(').count() == 5), "{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.contains("top-5:") && l.matches('(').count() == 5),
+        "{text}"
+    );
 }
 
 #[test]
@@ -105,8 +139,23 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         (&["logits", m, "--ids", "1,99999"], "outside the vocabulary"),
         (&["logits", "/nonexistent", "--ids", "1"], "not a directory"),
         (&["logits", m, "--ids", ""], "no token ids"),
-        (&["generate", m, "--ids", "1", "--max-tokens", "2", "--temperature", "-1"], "--temperature"),
-        (&["logits", config.to_str().unwrap(), "--ids", "1"], "model directory"),
+        (
+            &[
+                "generate",
+                m,
+                "--ids",
+                "1",
+                "--max-tokens",
+                "2",
+                "--temperature",
+                "-1",
+            ],
+            "--temperature",
+        ),
+        (
+            &["logits", config.to_str().unwrap(), "--ids", "1"],
+            "model directory",
+        ),
     ];
     for (args, want) in cases {
         let o = qinfer(args);

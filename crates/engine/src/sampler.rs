@@ -22,7 +22,11 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SamplingError {
     #[error("{name} must be {rule}, got {value}")]
-    OutOfRange { name: &'static str, rule: &'static str, value: f64 },
+    OutOfRange {
+        name: &'static str,
+        rule: &'static str,
+        value: f64,
+    },
     #[error("unknown sampling preset {0:?} (known: {1})")]
     UnknownPreset(String, String),
     #[error("{path}: {why}")]
@@ -77,9 +81,10 @@ pub const PRESETS: [(&str, [f32; 6]); 5] = [
 impl SamplingParams {
     /// A named preset (see [`PRESETS`]).
     pub fn preset(name: &str) -> Result<Self, SamplingError> {
-        let (_, [t, p, k, m, pres, rep]) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
-            SamplingError::UnknownPreset(name.into(), PRESETS.map(|(n, _)| n).join(", "))
-        })?;
+        let (_, [t, p, k, m, pres, rep]) =
+            PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+                SamplingError::UnknownPreset(name.into(), PRESETS.map(|(n, _)| n).join(", "))
+            })?;
         Ok(SamplingParams {
             temperature: *t,
             top_p: *p,
@@ -94,13 +99,17 @@ impl SamplingParams {
     /// Defaults from a model's `generation_config.json` (`temperature`, `top_k`, `top_p`,
     /// `min_p`, `repetition_penalty`; greedy if `do_sample` is false). Absent file: greedy.
     pub fn from_generation_config(path: &Path) -> Result<Self, SamplingError> {
-        let bad = |why: String| SamplingError::GenerationConfig { path: path.display().to_string(), why };
+        let bad = |why: String| SamplingError::GenerationConfig {
+            path: path.display().to_string(),
+            why,
+        };
         let mut p = Self::default();
         if !path.is_file() {
             return Ok(p);
         }
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
         if v.get("do_sample").and_then(serde_json::Value::as_bool) == Some(false) {
             return Ok(p);
@@ -117,18 +126,56 @@ impl SamplingParams {
     /// Checks every field's range.
     pub fn validate(&self) -> Result<(), SamplingError> {
         let check = |name, ok: bool, rule, value: f32| {
-            if ok { Ok(()) } else { Err(SamplingError::OutOfRange { name, rule, value: f64::from(value) }) }
+            if ok {
+                Ok(())
+            } else {
+                Err(SamplingError::OutOfRange {
+                    name,
+                    rule,
+                    value: f64::from(value),
+                })
+            }
         };
         let t = self.temperature;
-        check("temperature", t.is_finite() && t >= 0.0, "a finite number ≥ 0", t)?;
-        check("top_p", self.top_p > 0.0 && self.top_p <= 1.0, "in (0, 1]", self.top_p)?;
-        check("min_p", (0.0..=1.0).contains(&self.min_p), "in [0, 1]", self.min_p)?;
+        check(
+            "temperature",
+            t.is_finite() && t >= 0.0,
+            "a finite number ≥ 0",
+            t,
+        )?;
+        check(
+            "top_p",
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "in (0, 1]",
+            self.top_p,
+        )?;
+        check(
+            "min_p",
+            (0.0..=1.0).contains(&self.min_p),
+            "in [0, 1]",
+            self.min_p,
+        )?;
         let r = self.repetition_penalty;
-        check("repetition_penalty", r.is_finite() && r > 0.0, "a finite number > 0", r)?;
+        check(
+            "repetition_penalty",
+            r.is_finite() && r > 0.0,
+            "a finite number > 0",
+            r,
+        )?;
         let pp = self.presence_penalty;
-        check("presence_penalty", pp.is_finite() && (-2.0..=2.0).contains(&pp), "in [-2, 2]", pp)?;
+        check(
+            "presence_penalty",
+            pp.is_finite() && (-2.0..=2.0).contains(&pp),
+            "in [-2, 2]",
+            pp,
+        )?;
         let fp = self.frequency_penalty;
-        check("frequency_penalty", fp.is_finite() && (-2.0..=2.0).contains(&fp), "in [-2, 2]", fp)?;
+        check(
+            "frequency_penalty",
+            fp.is_finite() && (-2.0..=2.0).contains(&fp),
+            "in [-2, 2]",
+            fp,
+        )?;
         Ok(())
     }
 }
@@ -148,7 +195,9 @@ impl Sampler {
     /// A sampler for a sequence whose prompt is `prompt`.
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Self {
         let seed = params.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
         });
         Sampler {
             params,
@@ -188,7 +237,11 @@ impl Sampler {
         if p.repetition_penalty != 1.0 {
             for &t in self.seen.keys() {
                 if let Some(v) = logits.get_mut(t as usize) {
-                    *v = if *v > 0.0 { *v / p.repetition_penalty } else { *v * p.repetition_penalty };
+                    *v = if *v > 0.0 {
+                        *v / p.repetition_penalty
+                    } else {
+                        *v * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -205,7 +258,10 @@ impl Sampler {
     pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
         let p = &self.params;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut probs: Vec<f32> = logits.iter().map(|&v| ((v - max) / p.temperature).exp()).collect();
+        let mut probs: Vec<f32> = logits
+            .iter()
+            .map(|&v| ((v - max) / p.temperature).exp())
+            .collect();
         normalise(&mut probs);
         // Candidates by descending probability (lowest id first on ties).
         let mut order: Vec<usize> = (0..probs.len()).collect();
@@ -226,7 +282,11 @@ impl Sampler {
         }
         if p.min_p > 0.0 {
             let floor = p.min_p * probs[order[0]];
-            keep = order[..keep].iter().take_while(|&&t| probs[t] >= floor).count().max(1);
+            keep = order[..keep]
+                .iter()
+                .take_while(|&&t| probs[t] >= floor)
+                .count()
+                .max(1);
         }
         for &t in &order[keep..] {
             probs[t] = 0.0;
@@ -302,7 +362,10 @@ pub enum StopCheck {
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
-        StopMatcher { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
     }
 
     /// Adds `text`; returns what can be shown now.
@@ -312,8 +375,11 @@ impl StopMatcher {
             return StopCheck::Continue(std::mem::take(&mut self.pending));
         }
         // Earliest stop occurrence wins.
-        if let Some((at, stop)) =
-            self.stops.iter().filter_map(|s| self.pending.find(s.as_str()).map(|i| (i, s))).min_by_key(|(i, _)| *i)
+        if let Some((at, stop)) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()).map(|i| (i, s)))
+            .min_by_key(|(i, _)| *i)
         {
             let stop = stop.clone();
             let text = self.pending[..at].to_string();
@@ -348,7 +414,11 @@ mod tests {
     use super::*;
 
     fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
-        let mut p = SamplingParams { temperature: 1.0, seed: Some(1), ..SamplingParams::default() };
+        let mut p = SamplingParams {
+            temperature: 1.0,
+            seed: Some(1),
+            ..SamplingParams::default()
+        };
         f(&mut p);
         p
     }
@@ -387,16 +457,29 @@ mod tests {
     fn filters_match_hand_computed_distributions() {
         let ln = |v: &[f32]| v.iter().map(|x| x.ln()).collect::<Vec<_>>();
         let logits = ln(&[0.1, 0.4, 0.2, 0.3]);
-        let probs = |f: fn(&mut SamplingParams)| Sampler::new(params(f), &[]).probabilities(&logits);
+        let probs =
+            |f: fn(&mut SamplingParams)| Sampler::new(params(f), &[]).probabilities(&logits);
         assert!(close(&probs(|_| {}), &[0.1, 0.4, 0.2, 0.3]));
-        assert!(close(&probs(|p| p.top_k = 2), &[0.0, 4.0 / 7.0, 0.0, 3.0 / 7.0]));
+        assert!(close(
+            &probs(|p| p.top_k = 2),
+            &[0.0, 4.0 / 7.0, 0.0, 3.0 / 7.0]
+        ));
         // top-p 0.65: 0.4 + 0.3 = 0.7 ≥ 0.65 → {1, 3}.
-        assert!(close(&probs(|p| p.top_p = 0.65), &[0.0, 4.0 / 7.0, 0.0, 3.0 / 7.0]));
+        assert!(close(
+            &probs(|p| p.top_p = 0.65),
+            &[0.0, 4.0 / 7.0, 0.0, 3.0 / 7.0]
+        ));
         // min-p 0.45: floor 0.18 → {1, 3, 2}.
-        assert!(close(&probs(|p| p.min_p = 0.45), &[0.0, 0.4 / 0.9, 0.2 / 0.9, 0.3 / 0.9]));
+        assert!(close(
+            &probs(|p| p.min_p = 0.45),
+            &[0.0, 0.4 / 0.9, 0.2 / 0.9, 0.3 / 0.9]
+        ));
         // temperature 0.5 squares the odds.
         let sq: f32 = [0.01f32, 0.16, 0.04, 0.09].iter().sum();
-        assert!(close(&probs(|p| p.temperature = 0.5), &[0.01 / sq, 0.16 / sq, 0.04 / sq, 0.09 / sq]));
+        assert!(close(
+            &probs(|p| p.temperature = 0.5),
+            &[0.01 / sq, 0.16 / sq, 0.04 / sq, 0.09 / sq]
+        ));
     }
 
     #[test]
@@ -419,14 +502,25 @@ mod tests {
         let mut s = Sampler::new(params(|_| {}), &[]);
         let n = 20_000;
         let ones = (0..n).filter(|_| s.sample(&two) == 1).count() as f64 / n as f64;
-        assert!((ones - 0.75).abs() < 3.0 * (0.75f64 * 0.25 / n as f64).sqrt(), "{ones}");
+        assert!(
+            (ones - 0.75).abs() < 3.0 * (0.75f64 * 0.25 / n as f64).sqrt(),
+            "{ones}"
+        );
     }
 
     #[test]
     fn presets_and_validation() {
         let t = SamplingParams::preset("thinking").unwrap();
-        assert_eq!((t.temperature, t.top_p, t.top_k, t.presence_penalty), (1.0, 0.95, 20, 1.5));
-        assert!(SamplingParams::preset("nope").unwrap_err().to_string().contains("thinking-coding"));
+        assert_eq!(
+            (t.temperature, t.top_p, t.top_k, t.presence_penalty),
+            (1.0, 0.95, 20, 1.5)
+        );
+        assert!(
+            SamplingParams::preset("nope")
+                .unwrap_err()
+                .to_string()
+                .contains("thinking-coding")
+        );
         assert!(params(|p| p.top_p = 0.0).validate().is_err());
         assert!(params(|p| p.temperature = f32::NAN).validate().is_err());
         assert!(params(|p| p.presence_penalty = 3.0).validate().is_err());
@@ -439,12 +533,24 @@ mod tests {
     fn generation_config_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("generation_config.json");
-        std::fs::write(&path, r#"{"do_sample":true,"temperature":0.6,"top_k":20,"top_p":0.95}"#).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"do_sample":true,"temperature":0.6,"top_k":20,"top_p":0.95}"#,
+        )
+        .unwrap();
         let p = SamplingParams::from_generation_config(&path).unwrap();
         assert_eq!((p.temperature, p.top_k, p.top_p), (0.6, 20, 0.95));
         std::fs::write(&path, r#"{"temperature": -1}"#).unwrap();
-        assert!(SamplingParams::from_generation_config(&path).unwrap_err().to_string().contains("temperature"));
-        assert_eq!(SamplingParams::from_generation_config(&dir.path().join("none")).unwrap(), SamplingParams::default());
+        assert!(
+            SamplingParams::from_generation_config(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("temperature")
+        );
+        assert_eq!(
+            SamplingParams::from_generation_config(&dir.path().join("none")).unwrap(),
+            SamplingParams::default()
+        );
     }
 
     #[test]
@@ -453,7 +559,13 @@ mod tests {
         assert_eq!(m.push("hello </e"), StopCheck::Continue("hello ".into()));
         assert_eq!(m.push("nx"), StopCheck::Continue("</enx".into()));
         assert_eq!(m.push("abc ST"), StopCheck::Continue("abc ".into()));
-        assert_eq!(m.push("OP tail"), StopCheck::Stopped { text: "".into(), stop: "STOP".into() });
+        assert_eq!(
+            m.push("OP tail"),
+            StopCheck::Stopped {
+                text: "".into(),
+                stop: "STOP".into()
+            }
+        );
         let mut m = StopMatcher::new(&["ab".to_string()]);
         assert_eq!(m.push("xa"), StopCheck::Continue("x".into()));
         assert_eq!(m.finish(), "a");

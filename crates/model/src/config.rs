@@ -328,6 +328,53 @@ impl ModelConfig {
     pub fn is_moe(&self) -> bool {
         matches!(self.feed_forward, FeedForwardConfig::Moe { .. })
     }
+
+    /// Parameters of the text model implied by the shapes (LM head counted once when tied;
+    /// MTP and vision excluded).
+    pub fn parameter_count(&self) -> usize {
+        let (h, v) = (self.hidden, self.vocab);
+        let a = self.attention;
+        let d = self.deltanet;
+        let attention = a.n_heads * a.head_dim * if a.output_gate { 2 } else { 1 } * h
+            + 2 * a.n_kv_heads * a.head_dim * h
+            + h * a.n_heads * a.head_dim
+            + 2 * a.head_dim;
+        let deltanet = d.conv_dim() * h
+            + d.value_dim() * h
+            + 2 * d.n_v_heads * h
+            + d.conv_dim() * d.conv_kernel
+            + 2 * d.n_v_heads
+            + d.v_head_dim
+            + h * d.value_dim();
+        let ffn = match self.feed_forward {
+            FeedForwardConfig::Dense { intermediate } => 3 * h * intermediate,
+            FeedForwardConfig::Moe {
+                n_experts,
+                expert_intermediate,
+                shared_intermediate,
+                ..
+            } => {
+                n_experts * h
+                    + n_experts * 3 * h * expert_intermediate
+                    + 3 * h * shared_intermediate
+                    + h
+            }
+        };
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|k| {
+                2 * h
+                    + ffn
+                    + if *k == LayerKind::Attention {
+                        attention
+                    } else {
+                        deltanet
+                    }
+            })
+            .sum();
+        v * h * if self.tie_embeddings { 1 } else { 2 } + h + layers
+    }
 }
 
 fn req<T>(v: Option<T>, field: &'static str) -> Result<T, ConfigError> {
@@ -569,6 +616,41 @@ mod tests {
                 .to_string()
                 .contains("text_config")
         );
+    }
+
+    /// The Qwen3.6-27B text config (architecture spec §1.2) has 26,895,998,464 parameters
+    /// (spec §13.1, matching the checkpoint's index total); Qwen3.5-35B-A3B ≈ 34.66 B.
+    #[test]
+    fn parameter_counts_of_real_configs() {
+        let qwen36_27b = r#"{"model_type":"qwen3_5","tie_word_embeddings":false,"text_config":{
+            "model_type":"qwen3_5_text","hidden_size":5120,"num_hidden_layers":64,"full_attention_interval":4,
+            "num_attention_heads":24,"num_key_value_heads":4,"head_dim":256,"attn_output_gate":true,
+            "linear_num_key_heads":16,"linear_num_value_heads":48,"linear_key_head_dim":128,
+            "linear_value_head_dim":128,"linear_conv_kernel_dim":4,"intermediate_size":17408,
+            "vocab_size":248320,"rms_norm_eps":1e-6,"max_position_embeddings":262144,"hidden_act":"silu",
+            "rope_parameters":{"rope_type":"default","rope_theta":10000000,"partial_rotary_factor":0.25,
+            "mrope_section":[11,11,10],"mrope_interleaved":true}}}"#;
+        let c = parse(qwen36_27b).unwrap();
+        assert_eq!(c.parameter_count(), 26_895_998_464);
+        let mut moe: serde_json::Value = serde_json::from_str(qwen36_27b).unwrap();
+        moe["model_type"] = "qwen3_5_moe".into();
+        let t = &mut moe["text_config"];
+        t["model_type"] = "qwen3_5_moe_text".into();
+        for (k, v) in [
+            ("hidden_size", 2048),
+            ("num_hidden_layers", 40),
+            ("num_attention_heads", 16),
+            ("num_key_value_heads", 2),
+            ("linear_num_value_heads", 32),
+            ("num_experts", 256),
+            ("num_experts_per_tok", 8),
+            ("moe_intermediate_size", 512),
+            ("shared_expert_intermediate_size", 512),
+        ] {
+            t[k] = v.into();
+        }
+        let n = parse(&moe.to_string()).unwrap().parameter_count() as f64;
+        assert!((n / 1e9 - 34.66).abs() < 0.01, "{n}");
     }
 
     #[test]

@@ -36,6 +36,13 @@ fn loads_every_fixture_and_lists_extras() {
     let sharded = load("tiny-dense-bf16");
     assert_eq!(sharded.dtype(), qinfer_tensor::DType::BF16);
     assert_eq!(load("tiny-dense-f16").dtype(), qinfer_tensor::DType::F16);
+    for m in [&dense, &moe, &sharded] {
+        assert_eq!(
+            m.parameter_count(),
+            m.config.parameter_count(),
+            "loaded shapes agree with the config"
+        );
+    }
 }
 
 /// Copies a fixture's files into a temp dir so a test can break it.

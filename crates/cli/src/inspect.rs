@@ -1,0 +1,174 @@
+//! `qinfer inspect MODEL`: what a model directory contains, without running it.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use qinfer_formats::hf_config::RawConfig;
+use qinfer_formats::safetensors::Checkpoint;
+use qinfer_model::{FeedForwardConfig, LayerKind, ModelConfig, Qwen35};
+
+/// Prints architecture, layer pattern, parameter count, dtypes and the tensor table.
+pub fn run(dir: &Path, out: &mut impl Write) -> Result<()> {
+    let config_path = dir.join("config.json");
+    let raw = RawConfig::from_file(&config_path)?;
+    let config = ModelConfig::from_hf(&raw)
+        .with_context(|| format!("{}: unsupported config", config_path.display()))?;
+    let checkpoint = Checkpoint::open_dir(dir)?;
+    let model = Qwen35::from_checkpoint(config.clone(), &checkpoint)
+        .with_context(|| format!("cannot load model {}", dir.display()))?;
+
+    let arch = raw
+        .architectures
+        .as_deref()
+        .and_then(|a| a.first())
+        .map_or("-", String::as_str);
+    writeln!(out, "model         {}", dir.display())?;
+    writeln!(
+        out,
+        "architecture  {arch} ({}, {:?} config)",
+        config.model_type, config.form
+    )?;
+    let pattern: String = config
+        .layers
+        .iter()
+        .map(|k| match k {
+            LayerKind::DeltaNet => 'D',
+            LayerKind::Attention => 'A',
+        })
+        .collect();
+    let n_attn = config
+        .layers
+        .iter()
+        .filter(|k| **k == LayerKind::Attention)
+        .count();
+    writeln!(
+        out,
+        "layers        {} ({} Gated DeltaNet + {} gated attention): {pattern}",
+        config.n_layers(),
+        config.n_layers() - n_attn,
+        n_attn
+    )?;
+    writeln!(
+        out,
+        "hidden        {}   vocab {}   context {}",
+        config.hidden, config.vocab, config.max_positions
+    )?;
+    let a = config.attention;
+    writeln!(
+        out,
+        "attention     {} q / {} kv heads × {}, output gate {}",
+        a.n_heads, a.n_kv_heads, a.head_dim, a.output_gate
+    )?;
+    let d = config.deltanet;
+    writeln!(
+        out,
+        "deltanet      {} k / {} v heads, dk {} dv {}, conv {}",
+        d.n_k_heads, d.n_v_heads, d.k_head_dim, d.v_head_dim, d.conv_kernel
+    )?;
+    let r = config.rope;
+    writeln!(
+        out,
+        "rope          theta {} rotary {} of {} dims, mrope {:?}{}",
+        r.theta,
+        r.rotary_dim,
+        a.head_dim,
+        r.mrope_section,
+        if r.mrope_interleaved {
+            " interleaved"
+        } else {
+            ""
+        }
+    )?;
+    match config.feed_forward {
+        FeedForwardConfig::Dense { intermediate } => {
+            writeln!(out, "ffn           dense SwiGLU {intermediate}")?
+        }
+        FeedForwardConfig::Moe {
+            n_experts,
+            top_k,
+            expert_intermediate,
+            shared_intermediate,
+        } => writeln!(
+            out,
+            "ffn           MoE {n_experts} experts, top-{top_k}, expert {expert_intermediate}, shared {shared_intermediate}"
+        )?,
+    }
+    writeln!(out, "tied lm head  {}", config.tie_embeddings)?;
+    writeln!(
+        out,
+        "parameters    {} (text model)",
+        human_count(model.parameter_count())
+    )?;
+    writeln!(
+        out,
+        "extras        {} MTP tensors, {} vision tensors (recognised, not used yet){}",
+        model.extras.mtp.len(),
+        model.extras.vision.len(),
+        if model.extras.unknown.is_empty() {
+            String::new()
+        } else {
+            format!(", {} unknown", model.extras.unknown.len())
+        }
+    )?;
+
+    let mut by_dtype: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut total = 0;
+    for t in checkpoint.tensors.values() {
+        let e = by_dtype.entry(t.dtype.to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.data.len();
+        total += t.data.len();
+    }
+    let dtypes: Vec<String> = by_dtype
+        .iter()
+        .map(|(d, (n, b))| format!("{d}: {n} tensors, {}", human_bytes(*b)))
+        .collect();
+    writeln!(out, "dtypes        {}", dtypes.join("; "))?;
+    writeln!(
+        out,
+        "files         {} ({} in all)",
+        checkpoint.files.len(),
+        human_bytes(total)
+    )?;
+    writeln!(out)?;
+    let width = checkpoint
+        .tensors
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(4);
+    writeln!(
+        out,
+        "{:width$}  {:5}  {:>20}  {:>10}",
+        "tensor", "dtype", "shape", "bytes"
+    )?;
+    for (name, t) in &checkpoint.tensors {
+        writeln!(
+            out,
+            "{name:width$}  {:5}  {:>20}  {:>10}",
+            t.dtype.to_string(),
+            format!("{:?}", t.shape),
+            t.data.len()
+        )?;
+    }
+    Ok(())
+}
+
+fn human_count(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2} B ({n})", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2} M ({n})", n as f64 / 1e6),
+        n => format!("{n}"),
+    }
+}
+
+fn human_bytes(n: usize) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.2} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
