@@ -505,7 +505,8 @@ fn rope(t: &RawTextConfig, head_dim: usize) -> Result<RopeConfig, ConfigError> {
         theta,
         rotary_dim,
         mrope_section,
-        mrope_interleaved: p.and_then(|p| p.mrope_interleaved).unwrap_or(false),
+        // transformers always interleaves (it never reads this key); follow it when absent.
+        mrope_interleaved: p.and_then(|p| p.mrope_interleaved).unwrap_or(true),
     })
 }
 
