@@ -11,6 +11,7 @@
 //! Architecture invariant: this crate knows nothing about HTTP; the server maps its types to
 //! wire formats.
 
+pub mod demo;
 pub mod parser;
 pub mod sampler;
 pub mod template;
