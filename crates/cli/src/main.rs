@@ -5,6 +5,7 @@
 //! * `qinfer generate MODEL --ids 1,2,3 --max-tokens N [--temperature 0] [--json]`
 
 mod inspect;
+mod pull;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,17 +36,32 @@ enum Command {
     Generate(GenerateArgs),
     /// Show a model's architecture, layer pattern, parameter count, dtypes and tensor table.
     Inspect(InspectArgs),
+    /// Download a model from the Hugging Face Hub into the local cache (resumable).
+    Pull(PullArgs),
+}
+
+#[derive(Args, Debug)]
+struct PullArgs {
+    /// Repo id, e.g. Qwen/Qwen3.6-27B.
+    repo: String,
+    /// Branch, tag or commit.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Download every file of the repo, not only what qinfer needs.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Args, Debug)]
 struct InspectArgs {
-    /// Model directory (Hugging Face layout: config.json + *.safetensors).
+    /// Model directory, or a Hugging Face repo id in the local cache.
     model: PathBuf,
 }
 
 #[derive(Args, Debug)]
 struct ModelArgs {
-    /// Model directory (Hugging Face layout: config.json + *.safetensors).
+    /// Model directory (config.json + *.safetensors), or a Hugging Face repo id
+    /// (e.g. Qwen/Qwen3.6-27B) found in the local Hugging Face cache.
     model: PathBuf,
     /// Prompt token ids, comma-separated (e.g. 1,2,3).
     #[arg(long, value_parser = parse_ids, allow_hyphen_values = true)]
@@ -109,7 +125,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Logits(a) => logits(a),
         Command::Generate(a) => generate(a),
-        Command::Inspect(a) => inspect::run(&a.model, &mut std::io::stdout().lock()),
+        Command::Inspect(a) => {
+            resolve_model(&a.model).and_then(|m| inspect::run(&m, &mut std::io::stdout().lock()))
+        }
+        Command::Pull(a) => pull::pull(&pull::PullOptions::from_env(&a.repo, &a.revision, a.all))
+            .and_then(|dir| {
+                writeln!(std::io::stdout().lock(), "{}", dir.display())?;
+                Ok(())
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,20 +144,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(args: &ModelArgs) -> Result<Qwen35> {
+/// The model and the directory it was loaded from.
+fn load(args: &ModelArgs) -> Result<(Qwen35, PathBuf)> {
     qinfer_cpu::init_threads(args.threads);
-    let path = &args.model;
+    let path = &resolve_model(&args.model)?;
     if path.is_file() {
         bail!(
             "{}: MODEL must be a model directory (config.json + safetensors); GGUF files are not supported yet",
             path.display()
         );
     }
-    Qwen35::load_dir(path).with_context(|| format!("cannot load model {}", path.display()))
+    let model =
+        Qwen35::load_dir(path).with_context(|| format!("cannot load model {}", path.display()))?;
+    Ok((model, path.clone()))
+}
+
+/// A path as is, or a repo id resolved in the Hugging Face cache.
+fn resolve_model(arg: &Path) -> Result<PathBuf> {
+    let text = arg.to_string_lossy();
+    Ok(qinfer_formats::hf_cache::resolve(
+        &text,
+        &qinfer_formats::hf_cache::hub_cache_dir(),
+    )?)
 }
 
 fn logits(args: LogitsArgs) -> Result<()> {
-    let model = load(&args.model)?;
+    let (model, _) = load(&args.model)?;
     let ids = &args.model.ids.0;
     let mut state = model.new_state();
     let logits = model.forward(ids, &mut state, LogitsFor::All)?;
@@ -172,11 +207,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
             args.temperature
         );
     }
-    let model = load(&args.model)?;
+    let (model, dir) = load(&args.model)?;
     let eos = if args.ignore_eos {
         Vec::new()
     } else {
-        eos_ids(&args.model.model)?
+        eos_ids(&dir)?
     };
     let prompt = &args.model.ids.0;
     let mut state = model.new_state();

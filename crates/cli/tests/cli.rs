@@ -137,7 +137,7 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let cases: [(&[&str], &str); 6] = [
         (&["logits", m, "--ids", "1,x"], "\"x\" is not a token id"),
         (&["logits", m, "--ids", "1,99999"], "outside the vocabulary"),
-        (&["logits", "/nonexistent", "--ids", "1"], "not a directory"),
+        (&["logits", "/nonexistent", "--ids", "1"], "no such file"),
         (&["logits", m, "--ids", ""], "no token ids"),
         (
             &[

@@ -53,7 +53,8 @@ pub fn is_repo_id(arg: &str) -> bool {
         s.is_some_and(|s| {
             !s.is_empty()
                 && !s.starts_with('.')
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         })
     };
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
@@ -83,12 +84,19 @@ pub fn resolve(arg: &str, cache: &Path) -> Result<PathBuf, ResolveError> {
     }
     // No usable ref: take the one snapshot if there is exactly one.
     if let Ok(entries) = std::fs::read_dir(&snapshots) {
-        let dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        let dirs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
         if let [only] = dirs.as_slice() {
             return Ok(only.clone());
         }
     }
-    Err(ResolveError::NotCached { repo: arg.to_string(), looked: snapshots.display().to_string() })
+    Err(ResolveError::NotCached {
+        repo: arg.to_string(),
+        looked: snapshots.display().to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -98,11 +106,25 @@ mod tests {
     #[test]
     fn cache_dir_follows_the_environment() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| PathBuf::from(v))
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| PathBuf::from(v))
+            }
         };
-        assert_eq!(hub_cache_dir_from(env(&[("HF_HUB_CACHE", "/a"), ("HF_HOME", "/b")])), PathBuf::from("/a"));
-        assert_eq!(hub_cache_dir_from(env(&[("HF_HOME", "/b")])), PathBuf::from("/b/hub"));
-        assert_eq!(hub_cache_dir_from(env(&[("HOME", "/h")])), PathBuf::from("/h/.cache/huggingface/hub"));
+        assert_eq!(
+            hub_cache_dir_from(env(&[("HF_HUB_CACHE", "/a"), ("HF_HOME", "/b")])),
+            PathBuf::from("/a")
+        );
+        assert_eq!(
+            hub_cache_dir_from(env(&[("HF_HOME", "/b")])),
+            PathBuf::from("/b/hub")
+        );
+        assert_eq!(
+            hub_cache_dir_from(env(&[("HOME", "/h")])),
+            PathBuf::from("/h/.cache/huggingface/hub")
+        );
     }
 
     #[test]
@@ -119,14 +141,31 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let folder = repo_folder(cache.path(), "Qwen/Tiny");
         let err = resolve("Qwen/Tiny", cache.path()).unwrap_err().to_string();
-        assert!(err.contains("qinfer pull Qwen/Tiny") && err.contains("snapshots"), "{err}");
+        assert!(
+            err.contains("qinfer pull Qwen/Tiny") && err.contains("snapshots"),
+            "{err}"
+        );
         std::fs::create_dir_all(folder.join("snapshots/abc123")).unwrap();
-        assert_eq!(resolve("Qwen/Tiny", cache.path()).unwrap(), folder.join("snapshots/abc123"));
+        assert_eq!(
+            resolve("Qwen/Tiny", cache.path()).unwrap(),
+            folder.join("snapshots/abc123")
+        );
         std::fs::create_dir_all(folder.join("snapshots/def456")).unwrap();
-        assert!(resolve("Qwen/Tiny", cache.path()).is_err(), "two snapshots and no ref is ambiguous");
+        assert!(
+            resolve("Qwen/Tiny", cache.path()).is_err(),
+            "two snapshots and no ref is ambiguous"
+        );
         std::fs::create_dir_all(folder.join("refs")).unwrap();
         std::fs::write(folder.join("refs/main"), "def456\n").unwrap();
-        assert_eq!(resolve("Qwen/Tiny", cache.path()).unwrap(), folder.join("snapshots/def456"));
-        assert!(resolve("no-such-dir", cache.path()).unwrap_err().to_string().contains("no such file"));
+        assert_eq!(
+            resolve("Qwen/Tiny", cache.path()).unwrap(),
+            folder.join("snapshots/def456")
+        );
+        assert!(
+            resolve("no-such-dir", cache.path())
+                .unwrap_err()
+                .to_string()
+                .contains("no such file")
+        );
     }
 }

@@ -1,0 +1,346 @@
+//! `qinfer pull REPO`: download a model from the Hugging Face Hub into the standard cache
+//! layout (the same place `hf download` puts it, so both tools share files).
+//!
+//! * Files are listed with `GET {endpoint}/api/models/{repo}/revision/{rev}`.
+//! * Each file's identity comes from a `HEAD` of `{endpoint}/{repo}/resolve/{sha}/{path}`
+//!   without following redirects: `X-Linked-Etag` (the SHA-256 of a large LFS file) or `ETag`.
+//! * Bytes go to `blobs/{etag}.incomplete`, resumed with an HTTP `Range` if present, then are
+//!   checked (size always; SHA-256 for LFS files) and renamed to `blobs/{etag}`.
+//! * `snapshots/{sha}/{path}` links to the blob; `refs/{rev}` records the commit.
+//!
+//! `HF_ENDPOINT` overrides the hub address (mirrors, and the tests' local server); `HF_TOKEN`
+//! is sent to it for gated models.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use qinfer_formats::hf_cache;
+use sha2::{Digest, Sha256};
+
+/// Files a model needs; others (PyTorch `.bin`, GGUF copies, ONNX…) are skipped unless
+/// `--all` is given.
+fn wanted(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    [
+        ".json",
+        ".jinja",
+        ".safetensors",
+        ".txt",
+        ".model",
+        ".tiktoken",
+    ]
+    .iter()
+    .any(|ext| name.ends_with(ext))
+        && !path.starts_with('.')
+}
+
+/// Options of one pull.
+#[derive(Debug)]
+pub struct PullOptions<'a> {
+    pub repo: &'a str,
+    pub revision: &'a str,
+    pub cache: PathBuf,
+    pub endpoint: String,
+    pub token: Option<String>,
+    pub all_files: bool,
+    pub show_progress: bool,
+}
+
+impl<'a> PullOptions<'a> {
+    /// Options from the environment (`HF_ENDPOINT`, `HF_TOKEN`, the HF cache variables).
+    pub fn from_env(repo: &'a str, revision: &'a str, all_files: bool) -> Self {
+        PullOptions {
+            repo,
+            revision,
+            cache: hf_cache::hub_cache_dir(),
+            endpoint: std::env::var("HF_ENDPOINT")
+                .unwrap_or_else(|_| "https://huggingface.co".into())
+                .trim_end_matches('/')
+                .to_string(),
+            token: std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()),
+            all_files,
+            show_progress: true,
+        }
+    }
+}
+
+/// Downloads (or completes) a repo snapshot; returns its directory.
+pub fn pull(o: &PullOptions<'_>) -> Result<PathBuf> {
+    if !hf_cache::is_repo_id(o.repo) {
+        bail!(
+            "{:?} is not a Hugging Face repo id (expected ORG/NAME, e.g. Qwen/Qwen3.6-27B)",
+            o.repo
+        );
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_connect(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let offline = |e: ureq::Error| {
+        anyhow::anyhow!(
+            "cannot reach {} ({e}).\nqinfer pull needs network access to the Hugging Face Hub. On an offline \
+             machine, download {} elsewhere (`hf download {}`) and copy its cache folder {} into {}, or put \
+             the model files in a directory and pass that directory as MODEL.",
+            o.endpoint,
+            o.repo,
+            o.repo,
+            hf_cache::repo_folder(Path::new(""), o.repo).display(),
+            o.cache.display()
+        )
+    };
+    let auth = |req: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &o.token {
+        Some(t) => req.header("Authorization", format!("Bearer {t}")),
+        None => req,
+    };
+
+    // 1. The file list and the commit.
+    let api = format!(
+        "{}/api/models/{}/revision/{}",
+        o.endpoint, o.repo, o.revision
+    );
+    let mut resp = auth(agent.get(&api)).call().map_err(offline)?;
+    match resp.status().as_u16() {
+        200 => {}
+        401 | 403 => bail!(
+            "{} is gated or private: accept its licence on the Hub and set HF_TOKEN",
+            o.repo
+        ),
+        404 => bail!(
+            "{} (revision {}) does not exist on {}",
+            o.repo,
+            o.revision,
+            o.endpoint
+        ),
+        s => bail!("{api}: HTTP {s}"),
+    }
+    let info: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?)
+        .with_context(|| format!("{api}: invalid JSON"))?;
+    let sha = info["sha"]
+        .as_str()
+        .context("hub answer has no commit sha")?
+        .to_string();
+    if sha.is_empty() || !sha.chars().all(|c| c.is_ascii_alphanumeric()) {
+        bail!("hub answer has an invalid commit sha {sha:?}");
+    }
+    let files: Vec<String> = info["siblings"]
+        .as_array()
+        .context("hub answer has no file list")?
+        .iter()
+        .filter_map(|s| s["rfilename"].as_str())
+        .filter(|p| o.all_files || wanted(p))
+        .map(String::from)
+        .collect();
+    if files.is_empty() {
+        bail!("{} has no model files to download", o.repo);
+    }
+
+    let folder = hf_cache::repo_folder(&o.cache, o.repo);
+    let snapshot = folder.join("snapshots").join(&sha);
+    std::fs::create_dir_all(folder.join("blobs"))?;
+    for path in &files {
+        if path
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            bail!("hub listed an unsafe file path {path:?}");
+        }
+        let url = format!("{}/{}/resolve/{}/{}", o.endpoint, o.repo, sha, path);
+        let head = auth(agent.head(&url)).call().map_err(offline)?;
+        let header = |k: &str| {
+            head.headers()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let status = head.status().as_u16();
+        if !(200..400).contains(&status) {
+            bail!("{url}: HTTP {status}");
+        }
+        let etag = header("x-linked-etag")
+            .or_else(|| header("etag"))
+            .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string())
+            .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric()))
+            .with_context(|| format!("{url}: no usable ETag"))?;
+        let size: Option<u64> = header("x-linked-size")
+            .or_else(|| header("content-length"))
+            .and_then(|s| s.parse().ok());
+        let location = match (status, header("location")) {
+            (300..=399, Some(loc)) if loc.starts_with('/') => format!("{}{loc}", o.endpoint),
+            (300..=399, Some(loc)) => loc,
+            _ => url.clone(),
+        };
+        let blob = folder.join("blobs").join(&etag);
+        if !blob.is_file() {
+            download(&agent, &location, &blob, size, path, o)?;
+            verify(&blob.with_extension("incomplete"), &etag, size, path)?;
+            std::fs::rename(blob.with_extension("incomplete"), &blob)?;
+        }
+        link(&snapshot.join(path), &blob)?;
+    }
+    if !o.revision.chars().all(|c| c.is_ascii_hexdigit()) || o.revision.len() != sha.len() {
+        let refs = folder.join("refs");
+        std::fs::create_dir_all(&refs)?;
+        std::fs::write(refs.join(o.revision.replace('/', "--")), &sha)?;
+    }
+    Ok(snapshot)
+}
+
+/// Appends to `blob.incomplete` from where it stopped.
+fn download(
+    agent: &ureq::Agent,
+    url: &str,
+    blob: &Path,
+    size: Option<u64>,
+    name: &str,
+    o: &PullOptions<'_>,
+) -> Result<()> {
+    let part = blob.with_extension("incomplete");
+    let mut have = std::fs::metadata(&part).map_or(0, |m| m.len());
+    if size.is_some_and(|s| have > s) {
+        have = 0;
+    }
+    let mut req = agent.get(url);
+    if have > 0 {
+        req = req.header("Range", format!("bytes={have}-"));
+    }
+    if let Some(t) = &o.token
+        && url.starts_with(&o.endpoint)
+    {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let resp = req.call().with_context(|| format!("downloading {name}"))?;
+    let status = resp.status().as_u16();
+    let mut file = match status {
+        206 => OpenOptions::new().append(true).open(&part)?,
+        200 => {
+            have = 0;
+            File::create(&part)?
+        }
+        416 if size == Some(have) => return Ok(()),
+        s => bail!("downloading {name}: HTTP {s}"),
+    };
+    let bar = if o.show_progress {
+        ProgressBar::new(size.unwrap_or(0))
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:30!} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {eta:>4}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(name.to_string());
+    bar.set_position(have);
+    let mut reader = resp.into_body().into_reader();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).with_context(|| {
+            format!("downloading {name}: connection lost at {} bytes; run the same command again to resume", bar.position())
+        })?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])?;
+        bar.inc(n as u64);
+    }
+    file.sync_all()?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Size (when known) and, for LFS files whose ETag is a SHA-256, the checksum.
+fn verify(part: &Path, etag: &str, size: Option<u64>, name: &str) -> Result<()> {
+    let len = std::fs::metadata(part)?.len();
+    if let Some(s) = size
+        && s != len
+    {
+        bail!(
+            "downloading {name}: got {len} bytes, expected {s}; run the same command again to resume"
+        );
+    }
+    if etag.len() == 64 && etag.chars().all(|c| c.is_ascii_hexdigit()) {
+        let mut hasher = Sha256::new();
+        let mut f = File::open(part)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let got: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if got != etag.to_ascii_lowercase() {
+            std::fs::remove_file(part)?;
+            bail!(
+                "{name}: SHA-256 mismatch (got {got}, expected {etag}); the partial file was removed, run again"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `snapshots/{sha}/{path}` → `blobs/{etag}` (a relative symlink, as the Hugging Face tools
+/// make; a copy where symlinks are unavailable).
+fn link(dst: &Path, blob: &Path) -> Result<()> {
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if dst.exists() || dst.symlink_metadata().is_ok() {
+        std::fs::remove_file(dst)?;
+    }
+    #[cfg(unix)]
+    {
+        let depth = dst.parent().map_or(0, |p| {
+            p.strip_prefix(
+                blob.parent()
+                    .and_then(Path::parent)
+                    .unwrap_or(Path::new("")),
+            )
+            .map_or(0, |r| r.components().count())
+        });
+        let rel = PathBuf::from("../".repeat(depth))
+            .join("blobs")
+            .join(blob.file_name().unwrap_or_default());
+        std::os::unix::fs::symlink(rel, dst)?;
+    }
+    #[cfg(not(unix))]
+    std::fs::copy(blob, dst)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_files_are_wanted_and_others_skipped() {
+        for p in [
+            "config.json",
+            "model-00001-of-00015.safetensors",
+            "chat_template.jinja",
+            "merges.txt",
+        ] {
+            assert!(wanted(p), "{p}");
+        }
+        for p in [
+            "pytorch_model.bin",
+            "model.gguf",
+            ".gitattributes",
+            "onnx/model.onnx",
+        ] {
+            assert!(!wanted(p), "{p}");
+        }
+    }
+}
