@@ -2,7 +2,9 @@
 //!
 //! Qwen3.5/3.6 ship a Hugging Face `tokenizer.json`: a byte-level BPE (GPT-2's byte↔char
 //! mapping) over 248,044 tokens, an NFC normaliser, a Qwen-specific pre-tokenizer regex, and 33
-//! added special tokens (`<|im_start|>`, `<think>`, `<tool_call>`, ...). Rather than
+//! added tokens (`<|im_start|>`, `<think>`, `<tool_call>`, ...). Only 21 of those are flagged
+//! special: `<think>`, `</think>`, the tool-call, tool-response and FIM markers are not, so
+//! decoding with `skip_special` keeps them for the output parser. Rather than
 //! re-implement that pipeline, [`Tokenizer`] wraps the `tokenizers` crate (pure-Rust
 //! `fancy-regex` build) and pins its behaviour to Python's with a committed corpus of ids from
 //! the Python package. Encoding is exactly Python's
@@ -175,7 +177,8 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// Whether `id` is a special token (dropped by `decode(.., skip_special = true)`).
+    /// Whether `id` is a special token, one that `decode(.., skip_special = true)` drops
+    /// (`<|im_start|>`, `<|im_end|>`, `<|endoftext|>`, ...; not `<think>` or `<tool_call>`).
     pub fn is_special(&self, id: u32) -> bool {
         self.inner
             .id_to_token(id)
