@@ -19,9 +19,9 @@
 //!    `documents` (always `none`) and `add_generation_prompt`.
 //! 3. The environment of `_compile_jinja_template`: jinja2's `ImmutableSandboxedEnvironment`
 //!    (minijinja has no host objects to escape into and no mutating methods, so the sandbox
-//!    comes for free), `trim_blocks`, `lstrip_blocks`, the loop-controls extension (`{%
-//!    break %}`, `{% continue %}`), no autoescaping, transformers' `tojson`, and the globals
-//!    `raise_exception` and `strftime_now`.
+//!    comes for free), `trim_blocks`, `lstrip_blocks`, the loop-controls extension
+//!    (`{% break %}`, `{% continue %}`), no autoescaping, transformers' `tojson`, and the
+//!    globals `raise_exception` and `strftime_now`.
 //!
 //! # Traps, and what this module does about them
 //!
