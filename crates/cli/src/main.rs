@@ -1,21 +1,20 @@
-//! `qinfer`: run Qwen3.5 / Qwen3.6 models.
+//! `qinfer`: run Qwen3.5 / Qwen3.6 models on your own machine.
 //!
-//! Commands (public interface, kept stable):
-//! * `qinfer logits MODEL --ids 1,2,3 [--out FILE.npy]`
-//! * `qinfer generate MODEL --ids 1,2,3 --max-tokens N [--temperature 0] [--json]`
+//! Commands and flags here are public interface; the README documents each.
 
+mod chat;
+mod generate;
 mod inspect;
 mod pull;
+mod text;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use qinfer_model::{LogitsFor, Qwen35};
-use qinfer_tensor::Mat;
+use qinfer_engine::sampler::SamplingParams;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,14 +29,26 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Chat with a model in the terminal (with no MODEL: a built-in demo model).
+    Run(chat::RunArgs),
+    /// Generate after a prompt given as text (--prompt) or token ids (--ids).
+    Generate(generate::GenerateArgs),
     /// Print the logits of every prompt position (top 5), or save them all as .npy.
-    Logits(LogitsArgs),
-    /// Generate tokens after a prompt of token ids.
-    Generate(GenerateArgs),
+    Logits(generate::LogitsArgs),
+    /// Print the token ids of TEXT as a JSON array.
+    Tokenize(text::TokenizeArgs),
+    /// Print the prompt the chat template renders for a conversation.
+    Render(text::RenderArgs),
     /// Show a model's architecture, layer pattern, parameter count, dtypes and tensor table.
     Inspect(InspectArgs),
     /// Download a model from the Hugging Face Hub into the local cache (resumable).
     Pull(PullArgs),
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// Model directory, or a Hugging Face repo id in the local cache.
+    model: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -52,79 +63,88 @@ struct PullArgs {
     all: bool,
 }
 
-#[derive(Args, Debug)]
-struct InspectArgs {
-    /// Model directory, or a Hugging Face repo id in the local cache.
-    model: PathBuf,
+/// Sampling flags shared by `generate` and `run`. Unset flags keep the command's defaults.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SamplingArgs {
+    /// A named preset: thinking, thinking-coding, instruct, instruct-reasoning, greedy.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Temperature; 0 is greedy (argmax).
+    #[arg(long, allow_hyphen_values = true)]
+    temperature: Option<f32>,
+    /// Keep the K most likely tokens (0 = off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches P (1 = off).
+    #[arg(long, allow_hyphen_values = true)]
+    top_p: Option<f32>,
+    /// Drop tokens below P × the top probability (0 = off).
+    #[arg(long, allow_hyphen_values = true)]
+    min_p: Option<f32>,
+    /// Penalty for tokens already generated (OpenAI semantics, -2..2).
+    #[arg(long, allow_hyphen_values = true)]
+    presence_penalty: Option<f32>,
+    /// Penalty per repetition of a generated token (OpenAI semantics, -2..2).
+    #[arg(long, allow_hyphen_values = true)]
+    frequency_penalty: Option<f32>,
+    /// Multiplicative penalty for tokens in the prompt or output (1 = off).
+    #[arg(long, allow_hyphen_values = true)]
+    repetition_penalty: Option<f32>,
+    /// Random seed: the same seed gives the same output.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long = "stop")]
+    stop: Vec<String>,
 }
 
-#[derive(Args, Debug)]
-struct ModelArgs {
-    /// Model directory (config.json + *.safetensors), or a Hugging Face repo id
-    /// (e.g. Qwen/Qwen3.6-27B) found in the local Hugging Face cache.
-    model: PathBuf,
-    /// Prompt token ids, comma-separated (e.g. 1,2,3).
-    #[arg(long, value_parser = parse_ids, allow_hyphen_values = true)]
-    ids: Ids,
-    /// Worker threads (default: all CPUs).
-    #[arg(long)]
-    threads: Option<usize>,
-}
-
-#[derive(Args, Debug)]
-struct LogitsArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Write float32 logits of shape [T, vocab] to this .npy file.
-    #[arg(long)]
-    out: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-struct GenerateArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Number of tokens to generate (fewer if an end-of-sequence token comes first).
-    #[arg(long)]
-    max_tokens: usize,
-    /// Sampling temperature; 0 is greedy (argmax).
-    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
-    temperature: f32,
-    /// Random seed for temperature > 0.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Keep generating through end-of-sequence tokens.
-    #[arg(long)]
-    ignore_eos: bool,
-    /// Print {"ids": [...]} (the generated ids only).
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Clone, Debug)]
-struct Ids(Vec<u32>);
-
-fn parse_ids(s: &str) -> Result<Ids, String> {
-    let ids = s
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<u32>()
-                .map_err(|_| format!("{p:?} is not a token id (a non-negative integer)"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() {
-        return Err("no token ids given".into());
+impl SamplingArgs {
+    /// `base`, then the preset, then each explicit flag.
+    pub fn apply(&self, base: SamplingParams) -> Result<SamplingParams> {
+        let mut p = match &self.preset {
+            Some(name) => SamplingParams {
+                seed: base.seed,
+                ..SamplingParams::preset(name)?
+            },
+            None => base,
+        };
+        if let Some(v) = self.temperature {
+            p.temperature = v;
+        }
+        if let Some(v) = self.top_k {
+            p.top_k = v;
+        }
+        if let Some(v) = self.top_p {
+            p.top_p = v;
+        }
+        if let Some(v) = self.min_p {
+            p.min_p = v;
+        }
+        if let Some(v) = self.presence_penalty {
+            p.presence_penalty = v;
+        }
+        if let Some(v) = self.frequency_penalty {
+            p.frequency_penalty = v;
+        }
+        if let Some(v) = self.repetition_penalty {
+            p.repetition_penalty = v;
+        }
+        if self.seed.is_some() {
+            p.seed = self.seed;
+        }
+        p.validate()?;
+        Ok(p)
     }
-    Ok(Ids(ids))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Logits(a) => logits(a),
-        Command::Generate(a) => generate(a),
+        Command::Run(a) => chat::run(a),
+        Command::Generate(a) => generate::generate(a),
+        Command::Logits(a) => generate::logits(a),
+        Command::Tokenize(a) => text::tokenize(a),
+        Command::Render(a) => text::render(a),
         Command::Inspect(a) => {
             resolve_model(&a.model).and_then(|m| inspect::run(&m, &mut std::io::stdout().lock()))
         }
@@ -144,23 +164,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The model and the directory it was loaded from.
-fn load(args: &ModelArgs) -> Result<(Qwen35, PathBuf)> {
-    qinfer_cpu::init_threads(args.threads);
-    let path = &resolve_model(&args.model)?;
-    if path.is_file() {
-        bail!(
-            "{}: MODEL must be a model directory (config.json + safetensors); GGUF files are not supported yet",
-            path.display()
-        );
-    }
-    let model =
-        Qwen35::load_dir(path).with_context(|| format!("cannot load model {}", path.display()))?;
-    Ok((model, path.clone()))
-}
-
 /// A path as is, or a repo id resolved in the Hugging Face cache.
-fn resolve_model(arg: &Path) -> Result<PathBuf> {
+pub fn resolve_model(arg: &Path) -> Result<PathBuf> {
     let text = arg.to_string_lossy();
     Ok(qinfer_formats::hf_cache::resolve(
         &text,
@@ -168,151 +173,33 @@ fn resolve_model(arg: &Path) -> Result<PathBuf> {
     )?)
 }
 
-fn logits(args: LogitsArgs) -> Result<()> {
-    let (model, _) = load(&args.model)?;
-    let ids = &args.model.ids.0;
-    let mut state = model.new_state();
-    let logits = model.forward(ids, &mut state, LogitsFor::All)?;
-    let mut out = std::io::stdout().lock();
-    if let Some(path) = &args.out {
-        qinfer_formats::npy::write_f32(path, &[logits.rows, logits.cols], &logits.data)?;
-        writeln!(
-            out,
-            "wrote logits [{}, {}] to {}",
-            logits.rows,
-            logits.cols,
+/// Rejects files where a model directory is expected (GGUF files come later).
+pub fn model_dir(arg: &Path) -> Result<PathBuf> {
+    let path = resolve_model(arg)?;
+    if path.is_file() {
+        anyhow::bail!(
+            "{}: MODEL must be a model directory (config.json + safetensors); GGUF files are not supported yet",
             path.display()
-        )?;
-        return Ok(());
-    }
-    for (pos, row) in logits.rows_iter().enumerate() {
-        let top: Vec<String> = top_k(row, 5)
-            .into_iter()
-            .map(|(id, v)| format!("{id} ({v:.4})"))
-            .collect();
-        writeln!(
-            out,
-            "{pos:>5}  token {:>7}  top-5: {}",
-            ids[pos],
-            top.join("  ")
-        )?;
-    }
-    Ok(())
-}
-
-fn generate(args: GenerateArgs) -> Result<()> {
-    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
-        bail!(
-            "--temperature must be a finite number ≥ 0, got {}",
-            args.temperature
         );
     }
-    let (model, dir) = load(&args.model)?;
-    let eos = if args.ignore_eos {
-        Vec::new()
-    } else {
-        eos_ids(&dir)?
-    };
-    let prompt = &args.model.ids.0;
-    let mut state = model.new_state();
-    let mut rng = SplitMix64(args.seed);
-    let started = Instant::now();
-    let mut logits = model.forward(prompt, &mut state, LogitsFor::Last)?;
-    let prefill = started.elapsed();
-    let mut generated = Vec::with_capacity(args.max_tokens);
-    while generated.len() < args.max_tokens {
-        let next = pick(&logits, args.temperature, &mut rng);
-        generated.push(next);
-        if eos.contains(&next) || generated.len() == args.max_tokens {
-            break;
-        }
-        logits = model.forward(&[next], &mut state, LogitsFor::Last)?;
-    }
-    let total = started.elapsed();
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        writeln!(out, "{}", serde_json::json!({ "ids": generated }))?;
-    } else {
-        let ids: Vec<String> = generated.iter().map(u32::to_string).collect();
-        writeln!(out, "{}", ids.join(","))?;
-        let decode = total - prefill;
-        let mut err = std::io::stderr().lock();
-        writeln!(
-            err,
-            "prompt {} tokens in {:.3}s; generated {} tokens in {:.3}s ({:.1} tok/s)",
-            prompt.len(),
-            prefill.as_secs_f64(),
-            generated.len(),
-            decode.as_secs_f64(),
-            generated.len().saturating_sub(1) as f64 / decode.as_secs_f64().max(1e-9)
-        )?;
-    }
-    Ok(())
+    Ok(path)
 }
 
-/// End-of-sequence ids from `generation_config.json` (none if the file is absent).
-fn eos_ids(dir: &Path) -> Result<Vec<u32>> {
-    let path = dir.join("generation_config.json");
-    if !path.is_file() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    let ids = match &v["eos_token_id"] {
-        serde_json::Value::Null => Vec::new(),
-        serde_json::Value::Number(n) => n.as_u64().into_iter().collect(),
-        serde_json::Value::Array(a) => a.iter().filter_map(serde_json::Value::as_u64).collect(),
-        other => bail!(
-            "{}: eos_token_id {other} is not an id or a list of ids",
-            path.display()
-        ),
-    };
-    Ok(ids
-        .into_iter()
-        .filter_map(|i| u32::try_from(i).ok())
-        .collect())
+/// Whether `arg` names the built-in demo model (`demo`, when no such path exists).
+pub fn is_demo(arg: &Path) -> bool {
+    arg == Path::new("demo") && !arg.exists()
 }
 
-fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut idx: Vec<usize> = (0..row.len()).collect();
-    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-    idx.into_iter().take(k).map(|i| (i, row[i])).collect()
-}
-
-/// Greedy at temperature 0 (lowest id wins ties), else a draw from `softmax(logits / T)`.
-fn pick(logits: &Mat, temperature: f32, rng: &mut SplitMix64) -> u32 {
-    let row = logits.row(logits.rows - 1);
-    if temperature == 0.0 {
-        return top_k(row, 1)[0].0 as u32;
+/// Loads a full bundle (weights, tokenizer, template); `demo` is the built-in demo model.
+pub fn load_bundle(
+    arg: &Path,
+    threads: Option<usize>,
+) -> Result<qinfer_engine::generate::ModelBundle> {
+    qinfer_cpu::init_threads(threads);
+    if is_demo(arg) {
+        return Ok(qinfer_engine::generate::ModelBundle::demo()?);
     }
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f64> = row
-        .iter()
-        .map(|&v| f64::from((v - max) / temperature).exp())
-        .collect();
-    let total: f64 = weights.iter().sum();
-    let mut r = rng.next_f64() * total;
-    for (i, w) in weights.iter().enumerate() {
-        r -= w;
-        if r <= 0.0 {
-            return i as u32;
-        }
-    }
-    (row.len() - 1) as u32
-}
-
-/// Small deterministic PRNG (SplitMix64) for seeded sampling.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
+    let dir = model_dir(arg)?;
+    qinfer_engine::generate::ModelBundle::load_dir(&dir)
+        .with_context(|| format!("cannot load model {}", dir.display()))
 }

@@ -5,6 +5,8 @@
 //! * [`template`]: the model's own Jinja chat template, rendered byte-identically to Python
 //!   jinja2 as transformers renders it.
 //! * [`sampler`]: temperature, top-k/p, min-p, penalties, seeds, stop conditions.
+//! * [`generate`]: the model bundle, sequences reused across turns, the generation loop.
+//! * [`demo`]: the built-in demo model.
 //! * [`parser`]: one incremental state machine splitting model output into reasoning,
 //!   content and Qwen XML tool calls; streaming-safe, never panics.
 //!
@@ -12,6 +14,7 @@
 //! wire formats.
 
 pub mod demo;
+pub mod generate;
 pub mod parser;
 pub mod sampler;
 pub mod template;

@@ -375,7 +375,7 @@ fn template_from_config(config: &Json, path: &Path) -> Result<Option<String>, Te
 /// The named special tokens transformers 5 passes to the template: every `*_token` key of
 /// `tokenizer_config.json` whose value is a string or an `AddedToken` object (`{"content":
 /// ...}`), plus the name → token entries of an `extra_special_tokens` object.
-fn special_tokens_from_config(config: &Json) -> BTreeMap<String, String> {
+pub fn special_tokens_from_config(config: &Json) -> BTreeMap<String, String> {
     let token_text = |value: &Json| match value {
         Json::String(s) => Some(s.clone()),
         Json::Object(o) => o.get("content").and_then(Json::as_str).map(str::to_owned),

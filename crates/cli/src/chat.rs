@@ -1,0 +1,259 @@
+//! `qinfer run`: chat in the terminal.
+//!
+//! Streams the answer as it is generated, with reasoning shown dimmed. `/think` and
+//! `/nothink` switch thinking, `/reset` starts over, a line ending in `\` (or a `"""` block)
+//! continues onto the next line, and Ctrl-C stops the current answer (not the program).
+//! Past turns keep their reasoning (`preserve_thinking`), so each turn's prompt extends the
+//! previous one and only the new tokens are processed.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+use clap::Args;
+use qinfer_engine::generate::{
+    FinishReason, Flow, GenerateOptions, ModelBundle, Sequence, generate,
+};
+use qinfer_engine::parser::{Event, ParserOptions};
+use qinfer_engine::template::RenderRequest;
+use rustyline::DefaultEditor;
+use rustyline::error::ReadlineError;
+
+use crate::SamplingArgs;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Model directory or Hugging Face repo id; without it, a built-in demo model.
+    model: Option<PathBuf>,
+    /// System message.
+    #[arg(long)]
+    system: Option<String>,
+    /// Start with thinking off (toggle with /think and /nothink).
+    #[arg(long)]
+    no_think: bool,
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 8192)]
+    max_tokens: usize,
+    /// End thinking after this many tokens by forcing `</think>`.
+    #[arg(long)]
+    reasoning_budget: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print each rendered prompt (dimmed) before the answer.
+    #[arg(long)]
+    show_prompt: bool,
+    /// Worker threads (default: all CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+const HELP: &str = "/think, /nothink  thinking on or off\n/reset            start a new conversation\n\
+/exit             quit (or Ctrl-D)\nEnd a line with \\ to continue it; \"\"\" starts and ends a multi-line block.\n\
+Ctrl-C stops the current answer.";
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let bundle = match &args.model {
+        Some(m) => crate::load_bundle(m, args.threads)?,
+        None => {
+            qinfer_cpu::init_threads(args.threads);
+            ModelBundle::demo()?
+        }
+    };
+    bundle.template()?;
+    let sampling = args.sampling.apply(bundle.defaults.clone())?;
+    let color = std::io::stdout().is_terminal();
+    let (dim, reset) = if color {
+        ("\x1b[2m", "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    let mut out = std::io::stdout().lock();
+    if bundle.is_demo {
+        writeln!(
+            out,
+            "{dim}This is qinfer's built-in DEMO model: tiny, with random weights. It shows the whole \
+             pipeline (real Qwen tokenizer and chat template) but produces random text.\nTo chat with a \
+             real model: `qinfer pull Qwen/Qwen3.6-27B` then `qinfer run Qwen/Qwen3.6-27B`, or \
+             `qinfer run /path/to/model-dir`.{reset}"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{dim}{} ({} layers){reset}",
+            bundle.name,
+            bundle.model.config.n_layers()
+        )?;
+    }
+    writeln!(out, "{dim}/help for commands{reset}")?;
+    drop(out);
+
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))?;
+    let mut editor = DefaultEditor::new()?;
+    let mut thinking = !args.no_think;
+    let mut messages: Vec<serde_json::Value> = Vec::new();
+    let mut seq = Sequence::new(&bundle.model);
+
+    loop {
+        let Some(input) = read_input(&mut editor)? else {
+            break;
+        };
+        let trimmed = input.trim();
+        let mut out = std::io::stdout().lock();
+        match trimmed {
+            "" => continue,
+            "/exit" | "/bye" | "/quit" => break,
+            "/help" => {
+                writeln!(out, "{HELP}")?;
+                continue;
+            }
+            "/think" | "/nothink" => {
+                thinking = trimmed == "/think";
+                writeln!(
+                    out,
+                    "{dim}thinking {}{reset}",
+                    if thinking { "on" } else { "off" }
+                )?;
+                continue;
+            }
+            "/reset" => {
+                messages.clear();
+                seq.reset(&bundle.model);
+                writeln!(out, "{dim}new conversation{reset}")?;
+                continue;
+            }
+            t if t.starts_with('/') && !t.contains(' ') => {
+                writeln!(out, "unknown command {t}; /help lists them")?;
+                continue;
+            }
+            _ => {}
+        }
+        let _ = editor.add_history_entry(trimmed);
+        messages.push(serde_json::json!({"role": "user", "content": input}));
+        let mut all = Vec::new();
+        if let Some(s) = &args.system {
+            all.push(serde_json::json!({"role": "system", "content": s}));
+        }
+        all.extend(messages.iter().cloned());
+        let mut kwargs = serde_json::Map::new();
+        kwargs.insert("enable_thinking".into(), thinking.into());
+        kwargs.insert("preserve_thinking".into(), true.into());
+        let prompt = bundle.template()?.render(&RenderRequest {
+            messages: &serde_json::Value::Array(all),
+            tools: None,
+            add_generation_prompt: true,
+            kwargs: &kwargs,
+        })?;
+        if args.show_prompt {
+            writeln!(out, "{dim}{prompt}{reset}")?;
+        }
+        let ids = bundle.tokenizer.encode(&prompt)?;
+        let opts = GenerateOptions {
+            sampling: sampling.clone(),
+            max_tokens: args.max_tokens,
+            stop_strings: args.sampling.stop.clone(),
+            stop_ids: Vec::new(),
+            ignore_eos: false,
+            reasoning_budget: args.reasoning_budget,
+            parser: ParserOptions {
+                starts_in_reasoning: prompt.ends_with("<think>\n"),
+                tools: Vec::new(),
+            },
+        };
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        let mut in_reasoning = false;
+        let result = generate(&bundle, &mut seq, &ids, &opts, &mut |e| {
+            let (text, reasoning) = match e {
+                Event::Reasoning(t) => (t.as_str(), true),
+                Event::Content(t) => (t.as_str(), false),
+                Event::ToolCallEnd { raw, .. } => (raw.as_str(), false),
+                _ => ("", in_reasoning),
+            };
+            if reasoning != in_reasoning && !text.is_empty() {
+                let _ = write!(out, "{}", if reasoning { dim } else { reset });
+                if !reasoning {
+                    let _ = writeln!(out, "\n");
+                }
+                in_reasoning = reasoning;
+            }
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                Flow::Cancel
+            } else {
+                Flow::Continue
+            }
+        });
+        write!(out, "{reset}")?;
+        match result {
+            Ok(g) => {
+                let note = match &g.finish {
+                    FinishReason::Cancelled => " interrupted;",
+                    FinishReason::Length => " max tokens reached;",
+                    _ => "",
+                };
+                writeln!(
+                    out,
+                    "\n{dim}[{note} {} tokens, {:.1} tok/s; prompt {} tokens, {} reused]{reset}",
+                    g.ids.len(),
+                    g.decode_tokens_per_second(),
+                    g.prompt_tokens,
+                    g.reused_tokens
+                )?;
+                messages.push(serde_json::json!({
+                    "role": "assistant",
+                    "content": g.parsed.content,
+                    "reasoning_content": g.parsed.reasoning,
+                }));
+            }
+            Err(e) => {
+                writeln!(out, "\nerror: {e}")?;
+                messages.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One user message: a line, lines joined by a trailing `\`, or a `"""` block. `None` at EOF.
+fn read_input(editor: &mut DefaultEditor) -> Result<Option<String>> {
+    let mut text = String::new();
+    let mut block = false;
+    loop {
+        let prompt = if text.is_empty() && !block {
+            ">>> "
+        } else {
+            "... "
+        };
+        match editor.readline(prompt) {
+            Ok(line) => {
+                if line.trim() == "\"\"\"" {
+                    if block {
+                        return Ok(Some(text));
+                    }
+                    block = true;
+                    continue;
+                }
+                if block {
+                    text.push_str(&line);
+                    text.push('\n');
+                } else if let Some(head) = line.strip_suffix('\\') {
+                    text.push_str(head);
+                    text.push('\n');
+                } else {
+                    text.push_str(&line);
+                    return Ok(Some(text));
+                }
+            }
+            Err(ReadlineError::Interrupted) => {
+                writeln!(std::io::stdout().lock(), "(Ctrl-D or /exit quits)")?;
+                text.clear();
+                block = false;
+            }
+            Err(ReadlineError::Eof) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! `qinfer generate` and `qinfer logits`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use qinfer_engine::generate::{
+    Flow, GenerateOptions, Generation, ModelBundle, Sequence, generate as run_generation,
+};
+use qinfer_engine::parser::ParserOptions;
+use qinfer_engine::sampler::{Sampler, SamplingParams};
+use qinfer_model::{LogitsFor, Qwen35};
+
+use crate::{SamplingArgs, model_dir};
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    /// Model directory (config.json + *.safetensors), or a Hugging Face repo id in the local cache.
+    model: PathBuf,
+    /// Prompt token ids, comma-separated (e.g. 1,2,3).
+    #[arg(long, value_parser = parse_ids, allow_hyphen_values = true)]
+    ids: Ids,
+    /// Write float32 logits of shape [T, vocab] to this .npy file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Worker threads (default: all CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model directory (config.json + *.safetensors), or a Hugging Face repo id in the local cache.
+    model: PathBuf,
+    /// Prompt token ids, comma-separated (e.g. 1,2,3).
+    #[arg(long, value_parser = parse_ids, allow_hyphen_values = true, conflicts_with = "prompt")]
+    ids: Option<Ids>,
+    /// Prompt text (raw, or a user message with --chat).
+    #[arg(long, required_unless_present = "ids")]
+    prompt: Option<String>,
+    /// Render --prompt as a user message through the model's chat template.
+    #[arg(long, requires = "prompt")]
+    chat: bool,
+    /// System message (with --chat).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Turn thinking off (with --chat): the template closes the think block in the prompt.
+    #[arg(long, requires = "chat")]
+    no_think: bool,
+    /// Number of tokens to generate (fewer if a stop comes first).
+    #[arg(long)]
+    max_tokens: usize,
+    /// End thinking after this many tokens by forcing `</think>`.
+    #[arg(long)]
+    reasoning_budget: Option<usize>,
+    /// Keep generating through end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print JSON: {"ids": [...]} (token-id models without a tokenizer), or
+    /// {"ids", "text", "reasoning", "tool_calls"}.
+    #[arg(long)]
+    json: bool,
+    /// Worker threads (default: all CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Ids(pub Vec<u32>);
+
+fn parse_ids(s: &str) -> Result<Ids, String> {
+    let ids = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u32>()
+                .map_err(|_| format!("{p:?} is not a token id (a non-negative integer)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() {
+        return Err("no token ids given".into());
+    }
+    Ok(Ids(ids))
+}
+
+fn load_model(arg: &Path, threads: Option<usize>) -> Result<(Qwen35, PathBuf)> {
+    qinfer_cpu::init_threads(threads);
+    let dir = model_dir(arg)?;
+    let model =
+        Qwen35::load_dir(&dir).with_context(|| format!("cannot load model {}", dir.display()))?;
+    Ok((model, dir))
+}
+
+pub fn logits(args: LogitsArgs) -> Result<()> {
+    let (model, _) = load_model(&args.model, args.threads)?;
+    let ids = &args.ids.0;
+    let mut state = model.new_state();
+    let logits = model.forward(ids, &mut state, LogitsFor::All)?;
+    let mut out = std::io::stdout().lock();
+    if let Some(path) = &args.out {
+        qinfer_formats::npy::write_f32(path, &[logits.rows, logits.cols], &logits.data)?;
+        writeln!(
+            out,
+            "wrote logits [{}, {}] to {}",
+            logits.rows,
+            logits.cols,
+            path.display()
+        )?;
+        return Ok(());
+    }
+    for (pos, row) in logits.rows_iter().enumerate() {
+        let top: Vec<String> = top_k(row, 5)
+            .into_iter()
+            .map(|(id, v)| format!("{id} ({v:.4})"))
+            .collect();
+        writeln!(
+            out,
+            "{pos:>5}  token {:>7}  top-5: {}",
+            ids[pos],
+            top.join("  ")
+        )?;
+    }
+    Ok(())
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    // `generate` is greedy unless asked otherwise (reproducible by default).
+    let sampling = args.sampling.apply(SamplingParams::default())?;
+    if !crate::is_demo(&args.model) {
+        let dir = model_dir(&args.model)?;
+        if args.prompt.is_none() && !dir.join("tokenizer.json").is_file() {
+            return generate_ids_only(&args, sampling);
+        }
+    }
+    let bundle = crate::load_bundle(&args.model, args.threads)?;
+    let (prompt, starts_in_reasoning) = prompt_ids(&bundle, &args)?;
+    let opts = GenerateOptions {
+        sampling,
+        max_tokens: args.max_tokens,
+        stop_strings: args.sampling.stop.clone(),
+        stop_ids: Vec::new(),
+        ignore_eos: args.ignore_eos,
+        reasoning_budget: args.reasoning_budget,
+        parser: ParserOptions {
+            starts_in_reasoning,
+            tools: Vec::new(),
+        },
+    };
+    let mut seq = Sequence::new(&bundle.model);
+    let mut stdout = std::io::stdout().lock();
+    let stream = !args.json;
+    let result = run_generation(&bundle, &mut seq, &prompt, &opts, &mut |e| {
+        if stream {
+            let text = match e {
+                qinfer_engine::parser::Event::Reasoning(t)
+                | qinfer_engine::parser::Event::Content(t) => t.clone(),
+                qinfer_engine::parser::Event::ToolCallEnd { raw, .. } => raw.clone(),
+                _ => String::new(),
+            };
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        }
+        Flow::Continue
+    })?;
+    if args.json {
+        writeln!(stdout, "{}", generation_json(&result))?;
+    } else {
+        writeln!(stdout)?;
+        report(&result)?;
+    }
+    Ok(())
+}
+
+/// The prompt's token ids, and whether the model starts inside a think block.
+fn prompt_ids(bundle: &ModelBundle, args: &GenerateArgs) -> Result<(Vec<u32>, bool)> {
+    if let Some(ids) = &args.ids {
+        let text = bundle.tokenizer.decode(&ids.0, false)?;
+        return Ok((ids.0.clone(), text.ends_with("<think>\n")));
+    }
+    let prompt = args.prompt.as_deref().unwrap_or_default();
+    let text = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(serde_json::json!({"role": "system", "content": system}));
+        }
+        messages.push(serde_json::json!({"role": "user", "content": prompt}));
+        let mut kwargs = serde_json::Map::new();
+        kwargs.insert("enable_thinking".into(), (!args.no_think).into());
+        bundle
+            .template()?
+            .render(&qinfer_engine::template::RenderRequest {
+                messages: &serde_json::Value::Array(messages),
+                tools: None,
+                add_generation_prompt: true,
+                kwargs: &kwargs,
+            })?
+    } else {
+        prompt.to_string()
+    };
+    let ids = bundle.tokenizer.encode(&text)?;
+    if ids.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    Ok((ids, text.ends_with("<think>\n")))
+}
+
+pub fn generation_json(g: &Generation) -> serde_json::Value {
+    let calls: Vec<serde_json::Value> = g
+        .tool_calls()
+        .iter()
+        .map(|c| serde_json::json!({"name": c.name, "arguments": c.arguments}))
+        .collect();
+    serde_json::json!({
+        "ids": g.ids,
+        "text": g.parsed.content,
+        "reasoning": g.parsed.reasoning,
+        "tool_calls": calls,
+    })
+}
+
+fn report(g: &Generation) -> Result<()> {
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "prompt {} tokens ({} reused) in {:.3}s; generated {} tokens in {:.3}s ({:.1} tok/s); finish: {:?}",
+        g.prompt_tokens,
+        g.reused_tokens,
+        g.prefill_time.as_secs_f64(),
+        g.ids.len(),
+        g.decode_time.as_secs_f64(),
+        g.decode_tokens_per_second(),
+        g.finish
+    )?;
+    Ok(())
+}
+
+/// Token ids in, token ids out, for models without a tokenizer (the test fixtures).
+fn generate_ids_only(args: &GenerateArgs, sampling: SamplingParams) -> Result<()> {
+    let (model, dir) = load_model(&args.model, args.threads)?;
+    let eos = if args.ignore_eos {
+        Vec::new()
+    } else {
+        eos_ids(&dir)?
+    };
+    let prompt = &args.ids.as_ref().context("--ids is required")?.0;
+    let mut state = model.new_state();
+    let mut sampler = Sampler::new(sampling, prompt);
+    let started = Instant::now();
+    let mut logits = model.forward(prompt, &mut state, LogitsFor::Last)?;
+    let prefill = started.elapsed();
+    let mut generated = Vec::with_capacity(args.max_tokens);
+    while generated.len() < args.max_tokens {
+        let next = sampler.sample(logits.row(0));
+        generated.push(next);
+        if eos.contains(&next) || generated.len() == args.max_tokens {
+            break;
+        }
+        logits = model.forward(&[next], &mut state, LogitsFor::Last)?;
+    }
+    let total = started.elapsed();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::json!({ "ids": generated }))?;
+    } else {
+        let ids: Vec<String> = generated.iter().map(u32::to_string).collect();
+        writeln!(out, "{}", ids.join(","))?;
+        let decode = total - prefill;
+        writeln!(
+            std::io::stderr().lock(),
+            "prompt {} tokens in {:.3}s; generated {} tokens in {:.3}s ({:.1} tok/s)",
+            prompt.len(),
+            prefill.as_secs_f64(),
+            generated.len(),
+            decode.as_secs_f64(),
+            generated.len().saturating_sub(1) as f64 / decode.as_secs_f64().max(1e-9)
+        )?;
+    }
+    Ok(())
+}
+
+/// End-of-sequence ids from `generation_config.json` (none if the file is absent).
+fn eos_ids(dir: &Path) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let ids = match &v["eos_token_id"] {
+        serde_json::Value::Null => Vec::new(),
+        serde_json::Value::Number(n) => n.as_u64().into_iter().collect(),
+        serde_json::Value::Array(a) => a.iter().filter_map(serde_json::Value::as_u64).collect(),
+        other => bail!(
+            "{}: eos_token_id {other} is not an id or a list of ids",
+            path.display()
+        ),
+    };
+    Ok(ids
+        .into_iter()
+        .filter_map(|i| u32::try_from(i).ok())
+        .collect())
+}
+
+fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, row[i])).collect()
+}

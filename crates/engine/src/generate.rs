@@ -1,0 +1,432 @@
+//! The generation loop: a loaded model bundle, a sequence whose state is reused across
+//! turns, and one function that runs prompt → tokens → text → parsed events.
+//!
+//! Per generated token: sample (with penalties) → stop ids → stream-decode to text →
+//! stop strings → output parser (reasoning / content / tool calls) → caller's callback.
+//! The callback can cancel at any token (Ctrl-C, a disconnected client).
+//!
+//! A reasoning budget ends runaway thinking gracefully: when the model has spent the budget
+//! inside `<think>`, the tokens of `"\n</think>\n\n"` are forced (fed through the model like
+//! generated ones), and it goes on with its answer.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use qinfer_cache::{SequenceState, Snapshot};
+use qinfer_model::{ForwardError, LoadError, LogitsFor, Qwen35};
+
+use crate::parser::{Event, OutputParser, Parsed, ParserOptions, ToolCall};
+use crate::sampler::{Sampler, SamplingError, SamplingParams, StopCheck, StopMatcher};
+use crate::template::{ChatTemplate, TemplateError, special_tokens_from_config};
+use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
+
+/// Why a bundle could not be loaded or a generation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    #[error("{0}: no tokenizer.json: qinfer needs the model's tokenizer for text")]
+    NoTokenizer(PathBuf),
+    #[error("{0}: no chat template (chat_template.jinja or tokenizer_config.json `chat_template`)")]
+    NoTemplate(String),
+    #[error("prompt of {prompt} tokens + {max_tokens} new tokens exceeds the context of {context}")]
+    ContextOverflow {
+        prompt: usize,
+        max_tokens: usize,
+        context: usize,
+    },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+}
+
+/// Everything needed to turn text into text: weights, tokenizer, template, defaults.
+#[derive(Debug)]
+pub struct ModelBundle {
+    pub name: String,
+    pub model: Qwen35,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    /// Sampling defaults from `generation_config.json`.
+    pub defaults: SamplingParams,
+    /// Token ids that end generation (`generation_config.json` `eos_token_id`, plus
+    /// `<|im_end|>` and `<|endoftext|>` when the vocabulary has them).
+    pub stop_ids: Vec<u32>,
+    /// The built-in demo model (random weights).
+    pub is_demo: bool,
+}
+
+impl ModelBundle {
+    /// Loads a model directory: weights, `tokenizer.json`, the chat template and
+    /// `generation_config.json`.
+    pub fn load_dir(dir: &Path) -> Result<Self, EngineError> {
+        let model = Qwen35::load_dir(dir)?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(EngineError::NoTokenizer(dir.to_path_buf()));
+        }
+        let tokenizer = Tokenizer::from_file(&tok_path)?;
+        let template = ChatTemplate::from_model_dir(dir)?;
+        let gen_path = dir.join("generation_config.json");
+        let defaults = SamplingParams::from_generation_config(&gen_path)?;
+        let mut stop_ids = eos_from_generation_config(&gen_path);
+        add_chat_stops(&tokenizer, &mut stop_ids);
+        Ok(ModelBundle {
+            name: dir.display().to_string(),
+            model,
+            tokenizer,
+            template,
+            defaults,
+            stop_ids,
+            is_demo: false,
+        })
+    }
+
+    /// The built-in demo model with the real Qwen3.5/3.6 tokenizer and the Qwen3.6 template.
+    pub fn demo() -> Result<Self, EngineError> {
+        let tokenizer = Tokenizer::from_gz_bytes(DEMO_TOKENIZER_GZ)?;
+        let config: serde_json::Value = serde_json::from_str(DEMO_TOKENIZER_CONFIG)
+            .expect("built-in tokenizer_config.json is valid JSON");
+        let template = ChatTemplate::new(DEMO_TEMPLATE)?
+            .with_special_tokens(special_tokens_from_config(&config));
+        let mut stop_ids = Vec::new();
+        add_chat_stops(&tokenizer, &mut stop_ids);
+        Ok(ModelBundle {
+            name: crate::demo::DEMO_NAME.to_string(),
+            model: crate::demo::demo_model(),
+            tokenizer,
+            template: Some(template),
+            defaults: SamplingParams::preset("thinking")?,
+            stop_ids,
+            is_demo: true,
+        })
+    }
+
+    /// The chat template, or an error naming the model.
+    pub fn template(&self) -> Result<&ChatTemplate, EngineError> {
+        self.template
+            .as_ref()
+            .ok_or_else(|| EngineError::NoTemplate(self.name.clone()))
+    }
+}
+
+const DEMO_TOKENIZER_GZ: &[u8] =
+    include_bytes!("../../../assets/qwen3.5-tokenizer/tokenizer.json.gz");
+const DEMO_TOKENIZER_CONFIG: &str =
+    include_str!("../../../assets/qwen3.5-tokenizer/tokenizer_config.json");
+const DEMO_TEMPLATE: &str = include_str!("../../../assets/chat-templates/qwen3.6.jinja");
+
+fn eos_from_generation_config(path: &Path) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    match &v["eos_token_id"] {
+        serde_json::Value::Number(n) => n.as_u64().map(|i| i as u32).into_iter().collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|i| i as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn add_chat_stops(tok: &Tokenizer, ids: &mut Vec<u32>) {
+    for t in ["<|im_end|>", "<|endoftext|>"] {
+        if let Some(id) = tok.token_id(t)
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+    }
+}
+
+/// One sequence's state plus the tokens it holds, so a prompt that extends the previous
+/// turn (a chat history) is processed only from where the two differ.
+///
+/// Gated DeltaNet state cannot be truncated, so besides exact extension the sequence keeps
+/// snapshots at the ends of its last few prompts: a new prompt that shares a shorter prefix
+/// (e.g. the template dropped reasoning from history) resumes from the longest such snapshot.
+#[derive(Debug)]
+pub struct Sequence {
+    pub state: SequenceState,
+    /// Tokens processed into `state`, in order.
+    pub tokens: Vec<u32>,
+    /// `(position, snapshot)` at the ends of recent prompts, oldest first; every position is
+    /// within `tokens`.
+    marks: Vec<(usize, Snapshot)>,
+}
+
+/// Prompt-end snapshots kept per sequence.
+const MAX_MARKS: usize = 4;
+
+impl Sequence {
+    pub fn new(model: &Qwen35) -> Self {
+        Sequence {
+            state: model.new_state(),
+            tokens: Vec::new(),
+            marks: Vec::new(),
+        }
+    }
+
+    /// Empties the sequence.
+    pub fn reset(&mut self, model: &Qwen35) {
+        *self = Sequence::new(model);
+    }
+
+    /// Rewinds to the longest reusable prefix of `prompt`; returns how many of its tokens are
+    /// already in the state. Always leaves at least one token to process, since the logits of
+    /// the prompt's last position are needed.
+    pub fn reuse(&mut self, model: &Qwen35, prompt: &[u32]) -> usize {
+        let extends = |n: usize, tokens: &[u32]| {
+            n < prompt.len() && n <= tokens.len() && prompt[..n] == tokens[..n]
+        };
+        if !self.tokens.is_empty() && extends(self.tokens.len(), &self.tokens) {
+            return self.tokens.len();
+        }
+        let best = self
+            .marks
+            .iter()
+            .enumerate()
+            .filter(|(_, (n, _))| extends(*n, &self.tokens))
+            .max_by_key(|(_, (n, _))| *n)
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            let n = self.marks[i].0;
+            if self.state.restore(&self.marks[i].1).is_ok() {
+                self.tokens.truncate(n);
+                self.marks.retain(|(m, _)| *m <= n);
+                return n;
+            }
+        }
+        self.reset(model);
+        0
+    }
+
+    /// Records a snapshot at the current end (called after a prompt is processed).
+    fn mark(&mut self) {
+        let n = self.tokens.len();
+        if self.marks.iter().any(|(m, _)| *m == n) {
+            return;
+        }
+        if self.marks.len() == MAX_MARKS {
+            self.marks.remove(0);
+        }
+        self.marks.push((n, self.state.snapshot()));
+    }
+}
+
+/// What ends a generation besides the token budget.
+#[derive(Clone, Debug, Default)]
+pub struct GenerateOptions {
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    pub stop_strings: Vec<String>,
+    /// Extra stop ids (the bundle's `stop_ids` always apply unless `ignore_eos`).
+    pub stop_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// Most tokens spent inside `<think>` before `</think>` is forced.
+    pub reasoning_budget: Option<usize>,
+    pub parser: ParserOptions,
+}
+
+/// Why generation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence / stop token id.
+    Stop(u32),
+    /// A stop string.
+    StopString(String),
+    /// `max_tokens` reached.
+    Length,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+/// The result of one generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Generated token ids (forced budget tokens included, the stop token excluded).
+    pub ids: Vec<u32>,
+    /// The decoded text of `ids`, up to a stop string.
+    pub text: String,
+    pub parsed: Parsed,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens that were already in the sequence state (not processed again).
+    pub reused_tokens: usize,
+    pub reasoning_tokens: usize,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+}
+
+impl Generation {
+    pub fn tool_calls(&self) -> &[ToolCall] {
+        &self.parsed.tool_calls
+    }
+
+    /// Decode speed in tokens per second (the first token comes from the prefill).
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        self.ids.len().saturating_sub(1) as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What the callback wants after an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Cancel,
+}
+
+/// Generates after `prompt` in `seq`, reporting parser events as they happen.
+pub fn generate(
+    bundle: &ModelBundle,
+    seq: &mut Sequence,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_event: &mut dyn FnMut(&Event) -> Flow,
+) -> Result<Generation, EngineError> {
+    opts.sampling.validate()?;
+    let model = &bundle.model;
+    if prompt.is_empty() {
+        return Err(EngineError::EmptyPrompt);
+    }
+    let context = model.config.max_positions;
+    if prompt.len() + opts.max_tokens > context {
+        return Err(EngineError::ContextOverflow {
+            prompt: prompt.len(),
+            max_tokens: opts.max_tokens,
+            context,
+        });
+    }
+    let started = Instant::now();
+    let reused = seq.reuse(model, prompt);
+    let mut logits = model.forward(&prompt[reused..], &mut seq.state, LogitsFor::Last)?;
+    seq.tokens.truncate(reused);
+    seq.tokens.extend_from_slice(&prompt[reused..]);
+    seq.mark();
+    let prefill_time = started.elapsed();
+
+    let mut stops = opts.stop_ids.clone();
+    if !opts.ignore_eos {
+        stops.extend(&bundle.stop_ids);
+    }
+    let vocab_limit = bundle.tokenizer.vocab_size();
+    let mut sampler = Sampler::new(opts.sampling.clone(), prompt);
+    let mut decoder = StreamDecoder::new(&bundle.tokenizer, false);
+    let mut matcher = StopMatcher::new(&opts.stop_strings);
+    let mut parser = OutputParser::new(opts.parser.clone());
+    let mut parsed = Parsed::default();
+    let mut out = Generation {
+        ids: Vec::new(),
+        text: String::new(),
+        parsed: Parsed::default(),
+        finish: FinishReason::Length,
+        prompt_tokens: prompt.len(),
+        reused_tokens: reused,
+        reasoning_tokens: 0,
+        prefill_time,
+        decode_time: Duration::ZERO,
+    };
+    let decode_start = Instant::now();
+    let mut forced: Vec<u32> = Vec::new();
+    let mut cancelled = false;
+    let mut emit = |events: Vec<Event>, parsed: &mut Parsed, cancelled: &mut bool| {
+        for e in events {
+            if on_event(&e) == Flow::Cancel {
+                *cancelled = true;
+            }
+            parsed.extend(std::iter::once(e));
+        }
+    };
+
+    while out.ids.len() < opts.max_tokens {
+        let token = if let Some(t) = forced.first().copied() {
+            forced.remove(0);
+            sampler.record(t);
+            t
+        } else {
+            // Never sample the embedding's padding rows past the tokenizer's vocabulary.
+            let row = logits.row(0);
+            let row = &row[..row.len().min(vocab_limit)];
+            sampler.sample(row)
+        };
+        if stops.contains(&token) {
+            out.finish = FinishReason::Stop(token);
+            break;
+        }
+        if parser.in_reasoning() {
+            out.reasoning_tokens += 1;
+        }
+        out.ids.push(token);
+        let piece = decoder.push(token);
+        let mut stopped = None;
+        match matcher.push(&piece) {
+            StopCheck::Continue(text) => {
+                out.text.push_str(&text);
+                emit(parser.push(&text), &mut parsed, &mut cancelled);
+            }
+            StopCheck::Stopped { text, stop } => {
+                out.text.push_str(&text);
+                emit(parser.push(&text), &mut parsed, &mut cancelled);
+                stopped = Some(stop);
+            }
+        }
+        seq.tokens.push(token);
+        if let Some(stop) = stopped {
+            out.finish = FinishReason::StopString(stop);
+            // The token that completed the stop string is fed so the state matches `tokens`.
+            model.forward(&[token], &mut seq.state, LogitsFor::Last)?;
+            break;
+        }
+        if cancelled {
+            out.finish = FinishReason::Cancelled;
+            model.forward(&[token], &mut seq.state, LogitsFor::Last)?;
+            break;
+        }
+        if let Some(budget) = opts.reasoning_budget
+            && forced.is_empty()
+            && parser.in_reasoning()
+            && out.reasoning_tokens >= budget
+        {
+            forced = bundle.tokenizer.encode("\n</think>\n\n")?;
+        }
+        if out.ids.len() == opts.max_tokens {
+            model.forward(&[token], &mut seq.state, LogitsFor::Last)?;
+            break;
+        }
+        logits = model.forward(&[token], &mut seq.state, LogitsFor::Last)?;
+    }
+    // Flush what the decoder, stop matcher and parser still hold.
+    let tail = decoder.finish();
+    let held = match out.finish {
+        FinishReason::StopString(_) => String::new(),
+        _ => match matcher.push(&tail) {
+            StopCheck::Continue(mut t) => {
+                t.push_str(&matcher.finish());
+                t
+            }
+            StopCheck::Stopped { text, stop } => {
+                out.finish = FinishReason::StopString(stop);
+                text
+            }
+        },
+    };
+    out.text.push_str(&held);
+    emit(parser.push(&held), &mut parsed, &mut cancelled);
+    let (events, _) = parser.finish();
+    emit(events, &mut parsed, &mut cancelled);
+    out.parsed = parsed;
+    out.decode_time = decode_start.elapsed();
+    Ok(out)
+}
