@@ -42,7 +42,7 @@ pub struct RunArgs {
     reasoning_budget: Option<usize>,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Print each rendered prompt (dimmed) before the answer.
+    /// Print each rendered prompt (dimmed, escaped on one line) before the answer.
     #[arg(long)]
     show_prompt: bool,
     /// Worker threads (default: all CPUs).
@@ -147,12 +147,23 @@ pub fn run(args: RunArgs) -> Result<()> {
             kwargs: &kwargs,
         })?;
         if args.show_prompt {
-            writeln!(out, "{dim}{prompt}{reset}")?;
+            writeln!(out, "{dim}prompt: {prompt:?}{reset}")?;
         }
         let ids = bundle.tokenizer.encode(&prompt)?;
+        let context = bundle.model.config.max_positions;
+        if ids.len() >= context {
+            writeln!(
+                out,
+                "the conversation ({} tokens) fills the context of {context}; /reset to start over",
+                ids.len()
+            )?;
+            messages.pop();
+            continue;
+        }
         let opts = GenerateOptions {
             sampling: sampling.clone(),
-            max_tokens: args.max_tokens,
+            // An answer may use what is left of the context.
+            max_tokens: args.max_tokens.min(context - ids.len()),
             stop_strings: args.sampling.stop.clone(),
             stop_ids: Vec::new(),
             ignore_eos: false,

@@ -36,7 +36,7 @@ pub struct RenderArgs {
 
 pub fn tokenize(args: TokenizeArgs) -> Result<()> {
     let tok = if crate::is_demo(&args.model) {
-        ModelBundle::demo()?.tokenizer
+        ModelBundle::demo_tokenizer()?
     } else {
         let dir = model_dir(&args.model)?;
         let path = dir.join("tokenizer.json");

@@ -150,7 +150,7 @@ fn bad_input_is_a_clear_error_not_a_panic() {
                 "--temperature",
                 "-1",
             ],
-            "--temperature",
+            "temperature must be",
         ),
         (
             &["logits", config.to_str().unwrap(), "--ids", "1"],

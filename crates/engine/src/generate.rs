@@ -109,6 +109,19 @@ impl ModelBundle {
         })
     }
 
+    /// The demo model's tokenizer (the real Qwen3.5/3.6 vocabulary), without its weights.
+    pub fn demo_tokenizer() -> Result<Tokenizer, EngineError> {
+        Ok(Tokenizer::from_gz_bytes(DEMO_TOKENIZER_GZ)?)
+    }
+
+    /// The demo model's chat template (Qwen3.6), without its weights.
+    pub fn demo_template() -> Result<ChatTemplate, EngineError> {
+        let config: serde_json::Value = serde_json::from_str(DEMO_TOKENIZER_CONFIG)
+            .expect("built-in tokenizer_config.json is valid JSON");
+        Ok(ChatTemplate::new(DEMO_TEMPLATE)?
+            .with_special_tokens(special_tokens_from_config(&config)))
+    }
+
     /// The chat template, or an error naming the model.
     pub fn template(&self) -> Result<&ChatTemplate, EngineError> {
         self.template
