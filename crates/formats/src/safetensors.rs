@@ -58,7 +58,7 @@ impl StDType {
     /// Bytes per element, when known to this reader (for size validation).
     fn size(&self) -> Option<usize> {
         match self {
-            StDType::Known(d) => Some(d.size()),
+            StDType::Known(d) => Some(d.block_bytes()),
             StDType::Other(s) => match s.as_str() {
                 "F64" | "I64" | "U64" => Some(8),
                 "I32" | "U32" => Some(4),

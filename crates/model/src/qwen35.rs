@@ -291,7 +291,7 @@ impl Qwen35 {
 
         let mut x = Mat::zeros(tokens.len(), c.hidden); // [T, H]
         for (row, &id) in x.rows_iter_mut().zip(tokens) {
-            self.embed.row_to_f32(id as usize, row);
+            ops::embedding(&self.embed, id as usize, row);
         }
         trace(TracePoint::Embeddings, &x);
         for (l, layer) in self.layers.iter().enumerate() {

@@ -45,7 +45,7 @@ fn state_diff(a: &qinfer_cache::SequenceState, b: &qinfer_cache::SequenceState) 
 fn layer_input(model: &qinfer_model::Qwen35, prompt: &[u32]) -> Mat {
     let mut x = Mat::zeros(prompt.len(), model.config.hidden);
     for (row, &id) in x.rows_iter_mut().zip(prompt) {
-        model.embed.row_to_f32(id as usize, row);
+        qinfer_cpu::ops::embedding(&model.embed, id as usize, row);
     }
     model.layers[0].input_norm.apply(&x)
 }

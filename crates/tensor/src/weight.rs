@@ -13,12 +13,20 @@ pub enum WeightError {
         expected: usize,
         got: usize,
     },
+    #[error("{dtype} rows of {cols} elements are not a whole number of {block}-element blocks")]
+    Blocks {
+        dtype: DType,
+        cols: usize,
+        block: usize,
+    },
 }
 
-/// A row-major matrix `[rows, cols]` (`[out, in]` for a linear layer: `y = x Wᵀ`).
+/// A row-major matrix `[rows, cols]` (`[out, in]` for a linear layer: `y = x Wᵀ`), in any
+/// [`DType`]: each row is `cols` floats or `cols / block_size` quantized blocks.
 ///
-/// The bytes are always aligned for the element type: [`Weight::new`] copies a misaligned view
-/// once at load time, so kernels can read typed slices.
+/// The bytes of float weights are always aligned for the element type: [`Weight::new`] copies a
+/// misaligned view once at load time, so kernels can read typed slices. Widening rows to `f32`
+/// is `qinfer-quant`'s job.
 #[derive(Clone, Debug)]
 pub struct Weight {
     dtype: DType,
@@ -34,7 +42,12 @@ impl Weight {
         cols: usize,
         data: ByteView,
     ) -> Result<Self, WeightError> {
-        let expected = rows * cols * dtype.size();
+        let row_bytes = dtype.row_bytes(cols).ok_or(WeightError::Blocks {
+            dtype,
+            cols,
+            block: dtype.block_size(),
+        })?;
+        let expected = rows * row_bytes;
         if data.len() != expected {
             return Err(WeightError::Size {
                 dtype,
@@ -92,6 +105,19 @@ impl Weight {
         self.data.as_bytes()
     }
 
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.dtype
+            .row_bytes(self.cols)
+            .expect("checked at construction")
+    }
+
+    /// The bytes of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.bytes()[r * rb..(r + 1) * rb]
+    }
+
     /// Rows `[start, start + n)` as a weight of their own (no copy). Used to split fused
     /// projections and stacked experts.
     ///
@@ -103,47 +129,12 @@ impl Weight {
             "rows {start}+{n} outside a {}-row weight",
             self.rows
         );
-        let row_bytes = self.cols * self.dtype.size();
+        let rb = self.row_bytes();
         Weight {
             dtype: self.dtype,
             rows: n,
             cols: self.cols,
-            data: self.data.slice(start * row_bytes, n * row_bytes),
+            data: self.data.slice(start * rb, n * rb),
         }
-    }
-
-    /// Element `(r, c)` as `f32` (slow; for tests and load-time conversions).
-    pub fn get(&self, r: usize, c: usize) -> f32 {
-        self.dtype.read_f32(self.bytes(), r * self.cols + c)
-    }
-
-    /// Row `r` widened to `f32` into `out` (`out.len() == cols`).
-    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
-        let row_bytes = self.cols * self.dtype.size();
-        let bytes = &self.bytes()[r * row_bytes..(r + 1) * row_bytes];
-        match self.dtype {
-            DType::F32 => out.copy_from_slice(bytemuck::cast_slice(bytes)),
-            DType::F16 => {
-                let src: &[half::f16] = bytemuck::cast_slice(bytes);
-                for (o, s) in out.iter_mut().zip(src) {
-                    *o = s.to_f32();
-                }
-            }
-            DType::BF16 => {
-                let src: &[half::bf16] = bytemuck::cast_slice(bytes);
-                for (o, s) in out.iter_mut().zip(src) {
-                    *o = s.to_f32();
-                }
-            }
-        }
-    }
-
-    /// The whole matrix widened to `f32`, row-major.
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        let mut out = vec![0.0; self.rows * self.cols];
-        for (r, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
-            self.row_to_f32(r, row);
-        }
-        out
     }
 }

@@ -33,7 +33,8 @@ pub fn matmul(x: &Mat, w: &Weight) -> Mat {
                 let row: &[f32] = if w.dtype() == DType::F32 {
                     f32_row(w, r)
                 } else {
-                    w.row_to_f32(r, &mut widened);
+                    qinfer_quant::dequantize_row(w.dtype(), w.row(r), &mut widened)
+                        .expect("weights are validated at load");
                     &widened
                 };
                 for (ti, o) in out_row.iter_mut().enumerate() {
@@ -50,7 +51,8 @@ pub fn matmul(x: &Mat, w: &Weight) -> Mat {
     out
 }
 
-/// Scalar reference for [`matmul`]: one element at a time, `f64` accumulation.
+/// Scalar reference for [`matmul`]: rows widened by the reference dequantizer, `f64`
+/// accumulation.
 pub fn matmul_ref(x: &Mat, w: &Weight) -> Mat {
     assert_eq!(
         x.cols,
@@ -58,16 +60,30 @@ pub fn matmul_ref(x: &Mat, w: &Weight) -> Mat {
         "matmul_ref: input width does not match the weight"
     );
     let mut out = Mat::zeros(x.rows, w.rows());
-    for ti in 0..x.rows {
-        for r in 0..w.rows() {
-            let mut acc = 0.0f64;
-            for c in 0..w.cols() {
-                acc += f64::from(x.data[ti * x.cols + c]) * f64::from(w.get(r, c));
-            }
+    let mut row = vec![0.0f32; w.cols()];
+    for r in 0..w.rows() {
+        qinfer_quant::dequantize_row(w.dtype(), w.row(r), &mut row)
+            .expect("weights are validated at load");
+        for ti in 0..x.rows {
+            let acc: f64 = x
+                .row(ti)
+                .iter()
+                .zip(&row)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
             out.data[ti * w.rows() + r] = acc as f32;
         }
     }
     out
+}
+
+/// Embedding lookup: row `id` of `table` (`[V, H]`, any dtype) widened into `out` (`[H]`).
+///
+/// # Panics
+/// If `id` is out of range or `out.len() != table.cols()`.
+pub fn embedding(table: &Weight, id: usize, out: &mut [f32]) {
+    qinfer_quant::dequantize_row(table.dtype(), table.row(id), out)
+        .expect("weights are validated at load");
 }
 
 fn f32_row(w: &Weight, r: usize) -> &[f32] {
@@ -120,6 +136,7 @@ mod tests {
                 .iter()
                 .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
                 .collect(),
+            q => panic!("no test encoder for {q}"),
         }
     }
 
