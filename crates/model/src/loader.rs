@@ -2,16 +2,52 @@
 //! with. Norm weights come out as effective multipliers (the `(1 + w)` of zero-centred
 //! checkpoints is applied here, once). Records which tensors were used, so the rest can be
 //! listed (MTP, vision) or reported as unexpected.
+//!
+//! Tensors come from any [`TensorSource`]: a safetensors checkpoint, or a GGUF file.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
-use qinfer_formats::safetensors::{Checkpoint, StDType, TensorEntry};
-use qinfer_tensor::{DType, Weight};
+use qinfer_formats::safetensors::{Checkpoint, StDType};
+use qinfer_tensor::{ByteView, DType, Weight};
 
 use crate::config::NormConvention;
 use crate::error::LoadError;
-use crate::names::{self, Global, LayerTensor, Prefix};
+use crate::names::{self, Global, LayerTensor, Naming, Prefix};
+
+/// One tensor as a source presents it.
+#[derive(Clone, Debug)]
+pub struct TensorView {
+    /// The storage type, or its name when qinfer cannot compute with it.
+    pub dtype: Result<DType, String>,
+    /// Row-major shape (outermost first, as PyTorch writes it).
+    pub shape: Vec<usize>,
+    pub data: ByteView,
+}
+
+/// Where tensors come from.
+pub trait TensorSource {
+    fn tensor(&self, name: &str) -> Option<TensorView>;
+    /// Every tensor name, in a stable order.
+    fn names(&self) -> Vec<String>;
+}
+
+impl TensorSource for Checkpoint {
+    fn tensor(&self, name: &str) -> Option<TensorView> {
+        self.tensors.get(name).map(|t| TensorView {
+            dtype: match &t.dtype {
+                StDType::Known(d) => Ok(*d),
+                other => Err(other.to_string()),
+            },
+            shape: t.shape.clone(),
+            data: t.data.clone(),
+        })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+}
 
 /// A tensor's role: whole-model, or a layer's.
 #[derive(Clone, Copy, Debug)]
@@ -20,34 +56,38 @@ pub enum TensorId {
     Layer(usize, LayerTensor),
 }
 
-/// Reads tensors of one checkpoint for the model being built.
-#[derive(Debug)]
+/// Reads tensors of one source for the model being built.
 pub struct Loader<'a> {
-    checkpoint: &'a Checkpoint,
-    prefix: Prefix,
+    source: &'a dyn TensorSource,
+    naming: Naming,
     norm: NormConvention,
     used: RefCell<BTreeSet<String>>,
 }
 
+impl std::fmt::Debug for Loader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("naming", &self.naming)
+            .field("norm", &self.norm)
+            .finish()
+    }
+}
+
 impl<'a> Loader<'a> {
-    pub fn new(checkpoint: &'a Checkpoint, prefix: Prefix, norm: NormConvention) -> Self {
+    pub fn new(source: &'a dyn TensorSource, naming: Naming, norm: NormConvention) -> Self {
         Loader {
-            checkpoint,
-            prefix,
+            source,
+            naming,
             norm,
             used: RefCell::default(),
         }
     }
 
-    /// Detects the tensor prefix from where the embedding is.
-    pub fn detect_prefix(checkpoint: &Checkpoint) -> Result<Prefix, LoadError> {
+    /// Detects the Hugging Face tensor prefix from where the embedding is.
+    pub fn detect_hf_prefix(source: &dyn TensorSource) -> Result<Prefix, LoadError> {
         Prefix::ALL
             .into_iter()
-            .find(|p| {
-                checkpoint
-                    .tensors
-                    .contains_key(&names::global(*p, Global::Embed))
-            })
+            .find(|p| source.tensor(&names::global(*p, Global::Embed)).is_some())
             .ok_or_else(|| LoadError::MissingTensor {
                 name: format!(
                     "{} (or {})",
@@ -57,55 +97,64 @@ impl<'a> Loader<'a> {
             })
     }
 
+    pub fn naming(&self) -> Naming {
+        self.naming
+    }
+
     pub fn name(&self, id: TensorId) -> String {
         match id {
-            TensorId::Global(g) => names::global(self.prefix, g),
-            TensorId::Layer(l, t) => names::layer(self.prefix, l, t),
+            TensorId::Global(g) => names::global_in(self.naming, g),
+            TensorId::Layer(l, t) => names::layer_in(self.naming, l, t),
         }
     }
 
     pub fn has(&self, id: TensorId) -> bool {
-        self.checkpoint.tensors.contains_key(&self.name(id))
+        self.source.tensor(&self.name(id)).is_some()
     }
 
     fn entry(
         &self,
         id: TensorId,
         shapes: &[&[usize]],
-    ) -> Result<(String, &'a TensorEntry, DType), LoadError> {
+    ) -> Result<(String, TensorView, DType), LoadError> {
         let name = self.name(id);
-        let entry = self
-            .checkpoint
-            .tensors
-            .get(&name)
+        let view = self
+            .source
+            .tensor(&name)
             .ok_or_else(|| LoadError::MissingTensor { name: name.clone() })?;
-        if !shapes.contains(&entry.shape.as_slice()) {
+        if !shapes.contains(&view.shape.as_slice()) {
             return Err(LoadError::Shape {
                 name,
                 expected: shapes[0].to_vec(),
-                got: entry.shape.clone(),
+                got: view.shape,
             });
         }
-        let dtype = match &entry.dtype {
-            StDType::Known(d) => *d,
-            other => {
+        let dtype = match &view.dtype {
+            Ok(d) => *d,
+            Err(other) => {
                 return Err(LoadError::DType {
                     name,
-                    dtype: other.to_string(),
+                    dtype: other.clone(),
                 });
             }
         };
         self.used.borrow_mut().insert(name.clone());
-        Ok((name, entry, dtype))
+        Ok((name, view, dtype))
     }
 
-    /// A `[rows, cols]` matrix, zero-copy.
+    /// A `[rows, cols]` matrix in its storage type, zero-copy (a `[cols]` vector also serves
+    /// as a one-row matrix).
     pub fn matrix(&self, id: TensorId, rows: usize, cols: usize) -> Result<Weight, LoadError> {
-        let (name, entry, dtype) = self.entry(id, &[&[rows, cols]])?;
-        Weight::new(dtype, rows, cols, entry.data.clone()).map_err(|e| LoadError::Shape {
+        let shapes: &[&[usize]] = if rows == 1 {
+            &[&[rows, cols], &[cols]]
+        } else {
+            &[&[rows, cols]]
+        };
+        let (name, view, dtype) = self.entry(id, shapes)?;
+        Weight::new(dtype, rows, cols, view.data).map_err(|e| LoadError::Shape {
             name: format!("{name} ({e})"),
             expected: vec![rows, cols],
-            got: entry.shape.clone(),
+            got: view.shape,
         })
     }
 
@@ -117,21 +166,27 @@ impl<'a> Loader<'a> {
         rows: usize,
         cols: usize,
     ) -> Result<Weight, LoadError> {
-        let (name, entry, dtype) = self.entry(id, &[&[n, rows, cols]])?;
-        Weight::new(dtype, n * rows, cols, entry.data.clone()).map_err(|e| LoadError::Shape {
+        let (name, view, dtype) = self.entry(id, &[&[n, rows, cols]])?;
+        Weight::new(dtype, n * rows, cols, view.data).map_err(|e| LoadError::Shape {
             name: format!("{name} ({e})"),
             expected: vec![n, rows, cols],
-            got: entry.shape.clone(),
+            got: view.shape,
         })
     }
 
-    /// A small tensor widened to `f32`; `shapes` lists the accepted shapes (first = canonical).
+    /// A small float tensor widened to `f32`; `shapes` lists the accepted shapes (first =
+    /// canonical).
     pub fn f32s(&self, id: TensorId, shapes: &[&[usize]]) -> Result<Vec<f32>, LoadError> {
-        let (_, entry, dtype) = self.entry(id, shapes)?;
-        let bytes = entry.data.as_bytes();
-        Ok((0..entry.numel())
-            .map(|i| dtype.read_f32(bytes, i))
-            .collect())
+        let (name, view, dtype) = self.entry(id, shapes)?;
+        if dtype.is_quantized() {
+            return Err(LoadError::DType {
+                name: format!("{name} (must be a float type)"),
+                dtype: dtype.to_string(),
+            });
+        }
+        let bytes = view.data.as_bytes();
+        let n: usize = view.shape.iter().product();
+        Ok((0..n).map(|i| dtype.read_f32(bytes, i)).collect())
     }
 
     /// A norm weight `[len]` as the effective multiplier, whatever the file's convention.
@@ -143,14 +198,23 @@ impl<'a> Loader<'a> {
         })
     }
 
-    /// Tensor names of the checkpoint that no role consumed.
+    /// Gated DeltaNet's decay rate `A = −exp(A_log)`, `[nv]`: computed from `A_log` in Hugging
+    /// Face checkpoints, stored as is (`ssm_a`) in GGUF files.
+    pub fn deltanet_a(&self, l: usize, nv: usize) -> Result<Vec<f32>, LoadError> {
+        let v = self.f32s(TensorId::Layer(l, LayerTensor::DeltaNetALog), &[&[nv]])?;
+        Ok(match self.naming {
+            Naming::Hf(_) => v.iter().map(|x| -x.exp()).collect(),
+            Naming::Gguf => v,
+        })
+    }
+
+    /// Tensor names of the source that no role consumed.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.borrow();
-        self.checkpoint
-            .tensors
-            .keys()
-            .filter(|n| !used.contains(*n))
-            .cloned()
+        self.source
+            .names()
+            .into_iter()
+            .filter(|n| !used.contains(n))
             .collect()
     }
 }

@@ -1,8 +1,9 @@
-//! The one table from tensor roles to checkpoint names.
+//! The one table from tensor roles to checkpoint names, with a column per naming scheme.
 //!
 //! Hugging Face checkpoints name the language model `model.language_model.*` (multimodal
-//! classes) or `model.*` (text-only classes); the LM head is `lm_head.weight` in both. MTP and
-//! vision tensors are recognised by prefix. GGUF names join this table as a second column.
+//! classes) or `model.*` (text-only classes); the LM head is `lm_head.weight` in both. GGUF
+//! files (llama.cpp's converter) use `blk.{l}.*`, `token_embd`, `output_norm`, `output`. MTP and
+//! vision tensors are recognised by prefix.
 
 /// Where the language-model tensors live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +24,13 @@ impl Prefix {
 
     /// Both prefixes, most specific first (for detection).
     pub const ALL: [Prefix; 2] = [Prefix::LanguageModel, Prefix::Model];
+}
+
+/// A naming scheme: a Hugging Face prefix, or GGUF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    Hf(Prefix),
+    Gguf,
 }
 
 /// Whole-model tensors.
@@ -65,6 +73,10 @@ pub enum LayerTensor {
     MoeGateUpExperts,
     /// Stacked `[E, H, I]`.
     MoeDownExperts,
+    /// Stacked `[E, I, H]` gate projections (GGUF keeps gate and up apart).
+    MoeGateExperts,
+    /// Stacked `[E, I, H]` up projections.
+    MoeUpExperts,
     /// Per-expert form (`experts.{e}.gate_proj`), accepted as an alternative to the stacks.
     MoeExpertGate(usize),
     MoeExpertUp(usize),
@@ -112,6 +124,8 @@ pub fn layer(prefix: Prefix, l: usize, t: LayerTensor) -> String {
         MoeRouter => "mlp.gate.weight".to_string(),
         MoeGateUpExperts => "mlp.experts.gate_up_proj".to_string(),
         MoeDownExperts => "mlp.experts.down_proj".to_string(),
+        MoeGateExperts => "mlp.experts.gate_proj".to_string(),
+        MoeUpExperts => "mlp.experts.up_proj".to_string(),
         MoeExpertGate(e) => format!("mlp.experts.{e}.gate_proj.weight"),
         MoeExpertUp(e) => format!("mlp.experts.{e}.up_proj.weight"),
         MoeExpertDown(e) => format!("mlp.experts.{e}.down_proj.weight"),
@@ -121,6 +135,68 @@ pub fn layer(prefix: Prefix, l: usize, t: LayerTensor) -> String {
         SharedExpertScalarGate => "mlp.shared_expert_gate.weight".to_string(),
     };
     format!("{}layers.{l}.{suffix}", prefix.as_str())
+}
+
+/// Name of a whole-model tensor under `naming`.
+pub fn global_in(naming: Naming, t: Global) -> String {
+    match naming {
+        Naming::Hf(p) => global(p, t),
+        Naming::Gguf => match t {
+            Global::Embed => "token_embd.weight",
+            Global::FinalNorm => "output_norm.weight",
+            Global::LmHead => "output.weight",
+        }
+        .to_string(),
+    }
+}
+
+/// Name of a tensor of layer `l` under `naming`.
+pub fn layer_in(naming: Naming, l: usize, t: LayerTensor) -> String {
+    match naming {
+        Naming::Hf(p) => layer(p, l, t),
+        Naming::Gguf => gguf_layer(l, t),
+    }
+}
+
+/// GGUF name of a tensor of layer `l` (llama.cpp's `qwen35` / `qwen35moe` names).
+pub fn gguf_layer(l: usize, t: LayerTensor) -> String {
+    use LayerTensor::*;
+    let suffix = match t {
+        InputNorm => "attn_norm.weight".to_string(),
+        PostAttentionNorm => "post_attention_norm.weight".to_string(),
+        AttnQ => "attn_q.weight".to_string(),
+        AttnK => "attn_k.weight".to_string(),
+        AttnV => "attn_v.weight".to_string(),
+        AttnO => "attn_output.weight".to_string(),
+        AttnQNorm => "attn_q_norm.weight".to_string(),
+        AttnKNorm => "attn_k_norm.weight".to_string(),
+        DeltaNetQkv => "attn_qkv.weight".to_string(),
+        DeltaNetZ => "attn_gate.weight".to_string(),
+        DeltaNetB => "ssm_beta.weight".to_string(),
+        DeltaNetA => "ssm_alpha.weight".to_string(),
+        DeltaNetConv => "ssm_conv1d.weight".to_string(),
+        DeltaNetDtBias => "ssm_dt.bias".to_string(),
+        // GGUF stores `A = −exp(A_log)` under this name (see the loader).
+        DeltaNetALog => "ssm_a".to_string(),
+        DeltaNetNorm => "ssm_norm.weight".to_string(),
+        DeltaNetOut => "ssm_out.weight".to_string(),
+        MlpGate => "ffn_gate.weight".to_string(),
+        MlpUp => "ffn_up.weight".to_string(),
+        MlpDown => "ffn_down.weight".to_string(),
+        MoeRouter => "ffn_gate_inp.weight".to_string(),
+        MoeGateUpExperts => "ffn_gate_up_exps.weight".to_string(),
+        MoeDownExperts => "ffn_down_exps.weight".to_string(),
+        MoeGateExperts => "ffn_gate_exps.weight".to_string(),
+        MoeUpExperts => "ffn_up_exps.weight".to_string(),
+        MoeExpertGate(e) => format!("ffn_gate.{e}.weight"),
+        MoeExpertUp(e) => format!("ffn_up.{e}.weight"),
+        MoeExpertDown(e) => format!("ffn_down.{e}.weight"),
+        SharedExpertGate => "ffn_gate_shexp.weight".to_string(),
+        SharedExpertUp => "ffn_up_shexp.weight".to_string(),
+        SharedExpertDown => "ffn_down_shexp.weight".to_string(),
+        SharedExpertScalarGate => "ffn_gate_inp_shexp.weight".to_string(),
+    };
+    format!("blk.{l}.{suffix}")
 }
 
 /// Groups of tensors that are recognised but not used by the text model yet.
@@ -134,7 +210,7 @@ pub enum Extra {
 
 /// Classifies a tensor name that the text model does not consume.
 pub fn extra(name: &str) -> Option<Extra> {
-    if name.starts_with("mtp.") {
+    if name.starts_with("mtp.") || name.contains(".nextn.") {
         Some(Extra::Mtp)
     } else if name.starts_with("model.visual.") || name.starts_with("visual.") {
         Some(Extra::Vision)
@@ -172,5 +248,15 @@ mod tests {
             Some(Extra::Vision)
         );
         assert_eq!(extra("model.norm.weight"), None);
+        assert_eq!(global_in(Naming::Gguf, Global::Embed), "token_embd.weight");
+        assert_eq!(
+            layer_in(Naming::Gguf, 3, LayerTensor::AttnQNorm),
+            "blk.3.attn_q_norm.weight"
+        );
+        assert_eq!(
+            layer_in(Naming::Gguf, 0, LayerTensor::DeltaNetALog),
+            "blk.0.ssm_a"
+        );
+        assert_eq!(extra("blk.8.nextn.eh_proj.weight"), Some(Extra::Mtp));
     }
 }

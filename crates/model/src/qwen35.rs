@@ -30,8 +30,8 @@ use crate::layers::{
     norm::RmsNorm,
     rope::{Rope, text_position},
 };
-use crate::loader::{Loader, TensorId};
-use crate::names::{self, Global, LayerTensor};
+use crate::loader::{Loader, TensorId, TensorSource};
+use crate::names::{self, Global, LayerTensor, Naming};
 
 /// Token mixer of one layer.
 #[derive(Clone, Debug)]
@@ -127,13 +127,22 @@ impl Qwen35 {
         Self::from_checkpoint(config, &checkpoint)
     }
 
-    /// Builds the model from a validated config and an opened checkpoint.
+    /// Builds the model from a validated config and an opened safetensors checkpoint.
     pub fn from_checkpoint(
         config: ModelConfig,
         checkpoint: &Checkpoint,
     ) -> Result<Self, LoadError> {
-        let prefix = Loader::detect_prefix(checkpoint)?;
-        let ld = Loader::new(checkpoint, prefix, config.norm);
+        let prefix = Loader::detect_hf_prefix(checkpoint)?;
+        Self::from_source(config, checkpoint, Naming::Hf(prefix))
+    }
+
+    /// Builds the model from a validated config and any tensor source named by `naming`.
+    pub fn from_source(
+        config: ModelConfig,
+        source: &dyn TensorSource,
+        naming: Naming,
+    ) -> Result<Self, LoadError> {
+        let ld = Loader::new(source, naming, config.norm);
         let (h, v, eps) = (config.hidden, config.vocab, config.rms_norm_eps);
         let embed = ld.matrix(TensorId::Global(Global::Embed), v, h)?;
         let lm_head = if config.tie_embeddings && !ld.has(TensorId::Global(Global::LmHead)) {

@@ -74,7 +74,6 @@ impl GatedDeltaNet {
     ) -> Result<Self, LoadError> {
         let id = |t| TensorId::Layer(l, t);
         let (conv_dim, nv) = (c.conv_dim(), c.n_v_heads);
-        let a_log = ld.f32s(id(LayerTensor::DeltaNetALog), &[&[nv]])?;
         Ok(GatedDeltaNet {
             config: c,
             qkv: ld.matrix(id(LayerTensor::DeltaNetQkv), conv_dim, hidden)?,
@@ -86,7 +85,7 @@ impl GatedDeltaNet {
                 &[&[conv_dim, 1, c.conv_kernel], &[conv_dim, c.conv_kernel]],
             )?,
             dt_bias: ld.f32s(id(LayerTensor::DeltaNetDtBias), &[&[nv]])?,
-            a_neg: a_log.iter().map(|v| -v.exp()).collect(),
+            a_neg: ld.deltanet_a(l, nv)?,
             // The gated norm is plain (`w`, not `1 + w`) in every checkpoint format.
             norm: RmsNorm {
                 weight: ld.f32s(id(LayerTensor::DeltaNetNorm), &[&[c.v_head_dim]])?,

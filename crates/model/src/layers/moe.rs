@@ -40,6 +40,7 @@ impl Moe {
     ) -> Result<Self, LoadError> {
         let id = |t| TensorId::Layer(l, t);
         let experts = if ld.has(id(LayerTensor::MoeGateUpExperts)) {
+            // Fused `[E, 2I, H]`: per expert, gate rows then up rows.
             let gate_up = ld.stack(
                 id(LayerTensor::MoeGateUpExperts),
                 n_experts,
@@ -51,6 +52,18 @@ impl Moe {
                 .map(|e| Mlp {
                     gate: gate_up.rows_range(e * 2 * inter, inter),
                     up: gate_up.rows_range(e * 2 * inter + inter, inter),
+                    down: down.rows_range(e * hidden, hidden),
+                })
+                .collect()
+        } else if ld.has(id(LayerTensor::MoeGateExperts)) {
+            // Separate `[E, I, H]` gate and up stacks (GGUF).
+            let gate = ld.stack(id(LayerTensor::MoeGateExperts), n_experts, inter, hidden)?;
+            let up = ld.stack(id(LayerTensor::MoeUpExperts), n_experts, inter, hidden)?;
+            let down = ld.stack(id(LayerTensor::MoeDownExperts), n_experts, hidden, inter)?;
+            (0..n_experts)
+                .map(|e| Mlp {
+                    gate: gate.rows_range(e * inter, inter),
+                    up: up.rows_range(e * inter, inter),
                     down: down.rows_range(e * hidden, hidden),
                 })
                 .collect()
