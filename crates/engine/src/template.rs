@@ -108,6 +108,9 @@ const TEMPLATE_NAME: &str = "chat_template";
 
 /// Rendered prompts larger than this are refused. A full 262,144-token context is about
 /// 1 MiB of text, so this only ever stops a runaway template.
+/// Instruction budget of one render (minijinja fuel).
+pub const TEMPLATE_FUEL: u64 = 50_000_000;
+
 pub const MAX_OUTPUT_BYTES: usize = 64 << 20;
 
 /// The variables `render` sets itself; a kwarg with one of these names is refused, as
@@ -194,6 +197,9 @@ impl ChatTemplate {
         env.set_formatter(python_formatter);
         env.set_unknown_method_callback(python_methods);
         env.set_recursion_limit(500);
+        // Bounds CPU for templates that loop without recursing or printing. The Qwen templates
+        // spend ~10^3–10^5 instructions on ordinary conversations; this leaves a wide margin.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_filter("tojson", tojson);
         env.add_filter("string", string_filter);
         env.add_filter("trim", trim_filter);

@@ -292,6 +292,28 @@ fn runaway_recursion_is_bounded() {
 }
 
 #[test]
+fn runaway_loops_are_bounded_by_fuel() {
+    let t = ChatTemplate::new(
+        "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    let messages = serde_json::json!([{"role": "user", "content": "hi"}]);
+    let kwargs = serde_json::Map::new();
+    let started = std::time::Instant::now();
+    let err = t
+        .render(&RenderRequest {
+            messages: &messages,
+            tools: None,
+            add_generation_prompt: true,
+            kwargs: &kwargs,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fuel"), "{err}");
+    assert!(started.elapsed().as_secs() < 60);
+}
+
+#[test]
 fn runaway_output_is_bounded() {
     let t = ChatTemplate::new(
         "{% for i in range(100000) %}{% for j in range(100000) %}{{ 'x' * 10000 }}{% endfor %}{% endfor %}",
