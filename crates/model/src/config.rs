@@ -36,6 +36,8 @@ pub enum ConfigForm {
     Multimodal,
     /// Text fields at the top level.
     TextOnly,
+    /// GGUF metadata (llama.cpp's converter).
+    Gguf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -374,6 +376,222 @@ impl ModelConfig {
             })
             .sum();
         v * h * if self.tie_embeddings { 1 } else { 2 } + h + layers
+    }
+}
+
+/// Typed access to GGUF metadata; errors are messages about the value's type.
+pub trait Metadata {
+    fn u64(&self, key: &str) -> Result<Option<u64>, String>;
+    fn f64(&self, key: &str) -> Result<Option<f64>, String>;
+    fn string(&self, key: &str) -> Result<Option<String>, String>;
+    /// An array of non-negative integers (or a single integer, as a one-element array).
+    fn u64s(&self, key: &str) -> Result<Option<Vec<u64>>, String>;
+}
+
+impl ModelConfig {
+    /// Validates the metadata of a llama.cpp `qwen35` / `qwen35moe` GGUF file. `vocab` is the
+    /// row count of `token_embd`, `tied` whether `output.weight` is absent.
+    pub fn from_gguf(md: &dyn Metadata, vocab: usize, tied: bool) -> Result<Self, ConfigError> {
+        let bad = |key: &str, why: String| ConfigError::InvalidKey {
+            key: key.to_string(),
+            why,
+        };
+        let arch = md
+            .string("general.architecture")
+            .map_err(|e| bad("general.architecture", e))?
+            .ok_or_else(|| ConfigError::MissingKey("general.architecture".into()))?;
+        let moe = match arch.as_str() {
+            "qwen35" => false,
+            "qwen35moe" => true,
+            other => {
+                return Err(ConfigError::UnknownModelType {
+                    found: format!("GGUF architecture {other}"),
+                    expected: "GGUF architectures qwen35 / qwen35moe",
+                });
+            }
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let opt = |k: &str| md.u64(&key(k)).map_err(|e| bad(&key(k), e));
+        let get = |k: &str| {
+            opt(k)?
+                .map(|v| v as usize)
+                .ok_or_else(|| ConfigError::MissingKey(key(k)))
+        };
+        let getf = |k: &str| {
+            md.f64(&key(k))
+                .map_err(|e| bad(&key(k), e))?
+                .ok_or_else(|| ConfigError::MissingKey(key(k)))
+        };
+        // Per-layer arrays (some writers store head counts per layer): the largest entry.
+        let get_max = |k: &str| -> Result<usize, ConfigError> {
+            let v = md
+                .u64s(&key(k))
+                .map_err(|e| bad(&key(k), e))?
+                .ok_or_else(|| ConfigError::MissingKey(key(k)))?;
+            v.into_iter()
+                .max()
+                .map(|x| x as usize)
+                .ok_or_else(|| bad(&key(k), "empty array".into()))
+        };
+
+        let nextn = opt("nextn_predict_layers")?.unwrap_or(0) as usize;
+        let blocks = get("block_count")?;
+        let n_layers = blocks
+            .checked_sub(nextn)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                bad(
+                    &key("block_count"),
+                    format!("{blocks} blocks cannot hold {nextn} MTP layers and a model"),
+                )
+            })?;
+        let interval = get("full_attention_interval")?;
+        positive(interval, "full_attention_interval")?;
+        let layers = (0..n_layers)
+            .map(|i| {
+                if (i + 1).is_multiple_of(interval) {
+                    LayerKind::Attention
+                } else {
+                    LayerKind::DeltaNet
+                }
+            })
+            .collect();
+        let head_dim = get("attention.key_length")?;
+        let attention = AttentionConfig {
+            n_heads: get_max("attention.head_count")?,
+            n_kv_heads: get_max("attention.head_count_kv")?,
+            head_dim,
+            output_gate: true,
+        };
+        let state = get("ssm.state_size")?;
+        let deltanet = DeltaNetConfig {
+            n_k_heads: get("ssm.group_count")?,
+            n_v_heads: get("ssm.time_step_rank")?,
+            k_head_dim: state,
+            v_head_dim: state,
+            conv_kernel: get("ssm.conv_kernel")?,
+            v_head_order: VHeadOrder::Tiled,
+        };
+        if let Some(inner) = opt("ssm.inner_size")?
+            && inner as usize != deltanet.value_dim()
+        {
+            return Err(bad(
+                &key("ssm.inner_size"),
+                format!(
+                    "{inner} ≠ time_step_rank × state_size = {}",
+                    deltanet.value_dim()
+                ),
+            ));
+        }
+        let rotary_dim = get("rope.dimension_count")?;
+        let sections = md
+            .u64s(&key("rope.dimension_sections"))
+            .map_err(|e| bad(&key("rope.dimension_sections"), e))?
+            .ok_or_else(|| ConfigError::MissingKey(key("rope.dimension_sections")))?;
+        let mrope_section: [usize; 3] = match sections.as_slice() {
+            [a, b, c, ..] => [*a as usize, *b as usize, *c as usize],
+            _ => {
+                return Err(bad(
+                    &key("rope.dimension_sections"),
+                    format!("{sections:?} has fewer than 3 entries"),
+                ));
+            }
+        };
+        let feed_forward = if moe {
+            FeedForwardConfig::Moe {
+                n_experts: get("expert_count")?,
+                top_k: get("expert_used_count")?,
+                expert_intermediate: get("expert_feed_forward_length")?,
+                shared_intermediate: get("expert_shared_feed_forward_length")?,
+            }
+        } else {
+            FeedForwardConfig::Dense {
+                intermediate: get_max("feed_forward_length")?,
+            }
+        };
+        let c = ModelConfig {
+            model_type: if moe {
+                "qwen3_5_moe_text"
+            } else {
+                "qwen3_5_text"
+            }
+            .into(),
+            form: ConfigForm::Gguf,
+            hidden: get("embedding_length")?,
+            vocab,
+            layers,
+            rms_norm_eps: getf("attention.layer_norm_rms_epsilon")? as f32,
+            attention,
+            deltanet,
+            rope: RopeConfig {
+                theta: getf("rope.freq_base")?,
+                rotary_dim,
+                mrope_section,
+                mrope_interleaved: true,
+            },
+            feed_forward,
+            tie_embeddings: tied,
+            max_positions: get("context_length")?,
+            mtp_layers: nextn,
+            norm: NormConvention::Plain,
+        };
+        c.check()?;
+        Ok(c)
+    }
+
+    /// Invariants shared by every source of configuration.
+    fn check(&self) -> Result<(), ConfigError> {
+        let (a, d) = (self.attention, self.deltanet);
+        for (v, f) in [
+            (self.hidden, "hidden_size"),
+            (self.vocab, "vocab_size"),
+            (a.n_heads, "num_attention_heads"),
+            (a.n_kv_heads, "num_key_value_heads"),
+            (a.head_dim, "head_dim"),
+            (d.n_k_heads, "linear_num_key_heads"),
+            (d.n_v_heads, "linear_num_value_heads"),
+            (d.k_head_dim, "linear_key_head_dim"),
+            (d.conv_kernel, "linear_conv_kernel_dim"),
+        ] {
+            positive(v, f)?;
+        }
+        if !a.n_heads.is_multiple_of(a.n_kv_heads) {
+            return Err(ConfigError::Invalid {
+                field: "num_key_value_heads",
+                why: "does not divide the query heads".into(),
+            });
+        }
+        if !d.n_v_heads.is_multiple_of(d.n_k_heads) {
+            return Err(ConfigError::Invalid {
+                field: "linear_num_value_heads",
+                why: "not a multiple of the key heads".into(),
+            });
+        }
+        let r = self.rope.rotary_dim;
+        if r == 0
+            || !r.is_multiple_of(2)
+            || r > a.head_dim
+            || self.rope.mrope_section.iter().sum::<usize>() != r / 2
+        {
+            return Err(ConfigError::Invalid {
+                field: "rope",
+                why: format!(
+                    "rotary dim {r} and mrope sections {:?} do not fit head dim {}",
+                    self.rope.mrope_section, a.head_dim
+                ),
+            });
+        }
+        if let FeedForwardConfig::Moe {
+            n_experts, top_k, ..
+        } = self.feed_forward
+            && (top_k == 0 || top_k > n_experts)
+        {
+            return Err(ConfigError::Invalid {
+                field: "num_experts_per_tok",
+                why: format!("{top_k} is not in 1..={n_experts}"),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -17,6 +17,10 @@ pub enum ConfigError {
     Invalid { field: &'static str, why: String },
     #[error("config field `{field}`: {why} is not supported yet")]
     Unsupported { field: &'static str, why: String },
+    #[error("GGUF metadata key `{0}` is missing")]
+    MissingKey(String),
+    #[error("GGUF metadata key `{key}`: {why}")]
+    InvalidKey { key: String, why: String },
 }
 
 /// A model directory could not be loaded.
