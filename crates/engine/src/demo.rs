@@ -15,6 +15,8 @@ use qinfer_formats::safetensors::{Checkpoint, StDType, TensorEntry};
 use qinfer_model::{ModelConfig, Qwen35};
 use qinfer_tensor::{ByteView, DType};
 
+use crate::sampler::SplitMix64;
+
 /// Name shown for the demo model.
 pub const DEMO_NAME: &str = "qinfer-demo (tiny random Qwen3.5-structured model)";
 
@@ -145,7 +147,7 @@ fn demo_checkpoint(c: &ModelConfig) -> Checkpoint {
         let mut bytes = Vec::with_capacity(2 * n);
         for _ in 0..n {
             let x = match init {
-                Init::Scaled(s) => s * rng.unit(),
+                Init::Scaled(s) => s * unit(&mut rng),
                 Init::Constant(c) => c,
             };
             bytes.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes());
@@ -170,23 +172,10 @@ enum Init {
     Constant(f32),
 }
 
-/// SplitMix64; fixed so the demo is identical everywhere.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform with mean 0 and variance 1 (cheap, and enough for random weights).
-    fn unit(&mut self) -> f32 {
-        let u = ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
-        (2.0 * u - 1.0) * 3f32.sqrt()
-    }
+/// Uniform with mean 0 and variance 1 (cheap, and enough for random weights).
+fn unit(rng: &mut SplitMix64) -> f32 {
+    let u = ((rng.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
+    (2.0 * u - 1.0) * 3f32.sqrt()
 }
 
 #[cfg(test)]

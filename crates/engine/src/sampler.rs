@@ -184,7 +184,7 @@ impl SamplingParams {
 #[derive(Debug)]
 pub struct Sampler {
     params: SamplingParams,
-    rng: Rng,
+    rng: SplitMix64,
     /// Counts of generated tokens (presence / frequency penalties).
     generated: HashMap<u32, u32>,
     /// Prompt and generated tokens (repetition penalty).
@@ -201,7 +201,7 @@ impl Sampler {
         });
         Sampler {
             params,
-            rng: Rng(seed),
+            rng: SplitMix64(seed),
             generated: HashMap::new(),
             seen: prompt.iter().map(|&t| (t, ())).collect(),
         }
@@ -329,18 +329,23 @@ pub fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
-/// SplitMix64: small, fast, and reproducible across platforms.
-#[derive(Debug)]
-struct Rng(u64);
+/// SplitMix64: small, fast, and reproducible across platforms (seeded sampling, the demo
+/// model's weights, tests).
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
 
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
