@@ -924,3 +924,43 @@ fn fuzzed_fixtures_never_panic() {
         "ok {ok}, err {err}: the mutations should hit both"
     );
 }
+
+#[test]
+fn open_empty_or_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("empty.gguf");
+    std::fs::write(&p, b"").unwrap();
+    let err = GgufFile::open(&p).unwrap_err().to_string();
+    assert!(
+        err.contains("empty.gguf") && err.contains("truncated"),
+        "{err}"
+    );
+    let err = GgufFile::open(dir.path().join("nope.gguf"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope.gguf"), "{err}");
+}
+
+#[test]
+fn fuzzed_split_parts_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["split-00001-of-00002.gguf", "split-00002-of-00002.gguf"];
+    let seeds: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| std::fs::read(fixtures().join(n)).unwrap())
+        .collect();
+    let mut rng = Rng(7);
+    for i in 0..500 {
+        for (n, seed) in names.iter().zip(&seeds) {
+            let mut bytes = seed.clone();
+            if rng.below(2) == 0 {
+                mutate(&mut rng, &mut bytes);
+            }
+            std::fs::write(dir.path().join(n), bytes).unwrap();
+        }
+        if let Ok(g) = GgufFile::open(dir.path().join(names[i % 2])) {
+            let total: usize = g.tensors.iter().map(|t| t.data.len()).sum();
+            std::hint::black_box(total);
+        }
+    }
+}
