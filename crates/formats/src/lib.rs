@@ -9,6 +9,7 @@
 //! Architecture invariant: this crate knows no model architecture. It never interprets tensor
 //! names or config values; errors name the file and the entry that is wrong.
 
+pub mod gguf;
 pub mod hf_cache;
 pub mod hf_config;
 pub mod npy;

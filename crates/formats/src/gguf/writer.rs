@@ -1,0 +1,340 @@
+//! Streaming GGUF writer: metadata and tensor declarations are kept in memory (they are small);
+//! tensor data goes straight to the file, one tensor at a time, so memory stays bounded by the
+//! largest tensor the caller holds.
+//!
+//! Order of calls: [`GgufWriter::create`] → [`GgufWriter::add_metadata`] /
+//! [`GgufWriter::add_tensor`] → [`GgufWriter::write_header`] → [`GgufWriter::write_tensor`] for
+//! every tensor in declaration order → [`GgufWriter::finish`]. The output is GGUF v3 with each
+//! tensor padded to the alignment, as gguf-py and ggml write it.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use qinfer_tensor::DType;
+
+use super::reader::MAX_ARRAY_DEPTH;
+use super::value::{Value, type_id};
+use super::{DEFAULT_ALIGNMENT, GgmlType, GgufError, KEY_ALIGNMENT, MAX_DIMS, ggml_type_label};
+
+#[derive(Debug)]
+struct Planned {
+    name: String,
+    dims: Vec<usize>,
+    ggml_type: u32,
+    size: usize,
+    offset: usize,
+}
+
+/// Writes one GGUF file (see the module docs for the order of calls). A writer dropped before
+/// [`GgufWriter::finish`] leaves an incomplete file behind.
+#[derive(Debug)]
+pub struct GgufWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    alignment: usize,
+    metadata: Vec<(String, Value)>,
+    keys: HashSet<String>,
+    tensors: Vec<Planned>,
+    names: HashSet<String>,
+    /// Offset of the data section, once the header is written.
+    data_start: Option<usize>,
+    /// Tensors written so far.
+    next: usize,
+    /// Bytes written so far.
+    pos: usize,
+}
+
+impl GgufWriter {
+    /// Creates (truncates) `path`. An `alignment` other than the default 32 must be recorded as
+    /// `general.alignment`: add it as metadata where you want it, or [`GgufWriter::write_header`]
+    /// appends it (u32).
+    pub fn create(path: impl AsRef<Path>, alignment: usize) -> Result<Self, GgufError> {
+        let path = path.as_ref().to_path_buf();
+        if !alignment.is_power_of_two() || u32::try_from(alignment).is_err() {
+            return Err(GgufError::Writer {
+                path,
+                why: format!("alignment {alignment} is not a power of two in the u32 range"),
+            });
+        }
+        let file = File::create(&path).map_err(|source| GgufError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(GgufWriter {
+            path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            alignment,
+            metadata: Vec::new(),
+            keys: HashSet::new(),
+            tensors: Vec::new(),
+            names: HashSet::new(),
+            data_start: None,
+            next: 0,
+            pos: 0,
+        })
+    }
+
+    fn usage(&self, why: String) -> GgufError {
+        GgufError::Writer {
+            path: self.path.clone(),
+            why,
+        }
+    }
+
+    fn before_header(&self, what: &str) -> Result<(), GgufError> {
+        match self.data_start {
+            None => Ok(()),
+            Some(_) => Err(self.usage(format!("{what} after write_header"))),
+        }
+    }
+
+    /// Appends a metadata entry. Arrays must hold one element type (nested arrays may differ
+    /// from each other); an empty array is written with element type u8.
+    pub fn add_metadata(&mut self, key: impl Into<String>, value: Value) -> Result<(), GgufError> {
+        let key = key.into();
+        self.before_header(&format!("metadata key {key:?} added"))?;
+        if key == KEY_ALIGNMENT && value.as_u64() != Some(self.alignment as u64) {
+            return Err(self.usage(format!(
+                "{KEY_ALIGNMENT} = {value:?} differs from the writer's alignment {}",
+                self.alignment
+            )));
+        }
+        check_value(&value, 0).map_err(|why| self.usage(format!("metadata key {key:?}: {why}")))?;
+        if !self.keys.insert(key.clone()) {
+            return Err(GgufError::DuplicateKey {
+                path: self.path.clone(),
+                key,
+            });
+        }
+        self.metadata.push((key, value));
+        Ok(())
+    }
+
+    /// Declares a tensor with `dims` in GGML order (`dims[0]` = columns).
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[usize],
+        dtype: DType,
+    ) -> Result<(), GgufError> {
+        self.add_tensor_raw(name, dims, dtype.ggml_id())
+    }
+
+    /// Declares a tensor of any GGML type whose block size is known (to copy tensors qinfer
+    /// does not compute with).
+    pub fn add_tensor_raw(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[usize],
+        ggml_type: u32,
+    ) -> Result<(), GgufError> {
+        let name = name.into();
+        self.before_header(&format!("tensor {name:?} declared"))?;
+        let bad = |why: String| GgufError::BadTensor {
+            path: self.path.clone(),
+            name: name.clone(),
+            why,
+        };
+        if dims.len() > MAX_DIMS {
+            return Err(bad(format!(
+                "{} dimensions (GGML allows at most {MAX_DIMS})",
+                dims.len()
+            )));
+        }
+        let Some((block, block_bytes)) = GgmlType::from_id(ggml_type).and_then(|t| t.block) else {
+            return Err(bad(format!(
+                "type {} has no known size",
+                ggml_type_label(ggml_type)
+            )));
+        };
+        let row = dims.first().copied().unwrap_or(1);
+        if !row.is_multiple_of(block) {
+            return Err(bad(format!(
+                "row length {row} is not a multiple of the {} block size {block}",
+                ggml_type_label(ggml_type)
+            )));
+        }
+        let size = dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| (n / block).checked_mul(block_bytes))
+            .filter(|&s| s <= i64::MAX as usize)
+            .ok_or_else(|| bad(format!("dims {dims:?} overflow")))?;
+        if !self.names.insert(name.clone()) {
+            return Err(GgufError::DuplicateTensor {
+                path: self.path.clone(),
+                name,
+                also: String::new(),
+            });
+        }
+        let offset = match self.tensors.last() {
+            None => 0,
+            Some(t) => self.padded(t.offset + t.size)?,
+        };
+        self.tensors.push(Planned {
+            name,
+            dims: dims.to_vec(),
+            ggml_type,
+            size,
+            offset,
+        });
+        Ok(())
+    }
+
+    fn padded(&self, n: usize) -> Result<usize, GgufError> {
+        n.checked_next_multiple_of(self.alignment)
+            .ok_or_else(|| self.usage("the file would exceed the address space".into()))
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> Result<(), GgufError> {
+        self.out.write_all(bytes).map_err(|source| GgufError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.pos += bytes.len();
+        Ok(())
+    }
+
+    fn pad_to(&mut self, target: usize) -> Result<(), GgufError> {
+        const ZEROS: [u8; 64] = [0; 64];
+        while self.pos < target {
+            let n = (target - self.pos).min(ZEROS.len());
+            self.emit(&ZEROS[..n])?;
+        }
+        Ok(())
+    }
+
+    /// Writes the header, metadata and tensor infos, and pads to the data section.
+    pub fn write_header(&mut self) -> Result<(), GgufError> {
+        self.before_header("write_header called again")?;
+        if self.alignment != DEFAULT_ALIGNMENT && !self.keys.contains(KEY_ALIGNMENT) {
+            self.add_metadata(KEY_ALIGNMENT, Value::U32(self.alignment as u32))?;
+        }
+        let mut head = Vec::new();
+        head.extend_from_slice(b"GGUF");
+        head.extend_from_slice(&3u32.to_le_bytes());
+        head.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        head.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            put_string(&mut head, key);
+            head.extend_from_slice(&value.type_id().to_le_bytes());
+            put_value(&mut head, value);
+        }
+        for t in &self.tensors {
+            put_string(&mut head, &t.name);
+            head.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            for &d in &t.dims {
+                head.extend_from_slice(&(d as u64).to_le_bytes());
+            }
+            head.extend_from_slice(&t.ggml_type.to_le_bytes());
+            head.extend_from_slice(&(t.offset as u64).to_le_bytes());
+        }
+        self.emit(&head)?;
+        let data_start = self.padded(self.pos)?;
+        self.pad_to(data_start)?;
+        self.data_start = Some(data_start);
+        Ok(())
+    }
+
+    /// Writes the data of the next declared tensor, which must be `name`, `bytes` its exact size.
+    pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<(), GgufError> {
+        let Some(data_start) = self.data_start else {
+            return Err(self.usage(format!("tensor {name:?} written before write_header")));
+        };
+        let Some(t) = self.tensors.get(self.next) else {
+            return Err(self.usage(format!(
+                "tensor {name:?} written, but all {} declared tensors are written",
+                self.tensors.len()
+            )));
+        };
+        if t.name != name {
+            return Err(self.usage(format!(
+                "tensor {name:?} written, but {:?} is next in declaration order",
+                t.name
+            )));
+        }
+        if t.size != bytes.len() {
+            return Err(self.usage(format!(
+                "tensor {name:?}: {} {:?} is {} bytes, got {}",
+                ggml_type_label(t.ggml_type),
+                t.dims,
+                t.size,
+                bytes.len()
+            )));
+        }
+        let start = data_start + t.offset;
+        self.pad_to(start)?;
+        self.emit(bytes)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Pads the last tensor, flushes and closes the file. Fails if a tensor was not written.
+    pub fn finish(mut self) -> Result<(), GgufError> {
+        if self.data_start.is_none() {
+            self.write_header()?;
+        }
+        if let Some(t) = self.tensors.get(self.next) {
+            return Err(self.usage(format!("tensor {:?} was declared but not written", t.name)));
+        }
+        let end = self.padded(self.pos)?;
+        self.pad_to(end)?;
+        self.out.flush().map_err(|source| GgufError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Arrays must be homogeneous and not nested deeper than the reader accepts.
+fn check_value(value: &Value, depth: usize) -> Result<(), String> {
+    let Value::Array(items) = value else {
+        return Ok(());
+    };
+    if depth >= MAX_ARRAY_DEPTH {
+        return Err(format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"));
+    }
+    if let Some(first) = items.first()
+        && let Some(other) = items.iter().find(|v| v.type_id() != first.type_id())
+    {
+        return Err(format!(
+            "array mixes {} and {} elements",
+            first.type_name(),
+            other.type_name()
+        ));
+    }
+    items.iter().try_for_each(|v| check_value(v, depth + 1))
+}
+
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The value without its type id (array elements are written this way).
+fn put_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::U8(v) => out.push(*v),
+        Value::I8(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::U16(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::I16(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::U32(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::I32(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::Bool(v) => out.push(u8::from(*v)),
+        Value::String(s) => put_string(out, s),
+        Value::Array(items) => {
+            let elem = items.first().map_or(type_id::U8, Value::type_id);
+            out.extend_from_slice(&elem.to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                put_value(out, item);
+            }
+        }
+    }
+}
