@@ -17,7 +17,8 @@ use crate::{SamplingArgs, model_dir};
 
 #[derive(Args, Debug)]
 pub struct LogitsArgs {
-    /// Model directory (config.json + *.safetensors), or a Hugging Face repo id in the local cache.
+    /// Model directory (config.json + *.safetensors), GGUF file, or a Hugging Face repo id in
+    /// the local cache.
     model: PathBuf,
     /// Prompt token ids, comma-separated (e.g. 1,2,3).
     #[arg(long, value_parser = parse_ids, allow_hyphen_values = true)]
@@ -90,6 +91,12 @@ fn parse_ids(s: &str) -> Result<Ids, String> {
 
 fn load_model(arg: &Path, threads: Option<usize>) -> Result<(Qwen35, PathBuf)> {
     qinfer_cpu::init_threads(threads);
+    let path = crate::resolve_model(arg)?;
+    if crate::is_gguf(&path) {
+        let model = Qwen35::load_gguf(&path)
+            .with_context(|| format!("cannot load model {}", path.display()))?;
+        return Ok((model, path));
+    }
     let dir = model_dir(arg)?;
     let model =
         Qwen35::load_dir(&dir).with_context(|| format!("cannot load model {}", dir.display()))?;
@@ -132,9 +139,17 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     // `generate` is greedy unless asked otherwise (reproducible by default).
     let sampling = args.sampling.apply(SamplingParams::default())?;
     if !crate::is_demo(&args.model) {
-        let dir = model_dir(&args.model)?;
-        if args.prompt.is_none() && !dir.join("tokenizer.json").is_file() {
+        let path = crate::resolve_model(&args.model)?;
+        let has_tokenizer =
+            !crate::is_gguf(&path) && model_dir(&args.model)?.join("tokenizer.json").is_file();
+        if args.prompt.is_none() && !has_tokenizer {
             return generate_ids_only(&args, sampling);
+        }
+        if crate::is_gguf(&path) {
+            bail!(
+                "{}: text prompts with GGUF files need the tokenizer from GGUF metadata, which is not supported yet; use --ids",
+                path.display()
+            );
         }
     }
     let bundle = crate::load_bundle(&args.model, args.threads)?;
@@ -283,8 +298,16 @@ fn generate_ids_only(args: &GenerateArgs, sampling: SamplingParams) -> Result<()
     Ok(())
 }
 
-/// End-of-sequence ids from `generation_config.json` (none if the file is absent).
+/// End-of-sequence ids from `generation_config.json` (none if the file is absent), or from
+/// `tokenizer.ggml.eos_token_id` of a GGUF file.
 fn eos_ids(dir: &Path) -> Result<Vec<u32>> {
+    if crate::is_gguf(dir) {
+        let file = qinfer_formats::gguf::GgufFile::open(dir)?;
+        return Ok(file
+            .get_u32_opt("tokenizer.ggml.eos_token_id")?
+            .into_iter()
+            .collect());
+    }
     let path = dir.join("generation_config.json");
     if !path.is_file() {
         return Ok(Vec::new());

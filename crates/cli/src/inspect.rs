@@ -172,3 +172,83 @@ fn human_bytes(n: usize) -> String {
         n => format!("{n} B"),
     }
 }
+
+/// Prints a GGUF file's architecture (as qinfer reads it), metadata and tensor table.
+pub fn run_gguf(path: &Path, out: &mut impl Write) -> Result<()> {
+    use qinfer_formats::gguf::{GgufFile, Value};
+    let file = GgufFile::open(path)?;
+    writeln!(
+        out,
+        "model         {} (GGUF v{}, {} file(s))",
+        path.display(),
+        file.version,
+        file.files.len()
+    )?;
+    match qinfer_model::gguf::config_from_gguf(&file) {
+        Ok(c) => {
+            let pattern: String = c
+                .layers
+                .iter()
+                .map(|k| if *k == LayerKind::Attention { 'A' } else { 'D' })
+                .collect();
+            writeln!(
+                out,
+                "architecture  {} ({} layers: {pattern}), hidden {}, vocab {}",
+                c.model_type,
+                c.n_layers(),
+                c.hidden,
+                c.vocab
+            )?;
+            writeln!(
+                out,
+                "parameters    {} (text model, from the config)",
+                human_count(c.parameter_count())
+            )?;
+        }
+        Err(e) => writeln!(out, "architecture  not runnable by qinfer: {e}")?,
+    }
+    let mut by_type: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for t in &file.tensors {
+        let e = by_type.entry(t.type_name().to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.data.len();
+    }
+    let total: usize = by_type.values().map(|v| v.1).sum();
+    let types: Vec<String> = by_type
+        .iter()
+        .map(|(d, (n, b))| format!("{d}: {n} tensors, {}", human_bytes(*b)))
+        .collect();
+    writeln!(out, "types         {}", types.join("; "))?;
+    writeln!(out, "size          {}", human_bytes(total))?;
+    writeln!(out, "\nmetadata")?;
+    for (k, v) in &file.metadata {
+        let shown = match v {
+            Value::Array(items) if items.len() > 8 => format!("[{} items]", items.len()),
+            Value::String(s) if s.len() > 120 => format!(
+                "{:?}… ({} bytes)",
+                &s[..s.char_indices().nth(100).map_or(s.len(), |(i, _)| i)],
+                s.len()
+            ),
+            other => format!("{other:?}"),
+        };
+        writeln!(out, "  {k} = {shown}")?;
+    }
+    writeln!(out)?;
+    let width = file.tensors.iter().map(|t| t.name.len()).max().unwrap_or(6);
+    writeln!(
+        out,
+        "{:width$}  {:8}  {:>20}  {:>10}",
+        "tensor", "type", "shape", "bytes"
+    )?;
+    for t in &file.tensors {
+        writeln!(
+            out,
+            "{:width$}  {:8}  {:>20}  {:>10}",
+            t.name,
+            t.type_name(),
+            format!("{:?}", t.shape()),
+            t.data.len()
+        )?;
+    }
+    Ok(())
+}

@@ -47,7 +47,7 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct InspectArgs {
-    /// Model directory, or a Hugging Face repo id in the local cache.
+    /// Model directory, GGUF file, or a Hugging Face repo id in the local cache.
     model: PathBuf,
 }
 
@@ -173,12 +173,23 @@ pub fn resolve_model(arg: &Path) -> Result<PathBuf> {
     )?)
 }
 
-/// Rejects files where a model directory is expected (GGUF files come later).
+/// Whether `path` is a GGUF file (by its magic bytes).
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// A model directory (resolved), rejecting other files.
 pub fn model_dir(arg: &Path) -> Result<PathBuf> {
     let path = resolve_model(arg)?;
     if path.is_file() {
         anyhow::bail!(
-            "{}: MODEL must be a model directory (config.json + safetensors); GGUF files are not supported yet",
+            "{}: MODEL must be a model directory (config.json + safetensors) or a GGUF file",
             path.display()
         );
     }

@@ -4,6 +4,8 @@
 //!   memory-mapped and validated; tensors come out as zero-copy [`qinfer_tensor::ByteView`]s.
 //! * [`hf_config`]: a raw serde mirror of Hugging Face `config.json` (no logic, no defaults:
 //!   the model crate validates it).
+//! * [`gguf`]: GGUF v2/v3 files (llama.cpp's format): memory-mapped reader with typed
+//!   metadata and split files, and a streaming writer.
 //! * [`npy`]: `float32` `.npy` arrays, for logits dumps and test fixtures.
 //!
 //! Architecture invariant: this crate knows no model architecture. It never interprets tensor

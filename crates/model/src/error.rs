@@ -34,6 +34,8 @@ pub enum LoadError {
     Config { path: String, source: ConfigError },
     #[error(transparent)]
     Checkpoint(#[from] SafetensorsError),
+    #[error(transparent)]
+    Gguf(#[from] qinfer_formats::gguf::GgufError),
     #[error("tensor {name} is missing from the checkpoint")]
     MissingTensor { name: String },
     #[error("tensor {name} has shape {got:?}, expected {expected:?}")]
@@ -42,7 +44,7 @@ pub enum LoadError {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
-    #[error("tensor {name} has dtype {dtype}, which qinfer cannot compute with (F32, F16, BF16)")]
+    #[error("tensor {name} has type {dtype}, which qinfer cannot compute with (yet)")]
     DType { name: String, dtype: String },
 }
 

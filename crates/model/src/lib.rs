@@ -7,12 +7,14 @@
 //! * `layers/`: the mechanisms (norms, RoPE, gated attention, Gated DeltaNet, SwiGLU MLP, MoE),
 //!   each loading its weights and running its forward step through `qinfer_cpu::ops`.
 //! * [`qwen35`]: binds them into the forward pass.
+//! * [`gguf`]: llama.cpp `qwen35` / `qwen35moe` GGUF files through the same code.
 //!
 //! Architecture invariant: model code never touches SIMD, threads or file formats; it calls
 //! the op vocabulary of `qinfer-cpu`, and state lives in `qinfer_cache::SequenceState`.
 
 pub mod config;
 mod error;
+pub mod gguf;
 pub mod layers;
 pub mod loader;
 pub mod names;

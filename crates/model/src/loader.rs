@@ -130,7 +130,13 @@ impl<'a> Loader<'a> {
             });
         }
         let dtype = match &view.dtype {
-            Ok(d) => *d,
+            Ok(d) if qinfer_cpu::ops::weight_dtype_supported(*d) => *d,
+            Ok(d) => {
+                return Err(LoadError::DType {
+                    name,
+                    dtype: d.to_string(),
+                });
+            }
             Err(other) => {
                 return Err(LoadError::DType {
                     name,

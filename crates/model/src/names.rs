@@ -208,6 +208,19 @@ pub enum Extra {
     Vision,
 }
 
+/// Classifies a tensor the text model does not consume, knowing the decoder has `n_layers`
+/// layers (GGUF files store the MTP block as `blk.{n_layers}`).
+pub fn extra_in(naming: Naming, name: &str, n_layers: usize) -> Option<Extra> {
+    if naming == Naming::Gguf
+        && let Some(rest) = name.strip_prefix("blk.")
+        && let Some(l) = rest.split('.').next().and_then(|l| l.parse::<usize>().ok())
+        && l >= n_layers
+    {
+        return Some(Extra::Mtp);
+    }
+    extra(name)
+}
+
 /// Classifies a tensor name that the text model does not consume.
 pub fn extra(name: &str) -> Option<Extra> {
     if name.starts_with("mtp.") || name.contains(".nextn.") {

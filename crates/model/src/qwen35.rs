@@ -202,7 +202,7 @@ impl Qwen35 {
         let final_norm = RmsNorm::load(&ld, TensorId::Global(Global::FinalNorm), h, eps)?;
         let mut extras = ExtraTensors::default();
         for name in ld.unused() {
-            match names::extra(&name) {
+            match names::extra_in(naming, &name, config.n_layers()) {
                 Some(names::Extra::Mtp) => extras.mtp.push(name),
                 Some(names::Extra::Vision) => extras.vision.push(name),
                 None => extras.unknown.push(name),

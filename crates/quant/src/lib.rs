@@ -23,6 +23,14 @@ pub enum QuantError {
     },
 }
 
+/// Whether [`dequantize_row`] can decode `dtype` (loaders check this, so kernels never meet an
+/// undecodable weight).
+pub fn supported(dtype: DType) -> bool {
+    let mut one = vec![0.0f32; dtype.block_size()];
+    let zeros = vec![0u8; dtype.block_bytes()];
+    dequantize_row(dtype, &zeros, &mut one).is_ok()
+}
+
 /// Widens one row (`src`, whole blocks) of type `dtype` into `dst` (`f32`, one per element).
 pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     if dtype.row_bytes(dst.len()) != Some(src.len()) {

@@ -77,6 +77,11 @@ pub fn matmul_ref(x: &Mat, w: &Weight) -> Mat {
     out
 }
 
+/// Whether the matmul and embedding ops can read weights stored as `dtype`.
+pub fn weight_dtype_supported(dtype: qinfer_tensor::DType) -> bool {
+    qinfer_quant::supported(dtype)
+}
+
 /// Embedding lookup: row `id` of `table` (`[V, H]`, any dtype) widened into `out` (`[H]`).
 ///
 /// # Panics

@@ -1,0 +1,108 @@
+//! Loading llama.cpp GGUF files of the `qwen35` / `qwen35moe` architectures through the same
+//! model code as safetensors: GGUF metadata becomes a [`ModelConfig`] (plain norms, tiled value
+//! heads), and the GGUF file is a [`TensorSource`] read with the GGUF column of the name table.
+//! Weights stay in their storage format inside the mmap.
+
+use std::path::Path;
+
+use qinfer_formats::gguf::{GgufFile, Value};
+
+use crate::config::{Metadata, ModelConfig};
+use crate::error::LoadError;
+use crate::loader::{TensorSource, TensorView};
+use crate::names::{self, Global, Naming};
+use crate::qwen35::Qwen35;
+
+/// GGUF metadata seen through the model's [`Metadata`] trait.
+struct GgufMetadata<'a>(&'a GgufFile);
+
+fn type_error(v: &Value, want: &str) -> String {
+    format!("expected {want}, found {}", v.type_name())
+}
+
+impl Metadata for GgufMetadata<'_> {
+    fn u64(&self, key: &str) -> Result<Option<u64>, String> {
+        self.0
+            .get(key)
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| type_error(v, "a non-negative integer"))
+            })
+            .transpose()
+    }
+
+    fn f64(&self, key: &str) -> Result<Option<f64>, String> {
+        self.0
+            .get(key)
+            .map(|v| v.as_f64().ok_or_else(|| type_error(v, "a number")))
+            .transpose()
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, String> {
+        self.0
+            .get(key)
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| type_error(v, "a string"))
+            })
+            .transpose()
+    }
+
+    fn u64s(&self, key: &str) -> Result<Option<Vec<u64>>, String> {
+        let Some(v) = self.0.get(key) else {
+            return Ok(None);
+        };
+        if let Some(x) = v.as_u64() {
+            return Ok(Some(vec![x]));
+        }
+        let items = v
+            .as_array()
+            .ok_or_else(|| type_error(v, "an integer or an array of integers"))?;
+        items
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .ok_or_else(|| type_error(x, "an array of non-negative integers"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
+impl TensorSource for GgufFile {
+    fn tensor(&self, name: &str) -> Option<TensorView> {
+        GgufFile::tensor(self, name).map(|t| TensorView {
+            dtype: t.dtype.ok_or_else(|| t.type_label()),
+            shape: t.shape(),
+            data: t.data.clone(),
+        })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tensors.iter().map(|t| t.name.clone()).collect()
+    }
+}
+
+impl Qwen35 {
+    /// Loads a GGUF file (the first part of a split GGUF loads every part).
+    pub fn load_gguf(path: &Path) -> Result<Self, LoadError> {
+        let file = GgufFile::open(path)?;
+        let config = config_from_gguf(&file).map_err(|source| LoadError::Config {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_source(config, &file, Naming::Gguf)
+    }
+}
+
+/// The validated config of an opened GGUF file.
+pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig, crate::ConfigError> {
+    let embed = names::global_in(Naming::Gguf, Global::Embed);
+    let vocab = GgufFile::tensor(file, &embed)
+        .map(|t| t.shape())
+        .and_then(|s| s.first().copied())
+        .unwrap_or(0);
+    let tied = GgufFile::tensor(file, &names::global_in(Naming::Gguf, Global::LmHead)).is_none();
+    ModelConfig::from_gguf(&GgufMetadata(file), vocab, tied)
+}
