@@ -12,7 +12,7 @@
 use half::f16;
 
 use crate::iq4_nl::{assign_indices, codebook_error, decode_32, fit_codebook, pack_32};
-use crate::{array_at, f16_at, nearest_int};
+use crate::{array_at, f16_at, f16_covering, nearest_int};
 
 /// Elements per block.
 pub const BLOCK: usize = 256;
@@ -88,7 +88,7 @@ pub fn quantize_block_ref(x: &[f32; BLOCK]) -> [u8; BYTES] {
     let m = fits
         .iter()
         .fold(0.0f32, |m, &s| if s.abs() > m.abs() { s } else { m });
-    let d = f16::from_f32(m / -32.0);
+    let d = f16_covering(m / -32.0);
 
     let mut block = BlockIq4Xs {
         d,

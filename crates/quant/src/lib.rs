@@ -172,6 +172,20 @@ fn array_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
     out
 }
 
+/// The `f16` nearest to `v`, moved one step away from zero if rounding shrank it.
+///
+/// Super-block scales are `max / N` with the largest sub-block landing on the integer limit
+/// `N`; a scale rounded down would push that sub-block past the limit, where it gets clamped.
+/// This matters once the `f16` is subnormal (tiny weights), where one step is several percent.
+fn f16_covering(v: f32) -> half::f16 {
+    let h = half::f16::from_f32(v);
+    if h.to_f32().abs() < v.abs() && h.is_finite() {
+        half::f16::from_bits(h.to_bits() + 1)
+    } else {
+        h
+    }
+}
+
 /// Rounds to the nearest integer, halves away from zero (C's `roundf`), as an `i32`.
 fn nearest_int(x: f32) -> i32 {
     x.round() as i32

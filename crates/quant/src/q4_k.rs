@@ -23,7 +23,7 @@
 
 use half::f16;
 
-use crate::{array_at, f16_at, nearest_int};
+use crate::{array_at, f16_at, f16_covering, nearest_int};
 
 /// Elements per block.
 pub const BLOCK: usize = 256;
@@ -166,8 +166,8 @@ pub(crate) fn quantize_affine(x: &[f32; BLOCK], nmax: u8) -> AffineSuperBlock {
     let fits = subs.map(|sub| fit_scale_min(sub, nmax));
     let max_scale = fits.iter().fold(0.0f32, |m, f| m.max(f.0));
     let max_min = fits.iter().fold(0.0f32, |m, f| m.max(f.1));
-    let d = f16::from_f32(max_scale / 63.0);
-    let dmin = f16::from_f32(max_min / 63.0);
+    let d = f16_covering(max_scale / 63.0);
+    let dmin = f16_covering(max_min / 63.0);
     let to_6bit = |v: f32, step: f16| {
         let step = step.to_f32();
         if step > 0.0 {
