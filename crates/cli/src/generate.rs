@@ -140,16 +140,15 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let sampling = args.sampling.apply(SamplingParams::default())?;
     if !crate::is_demo(&args.model) {
         let path = crate::resolve_model(&args.model)?;
-        let has_tokenizer =
-            !crate::is_gguf(&path) && model_dir(&args.model)?.join("tokenizer.json").is_file();
+        let has_tokenizer = if crate::is_gguf(&path) {
+            qinfer_formats::gguf::GgufFile::open(&path)?
+                .get("tokenizer.ggml.tokens")
+                .is_some()
+        } else {
+            model_dir(&args.model)?.join("tokenizer.json").is_file()
+        };
         if args.prompt.is_none() && !has_tokenizer {
             return generate_ids_only(&args, sampling);
-        }
-        if crate::is_gguf(&path) {
-            bail!(
-                "{}: text prompts with GGUF files need the tokenizer from GGUF metadata, which is not supported yet; use --ids",
-                path.display()
-            );
         }
     }
     let bundle = crate::load_bundle(&args.model, args.threads)?;

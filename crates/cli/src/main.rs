@@ -145,9 +145,13 @@ fn main() -> ExitCode {
         Command::Logits(a) => generate::logits(a),
         Command::Tokenize(a) => text::tokenize(a),
         Command::Render(a) => text::render(a),
-        Command::Inspect(a) => {
-            resolve_model(&a.model).and_then(|m| inspect::run(&m, &mut std::io::stdout().lock()))
-        }
+        Command::Inspect(a) => resolve_model(&a.model).and_then(|m| {
+            if is_gguf(&m) {
+                inspect::run_gguf(&m, &mut std::io::stdout().lock())
+            } else {
+                inspect::run(&m, &mut std::io::stdout().lock())
+            }
+        }),
         Command::Pull(a) => pull::pull(&pull::PullOptions::from_env(&a.repo, &a.revision, a.all))
             .and_then(|dir| {
                 writeln!(std::io::stdout().lock(), "{}", dir.display())?;
@@ -209,6 +213,11 @@ pub fn load_bundle(
     qinfer_cpu::init_threads(threads);
     if is_demo(arg) {
         return Ok(qinfer_engine::generate::ModelBundle::demo()?);
+    }
+    let path = resolve_model(arg)?;
+    if is_gguf(&path) {
+        return qinfer_engine::generate::ModelBundle::load_gguf(&path)
+            .with_context(|| format!("cannot load model {}", path.display()));
     }
     let dir = model_dir(arg)?;
     qinfer_engine::generate::ModelBundle::load_dir(&dir)

@@ -35,8 +35,15 @@ pub struct RenderArgs {
 }
 
 pub fn tokenize(args: TokenizeArgs) -> Result<()> {
+    let path = if crate::is_demo(&args.model) {
+        None
+    } else {
+        Some(crate::resolve_model(&args.model)?)
+    };
     let tok = if crate::is_demo(&args.model) {
         ModelBundle::demo_tokenizer()?
+    } else if let Some(p) = path.as_ref().filter(|p| crate::is_gguf(p)) {
+        qinfer_engine::gguf_text::tokenizer_from_gguf(&qinfer_formats::gguf::GgufFile::open(p)?)?
     } else {
         let dir = model_dir(&args.model)?;
         let path = dir.join("tokenizer.json");

@@ -28,6 +28,8 @@ pub enum EngineError {
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
+    GgufText(#[from] crate::gguf_text::GgufTextError),
+    #[error(transparent)]
     Template(#[from] TemplateError),
     #[error(transparent)]
     Sampling(#[from] SamplingError),
@@ -80,6 +82,59 @@ impl ModelBundle {
         add_chat_stops(&tokenizer, &mut stop_ids);
         Ok(ModelBundle {
             name: dir.display().to_string(),
+            model,
+            tokenizer,
+            template,
+            defaults,
+            stop_ids,
+            is_demo: false,
+        })
+    }
+
+    /// Loads a GGUF file: weights, and the tokenizer and chat template from a `tokenizer.json`
+    /// beside it or, failing that, from the file's metadata.
+    pub fn load_gguf(path: &Path) -> Result<Self, EngineError> {
+        let model = Qwen35::load_gguf(path)?;
+        let file =
+            qinfer_formats::gguf::GgufFile::open(path).map_err(|e| EngineError::Load(e.into()))?;
+        let beside = path
+            .parent()
+            .map(|d| d.join("tokenizer.json"))
+            .filter(|p| p.is_file());
+        let tokenizer = match beside {
+            Some(p) => Tokenizer::from_file(&p)?,
+            None => crate::gguf_text::tokenizer_from_gguf(&file)?,
+        };
+        let mut stop_ids = crate::gguf_text::special_ids(&file);
+        add_chat_stops(&tokenizer, &mut stop_ids);
+        let template = match crate::gguf_text::chat_template_source(&file) {
+            Some(src) => {
+                let mut specials = std::collections::BTreeMap::new();
+                for (name, key) in [
+                    ("eos_token", "tokenizer.ggml.eos_token_id"),
+                    ("pad_token", "tokenizer.ggml.padding_token_id"),
+                    ("bos_token", "tokenizer.ggml.bos_token_id"),
+                ] {
+                    if let Some(tok) = file
+                        .get(key)
+                        .and_then(|v| v.as_u64())
+                        .and_then(|id| tokenizer.token_str(id as u32))
+                    {
+                        specials.insert(name.to_string(), tok);
+                    }
+                }
+                Some(ChatTemplate::new(src)?.with_special_tokens(specials))
+            }
+            None => None,
+        };
+        let gen_path = path.with_file_name("generation_config.json");
+        let defaults = if gen_path.is_file() {
+            SamplingParams::from_generation_config(&gen_path)?
+        } else {
+            SamplingParams::preset("thinking")?
+        };
+        Ok(ModelBundle {
+            name: path.display().to_string(),
             model,
             tokenizer,
             template,

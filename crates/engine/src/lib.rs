@@ -7,6 +7,7 @@
 //! * [`sampler`]: temperature, top-k/p, min-p, penalties, seeds, stop conditions.
 //! * [`generate`]: the model bundle, sequences reused across turns, the generation loop.
 //! * [`demo`]: the built-in demo model.
+//! * [`gguf_text`]: the tokenizer and chat template stored in a GGUF file.
 //! * [`parser`]: one incremental state machine splitting model output into reasoning,
 //!   content and Qwen XML tool calls; streaming-safe, never panics.
 //!
@@ -15,6 +16,7 @@
 
 pub mod demo;
 pub mod generate;
+pub mod gguf_text;
 pub mod parser;
 pub mod sampler;
 pub mod template;

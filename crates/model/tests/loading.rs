@@ -116,7 +116,7 @@ fn unsupported_dtype_is_named() {
         e.1 = "I32".into();
     });
     let err = load_err(dir.path());
-    assert!(err.contains(QKV) && err.contains("dtype I32"), "{err}");
+    assert!(err.contains(QKV) && err.contains("type I32"), "{err}");
 }
 
 #[test]
