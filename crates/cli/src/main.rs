@@ -6,6 +6,7 @@ mod chat;
 mod generate;
 mod inspect;
 mod pull;
+mod quantize;
 mod text;
 
 use std::io::Write;
@@ -43,6 +44,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Download a model from the Hugging Face Hub into the local cache (resumable).
     Pull(PullArgs),
+    /// Write a model as a llama.cpp-compatible GGUF file of a given type.
+    Quantize(quantize::QuantizeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +155,7 @@ fn main() -> ExitCode {
                 inspect::run(&m, &mut std::io::stdout().lock())
             }
         }),
+        Command::Quantize(a) => quantize::quantize(a),
         Command::Pull(a) => pull::pull(&pull::PullOptions::from_env(&a.repo, &a.revision, a.all))
             .and_then(|dir| {
                 writeln!(std::io::stdout().lock(), "{}", dir.display())?;

@@ -14,5 +14,6 @@
 pub mod gguf;
 pub mod hf_cache;
 pub mod hf_config;
+pub mod hf_tokenizer;
 pub mod npy;
 pub mod safetensors;

@@ -7,6 +7,7 @@
 //! * `layers/`: the mechanisms (norms, RoPE, gated attention, Gated DeltaNet, SwiGLU MLP, MoE),
 //!   each loading its weights and running its forward step through `qinfer_cpu::ops`.
 //! * [`qwen35`]: binds them into the forward pass.
+//! * [`export`]: writing llama.cpp-compatible GGUF files (`qinfer quantize`).
 //! * [`gguf`]: llama.cpp `qwen35` / `qwen35moe` GGUF files through the same code.
 //!
 //! Architecture invariant: model code never touches SIMD, threads or file formats; it calls
@@ -14,6 +15,7 @@
 
 pub mod config;
 mod error;
+pub mod export;
 pub mod gguf;
 pub mod layers;
 pub mod loader;

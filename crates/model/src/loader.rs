@@ -195,6 +195,34 @@ impl<'a> Loader<'a> {
         Ok((0..n).map(|i| dtype.read_f32(bytes, i)).collect())
     }
 
+    /// Any tensor widened to `f32` (quantized ones dequantized), with its row-major shape.
+    /// For export; `shapes` lists the accepted shapes.
+    pub fn f32_any(
+        &self,
+        id: TensorId,
+        shapes: &[&[usize]],
+    ) -> Result<(Vec<f32>, Vec<usize>), LoadError> {
+        let (name, view, dtype) = self.entry(id, shapes)?;
+        let cols = *view.shape.last().unwrap_or(&1);
+        let n: usize = view.shape.iter().product();
+        let mut out = vec![0.0f32; n];
+        let row_bytes = dtype.row_bytes(cols).ok_or_else(|| LoadError::Shape {
+            name: name.clone(),
+            expected: shapes[0].to_vec(),
+            got: view.shape.clone(),
+        })?;
+        for (dst, src) in out
+            .chunks_mut(cols.max(1))
+            .zip(view.data.as_bytes().chunks(row_bytes.max(1)))
+        {
+            qinfer_quant::dequantize_row(dtype, src, dst).map_err(|e| LoadError::DType {
+                name: format!("{name} ({e})"),
+                dtype: dtype.to_string(),
+            })?;
+        }
+        Ok((out, view.shape))
+    }
+
     /// A norm weight `[len]` as the effective multiplier, whatever the file's convention.
     pub fn norm(&self, id: TensorId, len: usize) -> Result<Vec<f32>, LoadError> {
         let w = self.f32s(id, &[&[len]])?;

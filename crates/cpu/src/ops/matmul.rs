@@ -77,6 +77,29 @@ pub fn matmul_ref(x: &Mat, w: &Weight) -> Mat {
     out
 }
 
+/// Quantizes `rows` rows of `cols` values (`src`, row-major) to `dtype`, rows in parallel.
+///
+/// # Errors
+/// If `dtype` has no quantizer or `cols` is not a whole number of its blocks.
+pub fn quantize_rows(
+    dtype: qinfer_tensor::DType,
+    src: &[f32],
+    cols: usize,
+) -> Result<Vec<u8>, qinfer_quant::QuantError> {
+    let row_bytes = dtype
+        .row_bytes(cols)
+        .ok_or(qinfer_quant::QuantError::Shape {
+            dtype,
+            elements: cols,
+            bytes: 0,
+        })?;
+    let mut out = vec![0u8; src.len() / cols.max(1) * row_bytes];
+    out.par_chunks_mut(row_bytes.max(1))
+        .zip(src.par_chunks(cols.max(1)))
+        .try_for_each(|(dst, row)| qinfer_quant::quantize_row(dtype, row, dst))?;
+    Ok(out)
+}
+
 /// Whether the matmul and embedding ops can read weights stored as `dtype`.
 pub fn weight_dtype_supported(dtype: qinfer_tensor::DType) -> bool {
     qinfer_quant::supported(dtype)

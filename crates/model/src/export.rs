@@ -1,0 +1,777 @@
+//! Writing a model as a llama.cpp-compatible GGUF file (`qinfer quantize`).
+//!
+//! The output uses llama.cpp's `qwen35` / `qwen35moe` architecture names, metadata keys and
+//! tensor layout, so llama.cpp runs qinfer's files and qinfer runs llama.cpp's: norms carry the
+//! folded `+1`, `ssm_a = −exp(A_log)`, Gated DeltaNet value heads are tiled, the conv weight is
+//! `[C, K]`, experts are separate `[E, I, H]` gate/up and `[E, H, I]` down stacks. The source is
+//! any [`TensorSource`] (a safetensors checkpoint or another GGUF); tensors are produced,
+//! quantized and written one at a time, so memory holds at most one tensor.
+//!
+//! Type policy (what `--type` means per tensor):
+//! * always F32: 1-D tensors (norms, `ssm_a`, `ssm_dt`), `ssm_conv1d`, the MoE router and the
+//!   shared-expert gate (tiny, and precision-critical);
+//! * `F32` `F16` `BF16` `Q8_0` `Q4_0` `Q5_0` `Q6_K`: every other tensor in that type;
+//! * `Q4_K_M` / `Q5_K_M`: Q4_K / Q5_K, with `output` in Q6_K, `attn_v` and `ffn_down` in Q6_K
+//!   on the layers that matter most (the first and last eighth and every third in between),
+//!   `attn_qkv` (Gated DeltaNet input) at least Q5_K, and `ssm_alpha`/`ssm_beta` in Q8_0;
+//! * rows that are not a whole number of blocks fall back as llama.cpp does: Q4_K → Q5_0,
+//!   Q5_K → Q5_1, Q6_K → Q8_0, 32-blocks → F16.
+//!
+//! The MTP head is not exported yet (it is not used yet); when it is, it stays at Q8_0 or better.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use qinfer_cpu::ops::VHeadOrder;
+use qinfer_formats::gguf::{GgufWriter, Value};
+use qinfer_tensor::DType;
+
+use crate::config::{FeedForwardConfig, LayerKind, ModelConfig};
+use crate::error::LoadError;
+use crate::loader::{Loader, TensorId, TensorSource};
+use crate::names::{self, Global, LayerTensor, Naming};
+
+/// Why a model could not be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Gguf(#[from] qinfer_formats::gguf::GgufError),
+    #[error("{tensor}: {source}")]
+    Quantize {
+        tensor: String,
+        source: qinfer_quant::QuantError,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A whole-file type, as llama.cpp names them.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q6_K,
+    Q5_K_M,
+    Q4_K_M,
+    Q5_0,
+    Q4_0,
+}
+
+impl FileType {
+    pub const ALL: [FileType; 9] = [
+        FileType::F32,
+        FileType::F16,
+        FileType::BF16,
+        FileType::Q8_0,
+        FileType::Q6_K,
+        FileType::Q5_K_M,
+        FileType::Q4_K_M,
+        FileType::Q5_0,
+        FileType::Q4_0,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FileType::F32 => "F32",
+            FileType::F16 => "F16",
+            FileType::BF16 => "BF16",
+            FileType::Q8_0 => "Q8_0",
+            FileType::Q6_K => "Q6_K",
+            FileType::Q5_K_M => "Q5_K_M",
+            FileType::Q4_K_M => "Q4_K_M",
+            FileType::Q5_0 => "Q5_0",
+            FileType::Q4_0 => "Q4_0",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+    }
+
+    /// `general.file_type` (llama.cpp's `LLAMA_FTYPE_*`).
+    pub fn llama_ftype(self) -> u32 {
+        match self {
+            FileType::F32 => 0,
+            FileType::F16 => 1,
+            FileType::Q4_0 => 2,
+            FileType::Q8_0 => 7,
+            FileType::Q5_0 => 8,
+            FileType::Q4_K_M => 15,
+            FileType::Q5_K_M => 17,
+            FileType::Q6_K => 18,
+            FileType::BF16 => 32,
+        }
+    }
+
+    /// Approximate bits per weight of the big matrices (for size estimates).
+    pub fn bits_per_weight(self) -> f64 {
+        match self {
+            FileType::F32 => 32.0,
+            FileType::F16 | FileType::BF16 => 16.0,
+            FileType::Q8_0 => 8.5,
+            FileType::Q6_K => 6.5625,
+            FileType::Q5_K_M => 5.7,
+            FileType::Q4_K_M => 4.9,
+            FileType::Q5_0 => 5.5,
+            FileType::Q4_0 => 4.5,
+        }
+    }
+}
+
+/// What a tensor is, for the type policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Stays F32.
+    Exact,
+    Embed,
+    Output,
+    AttnV,
+    FfnDown,
+    DeltaNetQkv,
+    DeltaNetGates,
+    Other,
+}
+
+/// llama.cpp's choice of layers that get more bits in the `_M` mixtures.
+fn use_more_bits(layer: usize, n_layers: usize) -> bool {
+    let eighth = n_layers / 8;
+    layer < eighth || layer >= 7 * n_layers / 8 || (layer - eighth) % 3 == 2
+}
+
+fn tensor_type(
+    ft: FileType,
+    kind: Kind,
+    layer: Option<usize>,
+    n_layers: usize,
+    cols: usize,
+) -> DType {
+    let more = layer.is_some_and(|l| use_more_bits(l, n_layers));
+    let want = match (kind, ft) {
+        (Kind::Exact, _) => DType::F32,
+        (_, FileType::F32) => DType::F32,
+        (_, FileType::F16) => DType::F16,
+        (_, FileType::BF16) => DType::BF16,
+        (_, FileType::Q8_0) => DType::Q8_0,
+        (_, FileType::Q5_0) => DType::Q5_0,
+        (_, FileType::Q4_0) => DType::Q4_0,
+        (_, FileType::Q6_K) => DType::Q6_K,
+        (Kind::Output, _) => DType::Q6_K,
+        (Kind::DeltaNetGates, _) => DType::Q8_0,
+        (Kind::AttnV | Kind::FfnDown, _) if more => DType::Q6_K,
+        (Kind::DeltaNetQkv, _) => DType::Q5_K,
+        (_, FileType::Q5_K_M) => DType::Q5_K,
+        (_, FileType::Q4_K_M) => DType::Q4_K,
+    };
+    fallback(want, cols)
+}
+
+/// The type a row of `cols` values can actually use.
+fn fallback(want: DType, cols: usize) -> DType {
+    let mut t = want;
+    while t.row_bytes(cols).is_none() {
+        t = match t {
+            DType::Q4_K => DType::Q5_0,
+            DType::Q5_K => DType::Q5_1,
+            DType::Q6_K => DType::Q8_0,
+            _ => DType::F16,
+        };
+        if t == DType::F16 && t.row_bytes(cols).is_none() {
+            return DType::F32;
+        }
+    }
+    t
+}
+
+/// How an output tensor's values come from the source.
+#[derive(Clone, Copy, Debug)]
+enum Make {
+    /// A tensor as is (dequantized).
+    Copy(TensorId),
+    /// A norm as its effective multiplier.
+    Norm(TensorId),
+    /// `A = −exp(A_log)`, value heads tiled.
+    DeltaNetA(usize),
+    /// Rows grouped as `nv` value heads of `d` rows each, starting at row `skip`, tiled.
+    TileRows { id: TensorId, skip: usize, d: usize },
+    /// Columns grouped as `nv` value heads of `d`, tiled.
+    TileCols { id: TensorId, d: usize },
+    /// Rows `[start, start+n)` of every expert of a stacked `[E, R, H]` tensor.
+    ExpertRows {
+        id: TensorId,
+        rows: usize,
+        start: usize,
+        n: usize,
+    },
+    /// Per-expert tensors stacked.
+    StackExperts {
+        layer: usize,
+        role: fn(usize) -> LayerTensor,
+    },
+}
+
+struct Planned {
+    name: String,
+    /// Row-major `[.., rows, cols]`.
+    shape: Vec<usize>,
+    dtype: DType,
+    make: Make,
+}
+
+/// What was written.
+#[derive(Debug, Default)]
+pub struct Exported {
+    pub tensors: usize,
+    pub bytes: u64,
+    /// Tensors per storage type.
+    pub types: BTreeMap<String, usize>,
+}
+
+/// Writes `source` (named by `naming`, described by `config`) as a GGUF file of type `ft`.
+/// `extra` metadata (tokenizer, chat template) is appended after the model keys.
+/// `progress(done, total, name)` is called before each tensor.
+pub fn export_gguf(
+    path: &Path,
+    source: &dyn TensorSource,
+    naming: Naming,
+    config: &ModelConfig,
+    extra: Vec<(String, Value)>,
+    ft: FileType,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Exported, ExportError> {
+    let ld = Loader::new(source, naming, config.norm);
+    let plan = plan(&ld, config, ft)?;
+    let mut w = GgufWriter::create(path, 32)?;
+    for (k, v) in metadata(config, ft)?.into_iter().chain(extra) {
+        w.add_metadata(k, v)?;
+    }
+    for t in &plan {
+        let dims: Vec<usize> = t.shape.iter().rev().copied().collect();
+        w.add_tensor(t.name.clone(), &dims, t.dtype)?;
+    }
+    w.write_header()?;
+    let mut done = Exported::default();
+    for (i, t) in plan.iter().enumerate() {
+        progress(i, plan.len(), &t.name);
+        let values = produce(&ld, config, t)?;
+        let cols = *t.shape.last().unwrap_or(&1);
+        let bytes = qinfer_cpu::ops::quantize_rows(t.dtype, &values, cols).map_err(|source| {
+            ExportError::Quantize {
+                tensor: t.name.clone(),
+                source,
+            }
+        })?;
+        w.write_tensor(&t.name, &bytes)?;
+        done.tensors += 1;
+        done.bytes += bytes.len() as u64;
+        *done.types.entry(t.dtype.to_string()).or_default() += 1;
+    }
+    progress(plan.len(), plan.len(), "");
+    w.finish()?;
+    Ok(done)
+}
+
+fn plan(ld: &Loader<'_>, c: &ModelConfig, ft: FileType) -> Result<Vec<Planned>, ExportError> {
+    let (h, v, n) = (c.hidden, c.vocab, c.n_layers());
+    let gg = |id: TensorId| match id {
+        TensorId::Global(g) => names::global_in(Naming::Gguf, g),
+        TensorId::Layer(l, t) => names::gguf_layer(l, t),
+    };
+    let mut out = Vec::new();
+    let mut add = |id: TensorId, shape: Vec<usize>, kind: Kind, make: Make| {
+        let layer = match id {
+            TensorId::Layer(l, _) => Some(l),
+            TensorId::Global(_) => None,
+        };
+        let kind = if shape.len() == 1 { Kind::Exact } else { kind };
+        let dtype = tensor_type(ft, kind, layer, n, *shape.last().unwrap_or(&1));
+        out.push(Planned {
+            name: gg(id),
+            shape,
+            dtype,
+            make,
+        });
+    };
+    let g = TensorId::Global;
+    add(
+        g(Global::Embed),
+        vec![v, h],
+        Kind::Embed,
+        Make::Copy(g(Global::Embed)),
+    );
+    add(
+        g(Global::FinalNorm),
+        vec![h],
+        Kind::Exact,
+        Make::Norm(g(Global::FinalNorm)),
+    );
+    if !c.tie_embeddings {
+        add(
+            g(Global::LmHead),
+            vec![v, h],
+            Kind::Output,
+            Make::Copy(g(Global::LmHead)),
+        );
+    }
+    let d = c.deltanet;
+    let a = c.attention;
+    for (l, kind) in c.layers.iter().enumerate() {
+        let id = |t| TensorId::Layer(l, t);
+        use LayerTensor::*;
+        add(
+            id(InputNorm),
+            vec![h],
+            Kind::Exact,
+            Make::Norm(id(InputNorm)),
+        );
+        add(
+            id(PostAttentionNorm),
+            vec![h],
+            Kind::Exact,
+            Make::Norm(id(PostAttentionNorm)),
+        );
+        match kind {
+            LayerKind::DeltaNet => {
+                let (kd, vd, nv, dv) = (d.key_dim(), d.value_dim(), d.n_v_heads, d.v_head_dim);
+                add(
+                    id(DeltaNetQkv),
+                    vec![d.conv_dim(), h],
+                    Kind::DeltaNetQkv,
+                    Make::TileRows {
+                        id: id(DeltaNetQkv),
+                        skip: 2 * kd,
+                        d: dv,
+                    },
+                );
+                add(
+                    id(DeltaNetZ),
+                    vec![vd, h],
+                    Kind::Other,
+                    Make::TileRows {
+                        id: id(DeltaNetZ),
+                        skip: 0,
+                        d: dv,
+                    },
+                );
+                add(
+                    id(DeltaNetB),
+                    vec![nv, h],
+                    Kind::DeltaNetGates,
+                    Make::TileRows {
+                        id: id(DeltaNetB),
+                        skip: 0,
+                        d: 1,
+                    },
+                );
+                add(
+                    id(DeltaNetA),
+                    vec![nv, h],
+                    Kind::DeltaNetGates,
+                    Make::TileRows {
+                        id: id(DeltaNetA),
+                        skip: 0,
+                        d: 1,
+                    },
+                );
+                add(
+                    id(DeltaNetConv),
+                    vec![d.conv_dim(), d.conv_kernel],
+                    Kind::Exact,
+                    Make::TileRows {
+                        id: id(DeltaNetConv),
+                        skip: 2 * kd,
+                        d: dv,
+                    },
+                );
+                add(
+                    id(DeltaNetDtBias),
+                    vec![nv],
+                    Kind::Exact,
+                    Make::TileRows {
+                        id: id(DeltaNetDtBias),
+                        skip: 0,
+                        d: 1,
+                    },
+                );
+                add(id(DeltaNetALog), vec![nv], Kind::Exact, Make::DeltaNetA(l));
+                add(
+                    id(DeltaNetNorm),
+                    vec![dv],
+                    Kind::Exact,
+                    Make::Copy(id(DeltaNetNorm)),
+                );
+                add(
+                    id(DeltaNetOut),
+                    vec![h, vd],
+                    Kind::Other,
+                    Make::TileCols {
+                        id: id(DeltaNetOut),
+                        d: dv,
+                    },
+                );
+            }
+            LayerKind::Attention => {
+                let q_rows = a.n_heads * a.head_dim * if a.output_gate { 2 } else { 1 };
+                let kv = a.n_kv_heads * a.head_dim;
+                add(
+                    id(AttnQ),
+                    vec![q_rows, h],
+                    Kind::Other,
+                    Make::Copy(id(AttnQ)),
+                );
+                add(id(AttnK), vec![kv, h], Kind::Other, Make::Copy(id(AttnK)));
+                add(id(AttnV), vec![kv, h], Kind::AttnV, Make::Copy(id(AttnV)));
+                add(
+                    id(AttnO),
+                    vec![h, a.n_heads * a.head_dim],
+                    Kind::Other,
+                    Make::Copy(id(AttnO)),
+                );
+                add(
+                    id(AttnQNorm),
+                    vec![a.head_dim],
+                    Kind::Exact,
+                    Make::Norm(id(AttnQNorm)),
+                );
+                add(
+                    id(AttnKNorm),
+                    vec![a.head_dim],
+                    Kind::Exact,
+                    Make::Norm(id(AttnKNorm)),
+                );
+            }
+        }
+        match c.feed_forward {
+            FeedForwardConfig::Dense { intermediate: i } => {
+                add(
+                    id(MlpGate),
+                    vec![i, h],
+                    Kind::Other,
+                    Make::Copy(id(MlpGate)),
+                );
+                add(id(MlpUp), vec![i, h], Kind::Other, Make::Copy(id(MlpUp)));
+                add(
+                    id(MlpDown),
+                    vec![h, i],
+                    Kind::FfnDown,
+                    Make::Copy(id(MlpDown)),
+                );
+            }
+            FeedForwardConfig::Moe {
+                n_experts: e,
+                expert_intermediate: i,
+                shared_intermediate: is,
+                ..
+            } => {
+                add(
+                    id(MoeRouter),
+                    vec![e, h],
+                    Kind::Exact,
+                    Make::Copy(id(MoeRouter)),
+                );
+                let (gate, up, down) = if ld.has(id(MoeGateUpExperts)) {
+                    let s = id(MoeGateUpExperts);
+                    (
+                        Make::ExpertRows {
+                            id: s,
+                            rows: 2 * i,
+                            start: 0,
+                            n: i,
+                        },
+                        Make::ExpertRows {
+                            id: s,
+                            rows: 2 * i,
+                            start: i,
+                            n: i,
+                        },
+                        Make::ExpertRows {
+                            id: id(MoeDownExperts),
+                            rows: h,
+                            start: 0,
+                            n: h,
+                        },
+                    )
+                } else if ld.has(id(MoeGateExperts)) {
+                    (
+                        Make::ExpertRows {
+                            id: id(MoeGateExperts),
+                            rows: i,
+                            start: 0,
+                            n: i,
+                        },
+                        Make::ExpertRows {
+                            id: id(MoeUpExperts),
+                            rows: i,
+                            start: 0,
+                            n: i,
+                        },
+                        Make::ExpertRows {
+                            id: id(MoeDownExperts),
+                            rows: h,
+                            start: 0,
+                            n: h,
+                        },
+                    )
+                } else {
+                    (
+                        Make::StackExperts {
+                            layer: l,
+                            role: MoeExpertGate,
+                        },
+                        Make::StackExperts {
+                            layer: l,
+                            role: MoeExpertUp,
+                        },
+                        Make::StackExperts {
+                            layer: l,
+                            role: MoeExpertDown,
+                        },
+                    )
+                };
+                add(id(MoeGateExperts), vec![e, i, h], Kind::Other, gate);
+                add(id(MoeUpExperts), vec![e, i, h], Kind::Other, up);
+                add(id(MoeDownExperts), vec![e, h, i], Kind::FfnDown, down);
+                add(
+                    id(SharedExpertGate),
+                    vec![is, h],
+                    Kind::Other,
+                    Make::Copy(id(SharedExpertGate)),
+                );
+                add(
+                    id(SharedExpertUp),
+                    vec![is, h],
+                    Kind::Other,
+                    Make::Copy(id(SharedExpertUp)),
+                );
+                add(
+                    id(SharedExpertDown),
+                    vec![h, is],
+                    Kind::FfnDown,
+                    Make::Copy(id(SharedExpertDown)),
+                );
+                add(
+                    id(SharedExpertScalarGate),
+                    vec![1, h],
+                    Kind::Exact,
+                    Make::Copy(id(SharedExpertScalarGate)),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// GGUF value head `g` holds source (grouped) head `perm(g)`; identity for tiled sources.
+fn source_head(c: &ModelConfig, g: usize) -> usize {
+    let d = c.deltanet;
+    match d.v_head_order {
+        VHeadOrder::Tiled => g,
+        VHeadOrder::Grouped => {
+            let r = d.n_v_heads / d.n_k_heads;
+            (g % d.n_k_heads) * r + g / d.n_k_heads
+        }
+    }
+}
+
+fn produce(ld: &Loader<'_>, c: &ModelConfig, t: &Planned) -> Result<Vec<f32>, ExportError> {
+    let shapes_for = |shape: &[usize]| -> Vec<Vec<usize>> {
+        let mut v = vec![shape.to_vec()];
+        if shape.len() == 2 && shape[0] == 1 {
+            v.push(vec![shape[1]]);
+        }
+        if t.name.ends_with("ssm_conv1d.weight") {
+            v.push(vec![shape[0], 1, shape[1]]);
+        }
+        v
+    };
+    let fetch = |id: TensorId, shape: &[usize]| -> Result<Vec<f32>, ExportError> {
+        let shapes = shapes_for(shape);
+        let refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+        Ok(ld.f32_any(id, &refs)?.0)
+    };
+    let nv = c.deltanet.n_v_heads;
+    Ok(match t.make {
+        Make::Copy(id) => fetch(id, &t.shape)?,
+        Make::Norm(id) => ld.norm(id, t.shape[0])?,
+        Make::DeltaNetA(l) => {
+            let a = ld.deltanet_a(l, nv)?;
+            (0..nv).map(|g| a[source_head(c, g)]).collect()
+        }
+        Make::TileRows { id, skip, d } => {
+            let src = fetch(id, &t.shape)?;
+            let cols: usize = t.shape[1..].iter().product::<usize>().max(1);
+            let mut out = src.clone();
+            for g in 0..nv {
+                let s = source_head(c, g);
+                let (dst, from) = ((skip + g * d) * cols, (skip + s * d) * cols);
+                out[dst..dst + d * cols].copy_from_slice(&src[from..from + d * cols]);
+            }
+            out
+        }
+        Make::TileCols { id, d } => {
+            let src = fetch(id, &t.shape)?;
+            let cols = t.shape[1];
+            let mut out = src.clone();
+            for (o, s) in out.chunks_mut(cols).zip(src.chunks(cols)) {
+                for g in 0..nv {
+                    let from = source_head(c, g) * d;
+                    o[g * d..(g + 1) * d].copy_from_slice(&s[from..from + d]);
+                }
+            }
+            out
+        }
+        Make::ExpertRows { id, rows, start, n } => {
+            let (e, cols) = (t.shape[0], t.shape[2]);
+            let src = fetch(id, &[e, rows, cols])?;
+            let mut out = Vec::with_capacity(e * n * cols);
+            for x in 0..e {
+                let base = (x * rows + start) * cols;
+                out.extend_from_slice(&src[base..base + n * cols]);
+            }
+            out
+        }
+        Make::StackExperts { layer, role } => {
+            let mut out = Vec::new();
+            for x in 0..t.shape[0] {
+                out.extend(fetch(TensorId::Layer(layer, role(x)), &t.shape[1..])?);
+            }
+            out
+        }
+    })
+}
+
+/// llama.cpp's metadata for the model.
+fn metadata(c: &ModelConfig, ft: FileType) -> Result<Vec<(String, Value)>, ExportError> {
+    let arch = if c.is_moe() { "qwen35moe" } else { "qwen35" };
+    let interval = (1..=c.n_layers())
+        .find(|&k| {
+            c.layers
+                .iter()
+                .enumerate()
+                .all(|(i, kind)| (*kind == LayerKind::Attention) == (i + 1).is_multiple_of(k))
+        })
+        .ok_or_else(|| {
+            ExportError::Unsupported(
+                "the layer pattern is not a full-attention interval, which GGUF cannot express"
+                    .into(),
+            )
+        })?;
+    let u = |x: usize| Value::U32(x as u32);
+    let a = c.attention;
+    let d = c.deltanet;
+    let k = |s: &str| format!("{arch}.{s}");
+    let mut md = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (
+            "general.name".into(),
+            Value::String(format!("qinfer export ({})", ft.name())),
+        ),
+        ("general.file_type".into(), Value::U32(ft.llama_ftype())),
+        ("general.quantization_version".into(), Value::U32(2)),
+        (k("block_count"), u(c.n_layers())),
+        (k("context_length"), u(c.max_positions)),
+        (k("embedding_length"), u(c.hidden)),
+        (k("attention.head_count"), u(a.n_heads)),
+        (k("attention.head_count_kv"), u(a.n_kv_heads)),
+        (k("attention.key_length"), u(a.head_dim)),
+        (k("attention.value_length"), u(a.head_dim)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            Value::F32(c.rms_norm_eps),
+        ),
+        (k("rope.freq_base"), Value::F32(c.rope.theta as f32)),
+        (k("rope.dimension_count"), u(c.rope.rotary_dim)),
+        (
+            k("rope.dimension_sections"),
+            Value::Array(
+                c.rope
+                    .mrope_section
+                    .iter()
+                    .map(|&s| Value::I32(s as i32))
+                    .chain([Value::I32(0)])
+                    .collect(),
+            ),
+        ),
+        (k("ssm.conv_kernel"), u(d.conv_kernel)),
+        (k("ssm.state_size"), u(d.k_head_dim)),
+        (k("ssm.group_count"), u(d.n_k_heads)),
+        (k("ssm.time_step_rank"), u(d.n_v_heads)),
+        (k("ssm.inner_size"), u(d.value_dim())),
+        (k("full_attention_interval"), u(interval)),
+    ];
+    if d.k_head_dim != d.v_head_dim {
+        return Err(ExportError::Unsupported(
+            "GGUF qwen35 assumes equal DeltaNet key and value head dims".into(),
+        ));
+    }
+    match c.feed_forward {
+        FeedForwardConfig::Dense { intermediate } => {
+            md.push((k("feed_forward_length"), u(intermediate)))
+        }
+        FeedForwardConfig::Moe {
+            n_experts,
+            top_k,
+            expert_intermediate,
+            shared_intermediate,
+        } => {
+            md.push((k("expert_count"), u(n_experts)));
+            md.push((k("expert_used_count"), u(top_k)));
+            md.push((k("expert_feed_forward_length"), u(expert_intermediate)));
+            md.push((
+                k("expert_shared_feed_forward_length"),
+                u(shared_intermediate),
+            ));
+        }
+    }
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixture_policy_and_fallbacks() {
+        // 64 layers: the first and last eighth and every third layer in between get more bits.
+        let more: Vec<usize> = (0..64).filter(|&l| use_more_bits(l, 64)).collect();
+        assert_eq!(&more[..10], &[0, 1, 2, 3, 4, 5, 6, 7, 10, 13]);
+        assert!(more.contains(&63) && !more.contains(&8));
+        assert_eq!(
+            tensor_type(FileType::Q4_K_M, Kind::Other, Some(8), 64, 5120),
+            DType::Q4_K
+        );
+        assert_eq!(
+            tensor_type(FileType::Q4_K_M, Kind::AttnV, Some(0), 64, 5120),
+            DType::Q6_K
+        );
+        assert_eq!(
+            tensor_type(FileType::Q4_K_M, Kind::Output, None, 64, 5120),
+            DType::Q6_K
+        );
+        assert_eq!(
+            tensor_type(FileType::Q4_K_M, Kind::DeltaNetQkv, Some(8), 64, 5120),
+            DType::Q5_K
+        );
+        assert_eq!(
+            tensor_type(FileType::Q4_K_M, Kind::Exact, Some(8), 64, 5120),
+            DType::F32
+        );
+        // Rows of 64 values cannot hold 256-value K blocks.
+        assert_eq!(
+            tensor_type(FileType::Q4_K_M, Kind::Other, Some(8), 64, 64),
+            DType::Q5_0
+        );
+        assert_eq!(
+            tensor_type(FileType::Q6_K, Kind::Other, Some(8), 64, 64),
+            DType::Q8_0
+        );
+        assert_eq!(fallback(DType::Q8_0, 48), DType::F16);
+        assert_eq!(FileType::from_name("q4_k_m"), Some(FileType::Q4_K_M));
+    }
+}
