@@ -742,35 +742,33 @@ mod tests {
         let more: Vec<usize> = (0..64).filter(|&l| use_more_bits(l, 64)).collect();
         assert_eq!(&more[..10], &[0, 1, 2, 3, 4, 5, 6, 7, 10, 13]);
         assert!(more.contains(&63) && !more.contains(&8));
-        assert_eq!(
-            tensor_type(FileType::Q4_K_M, Kind::Other, Some(8), 64, 5120),
-            DType::Q4_K
-        );
-        assert_eq!(
-            tensor_type(FileType::Q4_K_M, Kind::AttnV, Some(0), 64, 5120),
-            DType::Q6_K
-        );
-        assert_eq!(
-            tensor_type(FileType::Q4_K_M, Kind::Output, None, 64, 5120),
-            DType::Q6_K
-        );
-        assert_eq!(
-            tensor_type(FileType::Q4_K_M, Kind::DeltaNetQkv, Some(8), 64, 5120),
-            DType::Q5_K
-        );
-        assert_eq!(
-            tensor_type(FileType::Q4_K_M, Kind::Exact, Some(8), 64, 5120),
-            DType::F32
-        );
-        // Rows of 64 values cannot hold 256-value K blocks.
-        assert_eq!(
-            tensor_type(FileType::Q4_K_M, Kind::Other, Some(8), 64, 64),
-            DType::Q5_0
-        );
-        assert_eq!(
-            tensor_type(FileType::Q6_K, Kind::Other, Some(8), 64, 64),
-            DType::Q8_0
-        );
+        // (file type, kind, layer, row length) → storage type; rows of 64 values cannot hold
+        // 256-value K blocks and fall back.
+        let cases = [
+            (FileType::Q4_K_M, Kind::Other, Some(8), 5120, DType::Q4_K),
+            (FileType::Q4_K_M, Kind::AttnV, Some(0), 5120, DType::Q6_K),
+            (FileType::Q4_K_M, Kind::AttnV, Some(8), 5120, DType::Q4_K),
+            (FileType::Q4_K_M, Kind::Output, None, 5120, DType::Q6_K),
+            (
+                FileType::Q4_K_M,
+                Kind::DeltaNetQkv,
+                Some(8),
+                5120,
+                DType::Q5_K,
+            ),
+            (FileType::Q4_K_M, Kind::Exact, Some(8), 5120, DType::F32),
+            (FileType::Q4_K_M, Kind::Other, Some(8), 64, DType::Q5_0),
+            (FileType::Q5_K_M, Kind::FfnDown, Some(63), 5120, DType::Q6_K),
+            (FileType::Q6_K, Kind::Other, Some(8), 64, DType::Q8_0),
+            (FileType::Q8_0, Kind::Embed, None, 5120, DType::Q8_0),
+        ];
+        for (ft, kind, layer, cols, want) in cases {
+            assert_eq!(
+                tensor_type(ft, kind, layer, 64, cols),
+                want,
+                "{ft:?} {kind:?} {layer:?} {cols}"
+            );
+        }
         assert_eq!(fallback(DType::Q8_0, 48), DType::F16);
         assert_eq!(FileType::from_name("q4_k_m"), Some(FileType::Q4_K_M));
     }
