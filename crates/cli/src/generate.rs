@@ -307,27 +307,9 @@ fn eos_ids(dir: &Path) -> Result<Vec<u32>> {
             .into_iter()
             .collect());
     }
-    let path = dir.join("generation_config.json");
-    if !path.is_file() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    let ids = match &v["eos_token_id"] {
-        serde_json::Value::Null => Vec::new(),
-        serde_json::Value::Number(n) => n.as_u64().into_iter().collect(),
-        serde_json::Value::Array(a) => a.iter().filter_map(serde_json::Value::as_u64).collect(),
-        other => bail!(
-            "{}: eos_token_id {other} is not an id or a list of ids",
-            path.display()
-        ),
-    };
-    Ok(ids
-        .into_iter()
-        .filter_map(|i| u32::try_from(i).ok())
-        .collect())
+    Ok(SamplingParams::eos_ids_from_generation_config(
+        &dir.join("generation_config.json"),
+    )?)
 }
 
 fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {

@@ -78,7 +78,7 @@ impl ModelBundle {
         let template = ChatTemplate::from_model_dir(dir)?;
         let gen_path = dir.join("generation_config.json");
         let defaults = SamplingParams::from_generation_config(&gen_path)?;
-        let mut stop_ids = eos_from_generation_config(&gen_path);
+        let mut stop_ids = SamplingParams::eos_ids_from_generation_config(&gen_path)?;
         add_chat_stops(&tokenizer, &mut stop_ids);
         Ok(ModelBundle {
             name: dir.display().to_string(),
@@ -190,24 +190,6 @@ const DEMO_TOKENIZER_GZ: &[u8] =
 const DEMO_TOKENIZER_CONFIG: &str =
     include_str!("../../../assets/qwen3.5-tokenizer/tokenizer_config.json");
 const DEMO_TEMPLATE: &str = include_str!("../../../assets/chat-templates/qwen3.6.jinja");
-
-fn eos_from_generation_config(path: &Path) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return Vec::new();
-    };
-    match &v["eos_token_id"] {
-        serde_json::Value::Number(n) => n.as_u64().map(|i| i as u32).into_iter().collect(),
-        serde_json::Value::Array(a) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|i| i as u32)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
 
 fn add_chat_stops(tok: &Tokenizer, ids: &mut Vec<u32>) {
     for t in ["<|im_end|>", "<|endoftext|>"] {

@@ -123,6 +123,35 @@ impl SamplingParams {
         Ok(p)
     }
 
+    /// End-of-sequence ids from `generation_config.json` (`eos_token_id`: an id or a list);
+    /// none when the file is absent.
+    pub fn eos_ids_from_generation_config(path: &Path) -> Result<Vec<u32>, SamplingError> {
+        let bad = |why: String| SamplingError::GenerationConfig {
+            path: path.display().to_string(),
+            why,
+        };
+        if !path.is_file() {
+            return Ok(Vec::new());
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let ids: Vec<u64> = match &v["eos_token_id"] {
+            serde_json::Value::Null => Vec::new(),
+            serde_json::Value::Number(n) => n.as_u64().into_iter().collect(),
+            serde_json::Value::Array(a) => a.iter().filter_map(serde_json::Value::as_u64).collect(),
+            other => {
+                return Err(bad(format!(
+                    "eos_token_id {other} is not an id or a list of ids"
+                )));
+            }
+        };
+        Ok(ids
+            .into_iter()
+            .filter_map(|i| u32::try_from(i).ok())
+            .collect())
+    }
+
     /// Checks every field's range.
     pub fn validate(&self) -> Result<(), SamplingError> {
         let check = |name, ok: bool, rule, value: f32| {
