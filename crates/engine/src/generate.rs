@@ -94,9 +94,9 @@ impl ModelBundle {
     /// Loads a GGUF file: weights, and the tokenizer and chat template from a `tokenizer.json`
     /// beside it or, failing that, from the file's metadata.
     pub fn load_gguf(path: &Path) -> Result<Self, EngineError> {
-        let model = Qwen35::load_gguf(path)?;
         let file =
             qinfer_formats::gguf::GgufFile::open(path).map_err(|e| EngineError::Load(e.into()))?;
+        let model = Qwen35::from_gguf(&file)?;
         let beside = path
             .parent()
             .map(|d| d.join("tokenizer.json"))

@@ -87,12 +87,20 @@ impl TensorSource for GgufFile {
 impl Qwen35 {
     /// Loads a GGUF file (the first part of a split GGUF loads every part).
     pub fn load_gguf(path: &Path) -> Result<Self, LoadError> {
-        let file = GgufFile::open(path)?;
-        let config = config_from_gguf(&file).map_err(|source| LoadError::Config {
-            path: path.display().to_string(),
+        Self::from_gguf(&GgufFile::open(path)?)
+    }
+
+    /// Builds the model from an opened GGUF file (whose metadata a caller may also read, e.g.
+    /// for the tokenizer, without parsing the file twice).
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, LoadError> {
+        let config = config_from_gguf(file).map_err(|source| LoadError::Config {
+            path: file
+                .files
+                .first()
+                .map_or_else(String::new, |p| p.display().to_string()),
             source,
         })?;
-        Self::from_source(config, &file, Naming::Gguf)
+        Self::from_source(config, file, Naming::Gguf)
     }
 }
 
