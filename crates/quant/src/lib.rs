@@ -16,6 +16,7 @@
 
 use qinfer_tensor::DType;
 
+mod fit;
 pub mod iq4_nl;
 pub mod iq4_xs;
 pub mod q2_k;
@@ -101,8 +102,8 @@ pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
 ///
 /// Float types round to nearest even. Block formats use the scalar reference quantizer in
 /// their module: bit-exact with llama.cpp / gguf-python for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0;
-/// our own scale search for Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS (see each module's docs).
-/// Q2_K and Q3_K are not written yet ([`QuantError::Unsupported`]).
+/// our own scale search for Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS (see each module's
+/// docs and the `fit` module).
 pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     check_shape(dtype, src.len(), dst.len())?;
     match dtype {
@@ -131,7 +132,8 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         DType::Q6_K => narrow(src, dst, q6_k::quantize_block_ref),
         DType::IQ4_NL => narrow(src, dst, iq4_nl::quantize_block_ref),
         DType::IQ4_XS => narrow(src, dst, iq4_xs::quantize_block_ref),
-        q @ (DType::Q2_K | DType::Q3_K) => return Err(QuantError::Unsupported(q)),
+        DType::Q2_K => narrow(src, dst, q2_k::quantize_block_ref),
+        DType::Q3_K => narrow(src, dst, q3_k::quantize_block_ref),
     }
     Ok(())
 }

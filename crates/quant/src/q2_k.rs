@@ -2,10 +2,14 @@
 //! a 4-bit scale and a 4-bit minimum, themselves scaled by the super-block's `f16` `d` and
 //! `dmin`: `x = d · scale[s] · q − dmin · min[s]`.
 //!
-//! Only the decoder is here; qinfer does not write Q2_K yet.
+//! # Quantization
+//!
+//! qinfer's affine search ([`crate::fit`]) with levels `0..=3` and 4-bit sub-block scales and
+//! minimums (`d = max(scale) / 15`, `dmin = max(min) / 15`).
 
 use half::f16;
 
+use crate::fit::quantize_affine;
 use crate::{array_at, f16_at};
 
 /// Elements per block.
@@ -72,4 +76,22 @@ impl BlockQ2K {
 /// Decodes one block (reference).
 pub fn dequantize_block_ref(bytes: &[u8; BYTES]) -> [f32; BLOCK] {
     BlockQ2K::from_bytes(bytes).dequantize()
+}
+
+/// Encodes one block (qinfer's affine search, see the module docs).
+pub fn quantize_block_ref(x: &[f32; BLOCK]) -> [u8; BYTES] {
+    let sb = quantize_affine(x, 16, 3, 15);
+    let scales = std::array::from_fn(|s| sb.scales[s] | (sb.mins[s] << 4));
+    let mut qs = [0u8; BLOCK / 4];
+    for (i, &q) in sb.levels.iter().enumerate() {
+        let (h, j, l) = (i / 128, (i % 128) / 32, i % 32);
+        qs[32 * h + l] |= q << (2 * j);
+    }
+    BlockQ2K {
+        scales,
+        qs,
+        d: sb.d,
+        dmin: sb.dmin,
+    }
+    .to_bytes()
 }

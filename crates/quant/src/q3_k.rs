@@ -3,10 +3,16 @@
 //! `x = d · (scale[s] − 32) · q` with `q` in `−4..4`.
 //!
 //! The high bit is stored *inverted*: a set mask bit means "no offset", a clear one subtracts
-//! 4. Only the decoder is here; qinfer does not write Q3_K yet.
+//! 4.
+//!
+//! # Quantization
+//!
+//! qinfer's symmetric search ([`crate::fit`]) with levels `−4..=3` and signed 6-bit sub-block
+//! scales; the sub-block scale of largest magnitude maps to `−32` (`d = m / −32`, `f16`).
 
 use half::f16;
 
+use crate::fit::quantize_symmetric;
 use crate::{array_at, f16_at};
 
 /// Elements per block.
@@ -89,4 +95,33 @@ impl BlockQ3K {
 /// Decodes one block (reference).
 pub fn dequantize_block_ref(bytes: &[u8; BYTES]) -> [f32; BLOCK] {
     BlockQ3K::from_bytes(bytes).dequantize()
+}
+
+/// Encodes one block (qinfer's symmetric search, see the module docs).
+pub fn quantize_block_ref(x: &[f32; BLOCK]) -> [u8; BYTES] {
+    let sb = quantize_symmetric(x, 16, (-4, 3), (-32, 31));
+    let mut block = BlockQ3K {
+        hmask: [0; BLOCK / 8],
+        qs: [0; BLOCK / 4],
+        scales: [0; 12],
+        d: sb.d,
+    };
+    for (i, &level) in sb.levels.iter().enumerate() {
+        // Stored as level + 4 in 0..8: two low bits, and the high bit set when level ≥ 0
+        // (the decoder subtracts 4 when it is clear).
+        let v = (level + 4) as u8;
+        let (h, j, l) = (i / 128, (i % 128) / 32, i % 32);
+        block.qs[32 * h + l] |= (v & 3) << (2 * j);
+        block.hmask[l] |= (v >> 2) << (i / 32);
+    }
+    for k in 0..16 {
+        let biased = (i32::from(sb.scales[k]) + 32) as u8;
+        if k < 8 {
+            block.scales[k] |= biased & 0x0F;
+        } else {
+            block.scales[k - 8] |= (biased & 0x0F) << 4;
+        }
+        block.scales[8 + k % 4] |= (biased >> 4) << (2 * (k / 4));
+    }
+    block.to_bytes()
 }

@@ -6,7 +6,8 @@
 
 use half::f16;
 
-use crate::q4_k::{decode_affine, pack_scale_min, quantize_affine};
+use crate::fit::quantize_affine;
+use crate::q4_k::{SUB, decode_affine, first8, pack_scale_min};
 use crate::{array_at, f16_at};
 
 /// Elements per block.
@@ -76,7 +77,7 @@ pub fn dequantize_block_ref(bytes: &[u8; BYTES]) -> [f32; BLOCK] {
 
 /// Encodes one block (our reference quantizer, see [`crate::q4_k`]).
 pub fn quantize_block_ref(x: &[f32; BLOCK]) -> [u8; BYTES] {
-    let sb = quantize_affine(x, 31);
+    let sb = quantize_affine(x, SUB, 31, 63);
     let q = &sb.levels;
     let mut qs = [0u8; BLOCK / 2];
     for (k, b) in qs.iter_mut().enumerate() {
@@ -90,7 +91,7 @@ pub fn quantize_block_ref(x: &[f32; BLOCK]) -> [u8; BYTES] {
     BlockQ5K {
         d: sb.d,
         dmin: sb.dmin,
-        scales: pack_scale_min(&sb.scales, &sb.mins),
+        scales: pack_scale_min(&first8(&sb.scales), &first8(&sb.mins)),
         qh,
         qs,
     }

@@ -1,21 +1,15 @@
 //! Q6_K: super-blocks of 256 elements in 16 sub-blocks of 16, 6-bit signed quants (low nibble
 //! plus two high bits) and signed 8-bit sub-block scales; `x = (d · scale[s]) · (q − 32)`.
 //!
-//! # Quantization (our own reference; gguf-python has none)
+//! # Quantization
 //!
-//! 1. **Sub-block fit.** A symmetric grid `scale · l`, `l` in `−32..=31`. The level range is
-//!    lopsided, so both orientations are tried: the element of largest magnitude mapped near
-//!    `−32` and near `+31`, each stretched by `(n + 0.1k) / n`, `k = −10..=10`. For each
-//!    candidate the levels are rounded, the scale re-solved by least squares
-//!    (`Σ x·l / Σ l²`), and the pair refined Lloyd-style while the squared error drops.
-//! 2. **8-bit sub-block scales.** The sub-block scale of largest magnitude `m` maps to `−128`:
-//!    `d = m / −128` (stored as `f16`), the others round to `−128..=127`.
-//! 3. **Neighbourhood search.** With `d` fixed, each sub-block tries its integer scale ±1,
-//!    reassigns levels and keeps the one with the least error through the decoder arithmetic.
+//! qinfer's symmetric search ([`crate::fit`]) with levels `−32..=31` and signed 8-bit sub-block
+//! scales; the sub-block scale of largest magnitude maps to `−128` (`d = m / −128`, `f16`).
 
 use half::f16;
 
-use crate::{array_at, f16_at, f16_covering, nearest_int};
+use crate::fit::quantize_symmetric;
+use crate::{array_at, f16_at};
 
 /// Elements per block.
 pub const BLOCK: usize = 256;
@@ -87,37 +81,12 @@ pub fn dequantize_block_ref(bytes: &[u8; BYTES]) -> [f32; BLOCK] {
     BlockQ6K::from_bytes(bytes).dequantize()
 }
 
-/// Encodes one block (our reference quantizer, see the module docs).
+/// Encodes one block (qinfer's symmetric search, see the module docs).
 pub fn quantize_block_ref(x: &[f32; BLOCK]) -> [u8; BYTES] {
-    let subs: [&[f32]; BLOCK / SUB] = std::array::from_fn(|s| &x[s * SUB..(s + 1) * SUB]);
-    let fits = subs.map(fit_symmetric);
-    let m = fits
-        .iter()
-        .fold(0.0f32, |m, &s| if s.abs() > m.abs() { s } else { m });
-    let d = f16_covering(m / -128.0);
-
-    let mut scales = [0i8; BLOCK / SUB];
-    let mut levels = [0i8; BLOCK];
-    if d.to_f32() != 0.0 {
-        let inv_d = 1.0 / d.to_f32();
-        for (s, (sub, fit)) in subs.iter().zip(fits).enumerate() {
-            let ls0 = nearest_int(fit * inv_d).clamp(-128, 127);
-            let mut best = (f32::INFINITY, 0i8);
-            for ls in (ls0 - 1).max(-128)..=(ls0 + 1).min(127) {
-                let scale = d.to_f32() * ls as f32;
-                let err = symmetric_error(sub, scale, &assign_levels(sub, scale));
-                if err < best.0 {
-                    best = (err, ls as i8);
-                }
-            }
-            scales[s] = best.1;
-            let scale = d.to_f32() * f32::from(best.1);
-            levels[s * SUB..(s + 1) * SUB].copy_from_slice(&assign_levels(sub, scale));
-        }
-    }
-
+    let sb = quantize_symmetric(x, SUB, (-32, 31), (-128, 127));
+    let scales: [i8; BLOCK / SUB] = std::array::from_fn(|s| sb.scales[s]);
     // Stored quants are the levels biased by 32: 0..64.
-    let q = levels.map(|l| (l + 32) as u8);
+    let q = sb.levels.map(|l| (l + 32) as u8);
     let mut ql = [0u8; BLOCK / 2];
     let mut qh = [0u8; BLOCK / 4];
     for (i, &v) in q.iter().enumerate() {
@@ -125,64 +94,11 @@ pub fn quantize_block_ref(x: &[f32; BLOCK]) -> [u8; BYTES] {
         ql[64 * h + r % 64] |= (v & 0x0F) << (4 * (r / 64));
         qh[32 * h + r % 32] |= (v >> 4) << (2 * (r / 32));
     }
-    BlockQ6K { ql, qh, scales, d }.to_bytes()
-}
-
-/// Levels `round(x / scale)` clamped to `−32..=31` (all zero when `scale` is zero).
-fn assign_levels(x: &[f32], scale: f32) -> [i8; SUB] {
-    if scale == 0.0 {
-        return [0; SUB];
+    BlockQ6K {
+        ql,
+        qh,
+        scales,
+        d: sb.d,
     }
-    let inv = 1.0 / scale;
-    std::array::from_fn(|i| nearest_int(x[i] * inv).clamp(-32, 31) as i8)
-}
-
-/// Squared error of `scale · level` against `x`.
-fn symmetric_error(x: &[f32], scale: f32, levels: &[i8; SUB]) -> f32 {
-    x.iter()
-        .zip(levels)
-        .map(|(&v, &l)| {
-            let e = scale * f32::from(l) - v;
-            e * e
-        })
-        .sum()
-}
-
-/// Step 1 of the module docs: the best signed scale of one sub-block.
-fn fit_symmetric(x: &[f32]) -> f32 {
-    let amax = x
-        .iter()
-        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    if amax == 0.0 {
-        return 0.0;
-    }
-    let mut best = (f32::INFINITY, 0.0f32);
-    for target in [-32.0f32, 31.0] {
-        for k in -10..=10 {
-            let stretched = target + target.signum() * 0.1 * k as f32;
-            let mut scale = amax / stretched;
-            let mut err = f32::INFINITY;
-            for _ in 0..4 {
-                let levels = assign_levels(x, scale);
-                let (mut sxl, mut sll) = (0.0f32, 0.0f32);
-                for (&v, &l) in x.iter().zip(&levels) {
-                    sxl += v * f32::from(l);
-                    sll += f32::from(l) * f32::from(l);
-                }
-                if sll == 0.0 {
-                    break;
-                }
-                let s = sxl / sll;
-                let e = symmetric_error(x, s, &levels);
-                if e >= err {
-                    break;
-                }
-                (scale, err) = (s, e);
-            }
-            if err < best.0 {
-                best = (err, scale);
-            }
-        }
-    }
-    best.1
+    .to_bytes()
 }

@@ -9,7 +9,7 @@ use qinfer_quant::{dequantize_row, quantize_row};
 use qinfer_tensor::DType;
 
 /// `(type, bound on RMSE / RMS)` on [`dataset`].
-const RMSE_BOUNDS: [(DType, f64); 10] = [
+const RMSE_BOUNDS: [(DType, f64); 12] = [
     (DType::Q8_0, 0.0055),
     (DType::Q6_K, 0.0172),
     (DType::Q5_0, 0.0432),
@@ -20,14 +20,17 @@ const RMSE_BOUNDS: [(DType, f64); 10] = [
     (DType::Q4_K, 0.0701),
     (DType::IQ4_NL, 0.0745),
     (DType::IQ4_XS, 0.0753),
+    (DType::Q3_K, 0.1460),
+    (DType::Q2_K, 0.2614),
 ];
 
 /// Types whose quantizer is exactly sign-symmetric: `rt(−x) = −rt(x)`, bit for bit.
-const SIGN_SYMMETRIC: [DType; 6] = [
+const SIGN_SYMMETRIC: [DType; 7] = [
     DType::Q8_0,
     DType::Q4_0,
     DType::Q5_0,
     DType::Q6_K,
+    DType::Q3_K,
     DType::IQ4_NL,
     DType::IQ4_XS,
 ];
