@@ -25,9 +25,13 @@ Types (size of Qwen3.6-27B's text model, 26.9 B parameters, approximate):
   Q4_K_M    16.5 GB   Q4_K, with Q6_K for output and the most important attn_v / ffn_down,
                       Q5_K for the DeltaNet input projection: the usual choice for 24 GB GPUs
   Q4_0      15.1 GB
+  Q3_K_M    13.1 GB   Q3_K, with Q6_K output, Q4_K/Q5_K attn_v, Q4_K DeltaNet input projection
+  Q2_K      10.1 GB   Q2_K, with Q6_K output, Q4_K attn_v, Q3_K ffn_down and DeltaNet input;
+                      noticeably lossy
 Norms, DeltaNet A / dt / conv and the MoE router always stay F32; ssm_alpha / ssm_beta are
-Q8_0 in the K mixtures. Rows that are not whole 256-value blocks fall back (Q4_K→Q5_0,
-Q5_K→Q5_1, Q6_K→Q8_0), as llama.cpp does.";
+Q8_0 in the K mixtures. The MTP head (speculative decoding), when the input has it, is written
+too and never below Q8_0. Rows that are not whole 256-value blocks fall back (Q4_K→Q5_0,
+Q5_K→Q5_1, Q6_K→Q8_0, Q2_K/Q3_K→IQ4_NL), as llama.cpp does.";
 
 #[derive(Args, Debug)]
 #[command(after_help = TYPES_HELP)]
@@ -126,11 +130,16 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     use std::io::Write;
     writeln!(
         out,
-        "wrote {} ({} tensors, {:.2} MiB of tensor data; {})",
+        "wrote {} ({} tensors, {:.2} MiB of tensor data; {}; MTP head: {})",
         args.output.display(),
         written.tensors,
         written.bytes as f64 / (1u64 << 20) as f64,
-        types.join(", ")
+        types.join(", "),
+        if written.mtp {
+            "written"
+        } else {
+            "not in the input"
+        }
     )?;
     Ok(())
 }

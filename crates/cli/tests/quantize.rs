@@ -84,9 +84,9 @@ fn f32_export_runs_like_the_original() {
     }
 }
 
-/// Our Q8_0 file and llama.cpp's converter's Q8_0 file of the same model: every tensor has the
-/// same name, type, dims and bytes (the MTP block aside, which qinfer does not export yet), and
-/// the architecture keys agree.
+/// Our Q8_0 file and llama.cpp's converter's Q8_0 file of the same model: every tensor — the MTP
+/// head (`blk.8.nextn.*` and the block's layer) included — has the same name, type, dims and
+/// bytes, and the architecture keys (block count and `nextn_predict_layers` included) agree.
 #[test]
 fn q8_0_export_is_byte_identical_to_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,9 +100,6 @@ fn q8_0_export_is_byte_identical_to_llama_cpp() {
     let theirs = GgufFile::open(root().join("tests/fixtures/gguf/tiny-dense-q8_0.gguf")).unwrap();
     let mut compared = 0;
     for t in &theirs.tensors {
-        if t.name.starts_with("blk.8.") {
-            continue;
-        }
         let o = ours
             .tensor(&t.name)
             .unwrap_or_else(|| panic!("missing {}", t.name));
@@ -115,11 +112,17 @@ fn q8_0_export_is_byte_identical_to_llama_cpp() {
         compared += 1;
     }
     assert_eq!(compared, ours.tensors.len(), "no extra tensors");
+    assert_eq!(
+        theirs
+            .tensors
+            .iter()
+            .filter(|t| t.name.starts_with("blk.8."))
+            .count(),
+        15,
+        "the MTP block was compared"
+    );
     for (k, v) in &theirs.metadata {
-        let model_key = k.starts_with("qwen35.")
-            && !k.ends_with("block_count")
-            && !k.contains("nextn")
-            && !k.contains("recurrent");
+        let model_key = k.starts_with("qwen35.") && !k.contains("recurrent");
         if model_key {
             let o = ours.get(k).unwrap_or_else(|| panic!("missing key {k}"));
             assert_eq!(
@@ -163,6 +166,19 @@ fn q4_k_m_follows_the_policy_and_runs() {
         "layer 0 gets Q6_K, which falls back to Q8_0"
     );
     assert_eq!(ty("output.weight"), "Q8_0");
+    // The MTP head came along from llama.cpp's file and stays at Q8_0.
+    assert_eq!(ty("blk.8.nextn.eh_proj.weight"), "Q8_0");
+    assert_eq!(ty("blk.8.attn_q.weight"), "Q8_0");
+    assert_eq!(ty("blk.8.nextn.enorm.weight"), "F32");
+    assert_eq!(
+        f.get("qwen35.block_count").and_then(|v| v.as_u64()),
+        Some(9)
+    );
+    assert_eq!(
+        f.get("qwen35.nextn_predict_layers")
+            .and_then(|v| v.as_u64()),
+        Some(1)
+    );
     assert!(f.get("tokenizer.ggml.tokens").is_some() && f.get("tokenizer.chat_template").is_some());
     let o = qinfer(&[
         "generate",
@@ -202,4 +218,25 @@ fn bad_requests_are_clear_errors() {
         !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("overwrite the input")
     );
     assert!(!out.exists() && !dir.path().join("x.gguf.partial").exists());
+}
+
+/// The low-bit mixtures: tiny 64-wide rows fall back from Q2_K / Q3_K to IQ4_NL, the MTP head
+/// stays Q8_0, and the files load and generate.
+#[test]
+fn q3_k_m_and_q2_k_follow_the_policy_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for (ty, qkv) in [("Q3_K_M", "Q5_0"), ("Q2_K", "IQ4_NL")] {
+        let out = dir.path().join(format!("{ty}.gguf"));
+        quantize(&root().join("tests/fixtures/tiny-dense-f32"), &out, ty);
+        let f = GgufFile::open(&out).unwrap();
+        let t = |n: &str| f.tensor(n).unwrap_or_else(|| panic!("{n}")).type_name();
+        assert_eq!(t("blk.1.ffn_gate.weight"), "IQ4_NL", "{ty}");
+        assert_eq!(t("blk.0.attn_qkv.weight"), qkv, "{ty}");
+        assert_eq!(t("blk.8.nextn.eh_proj.weight"), "Q8_0", "{ty}");
+        let model = Qwen35::load_gguf(&out).unwrap();
+        let logits = model
+            .forward(&[1, 2, 3], &mut model.new_state(), LogitsFor::Last)
+            .unwrap();
+        assert!(logits.data.iter().all(|x| x.is_finite()), "{ty}");
+    }
 }

@@ -14,10 +14,17 @@
 //! * `Q4_K_M` / `Q5_K_M`: Q4_K / Q5_K, with `output` in Q6_K, `attn_v` and `ffn_down` in Q6_K
 //!   on the layers that matter most (the first and last eighth and every third in between),
 //!   `attn_qkv` (Gated DeltaNet input) at least Q5_K, and `ssm_alpha`/`ssm_beta` in Q8_0;
+//! * `Q3_K_M`: Q3_K, with `output` in Q6_K, `attn_v` in Q4_K (Q5_K on the layers that matter
+//!   most), `ffn_down` in Q3_K (Q4_K on those layers), `attn_qkv` in Q4_K, `ssm_alpha`/`ssm_beta`
+//!   in Q8_0;
+//! * `Q2_K`: Q2_K, with `output` in Q6_K, `attn_v` in Q4_K, `ffn_down` in Q3_K (Q4_K on the
+//!   layers that matter most), `attn_qkv` in Q3_K, `ssm_alpha`/`ssm_beta` in Q8_0;
 //! * rows that are not a whole number of blocks fall back as llama.cpp does: Q4_K → Q5_0,
-//!   Q5_K → Q5_1, Q6_K → Q8_0, 32-blocks → F16.
+//!   Q5_K → Q5_1, Q6_K → Q8_0, Q2_K / Q3_K → IQ4_NL, 32-blocks → F16.
 //!
-//! The MTP head is not exported yet (it is not used yet); when it is, it stays at Q8_0 or better.
+//! * the MTP head (when the source has it; written as block `n_layers` with llama.cpp's `nextn`
+//!   names, `block_count = n_layers + 1`, `nextn_predict_layers = 1`): its matrices stay at the
+//!   file's type if that is Q8_0 or better, else Q8_0 — low-bit MTP heads ruin draft acceptance.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,7 +36,7 @@ use qinfer_tensor::DType;
 use crate::config::{FeedForwardConfig, LayerKind, ModelConfig};
 use crate::error::LoadError;
 use crate::loader::{Loader, TensorId, TensorSource};
-use crate::names::{self, Global, LayerTensor, Naming};
+use crate::names::{self, Global, LayerTensor, MtpTensor, Naming};
 
 /// Why a model could not be exported.
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +67,12 @@ pub enum FileType {
     Q4_K_M,
     Q5_0,
     Q4_0,
+    Q3_K_M,
+    Q2_K,
 }
 
 impl FileType {
-    pub const ALL: [FileType; 9] = [
+    pub const ALL: [FileType; 11] = [
         FileType::F32,
         FileType::F16,
         FileType::BF16,
@@ -73,6 +82,8 @@ impl FileType {
         FileType::Q4_K_M,
         FileType::Q5_0,
         FileType::Q4_0,
+        FileType::Q3_K_M,
+        FileType::Q2_K,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,6 +97,8 @@ impl FileType {
             FileType::Q4_K_M => "Q4_K_M",
             FileType::Q5_0 => "Q5_0",
             FileType::Q4_0 => "Q4_0",
+            FileType::Q3_K_M => "Q3_K_M",
+            FileType::Q2_K => "Q2_K",
         }
     }
 
@@ -103,6 +116,8 @@ impl FileType {
             FileType::Q4_0 => 2,
             FileType::Q8_0 => 7,
             FileType::Q5_0 => 8,
+            FileType::Q2_K => 10,
+            FileType::Q3_K_M => 12,
             FileType::Q4_K_M => 15,
             FileType::Q5_K_M => 17,
             FileType::Q6_K => 18,
@@ -121,6 +136,8 @@ impl FileType {
             FileType::Q4_K_M => 4.9,
             FileType::Q5_0 => 5.5,
             FileType::Q4_0 => 4.5,
+            FileType::Q3_K_M => 3.9,
+            FileType::Q2_K => 3.0,
         }
     }
 }
@@ -136,6 +153,8 @@ enum Kind {
     FfnDown,
     DeltaNetQkv,
     DeltaNetGates,
+    /// A matrix of the MTP head: Q8_0 or better (low-bit MTP heads ruin draft acceptance).
+    Mtp,
     Other,
 }
 
@@ -159,15 +178,24 @@ fn tensor_type(
         (_, FileType::F16) => DType::F16,
         (_, FileType::BF16) => DType::BF16,
         (_, FileType::Q8_0) => DType::Q8_0,
+        (Kind::Mtp, _) => DType::Q8_0,
         (_, FileType::Q5_0) => DType::Q5_0,
         (_, FileType::Q4_0) => DType::Q4_0,
         (_, FileType::Q6_K) => DType::Q6_K,
         (Kind::Output, _) => DType::Q6_K,
         (Kind::DeltaNetGates, _) => DType::Q8_0,
+        (Kind::AttnV, FileType::Q3_K_M) if more => DType::Q5_K,
+        (Kind::AttnV, FileType::Q3_K_M | FileType::Q2_K) => DType::Q4_K,
+        (Kind::FfnDown, FileType::Q3_K_M | FileType::Q2_K) if more => DType::Q4_K,
+        (Kind::FfnDown, FileType::Q3_K_M | FileType::Q2_K) => DType::Q3_K,
+        (Kind::DeltaNetQkv, FileType::Q3_K_M) => DType::Q4_K,
+        (Kind::DeltaNetQkv, FileType::Q2_K) => DType::Q3_K,
         (Kind::AttnV | Kind::FfnDown, _) if more => DType::Q6_K,
         (Kind::DeltaNetQkv, _) => DType::Q5_K,
         (_, FileType::Q5_K_M) => DType::Q5_K,
         (_, FileType::Q4_K_M) => DType::Q4_K,
+        (_, FileType::Q3_K_M) => DType::Q3_K,
+        (_, FileType::Q2_K) => DType::Q2_K,
     };
     fallback(want, cols)
 }
@@ -180,6 +208,7 @@ fn fallback(want: DType, cols: usize) -> DType {
             DType::Q4_K => DType::Q5_0,
             DType::Q5_K => DType::Q5_1,
             DType::Q6_K => DType::Q8_0,
+            DType::Q2_K | DType::Q3_K => DType::IQ4_NL,
             _ => DType::F16,
         };
         if t == DType::F16 && t.row_bytes(cols).is_none() {
@@ -211,7 +240,7 @@ enum Make {
     },
     /// Per-expert tensors stacked.
     StackExperts {
-        layer: usize,
+        block: Block,
         role: fn(usize) -> LayerTensor,
     },
 }
@@ -231,6 +260,8 @@ pub struct Exported {
     pub bytes: u64,
     /// Tensors per storage type.
     pub types: BTreeMap<String, usize>,
+    /// Whether the MTP head was in the source and written (as `blk.{n_layers}`).
+    pub mtp: bool,
 }
 
 /// Writes `source` (named by `naming`, described by `config`) as a GGUF file of type `ft`.
@@ -247,8 +278,9 @@ pub fn export_gguf(
 ) -> Result<Exported, ExportError> {
     let ld = Loader::new(source, naming, config.norm);
     let plan = plan(&ld, config, ft)?;
+    let mtp = plan.iter().any(|t| t.name.contains(".nextn."));
     let mut w = GgufWriter::create(path, 32)?;
-    for (k, v) in metadata(config, ft)?.into_iter().chain(extra) {
+    for (k, v) in metadata(config, ft, mtp)?.into_iter().chain(extra) {
         w.add_metadata(k, v)?;
     }
     for t in &plan {
@@ -256,7 +288,10 @@ pub fn export_gguf(
         w.add_tensor(t.name.clone(), &dims, t.dtype)?;
     }
     w.write_header()?;
-    let mut done = Exported::default();
+    let mut done = Exported {
+        mtp,
+        ..Exported::default()
+    };
     for (i, t) in plan.iter().enumerate() {
         progress(i, plan.len(), &t.name);
         let values = produce(&ld, config, t)?;
@@ -282,14 +317,20 @@ fn plan(ld: &Loader<'_>, c: &ModelConfig, ft: FileType) -> Result<Vec<Planned>, 
     let gg = |id: TensorId| match id {
         TensorId::Global(g) => names::global_in(Naming::Gguf, g),
         TensorId::Layer(l, t) => names::gguf_layer(l, t),
+        TensorId::Mtp { block, t } => names::mtp_in(Naming::Gguf, block, t),
     };
+    let mtp = |t| TensorId::Mtp { block: n, t };
     let mut out = Vec::new();
     let mut add = |id: TensorId, shape: Vec<usize>, kind: Kind, make: Make| {
         let layer = match id {
             TensorId::Layer(l, _) => Some(l),
-            TensorId::Global(_) => None,
+            TensorId::Global(_) | TensorId::Mtp { .. } => None,
         };
-        let kind = if shape.len() == 1 { Kind::Exact } else { kind };
+        let kind = match (shape.len(), id, kind) {
+            (1, _, _) | (_, _, Kind::Exact) => Kind::Exact,
+            (_, TensorId::Mtp { .. }, _) => Kind::Mtp,
+            _ => kind,
+        };
         let dtype = tensor_type(ft, kind, layer, n, *shape.last().unwrap_or(&1));
         out.push(Planned {
             name: gg(id),
@@ -319,252 +360,319 @@ fn plan(ld: &Loader<'_>, c: &ModelConfig, ft: FileType) -> Result<Vec<Planned>, 
             Make::Copy(g(Global::LmHead)),
         );
     }
-    let d = c.deltanet;
-    let a = c.attention;
     for (l, kind) in c.layers.iter().enumerate() {
-        let id = |t| TensorId::Layer(l, t);
-        use LayerTensor::*;
+        plan_layer(ld, c, Block::Main(l), *kind, &mut add)?;
+    }
+    if c.mtp_layers > 0 && ld.has(mtp(MtpTensor::Fc)) {
+        if c.mtp_layers != 1 {
+            return Err(ExportError::Unsupported(format!(
+                "{} MTP layers: GGUF export handles one",
+                c.mtp_layers
+            )));
+        }
+        for t in [MtpTensor::EmbedNorm, MtpTensor::HiddenNorm] {
+            add(mtp(t), vec![h], Kind::Exact, Make::Norm(mtp(t)));
+        }
         add(
-            id(InputNorm),
+            mtp(MtpTensor::Fc),
+            vec![h, 2 * h],
+            Kind::Mtp,
+            Make::Copy(mtp(MtpTensor::Fc)),
+        );
+        plan_layer(ld, c, Block::Mtp(n), LayerKind::Attention, &mut add)?;
+        add(
+            mtp(MtpTensor::FinalNorm),
             vec![h],
             Kind::Exact,
-            Make::Norm(id(InputNorm)),
+            Make::Norm(mtp(MtpTensor::FinalNorm)),
         );
-        add(
-            id(PostAttentionNorm),
-            vec![h],
-            Kind::Exact,
-            Make::Norm(id(PostAttentionNorm)),
-        );
-        match kind {
-            LayerKind::DeltaNet => {
-                let (kd, vd, nv, dv) = (d.key_dim(), d.value_dim(), d.n_v_heads, d.v_head_dim);
-                add(
-                    id(DeltaNetQkv),
-                    vec![d.conv_dim(), h],
-                    Kind::DeltaNetQkv,
-                    Make::TileRows {
-                        id: id(DeltaNetQkv),
-                        skip: 2 * kd,
-                        d: dv,
-                    },
-                );
-                add(
-                    id(DeltaNetZ),
-                    vec![vd, h],
-                    Kind::Other,
-                    Make::TileRows {
-                        id: id(DeltaNetZ),
-                        skip: 0,
-                        d: dv,
-                    },
-                );
-                add(
-                    id(DeltaNetB),
-                    vec![nv, h],
-                    Kind::DeltaNetGates,
-                    Make::TileRows {
-                        id: id(DeltaNetB),
-                        skip: 0,
-                        d: 1,
-                    },
-                );
-                add(
-                    id(DeltaNetA),
-                    vec![nv, h],
-                    Kind::DeltaNetGates,
-                    Make::TileRows {
-                        id: id(DeltaNetA),
-                        skip: 0,
-                        d: 1,
-                    },
-                );
-                add(
-                    id(DeltaNetConv),
-                    vec![d.conv_dim(), d.conv_kernel],
-                    Kind::Exact,
-                    Make::TileRows {
-                        id: id(DeltaNetConv),
-                        skip: 2 * kd,
-                        d: dv,
-                    },
-                );
-                add(
-                    id(DeltaNetDtBias),
-                    vec![nv],
-                    Kind::Exact,
-                    Make::TileRows {
-                        id: id(DeltaNetDtBias),
-                        skip: 0,
-                        d: 1,
-                    },
-                );
-                add(id(DeltaNetALog), vec![nv], Kind::Exact, Make::DeltaNetA(l));
-                add(
-                    id(DeltaNetNorm),
-                    vec![dv],
-                    Kind::Exact,
-                    Make::Copy(id(DeltaNetNorm)),
-                );
-                add(
-                    id(DeltaNetOut),
-                    vec![h, vd],
-                    Kind::Other,
-                    Make::TileCols {
-                        id: id(DeltaNetOut),
-                        d: dv,
-                    },
-                );
-            }
-            LayerKind::Attention => {
-                let q_rows = a.n_heads * a.head_dim * if a.output_gate { 2 } else { 1 };
-                let kv = a.n_kv_heads * a.head_dim;
-                add(
-                    id(AttnQ),
-                    vec![q_rows, h],
-                    Kind::Other,
-                    Make::Copy(id(AttnQ)),
-                );
-                add(id(AttnK), vec![kv, h], Kind::Other, Make::Copy(id(AttnK)));
-                add(id(AttnV), vec![kv, h], Kind::AttnV, Make::Copy(id(AttnV)));
-                add(
-                    id(AttnO),
-                    vec![h, a.n_heads * a.head_dim],
-                    Kind::Other,
-                    Make::Copy(id(AttnO)),
-                );
-                add(
-                    id(AttnQNorm),
-                    vec![a.head_dim],
-                    Kind::Exact,
-                    Make::Norm(id(AttnQNorm)),
-                );
-                add(
-                    id(AttnKNorm),
-                    vec![a.head_dim],
-                    Kind::Exact,
-                    Make::Norm(id(AttnKNorm)),
-                );
-            }
-        }
-        match c.feed_forward {
-            FeedForwardConfig::Dense { intermediate: i } => {
-                add(
-                    id(MlpGate),
-                    vec![i, h],
-                    Kind::Other,
-                    Make::Copy(id(MlpGate)),
-                );
-                add(id(MlpUp), vec![i, h], Kind::Other, Make::Copy(id(MlpUp)));
-                add(
-                    id(MlpDown),
-                    vec![h, i],
-                    Kind::FfnDown,
-                    Make::Copy(id(MlpDown)),
-                );
-            }
-            FeedForwardConfig::Moe {
-                n_experts: e,
-                expert_intermediate: i,
-                shared_intermediate: is,
-                ..
-            } => {
-                add(
-                    id(MoeRouter),
-                    vec![e, h],
-                    Kind::Exact,
-                    Make::Copy(id(MoeRouter)),
-                );
-                let (gate, up, down) = if ld.has(id(MoeGateUpExperts)) {
-                    let s = id(MoeGateUpExperts);
-                    (
-                        Make::ExpertRows {
-                            id: s,
-                            rows: 2 * i,
-                            start: 0,
-                            n: i,
-                        },
-                        Make::ExpertRows {
-                            id: s,
-                            rows: 2 * i,
-                            start: i,
-                            n: i,
-                        },
-                        Make::ExpertRows {
-                            id: id(MoeDownExperts),
-                            rows: h,
-                            start: 0,
-                            n: h,
-                        },
-                    )
-                } else if ld.has(id(MoeGateExperts)) {
-                    (
-                        Make::ExpertRows {
-                            id: id(MoeGateExperts),
-                            rows: i,
-                            start: 0,
-                            n: i,
-                        },
-                        Make::ExpertRows {
-                            id: id(MoeUpExperts),
-                            rows: i,
-                            start: 0,
-                            n: i,
-                        },
-                        Make::ExpertRows {
-                            id: id(MoeDownExperts),
-                            rows: h,
-                            start: 0,
-                            n: h,
-                        },
-                    )
-                } else {
-                    (
-                        Make::StackExperts {
-                            layer: l,
-                            role: MoeExpertGate,
-                        },
-                        Make::StackExperts {
-                            layer: l,
-                            role: MoeExpertUp,
-                        },
-                        Make::StackExperts {
-                            layer: l,
-                            role: MoeExpertDown,
-                        },
-                    )
-                };
-                add(id(MoeGateExperts), vec![e, i, h], Kind::Other, gate);
-                add(id(MoeUpExperts), vec![e, i, h], Kind::Other, up);
-                add(id(MoeDownExperts), vec![e, h, i], Kind::FfnDown, down);
-                add(
-                    id(SharedExpertGate),
-                    vec![is, h],
-                    Kind::Other,
-                    Make::Copy(id(SharedExpertGate)),
-                );
-                add(
-                    id(SharedExpertUp),
-                    vec![is, h],
-                    Kind::Other,
-                    Make::Copy(id(SharedExpertUp)),
-                );
-                add(
-                    id(SharedExpertDown),
-                    vec![h, is],
-                    Kind::FfnDown,
-                    Make::Copy(id(SharedExpertDown)),
-                );
-                add(
-                    id(SharedExpertScalarGate),
-                    vec![1, h],
-                    Kind::Exact,
-                    Make::Copy(id(SharedExpertScalarGate)),
-                );
-            }
-        }
     }
     Ok(out)
+}
+
+/// Where a decoder layer's tensors come from: a main layer, or the MTP head's layer (GGUF block
+/// `n_layers`).
+#[derive(Clone, Copy, Debug)]
+enum Block {
+    Main(usize),
+    Mtp(usize),
+}
+
+impl Block {
+    /// The GGUF block index.
+    fn index(self) -> usize {
+        match self {
+            Block::Main(l) | Block::Mtp(l) => l,
+        }
+    }
+
+    fn id(self, t: LayerTensor) -> TensorId {
+        match self {
+            Block::Main(l) => TensorId::Layer(l, t),
+            Block::Mtp(block) => TensorId::Mtp {
+                block,
+                t: MtpTensor::Layer(t),
+            },
+        }
+    }
+}
+
+/// Plans one decoder layer's tensors.
+fn plan_layer(
+    ld: &Loader<'_>,
+    c: &ModelConfig,
+    block: Block,
+    kind: LayerKind,
+    add: &mut dyn FnMut(TensorId, Vec<usize>, Kind, Make),
+) -> Result<(), ExportError> {
+    let (h, d, a) = (c.hidden, c.deltanet, c.attention);
+    let id = |t| block.id(t);
+    use LayerTensor::*;
+    add(
+        id(InputNorm),
+        vec![h],
+        Kind::Exact,
+        Make::Norm(id(InputNorm)),
+    );
+    add(
+        id(PostAttentionNorm),
+        vec![h],
+        Kind::Exact,
+        Make::Norm(id(PostAttentionNorm)),
+    );
+    match kind {
+        LayerKind::DeltaNet => {
+            let (kd, vd, nv, dv) = (d.key_dim(), d.value_dim(), d.n_v_heads, d.v_head_dim);
+            add(
+                id(DeltaNetQkv),
+                vec![d.conv_dim(), h],
+                Kind::DeltaNetQkv,
+                Make::TileRows {
+                    id: id(DeltaNetQkv),
+                    skip: 2 * kd,
+                    d: dv,
+                },
+            );
+            add(
+                id(DeltaNetZ),
+                vec![vd, h],
+                Kind::Other,
+                Make::TileRows {
+                    id: id(DeltaNetZ),
+                    skip: 0,
+                    d: dv,
+                },
+            );
+            add(
+                id(DeltaNetB),
+                vec![nv, h],
+                Kind::DeltaNetGates,
+                Make::TileRows {
+                    id: id(DeltaNetB),
+                    skip: 0,
+                    d: 1,
+                },
+            );
+            add(
+                id(DeltaNetA),
+                vec![nv, h],
+                Kind::DeltaNetGates,
+                Make::TileRows {
+                    id: id(DeltaNetA),
+                    skip: 0,
+                    d: 1,
+                },
+            );
+            add(
+                id(DeltaNetConv),
+                vec![d.conv_dim(), d.conv_kernel],
+                Kind::Exact,
+                Make::TileRows {
+                    id: id(DeltaNetConv),
+                    skip: 2 * kd,
+                    d: dv,
+                },
+            );
+            add(
+                id(DeltaNetDtBias),
+                vec![nv],
+                Kind::Exact,
+                Make::TileRows {
+                    id: id(DeltaNetDtBias),
+                    skip: 0,
+                    d: 1,
+                },
+            );
+            add(
+                id(DeltaNetALog),
+                vec![nv],
+                Kind::Exact,
+                Make::DeltaNetA(block.index()),
+            );
+            add(
+                id(DeltaNetNorm),
+                vec![dv],
+                Kind::Exact,
+                Make::Copy(id(DeltaNetNorm)),
+            );
+            add(
+                id(DeltaNetOut),
+                vec![h, vd],
+                Kind::Other,
+                Make::TileCols {
+                    id: id(DeltaNetOut),
+                    d: dv,
+                },
+            );
+        }
+        LayerKind::Attention => {
+            let q_rows = a.n_heads * a.head_dim * if a.output_gate { 2 } else { 1 };
+            let kv = a.n_kv_heads * a.head_dim;
+            add(
+                id(AttnQ),
+                vec![q_rows, h],
+                Kind::Other,
+                Make::Copy(id(AttnQ)),
+            );
+            add(id(AttnK), vec![kv, h], Kind::Other, Make::Copy(id(AttnK)));
+            add(id(AttnV), vec![kv, h], Kind::AttnV, Make::Copy(id(AttnV)));
+            add(
+                id(AttnO),
+                vec![h, a.n_heads * a.head_dim],
+                Kind::Other,
+                Make::Copy(id(AttnO)),
+            );
+            add(
+                id(AttnQNorm),
+                vec![a.head_dim],
+                Kind::Exact,
+                Make::Norm(id(AttnQNorm)),
+            );
+            add(
+                id(AttnKNorm),
+                vec![a.head_dim],
+                Kind::Exact,
+                Make::Norm(id(AttnKNorm)),
+            );
+        }
+    }
+    match c.feed_forward {
+        FeedForwardConfig::Dense { intermediate: i } => {
+            add(
+                id(MlpGate),
+                vec![i, h],
+                Kind::Other,
+                Make::Copy(id(MlpGate)),
+            );
+            add(id(MlpUp), vec![i, h], Kind::Other, Make::Copy(id(MlpUp)));
+            add(
+                id(MlpDown),
+                vec![h, i],
+                Kind::FfnDown,
+                Make::Copy(id(MlpDown)),
+            );
+        }
+        FeedForwardConfig::Moe {
+            n_experts: e,
+            expert_intermediate: i,
+            shared_intermediate: is,
+            ..
+        } => {
+            add(
+                id(MoeRouter),
+                vec![e, h],
+                Kind::Exact,
+                Make::Copy(id(MoeRouter)),
+            );
+            let (gate, up, down) = if ld.has(id(MoeGateUpExperts)) {
+                let s = id(MoeGateUpExperts);
+                (
+                    Make::ExpertRows {
+                        id: s,
+                        rows: 2 * i,
+                        start: 0,
+                        n: i,
+                    },
+                    Make::ExpertRows {
+                        id: s,
+                        rows: 2 * i,
+                        start: i,
+                        n: i,
+                    },
+                    Make::ExpertRows {
+                        id: id(MoeDownExperts),
+                        rows: h,
+                        start: 0,
+                        n: h,
+                    },
+                )
+            } else if ld.has(id(MoeGateExperts)) {
+                (
+                    Make::ExpertRows {
+                        id: id(MoeGateExperts),
+                        rows: i,
+                        start: 0,
+                        n: i,
+                    },
+                    Make::ExpertRows {
+                        id: id(MoeUpExperts),
+                        rows: i,
+                        start: 0,
+                        n: i,
+                    },
+                    Make::ExpertRows {
+                        id: id(MoeDownExperts),
+                        rows: h,
+                        start: 0,
+                        n: h,
+                    },
+                )
+            } else {
+                (
+                    Make::StackExperts {
+                        block,
+                        role: MoeExpertGate,
+                    },
+                    Make::StackExperts {
+                        block,
+                        role: MoeExpertUp,
+                    },
+                    Make::StackExperts {
+                        block,
+                        role: MoeExpertDown,
+                    },
+                )
+            };
+            add(id(MoeGateExperts), vec![e, i, h], Kind::Other, gate);
+            add(id(MoeUpExperts), vec![e, i, h], Kind::Other, up);
+            add(id(MoeDownExperts), vec![e, h, i], Kind::FfnDown, down);
+            add(
+                id(SharedExpertGate),
+                vec![is, h],
+                Kind::Other,
+                Make::Copy(id(SharedExpertGate)),
+            );
+            add(
+                id(SharedExpertUp),
+                vec![is, h],
+                Kind::Other,
+                Make::Copy(id(SharedExpertUp)),
+            );
+            add(
+                id(SharedExpertDown),
+                vec![h, is],
+                Kind::FfnDown,
+                Make::Copy(id(SharedExpertDown)),
+            );
+            add(
+                id(SharedExpertScalarGate),
+                vec![1, h],
+                Kind::Exact,
+                Make::Copy(id(SharedExpertScalarGate)),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// GGUF value head `g` holds source (grouped) head `perm(g)`; identity for tiled sources.
@@ -636,10 +744,10 @@ fn produce(ld: &Loader<'_>, c: &ModelConfig, t: &Planned) -> Result<Vec<f32>, Ex
             }
             out
         }
-        Make::StackExperts { layer, role } => {
+        Make::StackExperts { block, role } => {
             let mut out = Vec::new();
             for x in 0..t.shape[0] {
-                out.extend(fetch(TensorId::Layer(layer, role(x)), &t.shape[1..])?);
+                out.extend(fetch(block.id(role(x)), &t.shape[1..])?);
             }
             out
         }
@@ -647,7 +755,7 @@ fn produce(ld: &Loader<'_>, c: &ModelConfig, t: &Planned) -> Result<Vec<f32>, Ex
 }
 
 /// llama.cpp's metadata for the model.
-fn metadata(c: &ModelConfig, ft: FileType) -> Result<Vec<(String, Value)>, ExportError> {
+fn metadata(c: &ModelConfig, ft: FileType, mtp: bool) -> Result<Vec<(String, Value)>, ExportError> {
     let arch = if c.is_moe() { "qwen35moe" } else { "qwen35" };
     let interval = (1..=c.n_layers())
         .find(|&k| {
@@ -674,7 +782,7 @@ fn metadata(c: &ModelConfig, ft: FileType) -> Result<Vec<(String, Value)>, Expor
         ),
         ("general.file_type".into(), Value::U32(ft.llama_ftype())),
         ("general.quantization_version".into(), Value::U32(2)),
-        (k("block_count"), u(c.n_layers())),
+        (k("block_count"), u(c.n_layers() + usize::from(mtp))),
         (k("context_length"), u(c.max_positions)),
         (k("embedding_length"), u(c.hidden)),
         (k("attention.head_count"), u(a.n_heads)),
@@ -705,6 +813,9 @@ fn metadata(c: &ModelConfig, ft: FileType) -> Result<Vec<(String, Value)>, Expor
         (k("ssm.inner_size"), u(d.value_dim())),
         (k("full_attention_interval"), u(interval)),
     ];
+    if mtp {
+        md.push((k("nextn_predict_layers"), u(1)));
+    }
     if d.k_head_dim != d.v_head_dim {
         return Err(ExportError::Unsupported(
             "GGUF qwen35 assumes equal DeltaNet key and value head dims".into(),
@@ -761,6 +872,24 @@ mod tests {
             (FileType::Q5_K_M, Kind::FfnDown, Some(63), 5120, DType::Q6_K),
             (FileType::Q6_K, Kind::Other, Some(8), 64, DType::Q8_0),
             (FileType::Q8_0, Kind::Embed, None, 5120, DType::Q8_0),
+            (FileType::Q3_K_M, Kind::Other, Some(8), 5120, DType::Q3_K),
+            (FileType::Q3_K_M, Kind::AttnV, Some(0), 5120, DType::Q5_K),
+            (FileType::Q3_K_M, Kind::FfnDown, Some(8), 5120, DType::Q3_K),
+            (FileType::Q2_K, Kind::Other, Some(8), 5120, DType::Q2_K),
+            (
+                FileType::Q2_K,
+                Kind::DeltaNetQkv,
+                Some(8),
+                5120,
+                DType::Q3_K,
+            ),
+            (FileType::Q2_K, Kind::Output, None, 5120, DType::Q6_K),
+            (FileType::Q2_K, Kind::Other, Some(8), 64, DType::IQ4_NL),
+            // The MTP head never goes below Q8_0, and keeps a better file type.
+            (FileType::Q4_K_M, Kind::Mtp, None, 5120, DType::Q8_0),
+            (FileType::Q2_K, Kind::Mtp, None, 5120, DType::Q8_0),
+            (FileType::Q6_K, Kind::Mtp, None, 5120, DType::Q8_0),
+            (FileType::BF16, Kind::Mtp, None, 5120, DType::BF16),
         ];
         for (ft, kind, layer, cols, want) in cases {
             assert_eq!(

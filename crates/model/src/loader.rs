@@ -13,7 +13,7 @@ use qinfer_tensor::{ByteView, DType, Weight};
 
 use crate::config::NormConvention;
 use crate::error::LoadError;
-use crate::names::{self, Global, LayerTensor, Naming, Prefix};
+use crate::names::{self, Global, LayerTensor, MtpTensor, Naming, Prefix};
 
 /// One tensor as a source presents it.
 #[derive(Clone, Debug)]
@@ -49,11 +49,13 @@ impl TensorSource for Checkpoint {
     }
 }
 
-/// A tensor's role: whole-model, or a layer's.
+/// A tensor's role: whole-model, a layer's, or the MTP head's (stored as block `block`, the
+/// decoder's layer count, in GGUF files).
 #[derive(Clone, Copy, Debug)]
 pub enum TensorId {
     Global(Global),
     Layer(usize, LayerTensor),
+    Mtp { block: usize, t: MtpTensor },
 }
 
 /// Reads tensors of one source for the model being built.
@@ -105,6 +107,7 @@ impl<'a> Loader<'a> {
         match id {
             TensorId::Global(g) => names::global_in(self.naming, g),
             TensorId::Layer(l, t) => names::layer_in(self.naming, l, t),
+            TensorId::Mtp { block, t } => names::mtp_in(self.naming, block, t),
         }
     }
 

@@ -99,8 +99,13 @@ pub fn global(prefix: Prefix, t: Global) -> String {
 
 /// Hugging Face name of a tensor of layer `l`.
 pub fn layer(prefix: Prefix, l: usize, t: LayerTensor) -> String {
+    format!("{}layers.{l}.{}", prefix.as_str(), hf_layer_suffix(t))
+}
+
+/// The part of a Hugging Face layer tensor's name after `layers.{l}.`.
+fn hf_layer_suffix(t: LayerTensor) -> String {
     use LayerTensor::*;
-    let suffix = match t {
+    match t {
         InputNorm => "input_layernorm.weight".to_string(),
         PostAttentionNorm => "post_attention_layernorm.weight".to_string(),
         AttnQ => "self_attn.q_proj.weight".to_string(),
@@ -133,8 +138,41 @@ pub fn layer(prefix: Prefix, l: usize, t: LayerTensor) -> String {
         SharedExpertUp => "mlp.shared_expert.up_proj.weight".to_string(),
         SharedExpertDown => "mlp.shared_expert.down_proj.weight".to_string(),
         SharedExpertScalarGate => "mlp.shared_expert_gate.weight".to_string(),
-    };
-    format!("{}layers.{l}.{suffix}", prefix.as_str())
+    }
+}
+
+/// Tensors of the multi-token-prediction head (one MTP block, as Qwen3.5/3.6 have).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MtpTensor {
+    /// `[H, 2H]` projection of `[embedding ‖ hidden]`.
+    Fc,
+    /// Norm of the token embedding.
+    EmbedNorm,
+    /// Norm of the incoming hidden state.
+    HiddenNorm,
+    /// Final norm of the block.
+    FinalNorm,
+    /// A tensor of the block's (full-attention) decoder layer.
+    Layer(LayerTensor),
+}
+
+/// Name of an MTP tensor under `naming`. GGUF files store the MTP block after the decoder, as
+/// `blk.{block}` with `block` = the decoder's layer count; Hugging Face names it `mtp.*`.
+pub fn mtp_in(naming: Naming, block: usize, t: MtpTensor) -> String {
+    match (naming, t) {
+        (Naming::Hf(_), MtpTensor::Fc) => "mtp.fc.weight".to_string(),
+        (Naming::Hf(_), MtpTensor::EmbedNorm) => "mtp.pre_fc_norm_embedding.weight".to_string(),
+        (Naming::Hf(_), MtpTensor::HiddenNorm) => "mtp.pre_fc_norm_hidden.weight".to_string(),
+        (Naming::Hf(_), MtpTensor::FinalNorm) => "mtp.norm.weight".to_string(),
+        (Naming::Hf(_), MtpTensor::Layer(t)) => format!("mtp.layers.0.{}", hf_layer_suffix(t)),
+        (Naming::Gguf, MtpTensor::Fc) => format!("blk.{block}.nextn.eh_proj.weight"),
+        (Naming::Gguf, MtpTensor::EmbedNorm) => format!("blk.{block}.nextn.enorm.weight"),
+        (Naming::Gguf, MtpTensor::HiddenNorm) => format!("blk.{block}.nextn.hnorm.weight"),
+        (Naming::Gguf, MtpTensor::FinalNorm) => {
+            format!("blk.{block}.nextn.shared_head_norm.weight")
+        }
+        (Naming::Gguf, MtpTensor::Layer(t)) => gguf_layer(block, t),
+    }
 }
 
 /// Name of a whole-model tensor under `naming`.
@@ -256,6 +294,34 @@ mod tests {
             "model.layers.1.mlp.experts.7.down_proj.weight"
         );
         assert_eq!(extra("mtp.fc.weight"), Some(Extra::Mtp));
+        for t in [
+            MtpTensor::Fc,
+            MtpTensor::EmbedNorm,
+            MtpTensor::HiddenNorm,
+            MtpTensor::FinalNorm,
+            MtpTensor::Layer(LayerTensor::AttnQ),
+        ] {
+            let hf = mtp_in(Naming::Hf(Prefix::Model), 64, t);
+            let gguf = mtp_in(Naming::Gguf, 64, t);
+            assert_eq!(extra(&hf), Some(Extra::Mtp), "{hf}");
+            assert_eq!(
+                extra_in(Naming::Gguf, &gguf, 64),
+                Some(Extra::Mtp),
+                "{gguf}"
+            );
+        }
+        assert_eq!(
+            mtp_in(
+                Naming::Hf(Prefix::Model),
+                64,
+                MtpTensor::Layer(LayerTensor::AttnQ)
+            ),
+            "mtp.layers.0.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            mtp_in(Naming::Gguf, 64, MtpTensor::HiddenNorm),
+            "blk.64.nextn.hnorm.weight"
+        );
         assert_eq!(
             extra("model.visual.blocks.0.attn.qkv.weight"),
             Some(Extra::Vision)
