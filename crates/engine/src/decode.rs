@@ -152,10 +152,11 @@ impl Decoder {
             self.finish = Some(FinishReason::Length);
             return Step::Finished { unfed: None };
         }
-        if self.forced.is_empty() && !self.in_reasoning() {
-            if let Some(prefix) = self.answer_prefix.take() {
-                self.forced = prefix;
-            }
+        if self.forced.is_empty()
+            && !self.in_reasoning()
+            && let Some(prefix) = self.answer_prefix.take()
+        {
+            self.forced = prefix;
         }
         // Never sample the embedding's padding rows past the tokenizer's vocabulary.
         let row = &logits[..logits.len().min(self.vocab_limit)];
@@ -182,7 +183,10 @@ impl Decoder {
             .as_mut()
             .expect("the detokenizer lives until finish")
             .push(token);
-        let matcher = self.matcher.as_mut().expect("the matcher lives until finish");
+        let matcher = self
+            .matcher
+            .as_mut()
+            .expect("the matcher lives until finish");
         let (text, stopped) = match matcher.push(&piece) {
             StopCheck::Continue(text) => (text, None),
             StopCheck::Stopped { text, stop } => (text, Some(stop)),
@@ -224,7 +228,11 @@ impl Decoder {
     pub fn finish(&mut self, on_event: &mut dyn FnMut(&Event) -> Flow) -> (FinishReason, Finished) {
         let mut finish = self.finish.clone().unwrap_or(FinishReason::Length);
         if let Some(matcher) = self.matcher.take() {
-            let tail = self.detok.take().map(StreamDecoder::finish).unwrap_or_default();
+            let tail = self
+                .detok
+                .take()
+                .map(StreamDecoder::finish)
+                .unwrap_or_default();
             let held = match finish {
                 FinishReason::StopString(_) => String::new(),
                 _ => {
@@ -287,11 +295,16 @@ fn token_logprob(row: &[f32], token: u32, n: usize) -> TokenLogprob {
         });
         order.truncate(n);
         order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
-        top = order.into_iter().map(|t| (t, lp(row[t as usize]))).collect();
+        top = order
+            .into_iter()
+            .map(|t| (t, lp(row[t as usize])))
+            .collect();
     }
     TokenLogprob {
         token,
-        logprob: row.get(token as usize).map_or(f32::NEG_INFINITY, |&v| lp(v)),
+        logprob: row
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&v| lp(v)),
         top,
     }
 }
