@@ -344,10 +344,13 @@ impl Qwen35 {
     /// sequence with its own tokens (a prefill chunk or one decode token). Returns, per item in
     /// order, the logits `[V]` of its last position when it asked for them.
     ///
-    /// Every matmul that does not mix positions (the MLP / MoE, and the LM head over the rows
-    /// whose logits are needed) runs once over the stacked rows of all items `[ΣT, H]`, so a
-    /// weight is streamed from memory once per step instead of once per sequence. The token
-    /// mixers (Gated DeltaNet, attention) run per item segment against that item's state.
+    /// Every matmul that does not mix positions (the Gated DeltaNet input and output
+    /// projections, the MLP / MoE, and the LM head over the rows whose logits are needed) runs
+    /// once over the stacked rows of all items `[ΣT, H]`, so a weight is streamed from memory
+    /// once per step instead of once per sequence. What mixes positions runs per item segment
+    /// against that item's state: the DeltaNet conv and delta rule, and the attention layers
+    /// whole (their projections included, for now: `layers/attention.rs` is being reworked
+    /// for paged KV storage, and its projections are a quarter of the mixer layers).
     /// Since the matmul computes every output row independently of the others, an item's
     /// logits equal [`Qwen35::forward`] of the same tokens on the same state.
     ///
@@ -382,20 +385,39 @@ impl Qwen35 {
         }
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.apply(&x);
-            for (n, item) in items.iter_mut().enumerate() {
-                let (a, b) = bounds[n];
-                let seg =
-                    Mat::from_vec(h.data[a * c.hidden..b * c.hidden].to_vec(), b - a, c.hidden);
-                let mixed = match (&layer.mixer, item.state.layer_mut(l)) {
-                    (Mixer::DeltaNet(d), LayerState::DeltaNet(s)) => {
-                        d.forward(&seg, s, self.deltanet_path)
+            match &layer.mixer {
+                Mixer::DeltaNet(d) => {
+                    // Projections over all rows; the recurrence per sequence; the output
+                    // projection over all rows again.
+                    let p = d.project(&h);
+                    let width = d.config.value_dim();
+                    let mut o = Mat::zeros(total, width); // [ΣT, Nv·Dv]
+                    for (n, item) in items.iter_mut().enumerate() {
+                        let (a, b) = bounds[n];
+                        let LayerState::DeltaNet(s) = item.state.layer_mut(l) else {
+                            unreachable!("state layout comes from this model's state_specs")
+                        };
+                        let seg = d.mix(&p.rows(a, b), s, self.deltanet_path);
+                        o.data[a * width..b * width].copy_from_slice(&seg.data);
                     }
-                    (Mixer::Attention(att), LayerState::Attention(kv)) => {
-                        att.forward(&seg, &positions[n], &self.rope, kv)
+                    let mixed = ops::matmul(&o, &d.out);
+                    ops::add_assign(&mut x.data, &mixed.data);
+                }
+                Mixer::Attention(att) => {
+                    for (n, item) in items.iter_mut().enumerate() {
+                        let (a, b) = bounds[n];
+                        let LayerState::Attention(kv) = item.state.layer_mut(l) else {
+                            unreachable!("state layout comes from this model's state_specs")
+                        };
+                        let seg = Mat::from_vec(
+                            h.data[a * c.hidden..b * c.hidden].to_vec(),
+                            b - a,
+                            c.hidden,
+                        );
+                        let mixed = att.forward(&seg, &positions[n], &self.rope, kv);
+                        ops::add_assign(&mut x.data[a * c.hidden..b * c.hidden], &mixed.data);
                     }
-                    _ => unreachable!("state layout comes from this model's state_specs"),
-                };
-                ops::add_assign(&mut x.data[a * c.hidden..b * c.hidden], &mixed.data);
+                }
             }
             let h = layer.post_attention_norm.apply(&x);
             let ff = layer.feed_forward.forward(&h);
