@@ -313,6 +313,27 @@ fn render(
     })
 }
 
+/// How parsed tool calls reach the response.
+#[derive(Clone, Copy, Debug, Default)]
+struct Calls {
+    /// `tool_choice: "none"`: a call the model writes anyway stays text.
+    as_text: bool,
+    /// `parallel_tool_calls: false`: only the first call is returned.
+    first_only: bool,
+}
+
+impl Calls {
+    /// Whether `e` reaches the client.
+    fn keeps(&self, e: &Event) -> bool {
+        match e {
+            Event::ToolCallStart { index, .. }
+            | Event::ToolCallArgs { index, .. }
+            | Event::ToolCallEnd { index, .. } => !(self.first_only && *index > 0 && !self.as_text),
+            _ => true,
+        }
+    }
+}
+
 /// Everything a chat request resolves to before it is submitted.
 struct ChatPlan {
     prompt: Vec<u32>,
@@ -321,7 +342,7 @@ struct ChatPlan {
     answer_prefix: Option<Vec<u32>>,
     stream: bool,
     include_usage: bool,
-    choice: ToolChoice,
+    calls: Calls,
 }
 
 fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, ApiError> {
@@ -382,6 +403,10 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     } else {
         None
     };
+    let calls = Calls {
+        as_text: choice == ToolChoice::None,
+        first_only: !f.bool("parallel_tool_calls")?.unwrap_or(true),
+    };
     let reasoning_budget = match f.usize("max_reasoning_tokens")? {
         Some(n) => Some(n),
         None => f.usize("thinking_budget")?,
@@ -418,7 +443,7 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
         answer_prefix,
         stream,
         include_usage,
-        choice,
+        calls,
     })
 }
 
@@ -440,11 +465,10 @@ pub async fn chat_completions(State(state): State<Shared>, JsonBody(body): JsonB
         Err(e) => return e.into_response(),
     };
     let id = new_id("chatcmpl-");
-    let tool_calls_as_text = plan.choice == ToolChoice::None;
     if plan.stream {
-        stream_chat(state, rx, id, plan.include_usage, tool_calls_as_text).into_response()
+        stream_chat(state, rx, id, plan.include_usage, plan.calls).into_response()
     } else {
-        collect_chat(state, rx, id, tool_calls_as_text).await
+        collect_chat(state, rx, id, plan.calls).await
     }
 }
 
@@ -491,7 +515,7 @@ async fn collect_chat(
     state: Shared,
     mut rx: UnboundedReceiver<Out>,
     id: String,
-    tool_calls_as_text: bool,
+    calls_mode: Calls,
 ) -> Response {
     let mut reasoning = String::new();
     let mut content = String::new();
@@ -505,12 +529,12 @@ async fn collect_chat(
                 if let Some(lp) = logprob {
                     logprobs.push(logprob_json(&state, &lp));
                 }
-                for e in events {
+                for e in events.into_iter().filter(|e| calls_mode.keeps(e)) {
                     match e {
                         Event::Reasoning(t) => reasoning.push_str(&t),
                         Event::Content(t) => content.push_str(&t),
                         Event::ToolCallEnd { call, raw, .. } => {
-                            if tool_calls_as_text {
+                            if calls_mode.as_text {
                                 content.push_str(&raw);
                             } else {
                                 calls.push(json!({
@@ -573,7 +597,7 @@ fn stream_chat(
     mut rx: UnboundedReceiver<Out>,
     id: String,
     include_usage: bool,
-    tool_calls_as_text: bool,
+    calls_mode: Calls,
 ) -> impl IntoResponse {
     let (tx, events) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
     tokio::spawn(async move {
@@ -616,11 +640,11 @@ fn stream_chat(
                     let mut lp = logprob
                         .map(|l| json!({"content": [logprob_json(&state, &l)]}))
                         .unwrap_or(Value::Null);
-                    for e in events {
+                    for e in events.into_iter().filter(|e| calls_mode.keeps(e)) {
                         let delta = match e {
                             Event::Reasoning(t) => json!({"reasoning_content": t}),
                             Event::Content(t) => json!({"content": t}),
-                            Event::ToolCallStart { index, name } if !tool_calls_as_text => {
+                            Event::ToolCallStart { index, name } if !calls_mode.as_text => {
                                 had_calls = true;
                                 json!({"tool_calls": [{
                                     "index": index,
@@ -629,10 +653,10 @@ fn stream_chat(
                                     "function": {"name": name, "arguments": ""},
                                 }]})
                             }
-                            Event::ToolCallArgs { index, delta } if !tool_calls_as_text => {
+                            Event::ToolCallArgs { index, delta } if !calls_mode.as_text => {
                                 json!({"tool_calls": [{"index": index, "function": {"arguments": delta}}]})
                             }
-                            Event::ToolCallEnd { raw, .. } if tool_calls_as_text => {
+                            Event::ToolCallEnd { raw, .. } if calls_mode.as_text => {
                                 json!({"content": raw})
                             }
                             _ => continue,
@@ -926,7 +950,7 @@ pub(crate) mod tests {
         runtime().block_on(async {
             let rx = engine_output(CALL, FinishReason::Stop(0));
             let v: Value = serde_json::from_str(
-                &body(collect_chat(state.clone(), rx, "x".into(), false).await).await,
+                &body(collect_chat(state.clone(), rx, "x".into(), Calls::default()).await).await,
             )
             .unwrap();
             let choice = &v["choices"][0];
@@ -944,9 +968,10 @@ pub(crate) mod tests {
             // Streaming: the call arrives as a start delta (id, name) and argument deltas that
             // concatenate to the same JSON.
             let rx = engine_output(CALL, FinishReason::Stop(0));
-            let text =
-                body(stream_chat(state.clone(), rx, "x".into(), false, false).into_response())
-                    .await;
+            let text = body(
+                stream_chat(state.clone(), rx, "x".into(), false, Calls::default()).into_response(),
+            )
+            .await;
             let mut args = String::new();
             let mut names = Vec::new();
             let mut finish = Vec::new();
@@ -982,7 +1007,7 @@ pub(crate) mod tests {
         let (_server, state) = test_state();
         runtime().block_on(async {
             let rx = engine_output(MALFORMED, FinishReason::Length);
-            let resp = collect_chat(state.clone(), rx, "x".into(), false).await;
+            let resp = collect_chat(state.clone(), rx, "x".into(), Calls::default()).await;
             assert_eq!(resp.status(), StatusCode::OK);
             let v: Value = serde_json::from_str(&body(resp).await).unwrap();
             let msg = &v["choices"][0]["message"];
@@ -999,12 +1024,47 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn parallel_calls_are_returned_unless_turned_off() {
+        let (_server, state) = test_state();
+        let two = format!(
+            "{CALL}\n<tool_call>\n<function=get_weather>\n<parameter=city>\nRome\n</parameter>\n</function>\n</tool_call>"
+        );
+        runtime().block_on(async {
+            for (first_only, want) in [(false, 2), (true, 1)] {
+                let rx = engine_output(&two, FinishReason::Stop(0));
+                let mode = Calls {
+                    as_text: false,
+                    first_only,
+                };
+                let v: Value = serde_json::from_str(
+                    &body(collect_chat(state.clone(), rx, "x".into(), mode).await).await,
+                )
+                .unwrap();
+                let calls = v["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+                assert_eq!(calls.len(), want, "first_only {first_only}");
+            }
+        });
+    }
+
+    #[test]
     fn tool_choice_none_returns_calls_as_text() {
         let (_server, state) = test_state();
         runtime().block_on(async {
             let rx = engine_output(CALL, FinishReason::Stop(0));
             let v: Value = serde_json::from_str(
-                &body(collect_chat(state.clone(), rx, "x".into(), true).await).await,
+                &body(
+                    collect_chat(
+                        state.clone(),
+                        rx,
+                        "x".into(),
+                        Calls {
+                            as_text: true,
+                            first_only: false,
+                        },
+                    )
+                    .await,
+                )
+                .await,
             )
             .unwrap();
             let msg = &v["choices"][0]["message"];
