@@ -411,16 +411,12 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
         Some(n) => Some(n),
         None => f.usize("thinking_budget")?,
     };
+    // A required call opens the answer with the call tag; a named one with its header too.
     let answer_prefix = match &choice {
-        ToolChoice::Required => Some("<tool_call>\n<function="),
-        ToolChoice::Named(_) => None,
-        _ => None,
-    }
-    .map(str::to_string)
-    .or_else(|| match &choice {
+        ToolChoice::Required => Some("<tool_call>\n<function=".to_string()),
         ToolChoice::Named(n) => Some(format!("<tool_call>\n<function={n}>\n")),
-        _ => None,
-    })
+        ToolChoice::Auto | ToolChoice::None => None,
+    }
     .map(|s| state.bundle.tokenizer.encode(&s))
     .transpose()
     .map_err(|e| ApiError::invalid("tool_choice", e.to_string()))?;
