@@ -672,6 +672,24 @@ fn disconnect_frees_the_sequence_and_a_full_queue_gives_429() {
         post(addr, "/v1/chat/completions", &chat_body("x", 2, false)).status,
         200
     );
+
+    // A non-streaming request is cancelled too when its client goes away.
+    let before = metric(&m, "qinfer_cancelled_requests_total");
+    let s = http::send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        chat_body("x", 4000, false).to_string().as_bytes(),
+    );
+    wait_for(addr, "the non-streaming request to run", |m| {
+        metric(m, "qinfer_running_sequences") == 1.0
+    });
+    drop(s);
+    wait_for(addr, "the non-streaming request to be cancelled", |m| {
+        metric(m, "qinfer_running_sequences") == 0.0
+            && metric(m, "qinfer_cancelled_requests_total") == before + 1.0
+    });
 }
 
 /// Operations routes: health, models, metrics, tokenize/detokenize, raw completions.
