@@ -471,6 +471,8 @@ impl Engine {
             budget = budget.saturating_sub(n);
             prefilled = true;
         }
+        // Batch items (and so logits rows) come in `running` order; the plan must too.
+        plan.sort_unstable_by_key(|&(i, _)| i);
         plan
     }
 

@@ -140,10 +140,16 @@ fn greedy_chat_equals_generate() {
 }
 
 /// 16 concurrent streams all complete, each equal to the same request run alone, and the
-/// engine really batched them (more tokens per step than one).
+/// engine really batched them (more tokens per step than one). Small prefill chunks and step
+/// budget make the prompts (~25 tokens) prefill in chunks interleaved with other sequences'
+/// decoding, which must not change any output.
 #[test]
 fn sixteen_concurrent_streams_equal_their_sequential_runs() {
-    let server = TestServer::start(|c| c.scheduler.max_seqs = 16);
+    let server = TestServer::start(|c| {
+        c.scheduler.max_seqs = 16;
+        c.scheduler.prefill_chunk = 8;
+        c.scheduler.max_step_tokens = 40;
+    });
     let prompts: Vec<String> = (0..16)
         .map(|i| {
             format!(
