@@ -255,10 +255,53 @@ impl Running {
 }
 
 /// What a planned item runs.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Work {
     Prefill { end: usize },
     Decode,
+}
+
+/// What the planner sees of a running sequence.
+#[derive(Clone, Copy, Debug)]
+struct SeqView {
+    /// Tokens in its state.
+    fed: usize,
+    /// Prompt length.
+    prompt: usize,
+    /// A sampled token waits to be fed.
+    pending: bool,
+}
+
+/// One step's plan, in `seqs` order: one token for every decoding sequence, then prompt
+/// chunks (each up to the next multiple of `prefill_chunk` positions) while the step budget
+/// lasts; the first chunk always fits, so prefill never starves.
+fn plan_step(seqs: &[SeqView], config: &SchedulerConfig) -> Vec<(usize, Work)> {
+    let mut plan = Vec::new();
+    let mut budget = config.max_step_tokens;
+    for (i, s) in seqs.iter().enumerate() {
+        if s.fed >= s.prompt && s.pending {
+            plan.push((i, Work::Decode));
+            budget = budget.saturating_sub(1);
+        }
+    }
+    let chunk = config.prefill_chunk.max(1);
+    let mut prefilled = false;
+    for (i, s) in seqs.iter().enumerate() {
+        if s.fed >= s.prompt {
+            continue;
+        }
+        let end = s.prompt.min((s.fed / chunk + 1) * chunk);
+        let n = end - s.fed;
+        if n > budget && prefilled {
+            break;
+        }
+        plan.push((i, Work::Prefill { end }));
+        budget = budget.saturating_sub(n);
+        prefilled = true;
+    }
+    // Batch items (and so logits rows) come in `seqs` order; the plan must too.
+    plan.sort_unstable_by_key(|&(i, _)| i);
+    plan
 }
 
 struct Engine {
@@ -447,33 +490,16 @@ impl Engine {
 
     /// The plan: `(index in running, work)` per scheduled sequence.
     fn plan(&self) -> Vec<(usize, Work)> {
-        let mut plan = Vec::new();
-        let mut budget = self.config.max_step_tokens;
-        for (i, s) in self.running.iter().enumerate() {
-            if !s.prefilling() && s.pending.is_some() {
-                plan.push((i, Work::Decode));
-                budget = budget.saturating_sub(1);
-            }
-        }
-        let chunk = self.config.prefill_chunk.max(1);
-        let mut prefilled = false;
-        for (i, s) in self.running.iter().enumerate() {
-            if !s.prefilling() {
-                continue;
-            }
-            let fed = s.tokens.len();
-            let end = s.prompt.len().min((fed / chunk + 1) * chunk);
-            let n = end - fed;
-            if n > budget && prefilled {
-                break;
-            }
-            plan.push((i, Work::Prefill { end }));
-            budget = budget.saturating_sub(n);
-            prefilled = true;
-        }
-        // Batch items (and so logits rows) come in `running` order; the plan must too.
-        plan.sort_unstable_by_key(|&(i, _)| i);
-        plan
+        let views: Vec<SeqView> = self
+            .running
+            .iter()
+            .map(|s| SeqView {
+                fed: s.tokens.len(),
+                prompt: s.prompt.len(),
+                pending: s.pending.is_some(),
+            })
+            .collect();
+        plan_step(&views, &self.config)
     }
 
     fn step(&mut self) {
@@ -621,3 +647,53 @@ impl Engine {
 
 /// How long a client should wait before retrying a refused request.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(fed: usize, prompt: usize, pending: bool) -> SeqView {
+        SeqView {
+            fed,
+            prompt,
+            pending,
+        }
+    }
+
+    #[test]
+    fn a_step_decodes_everyone_and_prefills_aligned_chunks_within_the_budget() {
+        let config = SchedulerConfig {
+            max_step_tokens: 20,
+            prefill_chunk: 8,
+            ..SchedulerConfig::default()
+        };
+        let seqs = [
+            view(3, 25, false),  // prefilling: chunk 3..8
+            view(30, 25, true),  // decoding
+            view(8, 25, false),  // prefilling: chunk 8..16
+            view(26, 25, true),  // decoding
+            view(0, 100, false), // does not fit any more (2 + 5 + 8 used, 8 > 5 left)
+        ];
+        let plan = plan_step(&seqs, &config);
+        assert_eq!(
+            plan,
+            [
+                (0, Work::Prefill { end: 8 }),
+                (1, Work::Decode),
+                (2, Work::Prefill { end: 16 }),
+                (3, Work::Decode),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_first_chunk_always_runs_and_chunks_end_at_the_prompt() {
+        let config = SchedulerConfig {
+            max_step_tokens: 4,
+            prefill_chunk: 16,
+            ..SchedulerConfig::default()
+        };
+        let plan = plan_step(&[view(16, 21, false), view(0, 9, false)], &config);
+        assert_eq!(plan, [(0, Work::Prefill { end: 21 })]);
+    }
+}
