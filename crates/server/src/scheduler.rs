@@ -248,12 +248,6 @@ struct Running {
     last_token: Option<Instant>,
 }
 
-impl Running {
-    fn prefilling(&self) -> bool {
-        self.tokens.len() < self.prompt.len()
-    }
-}
-
 /// What a planned item runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Work {
