@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Prompts are processed in chunks of this many tokens, interleaved with decoding.
     #[arg(long, default_value_t = 512)]
     prefill_chunk: usize,
+    /// Reasoning budget for requests that set none: after this many thinking tokens `</think>`
+    /// is inserted and the model answers (guards against endless thinking).
+    #[arg(long)]
+    max_reasoning_tokens: Option<usize>,
     /// The model id clients send (default: the model's directory or file name).
     #[arg(long)]
     served_model_name: Option<String>,
@@ -92,6 +96,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     }
     config.body_limit = args.body_limit_mib.max(1) * 1024 * 1024;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    config.default_reasoning_budget = args.max_reasoning_tokens;
     config.scheduler = SchedulerConfig {
         max_seqs: args.max_seqs.max(1),
         max_queue: args.max_queue,

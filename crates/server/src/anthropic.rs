@@ -357,7 +357,7 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
         stop_strings: f.strings("stop_sequences")?,
         stop_ids: Vec::new(),
         ignore_eos: false,
-        reasoning_budget: r.reasoning_budget,
+        reasoning_budget: r.reasoning_budget.or(state.config.default_reasoning_budget),
         parser: ParserOptions {
             starts_in_reasoning: r.starts_in_reasoning,
             tools: r.tools,

@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// How long in-flight requests may run after a shutdown signal before they are cancelled.
     pub shutdown_grace: Duration,
+    /// Reasoning budget for requests that set none (guards against endless thinking).
+    pub default_reasoning_budget: Option<usize>,
     pub scheduler: SchedulerConfig,
 }
 
@@ -67,6 +69,7 @@ impl ServerConfig {
             ctx: bundle.model.config.max_positions,
             body_limit: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            default_reasoning_budget: None,
             scheduler: SchedulerConfig::default(),
         }
     }

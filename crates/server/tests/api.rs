@@ -769,6 +769,25 @@ fn operations_routes() {
     );
 }
 
+/// A server-wide reasoning budget ends thinking for requests that set none; a request's own
+/// `max_reasoning_tokens` wins.
+#[test]
+fn a_default_reasoning_budget_ends_endless_thinking() {
+    let server = TestServer::start(|c| c.default_reasoning_budget = Some(5));
+    let reasoning = |body: &Value| {
+        let v = post(server.addr, "/v1/chat/completions", body).json();
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    let body = chat_body("Think forever", 40, false);
+    // The budget plus the forced "\n</think>" tokens counted while still inside the block.
+    assert!((5..=8).contains(&reasoning(&body)), "{}", reasoning(&body));
+    let mut own = body.clone();
+    own["max_reasoning_tokens"] = 15.into();
+    assert!((15..=18).contains(&reasoning(&own)));
+}
+
 /// Graceful shutdown lets an in-flight request finish.
 #[test]
 fn shutdown_finishes_in_flight_requests() {
