@@ -14,7 +14,6 @@
 //! state is touched once per chunk. Both give the same result up to rounding (tested).
 
 use qinfer_tensor::Mat;
-use rayon::prelude::*;
 
 use super::matmul::dot;
 
@@ -100,11 +99,12 @@ fn per_head(
     f: impl Fn(usize, &mut [f32]) -> Vec<f32> + Sync,
 ) -> Mat {
     let (nv, dv) = (shape.nv, shape.dv);
-    let outs: Vec<Vec<f32>> = state
-        .par_chunks_mut(shape.dk * dv)
-        .enumerate()
-        .map(|(h, s)| f(h, s))
-        .collect();
+    let mut outs: Vec<Vec<f32>> = vec![Vec::new(); nv];
+    let slots = crate::pool::SharedMut::new(&mut outs);
+    crate::pool::parallel_chunks_mut(state, shape.dk * dv, &|h, s| {
+        // SAFETY: chunk `h` writes only slot `h`; `outs` outlives the region.
+        unsafe { slots.slice(h, 1)[0] = f(h, s) };
+    });
     let mut out = Mat::zeros(t, nv * dv);
     for (h, o) in outs.iter().enumerate() {
         for ti in 0..t {

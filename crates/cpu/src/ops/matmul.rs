@@ -1,16 +1,26 @@
 //! `y = x Wᵀ` against a weight in its storage format.
+//!
+//! The weight's rows are split into contiguous chunks claimed by the engine's pool, so each
+//! thread streams a disjoint part of the matrix exactly once per call. Within a chunk, tokens
+//! go through the kernels in groups of up to [`crate::kernels::MAX_TOKENS`], so a weight row
+//! is unpacked once per group and read from L1 for the next groups. How activations meet the
+//! weights (8-bit or exact) is [`crate::kernels::MatmulPrecision`].
 
-use qinfer_tensor::{DType, Mat, Weight};
+use qinfer_tensor::{Mat, Weight};
 use rayon::prelude::*;
 
-/// Weight rows handled by one parallel task: large enough to amortise scheduling, small enough
-/// to balance two threads on the smallest projections.
-const ROWS_PER_TASK: usize = 64;
+use crate::kernels::{self, MAX_TOKENS, Plan};
+use crate::pool::{SharedMut, parallel_for};
 
-/// `x [T, in] · Wᵀ` with `W [out, in]` in any [`DType`] → `[T, out]`.
-///
-/// Threads split the weight by rows, so each streams a disjoint part of the matrix once and
-/// reuses each widened row for all `T` tokens.
+/// Fewest weight rows per chunk: enough to amortise claiming a chunk.
+const MIN_ROWS_PER_CHUNK: usize = 16;
+/// Chunks per thread: enough to rebalance when another process slows one thread down.
+const CHUNKS_PER_THREAD: usize = 4;
+/// Weight rows processed together for multi-token inputs (they stay in L1/L2 while every
+/// token group passes over them).
+const ROW_TILE: usize = 16;
+
+/// `x [T, in] · Wᵀ` with `W [out, in]` in any [`qinfer_tensor::DType`] → `[T, out]`.
 ///
 /// # Panics
 /// If `x.cols != w.cols()`.
@@ -20,34 +30,38 @@ pub fn matmul(x: &Mat, w: &Weight) -> Mat {
         w.cols(),
         "matmul: input width does not match the weight"
     );
-    let (t, n, k) = (x.rows, w.rows(), w.cols());
-    // [out, T]: one contiguous block per task.
-    let mut out_t = vec![0.0f32; n * t];
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * t.max(1))
-        .enumerate()
-        .for_each(|(task, block)| {
-            let mut widened = vec![0.0f32; if w.dtype() == DType::F32 { 0 } else { k }];
-            for (i, out_row) in block.chunks_exact_mut(t.max(1)).enumerate() {
-                let r = task * ROWS_PER_TASK + i;
-                let row: &[f32] = if w.dtype() == DType::F32 {
-                    f32_row(w, r)
-                } else {
-                    qinfer_quant::dequantize_row(w.dtype(), w.row(r), &mut widened)
-                        .expect("weights are validated at load");
-                    &widened
-                };
-                for (ti, o) in out_row.iter_mut().enumerate() {
-                    *o = dot(row, x.row(ti));
-                }
-            }
-        });
+    let (t, n) = (x.rows, w.rows());
     let mut out = Mat::zeros(t, n);
-    for r in 0..n {
-        for ti in 0..t {
-            out.data[ti * n + r] = out_t[r * t + ti];
-        }
+    if t == 0 || n == 0 {
+        return out;
     }
+    let plan = Plan::new(x, w, kernels::isa(), kernels::matmul_precision());
+    let chunks = (n / MIN_ROWS_PER_CHUNK).clamp(1, crate::threads() * CHUNKS_PER_THREAD);
+    let rows_per_chunk = n.div_ceil(chunks);
+    let chunks = n.div_ceil(rows_per_chunk);
+    let dst = SharedMut::new(&mut out.data);
+    parallel_for(chunks, &|c| {
+        let rows = c * rows_per_chunk..((c + 1) * rows_per_chunk).min(n);
+        let mut tile = rows.start;
+        while tile < rows.end {
+            let tile_end = (tile + ROW_TILE).min(rows.end);
+            let mut t0 = 0;
+            while t0 < t {
+                let g = MAX_TOKENS.min(t - t0);
+                for r in tile..tile_end {
+                    let mut o = [0.0f32; MAX_TOKENS];
+                    plan.dot(r, t0, &mut o[..g]);
+                    for (i, v) in o[..g].iter().enumerate() {
+                        // SAFETY: element (t0 + i, r) belongs to this chunk's rows only, and
+                        // `out` outlives the region.
+                        unsafe { dst.slice((t0 + i) * n + r, 1)[0] = *v };
+                    }
+                }
+                t0 += g;
+            }
+            tile = tile_end;
+        }
+    });
     out
 }
 
@@ -114,12 +128,6 @@ pub fn embedding(table: &Weight, id: usize, out: &mut [f32]) {
         .expect("weights are validated at load");
 }
 
-fn f32_row(w: &Weight, r: usize) -> &[f32] {
-    let k = w.cols();
-    // Weight keeps its bytes aligned for its dtype, so this cast cannot fail.
-    &bytemuck::cast_slice::<u8, f32>(w.bytes())[r * k..(r + 1) * k]
-}
-
 /// Dot product with eight independent accumulators (vectorises; fixed summation order).
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
@@ -139,7 +147,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qinfer_tensor::ByteView;
+    use qinfer_tensor::{ByteView, DType};
 
     fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);

@@ -1,0 +1,403 @@
+//! AVX-512 (F, BW, VL, VNNI) kernels: one weight row against `N ≤ 4` activation rows.
+//!
+//! Integer formats unpack each weight block once into bytes and reuse it for every activation
+//! row: `vpmaddubsw` (unsigned weight × signed activation → pairs in `i16`) followed by
+//! `vpdpwssd` with the sub-block scales (→ `i32`), then one `f32` FMA per super-block with
+//! `d_w · d_a`. Signed weights (Q8_0, IQ4_*) use `|w|` and move the sign onto the activation,
+//! which never overflows because activations stay within ±127. Offsets (`q − 32`, minimums)
+//! come from the activation block sums. Float weights widen 16 values at a time and FMA.
+//!
+//! Every function here requires the features [`super::Isa::Avx512`] checks; they are reached
+//! only through [`super::select`]. Equivalence with `reference.rs` is tested in `mod.rs`.
+
+use std::arch::x86_64::*;
+
+use super::act::{BlockQ8_0, BlockQ8K};
+
+/// `f16` bits → `f32` with F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+unsafe fn f16(p: *const u8) -> f32 {
+    // SAFETY: the caller passes a pointer to two readable bytes.
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+unsafe fn load256x2(lo: *const i8, hi: *const i8) -> __m512i {
+    // SAFETY: the caller passes two pointers to 32 readable bytes each.
+    unsafe {
+        _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_loadu_si256(lo.cast())),
+            _mm256_loadu_si256(hi.cast()),
+        )
+    }
+}
+
+/// `i16` lane indices: lanes `0..16` take element `a`, lanes `16..32` element `b`.
+#[inline(always)]
+fn idx_halves(a: i16, b: i16) -> __m512i {
+    let mut v = [0i16; 32];
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = if i < 16 { a } else { b };
+    }
+    // SAFETY: `[i16; 32]` and `__m512i` have the same size and any bit pattern is valid.
+    unsafe { std::mem::transmute::<[i16; 32], __m512i>(v) }
+}
+
+/// `i16` lane indices: lanes `8j..8j + 8` take element `base + j`.
+#[inline(always)]
+fn idx_quarters(base: i16) -> __m512i {
+    let mut v = [0i16; 32];
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = base + (i / 8) as i16;
+    }
+    // SAFETY: as in `idx_halves`.
+    unsafe { std::mem::transmute::<[i16; 32], __m512i>(v) }
+}
+
+/// Eight 6-bit scales and minimums of a Q4_K/Q5_K block as two `u64`s of bytes.
+#[inline]
+unsafe fn k_scales(p: *const u8) -> (u64, u64) {
+    // SAFETY: the caller passes the 12 packed bytes.
+    let (a, b, c) = unsafe {
+        (
+            p.cast::<u32>().read_unaligned(),
+            p.add(4).cast::<u32>().read_unaligned(),
+            p.add(8).cast::<u32>().read_unaligned(),
+        )
+    };
+    let sc_lo = a & 0x3F3F_3F3F;
+    let mn_lo = b & 0x3F3F_3F3F;
+    let sc_hi = (c & 0x0F0F_0F0F) | (((a >> 6) & 0x0303_0303) << 4);
+    let mn_hi = ((c >> 4) & 0x0F0F_0F0F) | (((b >> 6) & 0x0303_0303) << 4);
+    (
+        u64::from(sc_lo) | (u64::from(sc_hi) << 32),
+        u64::from(mn_lo) | (u64::from(mn_hi) << 32),
+    )
+}
+
+/// Q4_K (`BITS5 = false`) and Q5_K (`true`) against Q8_K activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q45_k<const N: usize, const BITS5: bool>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let bytes = if BITS5 { 176 } else { 144 };
+    let nb = w.len() / bytes;
+    let m4 = _mm512_set1_epi8(0x0F);
+    let sixteen = _mm512_set1_epi8(16);
+    // Register r of half c2 holds sub-blocks (4c2 + r, 4c2 + r + 2) in its two 256-bit halves.
+    let idx = [
+        idx_halves(0, 2),
+        idx_halves(1, 3),
+        idx_halves(4, 6),
+        idx_halves(5, 7),
+    ];
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut accm = [_mm256_setzero_ps(); N];
+    for b in 0..nb {
+        // SAFETY: `b < nb` blocks of `bytes` lie inside `w`; activation blocks match in number.
+        unsafe {
+            let blk = w.as_ptr().add(b * bytes);
+            let d = f16(blk);
+            let dmin = f16(blk.add(2));
+            let (sc, mn) = k_scales(blk.add(4));
+            let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+            let mnx = _mm_cvtsi64_si128(mn as i64);
+            let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mnx, mnx));
+            let qs = blk.add(if BITS5 { 48 } else { 16 });
+            let mut wq = [_mm512_setzero_si512(); 4];
+            for c2 in 0..2 {
+                let q = _mm512_loadu_si512(qs.add(64 * c2).cast());
+                wq[2 * c2] = _mm512_and_si512(q, m4);
+                wq[2 * c2 + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+            }
+            if BITS5 {
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(16).cast()));
+                for (r, wr) in wq.iter_mut().enumerate() {
+                    // Register r covers sub-blocks s0 = 4(r/2) + r%2 and s0 + 2.
+                    let s0 = 4 * (r / 2) + r % 2;
+                    let bits = _mm512_inserti64x4::<1>(
+                        _mm512_set1_epi8(1 << s0),
+                        _mm256_set1_epi8(1 << (s0 + 2)),
+                    );
+                    let m = _mm512_test_epi8_mask(qh, bits);
+                    *wr = _mm512_mask_add_epi8(*wr, m, *wr, sixteen);
+                }
+            }
+            let scales = [
+                _mm512_permutexvar_epi16(idx[0], sc16),
+                _mm512_permutexvar_epi16(idx[1], sc16),
+                _mm512_permutexvar_epi16(idx[2], sc16),
+                _mm512_permutexvar_epi16(idx[3], sc16),
+            ];
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let ap = ab.qs.as_ptr();
+                // Activation halves matching each weight register's sub-blocks.
+                let av = [
+                    load256x2(ap, ap.add(64)),
+                    load256x2(ap.add(32), ap.add(96)),
+                    load256x2(ap.add(128), ap.add(192)),
+                    load256x2(ap.add(160), ap.add(224)),
+                ];
+                let mut s = _mm512_setzero_si512();
+                for r in 0..4 {
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[r], av[r]), scales[r]);
+                }
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * ab.d), acc[t]);
+                let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+                let m = _mm256_madd_epi16(bs, mins16);
+                accm[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * ab.d), accm[t]);
+            }
+        }
+    }
+    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]) - hsum256(accm[t]))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+    _mm_cvtss_f32(s)
+}
+
+/// Q6_K against Q8_K activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 210;
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m3 = _mm512_set1_epi8(0x03);
+    let sh02 = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
+    let sh46 = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(6));
+    let idx = [
+        idx_quarters(0),
+        idx_quarters(4),
+        idx_quarters(8),
+        idx_quarters(12),
+    ];
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut acco = [_mm256_setzero_ps(); N];
+    for b in 0..nb {
+        // SAFETY: as in `q45_k`.
+        unsafe {
+            let blk = w.as_ptr().add(b * 210);
+            let d = f16(blk.add(208));
+            let sc256 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
+            let sc16 = _mm512_castsi256_si512(sc256);
+            let mut wq = [_mm512_setzero_si512(); 4];
+            for h in 0..2 {
+                let q = _mm512_loadu_si512(blk.add(64 * h).cast());
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * h).cast()));
+                let hi_lo = _mm512_and_si512(_mm512_srlv_epi16(qh, sh02), m3);
+                let hi_hi = _mm512_and_si512(_mm512_srlv_epi16(qh, sh46), m3);
+                wq[2 * h] = _mm512_or_si512(_mm512_and_si512(q, m4), _mm512_slli_epi16::<4>(hi_lo));
+                wq[2 * h + 1] = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
+                    _mm512_slli_epi16::<4>(hi_hi),
+                );
+            }
+            let scales = [
+                _mm512_permutexvar_epi16(idx[0], sc16),
+                _mm512_permutexvar_epi16(idx[1], sc16),
+                _mm512_permutexvar_epi16(idx[2], sc16),
+                _mm512_permutexvar_epi16(idx[3], sc16),
+            ];
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let ap = ab.qs.as_ptr();
+                let mut s = _mm512_setzero_si512();
+                for r in 0..4 {
+                    let av = _mm512_loadu_si512(ap.add(64 * r).cast());
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[r], av), scales[r]);
+                }
+                let dd = d * ab.d;
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(dd), acc[t]);
+                let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+                let o = _mm256_madd_epi16(bs, sc256);
+                acco[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(o), _mm256_set1_ps(32.0 * dd), acco[t]);
+            }
+        }
+    }
+    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]) - hsum256(acco[t]))
+}
+
+/// IQ4_XS against Q8_K activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn iq4_xs<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 136;
+    let m4 = _mm512_set1_epi8(0x0F);
+    // SAFETY: reading the 16-byte codebook.
+    let table = _mm512_broadcast_i32x4(unsafe {
+        _mm_loadu_si128(qinfer_quant::iq4_nl::KVALUES.as_ptr().cast())
+    });
+    let even = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    let odd = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    let idx = [
+        idx_halves(0, 1),
+        idx_halves(2, 3),
+        idx_halves(4, 5),
+        idx_halves(6, 7),
+    ];
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_ps(); N];
+    for b in 0..nb {
+        // SAFETY: as in `q45_k`.
+        unsafe {
+            let blk = w.as_ptr().add(b * 136);
+            let d = f16(blk);
+            let sh = blk.add(2).cast::<u16>().read_unaligned();
+            let sl = blk.add(4).cast::<u32>().read_unaligned();
+            let mut sc = [0i16; 8];
+            for (s, x) in sc.iter_mut().enumerate() {
+                let low = (sl >> (4 * s)) & 0x0F;
+                let high = u32::from((sh >> (2 * s)) & 3);
+                *x = (low | (high << 4)) as i16 - 32;
+            }
+            let sc16 = _mm512_castsi128_si512(_mm_loadu_si128(sc.as_ptr().cast()));
+            let mut wabs = [zero; 4];
+            let mut wneg = [0u64; 4];
+            for k in 0..2 {
+                let q = _mm512_loadu_si512(blk.add(8 + 64 * k).cast());
+                let lo = _mm512_and_si512(q, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+                for (j, perm) in [even, odd].into_iter().enumerate() {
+                    let nat = _mm512_permutex2var_epi64(lo, perm, hi);
+                    let v = _mm512_shuffle_epi8(table, nat);
+                    wabs[2 * k + j] = _mm512_abs_epi8(v);
+                    wneg[2 * k + j] = _mm512_movepi8_mask(v);
+                }
+            }
+            let scales = [
+                _mm512_permutexvar_epi16(idx[0], sc16),
+                _mm512_permutexvar_epi16(idx[1], sc16),
+                _mm512_permutexvar_epi16(idx[2], sc16),
+                _mm512_permutexvar_epi16(idx[3], sc16),
+            ];
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let ap = ab.qs.as_ptr();
+                let mut s = zero;
+                for r in 0..4 {
+                    let av = _mm512_loadu_si512(ap.add(64 * r).cast());
+                    let av = _mm512_mask_sub_epi8(av, wneg[r], zero, av);
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wabs[r], av), scales[r]);
+                }
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * ab.d), acc[t]);
+            }
+        }
+    }
+    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]))
+}
+
+/// Q8_0 against Q8_0 activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q8_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+    let nb = w.len() / 34;
+    let zero = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_ps(); N];
+    for b in 0..nb {
+        // SAFETY: as in `q45_k`.
+        unsafe {
+            let blk = w.as_ptr().add(b * 34);
+            let d = f16(blk);
+            let v = _mm256_loadu_si256(blk.add(2).cast());
+            let wa = _mm256_abs_epi8(v);
+            let neg = _mm256_movepi8_mask(v);
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let av = _mm256_loadu_si256(ab.qs.as_ptr().cast());
+                let av = _mm256_mask_sub_epi8(av, neg, zero, av);
+                let p = _mm256_dpbusd_epi32(zero, wa, av);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc[t]);
+            }
+        }
+    }
+    std::array::from_fn(|t| hsum256(acc[t]))
+}
+
+/// Q4_0 against Q8_0 activations: `Σ q·a − 8·Σ a` per block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q4_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+    let nb = w.len() / 18;
+    let m4 = _mm_set1_epi8(0x0F);
+    let zero = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut offs = [0.0f32; N];
+    for b in 0..nb {
+        // SAFETY: as in `q45_k`.
+        unsafe {
+            let blk = w.as_ptr().add(b * 18);
+            let d = f16(blk);
+            let q = _mm_loadu_si128(blk.add(2).cast());
+            let lo = _mm_and_si128(q, m4);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m4);
+            let wq = _mm256_set_m128i(hi, lo);
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let av = _mm256_loadu_si256(ab.qs.as_ptr().cast());
+                let p = _mm256_dpbusd_epi32(zero, wq, av);
+                let dd = d * ab.d;
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dd), acc[t]);
+                offs[t] += dd * (8 * ab.sum) as f32;
+            }
+        }
+    }
+    std::array::from_fn(|t| hsum256(acc[t]) - offs[t])
+}
+
+/// Float weights (`f32`, `f16`, `bf16` by `KIND` 0/1/2) against `f32` activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn float<const N: usize, const KIND: u8>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
+    let k = x[0].len();
+    let mut acc0 = [_mm512_setzero_ps(); N];
+    let mut acc1 = [_mm512_setzero_ps(); N];
+    // SAFETY (for every `load` below): `w` holds `k` elements of the kind's size (checked by
+    // the weight's shape), and the masks never reach past `k`.
+    let load = |i: usize, m: __mmask16| unsafe { load_float::<KIND>(w.as_ptr(), i, m) };
+    let mut i = 0;
+    while i + 32 <= k {
+        let w0 = load(i, 0xFFFF);
+        let w1 = load(i + 16, 0xFFFF);
+        for t in 0..N {
+            // SAFETY: `i + 32 ≤ k` and every activation row has `k` values.
+            unsafe {
+                let xp = x[t].as_ptr().add(i);
+                acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp), acc0[t]);
+                acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp.add(16)), acc1[t]);
+            }
+        }
+        i += 32;
+    }
+    while i < k {
+        let n = (k - i).min(16);
+        let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+        let wv = load(i, m);
+        for t in 0..N {
+            // SAFETY: the masked load reads only the `n` remaining values.
+            let xv = unsafe { _mm512_maskz_loadu_ps(m, x[t].as_ptr().add(i)) };
+            acc0[t] = _mm512_fmadd_ps(wv, xv, acc0[t]);
+        }
+        i += n;
+    }
+    std::array::from_fn(|t| _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t])))
+}
+
+/// 16 float weights from element `i` (masked), widened to `f32`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+unsafe fn load_float<const KIND: u8>(w: *const u8, i: usize, m: __mmask16) -> __m512 {
+    // SAFETY: the caller guarantees the masked elements are readable.
+    unsafe {
+        match KIND {
+            0 => _mm512_maskz_loadu_ps(m, w.cast::<f32>().add(i)),
+            1 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w.cast::<i16>().add(i))),
+            _ => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_maskz_loadu_epi16(m, w.cast::<i16>().add(i)),
+            ))),
+        }
+    }
+}
