@@ -2,7 +2,8 @@
 # Build llama.cpp (CPU only) from the tree vendored in the llama-cpp-python 0.3.36 sdist
 # (ggml-org/llama.cpp@0c1e57098, see tools/make_gguf_fixtures.sh, which downloads and extracts it),
 # OUTSIDE the repo, plus qinfer's tiny logits dumper tools/llama_logits.cpp linked against libllama.
-# Nothing of llama.cpp is committed. Only two targets are built: llama-quantize and llama-logits.
+# Nothing of llama.cpp is committed. Only three targets are built: llama-quantize, llama-logits and
+# llama-bench (tools/bench_vs_llama_cpp.sh compares qinfer with it).
 #
 # Environment (all optional):
 #   LLAMA_SRC    where the sdist was extracted        (default /work/llama-src)
@@ -10,7 +11,7 @@
 #   TOOL_VENV    venv that provides cmake (pip)       (default /work/gguf-fix-venv)
 #   JOBS         parallel compile jobs                (default 1)
 #
-# Result: $LLAMA_BUILD/cpu/bin/llama-quantize and $LLAMA_BUILD/cpu/bin/llama-logits (static, self-contained).
+# Result: $LLAMA_BUILD/cpu/bin/{llama-quantize,llama-logits,llama-bench} (static, self-contained).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -66,8 +67,8 @@ FLAGS=(
 start=$(date +%s)
 "$CMAKE" -S "$PROJ" -B "$LLAMA_BUILD/cpu" "${GEN[@]}" "${FLAGS[@]}" > "$LLAMA_BUILD/cpu-configure.log" 2>&1 \
     || { cat "$LLAMA_BUILD/cpu-configure.log"; exit 1; }
-"$CMAKE" --build "$LLAMA_BUILD/cpu" --target llama-quantize llama-logits -j "$JOBS"
+"$CMAKE" --build "$LLAMA_BUILD/cpu" --target llama-quantize llama-logits llama-bench -j "$JOBS"
 end=$(date +%s)
 echo "built in $((end - start)) s with -j $JOBS:"
-ls -l "$LLAMA_BUILD/cpu/bin/llama-quantize" "$LLAMA_BUILD/cpu/bin/llama-logits"
+ls -l "$LLAMA_BUILD/cpu/bin/llama-quantize" "$LLAMA_BUILD/cpu/bin/llama-logits" "$LLAMA_BUILD/cpu/bin/llama-bench"
 grep -E "AVX|AMX|CPU variant|Including CPU" "$LLAMA_BUILD/cpu-configure.log" | sort -u || true

@@ -2,6 +2,7 @@
 //!
 //! Commands and flags here are public interface; the README documents each.
 
+mod bench;
 mod chat;
 mod generate;
 mod inspect;
@@ -46,6 +47,8 @@ enum Command {
     Pull(PullArgs),
     /// Write a model as a llama.cpp-compatible GGUF file of a given type.
     Quantize(quantize::QuantizeArgs),
+    /// Measure prompt-processing and generation speed (tokens/s, bandwidth), like llama-bench.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +159,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Quantize(a) => quantize::quantize(a),
+        Command::Bench(a) => bench::run(a),
         Command::Pull(a) => pull::pull(&pull::PullOptions::from_env(&a.repo, &a.revision, a.all))
             .and_then(|dir| {
                 writeln!(std::io::stdout().lock(), "{}", dir.display())?;
