@@ -10,6 +10,9 @@
 #   LLAMA_BUILD  build directory root                 (default /work/llama-build)
 #   TOOL_VENV    venv that provides cmake (pip)       (default /work/gguf-fix-venv)
 #   JOBS         parallel compile jobs                (default 1)
+#   VARIANT      "cpu" (default: the build the fixtures were made with) or "cpu-vnni": the same plus
+#                AVX512-VNNI, AVX512-BF16 and AVX512-VBMI (still no AMX), llama-bench only; the
+#                strongest non-AMX llama.cpp for speed comparisons (tools/bench_vs_llama_cpp.sh)
 #
 # Result: $LLAMA_BUILD/cpu/bin/{llama-quantize,llama-logits,llama-bench} (static, self-contained).
 set -euo pipefail
@@ -19,6 +22,7 @@ LLAMA_SRC="${LLAMA_SRC:-/work/llama-src}"
 LLAMA_BUILD="${LLAMA_BUILD:-/work/llama-build}"
 TOOL_VENV="${TOOL_VENV:-/work/gguf-fix-venv}"
 JOBS="${JOBS:-1}"
+VARIANT="${VARIANT:-cpu}"
 LLAMA_DIR="$LLAMA_SRC/llama_cpp_python-0.3.36/vendor/llama.cpp"
 
 if [ ! -f "$LLAMA_DIR/include/llama.h" ]; then
@@ -62,13 +66,20 @@ FLAGS=(
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
     -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
-    -DCMAKE_RUNTIME_OUTPUT_DIRECTORY="$LLAMA_BUILD/cpu/bin"
+    -DCMAKE_RUNTIME_OUTPUT_DIRECTORY="$LLAMA_BUILD/$VARIANT/bin"
 )
+TARGETS=(llama-quantize llama-logits llama-bench)
+if [ "$VARIANT" = cpu-vnni ]; then
+    FLAGS+=(-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON)
+    TARGETS=(llama-bench)
+elif [ "$VARIANT" != cpu ]; then
+    echo "VARIANT must be cpu or cpu-vnni" >&2; exit 1
+fi
 start=$(date +%s)
-"$CMAKE" -S "$PROJ" -B "$LLAMA_BUILD/cpu" "${GEN[@]}" "${FLAGS[@]}" > "$LLAMA_BUILD/cpu-configure.log" 2>&1 \
-    || { cat "$LLAMA_BUILD/cpu-configure.log"; exit 1; }
-"$CMAKE" --build "$LLAMA_BUILD/cpu" --target llama-quantize llama-logits llama-bench -j "$JOBS"
+"$CMAKE" -S "$PROJ" -B "$LLAMA_BUILD/$VARIANT" "${GEN[@]}" "${FLAGS[@]}" > "$LLAMA_BUILD/$VARIANT-configure.log" 2>&1 \
+    || { cat "$LLAMA_BUILD/$VARIANT-configure.log"; exit 1; }
+"$CMAKE" --build "$LLAMA_BUILD/$VARIANT" --target "${TARGETS[@]}" -j "$JOBS"
 end=$(date +%s)
 echo "built in $((end - start)) s with -j $JOBS:"
-ls -l "$LLAMA_BUILD/cpu/bin/llama-quantize" "$LLAMA_BUILD/cpu/bin/llama-logits" "$LLAMA_BUILD/cpu/bin/llama-bench"
-grep -E "AVX|AMX|CPU variant|Including CPU" "$LLAMA_BUILD/cpu-configure.log" | sort -u || true
+ls -l "${TARGETS[@]/#/$LLAMA_BUILD/$VARIANT/bin/}"
+grep -E "AVX|AMX|CPU variant|Including CPU" "$LLAMA_BUILD/$VARIANT-configure.log" | sort -u || true

@@ -95,7 +95,8 @@ fn weight_bytes_per_token(m: &Qwen35) -> usize {
                     + 4 * (a.q_norm.weight.len() + a.k_norm.weight.len())
             }
         };
-        let mlp = |x: &qinfer_model::layers::mlp::Mlp| bytes(&x.gate) + bytes(&x.up) + bytes(&x.down);
+        let mlp =
+            |x: &qinfer_model::layers::mlp::Mlp| bytes(&x.gate) + bytes(&x.up) + bytes(&x.down);
         n += match &layer.feed_forward {
             FeedForward::Dense(x) => mlp(x),
             FeedForward::Moe(x) => {
@@ -249,10 +250,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         writeln!(out, "| test | t/s |")?;
         writeln!(out, "|---|---|")?;
         if args.n_prompt > 0 {
-            writeln!(out, "| pp{} | {:.2} ± {:.2} |", args.n_prompt, pp_s.mean, pp_s.std)?;
+            writeln!(
+                out,
+                "| pp{} | {:.2} ± {:.2} |",
+                args.n_prompt, pp_s.mean, pp_s.std
+            )?;
         }
         if args.n_gen > 0 {
-            writeln!(out, "| tg{} | {:.2} ± {:.2} |", args.n_gen, tg_s.mean, tg_s.std)?;
+            writeln!(
+                out,
+                "| tg{} | {:.2} ± {:.2} |",
+                args.n_gen, tg_s.mean, tg_s.std
+            )?;
             writeln!(
                 out,
                 "decode reads {:.1} MB/token ({:.1} MB weights + 2 × {:.1} MB state): {gbs:.1} GB/s, {:.0}% of {:.1} GB/s; {regions_per_token:.0} sync points/token",

@@ -24,6 +24,7 @@
 
 pub mod act;
 mod avx512;
+pub mod delta;
 pub mod reference;
 
 use std::cell::{Cell, RefCell};

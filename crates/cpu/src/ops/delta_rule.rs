@@ -126,39 +126,26 @@ pub fn gated_delta_rule_recurrent(
 ) -> Mat {
     let t = check(&shape, &x, state);
     let (nv, dk, dv) = (shape.nv, shape.dk, shape.dv);
+    let isa = crate::kernels::isa();
     per_head(&shape, t, state, |h, s| {
         let kh = shape.k_head(h);
         let mut out = vec![0.0f32; t * dv];
-        let mut delta = vec![0.0f32; dv];
         for ti in 0..t {
             let q = &x.q.row(ti)[kh * dk..(kh + 1) * dk];
             let k = &x.k.row(ti)[kh * dk..(kh + 1) * dk];
             let v = &x.v.row(ti)[h * dv..(h + 1) * dv];
             let (decay, beta) = (x.g[ti * nv + h].exp(), x.beta[ti * nv + h]);
-            for e in s.iter_mut() {
-                *e *= decay;
-            }
-            // delta = β (v − Sᵀk)
-            delta.copy_from_slice(v);
-            for (i, ki) in k.iter().enumerate() {
-                for (dj, sij) in delta.iter_mut().zip(&s[i * dv..(i + 1) * dv]) {
-                    *dj -= ki * sij;
-                }
-            }
-            for dj in delta.iter_mut() {
-                *dj *= beta;
-            }
-            // S += k ⊗ delta; o = Sᵀq
-            let o = &mut out[ti * dv..(ti + 1) * dv];
-            for i in 0..dk {
-                let row = &mut s[i * dv..(i + 1) * dv];
-                for (sij, dj) in row.iter_mut().zip(&delta) {
-                    *sij += k[i] * dj;
-                }
-                for (oj, sij) in o.iter_mut().zip(row.iter()) {
-                    *oj += q[i] * sij;
-                }
-            }
+            // S ← e^g S;  δ = β (v − Sᵀk);  S += k ⊗ δ;  o = Sᵀq  (two passes over S)
+            crate::kernels::delta::step(
+                isa,
+                s,
+                q,
+                k,
+                v,
+                decay,
+                beta,
+                &mut out[ti * dv..(ti + 1) * dv],
+            );
         }
         out
     })

@@ -25,23 +25,50 @@ const ROW_TILE: usize = 16;
 /// # Panics
 /// If `x.cols != w.cols()`.
 pub fn matmul(x: &Mat, w: &Weight) -> Mat {
-    assert_eq!(
-        x.cols,
-        w.cols(),
-        "matmul: input width does not match the weight"
-    );
-    let (t, n) = (x.rows, w.rows());
-    let mut out = Mat::zeros(t, n);
-    if t == 0 || n == 0 {
-        return out;
+    matmul_many(x, &[w]).pop().expect("one weight, one output")
+}
+
+/// [`matmul`] of one input against several weights (`x Wᵢᵀ` for each), in one parallel region:
+/// projections that share their input (q/k/v, gate/up) cost one synchronisation instead of
+/// one each.
+///
+/// # Panics
+/// If `x.cols` differs from a weight's `cols()`.
+pub fn matmul_many(x: &Mat, ws: &[&Weight]) -> Vec<Mat> {
+    for w in ws {
+        assert_eq!(
+            x.cols,
+            w.cols(),
+            "matmul: input width does not match the weight"
+        );
     }
-    let plan = Plan::new(x, w, kernels::isa(), kernels::matmul_precision());
-    let chunks = (n / MIN_ROWS_PER_CHUNK).clamp(1, crate::threads() * CHUNKS_PER_THREAD);
-    let rows_per_chunk = n.div_ceil(chunks);
-    let chunks = n.div_ceil(rows_per_chunk);
-    let dst = SharedMut::new(&mut out.data);
-    parallel_for(chunks, &|c| {
-        let rows = c * rows_per_chunk..((c + 1) * rows_per_chunk).min(n);
+    let t = x.rows;
+    let mut outs: Vec<Mat> = ws.iter().map(|w| Mat::zeros(t, w.rows())).collect();
+    if t == 0 || ws.is_empty() {
+        return outs;
+    }
+    let (isa, precision) = (kernels::isa(), kernels::matmul_precision());
+    let plans: Vec<Plan<'_>> = ws.iter().map(|w| Plan::new(x, w, isa, precision)).collect();
+    // Chunks of each weight's rows, all weights in one list.
+    let total: usize = ws.iter().map(|w| w.rows()).sum();
+    let target = (total / MIN_ROWS_PER_CHUNK).clamp(1, crate::threads() * CHUNKS_PER_THREAD);
+    let rows_per_chunk = total.div_ceil(target).max(1);
+    let mut chunks = Vec::new();
+    for (i, w) in ws.iter().enumerate() {
+        let mut r = 0;
+        while r < w.rows() {
+            let end = (r + rows_per_chunk).min(w.rows());
+            chunks.push((i, r..end));
+            r = end;
+        }
+    }
+    let dsts: Vec<SharedMut<f32>> = outs
+        .iter_mut()
+        .map(|m| SharedMut::new(&mut m.data))
+        .collect();
+    parallel_for(chunks.len(), &|c| {
+        let (i, rows) = chunks[c].clone();
+        let (plan, dst, n) = (&plans[i], dsts[i], ws[i].rows());
         let mut tile = rows.start;
         while tile < rows.end {
             let tile_end = (tile + ROW_TILE).min(rows.end);
@@ -51,10 +78,10 @@ pub fn matmul(x: &Mat, w: &Weight) -> Mat {
                 for r in tile..tile_end {
                     let mut o = [0.0f32; MAX_TOKENS];
                     plan.dot(r, t0, &mut o[..g]);
-                    for (i, v) in o[..g].iter().enumerate() {
-                        // SAFETY: element (t0 + i, r) belongs to this chunk's rows only, and
-                        // `out` outlives the region.
-                        unsafe { dst.slice((t0 + i) * n + r, 1)[0] = *v };
+                    for (k, v) in o[..g].iter().enumerate() {
+                        // SAFETY: element (t0 + k, r) of output i belongs to this chunk only,
+                        // and the outputs outlive the region.
+                        unsafe { dst.slice((t0 + k) * n + r, 1)[0] = *v };
                     }
                 }
                 t0 += g;
@@ -62,7 +89,7 @@ pub fn matmul(x: &Mat, w: &Weight) -> Mat {
             tile = tile_end;
         }
     });
-    out
+    outs
 }
 
 /// Scalar reference for [`matmul`]: rows widened by the reference dequantizer, `f64`

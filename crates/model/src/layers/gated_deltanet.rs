@@ -99,10 +99,11 @@ impl GatedDeltaNet {
     pub fn forward(&self, x: &Mat, state: &mut DeltaNetState, path: DeltaNetPath) -> Mat {
         let c = self.config;
         let (t, nv, key_dim) = (x.rows, c.n_v_heads, c.key_dim());
-        let mixed = ops::matmul(x, &self.qkv); // [T, C]
-        let z = ops::matmul(x, &self.z); // [T, Nv·Dv]
-        let b = ops::matmul(x, &self.b); // [T, Nv]
-        let a = ops::matmul(x, &self.a); // [T, Nv]
+        // [T, C], [T, Nv·Dv], [T, Nv], [T, Nv]
+        let [mixed, z, b, a]: [Mat; 4] =
+            ops::matmul_many(x, &[&self.qkv, &self.z, &self.b, &self.a])
+                .try_into()
+                .expect("four weights, four outputs");
         let mixed = ops::causal_conv1d_silu(&mixed, &mut state.conv, &self.conv, c.conv_kernel);
         let mut q = mixed.cols_range(0, key_dim); // [T, Nk·Dk]
         let mut k = mixed.cols_range(key_dim, key_dim); // [T, Nk·Dk]
