@@ -119,7 +119,7 @@ mod tests {
     use super::*;
 
     /// AVX-512 vs scalar: the same operations, FMA-contracted in one and not the other (`u`,
-    /// `o` sum Dk = 64 terms): 1e-5 relative to the value.
+    /// `o` sum Dk = 64 terms, with cancellation): 1e-5 of the largest magnitude involved.
     #[test]
     fn fused_step_tiers_agree() {
         let (dk, dv) = (64, 48);
@@ -132,8 +132,9 @@ mod tests {
             step_ref(&mut s1, &q, &k, &v, 0.9, 0.7, &mut o1);
             step(super::super::isa(), &mut s2, &q, &k, &v, 0.9, 0.7, &mut o2);
         }
+        let scale = s1.iter().chain(&o1).fold(1.0f32, |m, x| m.max(x.abs()));
         for (a, b) in s1.iter().zip(&s2).chain(o1.iter().zip(&o2)) {
-            assert!((a - b).abs() < 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+            assert!((a - b).abs() < 1e-5 * scale, "{a} vs {b} (scale {scale})");
         }
     }
 }
