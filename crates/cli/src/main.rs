@@ -159,7 +159,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Quantize(a) => quantize::quantize(a),
-        Command::Bench(a) => bench::run(a),
+        Command::Bench(a) => bench::run(&a),
         Command::Pull(a) => pull::pull(&pull::PullOptions::from_env(&a.repo, &a.revision, a.all))
             .and_then(|dir| {
                 writeln!(std::io::stdout().lock(), "{}", dir.display())?;

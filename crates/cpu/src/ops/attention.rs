@@ -52,23 +52,25 @@ pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) ->
 
     let mut out = Mat::zeros(q.rows, n_heads * d);
     crate::pool::parallel_chunks_mut(&mut out.data, n_heads * d, &|t, out_row| {
-        let visible = past + t + 1;
-        let mut scores = vec![0.0f32; visible];
-        for h in 0..n_heads {
-            let kvh = h / group;
-            let qh = &q.row(t)[h * d..(h + 1) * d];
-            for (j, sc) in scores.iter_mut().enumerate() {
-                *sc = dot(qh, &k[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d]) * scale;
-            }
-            softmax(&mut scores);
-            let oh = &mut out_row[h * d..(h + 1) * d];
-            for (j, p) in scores.iter().enumerate() {
-                let vj = &v[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d];
-                for (o, x) in oh.iter_mut().zip(vj) {
-                    *o += p * x;
+        crate::kernels::vectorised(|| {
+            let visible = past + t + 1;
+            let mut scores = vec![0.0f32; visible];
+            for h in 0..n_heads {
+                let kvh = h / group;
+                let qh = &q.row(t)[h * d..(h + 1) * d];
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    *sc = dot(qh, &k[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d]) * scale;
+                }
+                softmax(&mut scores);
+                let oh = &mut out_row[h * d..(h + 1) * d];
+                for (j, p) in scores.iter().enumerate() {
+                    let vj = &v[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d];
+                    for (o, x) in oh.iter_mut().zip(vj) {
+                        *o += p * x;
+                    }
                 }
             }
-        }
+        })
     });
     out
 }
