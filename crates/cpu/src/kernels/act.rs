@@ -10,6 +10,8 @@
 //! integer sum of its quants (GGML's Q8_K `bsums`; for Q8_0 blocks our own addition), which the
 //! kernels need to apply the weights' offsets (`q − 8`, `q − 32`, the K-quant minimums).
 
+use super::Isa;
+
 /// 32 activations as `d · qs[i]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -79,6 +81,27 @@ pub fn quantize_q8_k(x: &[f32]) -> BlockQ8K {
     b
 }
 
+/// `f(t, blocks of row t)` for every row; rows split over the pool when there are 16 or more.
+fn for_rows<B: Send>(
+    blocks: &mut [B],
+    per_row: usize,
+    rows: usize,
+    f: &(dyn Fn(usize, &mut [B]) + Sync),
+) {
+    if rows < 16 || per_row == 0 {
+        for (t, out) in blocks.chunks_mut(per_row.max(1)).enumerate() {
+            f(t, out);
+        }
+        return;
+    }
+    let rows_per_chunk = rows.div_ceil(crate::threads() * 4);
+    crate::pool::parallel_chunks_mut(blocks, rows_per_chunk * per_row, &|c, out| {
+        for (i, row) in out.chunks_mut(per_row).enumerate() {
+            f(c * rows_per_chunk + i, row);
+        }
+    });
+}
+
 /// A matrix of activations `[T, K]` quantized row by row.
 #[derive(Clone, Debug)]
 pub enum QuantActs {
@@ -93,27 +116,53 @@ pub enum QuantActs {
 }
 
 impl QuantActs {
-    pub fn q8_0(x: &[f32], rows: usize, cols: usize) -> Self {
+    /// Quantizes `x` (`[rows, cols]`) to Q8_0 blocks, rows in parallel when there are many.
+    pub fn q8_0(x: &[f32], rows: usize, cols: usize, isa: Isa) -> Self {
         let per_row = cols / 32;
-        let blocks = (0..rows)
-            .flat_map(|t| {
-                x[t * cols..(t + 1) * cols]
-                    .chunks_exact(32)
-                    .map(quantize_q8_0)
-            })
-            .collect();
+        let zero = BlockQ8_0 {
+            d: 0.0,
+            sum: 0,
+            qs: [0; 32],
+        };
+        let mut blocks = vec![zero; rows * per_row];
+        for_rows(&mut blocks, per_row, rows, &|t, out| {
+            for (b, xs) in out
+                .iter_mut()
+                .zip(x[t * cols..(t + 1) * cols].chunks_exact(32))
+            {
+                match isa {
+                    // SAFETY: `isa` is Avx512 only when the CPU has the features.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => unsafe { super::avx512::quantize_q8_0(xs, b) },
+                    _ => *b = quantize_q8_0(xs),
+                }
+            }
+        });
         QuantActs::Q8_0 { blocks, per_row }
     }
 
-    pub fn q8_k(x: &[f32], rows: usize, cols: usize) -> Self {
+    /// Quantizes `x` (`[rows, cols]`) to Q8_K blocks, rows in parallel when there are many.
+    pub fn q8_k(x: &[f32], rows: usize, cols: usize, isa: Isa) -> Self {
         let per_row = cols / 256;
-        let blocks = (0..rows)
-            .flat_map(|t| {
-                x[t * cols..(t + 1) * cols]
-                    .chunks_exact(256)
-                    .map(quantize_q8_k)
-            })
-            .collect();
+        let zero = BlockQ8K {
+            d: 0.0,
+            qs: [0; 256],
+            bsums: [0; 16],
+        };
+        let mut blocks = vec![zero; rows * per_row];
+        for_rows(&mut blocks, per_row, rows, &|t, out| {
+            for (b, xs) in out
+                .iter_mut()
+                .zip(x[t * cols..(t + 1) * cols].chunks_exact(256))
+            {
+                match isa {
+                    // SAFETY: `isa` is Avx512 only when the CPU has the features.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => unsafe { super::avx512::quantize_q8_k(xs, b) },
+                    _ => *b = quantize_q8_k(xs),
+                }
+            }
+        });
         QuantActs::Q8K { blocks, per_row }
     }
 
@@ -162,5 +211,34 @@ mod tests {
         }
         assert_eq!(b.sum, b.qs.iter().map(|&q| i32::from(q)).sum::<i32>());
         assert!(quantize_q8_k(&[0.0; 256]).qs.iter().all(|&q| q == 0));
+    }
+
+    /// The AVX-512 quantizers produce the same blocks, bit for bit.
+    #[test]
+    fn simd_quantizers_are_bit_exact() {
+        if super::super::isa() != Isa::Avx512 {
+            return;
+        }
+        let x: Vec<f32> = (0..512 * 3)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.5) * 0.0137)
+            .collect();
+        let (a, b) = (
+            QuantActs::q8_k(&x, 3, 512, Isa::Scalar),
+            QuantActs::q8_k(&x, 3, 512, Isa::Avx512),
+        );
+        for t in 0..3 {
+            for (p, q) in a.q8_k_row(t).iter().zip(b.q8_k_row(t)) {
+                assert_eq!((p.d, p.qs, p.bsums), (q.d, q.qs, q.bsums));
+            }
+        }
+        let (a, b) = (
+            QuantActs::q8_0(&x, 3, 512, Isa::Scalar),
+            QuantActs::q8_0(&x, 3, 512, Isa::Avx512),
+        );
+        for t in 0..3 {
+            for (p, q) in a.q8_0_row(t).iter().zip(b.q8_0_row(t)) {
+                assert_eq!((p.d, p.sum, p.qs), (q.d, q.sum, q.qs));
+            }
+        }
     }
 }

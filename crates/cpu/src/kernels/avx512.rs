@@ -401,3 +401,64 @@ unsafe fn load_float<const KIND: u8>(w: *const u8, i: usize, m: __mmask16) -> __
         }
     }
 }
+
+/// [`super::act::quantize_q8_k`] with AVX-512 (same rounding: ties to even, the first element
+/// of largest magnitude sets the sign of the scale).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn quantize_q8_k(x: &[f32], b: &mut BlockQ8K) {
+    assert!(x.len() == 256);
+    let p = x.as_ptr();
+    // SAFETY: 256 values are readable at `p`; `b.qs` has 256 bytes.
+    unsafe {
+        let mut amax = _mm512_setzero_ps();
+        for j in 0..16 {
+            amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(p.add(16 * j))));
+        }
+        let amax = _mm512_reduce_max_ps(amax);
+        if amax == 0.0 {
+            b.d = 0.0;
+            b.qs = [0; 256];
+            b.bsums = [0; 16];
+            return;
+        }
+        let max = *x
+            .iter()
+            .find(|v| v.abs() == amax)
+            .expect("the maximum is an element");
+        let iscale = -127.0 / max;
+        let vs = _mm512_set1_ps(iscale);
+        let lim = _mm512_set1_epi32(127);
+        for j in 0..16 {
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(vs, _mm512_loadu_ps(p.add(16 * j))));
+            let q = _mm512_min_epi32(q, lim);
+            b.bsums[j] = _mm512_reduce_add_epi32(q) as i16;
+            _mm_storeu_si128(
+                b.qs.as_mut_ptr().add(16 * j).cast(),
+                _mm512_cvtsepi32_epi8(q),
+            );
+        }
+        b.d = 1.0 / iscale;
+    }
+}
+
+/// [`super::act::quantize_q8_0`] with AVX-512 (same rounding).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn quantize_q8_0(x: &[f32], b: &mut BlockQ8_0) {
+    assert!(x.len() == 32);
+    let p = x.as_ptr();
+    // SAFETY: 32 values are readable at `p`; `b.qs` has 32 bytes.
+    unsafe {
+        let (x0, x1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        let d = amax / 127.0;
+        let id = _mm512_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, id));
+        let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, id));
+        b.sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        _mm_storeu_si128(b.qs.as_mut_ptr().cast(), _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128(b.qs.as_mut_ptr().add(16).cast(), _mm512_cvtsepi32_epi8(q1));
+        b.d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(
+            _mm_set_ss(d),
+        )));
+    }
+}

@@ -225,9 +225,9 @@ impl<'a> Plan<'a> {
             Some(fmt) => Acts::Int {
                 fmt,
                 q: if fmt.k_quant() {
-                    QuantActs::q8_k(&x.data, x.rows, x.cols)
+                    QuantActs::q8_k(&x.data, x.rows, x.cols, isa)
                 } else {
-                    QuantActs::q8_0(&x.data, x.rows, x.cols)
+                    QuantActs::q8_0(&x.data, x.rows, x.cols, isa)
                 },
             },
             None => Acts::Float {
