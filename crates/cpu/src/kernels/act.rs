@@ -166,6 +166,24 @@ impl QuantActs {
         QuantActs::Q8K { blocks, per_row }
     }
 
+    /// Reorders every Q8_K block's sub-blocks of 32 to 0, 2, 1, 3, 4, 6, 5, 7 (the bsums move
+    /// with their values): the order in which the AVX-512 Q4_K/Q5_K kernel unpacks nibbles.
+    pub fn to_k4_order(&mut self) {
+        if let QuantActs::Q8K { blocks, .. } = self {
+            for b in blocks.iter_mut() {
+                for half in 0..2 {
+                    let base = 128 * half;
+                    let mut tmp = [0i8; 32];
+                    tmp.copy_from_slice(&b.qs[base + 32..base + 64]);
+                    b.qs.copy_within(base + 64..base + 96, base + 32);
+                    b.qs[base + 64..base + 96].copy_from_slice(&tmp);
+                    b.bsums.swap(8 * half + 2, 8 * half + 4);
+                    b.bsums.swap(8 * half + 3, 8 * half + 5);
+                }
+            }
+        }
+    }
+
     /// Row `t` as Q8_0 blocks.
     pub fn q8_0_row(&self, t: usize) -> &[BlockQ8_0] {
         match self {

@@ -23,18 +23,6 @@ unsafe fn f16(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
-#[inline]
-unsafe fn load256x2(lo: *const i8, hi: *const i8) -> __m512i {
-    // SAFETY: the caller passes two pointers to 32 readable bytes each.
-    unsafe {
-        _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_loadu_si256(lo.cast())),
-            _mm256_loadu_si256(hi.cast()),
-        )
-    }
-}
-
 /// `i16` lane indices: lanes `0..16` take element `a`, lanes `16..32` element `b`.
 #[inline(always)]
 fn idx_halves(a: i16, b: i16) -> __m512i {
@@ -78,7 +66,9 @@ unsafe fn k_scales(p: *const u8) -> (u64, u64) {
     )
 }
 
-/// Q4_K (`BITS5 = false`) and Q5_K (`true`) against Q8_K activations.
+/// Q4_K (`BITS5 = false`) and Q5_K (`true`) against Q8_K activations stored in
+/// [`super::act::QuantActs::to_k4_order`] (sub-blocks 0, 2, 1, 3, 4, 6, 5, 7: the order the
+/// nibbles come out of 64 bytes of quants, so every activation load is one 64-byte load).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 pub unsafe fn q45_k<const N: usize, const BITS5: bool>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
     let bytes = if BITS5 { 176 } else { 144 };
@@ -102,6 +92,10 @@ pub unsafe fn q45_k<const N: usize, const BITS5: bool>(w: &[u8], a: [&[BlockQ8K]
             let dmin = f16(blk.add(2));
             let (sc, mn) = k_scales(blk.add(4));
             let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+            // Minimums in the activations' sub-block order (swap sub-blocks 1↔2 and 5↔6).
+            let mn = (mn & 0xFF00_00FF_FF00_00FF)
+                | ((mn & 0x0000_FF00_0000_FF00) << 8)
+                | ((mn & 0x00FF_0000_00FF_0000) >> 8);
             let mnx = _mm_cvtsi64_si128(mn as i64);
             let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mnx, mnx));
             let qs = blk.add(if BITS5 { 48 } else { 16 });
@@ -133,16 +127,10 @@ pub unsafe fn q45_k<const N: usize, const BITS5: bool>(w: &[u8], a: [&[BlockQ8K]
             for t in 0..N {
                 let ab = a[t].get_unchecked(b);
                 let ap = ab.qs.as_ptr();
-                // Activation halves matching each weight register's sub-blocks.
-                let av = [
-                    load256x2(ap, ap.add(64)),
-                    load256x2(ap.add(32), ap.add(96)),
-                    load256x2(ap.add(128), ap.add(192)),
-                    load256x2(ap.add(160), ap.add(224)),
-                ];
                 let mut s = _mm512_setzero_si512();
                 for r in 0..4 {
-                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[r], av[r]), scales[r]);
+                    let av = _mm512_loadu_si512(ap.add(64 * r).cast());
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[r], av), scales[r]);
                 }
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * ab.d), acc[t]);
                 let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());

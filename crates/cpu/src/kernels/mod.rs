@@ -225,7 +225,11 @@ impl<'a> Plan<'a> {
             Some(fmt) => Acts::Int {
                 fmt,
                 q: if fmt.k_quant() {
-                    QuantActs::q8_k(&x.data, x.rows, x.cols, isa)
+                    let mut q = QuantActs::q8_k(&x.data, x.rows, x.cols, isa);
+                    if isa == Isa::Avx512 && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K) {
+                        q.to_k4_order();
+                    }
+                    q
                 } else {
                     QuantActs::q8_0(&x.data, x.rows, x.cols, isa)
                 },
