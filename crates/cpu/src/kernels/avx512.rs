@@ -140,7 +140,11 @@ pub unsafe fn q45_k<const N: usize, const BITS5: bool>(w: &[u8], a: [&[BlockQ8K]
             }
         }
     }
-    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]) - hsum256(accm[t]))
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = _mm512_reduce_add_ps(acc[t]) - hsum256(accm[t]);
+    }
+    out
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
@@ -210,7 +214,11 @@ pub unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
             }
         }
     }
-    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]) - hsum256(acco[t]))
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = _mm512_reduce_add_ps(acc[t]) - hsum256(acco[t]);
+    }
+    out
 }
 
 /// IQ4_XS against Q8_K activations.
@@ -278,7 +286,11 @@ pub unsafe fn iq4_xs<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] 
             }
         }
     }
-    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]))
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = _mm512_reduce_add_ps(acc[t]);
+    }
+    out
 }
 
 /// Q8_0 against Q8_0 activations.
@@ -304,7 +316,11 @@ pub unsafe fn q8_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {
             }
         }
     }
-    std::array::from_fn(|t| hsum256(acc[t]))
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum256(acc[t]);
+    }
+    out
 }
 
 /// Q4_0 against Q8_0 activations: `Σ q·a − 8·Σ a` per block.
@@ -334,7 +350,11 @@ pub unsafe fn q4_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {
             }
         }
     }
-    std::array::from_fn(|t| hsum256(acc[t]) - offs[t])
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum256(acc[t]) - offs[t];
+    }
+    out
 }
 
 /// Float weights (`f32`, `f16`, `bf16` by `KIND` 0/1/2) against `f32` activations.
@@ -371,7 +391,11 @@ pub unsafe fn float<const N: usize, const KIND: u8>(w: &[u8], x: [&[f32]; N]) ->
         }
         i += n;
     }
-    std::array::from_fn(|t| _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t])))
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+    }
+    out
 }
 
 /// 16 float weights from element `i` (masked), widened to `f32`.

@@ -211,6 +211,9 @@ enum Acts<'a> {
 #[derive(Debug)]
 pub(crate) struct Plan<'a> {
     w: &'a Weight,
+    /// `w`'s bytes and row length, looked up once (kernels are called per row).
+    bytes: &'a [u8],
+    row_bytes: usize,
     acts: Acts<'a>,
     isa: Isa,
 }
@@ -239,12 +242,19 @@ impl<'a> Plan<'a> {
                 widen: w.dtype().is_quantized() || isa == Isa::Scalar && w.dtype() != DType::F32,
             },
         };
-        Plan { w, acts, isa }
+        Plan {
+            w,
+            bytes: w.bytes(),
+            row_bytes: w.row_bytes(),
+            acts,
+            isa,
+        }
     }
 
     /// `out[i] = row r of W · activation row t0 + i`, for `out.len() ≤ MAX_TOKENS` rows.
+    #[inline]
     pub(crate) fn dot(&self, r: usize, t0: usize, out: &mut [f32]) {
-        let row = self.w.row(r);
+        let row = &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes];
         match &self.acts {
             Acts::Int { fmt, q } => match self.isa {
                 Isa::Avx512 if avx512_int(*fmt, row, q, t0, out) => {}
@@ -296,41 +306,21 @@ fn int_ref(fmt: IntFmt, row: &[u8], q: &QuantActs, t: usize) -> f32 {
     }
 }
 
-/// Calls `$kernel::<N>` with `N = out.len()` activation rows from `$rows(t0 + i)`.
+/// Calls `$kernel::<N>` with `N = out.len()` activation rows `$row` for `$t = t0 .. t0 + N`.
 macro_rules! call_n {
     ($out:expr, $t0:expr, |$t:ident| $row:expr, $kernel:ident, $w:expr) => {{
         let out: &mut [f32] = $out;
         let t0: usize = $t0;
+        let row = |$t: usize| $row;
         // SAFETY: only reached when `isa()` (or a test) confirmed the AVX-512 feature set.
         unsafe {
             match out.len() {
-                1 => out.copy_from_slice(&$kernel::<1>(
-                    $w,
-                    std::array::from_fn(|i| {
-                        let $t = t0 + i;
-                        $row
-                    }),
-                )),
-                2 => out.copy_from_slice(&$kernel::<2>(
-                    $w,
-                    std::array::from_fn(|i| {
-                        let $t = t0 + i;
-                        $row
-                    }),
-                )),
-                3 => out.copy_from_slice(&$kernel::<3>(
-                    $w,
-                    std::array::from_fn(|i| {
-                        let $t = t0 + i;
-                        $row
-                    }),
-                )),
+                1 => out.copy_from_slice(&$kernel::<1>($w, [row(t0)])),
+                2 => out.copy_from_slice(&$kernel::<2>($w, [row(t0), row(t0 + 1)])),
+                3 => out.copy_from_slice(&$kernel::<3>($w, [row(t0), row(t0 + 1), row(t0 + 2)])),
                 4 => out.copy_from_slice(&$kernel::<4>(
                     $w,
-                    std::array::from_fn(|i| {
-                        let $t = t0 + i;
-                        $row
-                    }),
+                    [row(t0), row(t0 + 1), row(t0 + 2), row(t0 + 3)],
                 )),
                 n => unreachable!("kernels take 1..={MAX_TOKENS} rows, not {n}"),
             }

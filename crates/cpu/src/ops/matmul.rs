@@ -156,7 +156,8 @@ pub fn embedding(table: &Weight, id: usize, out: &mut [f32]) {
 }
 
 /// Dot product with eight independent accumulators (vectorises; fixed summation order).
-#[inline]
+/// Always inlined, so that inside `kernels::vectorised` regions it is compiled for AVX-512.
+#[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = a.len() / 8;
