@@ -76,25 +76,6 @@ fn has_avx512() -> bool {
     }
 }
 
-/// Runs `f` compiled for AVX-512 when the CPU has it, so that its plain loops (axpy-shaped
-/// loops over head dimensions in the delta rule and attention) are auto-vectorised 16 lanes
-/// wide instead of the baseline's 4. The result is identical up to FMA contraction.
-#[inline(always)]
-pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx512 {
-        // SAFETY: `isa()` confirmed the features this wrapper enables.
-        return unsafe { avx512_call(f) };
-    }
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
-unsafe fn avx512_call<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
 /// How quantized weights meet activations (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum MatmulPrecision {

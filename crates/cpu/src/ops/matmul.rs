@@ -156,7 +156,7 @@ pub fn embedding(table: &Weight, id: usize, out: &mut [f32]) {
 }
 
 /// Dot product with eight independent accumulators (vectorises; fixed summation order).
-/// Always inlined, so that inside `kernels::vectorised` regions it is compiled for AVX-512.
+/// Always inlined, so that inside functions compiled for AVX-512 it is too.
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
