@@ -363,9 +363,11 @@ pub unsafe fn float<const N: usize, const KIND: u8>(w: &[u8], x: [&[f32]; N]) ->
     let k = x[0].len();
     let mut acc0 = [_mm512_setzero_ps(); N];
     let mut acc1 = [_mm512_setzero_ps(); N];
-    // SAFETY (for every `load` below): `w` holds `k` elements of the kind's size (checked by
-    // the weight's shape), and the masks never reach past `k`.
-    let load = |i: usize, m: __mmask16| unsafe { load_float::<KIND>(w.as_ptr(), i, m) };
+    let load = |i: usize, m: __mmask16| {
+        // SAFETY: `w` holds `k` elements of the kind's size (checked by the weight's shape),
+        // and the masks never reach past `k`.
+        unsafe { load_float::<KIND>(w.as_ptr(), i, m) }
+    };
     let mut i = 0;
     while i + 32 <= k {
         let w0 = load(i, 0xFFFF);

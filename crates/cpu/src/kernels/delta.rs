@@ -54,7 +54,7 @@ pub fn step(
     o: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && v.len() % 16 == 0 && v.len() <= 256 {
+    if isa == Isa::Avx512 && v.len().is_multiple_of(16) && v.len() <= 256 {
         // SAFETY: `isa` is Avx512 only when the CPU has the features; shapes checked above and
         // by the caller (`s.len() == k.len() * v.len()`).
         unsafe { step_avx512(s, q, k, v, decay, beta, o) };
