@@ -293,32 +293,39 @@ pub unsafe fn iq4_xs<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] 
     out
 }
 
-/// Q8_0 against Q8_0 activations.
+/// Q8_0 against Q8_0 activations. Two blocks per iteration into two accumulators per row,
+/// so consecutive blocks do not wait on each other's FMA.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 pub unsafe fn q8_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {
     let nb = w.len() / 34;
     let zero = _mm256_setzero_si256();
-    let mut acc = [_mm256_setzero_ps(); N];
-    for b in 0..nb {
-        // SAFETY: as in `q45_k`.
-        unsafe {
-            let blk = w.as_ptr().add(b * 34);
-            let d = f16(blk);
-            let v = _mm256_loadu_si256(blk.add(2).cast());
-            let wa = _mm256_abs_epi8(v);
-            let neg = _mm256_movepi8_mask(v);
-            for t in 0..N {
-                let ab = a[t].get_unchecked(b);
-                let av = _mm256_loadu_si256(ab.qs.as_ptr().cast());
-                let av = _mm256_mask_sub_epi8(av, neg, zero, av);
-                let p = _mm256_dpbusd_epi32(zero, wa, av);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc[t]);
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    let mut b = 0;
+    while b < nb {
+        let pair = if b + 1 < nb { 2 } else { 1 };
+        for u in 0..pair {
+            // SAFETY: as in `q45_k`.
+            unsafe {
+                let blk = w.as_ptr().add((b + u) * 34);
+                let d = f16(blk);
+                let v = _mm256_loadu_si256(blk.add(2).cast());
+                let wa = _mm256_abs_epi8(v);
+                let neg = _mm256_movepi8_mask(v);
+                for t in 0..N {
+                    let ab = a[t].get_unchecked(b + u);
+                    let av = _mm256_loadu_si256(ab.qs.as_ptr().cast());
+                    let av = _mm256_mask_sub_epi8(av, neg, zero, av);
+                    let p = _mm256_dpbusd_epi32(zero, wa, av);
+                    acc[t][u] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc[t][u]);
+                }
             }
         }
+        b += pair;
     }
     let mut out = [0.0f32; N];
     for t in 0..N {
-        out[t] = hsum256(acc[t]);
+        out[t] = hsum256(_mm256_add_ps(acc[t][0], acc[t][1]));
     }
     out
 }
