@@ -2,15 +2,19 @@
 # Build llama.cpp (CPU only) from the tree vendored in the llama-cpp-python 0.3.36 sdist
 # (ggml-org/llama.cpp@0c1e57098, see tools/make_gguf_fixtures.sh, which downloads and extracts it),
 # OUTSIDE the repo, plus qinfer's tiny logits dumper tools/llama_logits.cpp linked against libllama.
-# Nothing of llama.cpp is committed. Only two targets are built: llama-quantize and llama-logits.
+# Nothing of llama.cpp is committed. Only three targets are built: llama-quantize, llama-logits and
+# llama-bench (tools/bench_vs_llama_cpp.sh compares qinfer with it).
 #
 # Environment (all optional):
 #   LLAMA_SRC    where the sdist was extracted        (default /work/llama-src)
 #   LLAMA_BUILD  build directory root                 (default /work/llama-build)
 #   TOOL_VENV    venv that provides cmake (pip)       (default /work/gguf-fix-venv)
 #   JOBS         parallel compile jobs                (default 1)
+#   VARIANT      "cpu" (default: the build the fixtures were made with) or "cpu-vnni": the same plus
+#                AVX512-VNNI, AVX512-BF16 and AVX512-VBMI (still no AMX), llama-bench only; the
+#                strongest non-AMX llama.cpp for speed comparisons (tools/bench_vs_llama_cpp.sh)
 #
-# Result: $LLAMA_BUILD/cpu/bin/llama-quantize and $LLAMA_BUILD/cpu/bin/llama-logits (static, self-contained).
+# Result: $LLAMA_BUILD/cpu/bin/{llama-quantize,llama-logits,llama-bench} (static, self-contained).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,6 +22,7 @@ LLAMA_SRC="${LLAMA_SRC:-/work/llama-src}"
 LLAMA_BUILD="${LLAMA_BUILD:-/work/llama-build}"
 TOOL_VENV="${TOOL_VENV:-/work/gguf-fix-venv}"
 JOBS="${JOBS:-1}"
+VARIANT="${VARIANT:-cpu}"
 LLAMA_DIR="$LLAMA_SRC/llama_cpp_python-0.3.36/vendor/llama.cpp"
 
 if [ ! -f "$LLAMA_DIR/include/llama.h" ]; then
@@ -61,13 +66,20 @@ FLAGS=(
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
     -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
-    -DCMAKE_RUNTIME_OUTPUT_DIRECTORY="$LLAMA_BUILD/cpu/bin"
+    -DCMAKE_RUNTIME_OUTPUT_DIRECTORY="$LLAMA_BUILD/$VARIANT/bin"
 )
+TARGETS=(llama-quantize llama-logits llama-bench)
+if [ "$VARIANT" = cpu-vnni ]; then
+    FLAGS+=(-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON)
+    TARGETS=(llama-bench)
+elif [ "$VARIANT" != cpu ]; then
+    echo "VARIANT must be cpu or cpu-vnni" >&2; exit 1
+fi
 start=$(date +%s)
-"$CMAKE" -S "$PROJ" -B "$LLAMA_BUILD/cpu" "${GEN[@]}" "${FLAGS[@]}" > "$LLAMA_BUILD/cpu-configure.log" 2>&1 \
-    || { cat "$LLAMA_BUILD/cpu-configure.log"; exit 1; }
-"$CMAKE" --build "$LLAMA_BUILD/cpu" --target llama-quantize llama-logits -j "$JOBS"
+"$CMAKE" -S "$PROJ" -B "$LLAMA_BUILD/$VARIANT" "${GEN[@]}" "${FLAGS[@]}" > "$LLAMA_BUILD/$VARIANT-configure.log" 2>&1 \
+    || { cat "$LLAMA_BUILD/$VARIANT-configure.log"; exit 1; }
+"$CMAKE" --build "$LLAMA_BUILD/$VARIANT" --target "${TARGETS[@]}" -j "$JOBS"
 end=$(date +%s)
 echo "built in $((end - start)) s with -j $JOBS:"
-ls -l "$LLAMA_BUILD/cpu/bin/llama-quantize" "$LLAMA_BUILD/cpu/bin/llama-logits"
-grep -E "AVX|AMX|CPU variant|Including CPU" "$LLAMA_BUILD/cpu-configure.log" | sort -u || true
+ls -l "${TARGETS[@]/#/$LLAMA_BUILD/$VARIANT/bin/}"
+grep -E "AVX|AMX|CPU variant|Including CPU" "$LLAMA_BUILD/$VARIANT-configure.log" | sort -u || true

@@ -2,6 +2,7 @@
 //!
 //! Commands and flags here are public interface; the README documents each.
 
+mod bench;
 mod chat;
 mod generate;
 mod inspect;
@@ -49,6 +50,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Serve a model over HTTP: OpenAI and Anthropic APIs, continuous batching.
     Serve(serve::ServeArgs),
+    /// Measure prompt-processing and generation speed (tokens/s, bandwidth), like llama-bench.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +163,7 @@ fn main() -> ExitCode {
         }),
         Command::Quantize(a) => quantize::quantize(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Bench(a) => bench::run(&a),
         Command::Pull(a) => pull::pull(&pull::PullOptions::from_env(&a.repo, &a.revision, a.all))
             .and_then(|dir| {
                 writeln!(std::io::stdout().lock(), "{}", dir.display())?;

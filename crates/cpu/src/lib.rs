@@ -1,15 +1,18 @@
 //! The op vocabulary model code may call, and the CPU implementations behind it.
 //!
 //! This crate is the kernel seam: `qinfer-model` calls the functions in [`ops`] and nothing
-//! else computes. Each op documents its shapes and exact semantics. The implementations here
-//! are straightforward scalar Rust (the *reference* tier), parallelised with rayon where the work
-//! splits obviously (matmul by weight rows, attention and DeltaNet by head). Faster SIMD and
-//! quantized kernels slot in behind the same signatures, each tested against these.
+//! else computes. Each op documents its shapes and exact semantics. Matmuls run the kernels in
+//! [`kernels`] (AVX-512 VNNI when the CPU has it, a scalar reference tier beside every one);
+//! parallel ops (matmul by weight rows, attention and DeltaNet by head) run on the engine's own
+//! pool ([`pool`]), started by [`init_threads`].
 //!
 //! Architecture invariant: this crate knows nothing about Qwen, files or tokens; it sees
 //! numbers and shapes.
 
+pub mod kernels;
 pub mod ops;
+pub mod pool;
 mod threads;
 
+pub use kernels::{MatmulPrecision, matmul_precision, set_matmul_precision, with_matmul_precision};
 pub use threads::{init_threads, threads};

@@ -1,7 +1,8 @@
 //! The engine's worker threads.
 //!
-//! For now ops run on rayon's global pool, sized once by [`init_threads`]. The speed work
-//! replaces it with an engine-owned pool without changing any op signature.
+//! Per-token ops run on the engine-owned pool ([`crate::pool`]), sized once by
+//! [`init_threads`]. Load-time work (quantizing a checkpoint) still uses rayon's global pool,
+//! sized the same.
 
 use std::sync::OnceLock;
 
@@ -19,7 +20,7 @@ pub fn init_threads(n: Option<usize>) -> usize {
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global();
-        rayon::current_num_threads()
+        crate::pool::start(n)
     })
 }
 

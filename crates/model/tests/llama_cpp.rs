@@ -4,14 +4,19 @@
 //! * F32 files: ≤ 2e-2. llama.cpp keeps its KV cache in F16 by default (the dumper uses the
 //!   default context parameters), so its attention layers round keys and values to half
 //!   precision: it is up to 0.013 from transformers on these files, qinfer up to 9.5e-4.
-//! * Quantized files: llama.cpp's quantized matmuls round the activations to 8 bits before the
-//!   dot products; qinfer decodes the weights and computes in f32, exactly like transformers on
-//!   the same quantized weights (≤ 1e-3, tested in `gguf.rs` for Q8_0 and here for Q4_K_M). The
-//!   two therefore differ by llama.cpp's activation rounding: measured max |Δlogit| 3.75 (Q8_0)
-//!   and 2.98 (Q4_K_M) on logits of ±25, which the bound below (5.0) documents. Against llama.cpp
-//!   computing the same weights in f32 (its `dequant_f32` dumps) the bound is 2e-2 again.
-//!   Greedy ids: Q8_0 agrees with llama.cpp for all 32 tokens; Q4_K_M agrees with transformers
-//!   on the same weights for all 32 and with llama.cpp's quantized path for the first 12.
+//! * Quantized files, default (8-bit activation) path: qinfer rounds activations to GGML's Q8_0
+//!   / Q8_K blocks where llama.cpp does and sums the same integer products. What remains is
+//!   llama.cpp's other roundings (its F16 KV cache, which also rounds queries and attention
+//!   probabilities to f16 in its attention products) and `f32` summation order; each can flip
+//!   an 8-bit activation rounding by one step, which then propagates. Measured max |Δlogit|
+//!   0.50 (Q8_0) and 0.40 (Q4_K_M) on logits of ±25, against 3.75 / 2.98 for the exact path
+//!   (the whole activation-rounding effect). Bound: 0.75 (1.5× the worst measured, 4× below the
+//!   effect it checks we reproduce). Greedy ids: all 32 agree with llama.cpp on both files
+//!   (before the 8-bit path, Q4_K_M agreed for the first 12 only).
+//! * Quantized files, exact path (`MatmulPrecision::Exact`: weights widened to f32, f32
+//!   activations): qinfer computes like transformers on the same quantized weights (≤ 1e-3,
+//!   tested in `gguf.rs` for Q8_0 and here for Q4_K_M) and like llama.cpp on the weights
+//!   dequantized to F32 (its `dequant_f32` dumps) within the F32 bound 2e-2.
 
 mod common;
 
@@ -70,42 +75,56 @@ fn f32_files_match_llama_cpp() {
 }
 
 #[test]
-fn quantized_files_match_llama_cpp_within_its_activation_rounding() {
+fn quantized_files_match_llama_cpp_quantized_kernels() {
     let r = refs();
     let prompt = ids(&reference("tiny-dense-f32")["short_prompt"]);
-    for (file, path, greedy_agree) in [
-        ("tiny-dense-q8_0.gguf", "tiny-dense-q8_0.gguf", 32),
-        (
-            "llama/tiny-dense-q4_k_m.gguf",
-            "llama/tiny-dense-q4_k_m.gguf",
-            12,
-        ),
+    for (file, greedy_agree) in [
+        ("tiny-dense-q8_0.gguf", 32),
+        ("llama/tiny-dense-q4_k_m.gguf", 32),
     ] {
-        let model = Qwen35::load_gguf(&dir().join(path)).unwrap();
+        let model = Qwen35::load_gguf(&dir().join(file)).unwrap();
         let got = logits(&model, &prompt);
-        let stem = file.trim_start_matches("llama/").trim_end_matches(".gguf");
-        let exact = llama_npy(&format!("{stem}.dequant_f32.logits_short.npy"));
-        let (d, _, _) = max_diff(&got, &exact, model.config.vocab);
-        assert!(
-            d <= 2e-2,
-            "{file}: vs llama.cpp on the same weights in f32: {d}"
-        );
         let quantized = llama_npy(r[file]["short_logits"].as_str().unwrap());
-        let (d, _, _) = max_diff(&got, &quantized, model.config.vocab);
-        assert!(d <= 5.0, "{file}: vs llama.cpp's quantized kernels: {d}");
+        let (d, pos, _) = max_diff(&got, &quantized, model.config.vocab);
         let want = ids(&r[file]["greedy_ids"]);
         let mine = greedy(&model, &ids(&r[file]["greedy_prompt"]), want.len());
-        assert_eq!(
-            mine[..greedy_agree],
-            want[..greedy_agree],
-            "{file}: greedy vs llama.cpp"
+        let agree = mine.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        assert!(
+            d <= 0.75,
+            "{file}: vs llama.cpp's quantized kernels: {d} at {pos}"
+        );
+        assert!(
+            agree >= greedy_agree,
+            "{file}: greedy ids agree with llama.cpp for the first {agree} tokens"
         );
     }
+}
+
+#[test]
+fn quantized_files_in_exact_mode_match_llama_cpp_on_dequantized_weights() {
+    qinfer_cpu::with_matmul_precision(qinfer_cpu::MatmulPrecision::Exact, || {
+        let prompt = ids(&reference("tiny-dense-f32")["short_prompt"]);
+        for file in ["tiny-dense-q8_0.gguf", "llama/tiny-dense-q4_k_m.gguf"] {
+            let model = Qwen35::load_gguf(&dir().join(file)).unwrap();
+            let got = logits(&model, &prompt);
+            let stem = file.trim_start_matches("llama/").trim_end_matches(".gguf");
+            let exact = llama_npy(&format!("{stem}.dequant_f32.logits_short.npy"));
+            let (d, _, _) = max_diff(&got, &exact, model.config.vocab);
+            assert!(
+                d <= 2e-2,
+                "{file}: vs llama.cpp on the same weights in f32: {d}"
+            );
+        }
+    });
 }
 
 /// llama.cpp's own Q4_K_M file against transformers computing on exactly its weights.
 #[test]
 fn llama_q4_k_m_matches_transformers_on_the_same_weights() {
+    qinfer_cpu::with_matmul_precision(qinfer_cpu::MatmulPrecision::Exact, q4_k_m_exact);
+}
+
+fn q4_k_m_exact() {
     let model = Qwen35::load_gguf(&dir().join("llama/tiny-dense-q4_k_m.gguf")).unwrap();
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir().join("llama/tiny-dense-q4_k_m.reference.json")).unwrap(),

@@ -1,7 +1,6 @@
 //! Causal softmax attention with grouped-query heads, over a KV cache.
 
 use qinfer_tensor::Mat;
-use rayon::prelude::*;
 
 use super::elementwise::softmax;
 use super::matmul::dot;
@@ -34,7 +33,7 @@ pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) ->
         n_heads,
         n_kv_heads,
         head_dim: d,
-        scale,
+        ..
     } = shape;
     let kv_width = n_kv_heads * d;
     assert_eq!(q.cols, n_heads * d, "attention: query width");
@@ -49,32 +48,72 @@ pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) ->
     let s = k.len() / kv_width;
     assert!(s >= q.rows, "attention: fewer keys than queries");
     let past = s - q.rows;
-    let group = n_heads / n_kv_heads;
 
     let mut out = Mat::zeros(q.rows, n_heads * d);
-    out.data
-        .par_chunks_mut(n_heads * d)
-        .enumerate()
-        .for_each(|(t, out_row)| {
-            let visible = past + t + 1;
-            let mut scores = vec![0.0f32; visible];
-            for h in 0..n_heads {
-                let kvh = h / group;
-                let qh = &q.row(t)[h * d..(h + 1) * d];
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    *sc = dot(qh, &k[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d]) * scale;
-                }
-                softmax(&mut scores);
-                let oh = &mut out_row[h * d..(h + 1) * d];
-                for (j, p) in scores.iter().enumerate() {
-                    let vj = &v[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d];
-                    for (o, x) in oh.iter_mut().zip(vj) {
-                        *o += p * x;
-                    }
-                }
-            }
-        });
+    let avx512 = crate::kernels::isa() == crate::kernels::Isa::Avx512;
+    let row = Row {
+        q,
+        k,
+        v,
+        shape,
+        past,
+    };
+    crate::pool::parallel_chunks_mut(&mut out.data, n_heads * d, &|t, out_row| {
+        #[cfg(target_arch = "x86_64")]
+        if avx512 {
+            // SAFETY: `isa()` confirmed the features.
+            return unsafe { attend_avx512(&row, t, out_row) };
+        }
+        let _ = avx512;
+        attend(&row, t, out_row);
+    });
     out
+}
+
+/// The inputs one query row reads.
+struct Row<'a> {
+    q: &'a Mat,
+    k: &'a [f32],
+    v: &'a [f32],
+    shape: AttentionShape,
+    past: usize,
+}
+
+/// [`attend`] compiled for AVX-512 (its loops auto-vectorise 16 lanes wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,fma")]
+unsafe fn attend_avx512(r: &Row<'_>, t: usize, out_row: &mut [f32]) {
+    attend(r, t, out_row);
+}
+
+/// Every head of query row `t` into `out_row` (`[Hq·D]`).
+#[inline(always)]
+fn attend(r: &Row<'_>, t: usize, out_row: &mut [f32]) {
+    let AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim: d,
+        scale,
+    } = r.shape;
+    let (kv_width, group) = (n_kv_heads * d, n_heads / n_kv_heads);
+    let (k, v) = (r.k, r.v);
+    let visible = r.past + t + 1;
+    let mut scores = vec![0.0f32; visible];
+    for h in 0..n_heads {
+        let kvh = h / group;
+        let qh = &r.q.row(t)[h * d..(h + 1) * d];
+        for (j, sc) in scores.iter_mut().enumerate() {
+            *sc = dot(qh, &k[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d]) * scale;
+        }
+        softmax(&mut scores);
+        let oh = &mut out_row[h * d..(h + 1) * d];
+        for (j, p) in scores.iter().enumerate() {
+            let vj = &v[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d];
+            for (o, x) in oh.iter_mut().zip(vj) {
+                *o += p * x;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

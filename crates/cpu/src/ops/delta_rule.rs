@@ -14,7 +14,6 @@
 //! state is touched once per chunk. Both give the same result up to rounding (tested).
 
 use qinfer_tensor::Mat;
-use rayon::prelude::*;
 
 use super::matmul::dot;
 
@@ -100,11 +99,12 @@ fn per_head(
     f: impl Fn(usize, &mut [f32]) -> Vec<f32> + Sync,
 ) -> Mat {
     let (nv, dv) = (shape.nv, shape.dv);
-    let outs: Vec<Vec<f32>> = state
-        .par_chunks_mut(shape.dk * dv)
-        .enumerate()
-        .map(|(h, s)| f(h, s))
-        .collect();
+    let mut outs: Vec<Vec<f32>> = vec![Vec::new(); nv];
+    let slots = crate::pool::SharedMut::new(&mut outs);
+    crate::pool::parallel_chunks_mut(state, shape.dk * dv, &|h, s| {
+        // SAFETY: chunk `h` writes only slot `h`; `outs` outlives the region.
+        unsafe { slots.slice(h, 1)[0] = f(h, s) };
+    });
     let mut out = Mat::zeros(t, nv * dv);
     for (h, o) in outs.iter().enumerate() {
         for ti in 0..t {
@@ -126,39 +126,26 @@ pub fn gated_delta_rule_recurrent(
 ) -> Mat {
     let t = check(&shape, &x, state);
     let (nv, dk, dv) = (shape.nv, shape.dk, shape.dv);
+    let isa = crate::kernels::isa();
     per_head(&shape, t, state, |h, s| {
         let kh = shape.k_head(h);
         let mut out = vec![0.0f32; t * dv];
-        let mut delta = vec![0.0f32; dv];
         for ti in 0..t {
             let q = &x.q.row(ti)[kh * dk..(kh + 1) * dk];
             let k = &x.k.row(ti)[kh * dk..(kh + 1) * dk];
             let v = &x.v.row(ti)[h * dv..(h + 1) * dv];
             let (decay, beta) = (x.g[ti * nv + h].exp(), x.beta[ti * nv + h]);
-            for e in s.iter_mut() {
-                *e *= decay;
-            }
-            // delta = β (v − Sᵀk)
-            delta.copy_from_slice(v);
-            for (i, ki) in k.iter().enumerate() {
-                for (dj, sij) in delta.iter_mut().zip(&s[i * dv..(i + 1) * dv]) {
-                    *dj -= ki * sij;
-                }
-            }
-            for dj in delta.iter_mut() {
-                *dj *= beta;
-            }
-            // S += k ⊗ delta; o = Sᵀq
-            let o = &mut out[ti * dv..(ti + 1) * dv];
-            for i in 0..dk {
-                let row = &mut s[i * dv..(i + 1) * dv];
-                for (sij, dj) in row.iter_mut().zip(&delta) {
-                    *sij += k[i] * dj;
-                }
-                for (oj, sij) in o.iter_mut().zip(row.iter()) {
-                    *oj += q[i] * sij;
-                }
-            }
+            // S ← e^g S;  δ = β (v − Sᵀk);  S += k ⊗ δ;  o = Sᵀq  (two passes over S)
+            crate::kernels::delta::step(
+                isa,
+                s,
+                q,
+                k,
+                v,
+                decay,
+                beta,
+                &mut out[ti * dv..(ti + 1) * dv],
+            );
         }
         out
     })
@@ -189,103 +176,137 @@ pub fn gated_delta_rule_chunked(
 ) -> Mat {
     assert!(chunk > 0, "delta rule: chunk size must be positive");
     let t = check(&shape, &x, state);
-    let (nv, dk, dv) = (shape.nv, shape.dk, shape.dv);
+    let avx512 = crate::kernels::isa() == crate::kernels::Isa::Avx512;
     per_head(&shape, t, state, |h, s| {
-        let kh = shape.k_head(h);
-        let mut out = vec![0.0f32; t * dv];
-        let mut start = 0;
-        while start < t {
-            let l = chunk.min(t - start);
-            let q = |i: usize| &x.q.row(start + i)[kh * dk..(kh + 1) * dk];
-            let k = |i: usize| &x.k.row(start + i)[kh * dk..(kh + 1) * dk];
-            let v = |i: usize| &x.v.row(start + i)[h * dv..(h + 1) * dv];
-            let beta: Vec<f32> = (0..l).map(|i| x.beta[(start + i) * nv + h]).collect();
-            let mut gamma = vec![0.0f32; l];
-            let mut acc = 0.0;
-            for (i, gm) in gamma.iter_mut().enumerate() {
-                acc += x.g[(start + i) * nv + h];
-                *gm = acc;
-            }
-            // A (strictly lower), [L, L].
-            let mut a = vec![0.0f32; l * l];
-            for i in 0..l {
-                for j in 0..i {
-                    a[i * l + j] = beta[i] * dot(k(i), k(j)) * (gamma[i] - gamma[j]).exp();
-                }
-            }
-            // Forward substitution for U [L, Dv] and W [L, Dk].
-            let mut u = vec![0.0f32; l * dv];
-            let mut w = vec![0.0f32; l * dk];
-            for i in 0..l {
-                let (done_u, rest_u) = u.split_at_mut(i * dv);
-                let ui = &mut rest_u[..dv];
-                for (o, vi) in ui.iter_mut().zip(v(i)) {
-                    *o = beta[i] * vi;
-                }
-                let (done_w, rest_w) = w.split_at_mut(i * dk);
-                let wi = &mut rest_w[..dk];
-                let scale = beta[i] * gamma[i].exp();
-                for (o, ki) in wi.iter_mut().zip(k(i)) {
-                    *o = scale * ki;
-                }
-                for j in 0..i {
-                    let aij = a[i * l + j];
-                    for (o, uj) in ui.iter_mut().zip(&done_u[j * dv..(j + 1) * dv]) {
-                        *o -= aij * uj;
-                    }
-                    for (o, wj) in wi.iter_mut().zip(&done_w[j * dk..(j + 1) * dk]) {
-                        *o -= aij * wj;
-                    }
-                }
-            }
-            // V' = U − W S, [L, Dv] (reuses u).
-            let mut vp = u;
-            for i in 0..l {
-                let row = &mut vp[i * dv..(i + 1) * dv];
-                for (c, wc) in w[i * dk..(i + 1) * dk].iter().enumerate() {
-                    for (o, sc) in row.iter_mut().zip(&s[c * dv..(c + 1) * dv]) {
-                        *o -= wc * sc;
-                    }
-                }
-            }
-            // Outputs.
-            for i in 0..l {
-                let o = &mut out[(start + i) * dv..(start + i + 1) * dv];
-                let qi = q(i);
-                let eg = gamma[i].exp();
-                for (c, qc) in qi.iter().enumerate() {
-                    let f = eg * qc;
-                    for (oj, sc) in o.iter_mut().zip(&s[c * dv..(c + 1) * dv]) {
-                        *oj += f * sc;
-                    }
-                }
-                for j in 0..=i {
-                    let f = dot(qi, k(j)) * (gamma[i] - gamma[j]).exp();
-                    for (oj, vj) in o.iter_mut().zip(&vp[j * dv..(j + 1) * dv]) {
-                        *oj += f * vj;
-                    }
-                }
-            }
-            // State update.
-            let g_last = gamma[l - 1];
-            let decay = g_last.exp();
-            for e in s.iter_mut() {
-                *e *= decay;
-            }
-            for j in 0..l {
-                let f = (g_last - gamma[j]).exp();
-                let vj = &vp[j * dv..(j + 1) * dv];
-                for (c, kc) in k(j).iter().enumerate() {
-                    let fk = f * kc;
-                    for (sc, vv) in s[c * dv..(c + 1) * dv].iter_mut().zip(vj) {
-                        *sc += fk * vv;
-                    }
-                }
-            }
-            start += l;
+        #[cfg(target_arch = "x86_64")]
+        if avx512 {
+            // SAFETY: `isa()` confirmed the features.
+            return unsafe { chunked_head_avx512(&shape, &x, t, chunk, h, s) };
         }
-        out
+        let _ = avx512;
+        chunked_head(&shape, &x, t, chunk, h, s)
     })
+}
+
+/// [`chunked_head`] compiled for AVX-512 (its loops auto-vectorise 16 lanes wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,fma")]
+unsafe fn chunked_head_avx512(
+    shape: &DeltaRuleShape,
+    x: &DeltaRuleInputs<'_>,
+    t: usize,
+    chunk: usize,
+    h: usize,
+    s: &mut [f32],
+) -> Vec<f32> {
+    chunked_head(shape, x, t, chunk, h, s)
+}
+
+/// The chunked delta rule for value head `h` (state `s`, `[Dk, Dv]`); returns `[T, Dv]`.
+#[inline(always)]
+fn chunked_head(
+    shape: &DeltaRuleShape,
+    x: &DeltaRuleInputs<'_>,
+    t: usize,
+    chunk: usize,
+    h: usize,
+    s: &mut [f32],
+) -> Vec<f32> {
+    let (nv, dk, dv) = (shape.nv, shape.dk, shape.dv);
+    let kh = shape.k_head(h);
+    let mut out = vec![0.0f32; t * dv];
+    let mut start = 0;
+    while start < t {
+        let l = chunk.min(t - start);
+        let q = |i: usize| &x.q.row(start + i)[kh * dk..(kh + 1) * dk];
+        let k = |i: usize| &x.k.row(start + i)[kh * dk..(kh + 1) * dk];
+        let v = |i: usize| &x.v.row(start + i)[h * dv..(h + 1) * dv];
+        let beta: Vec<f32> = (0..l).map(|i| x.beta[(start + i) * nv + h]).collect();
+        let mut gamma = vec![0.0f32; l];
+        let mut acc = 0.0;
+        for (i, gm) in gamma.iter_mut().enumerate() {
+            acc += x.g[(start + i) * nv + h];
+            *gm = acc;
+        }
+        // A (strictly lower), [L, L].
+        let mut a = vec![0.0f32; l * l];
+        for i in 0..l {
+            for j in 0..i {
+                a[i * l + j] = beta[i] * dot(k(i), k(j)) * (gamma[i] - gamma[j]).exp();
+            }
+        }
+        // Forward substitution for U [L, Dv] and W [L, Dk].
+        let mut u = vec![0.0f32; l * dv];
+        let mut w = vec![0.0f32; l * dk];
+        for i in 0..l {
+            let (done_u, rest_u) = u.split_at_mut(i * dv);
+            let ui = &mut rest_u[..dv];
+            for (o, vi) in ui.iter_mut().zip(v(i)) {
+                *o = beta[i] * vi;
+            }
+            let (done_w, rest_w) = w.split_at_mut(i * dk);
+            let wi = &mut rest_w[..dk];
+            let scale = beta[i] * gamma[i].exp();
+            for (o, ki) in wi.iter_mut().zip(k(i)) {
+                *o = scale * ki;
+            }
+            for j in 0..i {
+                let aij = a[i * l + j];
+                for (o, uj) in ui.iter_mut().zip(&done_u[j * dv..(j + 1) * dv]) {
+                    *o -= aij * uj;
+                }
+                for (o, wj) in wi.iter_mut().zip(&done_w[j * dk..(j + 1) * dk]) {
+                    *o -= aij * wj;
+                }
+            }
+        }
+        // V' = U − W S, [L, Dv] (reuses u).
+        let mut vp = u;
+        for i in 0..l {
+            let row = &mut vp[i * dv..(i + 1) * dv];
+            for (c, wc) in w[i * dk..(i + 1) * dk].iter().enumerate() {
+                for (o, sc) in row.iter_mut().zip(&s[c * dv..(c + 1) * dv]) {
+                    *o -= wc * sc;
+                }
+            }
+        }
+        // Outputs.
+        for i in 0..l {
+            let o = &mut out[(start + i) * dv..(start + i + 1) * dv];
+            let qi = q(i);
+            let eg = gamma[i].exp();
+            for (c, qc) in qi.iter().enumerate() {
+                let f = eg * qc;
+                for (oj, sc) in o.iter_mut().zip(&s[c * dv..(c + 1) * dv]) {
+                    *oj += f * sc;
+                }
+            }
+            for j in 0..=i {
+                let f = dot(qi, k(j)) * (gamma[i] - gamma[j]).exp();
+                for (oj, vj) in o.iter_mut().zip(&vp[j * dv..(j + 1) * dv]) {
+                    *oj += f * vj;
+                }
+            }
+        }
+        // State update.
+        let g_last = gamma[l - 1];
+        let decay = g_last.exp();
+        for e in s.iter_mut() {
+            *e *= decay;
+        }
+        for j in 0..l {
+            let f = (g_last - gamma[j]).exp();
+            let vj = &vp[j * dv..(j + 1) * dv];
+            for (c, kc) in k(j).iter().enumerate() {
+                let fk = f * kc;
+                for (sc, vv) in s[c * dv..(c + 1) * dv].iter_mut().zip(vj) {
+                    *sc += fk * vv;
+                }
+            }
+        }
+        start += l;
+    }
+    out
 }
 
 #[cfg(test)]

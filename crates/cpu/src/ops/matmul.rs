@@ -1,54 +1,95 @@
 //! `y = x Wᵀ` against a weight in its storage format.
+//!
+//! The weight's rows are split into contiguous chunks claimed by the engine's pool, so each
+//! thread streams a disjoint part of the matrix exactly once per call. Within a chunk, tokens
+//! go through the kernels in groups of up to [`crate::kernels::MAX_TOKENS`], so a weight row
+//! is unpacked once per group and read from L1 for the next groups. How activations meet the
+//! weights (8-bit or exact) is [`crate::kernels::MatmulPrecision`].
 
-use qinfer_tensor::{DType, Mat, Weight};
+use qinfer_tensor::{Mat, Weight};
 use rayon::prelude::*;
 
-/// Weight rows handled by one parallel task: large enough to amortise scheduling, small enough
-/// to balance two threads on the smallest projections.
-const ROWS_PER_TASK: usize = 64;
+use crate::kernels::{self, MAX_TOKENS, Plan};
+use crate::pool::{SharedMut, parallel_for};
 
-/// `x [T, in] · Wᵀ` with `W [out, in]` in any [`DType`] → `[T, out]`.
-///
-/// Threads split the weight by rows, so each streams a disjoint part of the matrix once and
-/// reuses each widened row for all `T` tokens.
+/// Fewest weight rows per chunk: enough to amortise claiming a chunk.
+const MIN_ROWS_PER_CHUNK: usize = 16;
+/// Chunks per thread: enough to rebalance when another process slows one thread down.
+const CHUNKS_PER_THREAD: usize = 4;
+/// Weight rows processed together for multi-token inputs (they stay in L1/L2 while every
+/// token group passes over them).
+const ROW_TILE: usize = 16;
+
+/// `x [T, in] · Wᵀ` with `W [out, in]` in any [`qinfer_tensor::DType`] → `[T, out]`.
 ///
 /// # Panics
 /// If `x.cols != w.cols()`.
 pub fn matmul(x: &Mat, w: &Weight) -> Mat {
-    assert_eq!(
-        x.cols,
-        w.cols(),
-        "matmul: input width does not match the weight"
-    );
-    let (t, n, k) = (x.rows, w.rows(), w.cols());
-    // [out, T]: one contiguous block per task.
-    let mut out_t = vec![0.0f32; n * t];
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * t.max(1))
-        .enumerate()
-        .for_each(|(task, block)| {
-            let mut widened = vec![0.0f32; if w.dtype() == DType::F32 { 0 } else { k }];
-            for (i, out_row) in block.chunks_exact_mut(t.max(1)).enumerate() {
-                let r = task * ROWS_PER_TASK + i;
-                let row: &[f32] = if w.dtype() == DType::F32 {
-                    f32_row(w, r)
-                } else {
-                    qinfer_quant::dequantize_row(w.dtype(), w.row(r), &mut widened)
-                        .expect("weights are validated at load");
-                    &widened
-                };
-                for (ti, o) in out_row.iter_mut().enumerate() {
-                    *o = dot(row, x.row(ti));
-                }
-            }
-        });
-    let mut out = Mat::zeros(t, n);
-    for r in 0..n {
-        for ti in 0..t {
-            out.data[ti * n + r] = out_t[r * t + ti];
+    matmul_many(x, &[w]).pop().expect("one weight, one output")
+}
+
+/// [`matmul`] of one input against several weights (`x Wᵢᵀ` for each), in one parallel region:
+/// projections that share their input (q/k/v, gate/up) cost one synchronisation instead of
+/// one each.
+///
+/// # Panics
+/// If `x.cols` differs from a weight's `cols()`.
+pub fn matmul_many(x: &Mat, ws: &[&Weight]) -> Vec<Mat> {
+    for w in ws {
+        assert_eq!(
+            x.cols,
+            w.cols(),
+            "matmul: input width does not match the weight"
+        );
+    }
+    let t = x.rows;
+    let mut outs: Vec<Mat> = ws.iter().map(|w| Mat::zeros(t, w.rows())).collect();
+    if t == 0 || ws.is_empty() {
+        return outs;
+    }
+    let (isa, precision) = (kernels::isa(), kernels::matmul_precision());
+    let plans: Vec<Plan<'_>> = ws.iter().map(|w| Plan::new(x, w, isa, precision)).collect();
+    // Chunks of each weight's rows, all weights in one list.
+    let total: usize = ws.iter().map(|w| w.rows()).sum();
+    let target = (total / MIN_ROWS_PER_CHUNK).clamp(1, crate::threads() * CHUNKS_PER_THREAD);
+    let rows_per_chunk = total.div_ceil(target).max(1);
+    let mut chunks = Vec::new();
+    for (i, w) in ws.iter().enumerate() {
+        let mut r = 0;
+        while r < w.rows() {
+            let end = (r + rows_per_chunk).min(w.rows());
+            chunks.push((i, r..end));
+            r = end;
         }
     }
-    out
+    let dsts: Vec<SharedMut<f32>> = outs
+        .iter_mut()
+        .map(|m| SharedMut::new(&mut m.data))
+        .collect();
+    parallel_for(chunks.len(), &|c| {
+        let (i, rows) = chunks[c].clone();
+        let (plan, dst, n) = (&plans[i], dsts[i], ws[i].rows());
+        let mut tile = rows.start;
+        while tile < rows.end {
+            let tile_end = (tile + ROW_TILE).min(rows.end);
+            let mut t0 = 0;
+            while t0 < t {
+                let g = MAX_TOKENS.min(t - t0);
+                for r in tile..tile_end {
+                    let mut o = [0.0f32; MAX_TOKENS];
+                    plan.dot(r, t0, &mut o[..g]);
+                    for (k, v) in o[..g].iter().enumerate() {
+                        // SAFETY: element (t0 + k, r) of output i belongs to this chunk only,
+                        // and the outputs outlive the region.
+                        unsafe { dst.slice((t0 + k) * n + r, 1)[0] = *v };
+                    }
+                }
+                t0 += g;
+            }
+            tile = tile_end;
+        }
+    });
+    outs
 }
 
 /// Scalar reference for [`matmul`]: rows widened by the reference dequantizer, `f64`
@@ -114,13 +155,9 @@ pub fn embedding(table: &Weight, id: usize, out: &mut [f32]) {
         .expect("weights are validated at load");
 }
 
-fn f32_row(w: &Weight, r: usize) -> &[f32] {
-    let k = w.cols();
-    // Weight keeps its bytes aligned for its dtype, so this cast cannot fail.
-    &bytemuck::cast_slice::<u8, f32>(w.bytes())[r * k..(r + 1) * k]
-}
-
 /// Dot product with eight independent accumulators (vectorises; fixed summation order).
+/// Always inlined, so that inside functions compiled for AVX-512 it is too.
+#[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = a.len() / 8;
@@ -139,7 +176,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qinfer_tensor::ByteView;
+    use qinfer_tensor::{ByteView, DType};
 
     fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);

@@ -137,12 +137,12 @@ impl GatedDeltaNet {
     /// The input projections, position by position (rows may belong to different sequences:
     /// a batch stacks them so each weight is read once).
     pub fn project(&self, x: &Mat) -> DeltaNetProjections {
-        DeltaNetProjections {
-            mixed: ops::matmul(x, &self.qkv), // [T, C]
-            z: ops::matmul(x, &self.z),       // [T, Nv·Dv]
-            b: ops::matmul(x, &self.b),       // [T, Nv]
-            a: ops::matmul(x, &self.a),       // [T, Nv]
-        }
+        // [T, C], [T, Nv·Dv], [T, Nv], [T, Nv], in one parallel region.
+        let [mixed, z, b, a]: [Mat; 4] =
+            ops::matmul_many(x, &[&self.qkv, &self.z, &self.b, &self.a])
+                .try_into()
+                .expect("four weights, four outputs");
+        DeltaNetProjections { mixed, z, b, a }
     }
 
     /// Conv, delta rule and gated norm for one sequence's projected rows: `[T, Nv·Dv]`, before

@@ -37,8 +37,10 @@ impl Mlp {
 
     /// `[T, H] → [T, H]`.
     pub fn forward(&self, x: &Mat) -> Mat {
-        let mut gate = ops::matmul(x, &self.gate); // [T, I]
-        let up = ops::matmul(x, &self.up); // [T, I]
+        // [T, I] each
+        let [mut gate, up]: [Mat; 2] = ops::matmul_many(x, &[&self.gate, &self.up])
+            .try_into()
+            .expect("two weights, two outputs");
         ops::swiglu(&mut gate.data, &up.data);
         ops::matmul(&gate, &self.down)
     }

@@ -1,0 +1,280 @@
+//! `qinfer bench`: prompt-processing and generation speed, like `llama-bench`.
+//!
+//! Each repetition prefills `-p` random tokens into a fresh sequence (one forward call, logits
+//! of the last position only), then separately generates `-n` tokens one at a time from a
+//! fresh sequence (greedy, each step computing the full LM head), as `llama-bench`'s `pp` and
+//! `tg` tests do. Reported: mean ± standard deviation of tokens/s over `-r` repetitions (after
+//! one untimed warm-up of each test), the bytes a decode step reads, the bandwidth that
+//! implies, its share of the machine's measured limit, and the pool's synchronisation points
+//! per generated token.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use qinfer_model::qwen35::{FeedForward, Mixer};
+use qinfer_model::{LogitsFor, Qwen35};
+use qinfer_tensor::Weight;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model directory or GGUF file.
+    model: PathBuf,
+    /// Prompt tokens per prefill test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens generated per generation test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    repetitions: usize,
+    /// Worker threads (default: every CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The machine's measured memory read bandwidth in GB/s, for the share of the limit
+    /// (default: 31, the 2-thread figure of these 2-vCPU machines).
+    #[arg(long, default_value_t = 31.0)]
+    bandwidth: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Matmul precision: int8 (default) or exact.
+    #[arg(long, default_value = "int8")]
+    precision: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    mean: f64,
+    std: f64,
+}
+
+fn stats(xs: &[f64]) -> Stats {
+    let n = xs.len().max(1) as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    Stats {
+        mean,
+        std: var.sqrt(),
+    }
+}
+
+fn bytes(w: &Weight) -> usize {
+    w.bytes().len()
+}
+
+/// Weight bytes one decode step reads: every matrix once (the LM head included; for MoE the
+/// router, the shared expert and `top_k` average experts), norms and small vectors as `f32`.
+/// The embedding contributes one row (it is the LM head's bytes when tied).
+fn weight_bytes_per_token(m: &Qwen35) -> usize {
+    let mut n = bytes(&m.lm_head) + m.final_norm.weight.len() * 4;
+    n += m.embed.row_bytes();
+    for layer in &m.layers {
+        n += (layer.input_norm.weight.len() + layer.post_attention_norm.weight.len()) * 4;
+        n += match &layer.mixer {
+            Mixer::DeltaNet(d) => {
+                bytes(&d.qkv)
+                    + bytes(&d.z)
+                    + bytes(&d.b)
+                    + bytes(&d.a)
+                    + bytes(&d.out)
+                    + 4 * (d.conv.len() + d.dt_bias.len() + d.a_neg.len() + d.norm.weight.len())
+            }
+            Mixer::Attention(a) => {
+                bytes(&a.q)
+                    + bytes(&a.k)
+                    + bytes(&a.v)
+                    + bytes(&a.o)
+                    + 4 * (a.q_norm.weight.len() + a.k_norm.weight.len())
+            }
+        };
+        let mlp =
+            |x: &qinfer_model::layers::mlp::Mlp| bytes(&x.gate) + bytes(&x.up) + bytes(&x.down);
+        n += match &layer.feed_forward {
+            FeedForward::Dense(x) => mlp(x),
+            FeedForward::Moe(x) => {
+                let experts: usize = x.experts.iter().map(mlp).sum();
+                bytes(&x.router)
+                    + mlp(&x.shared)
+                    + bytes(&x.shared_gate)
+                    + experts * x.top_k / x.experts.len().max(1)
+            }
+        };
+    }
+    n
+}
+
+/// Bytes of the DeltaNet recurrent and conv state, which a decode step reads and writes.
+fn state_bytes(m: &Qwen35) -> usize {
+    m.new_state().bytes()
+}
+
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let threads = qinfer_cpu::init_threads(args.threads);
+    match args.precision.as_str() {
+        "int8" => qinfer_cpu::set_matmul_precision(qinfer_cpu::MatmulPrecision::Int8),
+        "exact" => qinfer_cpu::set_matmul_precision(qinfer_cpu::MatmulPrecision::Exact),
+        p => anyhow::bail!("--precision must be int8 or exact, not {p}"),
+    }
+    let path = &args.model;
+    let started = Instant::now();
+    let model = if crate::is_gguf(path) {
+        Qwen35::load_gguf(path)
+    } else {
+        Qwen35::load_dir(path)
+    }
+    .with_context(|| format!("cannot load model {}", path.display()))?;
+    let load_s = started.elapsed().as_secs_f64();
+    let file_bytes: u64 = if path.is_file() {
+        std::fs::metadata(path)?.len()
+    } else {
+        0
+    };
+    let vocab = model.config.vocab as u32;
+    // A fixed pseudo-random prompt (xorshift), the same on every run.
+    let mut s = 0x9E37_79B9u32;
+    let prompt: Vec<u32> = (0..args.n_prompt)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s % vocab
+        })
+        .collect();
+
+    let mut pp = Vec::new();
+    if args.n_prompt > 0 {
+        for rep in 0..=args.repetitions {
+            let mut state = model.new_state();
+            let t = Instant::now();
+            model.forward(&prompt, &mut state, LogitsFor::Last)?;
+            if rep > 0 {
+                pp.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let mut tg = Vec::new();
+    let mut regions_per_token = 0.0;
+    if args.n_gen > 0 {
+        for rep in 0..=args.repetitions {
+            let mut state = model.new_state();
+            let mut next = prompt.first().copied().unwrap_or(1);
+            let regions = qinfer_cpu::pool::regions();
+            let t = Instant::now();
+            for _ in 0..args.n_gen {
+                let logits = model.forward(&[next], &mut state, LogitsFor::Last)?;
+                next = argmax(&logits.data);
+            }
+            let secs = t.elapsed().as_secs_f64();
+            if rep > 0 {
+                tg.push(args.n_gen as f64 / secs);
+                regions_per_token =
+                    (qinfer_cpu::pool::regions() - regions) as f64 / args.n_gen as f64;
+            }
+        }
+    }
+    let weight_bytes = weight_bytes_per_token(&model);
+    let state = state_bytes(&model);
+    // A decode step reads every weight once and reads + writes the recurrent state.
+    let bytes_per_token = weight_bytes + 2 * state;
+    let pp_s = stats(&pp);
+    let tg_s = stats(&tg);
+    let gbs = tg_s.mean * bytes_per_token as f64 / 1e9;
+    let share = gbs / args.bandwidth;
+    let peak = peak_rss_bytes();
+    let isa = format!("{:?}", qinfer_cpu::kernels::isa());
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "model": path.display().to_string(),
+            "dtype": model.dtype().to_string(),
+            "file_bytes": file_bytes,
+            "params": model.parameter_count(),
+            "threads": threads,
+            "isa": isa,
+            "precision": args.precision,
+            "load_s": load_s,
+            "n_prompt": args.n_prompt,
+            "n_gen": args.n_gen,
+            "repetitions": args.repetitions,
+            "pp_tok_s": pp_s.mean,
+            "pp_tok_s_std": pp_s.std,
+            "pp_samples": pp,
+            "tg_tok_s": tg_s.mean,
+            "tg_tok_s_std": tg_s.std,
+            "tg_samples": tg,
+            "weight_bytes_per_token": weight_bytes,
+            "state_bytes": state,
+            "bytes_per_token": bytes_per_token,
+            "tg_bandwidth_gb_s": gbs,
+            "bandwidth_limit_gb_s": args.bandwidth,
+            "bandwidth_share": share,
+            "sync_points_per_token": regions_per_token,
+            "peak_rss_bytes": peak,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "model {} ({}, {:.2} GB file, {} threads, {isa}, {} precision), loaded in {load_s:.2} s",
+            path.display(),
+            model.dtype(),
+            file_bytes as f64 / 1e9,
+            threads,
+            args.precision
+        )?;
+        writeln!(out, "| test | t/s |")?;
+        writeln!(out, "|---|---|")?;
+        if args.n_prompt > 0 {
+            writeln!(
+                out,
+                "| pp{} | {:.2} ± {:.2} |",
+                args.n_prompt, pp_s.mean, pp_s.std
+            )?;
+        }
+        if args.n_gen > 0 {
+            writeln!(
+                out,
+                "| tg{} | {:.2} ± {:.2} |",
+                args.n_gen, tg_s.mean, tg_s.std
+            )?;
+            writeln!(
+                out,
+                "decode reads {:.1} MB/token ({:.1} MB weights + 2 × {:.1} MB state): {gbs:.1} GB/s, {:.0}% of {:.1} GB/s; {regions_per_token:.0} sync points/token",
+                bytes_per_token as f64 / 1e6,
+                weight_bytes as f64 / 1e6,
+                state as f64 / 1e6,
+                share * 100.0,
+                args.bandwidth
+            )?;
+        }
+        if let Some(p) = peak {
+            writeln!(out, "peak RSS {:.2} GB", p as f64 / 1e9)?;
+        }
+    }
+    Ok(())
+}

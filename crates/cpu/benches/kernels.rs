@@ -1,0 +1,68 @@
+//! Criterion benches of the matmul kernels: decode (one token, bandwidth-bound; throughput in
+//! weight bytes) and prefill-style (64 tokens, compute-bound; throughput in multiply-adds as
+//! "elements"), for every weight type with a fast path, through the engine's pool.
+//!
+//! `cargo bench -p qinfer-cpu --bench kernels [-- FILTER]`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use qinfer_cpu::ops::matmul;
+use qinfer_tensor::{ByteView, DType, Mat, Weight};
+
+fn noise(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+/// `[n, k]` weight of `dtype`: 16 distinct quantized rows, tiled (values do not matter for
+/// speed; every row still lives at its own address).
+fn weight(dtype: DType, n: usize, k: usize) -> Weight {
+    let rb = dtype.row_bytes(k).unwrap();
+    let distinct: Vec<Vec<u8>> = (0..16)
+        .map(|i| {
+            let mut row = vec![0u8; rb];
+            qinfer_quant::quantize_row(dtype, &noise(k, i), &mut row).unwrap();
+            row
+        })
+        .collect();
+    let bytes: Vec<u8> = (0..n).flat_map(|r| distinct[r % 16].clone()).collect();
+    Weight::new(dtype, n, k, ByteView::from_vec(bytes)).unwrap()
+}
+
+fn kernels(c: &mut Criterion) {
+    qinfer_cpu::init_threads(None);
+    let (n, k) = (4096, 4096);
+    for dtype in [
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::IQ4_XS,
+        DType::BF16,
+        DType::F16,
+        DType::F32,
+    ] {
+        let w = weight(dtype, n, k);
+        let mut g = c.benchmark_group(format!("matmul/{dtype}"));
+        g.sample_size(20);
+        let x1 = Mat::from_vec(noise(k, 99), 1, k);
+        g.throughput(Throughput::Bytes(w.bytes().len() as u64));
+        g.bench_function("decode_t1", |b| b.iter(|| black_box(matmul(&x1, &w))));
+        let x64 = Mat::from_vec(noise(64 * k, 98), 64, k);
+        g.throughput(Throughput::Elements((64 * n * k) as u64));
+        g.bench_function("prefill_t64", |b| b.iter(|| black_box(matmul(&x64, &w))));
+        g.finish();
+    }
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);

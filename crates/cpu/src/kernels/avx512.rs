@@ -1,0 +1,485 @@
+//! AVX-512 (F, BW, VL, VNNI) kernels: one weight row against `N ≤ 4` activation rows.
+//!
+//! Integer formats unpack each weight block once into bytes and reuse it for every activation
+//! row: `vpmaddubsw` (unsigned weight × signed activation → pairs in `i16`) followed by
+//! `vpdpwssd` with the sub-block scales (→ `i32`), then one `f32` FMA per super-block with
+//! `d_w · d_a`. Signed weights (Q8_0, IQ4_*) use `|w|` and move the sign onto the activation,
+//! which never overflows because activations stay within ±127. Offsets (`q − 32`, minimums)
+//! come from the activation block sums. Float weights widen 16 values at a time and FMA.
+//!
+//! Every function here requires the features [`super::Isa::Avx512`] checks; they are reached
+//! only through [`super::select`]. Equivalence with `reference.rs` is tested in `mod.rs`.
+
+use std::arch::x86_64::*;
+
+use super::act::{BlockQ8_0, BlockQ8K};
+
+/// `f16` bits → `f32` with F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+unsafe fn f16(p: *const u8) -> f32 {
+    // SAFETY: the caller passes a pointer to two readable bytes.
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// `i16` lane indices: lanes `0..16` take element `a`, lanes `16..32` element `b`.
+#[inline(always)]
+fn idx_halves(a: i16, b: i16) -> __m512i {
+    let mut v = [0i16; 32];
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = if i < 16 { a } else { b };
+    }
+    // SAFETY: `[i16; 32]` and `__m512i` have the same size and any bit pattern is valid.
+    unsafe { std::mem::transmute::<[i16; 32], __m512i>(v) }
+}
+
+/// `i16` lane indices: lanes `8j..8j + 8` take element `base + j`.
+#[inline(always)]
+fn idx_quarters(base: i16) -> __m512i {
+    let mut v = [0i16; 32];
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = base + (i / 8) as i16;
+    }
+    // SAFETY: as in `idx_halves`.
+    unsafe { std::mem::transmute::<[i16; 32], __m512i>(v) }
+}
+
+/// Eight 6-bit scales and minimums of a Q4_K/Q5_K block as two `u64`s of bytes.
+#[inline]
+unsafe fn k_scales(p: *const u8) -> (u64, u64) {
+    // SAFETY: the caller passes the 12 packed bytes.
+    let (a, b, c) = unsafe {
+        (
+            p.cast::<u32>().read_unaligned(),
+            p.add(4).cast::<u32>().read_unaligned(),
+            p.add(8).cast::<u32>().read_unaligned(),
+        )
+    };
+    let sc_lo = a & 0x3F3F_3F3F;
+    let mn_lo = b & 0x3F3F_3F3F;
+    let sc_hi = (c & 0x0F0F_0F0F) | (((a >> 6) & 0x0303_0303) << 4);
+    let mn_hi = ((c >> 4) & 0x0F0F_0F0F) | (((b >> 6) & 0x0303_0303) << 4);
+    (
+        u64::from(sc_lo) | (u64::from(sc_hi) << 32),
+        u64::from(mn_lo) | (u64::from(mn_hi) << 32),
+    )
+}
+
+/// Q4_K (`BITS5 = false`) and Q5_K (`true`) against Q8_K activations stored in
+/// [`super::act::QuantActs::to_k4_order`] (sub-blocks 0, 2, 1, 3, 4, 6, 5, 7: the order the
+/// nibbles come out of 64 bytes of quants, so every activation load is one 64-byte load).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q45_k<const N: usize, const BITS5: bool>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let bytes = if BITS5 { 176 } else { 144 };
+    let nb = w.len() / bytes;
+    let m4 = _mm512_set1_epi8(0x0F);
+    let sixteen = _mm512_set1_epi8(16);
+    // Register r of half c2 holds sub-blocks (4c2 + r, 4c2 + r + 2) in its two 256-bit halves.
+    let idx = [
+        idx_halves(0, 2),
+        idx_halves(1, 3),
+        idx_halves(4, 6),
+        idx_halves(5, 7),
+    ];
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut accm = [_mm256_setzero_ps(); N];
+    for b in 0..nb {
+        // SAFETY: `b < nb` blocks of `bytes` lie inside `w`; activation blocks match in number.
+        unsafe {
+            let blk = w.as_ptr().add(b * bytes);
+            let d = f16(blk);
+            let dmin = f16(blk.add(2));
+            let (sc, mn) = k_scales(blk.add(4));
+            let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+            // Minimums in the activations' sub-block order (swap sub-blocks 1↔2 and 5↔6).
+            let mn = (mn & 0xFF00_00FF_FF00_00FF)
+                | ((mn & 0x0000_FF00_0000_FF00) << 8)
+                | ((mn & 0x00FF_0000_00FF_0000) >> 8);
+            let mnx = _mm_cvtsi64_si128(mn as i64);
+            let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mnx, mnx));
+            let qs = blk.add(if BITS5 { 48 } else { 16 });
+            let mut wq = [_mm512_setzero_si512(); 4];
+            for c2 in 0..2 {
+                let q = _mm512_loadu_si512(qs.add(64 * c2).cast());
+                wq[2 * c2] = _mm512_and_si512(q, m4);
+                wq[2 * c2 + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+            }
+            if BITS5 {
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(16).cast()));
+                for (r, wr) in wq.iter_mut().enumerate() {
+                    // Register r covers sub-blocks s0 = 4(r/2) + r%2 and s0 + 2.
+                    let s0 = 4 * (r / 2) + r % 2;
+                    let bits = _mm512_inserti64x4::<1>(
+                        _mm512_set1_epi8(1 << s0),
+                        _mm256_set1_epi8(1 << (s0 + 2)),
+                    );
+                    let m = _mm512_test_epi8_mask(qh, bits);
+                    *wr = _mm512_mask_add_epi8(*wr, m, *wr, sixteen);
+                }
+            }
+            let scales = [
+                _mm512_permutexvar_epi16(idx[0], sc16),
+                _mm512_permutexvar_epi16(idx[1], sc16),
+                _mm512_permutexvar_epi16(idx[2], sc16),
+                _mm512_permutexvar_epi16(idx[3], sc16),
+            ];
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let ap = ab.qs.as_ptr();
+                let mut s = _mm512_setzero_si512();
+                for r in 0..4 {
+                    let av = _mm512_loadu_si512(ap.add(64 * r).cast());
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[r], av), scales[r]);
+                }
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * ab.d), acc[t]);
+                let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+                let m = _mm256_madd_epi16(bs, mins16);
+                accm[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * ab.d), accm[t]);
+            }
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = _mm512_reduce_add_ps(acc[t]) - hsum256(accm[t]);
+    }
+    out
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+    _mm_cvtss_f32(s)
+}
+
+/// Q6_K against Q8_K activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 210;
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m3 = _mm512_set1_epi8(0x03);
+    let sh02 = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
+    let sh46 = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(6));
+    let idx = [
+        idx_quarters(0),
+        idx_quarters(4),
+        idx_quarters(8),
+        idx_quarters(12),
+    ];
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut acco = [_mm256_setzero_ps(); N];
+    for b in 0..nb {
+        // SAFETY: as in `q45_k`.
+        unsafe {
+            let blk = w.as_ptr().add(b * 210);
+            let d = f16(blk.add(208));
+            let sc256 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
+            let sc16 = _mm512_castsi256_si512(sc256);
+            let mut wq = [_mm512_setzero_si512(); 4];
+            for h in 0..2 {
+                let q = _mm512_loadu_si512(blk.add(64 * h).cast());
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * h).cast()));
+                let hi_lo = _mm512_and_si512(_mm512_srlv_epi16(qh, sh02), m3);
+                let hi_hi = _mm512_and_si512(_mm512_srlv_epi16(qh, sh46), m3);
+                wq[2 * h] = _mm512_or_si512(_mm512_and_si512(q, m4), _mm512_slli_epi16::<4>(hi_lo));
+                wq[2 * h + 1] = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
+                    _mm512_slli_epi16::<4>(hi_hi),
+                );
+            }
+            let scales = [
+                _mm512_permutexvar_epi16(idx[0], sc16),
+                _mm512_permutexvar_epi16(idx[1], sc16),
+                _mm512_permutexvar_epi16(idx[2], sc16),
+                _mm512_permutexvar_epi16(idx[3], sc16),
+            ];
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let ap = ab.qs.as_ptr();
+                let mut s = _mm512_setzero_si512();
+                for r in 0..4 {
+                    let av = _mm512_loadu_si512(ap.add(64 * r).cast());
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[r], av), scales[r]);
+                }
+                let dd = d * ab.d;
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(dd), acc[t]);
+                let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+                let o = _mm256_madd_epi16(bs, sc256);
+                acco[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(o), _mm256_set1_ps(32.0 * dd), acco[t]);
+            }
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = _mm512_reduce_add_ps(acc[t]) - hsum256(acco[t]);
+    }
+    out
+}
+
+/// IQ4_XS against Q8_K activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn iq4_xs<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 136;
+    let m4 = _mm512_set1_epi8(0x0F);
+    // SAFETY: reading the 16-byte codebook.
+    let table = _mm512_broadcast_i32x4(unsafe {
+        _mm_loadu_si128(qinfer_quant::iq4_nl::KVALUES.as_ptr().cast())
+    });
+    let even = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    let odd = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    let idx = [
+        idx_halves(0, 1),
+        idx_halves(2, 3),
+        idx_halves(4, 5),
+        idx_halves(6, 7),
+    ];
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_ps(); N];
+    for b in 0..nb {
+        // SAFETY: as in `q45_k`.
+        unsafe {
+            let blk = w.as_ptr().add(b * 136);
+            let d = f16(blk);
+            let sh = blk.add(2).cast::<u16>().read_unaligned();
+            let sl = blk.add(4).cast::<u32>().read_unaligned();
+            let mut sc = [0i16; 8];
+            for (s, x) in sc.iter_mut().enumerate() {
+                let low = (sl >> (4 * s)) & 0x0F;
+                let high = u32::from((sh >> (2 * s)) & 3);
+                *x = (low | (high << 4)) as i16 - 32;
+            }
+            let sc16 = _mm512_castsi128_si512(_mm_loadu_si128(sc.as_ptr().cast()));
+            let mut wabs = [zero; 4];
+            let mut wneg = [0u64; 4];
+            for k in 0..2 {
+                let q = _mm512_loadu_si512(blk.add(8 + 64 * k).cast());
+                let lo = _mm512_and_si512(q, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+                for (j, perm) in [even, odd].into_iter().enumerate() {
+                    let nat = _mm512_permutex2var_epi64(lo, perm, hi);
+                    let v = _mm512_shuffle_epi8(table, nat);
+                    wabs[2 * k + j] = _mm512_abs_epi8(v);
+                    wneg[2 * k + j] = _mm512_movepi8_mask(v);
+                }
+            }
+            let scales = [
+                _mm512_permutexvar_epi16(idx[0], sc16),
+                _mm512_permutexvar_epi16(idx[1], sc16),
+                _mm512_permutexvar_epi16(idx[2], sc16),
+                _mm512_permutexvar_epi16(idx[3], sc16),
+            ];
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let ap = ab.qs.as_ptr();
+                let mut s = zero;
+                for r in 0..4 {
+                    let av = _mm512_loadu_si512(ap.add(64 * r).cast());
+                    let av = _mm512_mask_sub_epi8(av, wneg[r], zero, av);
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wabs[r], av), scales[r]);
+                }
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * ab.d), acc[t]);
+            }
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = _mm512_reduce_add_ps(acc[t]);
+    }
+    out
+}
+
+/// Q8_0 against Q8_0 activations. Two blocks per iteration into two accumulators per row,
+/// so consecutive blocks do not wait on each other's FMA.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q8_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+    let nb = w.len() / 34;
+    let zero = _mm256_setzero_si256();
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    let mut b = 0;
+    while b < nb {
+        let pair = if b + 1 < nb { 2 } else { 1 };
+        for u in 0..pair {
+            // SAFETY: as in `q45_k`.
+            unsafe {
+                let blk = w.as_ptr().add((b + u) * 34);
+                let d = f16(blk);
+                let v = _mm256_loadu_si256(blk.add(2).cast());
+                let wa = _mm256_abs_epi8(v);
+                let neg = _mm256_movepi8_mask(v);
+                for t in 0..N {
+                    let ab = a[t].get_unchecked(b + u);
+                    let av = _mm256_loadu_si256(ab.qs.as_ptr().cast());
+                    let av = _mm256_mask_sub_epi8(av, neg, zero, av);
+                    let p = _mm256_dpbusd_epi32(zero, wa, av);
+                    acc[t][u] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc[t][u]);
+                }
+            }
+        }
+        b += pair;
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum256(_mm256_add_ps(acc[t][0], acc[t][1]));
+    }
+    out
+}
+
+/// Q4_0 against Q8_0 activations: `Σ q·a − 8·Σ a` per block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q4_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+    let nb = w.len() / 18;
+    let m4 = _mm_set1_epi8(0x0F);
+    let zero = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut offs = [0.0f32; N];
+    for b in 0..nb {
+        // SAFETY: as in `q45_k`.
+        unsafe {
+            let blk = w.as_ptr().add(b * 18);
+            let d = f16(blk);
+            let q = _mm_loadu_si128(blk.add(2).cast());
+            let lo = _mm_and_si128(q, m4);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m4);
+            let wq = _mm256_set_m128i(hi, lo);
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let av = _mm256_loadu_si256(ab.qs.as_ptr().cast());
+                let p = _mm256_dpbusd_epi32(zero, wq, av);
+                let dd = d * ab.d;
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dd), acc[t]);
+                offs[t] += dd * (8 * ab.sum) as f32;
+            }
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum256(acc[t]) - offs[t];
+    }
+    out
+}
+
+/// Float weights (`f32`, `f16`, `bf16` by `KIND` 0/1/2) against `f32` activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn float<const N: usize, const KIND: u8>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
+    let k = x[0].len();
+    let mut acc0 = [_mm512_setzero_ps(); N];
+    let mut acc1 = [_mm512_setzero_ps(); N];
+    let load = |i: usize, m: __mmask16| {
+        // SAFETY: `w` holds `k` elements of the kind's size (checked by the weight's shape),
+        // and the masks never reach past `k`.
+        unsafe { load_float::<KIND>(w.as_ptr(), i, m) }
+    };
+    let mut i = 0;
+    while i + 32 <= k {
+        let w0 = load(i, 0xFFFF);
+        let w1 = load(i + 16, 0xFFFF);
+        for t in 0..N {
+            // SAFETY: `i + 32 ≤ k` and every activation row has `k` values.
+            unsafe {
+                let xp = x[t].as_ptr().add(i);
+                acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp), acc0[t]);
+                acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp.add(16)), acc1[t]);
+            }
+        }
+        i += 32;
+    }
+    while i < k {
+        let n = (k - i).min(16);
+        let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+        let wv = load(i, m);
+        for t in 0..N {
+            // SAFETY: the masked load reads only the `n` remaining values.
+            let xv = unsafe { _mm512_maskz_loadu_ps(m, x[t].as_ptr().add(i)) };
+            acc0[t] = _mm512_fmadd_ps(wv, xv, acc0[t]);
+        }
+        i += n;
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+    }
+    out
+}
+
+/// 16 float weights from element `i` (masked), widened to `f32`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+unsafe fn load_float<const KIND: u8>(w: *const u8, i: usize, m: __mmask16) -> __m512 {
+    // SAFETY: the caller guarantees the masked elements are readable.
+    unsafe {
+        match KIND {
+            0 => _mm512_maskz_loadu_ps(m, w.cast::<f32>().add(i)),
+            1 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w.cast::<i16>().add(i))),
+            _ => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_maskz_loadu_epi16(m, w.cast::<i16>().add(i)),
+            ))),
+        }
+    }
+}
+
+/// [`super::act::quantize_q8_k`] with AVX-512 (same rounding: ties to even, the first element
+/// of largest magnitude sets the sign of the scale).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn quantize_q8_k(x: &[f32], b: &mut BlockQ8K) {
+    assert!(x.len() == 256);
+    let p = x.as_ptr();
+    // SAFETY: 256 values are readable at `p`; `b.qs` has 256 bytes.
+    unsafe {
+        let mut amax = _mm512_setzero_ps();
+        for j in 0..16 {
+            amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(p.add(16 * j))));
+        }
+        let amax = _mm512_reduce_max_ps(amax);
+        if amax == 0.0 {
+            b.d = 0.0;
+            b.qs = [0; 256];
+            b.bsums = [0; 16];
+            return;
+        }
+        let max = *x
+            .iter()
+            .find(|v| v.abs() == amax)
+            .expect("the maximum is an element");
+        let iscale = -127.0 / max;
+        let vs = _mm512_set1_ps(iscale);
+        let lim = _mm512_set1_epi32(127);
+        for j in 0..16 {
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(vs, _mm512_loadu_ps(p.add(16 * j))));
+            let q = _mm512_min_epi32(q, lim);
+            b.bsums[j] = _mm512_reduce_add_epi32(q) as i16;
+            _mm_storeu_si128(
+                b.qs.as_mut_ptr().add(16 * j).cast(),
+                _mm512_cvtsepi32_epi8(q),
+            );
+        }
+        b.d = 1.0 / iscale;
+    }
+}
+
+/// [`super::act::quantize_q8_0`] with AVX-512 (same rounding).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn quantize_q8_0(x: &[f32], b: &mut BlockQ8_0) {
+    assert!(x.len() == 32);
+    let p = x.as_ptr();
+    // SAFETY: 32 values are readable at `p`; `b.qs` has 32 bytes.
+    unsafe {
+        let (x0, x1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        let d = amax / 127.0;
+        let id = _mm512_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, id));
+        let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, id));
+        b.sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        _mm_storeu_si128(b.qs.as_mut_ptr().cast(), _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128(b.qs.as_mut_ptr().add(16).cast(), _mm512_cvtsepi32_epi8(q1));
+        b.d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(
+            _mm_set_ss(d),
+        )));
+    }
+}

@@ -1,0 +1,381 @@
+//! Matrix-vector and matrix-matrix kernels behind [`crate::ops::matmul`], and the one place
+//! that picks an instruction set.
+//!
+//! # Tiers
+//! * `reference.rs` — scalar integer dot products (and `f32` dots for float weights): the
+//!   specification every fast kernel is tested against.
+//! * `avx512.rs` — AVX-512 F/BW/VL + VNNI kernels, chosen at run time by [`isa`] when the CPU
+//!   has those features. Machines without them run the reference tier (correct, slow); AVX2 /
+//!   AVX-VNNI kernels are not written yet.
+//!
+//! # Precision ([`MatmulPrecision`])
+//! By default (`Int8`), weights in the integer formats Q4_0, Q5_0, Q8_0, IQ4_NL (against
+//! [`act::BlockQ8_0`] activations) and Q4_K, Q5_K, Q6_K, IQ4_XS (against [`act::BlockQ8K`])
+//! are multiplied with activations quantized on the fly to 8 bits, as llama.cpp does: the
+//! integer dot products are exact, the only extra error is the activation rounding (about
+//! 0.4% of each block's largest activation). `Exact` widens every weight block to `f32` and
+//! keeps `f32` activations, which reproduces transformers on the dequantized weights to `f32`
+//! rounding; golden tests against transformers use it. Float weights (F32, F16, BF16) always
+//! use `f32` activations, and formats without an integer kernel (Q4_1, Q5_1, Q2_K, Q3_K) always
+//! take the exact path.
+//!
+//! The setting is process-wide ([`set_matmul_precision`], or `QINFER_MATMUL=exact` in the
+//! environment) with a per-thread override ([`with_matmul_precision`]) for tests.
+
+pub mod act;
+mod avx512;
+pub mod delta;
+pub mod reference;
+
+use std::cell::{Cell, RefCell};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use qinfer_tensor::{DType, Mat, Weight};
+
+use act::QuantActs;
+
+/// The instruction set the kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 F, BW, VL, DQ, VNNI with FMA and F16C.
+    Avx512,
+    /// Portable scalar code (the reference tier).
+    Scalar,
+}
+
+/// The kernels' instruction set, detected once. `QINFER_ISA=scalar` forces the reference tier.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        if std::env::var("QINFER_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) {
+            return Isa::Scalar;
+        }
+        if has_avx512() {
+            Isa::Avx512
+        } else {
+            Isa::Scalar
+        }
+    })
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// How quantized weights meet activations (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MatmulPrecision {
+    /// Activations quantized to 8-bit blocks, integer dot products (llama.cpp's arithmetic).
+    #[default]
+    Int8,
+    /// Weights widened to `f32`, `f32` activations (transformers on dequantized weights).
+    Exact,
+}
+
+/// 0 = not yet read from the environment, 1 = Int8, 2 = Exact.
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+thread_local! {
+    static PRECISION_OVERRIDE: Cell<Option<MatmulPrecision>> = const { Cell::new(None) };
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Sets the process-wide precision.
+pub fn set_matmul_precision(p: MatmulPrecision) {
+    PRECISION.store(
+        match p {
+            MatmulPrecision::Int8 => 1,
+            MatmulPrecision::Exact => 2,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// The precision matmuls started from this thread use.
+pub fn matmul_precision() -> MatmulPrecision {
+    if let Some(p) = PRECISION_OVERRIDE.with(Cell::get) {
+        return p;
+    }
+    match PRECISION.load(Ordering::Relaxed) {
+        1 => MatmulPrecision::Int8,
+        2 => MatmulPrecision::Exact,
+        _ => {
+            let p = if std::env::var("QINFER_MATMUL").is_ok_and(|v| v.eq_ignore_ascii_case("exact"))
+            {
+                MatmulPrecision::Exact
+            } else {
+                MatmulPrecision::Int8
+            };
+            set_matmul_precision(p);
+            p
+        }
+    }
+}
+
+/// Runs `f` with matmuls started from this thread at precision `p`.
+pub fn with_matmul_precision<R>(p: MatmulPrecision, f: impl FnOnce() -> R) -> R {
+    let before = PRECISION_OVERRIDE.with(|c| c.replace(Some(p)));
+    struct Restore(Option<MatmulPrecision>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PRECISION_OVERRIDE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(before);
+    f()
+}
+
+/// Integer formats with a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IntFmt {
+    Q8_0,
+    Q4_0,
+    Q5_0,
+    Iq4Nl,
+    Q4K,
+    Q5K,
+    Q6K,
+    Iq4Xs,
+}
+
+impl IntFmt {
+    fn of(dtype: DType) -> Option<Self> {
+        Some(match dtype {
+            DType::Q8_0 => IntFmt::Q8_0,
+            DType::Q4_0 => IntFmt::Q4_0,
+            DType::Q5_0 => IntFmt::Q5_0,
+            DType::IQ4_NL => IntFmt::Iq4Nl,
+            DType::Q4_K => IntFmt::Q4K,
+            DType::Q5_K => IntFmt::Q5K,
+            DType::Q6_K => IntFmt::Q6K,
+            DType::IQ4_XS => IntFmt::Iq4Xs,
+            _ => return None,
+        })
+    }
+
+    fn k_quant(self) -> bool {
+        matches!(
+            self,
+            IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K | IntFmt::Iq4Xs
+        )
+    }
+}
+
+#[derive(Debug)]
+enum Acts<'a> {
+    /// `f32` activations against float weights, or widened blocks (`widen`).
+    Float {
+        x: &'a Mat,
+        widen: bool,
+    },
+    Int {
+        fmt: IntFmt,
+        q: QuantActs,
+    },
+}
+
+/// One matmul's prepared inputs: the weight, the activations in the form its kernel needs.
+#[derive(Debug)]
+pub(crate) struct Plan<'a> {
+    w: &'a Weight,
+    /// `w`'s bytes and row length, looked up once (kernels are called per row).
+    bytes: &'a [u8],
+    row_bytes: usize,
+    acts: Acts<'a>,
+    isa: Isa,
+}
+
+/// Most activation rows one kernel call handles (the weight row is unpacked once for them).
+pub(crate) const MAX_TOKENS: usize = 4;
+
+impl<'a> Plan<'a> {
+    pub(crate) fn new(x: &'a Mat, w: &'a Weight, isa: Isa, precision: MatmulPrecision) -> Self {
+        let fmt = IntFmt::of(w.dtype()).filter(|_| precision == MatmulPrecision::Int8);
+        let acts = match fmt {
+            Some(fmt) => Acts::Int {
+                fmt,
+                q: if fmt.k_quant() {
+                    let mut q = QuantActs::q8_k(&x.data, x.rows, x.cols, isa);
+                    if isa == Isa::Avx512 && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K) {
+                        q.to_k4_order();
+                    }
+                    q
+                } else {
+                    QuantActs::q8_0(&x.data, x.rows, x.cols, isa)
+                },
+            },
+            None => Acts::Float {
+                x,
+                widen: w.dtype().is_quantized() || isa == Isa::Scalar && w.dtype() != DType::F32,
+            },
+        };
+        Plan {
+            w,
+            bytes: w.bytes(),
+            row_bytes: w.row_bytes(),
+            acts,
+            isa,
+        }
+    }
+
+    /// `out[i] = row r of W · activation row t0 + i`, for `out.len() ≤ MAX_TOKENS` rows.
+    #[inline]
+    pub(crate) fn dot(&self, r: usize, t0: usize, out: &mut [f32]) {
+        let row = &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes];
+        match &self.acts {
+            Acts::Int { fmt, q } => match self.isa {
+                Isa::Avx512 if avx512_int(*fmt, row, q, t0, out) => {}
+                _ => {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = int_ref(*fmt, row, q, t0 + i);
+                    }
+                }
+            },
+            Acts::Float { x, widen: false } => match self.isa {
+                Isa::Avx512 => avx512_float(self.w.dtype(), row, x, t0, out),
+                Isa::Scalar => {
+                    let w: &[f32] = bytemuck::cast_slice(row);
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = reference::f32_dot(w, x.row(t0 + i));
+                    }
+                }
+            },
+            Acts::Float { x, widen: true } => SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                s.resize(self.w.cols(), 0.0);
+                qinfer_quant::dequantize_row(self.w.dtype(), row, &mut s)
+                    .expect("weights are validated at load");
+                match self.isa {
+                    Isa::Avx512 => {
+                        avx512_float(DType::F32, bytemuck::cast_slice(&s), x, t0, out);
+                    }
+                    Isa::Scalar => {
+                        for (i, o) in out.iter_mut().enumerate() {
+                            *o = reference::f32_dot(&s, x.row(t0 + i));
+                        }
+                    }
+                }
+            }),
+        }
+    }
+}
+
+fn int_ref(fmt: IntFmt, row: &[u8], q: &QuantActs, t: usize) -> f32 {
+    match fmt {
+        IntFmt::Q8_0 => reference::q8_0(row, q.q8_0_row(t)),
+        IntFmt::Q4_0 => reference::q4_0(row, q.q8_0_row(t)),
+        IntFmt::Q5_0 => reference::q5_0(row, q.q8_0_row(t)),
+        IntFmt::Iq4Nl => reference::iq4_nl(row, q.q8_0_row(t)),
+        IntFmt::Q4K => reference::q4_k(row, q.q8_k_row(t)),
+        IntFmt::Q5K => reference::q5_k(row, q.q8_k_row(t)),
+        IntFmt::Q6K => reference::q6_k(row, q.q8_k_row(t)),
+        IntFmt::Iq4Xs => reference::iq4_xs(row, q.q8_k_row(t)),
+    }
+}
+
+/// Calls `$kernel::<N>` with `N = out.len()` activation rows `$row` for `$t = t0 .. t0 + N`.
+macro_rules! call_n {
+    ($out:expr, $t0:expr, |$t:ident| $row:expr, $kernel:ident, $w:expr) => {{
+        let out: &mut [f32] = $out;
+        let t0: usize = $t0;
+        let row = |$t: usize| $row;
+        // SAFETY: only reached when `isa()` (or a test) confirmed the AVX-512 feature set.
+        unsafe {
+            match out.len() {
+                1 => out.copy_from_slice(&$kernel::<1>($w, [row(t0)])),
+                2 => out.copy_from_slice(&$kernel::<2>($w, [row(t0), row(t0 + 1)])),
+                3 => out.copy_from_slice(&$kernel::<3>($w, [row(t0), row(t0 + 1), row(t0 + 2)])),
+                4 => out.copy_from_slice(&$kernel::<4>(
+                    $w,
+                    [row(t0), row(t0 + 1), row(t0 + 2), row(t0 + 3)],
+                )),
+                n => unreachable!("kernels take 1..={MAX_TOKENS} rows, not {n}"),
+            }
+        }
+    }};
+}
+
+/// The AVX-512 integer kernel for `fmt`, if there is one (returns whether it ran).
+fn avx512_int(fmt: IntFmt, row: &[u8], q: &QuantActs, t0: usize, out: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use avx512::{iq4_xs, q4_0, q6_k, q8_0};
+        match fmt {
+            IntFmt::Q8_0 => call_n!(out, t0, |t| q.q8_0_row(t), q8_0, row),
+            IntFmt::Q4_0 => call_n!(out, t0, |t| q.q8_0_row(t), q4_0, row),
+            IntFmt::Q4K => call_n!(out, t0, |t| q.q8_k_row(t), q4_k, row),
+            IntFmt::Q5K => call_n!(out, t0, |t| q.q8_k_row(t), q5_k, row),
+            IntFmt::Q6K => call_n!(out, t0, |t| q.q8_k_row(t), q6_k, row),
+            IntFmt::Iq4Xs => call_n!(out, t0, |t| q.q8_k_row(t), iq4_xs, row),
+            IntFmt::Q5_0 | IntFmt::Iq4Nl => return false,
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (fmt, row, q, t0, out);
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn q4_k<const N: usize>(w: &[u8], a: [&[act::BlockQ8K]; N]) -> [f32; N] {
+    // SAFETY: forwarded from the caller.
+    unsafe { avx512::q45_k::<N, false>(w, a) }
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn q5_k<const N: usize>(w: &[u8], a: [&[act::BlockQ8K]; N]) -> [f32; N] {
+    // SAFETY: forwarded from the caller.
+    unsafe { avx512::q45_k::<N, true>(w, a) }
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn f32w<const N: usize>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
+    // SAFETY: forwarded from the caller.
+    unsafe { avx512::float::<N, 0>(w, x) }
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn f16w<const N: usize>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
+    // SAFETY: forwarded from the caller.
+    unsafe { avx512::float::<N, 1>(w, x) }
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn bf16w<const N: usize>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
+    // SAFETY: forwarded from the caller.
+    unsafe { avx512::float::<N, 2>(w, x) }
+}
+
+fn avx512_float(dtype: DType, row: &[u8], x: &Mat, t0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match dtype {
+        DType::F32 => call_n!(out, t0, |t| x.row(t), f32w, row),
+        DType::F16 => call_n!(out, t0, |t| x.row(t), f16w, row),
+        DType::BF16 => call_n!(out, t0, |t| x.row(t), bf16w, row),
+        d => unreachable!("{d} is not a float type"),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dtype, row, x, t0, out);
+        unreachable!("AVX-512 is only selected on x86_64")
+    }
+}
+
+#[cfg(test)]
+mod tests;

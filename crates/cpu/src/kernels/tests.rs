@@ -1,0 +1,155 @@
+//! Equivalence of every kernel tier, and the error the 8-bit activations add.
+
+use qinfer_tensor::{ByteView, DType, Mat, Weight};
+
+use super::*;
+
+fn noise(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let v = (s % 2001) as f32 / 1000.0 - 1.0;
+            // A few outliers, as real activations have.
+            if i % 97 == 5 { v * 8.0 } else { v }
+        })
+        .collect()
+}
+
+fn weight(dtype: DType, n: usize, k: usize, seed: u32) -> Weight {
+    let values = noise(n * k, seed);
+    let mut bytes = vec![0u8; n * dtype.row_bytes(k).unwrap()];
+    let rb = dtype.row_bytes(k).unwrap();
+    for (dst, src) in bytes.chunks_mut(rb).zip(values.chunks(k)) {
+        qinfer_quant::quantize_row(dtype, src, dst).unwrap();
+    }
+    Weight::new(dtype, n, k, ByteView::from_vec(bytes)).unwrap()
+}
+
+const TYPES: [DType; 11] = [
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q5_0,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
+    DType::BF16,
+    DType::F16,
+    DType::F32,
+];
+
+fn run(plan: &Plan<'_>, n: usize, t: usize, group: usize) -> Vec<f32> {
+    let mut out = vec![0.0; t * n];
+    for r in 0..n {
+        let mut t0 = 0;
+        while t0 < t {
+            let g = group.min(t - t0);
+            let mut o = [0.0; MAX_TOKENS];
+            plan.dot(r, t0, &mut o[..g]);
+            for i in 0..g {
+                out[(t0 + i) * n + r] = o[i];
+            }
+            t0 += g;
+        }
+    }
+    out
+}
+
+/// `Σ |w x|` per output: the scale of `f32` summation error.
+fn magnitude(x: &Mat, w: &Weight) -> Vec<f32> {
+    let mut row = vec![0.0; w.cols()];
+    let mut out = vec![0.0; x.rows * w.rows()];
+    for r in 0..w.rows() {
+        qinfer_quant::dequantize_row(w.dtype(), w.row(r), &mut row).unwrap();
+        for t in 0..x.rows {
+            out[t * w.rows() + r] = row.iter().zip(x.row(t)).map(|(a, b)| (a * b).abs()).sum();
+        }
+    }
+    out
+}
+
+/// AVX-512 against the scalar reference tier, for every type, 1–4 rows per call and `T` not a
+/// multiple of the group. Tolerance: both compute the same exact integer (or `f32`) products
+/// and differ only in the order of `f32` scaling and summation, so `2e-6 · Σ|w·x|` (≈ 16 ulp
+/// of the magnitude, over a few hundred terms of partial sums).
+#[test]
+fn avx512_matches_reference_tier() {
+    if !has_avx512() {
+        return;
+    }
+    for dtype in TYPES {
+        for (t, n, k) in [(1, 3, 256), (7, 5, 512), (3, 2, 768)] {
+            let w = weight(dtype, n, k, 7);
+            let x = Mat::from_vec(noise(t * k, 3), t, k);
+            let mag = magnitude(&x, &w);
+            for precision in [MatmulPrecision::Int8, MatmulPrecision::Exact] {
+                let want = run(&Plan::new(&x, &w, Isa::Scalar, precision), n, t, 1);
+                for group in 1..=MAX_TOKENS {
+                    let got = run(&Plan::new(&x, &w, Isa::Avx512, precision), n, t, group);
+                    for i in 0..got.len() {
+                        let err = (got[i] - want[i]).abs();
+                        assert!(
+                            err <= 2e-6 * mag[i] + 1e-6,
+                            "{dtype} {precision:?} t={t} n={n} k={k} group={group}: {} vs {} (Σ|wx| {})",
+                            got[i],
+                            want[i],
+                            mag[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Int8 against exact `f64` products of the dequantized weights. The only difference is the
+/// activation rounding: each activation moves by at most half its block's step (`d/2`; Q8_0
+/// blocks store `d` rounded to `f16` after quantizing, so up to `0.56·d`), hence the bound
+/// `Σ_blocks 0.6·d · Σ|w|` plus `f32` summation error.
+#[test]
+fn int8_error_is_bounded_by_the_activation_rounding() {
+    for dtype in TYPES {
+        let (t, n, k) = (3, 4, 512);
+        let w = weight(dtype, n, k, 11);
+        let x = Mat::from_vec(noise(t * k, 5), t, k);
+        let got = run(&Plan::new(&x, &w, isa(), MatmulPrecision::Int8), n, t, 2);
+        let mag = magnitude(&x, &w);
+        let block = if IntFmt::of(dtype).is_some_and(IntFmt::k_quant) {
+            256
+        } else {
+            32
+        };
+        let mut row = vec![0.0; k];
+        for r in 0..n {
+            qinfer_quant::dequantize_row(dtype, w.row(r), &mut row).unwrap();
+            for ti in 0..t {
+                let xr = x.row(ti);
+                let exact: f64 = row
+                    .iter()
+                    .zip(xr)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                let bound: f32 = if IntFmt::of(dtype).is_some() {
+                    (0..k / block)
+                        .map(|b| {
+                            let r = b * block..(b + 1) * block;
+                            let amax = xr[r.clone()].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                            0.6 * amax / 127.0 * row[r].iter().map(|v| v.abs()).sum::<f32>()
+                        })
+                        .sum()
+                } else {
+                    0.0
+                };
+                let err = (f64::from(got[ti * n + r]) - exact).abs() as f32;
+                assert!(
+                    err <= bound + 2e-6 * mag[ti * n + r] + 1e-6,
+                    "{dtype}: error {err} above the rounding bound {bound}"
+                );
+            }
+        }
+    }
+}

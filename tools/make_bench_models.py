@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Random-weight Hugging Face checkpoints with the real shapes of Qwen3.5-0.8B and Qwen3.5-4B.
+
+For speed comparisons only (tools/bench_vs_llama_cpp.sh): the weights are random, so the text is
+meaningless, but every tensor has the real model's name, shape and dtype (BF16), and the
+tokenizer is the real Qwen3.5 one (assets/qwen3.5-tokenizer). Tensor names and shapes come from
+transformers itself (the model is instantiated on the `meta` device, no memory used); values are
+written straight into a safetensors file, tensor by tensor.
+
+usage: make_bench_models.py {0.8b,4b} OUT_DIR      (python with torch + transformers 5.23)
+"""
+
+import gzip
+import json
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+SHAPES = {
+    # hidden, layers, heads, kv heads, DeltaNet key heads, value heads, FFN
+    "0.8b": (1024, 24, 8, 2, 16, 16, 3584),
+    "4b": (2560, 32, 16, 4, 16, 32, 9216),
+}
+
+
+def config(name: str) -> dict:
+    hidden, layers, heads, kv, nk, nv, ffn = SHAPES[name]
+    return {
+        "architectures": ["Qwen3_5ForCausalLM"],
+        "model_type": "qwen3_5_text",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attn_output_gate": True,
+        "bos_token_id": None,
+        "eos_token_id": 248046,
+        "pad_token_id": 248044,
+        "full_attention_interval": 4,
+        "head_dim": 256,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": ffn,
+        "layer_types": (["linear_attention"] * 3 + ["full_attention"]) * (layers // 4),
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 128,
+        "linear_num_key_heads": nk,
+        "linear_num_value_heads": nv,
+        "linear_value_head_dim": 128,
+        "max_position_embeddings": 262144,
+        "mtp_num_hidden_layers": 0,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "num_key_value_heads": kv,
+        "partial_rotary_factor": 0.25,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {
+            "mrope_interleaved": True,
+            "mrope_section": [11, 11, 10],
+            "partial_rotary_factor": 0.25,
+            "rope_theta": 10000000,
+            "rope_type": "default",
+        },
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": 248320,
+    }
+
+
+def values(name: str, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    n = int(np.prod(shape))
+    if name.endswith("A_log"):
+        return np.log(rng.uniform(1.0, 16.0, n)).astype(np.float32)
+    if name.endswith("dt_bias"):
+        return np.ones(n, np.float32)
+    if name.endswith("linear_attn.norm.weight"):
+        return np.ones(n, np.float32)  # plain RMSNorm
+    if "norm" in name:
+        return (rng.standard_normal(n, np.float32) * 0.02).astype(np.float32)  # zero-centred
+    std = 0.1 if "conv1d" in name else 0.02
+    return rng.standard_normal(n, np.float32) * np.float32(std)
+
+
+def bf16_bytes(x: np.ndarray) -> bytes:
+    u = x.astype(np.float32).view(np.uint32)
+    # round to nearest even
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return u.astype(np.uint16).tobytes()
+
+
+def main() -> None:
+    name, out = sys.argv[1], Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config(name)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": [248046, 248044]}))
+    with gzip.open(REPO / "assets/qwen3.5-tokenizer/tokenizer.json.gz", "rb") as f:
+        (out / "tokenizer.json").write_bytes(f.read())
+    shutil.copy(REPO / "assets/qwen3.5-tokenizer/tokenizer_config.json", out)
+
+    with torch.device("meta"):
+        model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**{k: v for k, v in cfg.items() if k != "architectures"}))
+    tensors = [(k, tuple(v.shape)) for k, v in model.state_dict().items() if k != "lm_head.weight"]
+    header, offset = {}, 0
+    for k, shape in tensors:
+        size = int(np.prod(shape)) * 2
+        header[k] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    rng = np.random.default_rng(0)
+    with open(out / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for k, shape in tensors:
+            f.write(bf16_bytes(values(k, shape, rng)))
+    print(f"{out}: {len(tensors)} tensors, {offset / 1e9:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
