@@ -77,6 +77,68 @@ pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) ->
     out
 }
 
+/// [`causal_attention`] over keys and values stored in segments (the blocks of a paged KV
+/// cache, in order) instead of one contiguous buffer: `kv` lists `(k, v)` pairs of
+/// `[rows, Hkv·D]` each; together they are the `[S, Hkv·D]` of [`causal_attention`]. Computes
+/// every output element exactly as [`causal_attention`] does (same dot products, softmax and
+/// accumulation order), so the two agree bit for bit.
+///
+/// # Panics
+/// If the shapes disagree.
+pub fn causal_attention_blocks(q: &Mat, kv: &[(&[f32], &[f32])], shape: AttentionShape) -> Mat {
+    let AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim: d,
+        scale,
+    } = shape;
+    let kv_width = n_kv_heads * d;
+    assert_eq!(q.cols, n_heads * d, "attention: query width");
+    assert!(
+        n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+        "attention: head grouping"
+    );
+    assert!(
+        kv.iter()
+            .all(|(k, v)| k.len() == v.len() && k.len().is_multiple_of(kv_width)),
+        "attention: kv shape"
+    );
+    // Row j of the whole sequence is row j - start of the segment that holds it.
+    let rows: Vec<(&[f32], &[f32], usize)> = kv
+        .iter()
+        .flat_map(|&(k, v)| (0..k.len() / kv_width).map(move |r| (k, v, r * kv_width)))
+        .collect();
+    let s = rows.len();
+    assert!(s >= q.rows, "attention: fewer keys than queries");
+    let past = s - q.rows;
+    let group = n_heads / n_kv_heads;
+
+    let mut out = Mat::zeros(q.rows, n_heads * d);
+    out.data
+        .par_chunks_mut(n_heads * d)
+        .enumerate()
+        .for_each(|(t, out_row)| {
+            let visible = past + t + 1;
+            let mut scores = vec![0.0f32; visible];
+            for h in 0..n_heads {
+                let kvh = h / group;
+                let qh = &q.row(t)[h * d..(h + 1) * d];
+                for (sc, &(k, _, at)) in scores.iter_mut().zip(&rows) {
+                    *sc = dot(qh, &k[at + kvh * d..at + (kvh + 1) * d]) * scale;
+                }
+                softmax(&mut scores);
+                let oh = &mut out_row[h * d..(h + 1) * d];
+                for (p, &(_, v, at)) in scores.iter().zip(&rows) {
+                    let vj = &v[at + kvh * d..at + (kvh + 1) * d];
+                    for (o, x) in oh.iter_mut().zip(vj) {
+                        *o += p * x;
+                    }
+                }
+            }
+        });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +166,29 @@ mod tests {
         }
         // The first query sees only itself: output = its own value rows.
         assert!((all.data[0] - v[0]).abs() < 1e-6);
+    }
+
+    /// Any split of the cache into segments gives exactly the contiguous result.
+    #[test]
+    fn blocks_equal_contiguous_bit_for_bit() {
+        let shape = AttentionShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 3,
+            scale: 0.5,
+        };
+        let (s, t) = (11, 4);
+        let q: Vec<f32> = (0..t * 12).map(|i| (i as f32 * 0.3).sin()).collect();
+        let k: Vec<f32> = (0..s * 6).map(|i| (i as f32 * 0.7).cos()).collect();
+        let v: Vec<f32> = (0..s * 6).map(|i| (i as f32 * 0.11).sin()).collect();
+        let q = Mat::from_vec(q, t, 12);
+        let whole = causal_attention(&q, &k, &v, shape);
+        for cuts in [vec![0, 11], vec![0, 4, 8, 11], vec![0, 1, 10, 11]] {
+            let segs: Vec<(&[f32], &[f32])> = cuts
+                .windows(2)
+                .map(|w| (&k[w[0] * 6..w[1] * 6], &v[w[0] * 6..w[1] * 6]))
+                .collect();
+            assert_eq!(causal_attention_blocks(&q, &segs, shape).data, whole.data);
+        }
     }
 }
