@@ -10,12 +10,14 @@
 //! generated ones), and it goes on with its answer.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qinfer_cache::{SequenceState, Snapshot};
+use qinfer_cache::{Miss, SequenceState, Snapshot};
 use qinfer_model::{ForwardError, LoadError, LogitsFor, Qwen35};
 
 use crate::parser::{Event, OutputParser, Parsed, ParserOptions, ToolCall};
+use crate::prompt_cache::{self, PromptCache};
 use crate::sampler::{Sampler, SamplingError, SamplingParams, StopCheck, StopMatcher};
 use crate::template::{ChatTemplate, TemplateError, special_tokens_from_config};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
@@ -207,6 +209,9 @@ fn add_chat_stops(tok: &Tokenizer, ids: &mut Vec<u32>) {
 /// Gated DeltaNet state cannot be truncated, so besides exact extension the sequence keeps
 /// snapshots at the ends of its last few prompts: a new prompt that shares a shorter prefix
 /// (e.g. the template dropped reasoning from history) resumes from the longest such snapshot.
+///
+/// With a shared [`PromptCache`], a prompt that does not extend this sequence is looked up
+/// there (any earlier request's prefix), and prompts and answers are stored there.
 #[derive(Debug)]
 pub struct Sequence {
     pub state: SequenceState,
@@ -215,6 +220,8 @@ pub struct Sequence {
     /// `(position, snapshot)` at the ends of recent prompts, oldest first; every position is
     /// within `tokens`.
     marks: Vec<(usize, Snapshot)>,
+    /// The prefix cache shared with other sequences, if any.
+    pub cache: Option<Arc<PromptCache>>,
 }
 
 /// Prompt-end snapshots kept per sequence.
@@ -226,12 +233,56 @@ impl Sequence {
             state: model.new_state(),
             tokens: Vec::new(),
             marks: Vec::new(),
+            cache: None,
         }
     }
 
-    /// Empties the sequence.
+    /// An empty sequence that looks prompts up in, and stores them to, `cache`.
+    pub fn with_cache(model: &Qwen35, cache: Arc<PromptCache>) -> Self {
+        Sequence {
+            cache: Some(cache),
+            ..Sequence::new(model)
+        }
+    }
+
+    /// A sequence holding `tokens` in `state` (a restored session).
+    pub fn from_state(state: SequenceState, tokens: Vec<u32>) -> Self {
+        assert_eq!(state.pos(), tokens.len(), "state holds exactly the tokens");
+        Sequence {
+            state,
+            tokens,
+            marks: Vec::new(),
+            cache: None,
+        }
+    }
+
+    /// Empties the sequence (it keeps its cache).
     pub fn reset(&mut self, model: &Qwen35) {
+        let cache = self.cache.take();
         *self = Sequence::new(model);
+        self.cache = cache;
+    }
+
+    /// Rewinds to the longest reusable prefix of `prompt`, from this sequence or the shared
+    /// cache; returns how many of its tokens are already in the state and, when tokens the
+    /// cache had seen are computed again, why.
+    fn resume(&mut self, model: &Qwen35, prompt: &[u32]) -> (usize, Option<Miss>) {
+        let local = self.reuse(model, prompt);
+        let Some(cache) = self.cache.clone() else {
+            return (local, None);
+        };
+        if local + 1 >= prompt.len() || (local > 0 && local == self.tokens.len()) {
+            // Nothing to gain, or the prompt extends this very sequence.
+            return (local, None);
+        }
+        let found = cache.admit(prompt);
+        if found.cached <= local {
+            return (local, None);
+        }
+        self.state = found.state;
+        self.tokens = prompt[..found.cached].to_vec();
+        self.marks.clear();
+        (found.cached, found.miss)
     }
 
     /// Rewinds to the longest reusable prefix of `prompt`; returns how many of its tokens are
@@ -313,8 +364,11 @@ pub struct Generation {
     pub parsed: Parsed,
     pub finish: FinishReason,
     pub prompt_tokens: usize,
-    /// Prompt tokens that were already in the sequence state (not processed again).
+    /// Prompt tokens that were already in the sequence state or the prompt cache (not
+    /// processed again).
     pub reused_tokens: usize,
+    /// Why prompt tokens the prompt cache had seen were processed again, if they were.
+    pub cache_miss: Option<Miss>,
     pub reasoning_tokens: usize,
     pub prefill_time: Duration,
     pub decode_time: Duration,
@@ -360,8 +414,10 @@ pub fn generate(
         });
     }
     let started = Instant::now();
-    let reused = seq.reuse(model, prompt);
-    let mut logits = model.forward(&prompt[reused..], &mut seq.state, LogitsFor::Last)?;
+    let (reused, cache_miss) = seq.resume(model, prompt);
+    let cache = seq.cache.clone();
+    let mut logits =
+        prompt_cache::prefill(model, &mut seq.state, prompt, reused, cache.as_deref())?;
     seq.tokens.truncate(reused);
     seq.tokens.extend_from_slice(&prompt[reused..]);
     seq.mark();
@@ -384,6 +440,7 @@ pub fn generate(
         finish: FinishReason::Length,
         prompt_tokens: prompt.len(),
         reused_tokens: reused,
+        cache_miss,
         reasoning_tokens: 0,
         prefill_time,
         decode_time: Duration::ZERO,
@@ -477,6 +534,9 @@ pub fn generate(
     let (events, _) = parser.finish();
     emit(events, &mut parsed, &mut cancelled);
     out.parsed = parsed;
+    if let Some(cache) = &cache {
+        cache.complete(&seq.tokens, &seq.state);
+    }
     out.decode_time = decode_start.elapsed();
     Ok(out)
 }
