@@ -256,6 +256,23 @@ impl Sequence {
         }
     }
 
+    /// Snapshots at the ends of recent prompts: `(position, snapshot)`, oldest first.
+    pub fn marks(&self) -> &[(usize, Snapshot)] {
+        &self.marks
+    }
+
+    /// Adds a prompt-end snapshot (a restored session's); ignored unless `snapshot` is at a
+    /// position within `tokens`.
+    pub fn push_mark(&mut self, snapshot: Snapshot) {
+        let n = snapshot.pos();
+        if n <= self.tokens.len() && !self.marks.iter().any(|(m, _)| *m == n) {
+            if self.marks.len() == MAX_MARKS {
+                self.marks.remove(0);
+            }
+            self.marks.push((n, snapshot));
+        }
+    }
+
     /// Empties the sequence (it keeps its cache).
     pub fn reset(&mut self, model: &Qwen35) {
         let cache = self.cache.take();
@@ -316,14 +333,7 @@ impl Sequence {
 
     /// Records a snapshot at the current end (called after a prompt is processed).
     fn mark(&mut self) {
-        let n = self.tokens.len();
-        if self.marks.iter().any(|(m, _)| *m == n) {
-            return;
-        }
-        if self.marks.len() == MAX_MARKS {
-            self.marks.remove(0);
-        }
-        self.marks.push((n, self.state.snapshot()));
+        self.push_mark(self.state.snapshot());
     }
 }
 

@@ -2,13 +2,15 @@
 //! --session FILE` resumes it without processing it again.
 //!
 //! The file is a [`qinfer_cache::persist`] container of kind `SESSION`: the JSON header holds
-//! the model fingerprint and the messages; the body holds the token ids and the sequence
-//! state (KV rows + DeltaNet state at the end of the last answer, `f32`). A session written
-//! for another model, or damaged, is an error naming the file.
+//! the model fingerprint and the messages; the body holds the token ids, the sequence state
+//! (KV rows + DeltaNet state at the end of the last answer, `f32`) and the prompt-end marks
+//! (position + DeltaNet state only: their KV rows are a prefix of the final state's). A
+//! session written for another model, or damaged, is an error naming the file.
 
 use std::path::Path;
 
 use qinfer_cache::persist::{self, Reader, Writer};
+use qinfer_cache::{DeltaNetState, LayerState, SequenceState};
 use qinfer_model::Qwen35;
 use serde_json::Value;
 
@@ -48,6 +50,16 @@ pub fn save(
         w.u32(t);
     }
     w.state(&seq.state);
+    w.u64(seq.marks().len() as u64);
+    for (pos, snap) in seq.marks() {
+        w.u64(*pos as u64);
+        for l in snap.state().layers() {
+            if let LayerState::DeltaNet(d) = l {
+                w.f32s(&d.conv);
+                w.f32s(&d.recurrent);
+            }
+        }
+    }
     persist::write_file(path, KIND, &header, &w.buf)
 }
 
@@ -76,9 +88,40 @@ pub fn load(path: &Path, model: &Qwen35) -> Result<Session, String> {
     if state.pos() != tokens.len() {
         return Err(corrupt("state and tokens disagree".into()));
     }
+    let mut sequence = Sequence::from_state(fresh, tokens);
+    let marks = r.len(8).map_err(corrupt)?;
+    for _ in 0..marks {
+        let pos = r.u64().map_err(corrupt)? as usize;
+        if pos > sequence.tokens.len() {
+            return Err(corrupt("mark past the end".into()));
+        }
+        let mut layers = Vec::new();
+        for l in sequence.state.layers() {
+            layers.push(match l {
+                LayerState::Attention(kv) => {
+                    let mut kv = kv.clone();
+                    kv.truncate(pos);
+                    LayerState::Attention(kv)
+                }
+                LayerState::DeltaNet(d) => {
+                    let saved = DeltaNetState {
+                        conv: r.f32s().map_err(corrupt)?,
+                        recurrent: r.f32s().map_err(corrupt)?,
+                    };
+                    if saved.conv.len() != d.conv.len()
+                        || saved.recurrent.len() != d.recurrent.len()
+                    {
+                        return Err(corrupt("mark shape".into()));
+                    }
+                    LayerState::DeltaNet(saved)
+                }
+            });
+        }
+        sequence.push_mark(SequenceState::from_layers(layers, pos).snapshot());
+    }
     Ok(Session {
         messages,
         settings,
-        sequence: Sequence::from_state(fresh, tokens),
+        sequence,
     })
 }

@@ -338,6 +338,17 @@ fn a_session_file_resumes_without_reprocessing() {
     assert_eq!(resumed.reused_tokens, prompt.len() + g.ids.len());
     let straight = generate(b, &mut seq, &next, &greedy(6), &mut |_| Flow::Continue).unwrap();
     assert_eq!(resumed.ids, straight.ids);
+    // The prompt-end mark came back too: a history re-rendered differently after the first
+    // prompt still resumes there.
+    let mut loaded = session::load(&path, &b.model).unwrap();
+    let mut other = prompt.clone();
+    other.extend(encode("Something else entirely."));
+    let g3 = generate(b, &mut loaded.sequence, &other, &greedy(3), &mut |_| {
+        Flow::Continue
+    })
+    .unwrap();
+    assert_eq!(g3.reused_tokens, prompt.len());
+    assert_eq!(g3.ids, request(None, &other, 3).ids);
 
     let mut other = qinfer_engine::demo::demo_model();
     other.embed = qinfer_tensor::Weight::from_f32(vec![0.5; 64 * 64], 64, 64);
