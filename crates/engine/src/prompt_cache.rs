@@ -53,6 +53,8 @@ pub struct CacheOptions {
 #[derive(Debug)]
 pub struct PromptCache {
     inner: Mutex<PrefixCache>,
+    /// Recent `(text, ids)` of prompts + answers, newest last ([`PromptCache::encode`]).
+    texts: Mutex<Vec<(String, Vec<u32>)>>,
     snapshot_every: usize,
     dir: Option<PathBuf>,
     fingerprint: String,
@@ -61,6 +63,8 @@ pub struct PromptCache {
 }
 
 const FILE_KIND: &[u8; 8] = b"PCACHE\0\0";
+/// Prompt + answer texts remembered for [`PromptCache::encode`].
+const REMEMBERED_TEXTS: usize = 256;
 const FILE_NAME: &str = "prefix-cache.qinfer";
 
 impl PromptCache {
@@ -91,6 +95,7 @@ impl PromptCache {
         }
         PromptCache {
             inner: Mutex::new(cache),
+            texts: Mutex::new(Vec::new()),
             snapshot_every: every,
             dir: opts.dir,
             fingerprint,
@@ -115,6 +120,49 @@ impl PromptCache {
     /// Called at the end of a prompt and of every answer.
     pub fn complete(&self, tokens: &[u32], state: &qinfer_cache::SequenceState) {
         self.lock().insert(&token_key(tokens), state, true);
+    }
+
+    /// Remembers that `text` (a prompt and the answer generated after it) is the tokens `ids`
+    /// the model actually saw, for [`PromptCache::encode`]. Call it only when `ids` decode to
+    /// exactly `text`'s answer part (no stop string cut it).
+    pub fn remember(&self, text: String, ids: Vec<u32>) {
+        let mut texts = self.texts.lock().unwrap_or_else(|e| e.into_inner());
+        texts.retain(|(t, _)| *t != text);
+        if texts.len() == REMEMBERED_TEXTS {
+            texts.remove(0);
+        }
+        texts.push((text, ids));
+    }
+
+    /// Tokenizes a rendered prompt so that a history the model generated keeps the exact
+    /// tokens it was generated as. Re-tokenizing a generated answer need not give back the
+    /// generated ids (a model may emit a non-canonical split of its text), and then the
+    /// prompt would depart from the cache there. So when `text` starts with a remembered
+    /// prompt + answer and goes on with a special token (`<|im_end|>`: special tokens split
+    /// the text into independently tokenized pieces), the remembered ids are used for that
+    /// part and only the rest is tokenized.
+    pub fn encode(
+        &self,
+        tokenizer: &crate::tokenizer::Tokenizer,
+        text: &str,
+    ) -> Result<Vec<u32>, crate::tokenizer::TokenizerError> {
+        let known = {
+            let texts = self.texts.lock().unwrap_or_else(|e| e.into_inner());
+            texts
+                .iter()
+                .filter(|(t, _)| text.starts_with(t.as_str()))
+                .max_by_key(|(t, _)| t.len())
+                .cloned()
+        };
+        if let Some((t, ids)) = known {
+            let rest = tokenizer.encode(&text[t.len()..])?;
+            if rest.first().is_some_and(|&id| tokenizer.is_special(id)) {
+                let mut all = ids;
+                all.extend(rest);
+                return Ok(all);
+            }
+        }
+        tokenizer.encode(text)
     }
 
     /// Chunk boundaries strictly between `start` and `end` where prefill takes a snapshot.

@@ -355,3 +355,39 @@ fn a_session_file_resumes_without_reprocessing() {
     let err = session::load(&path, &other).unwrap_err();
     assert!(err.contains("another model"), "{err}");
 }
+
+/// A re-rendered history keeps the exact ids the model generated, even where re-tokenizing
+/// its text would split it differently, so the next turn hits the cache in full.
+#[test]
+fn a_remembered_answer_keeps_its_generated_ids() {
+    let b = demo();
+    let c = cache(usize::MAX, 64);
+    let text1 = render(
+        &json!([{"role": "user", "content": "Say something."}]),
+        json!({"preserve_thinking": true, "enable_thinking": false}),
+    );
+    let p1 = c.encode(&b.tokenizer, &text1).unwrap();
+    assert_eq!(p1, encode(&text1), "nothing remembered yet");
+    let g = request(Some(&c), &p1, 12);
+    assert_eq!(b.tokenizer.decode(&g.ids, false).unwrap(), g.text);
+    c.remember(
+        format!("{text1}{}", g.text),
+        [p1.clone(), g.ids.clone()].concat(),
+    );
+
+    let text2 = format!(
+        "{text1}{}<|im_end|>\n<|im_start|>user\nMore.<|im_end|>\n",
+        g.text
+    );
+    let p2 = c.encode(&b.tokenizer, &text2).unwrap();
+    assert_eq!(
+        &p2[..p1.len() + g.ids.len()],
+        [p1.clone(), g.ids.clone()].concat()
+    );
+    assert_eq!(b.tokenizer.decode(&p2, false).unwrap(), text2);
+    let next = request(Some(&c), &p2, 2);
+    assert_eq!(next.reused_tokens, p1.len() + g.ids.len());
+    // Text that goes on inside a word is tokenized from scratch.
+    let text3 = format!("{text1}{}xyz", g.text);
+    assert_eq!(c.encode(&b.tokenizer, &text3).unwrap(), encode(&text3));
+}
