@@ -62,7 +62,8 @@ pub struct CacheStats {
     pub lookups: u64,
     /// Lookups that resumed past position 0.
     pub hits: u64,
-    /// Lookups that recompute tokens the cache had seen, or found nothing ([`Miss`]).
+    /// Lookups with a [`Miss`]: the prompt departs from cached tokens, nothing matched, or
+    /// the nearest snapshot is short of the match.
     pub misses: u64,
     /// Sum of prompt lengths looked up.
     pub prompt_tokens: u64,
@@ -80,7 +81,10 @@ pub struct CacheStats {
     pub snapshots: usize,
 }
 
-/// Why a lookup recomputes tokens.
+/// Why a prompt is not served from the cache to its end: set when the prompt departs from
+/// cached tokens (even if it resumes exactly there: the history changed), when nothing
+/// matched, or when the nearest snapshot is short of the match. An append-only continuation
+/// of cached tokens has none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Miss {
     /// Nothing cached starts like this prompt.
@@ -113,7 +117,7 @@ pub struct Lookup {
     pub cached: usize,
     /// Length of the longest prefix of the prompt found in the cache (≥ `cached`).
     pub matched: usize,
-    /// Set when cached tokens are recomputed or nothing matched.
+    /// Why the prompt is not served to its end ([`Miss`]).
     pub miss: Option<Miss>,
 }
 
@@ -288,18 +292,12 @@ impl PrefixCache {
         }
         let matched = pos + lcp;
         let cached = best.0;
-        let miss = if matched == 0 {
-            Some(if diverges {
-                Miss::Diverged { at: 0 }
-            } else {
-                Miss::Cold
-            })
+        let miss = if diverges {
+            Some(Miss::Diverged { at: matched })
+        } else if matched == 0 {
+            Some(Miss::Cold)
         } else if cached < matched.min(limit) {
-            Some(if diverges {
-                Miss::Diverged { at: matched }
-            } else {
-                Miss::NoSnapshot { matched }
-            })
+            Some(Miss::NoSnapshot { matched })
         } else {
             None
         };

@@ -7,6 +7,7 @@ mod generate;
 mod inspect;
 mod pull;
 mod quantize;
+mod serve;
 mod text;
 
 use std::io::Write;
@@ -46,6 +47,8 @@ enum Command {
     Pull(PullArgs),
     /// Write a model as a llama.cpp-compatible GGUF file of a given type.
     Quantize(quantize::QuantizeArgs),
+    /// Serve a model over HTTP: OpenAI and Anthropic APIs, continuous batching.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +159,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Quantize(a) => quantize::quantize(a),
+        Command::Serve(a) => serve::serve(a),
         Command::Pull(a) => pull::pull(&pull::PullOptions::from_env(&a.repo, &a.revision, a.all))
             .and_then(|dir| {
                 writeln!(std::io::stdout().lock(), "{}", dir.display())?;

@@ -143,7 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prompt.extend(tool_result(turns, 200)?);
 
     // The measured turn: first token only.
-    let mut ttft = |cached: bool| -> Result<(f64, usize), Box<dyn std::error::Error>> {
+    let ttft = |cached: bool| -> Result<(f64, usize), Box<dyn std::error::Error>> {
         let mut seq = if cached {
             Sequence::with_cache(&bundle.model, Arc::clone(&cache))
         } else {

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use qinfer_cache::{Miss, SequenceState, Snapshot};
 use qinfer_model::{ForwardError, LoadError, LogitsFor, Qwen35};
 
-use crate::parser::{Event, OutputParser, Parsed, ParserOptions, ToolCall};
+use crate::decode::{Decoder, Step};
+use crate::parser::{Event, Parsed, ParserOptions, ToolCall};
 use crate::prompt_cache::{self, PromptCache};
-use crate::sampler::{Sampler, SamplingError, SamplingParams, StopCheck, StopMatcher};
+use crate::sampler::{SamplingError, SamplingParams};
 use crate::template::{ChatTemplate, TemplateError, special_tokens_from_config};
-use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
+use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// Why a bundle could not be loaded or a generation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -426,127 +427,49 @@ pub fn generate(
     let started = Instant::now();
     let (reused, cache_miss) = seq.resume(model, prompt);
     let cache = seq.cache.clone();
-    let mut logits =
-        prompt_cache::prefill(model, &mut seq.state, prompt, reused, cache.as_deref())?;
+    let logits = prompt_cache::prefill(model, &mut seq.state, prompt, reused, cache.as_deref())?;
     seq.tokens.truncate(reused);
     seq.tokens.extend_from_slice(&prompt[reused..]);
     seq.mark();
     let prefill_time = started.elapsed();
 
-    let mut stops = opts.stop_ids.clone();
-    if !opts.ignore_eos {
-        stops.extend(&bundle.stop_ids);
+    let mut decoder = Decoder::new(&bundle.tokenizer, &bundle.stop_ids, prompt, opts, None)?;
+    let decode_start = Instant::now();
+    let mut logits = logits.row(0).to_vec();
+    loop {
+        match decoder.step(&logits, on_event) {
+            Step::Feed(token) => {
+                seq.tokens.push(token);
+                logits = model
+                    .forward(&[token], &mut seq.state, LogitsFor::Last)?
+                    .row(0)
+                    .to_vec();
+            }
+            Step::Finished { unfed } => {
+                if let Some(token) = unfed {
+                    // The last emitted token is fed so the state matches `tokens`.
+                    seq.tokens.push(token);
+                    model.forward(&[token], &mut seq.state, LogitsFor::Last)?;
+                }
+                break;
+            }
+        }
     }
-    let vocab_limit = bundle.tokenizer.vocab_size();
-    let mut sampler = Sampler::new(opts.sampling.clone(), prompt);
-    let mut decoder = StreamDecoder::new(&bundle.tokenizer, false);
-    let mut matcher = StopMatcher::new(&opts.stop_strings);
-    let mut parser = OutputParser::new(opts.parser.clone());
-    let mut parsed = Parsed::default();
-    let mut out = Generation {
-        ids: Vec::new(),
-        text: String::new(),
-        parsed: Parsed::default(),
-        finish: FinishReason::Length,
+    let (finish, _) = decoder.finish(on_event);
+    let out = Generation {
+        ids: std::mem::take(&mut decoder.ids),
+        text: std::mem::take(&mut decoder.text),
+        parsed: std::mem::take(&mut decoder.parsed),
+        finish,
         prompt_tokens: prompt.len(),
         reused_tokens: reused,
         cache_miss,
-        reasoning_tokens: 0,
+        reasoning_tokens: decoder.reasoning_tokens,
         prefill_time,
-        decode_time: Duration::ZERO,
+        decode_time: decode_start.elapsed(),
     };
-    let decode_start = Instant::now();
-    let mut forced: Vec<u32> = Vec::new();
-    let mut cancelled = false;
-    let mut emit = |events: Vec<Event>, parsed: &mut Parsed, cancelled: &mut bool| {
-        for e in events {
-            if on_event(&e) == Flow::Cancel {
-                *cancelled = true;
-            }
-            parsed.extend(std::iter::once(e));
-        }
-    };
-
-    while out.ids.len() < opts.max_tokens {
-        let token = if let Some(t) = forced.first().copied() {
-            forced.remove(0);
-            sampler.record(t);
-            t
-        } else {
-            // Never sample the embedding's padding rows past the tokenizer's vocabulary.
-            let row = logits.row(0);
-            let row = &row[..row.len().min(vocab_limit)];
-            sampler.sample(row)
-        };
-        if stops.contains(&token) {
-            out.finish = FinishReason::Stop(token);
-            break;
-        }
-        if parser.in_reasoning() {
-            out.reasoning_tokens += 1;
-        }
-        out.ids.push(token);
-        let piece = decoder.push(token);
-        let mut stopped = None;
-        match matcher.push(&piece) {
-            StopCheck::Continue(text) => {
-                out.text.push_str(&text);
-                emit(parser.push(&text), &mut parsed, &mut cancelled);
-            }
-            StopCheck::Stopped { text, stop } => {
-                out.text.push_str(&text);
-                emit(parser.push(&text), &mut parsed, &mut cancelled);
-                stopped = Some(stop);
-            }
-        }
-        seq.tokens.push(token);
-        if let Some(stop) = stopped {
-            out.finish = FinishReason::StopString(stop);
-            // The token that completed the stop string is fed so the state matches `tokens`.
-            model.forward(&[token], &mut seq.state, LogitsFor::Last)?;
-            break;
-        }
-        if cancelled {
-            out.finish = FinishReason::Cancelled;
-            model.forward(&[token], &mut seq.state, LogitsFor::Last)?;
-            break;
-        }
-        if let Some(budget) = opts.reasoning_budget
-            && forced.is_empty()
-            && parser.in_reasoning()
-            && out.reasoning_tokens >= budget
-        {
-            forced = bundle.tokenizer.encode("\n</think>\n\n")?;
-        }
-        if out.ids.len() == opts.max_tokens {
-            model.forward(&[token], &mut seq.state, LogitsFor::Last)?;
-            break;
-        }
-        logits = model.forward(&[token], &mut seq.state, LogitsFor::Last)?;
-    }
-    // Flush what the decoder, stop matcher and parser still hold.
-    let tail = decoder.finish();
-    let held = match out.finish {
-        FinishReason::StopString(_) => String::new(),
-        _ => match matcher.push(&tail) {
-            StopCheck::Continue(mut t) => {
-                t.push_str(&matcher.finish());
-                t
-            }
-            StopCheck::Stopped { text, stop } => {
-                out.finish = FinishReason::StopString(stop);
-                text
-            }
-        },
-    };
-    out.text.push_str(&held);
-    emit(parser.push(&held), &mut parsed, &mut cancelled);
-    let (events, _) = parser.finish();
-    emit(events, &mut parsed, &mut cancelled);
-    out.parsed = parsed;
     if let Some(cache) = &cache {
         cache.complete(&seq.tokens, &seq.state);
     }
-    out.decode_time = decode_start.elapsed();
     Ok(out)
 }

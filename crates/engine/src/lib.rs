@@ -17,6 +17,7 @@
 //! Architecture invariant: this crate knows nothing about HTTP; the server maps its types to
 //! wire formats.
 
+pub mod decode;
 pub mod demo;
 pub mod generate;
 pub mod gguf_text;

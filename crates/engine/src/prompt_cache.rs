@@ -84,18 +84,19 @@ impl PromptCache {
         let fingerprint = model_fingerprint(model);
         let mut load_note = None;
         let mut cache = PrefixCache::new(specs.clone(), config);
+        let mut texts = Vec::new();
         if let Some(dir) = &opts.dir {
             let path = dir.join(FILE_NAME);
             if path.is_file() {
                 match load(&path, &fingerprint, specs, config) {
-                    Ok(c) => cache = c,
+                    Ok((c, t)) => (cache, texts) = (c, t),
                     Err(e) => load_note = Some(format!("prompt cache not loaded: {e}")),
                 }
             }
         }
         PromptCache {
             inner: Mutex::new(cache),
-            texts: Mutex::new(Vec::new()),
+            texts: Mutex::new(texts),
             snapshot_every: every,
             dir: opts.dir,
             fingerprint,
@@ -194,21 +195,33 @@ impl PromptCache {
             return Ok(());
         };
         let body = self.lock().to_bytes();
-        let header = serde_json::json!({"model": self.fingerprint}).to_string();
+        let texts = self.texts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let header = serde_json::json!({"model": self.fingerprint, "texts": texts}).to_string();
         persist::write_file(&dir.join(FILE_NAME), FILE_KIND, &header, &body)
     }
 }
+
+/// Remembered `(text, ids)` pairs, as [`PromptCache::save`] writes them.
+type Texts = Vec<(String, Vec<u32>)>;
 
 fn load(
     path: &Path,
     fingerprint: &str,
     specs: Vec<LayerSpec>,
     config: CacheConfig,
-) -> Result<PrefixCache, String> {
+) -> Result<(PrefixCache, Texts), String> {
     let (header, body) = persist::read_file(path, FILE_KIND).map_err(|e| e.to_string())?;
     check_fingerprint(&header, fingerprint).map_err(|e| format!("{}: {e}", path.display()))?;
-    PrefixCache::from_bytes(specs, config, &body)
-        .map_err(|e| format!("{}: corrupt ({e})", path.display()))
+    let corrupt = |e: String| format!("{}: corrupt ({e})", path.display());
+    let texts: Texts = serde_json::from_str::<serde_json::Value>(&header)
+        .ok()
+        .and_then(|h| h.get("texts").cloned())
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| corrupt(e.to_string()))?
+        .unwrap_or_default();
+    let cache = PrefixCache::from_bytes(specs, config, &body).map_err(corrupt)?;
+    Ok((cache, texts))
 }
 
 /// Checks that a file's JSON header names the model `fingerprint`.

@@ -24,4 +24,4 @@ pub mod qwen35;
 
 pub use config::{FeedForwardConfig, LayerKind, ModelConfig, NormConvention};
 pub use error::{ConfigError, ForwardError, LoadError};
-pub use qwen35::{DeltaNetPath, LogitsFor, Qwen35, TracePoint};
+pub use qwen35::{BatchItem, DeltaNetPath, LogitsFor, Qwen35, TracePoint};

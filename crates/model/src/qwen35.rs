@@ -73,6 +73,16 @@ pub enum LogitsFor {
     Last,
 }
 
+/// One sequence's part of a [`Qwen35::forward_batch`] step.
+#[derive(Debug)]
+pub struct BatchItem<'a> {
+    /// The tokens this step runs for the sequence (`T ≥ 1`).
+    pub tokens: &'a [u32],
+    pub state: &'a mut SequenceState,
+    /// Whether the logits of the last position are needed.
+    pub logits: bool,
+}
+
 /// Named intermediate tensors, reported to a trace callback (for layer-by-layer comparison
 /// against a reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -355,6 +365,140 @@ impl Qwen35 {
         self.final_norm.forward(&mut last);
         trace(TracePoint::FinalNorm, &last);
         Ok(ops::matmul(&last, &self.lm_head))
+    }
+
+    /// Runs one step for many sequences at once: each [`BatchItem`] continues its own
+    /// sequence with its own tokens (a prefill chunk or one decode token). Returns, per item in
+    /// order, the logits `[V]` of its last position when it asked for them.
+    ///
+    /// Every matmul that does not mix positions (the Gated DeltaNet input and output
+    /// projections, the MLP / MoE, and the LM head over the rows whose logits are needed) runs
+    /// once over the stacked rows of all items `[ΣT, H]`, so a weight is streamed from memory
+    /// once per step instead of once per sequence. What mixes positions runs per item segment
+    /// against that item's state: the DeltaNet conv and delta rule, and the attention layers
+    /// whole (their projections included, for now: `layers/attention.rs` is being reworked
+    /// for paged KV storage, and its projections are a quarter of the mixer layers).
+    /// Since the matmul computes every output row independently of the others, an item's
+    /// logits equal [`Qwen35::forward`] of the same tokens on the same state.
+    ///
+    /// On error, every state is unchanged.
+    pub fn forward_batch(
+        &self,
+        items: &mut [BatchItem<'_>],
+    ) -> Result<Vec<Option<Vec<f32>>>, ForwardError> {
+        let c = &self.config;
+        for item in items.iter() {
+            self.check_step(item.tokens, item.state)?;
+        }
+        let total: usize = items.iter().map(|i| i.tokens.len()).sum();
+        // Segment of each item in the stacked rows.
+        let mut bounds = Vec::with_capacity(items.len());
+        let mut at = 0;
+        for item in items.iter() {
+            bounds.push((at, at + item.tokens.len()));
+            at += item.tokens.len();
+        }
+        let positions: Vec<Vec<_>> = items
+            .iter()
+            .map(|i| {
+                let start = i.state.pos();
+                (start..start + i.tokens.len()).map(text_position).collect()
+            })
+            .collect();
+
+        let mut x = Mat::zeros(total, c.hidden); // [ΣT, H]
+        for (row, &id) in x.rows_iter_mut().zip(items.iter().flat_map(|i| i.tokens)) {
+            ops::embedding(&self.embed, id as usize, row);
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_norm.apply(&x);
+            match &layer.mixer {
+                Mixer::DeltaNet(d) => {
+                    // Projections over all rows; the recurrence per sequence; the output
+                    // projection over all rows again.
+                    let p = d.project(&h);
+                    let width = d.config.value_dim();
+                    let mut o = Mat::zeros(total, width); // [ΣT, Nv·Dv]
+                    for (n, item) in items.iter_mut().enumerate() {
+                        let (a, b) = bounds[n];
+                        let LayerState::DeltaNet(s) = item.state.layer_mut(l) else {
+                            unreachable!("state layout comes from this model's state_specs")
+                        };
+                        let seg = d.mix(&p.rows(a, b), s, self.deltanet_path);
+                        o.data[a * width..b * width].copy_from_slice(&seg.data);
+                    }
+                    let mixed = ops::matmul(&o, &d.out);
+                    ops::add_assign(&mut x.data, &mixed.data);
+                }
+                Mixer::Attention(att) => {
+                    for (n, item) in items.iter_mut().enumerate() {
+                        let (a, b) = bounds[n];
+                        let LayerState::Attention(kv) = item.state.layer_mut(l) else {
+                            unreachable!("state layout comes from this model's state_specs")
+                        };
+                        let seg = Mat::from_vec(
+                            h.data[a * c.hidden..b * c.hidden].to_vec(),
+                            b - a,
+                            c.hidden,
+                        );
+                        let mixed = att.forward(&seg, &positions[n], &self.rope, kv);
+                        ops::add_assign(&mut x.data[a * c.hidden..b * c.hidden], &mixed.data);
+                    }
+                }
+            }
+            let h = layer.post_attention_norm.apply(&x);
+            let ff = layer.feed_forward.forward(&h);
+            ops::add_assign(&mut x.data, &ff.data);
+        }
+        for item in items.iter_mut() {
+            item.state.advance(item.tokens.len());
+        }
+        let wanted: Vec<usize> = (0..items.len()).filter(|&n| items[n].logits).collect();
+        let mut out = vec![None; items.len()];
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let mut last = Mat::zeros(wanted.len(), c.hidden); // [N, H]
+        for (r, &n) in wanted.iter().enumerate() {
+            last.row_mut(r).copy_from_slice(x.row(bounds[n].1 - 1));
+        }
+        self.final_norm.forward(&mut last);
+        let logits = ops::matmul(&last, &self.lm_head); // [N, V]
+        for (r, &n) in wanted.iter().enumerate() {
+            out[n] = Some(logits.row(r).to_vec());
+        }
+        Ok(out)
+    }
+
+    /// The checks a step must pass before it touches the state.
+    fn check_step(&self, tokens: &[u32], state: &SequenceState) -> Result<(), ForwardError> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(ForwardError::Empty);
+        }
+        if let Some((index, &id)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id as usize >= c.vocab)
+        {
+            return Err(ForwardError::TokenOutOfRange {
+                id,
+                index,
+                vocab: c.vocab,
+            });
+        }
+        let start = state.pos();
+        if start + tokens.len() > c.max_positions {
+            return Err(ForwardError::ContextOverflow {
+                used: start,
+                needed: tokens.len(),
+                limit: c.max_positions,
+            });
+        }
+        if state.layers().len() != self.layers.len() {
+            return Err(ForwardError::StateMismatch);
+        }
+        Ok(())
     }
 
     /// Number of parameters of the text model (the LM head counted once when tied).

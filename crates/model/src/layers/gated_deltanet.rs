@@ -24,6 +24,38 @@ use crate::error::LoadError;
 use crate::loader::{Loader, TensorId};
 use crate::names::LayerTensor;
 
+/// The four input projections of a Gated DeltaNet layer for `T` positions.
+#[derive(Clone, Debug)]
+pub struct DeltaNetProjections {
+    /// `[T, C]`: q ‖ k ‖ v before the conv.
+    pub mixed: Mat,
+    /// `[T, Nv·Dv]`: the output gate.
+    pub z: Mat,
+    /// `[T, Nv]`: β before the sigmoid.
+    pub b: Mat,
+    /// `[T, Nv]`: the decay input.
+    pub a: Mat,
+}
+
+impl DeltaNetProjections {
+    /// Rows `start..end` (one sequence's segment of a batch).
+    pub fn rows(&self, start: usize, end: usize) -> DeltaNetProjections {
+        let cut = |m: &Mat| {
+            Mat::from_vec(
+                m.data[start * m.cols..end * m.cols].to_vec(),
+                end - start,
+                m.cols,
+            )
+        };
+        DeltaNetProjections {
+            mixed: cut(&self.mixed),
+            z: cut(&self.z),
+            b: cut(&self.b),
+            a: cut(&self.a),
+        }
+    }
+}
+
 /// Chunk length of the chunked delta rule (as in the reference implementation).
 pub const CHUNK: usize = 64;
 // The prefix cache's KV blocks and DeltaNet snapshot points are chunk boundaries.
@@ -99,13 +131,34 @@ impl GatedDeltaNet {
 
     /// `x [T, H]` (normed) → `[T, H]`, advancing `state`.
     pub fn forward(&self, x: &Mat, state: &mut DeltaNetState, path: DeltaNetPath) -> Mat {
+        let p = self.project(x);
+        let o = self.mix(&p, state, path);
+        ops::matmul(&o, &self.out)
+    }
+
+    /// The input projections, position by position (rows may belong to different sequences:
+    /// a batch stacks them so each weight is read once).
+    pub fn project(&self, x: &Mat) -> DeltaNetProjections {
+        DeltaNetProjections {
+            mixed: ops::matmul(x, &self.qkv), // [T, C]
+            z: ops::matmul(x, &self.z),       // [T, Nv·Dv]
+            b: ops::matmul(x, &self.b),       // [T, Nv]
+            a: ops::matmul(x, &self.a),       // [T, Nv]
+        }
+    }
+
+    /// Conv, delta rule and gated norm for one sequence's projected rows: `[T, Nv·Dv]`, before
+    /// the output projection.
+    pub fn mix(
+        &self,
+        p: &DeltaNetProjections,
+        state: &mut DeltaNetState,
+        path: DeltaNetPath,
+    ) -> Mat {
         let c = self.config;
-        let (t, nv, key_dim) = (x.rows, c.n_v_heads, c.key_dim());
-        let mixed = ops::matmul(x, &self.qkv); // [T, C]
-        let z = ops::matmul(x, &self.z); // [T, Nv·Dv]
-        let b = ops::matmul(x, &self.b); // [T, Nv]
-        let a = ops::matmul(x, &self.a); // [T, Nv]
-        let mixed = ops::causal_conv1d_silu(&mixed, &mut state.conv, &self.conv, c.conv_kernel);
+        let (t, nv, key_dim) = (p.mixed.rows, c.n_v_heads, c.key_dim());
+        let DeltaNetProjections { mixed, z, b, a } = p;
+        let mixed = ops::causal_conv1d_silu(mixed, &mut state.conv, &self.conv, c.conv_kernel);
         let mut q = mixed.cols_range(0, key_dim); // [T, Nk·Dk]
         let mut k = mixed.cols_range(key_dim, key_dim); // [T, Nk·Dk]
         let v = mixed.cols_range(2 * key_dim, c.value_dim()); // [T, Nv·Dv]
@@ -146,6 +199,6 @@ impl GatedDeltaNet {
             ops::gated_delta_rule_recurrent(shape, inputs, &mut state.recurrent)
         };
         ops::gated_rms_norm(&mut o.data, &z.data, &self.norm.weight, self.norm.eps);
-        ops::matmul(&o, &self.out)
+        o
     }
 }

@@ -1,0 +1,310 @@
+//! The per-token half of generation, as a step function: one logits row in, one token and its
+//! parsed events out.
+//!
+//! [`generate`](crate::generate::generate) and the server's scheduler both drive a
+//! [`Decoder`]; it owns everything that decides *what* a sequence emits (sampler and penalties,
+//! stop ids and stop strings, the stream detokenizer, the output parser, the reasoning budget,
+//! log-probabilities), and nothing about *how* logits are computed. The caller runs the model:
+//! one sequence at a time (`generate`) or many rows of a batch (the scheduler). Because the
+//! logic is shared, a greedy request through the server emits exactly what `qinfer generate`
+//! emits for the same prompt, as long as the logits rows are the same.
+//!
+//! Protocol:
+//!
+//! ```text
+//! logits of the prompt's last position → step() → Step::Feed(t)  → run t through the model
+//!                                                                  → step(logits of t) → ...
+//!                                        Step::Finished { unfed } → finish()
+//! ```
+//!
+//! `unfed` is a token that was emitted (it is in [`Decoder::ids`]) but has not yet been run
+//! through the model; a caller that keeps the sequence's state for later turns feeds it so the
+//! state matches the tokens. A stop token is never emitted and never fed.
+
+use crate::generate::{EngineError, FinishReason, Flow, GenerateOptions};
+use crate::parser::{Event, Finished, OutputParser, Parsed};
+use crate::sampler::{Sampler, StopCheck, StopMatcher};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// The log-probability of one generated token and, when asked for, of the most likely ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    /// `ln p(token)` under the model's distribution (softmax of the raw logits).
+    pub logprob: f32,
+    /// The `n` most likely tokens with their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What the caller does after [`Decoder::step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Run this token through the model and call `step` again with its logits.
+    Feed(u32),
+    /// Generation is over. `unfed` was emitted but not yet run through the model.
+    Finished { unfed: Option<u32> },
+}
+
+/// One sequence's decoding state.
+#[derive(Debug)]
+pub struct Decoder {
+    stops: Vec<u32>,
+    vocab_limit: usize,
+    max_tokens: usize,
+    reasoning_budget: Option<usize>,
+    /// The tokens of `"\n</think>\n\n"`, forced when the reasoning budget is spent.
+    budget_close: Vec<u32>,
+    forced: Vec<u32>,
+    /// Tokens forced once the output leaves reasoning (a required tool call's opening).
+    answer_prefix: Option<Vec<u32>>,
+    logprobs: Option<usize>,
+    sampler: Sampler,
+    detok: Option<StreamDecoder>,
+    matcher: Option<StopMatcher>,
+    parser: Option<OutputParser>,
+    /// Generated ids (forced budget tokens included, the stop token excluded).
+    pub ids: Vec<u32>,
+    /// The decoded text of `ids`, up to a stop string.
+    pub text: String,
+    /// Everything the parser has emitted so far, collected.
+    pub parsed: Parsed,
+    /// Tokens generated while inside `<think>`.
+    pub reasoning_tokens: usize,
+    /// Per generated token, when log-probabilities were requested.
+    pub logprobs_out: Vec<TokenLogprob>,
+    finish: Option<FinishReason>,
+    parser_summary: Finished,
+}
+
+impl Decoder {
+    /// A decoder for a sequence whose prompt is `prompt`. `eos` are the model's stop ids (they
+    /// apply unless `opts.ignore_eos`). `logprobs` asks for per-token log-probabilities with
+    /// that many alternatives.
+    pub fn new(
+        tokenizer: &Tokenizer,
+        eos: &[u32],
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        logprobs: Option<usize>,
+    ) -> Result<Self, EngineError> {
+        opts.sampling.validate()?;
+        let mut stops = opts.stop_ids.clone();
+        if !opts.ignore_eos {
+            stops.extend(eos);
+        }
+        let budget_close = if opts.reasoning_budget.is_some() {
+            tokenizer.encode("\n</think>\n\n")?
+        } else {
+            Vec::new()
+        };
+        Ok(Decoder {
+            stops,
+            vocab_limit: tokenizer.vocab_size(),
+            max_tokens: opts.max_tokens,
+            reasoning_budget: opts.reasoning_budget,
+            budget_close,
+            forced: Vec::new(),
+            answer_prefix: None,
+            logprobs,
+            sampler: Sampler::new(opts.sampling.clone(), prompt),
+            detok: Some(StreamDecoder::new(tokenizer, false)),
+            matcher: Some(StopMatcher::new(&opts.stop_strings)),
+            parser: Some(OutputParser::new(opts.parser.clone())),
+            ids: Vec::new(),
+            text: String::new(),
+            parsed: Parsed::default(),
+            reasoning_tokens: 0,
+            logprobs_out: Vec::new(),
+            finish: None,
+            parser_summary: Finished::default(),
+        })
+    }
+
+    /// Forces `tokens` as the start of the answer, right where the output leaves reasoning (or
+    /// at once when it does not start in reasoning): how a server makes a tool call required,
+    /// `<tool_call>\n<function=`, or names the function too.
+    pub fn force_answer_prefix(&mut self, tokens: Vec<u32>) {
+        self.answer_prefix = Some(tokens);
+    }
+
+    /// Why generation ended (`None` while it runs).
+    pub fn finish_reason(&self) -> Option<&FinishReason> {
+        self.finish.as_ref()
+    }
+
+    /// Whether the output is inside a think block right now.
+    pub fn in_reasoning(&self) -> bool {
+        self.parser.as_ref().is_some_and(OutputParser::in_reasoning)
+    }
+
+    /// Whether `max_tokens` is zero, so no token can be generated at all.
+    pub fn is_exhausted(&self) -> bool {
+        self.ids.len() >= self.max_tokens
+    }
+
+    /// Consumes the logits row for the next position (`[V]`, padding rows allowed) and emits
+    /// the next token's events through `on_event`.
+    pub fn step(&mut self, logits: &[f32], on_event: &mut dyn FnMut(&Event) -> Flow) -> Step {
+        if self.finish.is_some() {
+            return Step::Finished { unfed: None };
+        }
+        if self.ids.len() >= self.max_tokens {
+            self.finish = Some(FinishReason::Length);
+            return Step::Finished { unfed: None };
+        }
+        if self.forced.is_empty()
+            && !self.in_reasoning()
+            && let Some(prefix) = self.answer_prefix.take()
+        {
+            self.forced = prefix;
+        }
+        // Never sample the embedding's padding rows past the tokenizer's vocabulary.
+        let row = &logits[..logits.len().min(self.vocab_limit)];
+        let token = if self.forced.is_empty() {
+            self.sampler.sample(row)
+        } else {
+            let t = self.forced.remove(0);
+            self.sampler.record(t);
+            t
+        };
+        if self.stops.contains(&token) {
+            self.finish = Some(FinishReason::Stop(token));
+            return Step::Finished { unfed: None };
+        }
+        if let Some(n) = self.logprobs {
+            self.logprobs_out.push(token_logprob(row, token, n));
+        }
+        if self.in_reasoning() {
+            self.reasoning_tokens += 1;
+        }
+        self.ids.push(token);
+        let piece = self
+            .detok
+            .as_mut()
+            .expect("the detokenizer lives until finish")
+            .push(token);
+        let matcher = self
+            .matcher
+            .as_mut()
+            .expect("the matcher lives until finish");
+        let (text, stopped) = match matcher.push(&piece) {
+            StopCheck::Continue(text) => (text, None),
+            StopCheck::Stopped { text, stop } => (text, Some(stop)),
+        };
+        self.text.push_str(&text);
+        let cancelled = self.emit_text(&text, on_event);
+        if let Some(stop) = stopped {
+            self.finish = Some(FinishReason::StopString(stop));
+            return Step::Finished { unfed: Some(token) };
+        }
+        if cancelled {
+            self.finish = Some(FinishReason::Cancelled);
+            return Step::Finished { unfed: Some(token) };
+        }
+        if let Some(budget) = self.reasoning_budget
+            && self.forced.is_empty()
+            && self.in_reasoning()
+            && self.reasoning_tokens >= budget
+        {
+            self.forced = self.budget_close.clone();
+        }
+        if self.ids.len() == self.max_tokens {
+            self.finish = Some(FinishReason::Length);
+            return Step::Finished { unfed: Some(token) };
+        }
+        Step::Feed(token)
+    }
+
+    /// Ends generation from outside (a disconnected client): the reason becomes `Cancelled`
+    /// unless it already ended.
+    pub fn cancel(&mut self) {
+        if self.finish.is_none() {
+            self.finish = Some(FinishReason::Cancelled);
+        }
+    }
+
+    /// Flushes what the detokenizer, stop matcher and parser still hold, emitting the last
+    /// events. Returns the finish reason and the parser's summary.
+    pub fn finish(&mut self, on_event: &mut dyn FnMut(&Event) -> Flow) -> (FinishReason, Finished) {
+        let mut finish = self.finish.clone().unwrap_or(FinishReason::Length);
+        if let Some(matcher) = self.matcher.take() {
+            let tail = self
+                .detok
+                .take()
+                .map(StreamDecoder::finish)
+                .unwrap_or_default();
+            let held = match finish {
+                FinishReason::StopString(_) => String::new(),
+                _ => {
+                    let mut matcher = matcher;
+                    match matcher.push(&tail) {
+                        StopCheck::Continue(mut t) => {
+                            t.push_str(&matcher.finish());
+                            t
+                        }
+                        StopCheck::Stopped { text, stop } => {
+                            finish = FinishReason::StopString(stop);
+                            text
+                        }
+                    }
+                }
+            };
+            self.text.push_str(&held);
+            self.emit_text(&held, on_event);
+        }
+        if let Some(parser) = self.parser.take() {
+            let (events, summary) = parser.finish();
+            for e in events {
+                on_event(&e);
+                self.parsed.extend(std::iter::once(e));
+            }
+            self.parser_summary = summary;
+        }
+        self.finish = Some(finish.clone());
+        (finish, self.parser_summary)
+    }
+
+    /// Feeds decoded text to the parser; true when the callback asked to cancel.
+    fn emit_text(&mut self, text: &str, on_event: &mut dyn FnMut(&Event) -> Flow) -> bool {
+        let Some(parser) = self.parser.as_mut() else {
+            return false;
+        };
+        let mut cancelled = false;
+        for e in parser.push(text) {
+            if on_event(&e) == Flow::Cancel {
+                cancelled = true;
+            }
+            self.parsed.extend(std::iter::once(e));
+        }
+        cancelled
+    }
+}
+
+/// `ln softmax(row)[token]` and the `n` most likely entries.
+fn token_logprob(row: &[f32], token: u32, n: usize) -> TokenLogprob {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+    let log_z = max as f64 + sum.ln();
+    let lp = |v: f32| (f64::from(v) - log_z) as f32;
+    let mut top = Vec::new();
+    if n > 0 {
+        let mut order: Vec<u32> = (0..row.len() as u32).collect();
+        let n = n.min(order.len());
+        order.select_nth_unstable_by(n - 1, |&a, &b| {
+            row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
+        });
+        order.truncate(n);
+        order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+        top = order
+            .into_iter()
+            .map(|t| (t, lp(row[t as usize])))
+            .collect();
+    }
+    TokenLogprob {
+        token,
+        logprob: row
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&v| lp(v)),
+        top,
+    }
+}

@@ -1,0 +1,698 @@
+//! The Anthropic Messages protocol: `POST /v1/messages` and `POST /v1/messages/count_tokens`.
+//!
+//! Content blocks map onto the Qwen template's messages: `text` → content, `thinking` →
+//! `reasoning_content`, `tool_use` → `tool_calls` (input as the arguments object),
+//! `tool_result` → a `tool` message. The parser's events map onto blocks: `Reasoning` → a
+//! `thinking` block, `Content` → a `text` block, a tool call → a `tool_use` block whose input
+//! streams as `input_json_delta`.
+//!
+//! Streaming follows the published event order: `message_start`, then per block
+//! `content_block_start`, `content_block_delta`…, `content_block_stop`, then `message_delta`
+//! (stop reason, output tokens) and `message_stop`.
+//!
+//! Thinking follows Anthropic's semantics: off unless `thinking: {type: "enabled"}`, whose
+//! `budget_tokens` becomes the reasoning budget (thinking ends gracefully when it is spent).
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use qinfer_engine::generate::{FinishReason, GenerateOptions};
+use qinfer_engine::parser::{Event, ParserOptions, ToolSpec};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::{ApiError, Protocol};
+use crate::json::{Fields, JsonBody, element, type_name};
+use crate::scheduler::{Out, Summary};
+use crate::shared::{self, check_model, new_id};
+use crate::{AppState, Shared};
+
+const P: Protocol = Protocol::Anthropic;
+
+/// The request rendered to a prompt, with what the parser needs.
+struct Rendered {
+    prompt: Vec<u32>,
+    starts_in_reasoning: bool,
+    tools: Vec<ToolSpec>,
+    reasoning_budget: Option<usize>,
+    answer_prefix: Option<String>,
+}
+
+/// Text of a `system` field or a `tool_result` content: a string or text blocks.
+fn blocks_text(v: &Value, path: &str) -> Result<String, ApiError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(blocks) => {
+            let mut text = String::new();
+            for (i, b) in blocks.iter().enumerate() {
+                let bp = format!("{path}[{i}]");
+                let bf = Fields::new(element(b, &bp)?, &bp);
+                match bf.required_str("type")? {
+                    "text" => {
+                        if !text.is_empty() {
+                            text.push('\n');
+                        }
+                        text.push_str(bf.required_str("text")?);
+                    }
+                    other => {
+                        let p = bf.at("type");
+                        return Err(ApiError::invalid(
+                            &p,
+                            format!("`{p}` is `{other}`; only `text` blocks are supported here"),
+                        ));
+                    }
+                }
+            }
+            Ok(text)
+        }
+        Value::Null => Ok(String::new()),
+        other => Err(ApiError::invalid(
+            path,
+            format!(
+                "`{path}` must be a string or an array of blocks, not {}",
+                type_name(other)
+            ),
+        )),
+    }
+}
+
+/// Anthropic messages → the template's messages.
+fn template_messages(system: Option<&Value>, messages: &[Value]) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    if let Some(s) = system {
+        let text = blocks_text(s, "system")?;
+        if !text.is_empty() {
+            out.push(json!({"role": "system", "content": text}));
+        }
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let path = format!("messages[{i}]");
+        let f = Fields::new(element(m, &path)?, &path);
+        let role = f.required_str("role")?;
+        if role != "user" && role != "assistant" {
+            let p = f.at("role");
+            return Err(ApiError::invalid(
+                &p,
+                format!("`{p}` is `{role}`; expected user or assistant"),
+            ));
+        }
+        let content = f.get("content").ok_or_else(|| f.missing("content"))?;
+        let blocks = match content {
+            Value::String(s) => {
+                out.push(json!({"role": role, "content": s}));
+                continue;
+            }
+            Value::Array(b) => b,
+            other => {
+                let p = f.at("content");
+                return Err(ApiError::invalid(
+                    &p,
+                    format!(
+                        "`{p}` must be a string or an array of blocks, not {}",
+                        type_name(other)
+                    ),
+                ));
+            }
+        };
+        let mut text = String::new();
+        let mut thinking = String::new();
+        let mut calls = Vec::new();
+        let mut results = Vec::new();
+        for (j, b) in blocks.iter().enumerate() {
+            let bp = format!("{path}.content[{j}]");
+            let bf = Fields::new(element(b, &bp)?, &bp);
+            match (role, bf.required_str("type")?) {
+                (_, "text") => text.push_str(bf.required_str("text")?),
+                ("assistant", "thinking") => thinking.push_str(bf.required_str("thinking")?),
+                ("assistant", "redacted_thinking") => {}
+                ("assistant", "tool_use") => {
+                    let name = bf.required_str("name")?;
+                    let input = match bf.get("input") {
+                        None => Value::Object(Map::new()),
+                        Some(Value::Object(o)) => Value::Object(o.clone()),
+                        Some(v) => {
+                            let p = bf.at("input");
+                            return Err(ApiError::invalid(
+                                &p,
+                                format!("`{p}` must be an object, not {}", type_name(v)),
+                            ));
+                        }
+                    };
+                    let mut call =
+                        json!({"type": "function", "function": {"name": name, "arguments": input}});
+                    if let Some(id) = bf.str("id")? {
+                        call["id"] = id.into();
+                    }
+                    calls.push(call);
+                }
+                ("user", "tool_result") => {
+                    let content = match bf.get("content") {
+                        Some(c) => blocks_text(c, &bf.at("content"))?,
+                        None => String::new(),
+                    };
+                    let mut msg = json!({"role": "tool", "content": content});
+                    if let Some(id) = bf.str("tool_use_id")? {
+                        msg["tool_call_id"] = id.into();
+                    }
+                    results.push(msg);
+                }
+                (_, other) => {
+                    let p = bf.at("type");
+                    return Err(ApiError::invalid(
+                        &p,
+                        format!(
+                            "`{p}` is `{other}`, which a {role} message cannot carry here \
+                             (text-only model: text, thinking, tool_use, tool_result)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if role == "assistant" {
+            let mut msg = json!({"role": "assistant", "content": text});
+            if !thinking.is_empty() {
+                msg["reasoning_content"] = thinking.into();
+            }
+            if !calls.is_empty() {
+                msg["tool_calls"] = Value::Array(calls);
+            }
+            out.push(msg);
+        } else {
+            out.extend(results);
+            if !text.is_empty() {
+                out.push(json!({"role": "user", "content": text}));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Anthropic tools (`name`, `description`, `input_schema`) → OpenAI-shaped ones for the
+/// template, and the parser's specs.
+fn read_tools(f: &Fields<'_>) -> Result<(Vec<Value>, Vec<ToolSpec>), ApiError> {
+    let Some(tools) = f.array("tools")? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let mut for_template = Vec::new();
+    let mut specs = Vec::new();
+    for (i, t) in tools.iter().enumerate() {
+        let path = format!("tools[{i}]");
+        let tf = Fields::new(element(t, &path)?, &path);
+        let name = tf.required_str("name")?;
+        let schema = match tf.get("input_schema") {
+            Some(Value::Object(o)) => Value::Object(o.clone()),
+            None => json!({"type": "object", "properties": {}}),
+            Some(v) => {
+                let p = tf.at("input_schema");
+                return Err(ApiError::invalid(
+                    &p,
+                    format!("`{p}` must be an object, not {}", type_name(v)),
+                ));
+            }
+        };
+        let mut function = json!({"name": name, "parameters": schema});
+        if let Some(d) = tf.str("description")? {
+            function["description"] = d.into();
+        }
+        for_template.push(json!({"type": "function", "function": function}));
+        specs.push(ToolSpec::new(name, schema));
+    }
+    Ok((for_template, specs))
+}
+
+fn render(state: &AppState, body: &Map<String, Value>) -> Result<Rendered, ApiError> {
+    let f = Fields::new(body, "");
+    let messages = f.array("messages")?.ok_or_else(|| f.missing("messages"))?;
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    let messages = template_messages(f.get("system"), messages)?;
+    let (tools, specs) = read_tools(&f)?;
+    let mut offer = !specs.is_empty();
+    let mut answer_prefix = None;
+    if let Some(choice) = f.object("tool_choice")? {
+        let cf = Fields::new(choice, "tool_choice");
+        match cf.required_str("type")? {
+            "auto" => {}
+            "none" => offer = false,
+            "any" if offer => answer_prefix = Some("<tool_call>\n<function=".to_string()),
+            "tool" if offer => {
+                let name = cf.required_str("name")?;
+                if !specs.iter().any(|s| s.name == name) {
+                    return Err(ApiError::invalid(
+                        "tool_choice.name",
+                        format!("`tool_choice.name` is `{name}`, which is not among `tools`"),
+                    ));
+                }
+                answer_prefix = Some(format!("<tool_call>\n<function={name}>\n"));
+            }
+            "any" | "tool" => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    "`tool_choice` requires a tool call but the request has no `tools`",
+                ));
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    "tool_choice.type",
+                    format!("`tool_choice.type` is `{other}`; expected auto, any, tool or none"),
+                ));
+            }
+        }
+    }
+    let mut kwargs = f
+        .object("chat_template_kwargs")?
+        .cloned()
+        .unwrap_or_default();
+    let mut reasoning_budget = None;
+    let mut thinking = false;
+    if let Some(t) = f.object("thinking")? {
+        let tf = Fields::new(t, "thinking");
+        match tf.required_str("type")? {
+            "enabled" => {
+                thinking = true;
+                reasoning_budget = tf.usize("budget_tokens")?;
+            }
+            "adaptive" => thinking = true,
+            "disabled" => {}
+            other => {
+                return Err(ApiError::invalid(
+                    "thinking.type",
+                    format!("`thinking.type` is `{other}`; expected enabled or disabled"),
+                ));
+            }
+        }
+    }
+    kwargs.entry("enable_thinking").or_insert(thinking.into());
+    let template = state
+        .bundle
+        .template()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).with_protocol(P))?;
+    let tools_value = Value::Array(tools);
+    let text = template
+        .render(&qinfer_engine::template::RenderRequest {
+            messages: &Value::Array(messages),
+            tools: offer.then_some(&tools_value),
+            add_generation_prompt: true,
+            kwargs: &kwargs,
+        })
+        .map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
+    let prompt = state
+        .bundle
+        .tokenizer
+        .encode(&text)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    Ok(Rendered {
+        prompt,
+        starts_in_reasoning: text.ends_with("<think>\n"),
+        tools: if offer { specs } else { Vec::new() },
+        reasoning_budget,
+        answer_prefix,
+    })
+}
+
+/// `POST /v1/messages/count_tokens`.
+pub async fn count_tokens(State(state): State<Shared>, JsonBody(body): JsonBody) -> Response {
+    let run = || -> Result<Value, ApiError> {
+        check_model(&state, &Fields::new(&body, ""), P)?;
+        let r = render(&state, &body)?;
+        Ok(json!({"input_tokens": r.prompt.len()}))
+    };
+    match run() {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.with_protocol(P).into_response(),
+    }
+}
+
+struct Plan {
+    prompt: Vec<u32>,
+    opts: GenerateOptions,
+    answer_prefix: Option<Vec<u32>>,
+    stream: bool,
+}
+
+fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
+    let f = Fields::new(body, "");
+    check_model(state, &f, P)?;
+    let max = f
+        .usize("max_tokens")?
+        .ok_or_else(|| f.missing("max_tokens"))?;
+    let r = render(state, body)?;
+    let max_tokens = shared::max_tokens(state, r.prompt.len(), Some(max), "max_tokens")?;
+    let answer_prefix = r
+        .answer_prefix
+        .map(|s| state.bundle.tokenizer.encode(&s))
+        .transpose()
+        .map_err(|e| ApiError::invalid("tool_choice", e.to_string()))?;
+    let opts = GenerateOptions {
+        sampling: shared::sampling(&f, &state.bundle.defaults)?,
+        max_tokens,
+        stop_strings: f.strings("stop_sequences")?,
+        stop_ids: Vec::new(),
+        ignore_eos: false,
+        reasoning_budget: r.reasoning_budget,
+        parser: ParserOptions {
+            starts_in_reasoning: r.starts_in_reasoning,
+            tools: r.tools,
+        },
+    };
+    Ok(Plan {
+        prompt: r.prompt,
+        opts,
+        answer_prefix,
+        stream: f.bool("stream")?.unwrap_or(false),
+    })
+}
+
+/// `POST /v1/messages`.
+pub async fn messages(State(state): State<Shared>, JsonBody(body): JsonBody) -> Response {
+    let plan = match plan(&state, &body) {
+        Ok(p) => p,
+        Err(e) => return e.with_protocol(P).into_response(),
+    };
+    let prompt_len = plan.prompt.len();
+    let rx = match shared::submit(&state, plan.prompt, plan.opts, None, plan.answer_prefix, P) {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
+    let id = new_id("msg_");
+    if plan.stream {
+        stream(state, rx, id, prompt_len).into_response()
+    } else {
+        collect(state, rx, id).await
+    }
+}
+
+fn stop_reason(s: &Summary, tool_use: bool) -> (&'static str, Value) {
+    match &s.finish {
+        _ if tool_use => ("tool_use", Value::Null),
+        FinishReason::Length => ("max_tokens", Value::Null),
+        FinishReason::StopString(stop) => ("stop_sequence", stop.clone().into()),
+        _ => ("end_turn", Value::Null),
+    }
+}
+
+fn usage(s: &Summary) -> Value {
+    json!({
+        "input_tokens": s.prompt_tokens - s.cached_tokens,
+        "output_tokens": s.completion_tokens,
+        "cache_read_input_tokens": s.cached_tokens,
+        "cache_creation_input_tokens": 0,
+    })
+}
+
+fn failure(message: String) -> Response {
+    let status = if message.contains("shutting down") {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    ApiError::new(status, message)
+        .with_protocol(P)
+        .into_response()
+}
+
+async fn collect(state: Shared, mut rx: UnboundedReceiver<Out>, id: String) -> Response {
+    let mut content: Vec<Value> = Vec::new();
+    let mut tool_use = false;
+    let summary = loop {
+        match rx.recv().await {
+            Some(Out::Token { events, .. }) => {
+                for e in events {
+                    match e {
+                        Event::Reasoning(t) => match content.last_mut() {
+                            Some(b) if b["type"] == "thinking" => {
+                                let s = format!("{}{t}", b["thinking"].as_str().unwrap_or(""));
+                                b["thinking"] = s.into();
+                            }
+                            _ => content
+                                .push(json!({"type": "thinking", "thinking": t, "signature": ""})),
+                        },
+                        Event::Content(t) => match content.last_mut() {
+                            Some(b) if b["type"] == "text" => {
+                                let s = format!("{}{t}", b["text"].as_str().unwrap_or(""));
+                                b["text"] = s.into();
+                            }
+                            _ => content.push(json!({"type": "text", "text": t})),
+                        },
+                        Event::ToolCallEnd { call, .. } => {
+                            tool_use = true;
+                            content.push(json!({
+                                "type": "tool_use",
+                                "id": new_id("toolu_"),
+                                "name": call.name,
+                                "input": call.arguments,
+                            }));
+                        }
+                        Event::ToolCallStart { .. } | Event::ToolCallArgs { .. } => {}
+                    }
+                }
+            }
+            Some(Out::Done(s)) => break s,
+            Some(Out::Failed(m)) => return failure(m),
+            None => return failure("the engine dropped the request".into()),
+        }
+    };
+    let (reason, sequence) = stop_reason(&summary, tool_use);
+    axum::Json(json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": state.config.model_name,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": usage(&summary),
+    }))
+    .into_response()
+}
+
+/// Which block is open in a stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Thinking,
+    Text,
+    ToolUse,
+}
+
+fn stream(
+    state: Shared,
+    mut rx: UnboundedReceiver<Out>,
+    id: String,
+    prompt_len: usize,
+) -> impl IntoResponse {
+    let (tx, events) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    tokio::spawn(async move {
+        let ev = |name: &str, data: Value| SseEvent::default().event(name).data(data.to_string());
+        let start = json!({
+            "type": "message_start",
+            "message": {
+                "id": id,
+                "type": "message",
+                "role": "assistant",
+                "model": state.config.model_name,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": {"input_tokens": prompt_len, "output_tokens": 0,
+                          "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+            }
+        });
+        let mut out: Vec<SseEvent> = vec![ev("message_start", start)];
+        let mut open: Option<Block> = None;
+        let mut index: usize = 0;
+        let mut tool_use = false;
+        // Closes the open block (if any) into `out`.
+        let close = |out: &mut Vec<SseEvent>, open: &mut Option<Block>, index: &mut usize| {
+            if let Some(b) = open.take() {
+                if b == Block::Thinking {
+                    out.push(ev(
+                        "content_block_delta",
+                        json!({"type": "content_block_delta", "index": *index,
+                               "delta": {"type": "signature_delta", "signature": ""}}),
+                    ));
+                }
+                out.push(ev(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": *index}),
+                ));
+                *index += 1;
+            }
+        };
+        let summary = loop {
+            for e in out.drain(..) {
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            let Some(msg) = rx.recv().await else { return };
+            match msg {
+                Out::Token { events, .. } => {
+                    for e in events {
+                        let (want, start_block, delta) = match e {
+                            Event::Reasoning(t) => (
+                                Block::Thinking,
+                                json!({"type": "thinking", "thinking": "", "signature": ""}),
+                                json!({"type": "thinking_delta", "thinking": t}),
+                            ),
+                            Event::Content(t) => (
+                                Block::Text,
+                                json!({"type": "text", "text": ""}),
+                                json!({"type": "text_delta", "text": t}),
+                            ),
+                            Event::ToolCallStart { name, .. } => {
+                                tool_use = true;
+                                close(&mut out, &mut open, &mut index);
+                                out.push(ev(
+                                    "content_block_start",
+                                    json!({"type": "content_block_start", "index": index,
+                                           "content_block": {"type": "tool_use", "id": new_id("toolu_"),
+                                                             "name": name, "input": {}}}),
+                                ));
+                                open = Some(Block::ToolUse);
+                                continue;
+                            }
+                            Event::ToolCallArgs { delta, .. } => (
+                                Block::ToolUse,
+                                Value::Null,
+                                json!({"type": "input_json_delta", "partial_json": delta}),
+                            ),
+                            Event::ToolCallEnd { .. } => {
+                                close(&mut out, &mut open, &mut index);
+                                continue;
+                            }
+                        };
+                        if open != Some(want) {
+                            close(&mut out, &mut open, &mut index);
+                            out.push(ev(
+                                "content_block_start",
+                                json!({"type": "content_block_start", "index": index,
+                                       "content_block": start_block}),
+                            ));
+                            open = Some(want);
+                        }
+                        out.push(ev(
+                            "content_block_delta",
+                            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+                        ));
+                    }
+                }
+                Out::Done(s) => break s,
+                Out::Failed(m) => {
+                    let e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m).with_protocol(P);
+                    out.push(ev("error", e.body()));
+                    for e in out.drain(..) {
+                        let _ = tx.send(Ok(e)).await;
+                    }
+                    return;
+                }
+            }
+        };
+        close(&mut out, &mut open, &mut index);
+        let (reason, sequence) = stop_reason(&summary, tool_use);
+        out.push(ev(
+            "message_delta",
+            json!({"type": "message_delta",
+                   "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                   "usage": usage(&summary)}),
+        ));
+        out.push(ev("message_stop", json!({"type": "message_stop"})));
+        for e in out.drain(..) {
+            if tx.send(Ok(e)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Sse::new(ReceiverStream::new(events)).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The Anthropic wire mapping of parsed output, fed by synthetic engine messages (see the
+    //! OpenAI tests for why).
+
+    use super::*;
+    use crate::openai::tests::{CALL, MALFORMED, body, engine_output, test_state};
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_parsed_tool_call_becomes_a_tool_use_block() {
+        let (_server, state) = test_state();
+        runtime().block_on(async {
+            let rx = engine_output(CALL, FinishReason::Stop(0));
+            let v: Value =
+                serde_json::from_str(&body(collect(state.clone(), rx, "m".into()).await).await)
+                    .unwrap();
+            assert_eq!(v["stop_reason"], "tool_use");
+            assert_eq!(v["content"][0]["type"], "thinking");
+            assert_eq!(v["content"][0]["thinking"], "I need the weather.");
+            assert_eq!(v["content"][1]["type"], "tool_use");
+            assert_eq!(v["content"][1]["name"], "get_weather");
+            assert_eq!(
+                v["content"][1]["input"],
+                json!({"city": "Paris", "days": 3})
+            );
+
+            let rx = engine_output(CALL, FinishReason::Stop(0));
+            let text = body(stream(state.clone(), rx, "m".into(), 10).into_response()).await;
+            let mut names = Vec::new();
+            let mut json_parts = String::new();
+            for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+                let name = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap();
+                let data: Value = serde_json::from_str(
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix("data: "))
+                        .unwrap(),
+                )
+                .unwrap();
+                names.push(name.to_string());
+                if data["delta"]["type"] == "input_json_delta" {
+                    json_parts.push_str(data["delta"]["partial_json"].as_str().unwrap());
+                }
+                if name == "message_delta" {
+                    assert_eq!(data["delta"]["stop_reason"], "tool_use");
+                }
+            }
+            assert_eq!(
+                serde_json::from_str::<Value>(&json_parts).unwrap(),
+                json!({"city": "Paris", "days": 3})
+            );
+            let starts = names.iter().filter(|n| *n == "content_block_start").count();
+            let stops = names.iter().filter(|n| *n == "content_block_stop").count();
+            assert_eq!((starts, stops), (2, 2), "{names:?}");
+            assert_eq!(names.first().unwrap(), "message_start");
+            assert_eq!(names.last().unwrap(), "message_stop");
+        });
+    }
+
+    #[test]
+    fn a_malformed_tool_call_comes_back_as_text() {
+        let (_server, state) = test_state();
+        runtime().block_on(async {
+            let rx = engine_output(MALFORMED, FinishReason::Length);
+            let resp = collect(state.clone(), rx, "m".into()).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            let v: Value = serde_json::from_str(&body(resp).await).unwrap();
+            assert_eq!(v["stop_reason"], "max_tokens");
+            let text = v["content"][1]["text"].as_str().unwrap();
+            assert!(text.contains("<function=get_weather>"), "{v}");
+        });
+    }
+}

@@ -1,0 +1,422 @@
+//! `qinfer serve`: OpenAI- and Anthropic-compatible HTTP on top of a continuous-batching
+//! engine thread.
+//!
+//! ```text
+//! HTTP (axum, tokio workers)                      engine thread (one, owns the model)
+//!   openai.rs / anthropic.rs                        scheduler.rs
+//!     parse + validate the request (json.rs)          plan tokens per sequence per step
+//!     render the chat template, tokenize              Qwen35::forward_batch
+//!     submit a GenRequest ───── command channel ───▶  Decoder::step per logits row
+//!     map Out messages to JSON / SSE ◀── per-request channel ── Out::Token / Done / Failed
+//! ```
+//!
+//! This crate is the only place that knows HTTP and the wire types. The engine knows nothing
+//! of it: it sees token ids, [`GenerateOptions`](qinfer_engine::generate::GenerateOptions) and a
+//! channel. Dropping the receiving end of that channel (a disconnected client, a dropped
+//! handler future) is the cancellation signal.
+
+pub mod anthropic;
+pub mod error;
+pub mod json;
+pub mod metrics;
+pub mod openai;
+pub mod scheduler;
+mod shared;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use qinfer_engine::generate::ModelBundle;
+use qinfer_engine::prompt_cache::{CacheOptions, PromptCache};
+use serde_json::json;
+
+use crate::error::{ApiError, Protocol};
+use crate::json::{Fields, JsonBody};
+use crate::metrics::Metrics;
+use crate::scheduler::{Scheduler, SchedulerConfig};
+
+/// Everything `qinfer serve` can set.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The model id clients name (`GET /v1/models`).
+    pub model_name: String,
+    /// When set, every route but `/health` needs it (Bearer or `x-api-key`).
+    pub api_key: Option<String>,
+    /// Context length per sequence (prompt + output); at most the model's.
+    pub ctx: usize,
+    /// Largest request body accepted, bytes.
+    pub body_limit: usize,
+    /// How long in-flight requests may run after a shutdown signal before they are cancelled.
+    pub shutdown_grace: Duration,
+    pub scheduler: SchedulerConfig,
+    /// The prompt cache shared by all requests; `None` turns it off.
+    pub prompt_cache: Option<CacheOptions>,
+}
+
+impl ServerConfig {
+    /// Defaults for `bundle`: its full context, no key, 16 sequences.
+    pub fn for_bundle(bundle: &ModelBundle, model_name: impl Into<String>) -> Self {
+        ServerConfig {
+            model_name: model_name.into(),
+            api_key: None,
+            ctx: bundle.model.config.max_positions,
+            body_limit: 32 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            scheduler: SchedulerConfig::default(),
+            prompt_cache: Some(CacheOptions {
+                budget_bytes: DEFAULT_CACHE_BYTES,
+                snapshot_every: None,
+                dir: None,
+            }),
+        }
+    }
+}
+
+/// The prompt cache's default RAM budget (`--cache-ram`).
+pub const DEFAULT_CACHE_BYTES: usize = 4 << 30;
+
+/// State shared by every handler.
+#[derive(Debug)]
+pub struct AppState {
+    pub bundle: Arc<ModelBundle>,
+    pub config: ServerConfig,
+    pub scheduler: Scheduler,
+    pub metrics: Arc<Metrics>,
+    /// The prompt cache, when on.
+    pub prompt_cache: Option<Arc<PromptCache>>,
+    /// When the server started (the `created` of `/v1/models`).
+    pub started: u64,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// A running server: the engine thread and the shared state.
+#[derive(Debug)]
+pub struct Server {
+    pub state: Shared,
+    engine: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts the engine thread for `bundle`.
+    pub fn new(bundle: Arc<ModelBundle>, mut config: ServerConfig) -> Self {
+        config.ctx = config.ctx.clamp(1, bundle.model.config.max_positions);
+        let metrics = Arc::new(Metrics::default());
+        let prompt_cache = config
+            .prompt_cache
+            .clone()
+            .map(|opts| Arc::new(PromptCache::new(&bundle.model, opts)));
+        if let Some(note) = prompt_cache.as_ref().and_then(|c| c.load_note.as_ref()) {
+            tracing::warn!("{note}; starting with an empty prompt cache");
+        }
+        let (scheduler, engine) = Scheduler::start(
+            bundle.clone(),
+            config.scheduler.clone(),
+            metrics.clone(),
+            prompt_cache.clone(),
+        );
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Server {
+            state: Arc::new(AppState {
+                bundle,
+                config,
+                scheduler,
+                metrics,
+                prompt_cache,
+                started,
+            }),
+            engine: Some(engine),
+        }
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves; then refuses new generations, lets
+    /// in-flight ones finish for up to `shutdown_grace`, cancels the rest, and returns once
+    /// every connection is closed and the engine thread has ended.
+    pub async fn serve(
+        mut self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let scheduler = self.state.scheduler.clone();
+        let grace = self.state.config.shutdown_grace;
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            scheduler.drain();
+            let stopper = scheduler.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                tracing::info!("grace period over: cancelling what still runs");
+                stopper.stop();
+            });
+        };
+        let app = self.router();
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .await;
+        self.state.scheduler.stop();
+        if let Some(engine) = self.engine.take() {
+            let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+        }
+        if let Some(cache) = self.state.prompt_cache.clone() {
+            // The disk tier (`--cache-dir`): a restarted server starts from this file.
+            let saved = tokio::task::spawn_blocking(move || cache.save()).await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(error = %e, "could not save the prompt cache");
+            }
+        }
+        result
+    }
+
+    /// Binds `addr` and serves in a background task (tests, benchmarks). Returns the bound
+    /// address and a handle whose `shutdown` stops the server.
+    pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<(SocketAddr, ServerHandle)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        Ok((
+            local,
+            ServerHandle {
+                stop: Some(tx),
+                task,
+            },
+        ))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.state.scheduler.stop();
+    }
+}
+
+/// Stops a server started with [`Server::spawn`].
+#[derive(Debug)]
+pub struct ServerHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServerHandle {
+    /// Signals shutdown and waits for the server to finish.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+fn router(state: Shared) -> Router {
+    let limit = state.config.body_limit;
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model_by_id))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), log))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Logs each request and counts its response.
+async fn log(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    state.metrics.count_response(status);
+    tracing::info!(
+        %method,
+        path,
+        status,
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+/// Requires the API key on every route but `/health`, when one is set.
+async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let Some(key) = &state.config.api_key else {
+        return next.run(req).await;
+    };
+    if req.uri().path() == "/health" || presented_key_matches(req.headers(), key) {
+        return next.run(req).await;
+    }
+    let protocol = Protocol::of_path(req.uri().path());
+    let mut resp = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or invalid API key: send `Authorization: Bearer KEY` or `x-api-key: KEY`",
+    )
+    .with_protocol(protocol)
+    .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
+
+fn presented_key_matches(headers: &HeaderMap, key: &str) -> bool {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    // Evaluate both so the time taken does not depend on which header was sent.
+    let a = bearer.is_some_and(|b| constant_time_eq(b.as_bytes(), key.as_bytes()));
+    let b = x_api_key.is_some_and(|x| constant_time_eq(x.as_bytes(), key.as_bytes()));
+    a | b
+}
+
+/// Compares without an early exit: the time depends only on the lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {} {}", req.method(), req.uri().path()),
+    )
+    .with_protocol(Protocol::of_path(req.uri().path()))
+}
+
+async fn health(State(state): State<Shared>) -> Response {
+    axum::Json(json!({
+        "status": "ok",
+        "model": state.config.model_name,
+        "running": state.metrics.running.load(std::sync::atomic::Ordering::Relaxed),
+        "queued": state.metrics.queue_depth.load(std::sync::atomic::Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    let mut text = state.metrics.render();
+    if let Some(cache) = &state.prompt_cache {
+        text.push_str(&metrics::render_prompt_cache(&cache.stats()));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn model_object(state: &AppState) -> serde_json::Value {
+    json!({
+        "id": state.config.model_name,
+        "object": "model",
+        "created": state.started,
+        "owned_by": "qinfer",
+        "max_model_len": state.config.ctx,
+    })
+}
+
+async fn models(State(state): State<Shared>) -> Response {
+    axum::Json(json!({"object": "list", "data": [model_object(&state)]})).into_response()
+}
+
+async fn model_by_id(
+    State(state): State<Shared>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if id == state.config.model_name {
+        axum::Json(model_object(&state)).into_response()
+    } else {
+        let mut e = ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("model `{id}` does not exist"),
+        );
+        e.param = Some("model".into());
+        e.into_response()
+    }
+}
+
+/// `POST /tokenize`: `{"prompt": "text"}` or `{"messages": [...]}` (rendered through the chat
+/// template) → `{"tokens": [...], "count": n}`.
+async fn tokenize(State(state): State<Shared>, JsonBody(body): JsonBody) -> Response {
+    let run = || -> Result<serde_json::Value, ApiError> {
+        let f = Fields::new(&body, "");
+        let text = if f.get("messages").is_some() {
+            openai::render_chat(&state, &body)?.text
+        } else {
+            match f.str("prompt")? {
+                Some(t) => t.to_string(),
+                None => return Err(f.missing("prompt")),
+            }
+        };
+        let tokens = state
+            .bundle
+            .tokenizer
+            .encode(&text)
+            .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+        Ok(json!({"count": tokens.len(), "tokens": tokens, "max_model_len": state.config.ctx}))
+    };
+    match run() {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /detokenize`: `{"tokens": [...]}` → `{"prompt": "text"}`.
+async fn detokenize(State(state): State<Shared>, JsonBody(body): JsonBody) -> Response {
+    let run = || -> Result<serde_json::Value, ApiError> {
+        let f = Fields::new(&body, "");
+        let arr = f.array("tokens")?.ok_or_else(|| f.missing("tokens"))?;
+        let vocab = state.bundle.tokenizer.vocab_size();
+        let mut ids = Vec::with_capacity(arr.len());
+        for (i, v) in arr.iter().enumerate() {
+            match v.as_u64() {
+                Some(id) if (id as usize) < vocab => ids.push(id as u32),
+                _ => {
+                    return Err(ApiError::invalid(
+                        format!("tokens[{i}]"),
+                        format!("`tokens[{i}]` must be a token id below {vocab}, not {v}"),
+                    ));
+                }
+            }
+        }
+        let text = state
+            .bundle
+            .tokenizer
+            .decode(&ids, false)
+            .map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+        Ok(json!({"prompt": text}))
+    };
+    match run() {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,239 @@
+//! What the OpenAI and Anthropic routes share: sampling fields, the context check, submitting
+//! to the scheduler, ids and timestamps.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use qinfer_engine::generate::GenerateOptions;
+use qinfer_engine::sampler::SamplingParams;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::AppState;
+use crate::error::{ApiError, Protocol};
+use crate::json::Fields;
+use crate::scheduler::{Admission, GenRequest, Out, RETRY_AFTER, SubmitError};
+
+/// Reads the sampling fields both protocols share onto the model's defaults. `names` maps our
+/// parameters to the protocol's spelling where it differs.
+pub fn sampling(f: &Fields<'_>, base: &SamplingParams) -> Result<SamplingParams, ApiError> {
+    let mut p = base.clone();
+    if let Some(v) = f.f32("temperature")? {
+        p.temperature = v;
+    }
+    if let Some(v) = f.f32("top_p")? {
+        p.top_p = v;
+    }
+    if let Some(v) = f.usize("top_k")? {
+        p.top_k = v;
+    } else if let Some(v) = f.f32("top_k")? {
+        // -1 means "off" in vLLM's API.
+        if v < 0.0 {
+            p.top_k = 0;
+        }
+    }
+    if let Some(v) = f.f32("min_p")? {
+        p.min_p = v;
+    }
+    if let Some(v) = f.f32("presence_penalty")? {
+        p.presence_penalty = v;
+    }
+    if let Some(v) = f.f32("frequency_penalty")? {
+        p.frequency_penalty = v;
+    }
+    if let Some(v) = f.f32("repetition_penalty")? {
+        p.repetition_penalty = v;
+    }
+    if let Some(v) = f.seed("seed")? {
+        p.seed = Some(v);
+    }
+    p.validate().map_err(|e| {
+        let text = e.to_string();
+        let param = [
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "presence_penalty",
+            "frequency_penalty",
+            "repetition_penalty",
+        ]
+        .into_iter()
+        .find(|n| text.contains(n))
+        .unwrap_or("temperature");
+        ApiError::invalid(param, text)
+    })?;
+    Ok(p)
+}
+
+/// The output budget: `requested` if it fits after the prompt, else a 400 with the numbers.
+pub fn max_tokens(
+    state: &AppState,
+    prompt: usize,
+    requested: Option<usize>,
+    field: &str,
+) -> Result<usize, ApiError> {
+    let ctx = state.config.ctx;
+    if prompt >= ctx {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "the prompt is {prompt} tokens, but the context length is {ctx}: at most {} \
+                 prompt tokens leave room for one generated token",
+                ctx - 1
+            ),
+        ));
+    }
+    match requested {
+        None => Ok(ctx - prompt),
+        Some(n) if prompt + n <= ctx => Ok(n),
+        Some(n) => Err(ApiError::invalid(
+            field,
+            format!(
+                "`{field}` is {n}, but the prompt is {prompt} tokens and the context length is \
+                 {ctx}: prompt + {field} = {} exceeds it; at most {} new tokens fit",
+                prompt + n,
+                ctx - prompt
+            ),
+        )),
+    }
+}
+
+/// Submits a generation; the receiver yields its [`Out`] messages. Dropping it cancels.
+pub fn submit(
+    state: &AppState,
+    prompt: Vec<u32>,
+    opts: GenerateOptions,
+    logprobs: Option<usize>,
+    answer_prefix: Option<Vec<u32>>,
+    protocol: Protocol,
+) -> Result<UnboundedReceiver<Out>, ApiError> {
+    let (rx, _) = submit_tracked(state, prompt, None, opts, logprobs, answer_prefix, protocol)?;
+    Ok(rx)
+}
+
+/// [`submit`], also returning a receiver told how the prompt cache served the prompt when the
+/// request is admitted; `prompt_text` (the rendered prompt) lets the cache remember the exact
+/// ids of prompt + answer.
+pub fn submit_tracked(
+    state: &AppState,
+    prompt: Vec<u32>,
+    prompt_text: Option<String>,
+    opts: GenerateOptions,
+    logprobs: Option<usize>,
+    answer_prefix: Option<Vec<u32>>,
+    protocol: Protocol,
+) -> Result<
+    (
+        UnboundedReceiver<Out>,
+        tokio::sync::oneshot::Receiver<Admission>,
+    ),
+    ApiError,
+> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (admitted_tx, admitted_rx) = tokio::sync::oneshot::channel();
+    let req = GenRequest {
+        prompt,
+        opts,
+        logprobs,
+        out: tx,
+        arrived: Instant::now(),
+        answer_prefix,
+        admitted: Some(admitted_tx),
+        prompt_text,
+    };
+    match state.scheduler.submit(req) {
+        Ok(()) => Ok((rx, admitted_rx)),
+        Err(SubmitError::QueueFull) => {
+            state
+                .metrics
+                .rejected_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "the server is at capacity ({} running, {} queued); retry later",
+                    state.config.scheduler.max_seqs, state.config.scheduler.max_queue
+                ),
+            )
+            .with_protocol(protocol);
+            e.retry_after = Some(RETRY_AFTER.as_secs().max(1));
+            Err(e)
+        }
+        Err(SubmitError::ShuttingDown) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        )
+        .with_protocol(protocol)),
+    }
+}
+
+/// A unique id with a protocol prefix (`chatcmpl-`, `msg_`, ...).
+pub fn new_id(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!(
+        "{prefix}{:016x}{n:04x}",
+        t ^ (n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    )
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The model check every generation route makes.
+pub fn check_model(state: &AppState, f: &Fields<'_>, protocol: Protocol) -> Result<(), ApiError> {
+    let model = f
+        .required_str("model")
+        .map_err(|e| e.with_protocol(protocol))?;
+    if model != state.config.model_name {
+        let mut e = ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "model `{model}` does not exist; this server serves `{}`",
+                state.config.model_name
+            ),
+        )
+        .with_protocol(protocol);
+        e.param = Some("model".into());
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Tokenizes a rendered prompt: through the prompt cache when it is on (the ids of remembered
+/// answers are kept, see [`qinfer_engine::prompt_cache::PromptCache::encode`]).
+pub fn encode_prompt(state: &AppState, text: &str) -> Result<Vec<u32>, String> {
+    let tok = &state.bundle.tokenizer;
+    match &state.prompt_cache {
+        Some(c) => c.encode(tok, text),
+        None => tok.encode(text),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// The response header naming why cached prompt tokens were computed again.
+pub const CACHE_MISS_HEADER: &str = "x-qinfer-cache-miss";
+/// The response header giving the prompt tokens served from the prompt cache.
+pub const CACHED_TOKENS_HEADER: &str = "x-qinfer-cached-tokens";
+
+/// Adds the prompt-cache headers of `admission` to `resp`.
+pub fn cache_headers(resp: &mut axum::response::Response, admission: Option<&Admission>) {
+    let Some(a) = admission else { return };
+    let headers = resp.headers_mut();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&a.cached_tokens.to_string()) {
+        headers.insert(CACHED_TOKENS_HEADER, v);
+    }
+    if let Some(miss) = &a.miss
+        && let Ok(v) = axum::http::HeaderValue::from_str(miss)
+    {
+        headers.insert(CACHE_MISS_HEADER, v);
+    }
+}

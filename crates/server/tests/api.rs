@@ -1,0 +1,790 @@
+//! The server end to end over real HTTP on a random localhost port, with the demo model.
+//!
+//! What each test proves is said in its doc comment; the demo model has random weights, so
+//! tests that need a particular output (tool calls) drive it through histories and forced
+//! prefixes, or check the wire mapping of parsed output directly (see the unit tests in
+//! `src/openai.rs` and `src/anthropic.rs`).
+
+mod common;
+
+use std::io::BufReader;
+use std::time::{Duration, Instant};
+
+use common::http::{self, get, metric, post};
+use common::{MODEL, TestServer, bundle};
+use qinfer_engine::generate::{Flow, GenerateOptions, Sequence, generate};
+use qinfer_engine::parser::ParserOptions;
+use qinfer_engine::sampler::SamplingParams;
+use qinfer_engine::template::RenderRequest;
+use serde_json::{Value, json};
+
+/// Greedy sampling as `qinfer generate --temperature 0` sets it.
+fn greedy() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    }
+}
+
+/// The request fields that make the server sample exactly like [`greedy`].
+fn greedy_fields(body: &mut Value) {
+    let g = greedy();
+    body["temperature"] = 0.0.into();
+    body["presence_penalty"] = g.presence_penalty.into();
+    body["frequency_penalty"] = g.frequency_penalty.into();
+    body["repetition_penalty"] = g.repetition_penalty.into();
+}
+
+/// What `qinfer generate --chat --prompt USER --temperature 0 --max-tokens N` produces:
+/// (reasoning, content).
+fn reference(user: &str, max_tokens: usize) -> (String, String) {
+    let b = bundle();
+    let mut kwargs = serde_json::Map::new();
+    kwargs.insert("enable_thinking".into(), true.into());
+    let text = b
+        .template()
+        .unwrap()
+        .render(&RenderRequest {
+            messages: &json!([{"role": "user", "content": user}]),
+            tools: None,
+            add_generation_prompt: true,
+            kwargs: &kwargs,
+        })
+        .unwrap();
+    let prompt = b.tokenizer.encode(&text).unwrap();
+    let opts = GenerateOptions {
+        sampling: greedy(),
+        max_tokens,
+        stop_strings: Vec::new(),
+        stop_ids: Vec::new(),
+        ignore_eos: false,
+        reasoning_budget: None,
+        parser: ParserOptions {
+            starts_in_reasoning: text.ends_with("<think>\n"),
+            tools: Vec::new(),
+        },
+    };
+    let mut seq = Sequence::new(&b.model);
+    let g = generate(&b, &mut seq, &prompt, &opts, &mut |_| Flow::Continue).unwrap();
+    (g.parsed.reasoning, g.parsed.content)
+}
+
+fn chat_body(user: &str, max_tokens: usize, stream: bool) -> Value {
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": user}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    });
+    greedy_fields(&mut body);
+    body
+}
+
+/// Concatenated (reasoning, content) of an OpenAI stream.
+fn collect_stream(resp: &http::Resp) -> (String, String) {
+    let (mut reasoning, mut content) = (String::new(), String::new());
+    for (_, data) in resp.sse() {
+        if data == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(&data).unwrap();
+        if let Some(d) = v["choices"].get(0).map(|c| &c["delta"]) {
+            reasoning.push_str(d["reasoning_content"].as_str().unwrap_or(""));
+            content.push_str(d["content"].as_str().unwrap_or(""));
+        }
+    }
+    (reasoning, content)
+}
+
+/// Greedy chat through the server (streaming and not) equals the generation loop that
+/// `qinfer generate` runs, for the same rendered prompt.
+#[test]
+fn greedy_chat_equals_generate() {
+    let server = TestServer::start(|_| {});
+    let user = "Write a haiku about batching.";
+    let expected = reference(user, 24);
+    let r = post(
+        server.addr,
+        "/v1/chat/completions",
+        &chat_body(user, 24, false),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let msg = &v["choices"][0]["message"];
+    let got = (
+        msg["reasoning_content"].as_str().unwrap_or("").to_string(),
+        msg["content"].as_str().unwrap_or("").to_string(),
+    );
+    assert_eq!(got, expected);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let u = &v["usage"];
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+    );
+    assert!(
+        u["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    let r = post(
+        server.addr,
+        "/v1/chat/completions",
+        &chat_body(user, 24, true),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(collect_stream(&r), expected);
+}
+
+/// 16 concurrent streams all complete, each equal to the same request run alone, and the
+/// engine really batched them (more tokens per step than one).
+#[test]
+fn sixteen_concurrent_streams_equal_their_sequential_runs() {
+    let server = TestServer::start(|c| c.scheduler.max_seqs = 16);
+    let prompts: Vec<String> = (0..16)
+        .map(|i| {
+            format!(
+                "Request number {i}: say something about the number {}.",
+                i * 7
+            )
+        })
+        .collect();
+    let sequential: Vec<(String, String)> = prompts
+        .iter()
+        .map(|p| {
+            collect_stream(&post(
+                server.addr,
+                "/v1/chat/completions",
+                &chat_body(p, 16, true),
+            ))
+        })
+        .collect();
+    let m0 = get(server.addr, "/metrics").body;
+    let addr = server.addr;
+    let handles: Vec<_> = prompts
+        .iter()
+        .cloned()
+        .map(|p| {
+            std::thread::spawn(move || {
+                let r = post(addr, "/v1/chat/completions", &chat_body(&p, 16, true));
+                assert_eq!(r.status, 200, "{}", r.body);
+                assert_eq!(r.sse().last().map(|e| e.1.as_str()), Some("[DONE]"));
+                collect_stream(&r)
+            })
+        })
+        .collect();
+    let concurrent: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (i, (a, b)) in sequential.iter().zip(&concurrent).enumerate() {
+        assert_eq!(a, b, "request {i} differs when batched");
+    }
+    let m1 = get(server.addr, "/metrics").body;
+    let steps = metric(&m1, "qinfer_engine_steps_total") - metric(&m0, "qinfer_engine_steps_total");
+    let tokens = metric(&m1, "qinfer_engine_step_tokens_total")
+        - metric(&m0, "qinfer_engine_step_tokens_total");
+    assert!(
+        tokens / steps > 2.0,
+        "16 concurrent requests ran {tokens} tokens in {steps} steps: not batched"
+    );
+}
+
+/// The OpenAI stream: a first chunk with the role, chunks of `chat.completion.chunk`, one
+/// chunk with `finish_reason`, the usage chunk (empty choices) when asked, then `[DONE]`.
+#[test]
+fn openai_stream_follows_the_published_order() {
+    let server = TestServer::start(|_| {});
+    let mut body = chat_body("Hi", 8, true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = post(server.addr, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = r.sse();
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let id = chunks[0]["id"].clone();
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], id);
+    }
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let finishing: Vec<_> = chunks
+        .iter()
+        .filter(|c| !c["choices"][0]["finish_reason"].is_null() && c["choices"].get(0).is_some())
+        .collect();
+    assert_eq!(finishing.len(), 1);
+    assert_eq!(finishing[0]["choices"][0]["finish_reason"], "length");
+    // The finishing chunk comes right before the usage chunk.
+    assert_eq!(&chunks[chunks.len() - 2], finishing[0]);
+}
+
+/// The Anthropic stream: message_start, then blocks each opened, filled and closed with
+/// consecutive indices, then message_delta and message_stop. Non-streaming returns the same
+/// blocks.
+#[test]
+fn anthropic_stream_follows_the_published_order() {
+    let server = TestServer::start(|_| {});
+    let body = json!({
+        "model": MODEL,
+        "max_tokens": 12,
+        "temperature": 0,
+        "thinking": {"type": "enabled", "budget_tokens": 6},
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
+        "stream": true,
+    });
+    let r = post(server.addr, "/v1/messages", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = r.sse();
+    let names: Vec<&str> = events.iter().map(|e| e.0.as_deref().unwrap()).collect();
+    assert_eq!(names[0], "message_start");
+    assert_eq!(&names[names.len() - 2..], ["message_delta", "message_stop"]);
+    let mut open: Option<u64> = None;
+    let mut next = 0;
+    let mut kinds = Vec::new();
+    for (name, data) in &events[1..events.len() - 2] {
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["type"], name.as_deref().unwrap());
+        match name.as_deref().unwrap() {
+            "content_block_start" => {
+                assert_eq!(open, None, "a block opened inside another");
+                assert_eq!(v["index"], next);
+                kinds.push(v["content_block"]["type"].as_str().unwrap().to_string());
+                open = Some(next);
+            }
+            "content_block_delta" => {
+                assert_eq!(v["index"].as_u64(), open);
+                let t = v["delta"]["type"].as_str().unwrap();
+                assert!(
+                    [
+                        "text_delta",
+                        "thinking_delta",
+                        "signature_delta",
+                        "input_json_delta"
+                    ]
+                    .contains(&t)
+                );
+            }
+            "content_block_stop" => {
+                assert_eq!(v["index"].as_u64(), open);
+                open = None;
+                next += 1;
+            }
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    assert_eq!(open, None);
+    // The reasoning budget (6) ends thinking, so a thinking block comes first.
+    assert_eq!(kinds.first().map(String::as_str), Some("thinking"));
+    let delta: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
+    assert_eq!(delta["usage"]["output_tokens"], 12);
+
+    let mut body = body;
+    body["stream"] = false.into();
+    let r = post(server.addr, "/v1/messages", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["type"], "thinking");
+    assert_eq!(v["stop_reason"], "max_tokens");
+
+    let r = post(
+        server.addr,
+        "/v1/messages/count_tokens",
+        &json!({
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hello"}],
+        }),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.json()["input_tokens"].as_u64().unwrap() > 3);
+}
+
+/// The rendered prompt of a request, through `POST /tokenize`.
+fn rendered(server: &TestServer, body: Value) -> String {
+    let r = post(server.addr, "/tokenize", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ids: Vec<u32> = serde_json::from_value(r.json()["tokens"].clone()).unwrap();
+    bundle().tokenizer.decode(&ids, false).unwrap()
+}
+
+fn weather_tool() -> Value {
+    json!({"type": "function", "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }})
+}
+
+/// A tool-call round trip in the OpenAI API: the assistant's call (arguments as a JSON string,
+/// as the wire carries them) and the tool's result render into the prompt as the template
+/// specifies, and the server answers the turn.
+#[test]
+fn openai_tool_call_round_trip() {
+    let server = TestServer::start(|_| {});
+    let messages = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "reasoning_content": "I should call the tool.",
+         "tool_calls": [{"id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
+    ]);
+    let text = rendered(
+        &server,
+        json!({"messages": messages, "tools": [weather_tool()]}),
+    );
+    assert!(
+        text.contains("<function=get_weather>\n<parameter=city>\nParis\n</parameter>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<tool_response>\n18 C, sunny\n</tool_response>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"name\": \"get_weather\""),
+        "tools are offered: {text}"
+    );
+    let mut body =
+        json!({"model": MODEL, "messages": messages, "tools": [weather_tool()], "max_tokens": 8});
+    greedy_fields(&mut body);
+    let r = post(server.addr, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "length");
+
+    // A named tool choice forces the call's opening where the answer starts (here at once:
+    // thinking is off); whatever the random model writes after it comes back as a well-formed
+    // call or as text, never an error.
+    body["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
+    body["chat_template_kwargs"] = json!({"enable_thinking": false});
+    body["max_tokens"] = 16.into();
+    let r = post(server.addr, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let msg = &r.json()["choices"][0]["message"];
+    let text = msg["content"].as_str().unwrap_or("");
+    assert!(
+        text.contains("<function=get_weather>") || msg["tool_calls"].is_array(),
+        "the forced call is in the output: {msg}"
+    );
+}
+
+/// A tool-use round trip in the Anthropic API: tool_use and tool_result blocks render as the
+/// template's call and response.
+#[test]
+fn anthropic_tool_use_round_trip() {
+    let server = TestServer::start(|_| {});
+    let body = json!({
+        "model": MODEL,
+        "max_tokens": 8,
+        "temperature": 0,
+        "tools": [{"name": "get_weather", "description": "Weather of a city",
+                   "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Call the tool.", "signature": ""},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C, sunny"}]},
+        ],
+    });
+    let r = post(server.addr, "/v1/messages/count_tokens", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(server.addr, "/v1/messages", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["role"], "assistant");
+    assert!(v["usage"]["input_tokens"].as_u64().unwrap() > 20);
+}
+
+/// `reasoning_content` (and its alias `reasoning`) of an earlier assistant turn reaches the
+/// prompt when `preserve_thinking` is on, and is dropped from earlier turns when it is off.
+#[test]
+fn reasoning_content_round_trips_with_preserve_thinking() {
+    let server = TestServer::start(|_| {});
+    for field in ["reasoning_content", "reasoning"] {
+        let messages = json!([
+            {"role": "user", "content": "First question"},
+            {"role": "assistant", "content": "First answer", field: "SECRET-REASONING"},
+            {"role": "user", "content": "Second question"},
+        ]);
+        let on = rendered(
+            &server,
+            json!({"messages": messages,
+            "chat_template_kwargs": {"preserve_thinking": true}}),
+        );
+        assert!(
+            on.contains("<think>\nSECRET-REASONING\n</think>\n\nFirst answer"),
+            "{field}: {on}"
+        );
+        let off = rendered(&server, json!({"messages": messages}));
+        assert!(!off.contains("SECRET-REASONING"), "{field}: {off}");
+    }
+    // And the output side: a thinking-mode answer carries `reasoning_content`.
+    let r = post(
+        server.addr,
+        "/v1/chat/completions",
+        &chat_body("Think about it", 6, false),
+    );
+    assert!(r.json()["choices"][0]["message"]["reasoning_content"].is_string());
+    // enable_thinking: false closes the think block in the prompt: no reasoning comes back.
+    let mut body = chat_body("Answer directly", 6, false);
+    body["chat_template_kwargs"] = json!({"enable_thinking": false});
+    let r = post(server.addr, "/v1/chat/completions", &body);
+    assert!(r.json()["choices"][0]["message"]["reasoning_content"].is_null());
+}
+
+/// Every invalid request is a 4xx in the protocol's error shape, naming the field.
+#[test]
+fn invalid_requests_get_shaped_4xx() {
+    let server = TestServer::start(|c| {
+        c.ctx = 4096;
+        c.body_limit = 64 * 1024;
+    });
+    let addr = server.addr;
+    let raw = |path: &str, body: &str| http::request(addr, "POST", path, &[], body.as_bytes());
+    let openai = |r: &http::Resp, status: u16, param: Option<&str>| {
+        assert_eq!(r.status, status, "{}", r.body);
+        let v = r.json();
+        assert!(v["error"]["message"].is_string(), "{v}");
+        assert!(v["error"]["type"].is_string(), "{v}");
+        if let Some(p) = param {
+            assert_eq!(v["error"]["param"], p, "{v}");
+        }
+    };
+    openai(&raw("/v1/chat/completions", "{not json"), 400, None);
+    openai(&raw("/v1/chat/completions", "[1, 2]"), 400, None);
+    let base = chat_body("hi", 4, false);
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        post(addr, "/v1/chat/completions", &b)
+    };
+    openai(&with("temperature", "hot".into()), 400, Some("temperature"));
+    openai(
+        &with("temperature", (-1.0).into()),
+        400,
+        Some("temperature"),
+    );
+    openai(&with("top_p", 1.5.into()), 400, Some("top_p"));
+    openai(&with("max_tokens", (-3).into()), 400, Some("max_tokens"));
+    openai(
+        &with("messages", json!([{"role": "wizard", "content": "x"}])),
+        400,
+        Some("messages[0].role"),
+    );
+    openai(
+        &with(
+            "messages",
+            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+        ),
+        400,
+        Some("messages[0].content[0].type"),
+    );
+    openai(&with("model", "gpt-9".into()), 404, Some("model"));
+    openai(
+        &with("response_format", json!({"type": "json_object"})),
+        400,
+        Some("response_format"),
+    );
+    openai(
+        &with("tool_choice", "required".into()),
+        400,
+        Some("tool_choice"),
+    );
+    let r = with("max_tokens", 5000.into());
+    openai(&r, 400, Some("max_tokens"));
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("5000") && msg.contains("4096"), "{msg}");
+    let r = with("max_completion_tokens", 99999.into());
+    openai(&r, 400, Some("max_completion_tokens"));
+    let big = format!(
+        "{{\"model\": \"{MODEL}\", \"pad\": \"{}\"}}",
+        "x".repeat(100 * 1024)
+    );
+    openai(&raw("/v1/chat/completions", &big), 413, None);
+    openai(
+        &raw("/v1/completions", &json!({"model": MODEL}).to_string()),
+        400,
+        Some("prompt"),
+    );
+    openai(&http::get(addr, "/v1/nothing"), 404, None);
+
+    // Anthropic routes answer in Anthropic's shape.
+    let anthropic = |r: &http::Resp, status: u16, needle: &str| {
+        assert_eq!(r.status, status, "{}", r.body);
+        let v = r.json();
+        assert_eq!(v["type"], "error", "{v}");
+        assert!(v["error"]["type"].is_string(), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{v}"
+        );
+    };
+    anthropic(&raw("/v1/messages", "{"), 400, "JSON");
+    anthropic(
+        &post(
+            addr,
+            "/v1/messages",
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}),
+        ),
+        400,
+        "max_tokens",
+    );
+    anthropic(
+        &post(
+            addr,
+            "/v1/messages",
+            &json!({"model": MODEL, "max_tokens": "ten",
+            "messages": [{"role": "user", "content": "x"}]}),
+        ),
+        400,
+        "max_tokens",
+    );
+    anthropic(
+        &post(
+            addr,
+            "/v1/messages",
+            &json!({"model": MODEL, "max_tokens": 4,
+            "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}),
+        ),
+        400,
+        "messages[0].content[0].type",
+    );
+    anthropic(
+        &post(
+            addr,
+            "/v1/messages",
+            &json!({"model": "claude-x", "max_tokens": 4,
+            "messages": [{"role": "user", "content": "x"}]}),
+        ),
+        404,
+        "claude-x",
+    );
+    let m = get(addr, "/metrics").body;
+    assert_eq!(metric(&m, "qinfer_http_requests_total{class=\"5xx\"}"), 0.0);
+}
+
+/// With a key set, every route but /health needs it, as Bearer or x-api-key.
+#[test]
+fn api_key_is_required_when_set() {
+    let server = TestServer::start(|c| c.api_key = Some("s3cret".into()));
+    let addr = server.addr;
+    assert_eq!(get(addr, "/health").status, 200);
+    for (headers, want) in [
+        (vec![], 401),
+        (vec![("Authorization", "Bearer wrong")], 401),
+        (vec![("x-api-key", "s3cre")], 401),
+        (vec![("Authorization", "Bearer s3cret")], 200),
+        (vec![("x-api-key", "s3cret")], 200),
+    ] {
+        let r = http::request(addr, "GET", "/v1/models", &headers, b"");
+        assert_eq!(r.status, want, "{headers:?}: {}", r.body);
+        if want == 401 {
+            assert_eq!(r.json()["error"]["type"], "authentication_error");
+        }
+    }
+    let r = http::request(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 401);
+    let r = http::request(addr, "POST", "/v1/messages", &[], b"{}");
+    assert_eq!(r.json()["type"], "error");
+}
+
+fn wait_for(addr: std::net::SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let m = get(addr, "/metrics").body;
+        if ok(&m) {
+            return m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A client that disconnects mid-stream frees its sequence (visible in /metrics); with the
+/// one slot busy and the one queue place taken, the next request gets 429 with Retry-After.
+#[test]
+fn disconnect_frees_the_sequence_and_a_full_queue_gives_429() {
+    let server = TestServer::start(|c| {
+        c.scheduler.max_seqs = 1;
+        c.scheduler.max_queue = 1;
+    });
+    let addr = server.addr;
+    let long = chat_body("Tell me a long story", 4000, true);
+    let s = http::send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        long.to_string().as_bytes(),
+    );
+    let mut r = BufReader::new(s);
+    let (status, _) = http::read_head(&mut r);
+    assert_eq!(status, 200);
+    assert!(http::read_chunk(&mut r).is_some(), "the stream started");
+    wait_for(addr, "one running sequence", |m| {
+        metric(m, "qinfer_running_sequences") == 1.0
+    });
+
+    // Second request waits in the queue; the third finds it full.
+    let queued = http::send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        long.to_string().as_bytes(),
+    );
+    wait_for(addr, "one queued request", |m| {
+        metric(m, "qinfer_queue_depth") == 1.0
+    });
+    let r3 = post(addr, "/v1/chat/completions", &chat_body("x", 4, false));
+    assert_eq!(r3.status, 429, "{}", r3.body);
+    assert!(r3.header("retry-after").is_some());
+    assert_eq!(r3.json()["error"]["type"], "rate_limit_error");
+
+    // Disconnect both; the engine frees the running sequence and drops the queued request.
+    drop(r);
+    drop(queued);
+    let m = wait_for(addr, "the sequences to be freed", |m| {
+        metric(m, "qinfer_running_sequences") == 0.0 && metric(m, "qinfer_queue_depth") == 0.0
+    });
+    assert!(metric(&m, "qinfer_cancelled_requests_total") >= 2.0, "{m}");
+    assert_eq!(metric(&m, "qinfer_sequence_state_bytes"), 0.0);
+    assert_eq!(metric(&m, "qinfer_rejected_queue_full_total"), 1.0);
+    // The server still serves.
+    assert_eq!(
+        post(addr, "/v1/chat/completions", &chat_body("x", 2, false)).status,
+        200
+    );
+
+    // A non-streaming request is cancelled too when its client goes away.
+    let before = metric(&m, "qinfer_cancelled_requests_total");
+    let s = http::send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        chat_body("x", 4000, false).to_string().as_bytes(),
+    );
+    wait_for(addr, "the non-streaming request to run", |m| {
+        metric(m, "qinfer_running_sequences") == 1.0
+    });
+    drop(s);
+    wait_for(addr, "the non-streaming request to be cancelled", |m| {
+        metric(m, "qinfer_running_sequences") == 0.0
+            && metric(m, "qinfer_cancelled_requests_total") == before + 1.0
+    });
+}
+
+/// Operations routes: health, models, metrics, tokenize/detokenize, raw completions.
+#[test]
+fn operations_routes() {
+    let server = TestServer::start(|_| {});
+    let addr = server.addr;
+    assert_eq!(get(addr, "/health").json()["status"], "ok");
+    let models = get(addr, "/v1/models").json();
+    assert_eq!(models["data"][0]["id"], MODEL);
+    let t = post(addr, "/tokenize", &json!({"prompt": "Hello world"})).json();
+    let ids = t["tokens"].clone();
+    assert_eq!(t["count"], ids.as_array().unwrap().len());
+    let d = post(addr, "/detokenize", &json!({"tokens": ids})).json();
+    assert_eq!(d["prompt"], "Hello world");
+    assert_eq!(
+        post(addr, "/detokenize", &json!({"tokens": [-1]})).status,
+        400
+    );
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "Once upon", "max_tokens": 5, "temperature": 0}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "Once upon", "max_tokens": 5,
+        "temperature": 0, "stream": true}),
+    );
+    let streamed: String = r
+        .sse()
+        .iter()
+        .filter(|e| e.1 != "[DONE]")
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.1).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(streamed, v["choices"][0]["text"].as_str().unwrap());
+    let m = get(addr, "/metrics").body;
+    for name in [
+        "qinfer_time_to_first_token_seconds_bucket",
+        "qinfer_inter_token_latency_seconds_bucket",
+        "qinfer_prompt_tokens_total",
+        "qinfer_generation_tokens_total",
+        "qinfer_cached_prompt_tokens_total",
+        "qinfer_queue_depth",
+        "qinfer_running_sequences",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics");
+    }
+    // Logprobs: one entry per generated token with the requested alternatives.
+    let mut body = chat_body("hi", 4, false);
+    body["logprobs"] = true.into();
+    body["top_logprobs"] = 3.into();
+    let v = post(addr, "/v1/chat/completions", &body).json();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 4);
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 3);
+    // Greedy: the chosen token is the most likely one.
+    assert_eq!(
+        content[0]["logprob"],
+        content[0]["top_logprobs"][0]["logprob"]
+    );
+}
+
+/// Graceful shutdown lets an in-flight request finish.
+#[test]
+fn shutdown_finishes_in_flight_requests() {
+    let server = TestServer::start(|_| {});
+    let addr = server.addr;
+    let s = http::send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        chat_body("go", 40, true).to_string().as_bytes(),
+    );
+    let mut r = BufReader::new(s);
+    let (status, _) = http::read_head(&mut r);
+    assert_eq!(status, 200);
+    assert!(http::read_chunk(&mut r).is_some());
+    let stopper = std::thread::spawn(move || server.shutdown());
+    let mut body = Vec::new();
+    while let Some(c) = http::read_chunk(&mut r) {
+        body.extend(c);
+    }
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("[DONE]"), "the stream ended cleanly: {text}");
+    stopper.join().unwrap();
+}

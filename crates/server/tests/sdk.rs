@@ -1,0 +1,46 @@
+//! The official `openai` and `anthropic` Python SDKs against the server.
+//!
+//! `.ci/run` installs the pinned SDKs (`tools/sdk/requirements.txt`) into `.ci/venv` and sets
+//! `QINFER_SDK_PYTHON` to its interpreter. With the variable set, this test runs
+//! `tools/sdk/check_sdks.py` against a server on a random port and fails on any error,
+//! including a broken venv. Without it (a developer with no Python), it skips and says so.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{MODEL, TestServer};
+
+#[test]
+fn official_python_sdks_complete_a_streaming_chat_and_a_tool_call() {
+    let Some(python) = std::env::var_os("QINFER_SDK_PYTHON") else {
+        let mut err = std::io::stderr().lock();
+        let _ = std::io::Write::write_all(
+            &mut err,
+            b"SKIPPED: QINFER_SDK_PYTHON is not set (.ci/run sets it after installing the \
+              pinned openai and anthropic SDKs into .ci/venv)\n",
+        );
+        return;
+    };
+    let server = TestServer::start(|c| c.api_key = Some("sdk-test-key".into()));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/sdk/check_sdks.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(format!("http://{}", server.addr))
+        .arg(MODEL)
+        .arg("sdk-test-key")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK check failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("openai ok") && stdout.contains("anthropic ok"),
+        "{stdout}"
+    );
+}

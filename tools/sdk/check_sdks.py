@@ -1,0 +1,129 @@
+"""Drives a running `qinfer serve` with the official OpenAI and Anthropic Python SDKs.
+
+Usage: python check_sdks.py BASE_URL MODEL API_KEY
+
+Exercises, per SDK: a streaming chat and a tool-call round trip (an assistant tool call in the
+history, the tool's result, and the answer). The model behind the server may have random
+weights, so the checks are about the protocol: the SDK parses every response and event
+without error, streams end properly, usage is reported. Exits non-zero on any failure.
+"""
+
+import sys
+
+import anthropic
+import openai
+
+
+def check_openai(base, model, key):
+    client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    # Streaming chat.
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Say hello"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks, "no chunks"
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == ["length"], finish
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8, chunks[-1]
+    # Non-streaming chat.
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0
+    )
+    assert r.choices[0].finish_reason == "length", r
+    assert r.usage.prompt_tokens_details.cached_tokens == 0, r.usage
+    # Tool-call round trip.
+    tools = [{
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }]
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        }]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+    ]
+    r = client.chat.completions.create(
+        model=model, messages=messages, tools=tools, max_tokens=6, temperature=0
+    )
+    assert r.choices[0].message.role == "assistant", r
+    # A forced (named) tool call: the SDK parses whatever comes back.
+    r = client.chat.completions.create(
+        model=model, messages=messages[:1], tools=tools, max_tokens=12, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    assert r.choices[0].message is not None
+    # Errors surface as the SDK's typed exceptions.
+    try:
+        client.chat.completions.create(model="no-such-model", messages=messages[:1], max_tokens=2)
+        raise AssertionError("unknown model accepted")
+    except openai.NotFoundError:
+        pass
+    print("openai ok")
+
+
+def check_anthropic(base, model, key):
+    client = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+    # Streaming, with thinking.
+    with client.messages.stream(
+        model=model,
+        max_tokens=12,
+        extra_body={"temperature": 0},
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": "Say hello"}],
+    ) as stream:
+        events = [e.type for e in stream]
+        final = stream.get_final_message()
+    assert events[0] == "message_start" and events[-1] == "message_stop", events
+    assert final.stop_reason == "max_tokens", final
+    assert final.usage.output_tokens == 12, final.usage
+    # Tool-use round trip.
+    tools = [{
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }]
+    r = client.messages.create(
+        model=model,
+        max_tokens=6,
+        extra_body={"temperature": 0},
+        tools=tools,
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"},
+            ]},
+        ],
+    )
+    assert r.role == "assistant", r
+    n = client.messages.count_tokens(model=model, messages=[{"role": "user", "content": "Hi"}])
+    assert n.input_tokens > 0, n
+    try:
+        client.messages.create(model=model, max_tokens=2, messages=[{"role": "wizard", "content": "x"}])
+        raise AssertionError("bad role accepted")
+    except anthropic.BadRequestError:
+        pass
+    print("anthropic ok")
+
+
+def main():
+    base, model, key = sys.argv[1], sys.argv[2], sys.argv[3]
+    check_openai(base, model, key)
+    check_anthropic(base, model, key)
+
+
+if __name__ == "__main__":
+    main()
