@@ -167,11 +167,15 @@ impl PromptCache {
     }
 
     /// Chunk boundaries strictly between `start` and `end` where prefill takes a snapshot.
+    ///
+    /// Never `end - 1`: a cut there would leave a one-token piece, which a step that picks
+    /// the delta-rule form by piece length runs in the recurrent form, where an uncut prompt
+    /// runs that token in the chunked form (not bit-identical).
     pub fn snapshot_points(&self, start: usize, end: usize) -> Vec<usize> {
-        let last = (end.saturating_sub(1) / BLOCK_TOKENS) * BLOCK_TOKENS;
+        let last = (end.saturating_sub(2) / BLOCK_TOKENS) * BLOCK_TOKENS;
         (start / BLOCK_TOKENS + 1..)
             .map(|i| i * BLOCK_TOKENS)
-            .take_while(|&b| b < end)
+            .take_while(|&b| b + 1 < end)
             .filter(|&b| b % self.snapshot_every == 0 || b == last)
             .collect()
     }

@@ -391,3 +391,16 @@ fn a_remembered_answer_keeps_its_generated_ids() {
     let text3 = format!("{text1}{}xyz", g.text);
     assert_eq!(c.encode(&b.tokenizer, &text3).unwrap(), encode(&text3));
 }
+
+/// Snapshot points: every `snapshot_every` tokens and the last chunk boundary before the end,
+/// never one token short of the end (that would leave a one-token piece).
+#[test]
+fn snapshot_points_are_chunk_boundaries_short_of_the_end() {
+    let c = cache(usize::MAX, 256);
+    assert_eq!(c.snapshot_points(0, 700), vec![256, 512, 640]);
+    assert_eq!(c.snapshot_points(300, 700), vec![512, 640]);
+    assert_eq!(c.snapshot_points(0, 641), vec![256, 512, 576]);
+    assert_eq!(c.snapshot_points(0, 642), vec![256, 512, 640]);
+    assert_eq!(c.snapshot_points(640, 700), Vec::<usize>::new());
+    assert_eq!(c.snapshot_points(0, 10), Vec::<usize>::new());
+}

@@ -99,22 +99,10 @@ pub fn max_tokens(
     }
 }
 
-/// Submits a generation; the receiver yields its [`Out`] messages. Dropping it cancels.
-pub fn submit(
-    state: &AppState,
-    prompt: Vec<u32>,
-    opts: GenerateOptions,
-    logprobs: Option<usize>,
-    answer_prefix: Option<Vec<u32>>,
-    protocol: Protocol,
-) -> Result<UnboundedReceiver<Out>, ApiError> {
-    let (rx, _) = submit_tracked(state, prompt, None, opts, logprobs, answer_prefix, protocol)?;
-    Ok(rx)
-}
-
-/// [`submit`], also returning a receiver told how the prompt cache served the prompt when the
-/// request is admitted; `prompt_text` (the rendered prompt) lets the cache remember the exact
-/// ids of prompt + answer.
+/// Submits a generation; the first receiver yields its [`Out`] messages (dropping it cancels),
+/// the second is told how the prompt cache served the prompt when the request is admitted.
+/// `prompt_text` (the rendered prompt) lets the cache remember the exact ids of prompt +
+/// answer.
 pub fn submit_tracked(
     state: &AppState,
     prompt: Vec<u32>,

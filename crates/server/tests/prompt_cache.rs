@@ -333,7 +333,7 @@ fn a_dropped_reasoning_is_named_in_the_miss_header() {
         at < prompt1 && at + 4 > prompt1,
         "departs at the old `<think>`: {at} of {prompt1}"
     );
-    assert_eq!(usage(&b, "cached"), (prompt1 - 1) / 64 * 64);
+    assert_eq!(usage(&b, "cached"), (prompt1 - 2) / 64 * 64);
 }
 
 /// `--cache-dir`: a restarted server resumes the conversation from disk.
