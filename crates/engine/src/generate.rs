@@ -427,7 +427,16 @@ pub fn generate(
     let started = Instant::now();
     let (reused, cache_miss) = seq.resume(model, prompt);
     let cache = seq.cache.clone();
-    let logits = prompt_cache::prefill(model, &mut seq.state, prompt, reused, cache.as_deref())?;
+    let logits =
+        match prompt_cache::prefill(model, &mut seq.state, prompt, reused, cache.as_deref()) {
+            Ok(l) => l,
+            Err(e) => {
+                // Pieces before the failing one advanced the state: start over rather than
+                // keep a state that no longer matches `tokens`.
+                seq.reset(model);
+                return Err(e.into());
+            }
+        };
     seq.tokens.truncate(reused);
     seq.tokens.extend_from_slice(&prompt[reused..]);
     seq.mark();

@@ -404,3 +404,21 @@ fn snapshot_points_are_chunk_boundaries_short_of_the_end() {
     assert_eq!(c.snapshot_points(640, 700), Vec::<usize>::new());
     assert_eq!(c.snapshot_points(0, 10), Vec::<usize>::new());
 }
+
+/// A prompt that fails in a later prefill piece (a token outside the vocabulary after two
+/// chunks) is an error that leaves the sequence consistent and usable.
+#[test]
+fn a_failing_prefill_piece_leaves_the_sequence_consistent() {
+    let b = demo();
+    let c = cache(usize::MAX, 64);
+    let mut seq = Sequence::with_cache(&b.model, Arc::clone(&c));
+    let mut bad = first_prompt("Hello.");
+    bad.truncate(150);
+    bad.push(b.model.config.vocab as u32);
+    bad.extend(encode("more"));
+    assert!(generate(b, &mut seq, &bad, &greedy(2), &mut |_| Flow::Continue).is_err());
+    assert_eq!(seq.state.pos(), seq.tokens.len());
+    let good = first_prompt("Hello.");
+    let g = generate(b, &mut seq, &good, &greedy(3), &mut |_| Flow::Continue).unwrap();
+    assert_eq!(g.ids, request(None, &good, 3).ids);
+}
