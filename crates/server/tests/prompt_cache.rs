@@ -265,11 +265,10 @@ fn concurrent_conversations_share_the_system_prompt_blocks() {
         together <= a + b - shared,
         "counted once: {together} vs {a} + {b} - {shared}"
     );
-    assert_eq!(
-        usage(&r1, "cached") + usage(&r2, "cached"),
-        0,
-        "both ran cold"
-    );
+    // Whichever was admitted second may already resume from the other's first snapshots.
+    for r in [&r1, &r2] {
+        assert!(usage(r, "cached") <= parted as u64);
+    }
     // A third conversation with the same system prompt resumes at its last shared boundary.
     let (r3, miss) = chat(addr, &conv("List the crates."), kwargs, 4);
     assert_eq!(usage(&r3, "cached"), (parted / 64 * 64) as u64);
