@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Prompts are processed in chunks of this many tokens, interleaved with decoding.
     #[arg(long, default_value_t = 512)]
     prefill_chunk: usize,
+    /// Reasoning budget for requests that set none: after this many thinking tokens `</think>`
+    /// is inserted and the model answers (guards against endless thinking).
+    #[arg(long)]
+    max_reasoning_tokens: Option<usize>,
     /// The model id clients send (default: the model's directory or file name).
     #[arg(long)]
     served_model_name: Option<String>,
@@ -106,6 +110,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         dir: args.cache_dir.clone(),
     });
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    config.default_reasoning_budget = args.max_reasoning_tokens;
     config.scheduler = SchedulerConfig {
         max_seqs: args.max_seqs.max(1),
         max_queue: args.max_queue,

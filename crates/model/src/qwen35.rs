@@ -310,31 +310,8 @@ impl Qwen35 {
         trace: &mut dyn FnMut(TracePoint, &Mat),
     ) -> Result<Mat, ForwardError> {
         let c = &self.config;
-        if tokens.is_empty() {
-            return Err(ForwardError::Empty);
-        }
-        if let Some((index, &id)) = tokens
-            .iter()
-            .enumerate()
-            .find(|(_, id)| **id as usize >= c.vocab)
-        {
-            return Err(ForwardError::TokenOutOfRange {
-                id,
-                index,
-                vocab: c.vocab,
-            });
-        }
+        self.check_step(tokens, state)?;
         let start = state.pos();
-        if start + tokens.len() > c.max_positions {
-            return Err(ForwardError::ContextOverflow {
-                used: start,
-                needed: tokens.len(),
-                limit: c.max_positions,
-            });
-        }
-        if state.layers().len() != self.layers.len() {
-            return Err(ForwardError::StateMismatch);
-        }
         let positions: Vec<_> = (start..start + tokens.len()).map(text_position).collect();
 
         let mut x = Mat::zeros(tokens.len(), c.hidden); // [T, H]

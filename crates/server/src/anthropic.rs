@@ -42,6 +42,8 @@ struct Rendered {
     tools: Vec<ToolSpec>,
     reasoning_budget: Option<usize>,
     answer_prefix: Option<String>,
+    /// `tool_choice.disable_parallel_tool_use`: only the first call is returned.
+    first_call_only: bool,
 }
 
 /// Text of a `system` field or a `tool_result` content: a string or text blocks.
@@ -239,8 +241,10 @@ fn render(state: &AppState, body: &Map<String, Value>) -> Result<Rendered, ApiEr
     let (tools, specs) = read_tools(&f)?;
     let mut offer = !specs.is_empty();
     let mut answer_prefix = None;
+    let mut first_call_only = false;
     if let Some(choice) = f.object("tool_choice")? {
         let cf = Fields::new(choice, "tool_choice");
+        first_call_only = cf.bool("disable_parallel_tool_use")?.unwrap_or(false);
         match cf.required_str("type")? {
             "auto" => {}
             "none" => offer = false,
@@ -315,6 +319,7 @@ fn render(state: &AppState, body: &Map<String, Value>) -> Result<Rendered, ApiEr
         tools: if offer { specs } else { Vec::new() },
         reasoning_budget,
         answer_prefix,
+        first_call_only,
     })
 }
 
@@ -338,6 +343,7 @@ struct Plan {
     opts: GenerateOptions,
     answer_prefix: Option<Vec<u32>>,
     stream: bool,
+    first_call_only: bool,
 }
 
 fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
@@ -359,13 +365,15 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
         stop_strings: f.strings("stop_sequences")?,
         stop_ids: Vec::new(),
         ignore_eos: false,
-        reasoning_budget: r.reasoning_budget,
+        reasoning_budget: r.reasoning_budget.or(state.config.default_reasoning_budget),
         parser: ParserOptions {
             starts_in_reasoning: r.starts_in_reasoning,
             tools: r.tools,
         },
     };
+    let first_call_only = r.first_call_only;
     Ok(Plan {
+        first_call_only,
         prompt: r.prompt,
         text: r.text,
         opts,
@@ -396,9 +404,9 @@ pub async fn messages(State(state): State<Shared>, JsonBody(body): JsonBody) -> 
     let id = new_id("msg_");
     let admission = admitted.await.ok();
     let mut resp = if plan.stream {
-        stream(state, rx, id, prompt_len).into_response()
+        stream(state, rx, id, prompt_len, plan.first_call_only).into_response()
     } else {
-        collect(state, rx, id).await
+        collect(state, rx, id, plan.first_call_only).await
     };
     shared::cache_headers(&mut resp, admission.as_ref());
     resp
@@ -433,13 +441,29 @@ fn failure(message: String) -> Response {
         .into_response()
 }
 
-async fn collect(state: Shared, mut rx: UnboundedReceiver<Out>, id: String) -> Response {
+/// Whether `e` reaches the client: with `first_only`, events of calls after the first are
+/// dropped.
+fn keeps(e: &Event, first_only: bool) -> bool {
+    match e {
+        Event::ToolCallStart { index, .. }
+        | Event::ToolCallArgs { index, .. }
+        | Event::ToolCallEnd { index, .. } => !(first_only && *index > 0),
+        _ => true,
+    }
+}
+
+async fn collect(
+    state: Shared,
+    mut rx: UnboundedReceiver<Out>,
+    id: String,
+    first_only: bool,
+) -> Response {
     let mut content: Vec<Value> = Vec::new();
     let mut tool_use = false;
     let summary = loop {
         match rx.recv().await {
             Some(Out::Token { events, .. }) => {
-                for e in events {
+                for e in events.into_iter().filter(|e| keeps(e, first_only)) {
                     match e {
                         Event::Reasoning(t) => match content.last_mut() {
                             Some(b) if b["type"] == "thinking" => {
@@ -501,6 +525,7 @@ fn stream(
     mut rx: UnboundedReceiver<Out>,
     id: String,
     prompt_len: usize,
+    first_only: bool,
 ) -> impl IntoResponse {
     let (tx, events) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
     tokio::spawn(async move {
@@ -549,7 +574,7 @@ fn stream(
             let Some(msg) = rx.recv().await else { return };
             match msg {
                 Out::Token { events, .. } => {
-                    for e in events {
+                    for e in events.into_iter().filter(|e| keeps(e, first_only)) {
                         let (want, start_block, delta) = match e {
                             Event::Reasoning(t) => (
                                 Block::Thinking,
@@ -647,9 +672,10 @@ mod tests {
         let (_server, state) = test_state();
         runtime().block_on(async {
             let rx = engine_output(CALL, FinishReason::Stop(0));
-            let v: Value =
-                serde_json::from_str(&body(collect(state.clone(), rx, "m".into()).await).await)
-                    .unwrap();
+            let v: Value = serde_json::from_str(
+                &body(collect(state.clone(), rx, "m".into(), false).await).await,
+            )
+            .unwrap();
             assert_eq!(v["stop_reason"], "tool_use");
             assert_eq!(v["content"][0]["type"], "thinking");
             assert_eq!(v["content"][0]["thinking"], "I need the weather.");
@@ -661,7 +687,7 @@ mod tests {
             );
 
             let rx = engine_output(CALL, FinishReason::Stop(0));
-            let text = body(stream(state.clone(), rx, "m".into(), 10).into_response()).await;
+            let text = body(stream(state.clone(), rx, "m".into(), 10, false).into_response()).await;
             let mut names = Vec::new();
             let mut json_parts = String::new();
             for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
@@ -697,11 +723,33 @@ mod tests {
     }
 
     #[test]
+    fn disable_parallel_tool_use_keeps_the_first_call() {
+        let (_server, state) = test_state();
+        let two = format!(
+            "{CALL}\n<tool_call>\n<function=get_weather>\n<parameter=city>\nRome\n</parameter>\n</function>\n</tool_call>"
+        );
+        runtime().block_on(async {
+            for (first_only, want) in [(false, 2), (true, 1)] {
+                let rx = engine_output(&two, FinishReason::Stop(0));
+                let resp = collect(state.clone(), rx, "m".into(), first_only).await;
+                let v: Value = serde_json::from_str(&body(resp).await).unwrap();
+                let uses = v["content"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|b| b["type"] == "tool_use")
+                    .count();
+                assert_eq!(uses, want, "first_only {first_only}");
+            }
+        });
+    }
+
+    #[test]
     fn a_malformed_tool_call_comes_back_as_text() {
         let (_server, state) = test_state();
         runtime().block_on(async {
             let rx = engine_output(MALFORMED, FinishReason::Length);
-            let resp = collect(state.clone(), rx, "m".into()).await;
+            let resp = collect(state.clone(), rx, "m".into(), false).await;
             assert_eq!(resp.status(), StatusCode::OK);
             let v: Value = serde_json::from_str(&body(resp).await).unwrap();
             assert_eq!(v["stop_reason"], "max_tokens");

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// How long in-flight requests may run after a shutdown signal before they are cancelled.
     pub shutdown_grace: Duration,
+    /// Reasoning budget for requests that set none (guards against endless thinking).
+    pub default_reasoning_budget: Option<usize>,
     pub scheduler: SchedulerConfig,
     /// The prompt cache shared by all requests; `None` turns it off.
     pub prompt_cache: Option<CacheOptions>,
@@ -70,6 +72,7 @@ impl ServerConfig {
             ctx: bundle.model.config.max_positions,
             body_limit: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            default_reasoning_budget: None,
             scheduler: SchedulerConfig::default(),
             prompt_cache: Some(CacheOptions {
                 budget_bytes: DEFAULT_CACHE_BYTES,

@@ -409,7 +409,8 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     let reasoning_budget = match f.usize("max_reasoning_tokens")? {
         Some(n) => Some(n),
         None => f.usize("thinking_budget")?,
-    };
+    }
+    .or(state.config.default_reasoning_budget);
     // A required call opens the answer with the call tag; a named one with its header too.
     let answer_prefix = match &choice {
         ToolChoice::Required => Some("<tool_call>\n<function=".to_string()),

@@ -260,16 +260,17 @@ impl PrefixCache {
         }
     }
 
-    /// The end of the next prompt chunk of a sequence at `fed` of `prompt_len`: `chunk_end`, or
-    /// an earlier snapshot point of the cache.
-    fn chunk_end(&self, fed: usize, prompt_len: usize, chunk_end: usize) -> usize {
-        match &self.cache {
-            Some(c) => c
-                .snapshot_points(fed, prompt_len)
-                .first()
-                .map_or(chunk_end, |&b| b.min(chunk_end)),
-            None => chunk_end,
+    /// The next snapshot point of a sequence at `fed` of `prompt_len`: a prompt chunk ends
+    /// there.
+    fn next_cut(&self, fed: usize, prompt_len: usize) -> Option<usize> {
+        if fed >= prompt_len {
+            return None;
         }
+        self.cache
+            .as_ref()?
+            .snapshot_points(fed, prompt_len)
+            .first()
+            .copied()
     }
 
     /// A prompt chunk ended at `tokens.len()`: stores the state there if it is a snapshot
@@ -322,17 +323,58 @@ struct Running {
     last_token: Option<Instant>,
 }
 
-impl Running {
-    fn prefilling(&self) -> bool {
-        self.tokens.len() < self.prompt.len()
-    }
-}
-
 /// What a planned item runs.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Work {
     Prefill { end: usize },
     Decode,
+}
+
+/// What the planner sees of a running sequence.
+#[derive(Clone, Copy, Debug)]
+struct SeqView {
+    /// Tokens in its state.
+    fed: usize,
+    /// Prompt length.
+    prompt: usize,
+    /// A sampled token waits to be fed.
+    pending: bool,
+    /// Where the prompt cache wants the next chunk to end (a snapshot point), if before the
+    /// next multiple of `prefill_chunk`.
+    cut: Option<usize>,
+}
+
+/// One step's plan, in `seqs` order: one token for every decoding sequence, then prompt
+/// chunks (each up to the next multiple of `prefill_chunk` positions) while the step budget
+/// lasts; the first chunk always fits, so prefill never starves.
+fn plan_step(seqs: &[SeqView], config: &SchedulerConfig) -> Vec<(usize, Work)> {
+    let mut plan = Vec::new();
+    let mut budget = config.max_step_tokens;
+    for (i, s) in seqs.iter().enumerate() {
+        if s.fed >= s.prompt && s.pending {
+            plan.push((i, Work::Decode));
+            budget = budget.saturating_sub(1);
+        }
+    }
+    let chunk = config.prefill_chunk.max(1);
+    let mut prefilled = false;
+    for (i, s) in seqs.iter().enumerate() {
+        if s.fed >= s.prompt {
+            continue;
+        }
+        let end = s.prompt.min((s.fed / chunk + 1) * chunk);
+        let end = s.cut.map_or(end, |c| c.min(end));
+        let n = end - s.fed;
+        if n > budget && prefilled {
+            break;
+        }
+        plan.push((i, Work::Prefill { end }));
+        budget = budget.saturating_sub(n);
+        prefilled = true;
+    }
+    // Batch items (and so logits rows) come in `seqs` order; the plan must too.
+    plan.sort_unstable_by_key(|&(i, _)| i);
+    plan
 }
 
 struct Engine {
@@ -530,32 +572,17 @@ impl Engine {
 
     /// The plan: `(index in running, work)` per scheduled sequence.
     fn plan(&self) -> Vec<(usize, Work)> {
-        let mut plan = Vec::new();
-        let mut budget = self.config.max_step_tokens;
-        for (i, s) in self.running.iter().enumerate() {
-            if !s.prefilling() && s.pending.is_some() {
-                plan.push((i, Work::Decode));
-                budget = budget.saturating_sub(1);
-            }
-        }
-        let chunk = self.config.prefill_chunk.max(1);
-        let mut prefilled = false;
-        for (i, s) in self.running.iter().enumerate() {
-            if !s.prefilling() {
-                continue;
-            }
-            let fed = s.tokens.len();
-            let end = s.prompt.len().min((fed / chunk + 1) * chunk);
-            let end = self.cache.chunk_end(fed, s.prompt.len(), end);
-            let n = end - fed;
-            if n > budget && prefilled {
-                break;
-            }
-            plan.push((i, Work::Prefill { end }));
-            budget = budget.saturating_sub(n);
-            prefilled = true;
-        }
-        plan
+        let views: Vec<SeqView> = self
+            .running
+            .iter()
+            .map(|s| SeqView {
+                fed: s.tokens.len(),
+                prompt: s.prompt.len(),
+                pending: s.pending.is_some(),
+                cut: self.cache.next_cut(s.tokens.len(), s.prompt.len()),
+            })
+            .collect();
+        plan_step(&views, &self.config)
     }
 
     fn step(&mut self) {
@@ -724,3 +751,73 @@ impl Engine {
 
 /// How long a client should wait before retrying a refused request.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(fed: usize, prompt: usize, pending: bool) -> SeqView {
+        SeqView {
+            fed,
+            prompt,
+            pending,
+            cut: None,
+        }
+    }
+
+    #[test]
+    fn a_step_decodes_everyone_and_prefills_aligned_chunks_within_the_budget() {
+        let config = SchedulerConfig {
+            max_step_tokens: 20,
+            prefill_chunk: 8,
+            ..SchedulerConfig::default()
+        };
+        let seqs = [
+            view(3, 25, false),  // prefilling: chunk 3..8
+            view(30, 25, true),  // decoding
+            view(8, 25, false),  // prefilling: chunk 8..16
+            view(26, 25, true),  // decoding
+            view(0, 100, false), // does not fit any more (2 + 5 + 8 used, 8 > 5 left)
+        ];
+        let plan = plan_step(&seqs, &config);
+        assert_eq!(
+            plan,
+            [
+                (0, Work::Prefill { end: 8 }),
+                (1, Work::Decode),
+                (2, Work::Prefill { end: 16 }),
+                (3, Work::Decode),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_first_chunk_always_runs_and_chunks_end_at_the_prompt() {
+        let config = SchedulerConfig {
+            max_step_tokens: 4,
+            prefill_chunk: 16,
+            ..SchedulerConfig::default()
+        };
+        let plan = plan_step(&[view(16, 21, false), view(0, 9, false)], &config);
+        assert_eq!(plan, [(0, Work::Prefill { end: 21 })]);
+    }
+
+    #[test]
+    fn prompt_cache_snapshot_points_end_chunks_early() {
+        let config = SchedulerConfig {
+            max_step_tokens: 512,
+            prefill_chunk: 512,
+            ..SchedulerConfig::default()
+        };
+        let mut v = view(0, 700, false);
+        v.cut = Some(128);
+        let plan = plan_step(&[v, view(600, 700, false)], &config);
+        assert_eq!(
+            plan,
+            [
+                (0, Work::Prefill { end: 128 }),
+                (1, Work::Prefill { end: 700 })
+            ]
+        );
+    }
+}

@@ -140,10 +140,16 @@ fn greedy_chat_equals_generate() {
 }
 
 /// 16 concurrent streams all complete, each equal to the same request run alone, and the
-/// engine really batched them (more tokens per step than one).
+/// engine really batched them (more tokens per step than one). Small prefill chunks and step
+/// budget make the prompts (~25 tokens) prefill in chunks interleaved with other sequences'
+/// decoding, which must not change any output.
 #[test]
 fn sixteen_concurrent_streams_equal_their_sequential_runs() {
-    let server = TestServer::start(|c| c.scheduler.max_seqs = 16);
+    let server = TestServer::start(|c| {
+        c.scheduler.max_seqs = 16;
+        c.scheduler.prefill_chunk = 8;
+        c.scheduler.max_step_tokens = 40;
+    });
     let prompts: Vec<String> = (0..16)
         .map(|i| {
             format!(
@@ -761,6 +767,25 @@ fn operations_routes() {
         content[0]["logprob"],
         content[0]["top_logprobs"][0]["logprob"]
     );
+}
+
+/// A server-wide reasoning budget ends thinking for requests that set none; a request's own
+/// `max_reasoning_tokens` wins.
+#[test]
+fn a_default_reasoning_budget_ends_endless_thinking() {
+    let server = TestServer::start(|c| c.default_reasoning_budget = Some(5));
+    let reasoning = |body: &Value| {
+        let v = post(server.addr, "/v1/chat/completions", body).json();
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    let body = chat_body("Think forever", 40, false);
+    // The budget plus the forced "\n</think>" tokens counted while still inside the block.
+    assert!((5..=8).contains(&reasoning(&body)), "{}", reasoning(&body));
+    let mut own = body.clone();
+    own["max_reasoning_tokens"] = 15.into();
+    assert!((15..=18).contains(&reasoning(&own)));
 }
 
 /// Graceful shutdown lets an in-flight request finish.
