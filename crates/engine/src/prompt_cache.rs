@@ -63,8 +63,10 @@ pub struct PromptCache {
 }
 
 const FILE_KIND: &[u8; 8] = b"PCACHE\0\0";
-/// Prompt + answer texts remembered for [`PromptCache::encode`].
-const REMEMBERED_TEXTS: usize = 256;
+/// Prompt + answer texts remembered for [`PromptCache::encode`] (about one per recent
+/// conversation: a turn supersedes the earlier turns it extends). Not counted in the byte
+/// budget: at most this many texts and their ids.
+const REMEMBERED_TEXTS: usize = 64;
 const FILE_NAME: &str = "prefix-cache.qinfer";
 
 impl PromptCache {
@@ -128,7 +130,8 @@ impl PromptCache {
     /// exactly `text`'s answer part (no stop string cut it).
     pub fn remember(&self, text: String, ids: Vec<u32>) {
         let mut texts = self.texts.lock().unwrap_or_else(|e| e.into_inner());
-        texts.retain(|(t, _)| *t != text);
+        // An earlier turn of the same conversation is a prefix of this one: superseded.
+        texts.retain(|(t, _)| !text.starts_with(t.as_str()));
         if texts.len() == REMEMBERED_TEXTS {
             texts.remove(0);
         }
