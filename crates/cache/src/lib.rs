@@ -7,15 +7,23 @@
 //!   (`[Nv, Dk, Dv]`), overwritten every token.
 //!
 //! The model *declares* what each layer needs ([`LayerSpec`]); [`SequenceState`] owns the
-//! memory and is passed `&mut` into the forward pass. Because KV rows are append-only, a
-//! [`Snapshot`] only records KV lengths plus a copy of the small fixed-size DeltaNet state;
-//! restoring truncates KV and copies the DeltaNet state back. Prefix caching and speculative
-//! rollback build on exactly this.
+//! memory and is passed `&mut` into the forward pass. KV rows live in shared, immutable
+//! blocks ([`kv`]), so a [`Snapshot`] is the list of block references plus a copy of the
+//! partial tail block and of the fixed-size DeltaNet state; restoring puts them back and
+//! never recomputes. The [`prefix`] cache stores such pieces keyed by the token blocks they
+//! cover, shared by every sequence with the same prefix; [`persist`] writes them to files.
 //!
 //! Architecture invariant: this crate computes nothing and knows no model; it stores `f32`
 //! rows in the shapes the model declared.
 
 use std::fmt;
+
+pub mod kv;
+pub mod persist;
+pub mod prefix;
+
+pub use kv::{BLOCK_TOKENS, KvBlock, KvCache};
+pub use prefix::{CacheConfig, CacheStats, KeyElem, Lookup, Miss, PrefixCache};
 
 /// What one layer keeps per sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,43 +36,6 @@ pub enum LayerSpec {
         conv_kernel: usize,
         recurrent_len: usize,
     },
-}
-
-/// KV rows of one attention layer: `[len, kv_width]` each.
-#[derive(Clone, Debug, Default)]
-pub struct KvCache {
-    pub kv_width: usize,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-}
-
-impl KvCache {
-    /// Rows stored.
-    pub fn len(&self) -> usize {
-        self.k.len().checked_div(self.kv_width).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.k.is_empty()
-    }
-
-    /// Appends `[n, kv_width]` key and value rows.
-    ///
-    /// # Panics
-    /// If the rows are not whole.
-    pub fn append(&mut self, k: &[f32], v: &[f32]) {
-        assert!(
-            k.len() == v.len() && k.len().is_multiple_of(self.kv_width),
-            "kv rows are not whole"
-        );
-        self.k.extend_from_slice(k);
-        self.v.extend_from_slice(v);
-    }
-
-    fn truncate(&mut self, rows: usize) {
-        self.k.truncate(rows * self.kv_width);
-        self.v.truncate(rows * self.kv_width);
-    }
 }
 
 /// Conv window and recurrent state of one Gated DeltaNet layer.
@@ -88,8 +59,6 @@ pub enum LayerState {
 pub enum RestoreError {
     #[error("snapshot is of a different layer layout")]
     Layout,
-    #[error("snapshot at position {snapshot} is ahead of the state at position {state}")]
-    Ahead { snapshot: usize, state: usize },
 }
 
 /// Everything a sequence has seen so far.
@@ -115,10 +84,7 @@ impl SequenceState {
         let layers = specs
             .iter()
             .map(|spec| match *spec {
-                LayerSpec::Attention { kv_width } => LayerState::Attention(KvCache {
-                    kv_width,
-                    ..KvCache::default()
-                }),
+                LayerSpec::Attention { kv_width } => LayerState::Attention(KvCache::new(kv_width)),
                 LayerSpec::DeltaNet {
                     conv_channels,
                     conv_kernel,
@@ -150,88 +116,93 @@ impl SequenceState {
         &self.layers
     }
 
-    /// Bytes of `f32` state held.
+    /// Bytes of `f32` state reachable from this sequence (shared KV blocks counted in full;
+    /// see [`unique_bytes`] for several sequences together).
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
             .map(|l| match l {
-                LayerState::Attention(kv) => kv.k.len() + kv.v.len(),
-                LayerState::DeltaNet(d) => d.conv.len() + d.recurrent.len(),
+                LayerState::Attention(kv) => kv.bytes(),
+                LayerState::DeltaNet(d) => (d.conv.len() + d.recurrent.len()) * 4,
             })
             .sum::<usize>()
-            * 4
     }
 
-    /// A snapshot of the current position: KV lengths and a copy of the DeltaNet state.
+    /// A state assembled from parts (prefix cache, files). The caller guarantees that the
+    /// parts belong together at `pos`.
+    pub fn from_layers(layers: Vec<LayerState>, pos: usize) -> Self {
+        SequenceState { layers, pos }
+    }
+
+    /// A snapshot of the current position: references to the full KV blocks, a copy of the
+    /// partial tail block and of the DeltaNet state.
     pub fn snapshot(&self) -> Snapshot {
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| match l {
-                LayerState::Attention(kv) => SnapshotLayer::Attention { rows: kv.len() },
-                LayerState::DeltaNet(d) => SnapshotLayer::DeltaNet(d.clone()),
-            })
-            .collect();
-        Snapshot {
-            layers,
-            pos: self.pos,
-        }
+        Snapshot(self.clone())
     }
 
-    /// Rewinds to `snap`, taken earlier from this sequence (or one sharing its prefix).
-    /// KV rows past the snapshot are dropped; DeltaNet state is copied back.
+    /// Returns to `snap`, taken from any sequence of the same layer layout (ahead or behind
+    /// this one: the snapshot carries its KV blocks).
     pub fn restore(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
-        if snap.layers.len() != self.layers.len() {
+        let same_layout = snap.0.layers.len() == self.layers.len()
+            && self
+                .layers
+                .iter()
+                .zip(&snap.0.layers)
+                .all(|(a, b)| match (a, b) {
+                    (LayerState::Attention(x), LayerState::Attention(y)) => {
+                        x.kv_width() == y.kv_width()
+                    }
+                    (LayerState::DeltaNet(x), LayerState::DeltaNet(y)) => {
+                        x.conv.len() == y.conv.len() && x.recurrent.len() == y.recurrent.len()
+                    }
+                    _ => false,
+                });
+        if !same_layout {
             return Err(RestoreError::Layout);
         }
-        if snap.pos > self.pos {
-            return Err(RestoreError::Ahead {
-                snapshot: snap.pos,
-                state: self.pos,
-            });
-        }
-        for (layer, saved) in self.layers.iter().zip(&snap.layers) {
-            match (layer, saved) {
-                (LayerState::Attention(kv), SnapshotLayer::Attention { rows })
-                    if *rows <= kv.len() => {}
-                (LayerState::DeltaNet(d), SnapshotLayer::DeltaNet(s))
-                    if d.conv.len() == s.conv.len() && d.recurrent.len() == s.recurrent.len() => {}
-                _ => return Err(RestoreError::Layout),
-            }
-        }
-        for (layer, saved) in self.layers.iter_mut().zip(&snap.layers) {
-            match (layer, saved) {
-                (LayerState::Attention(kv), SnapshotLayer::Attention { rows }) => {
-                    kv.truncate(*rows)
-                }
-                (LayerState::DeltaNet(d), SnapshotLayer::DeltaNet(s)) => d.clone_from(s),
-                _ => unreachable!("checked above"),
-            }
-        }
-        self.pos = snap.pos;
+        self.clone_from(&snap.0);
         Ok(())
     }
 }
 
-/// A point in a sequence to return to. Holds the DeltaNet state (fixed size) and only the
-/// lengths of the KV caches.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    layers: Vec<SnapshotLayer>,
-    pos: usize,
+/// Bytes held by several sequences together, each shared KV block counted once.
+pub fn unique_bytes<'a>(states: impl IntoIterator<Item = &'a SequenceState>) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for s in states {
+        for l in &s.layers {
+            match l {
+                LayerState::Attention(kv) => {
+                    for b in kv.blocks() {
+                        if seen.insert(std::sync::Arc::as_ptr(b)) {
+                            total += b.bytes();
+                        }
+                    }
+                    let (k, v) = kv.tail();
+                    total += (k.len() + v.len()) * 4;
+                }
+                LayerState::DeltaNet(d) => total += (d.conv.len() + d.recurrent.len()) * 4,
+            }
+        }
+    }
+    total
 }
+
+/// A point in a sequence to return to: the state at that point, its full KV blocks shared
+/// (not copied) with the sequence it came from.
+#[derive(Clone, Debug)]
+pub struct Snapshot(SequenceState);
 
 impl Snapshot {
     /// The position (tokens processed) this snapshot returns to.
     pub fn pos(&self) -> usize {
-        self.pos
+        self.0.pos
     }
-}
 
-#[derive(Clone, Debug)]
-enum SnapshotLayer {
-    Attention { rows: usize },
-    DeltaNet(DeltaNetState),
+    /// The state this snapshot returns to.
+    pub fn state(&self) -> &SequenceState {
+        &self.0
+    }
 }
 
 #[cfg(test)]
@@ -272,18 +243,20 @@ mod tests {
     }
 
     #[test]
-    fn refuses_snapshots_from_the_future_or_another_layout() {
+    fn snapshots_restore_into_any_state_of_the_same_layout() {
         let mut s = SequenceState::new(&SPECS);
-        step(&mut s, 1.0);
+        for i in 0..70 {
+            step(&mut s, i as f32);
+        }
         let ahead = s.snapshot();
         let mut fresh = SequenceState::new(&SPECS);
-        assert_eq!(
-            fresh.restore(&ahead),
-            Err(RestoreError::Ahead {
-                snapshot: 1,
-                state: 0
-            })
-        );
+        fresh.restore(&ahead).unwrap();
+        assert_eq!(fresh.pos(), 70);
+        assert_eq!(format!("{:?}", fresh.layers()), format!("{:?}", s.layers()));
+        // The full block is shared, the tail and DeltaNet state are not.
+        // s: one 64-row block + 6 tail rows (k and v, width 2) + conv 4 + recurrent 4 values.
+        assert_eq!(s.bytes(), (64 * 4 + 6 * 4 + 4 + 4) * 4);
+        assert_eq!(unique_bytes([&s, &fresh]), s.bytes() + (6 * 4 + 4 + 4) * 4);
         let mut other = SequenceState::new(&SPECS[..1]);
         assert_eq!(other.restore(&ahead), Err(RestoreError::Layout));
     }

@@ -16,6 +16,7 @@ use qinfer_engine::generate::{
     FinishReason, Flow, GenerateOptions, ModelBundle, Sequence, generate,
 };
 use qinfer_engine::parser::{Event, ParserOptions};
+use qinfer_engine::session;
 use qinfer_engine::template::RenderRequest;
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
@@ -48,6 +49,10 @@ pub struct RunArgs {
     /// Worker threads (default: all CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// Keep the conversation in FILE: resume it (messages and model state, nothing processed
+    /// again) if FILE exists, and save it after every answer.
+    #[arg(long, value_name = "FILE")]
+    session: Option<PathBuf>,
 }
 
 const HELP: &str = "/think, /nothink  thinking on or off\n/reset            start a new conversation\n\
@@ -95,6 +100,29 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut thinking = !args.no_think;
     let mut messages: Vec<serde_json::Value> = Vec::new();
     let mut seq = Sequence::new(&bundle.model);
+    if let Some(path) = args.session.as_deref().filter(|p| p.exists()) {
+        let saved = session::load(path, &bundle.model).map_err(anyhow::Error::msg)?;
+        messages = saved.messages;
+        seq = saved.sequence;
+        if let Some(t) = saved.settings.get("thinking").and_then(|t| t.as_bool()) {
+            thinking = t;
+        }
+        writeln!(
+            std::io::stdout().lock(),
+            "{dim}resumed {}: {} messages, {} tokens (not processed again){reset}",
+            path.display(),
+            messages.len(),
+            seq.tokens.len()
+        )?;
+    }
+    let save = |messages: &[serde_json::Value], seq: &Sequence, thinking: bool| -> Result<()> {
+        if let Some(path) = &args.session {
+            let settings = serde_json::json!({"thinking": thinking});
+            session::save(path, &bundle.model, messages, &settings, seq)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+        Ok(())
+    };
 
     loop {
         let Some(input) = read_input(&mut editor)? else {
@@ -121,6 +149,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             "/reset" => {
                 messages.clear();
                 seq.reset(&bundle.model);
+                save(&messages, &seq, thinking)?;
                 writeln!(out, "{dim}new conversation{reset}")?;
                 continue;
             }
@@ -218,6 +247,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                     "content": g.parsed.content,
                     "reasoning_content": g.parsed.reasoning,
                 }));
+                save(&messages, &seq, thinking)?;
             }
             Err(e) => {
                 writeln!(out, "\nerror: {e}")?;

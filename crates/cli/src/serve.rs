@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use qinfer_engine::prompt_cache::CacheOptions;
 use qinfer_server::scheduler::SchedulerConfig;
 use qinfer_server::{Server, ServerConfig};
 
@@ -54,6 +55,14 @@ pub struct ServeArgs {
     /// Worker threads for the model (default: all CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// RAM budget of the prompt cache (KV blocks + Gated DeltaNet snapshots shared by every
+    /// request), GB; 0 turns the cache off.
+    #[arg(long, value_name = "GB", default_value_t = 4.0)]
+    cache_ram: f64,
+    /// Keep the prompt cache in DIR across restarts: loaded at start (a damaged file or one
+    /// for another model is ignored with a warning), written at shutdown.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
@@ -95,6 +104,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         config.ctx = ctx;
     }
     config.body_limit = args.body_limit_mib.max(1) * 1024 * 1024;
+    config.prompt_cache = (args.cache_ram > 0.0).then(|| CacheOptions {
+        budget_bytes: (args.cache_ram * 1e9) as usize,
+        snapshot_every: None,
+        dir: args.cache_dir.clone(),
+    });
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
     config.default_reasoning_budget = args.max_reasoning_tokens;
     config.scheduler = SchedulerConfig {

@@ -165,3 +165,59 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// `qinfer run --session FILE`: the first run saves the conversation; the second resumes it
+/// (messages and model state) and processes only what the re-rendered history changed.
+#[test]
+fn run_session_resumes_a_conversation() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("chat.session");
+    let chat = |input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+            .args(["run", "--max-tokens", "4", "--seed", "1", "--session"])
+            .arg(&session)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = chat("What is in src?\n");
+    assert!(first.contains("0 reused"), "{first}");
+    assert!(session.is_file());
+    let second = chat("And in tests?\n");
+    assert!(
+        second.contains("resumed") && second.contains("2 messages"),
+        "{second}"
+    );
+    let reused: usize = second
+        .rsplit(" tokens, ")
+        .next()
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a reuse count in {second}"));
+    assert!(
+        reused > 10,
+        "the first prompt is not processed again: {second}"
+    );
+
+    std::fs::write(&session, b"QINFSTAT garbage").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+        .args(["run", "--session"])
+        .arg(&session)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("chat.session"), "{}", stderr(&out));
+}

@@ -48,10 +48,22 @@ pub const DEMO_CONFIG: &str = r#"{
 
 /// Builds the demo model (deterministic: same weights on every machine).
 pub fn demo_model() -> Qwen35 {
-    let raw = RawConfig::from_json(DEMO_CONFIG).expect("demo config is valid JSON");
-    let config = ModelConfig::from_hf(&raw).expect("demo config is a valid Qwen3.5 config");
+    random_model(DEMO_CONFIG).expect("the demo config is a valid dense Qwen3.5 config")
+}
+
+/// A model of any dense Qwen3.5 `config.json` with the demo's seeded random BF16 weights
+/// (benchmarks of real shapes without a download).
+pub fn random_model(config_json: &str) -> Result<Qwen35, String> {
+    let raw = RawConfig::from_json(config_json).map_err(|e| e.to_string())?;
+    let config = ModelConfig::from_hf(&raw).map_err(|e| e.to_string())?;
+    if !matches!(
+        config.feed_forward,
+        qinfer_model::FeedForwardConfig::Dense { .. }
+    ) {
+        return Err("random_model builds dense models only".into());
+    }
     let checkpoint = demo_checkpoint(&config);
-    Qwen35::from_checkpoint(config, &checkpoint).expect("demo weights match the demo config")
+    Qwen35::from_checkpoint(config, &checkpoint).map_err(|e| e.to_string())
 }
 
 /// Every tensor the text model needs, with seeded values scaled like a trained model's

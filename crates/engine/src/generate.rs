@@ -10,13 +10,15 @@
 //! generated ones), and it goes on with its answer.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qinfer_cache::{SequenceState, Snapshot};
+use qinfer_cache::{Miss, SequenceState, Snapshot};
 use qinfer_model::{ForwardError, LoadError, LogitsFor, Qwen35};
 
 use crate::decode::{Decoder, Step};
 use crate::parser::{Event, Parsed, ParserOptions, ToolCall};
+use crate::prompt_cache::{self, PromptCache};
 use crate::sampler::{SamplingError, SamplingParams};
 use crate::template::{ChatTemplate, TemplateError, special_tokens_from_config};
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -208,6 +210,9 @@ fn add_chat_stops(tok: &Tokenizer, ids: &mut Vec<u32>) {
 /// Gated DeltaNet state cannot be truncated, so besides exact extension the sequence keeps
 /// snapshots at the ends of its last few prompts: a new prompt that shares a shorter prefix
 /// (e.g. the template dropped reasoning from history) resumes from the longest such snapshot.
+///
+/// With a shared [`PromptCache`], a prompt that does not extend this sequence is looked up
+/// there (any earlier request's prefix), and prompts and answers are stored there.
 #[derive(Debug)]
 pub struct Sequence {
     pub state: SequenceState,
@@ -216,6 +221,8 @@ pub struct Sequence {
     /// `(position, snapshot)` at the ends of recent prompts, oldest first; every position is
     /// within `tokens`.
     marks: Vec<(usize, Snapshot)>,
+    /// The prefix cache shared with other sequences, if any.
+    pub cache: Option<Arc<PromptCache>>,
 }
 
 /// Prompt-end snapshots kept per sequence.
@@ -227,12 +234,73 @@ impl Sequence {
             state: model.new_state(),
             tokens: Vec::new(),
             marks: Vec::new(),
+            cache: None,
         }
     }
 
-    /// Empties the sequence.
+    /// An empty sequence that looks prompts up in, and stores them to, `cache`.
+    pub fn with_cache(model: &Qwen35, cache: Arc<PromptCache>) -> Self {
+        Sequence {
+            cache: Some(cache),
+            ..Sequence::new(model)
+        }
+    }
+
+    /// A sequence holding `tokens` in `state` (a restored session).
+    pub fn from_state(state: SequenceState, tokens: Vec<u32>) -> Self {
+        assert_eq!(state.pos(), tokens.len(), "state holds exactly the tokens");
+        Sequence {
+            state,
+            tokens,
+            marks: Vec::new(),
+            cache: None,
+        }
+    }
+
+    /// Snapshots at the ends of recent prompts: `(position, snapshot)`, oldest first.
+    pub fn marks(&self) -> &[(usize, Snapshot)] {
+        &self.marks
+    }
+
+    /// Adds a prompt-end snapshot (a restored session's); ignored unless `snapshot` is at a
+    /// position within `tokens`.
+    pub fn push_mark(&mut self, snapshot: Snapshot) {
+        let n = snapshot.pos();
+        if n <= self.tokens.len() && !self.marks.iter().any(|(m, _)| *m == n) {
+            if self.marks.len() == MAX_MARKS {
+                self.marks.remove(0);
+            }
+            self.marks.push((n, snapshot));
+        }
+    }
+
+    /// Empties the sequence (it keeps its cache).
     pub fn reset(&mut self, model: &Qwen35) {
+        let cache = self.cache.take();
         *self = Sequence::new(model);
+        self.cache = cache;
+    }
+
+    /// Rewinds to the longest reusable prefix of `prompt`, from this sequence or the shared
+    /// cache; returns how many of its tokens are already in the state and, when tokens the
+    /// cache had seen are computed again, why.
+    fn resume(&mut self, model: &Qwen35, prompt: &[u32]) -> (usize, Option<Miss>) {
+        let local = self.reuse(model, prompt);
+        let Some(cache) = self.cache.clone() else {
+            return (local, None);
+        };
+        if local + 1 >= prompt.len() || (local > 0 && local == self.tokens.len()) {
+            // Nothing to gain, or the prompt extends this very sequence.
+            return (local, None);
+        }
+        let found = cache.admit(prompt);
+        if found.cached <= local {
+            return (local, None);
+        }
+        self.state = found.state;
+        self.tokens = prompt[..found.cached].to_vec();
+        self.marks.clear();
+        (found.cached, found.miss)
     }
 
     /// Rewinds to the longest reusable prefix of `prompt`; returns how many of its tokens are
@@ -266,14 +334,7 @@ impl Sequence {
 
     /// Records a snapshot at the current end (called after a prompt is processed).
     fn mark(&mut self) {
-        let n = self.tokens.len();
-        if self.marks.iter().any(|(m, _)| *m == n) {
-            return;
-        }
-        if self.marks.len() == MAX_MARKS {
-            self.marks.remove(0);
-        }
-        self.marks.push((n, self.state.snapshot()));
+        self.push_mark(self.state.snapshot());
     }
 }
 
@@ -314,8 +375,11 @@ pub struct Generation {
     pub parsed: Parsed,
     pub finish: FinishReason,
     pub prompt_tokens: usize,
-    /// Prompt tokens that were already in the sequence state (not processed again).
+    /// Prompt tokens that were already in the sequence state or the prompt cache (not
+    /// processed again).
     pub reused_tokens: usize,
+    /// Why prompt tokens the prompt cache had seen were processed again, if they were.
+    pub cache_miss: Option<Miss>,
     pub reasoning_tokens: usize,
     pub prefill_time: Duration,
     pub decode_time: Duration,
@@ -361,8 +425,18 @@ pub fn generate(
         });
     }
     let started = Instant::now();
-    let reused = seq.reuse(model, prompt);
-    let logits = model.forward(&prompt[reused..], &mut seq.state, LogitsFor::Last)?;
+    let (reused, cache_miss) = seq.resume(model, prompt);
+    let cache = seq.cache.clone();
+    let logits =
+        match prompt_cache::prefill(model, &mut seq.state, prompt, reused, cache.as_deref()) {
+            Ok(l) => l,
+            Err(e) => {
+                // Pieces before the failing one advanced the state: start over rather than
+                // keep a state that no longer matches `tokens`.
+                seq.reset(model);
+                return Err(e.into());
+            }
+        };
     seq.tokens.truncate(reused);
     seq.tokens.extend_from_slice(&prompt[reused..]);
     seq.mark();
@@ -398,9 +472,13 @@ pub fn generate(
         finish,
         prompt_tokens: prompt.len(),
         reused_tokens: reused,
+        cache_miss,
         reasoning_tokens: decoder.reasoning_tokens,
         prefill_time,
         decode_time: decode_start.elapsed(),
     };
+    if let Some(cache) = &cache {
+        cache.complete(&seq.tokens, &seq.state);
+    }
     Ok(out)
 }

@@ -8,6 +8,9 @@
 //! * [`generate`]: the model bundle, sequences reused across turns, the generation loop.
 //! * [`demo`]: the built-in demo model.
 //! * [`gguf_text`]: the tokenizer and chat template stored in a GGUF file.
+//! * [`prompt_cache`]: the prefix cache shared across requests (KV blocks + DeltaNet
+//!   snapshots), where snapshots are taken, exact chunk-aligned prefill, the disk tier.
+//! * [`session`]: a conversation saved with its model state (`qinfer run --session`).
 //! * [`parser`]: one incremental state machine splitting model output into reasoning,
 //!   content and Qwen XML tool calls; streaming-safe, never panics.
 //!
@@ -19,6 +22,8 @@ pub mod demo;
 pub mod generate;
 pub mod gguf_text;
 pub mod parser;
+pub mod prompt_cache;
 pub mod sampler;
+pub mod session;
 pub mod template;
 pub mod tokenizer;

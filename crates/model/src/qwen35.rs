@@ -272,12 +272,41 @@ impl Qwen35 {
         self.forward_traced(tokens, state, logits, &mut |_, _| {})
     }
 
+    /// [`Qwen35::forward`] for a piece of a prompt: the chunked delta rule even for a single
+    /// token (unless the model is set to [`DeltaNetPath::Recurrent`]). Chunks start at the
+    /// piece's first token, so a prompt cut into pieces at multiples of the chunk length gives
+    /// exactly (bit for bit) the result of one call: that is what lets the prefix cache
+    /// resume from a chunk-boundary snapshot without changing any number.
+    pub fn prefill(
+        &self,
+        tokens: &[u32],
+        state: &mut SequenceState,
+        logits: LogitsFor,
+    ) -> Result<Mat, ForwardError> {
+        let path = match self.deltanet_path {
+            DeltaNetPath::Auto => DeltaNetPath::Chunked,
+            other => other,
+        };
+        self.forward_with(tokens, state, logits, path, &mut |_, _| {})
+    }
+
     /// [`Qwen35::forward`], reporting named intermediate tensors to `trace`.
     pub fn forward_traced(
         &self,
         tokens: &[u32],
         state: &mut SequenceState,
         logits: LogitsFor,
+        trace: &mut dyn FnMut(TracePoint, &Mat),
+    ) -> Result<Mat, ForwardError> {
+        self.forward_with(tokens, state, logits, self.deltanet_path, trace)
+    }
+
+    fn forward_with(
+        &self,
+        tokens: &[u32],
+        state: &mut SequenceState,
+        logits: LogitsFor,
+        path: DeltaNetPath,
         trace: &mut dyn FnMut(TracePoint, &Mat),
     ) -> Result<Mat, ForwardError> {
         let c = &self.config;
@@ -293,9 +322,7 @@ impl Qwen35 {
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.apply(&x);
             let mixed = match (&layer.mixer, state.layer_mut(l)) {
-                (Mixer::DeltaNet(d), LayerState::DeltaNet(s)) => {
-                    d.forward(&h, s, self.deltanet_path)
-                }
+                (Mixer::DeltaNet(d), LayerState::DeltaNet(s)) => d.forward(&h, s, path),
                 (Mixer::Attention(a), LayerState::Attention(kv)) => {
                     a.forward(&h, &positions, &self.rope, kv)
                 }

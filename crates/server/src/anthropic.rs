@@ -36,6 +36,8 @@ const P: Protocol = Protocol::Anthropic;
 /// The request rendered to a prompt, with what the parser needs.
 struct Rendered {
     prompt: Vec<u32>,
+    /// The rendered prompt `prompt` encodes.
+    text: String,
     starts_in_reasoning: bool,
     tools: Vec<ToolSpec>,
     reasoning_budget: Option<usize>,
@@ -308,14 +310,12 @@ fn render(state: &AppState, body: &Map<String, Value>) -> Result<Rendered, ApiEr
             kwargs: &kwargs,
         })
         .map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
-    let prompt = state
-        .bundle
-        .tokenizer
-        .encode(&text)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let prompt =
+        shared::encode_prompt(state, &text).map_err(|e| ApiError::invalid("messages", e))?;
     Ok(Rendered {
         prompt,
         starts_in_reasoning: text.ends_with("<think>\n"),
+        text,
         tools: if offer { specs } else { Vec::new() },
         reasoning_budget,
         answer_prefix,
@@ -338,6 +338,8 @@ pub async fn count_tokens(State(state): State<Shared>, JsonBody(body): JsonBody)
 
 struct Plan {
     prompt: Vec<u32>,
+    /// The rendered prompt the ids encode.
+    text: String,
     opts: GenerateOptions,
     answer_prefix: Option<Vec<u32>>,
     stream: bool,
@@ -373,6 +375,7 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
     Ok(Plan {
         first_call_only,
         prompt: r.prompt,
+        text: r.text,
         opts,
         answer_prefix,
         stream: f.bool("stream")?.unwrap_or(false),
@@ -386,16 +389,27 @@ pub async fn messages(State(state): State<Shared>, JsonBody(body): JsonBody) -> 
         Err(e) => return e.with_protocol(P).into_response(),
     };
     let prompt_len = plan.prompt.len();
-    let rx = match shared::submit(&state, plan.prompt, plan.opts, None, plan.answer_prefix, P) {
-        Ok(rx) => rx,
+    let (rx, admitted) = match shared::submit_tracked(
+        &state,
+        plan.prompt,
+        Some(plan.text),
+        plan.opts,
+        None,
+        plan.answer_prefix,
+        P,
+    ) {
+        Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     let id = new_id("msg_");
-    if plan.stream {
+    let admission = admitted.await.ok();
+    let mut resp = if plan.stream {
         stream(state, rx, id, prompt_len, plan.first_call_only).into_response()
     } else {
         collect(state, rx, id, plan.first_call_only).await
-    }
+    };
+    shared::cache_headers(&mut resp, admission.as_ref());
+    resp
 }
 
 fn stop_reason(s: &Summary, tool_use: bool) -> (&'static str, Value) {

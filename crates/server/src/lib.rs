@@ -35,6 +35,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use qinfer_engine::generate::ModelBundle;
+use qinfer_engine::prompt_cache::{CacheOptions, PromptCache};
 use serde_json::json;
 
 use crate::error::{ApiError, Protocol};
@@ -58,6 +59,8 @@ pub struct ServerConfig {
     /// Reasoning budget for requests that set none (guards against endless thinking).
     pub default_reasoning_budget: Option<usize>,
     pub scheduler: SchedulerConfig,
+    /// The prompt cache shared by all requests; `None` turns it off.
+    pub prompt_cache: Option<CacheOptions>,
 }
 
 impl ServerConfig {
@@ -71,9 +74,17 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             default_reasoning_budget: None,
             scheduler: SchedulerConfig::default(),
+            prompt_cache: Some(CacheOptions {
+                budget_bytes: DEFAULT_CACHE_BYTES,
+                snapshot_every: None,
+                dir: None,
+            }),
         }
     }
 }
+
+/// The prompt cache's default RAM budget (`--cache-ram`).
+pub const DEFAULT_CACHE_BYTES: usize = 4 << 30;
 
 /// State shared by every handler.
 #[derive(Debug)]
@@ -82,6 +93,8 @@ pub struct AppState {
     pub config: ServerConfig,
     pub scheduler: Scheduler,
     pub metrics: Arc<Metrics>,
+    /// The prompt cache, when on.
+    pub prompt_cache: Option<Arc<PromptCache>>,
     /// When the server started (the `created` of `/v1/models`).
     pub started: u64,
 }
@@ -100,8 +113,19 @@ impl Server {
     pub fn new(bundle: Arc<ModelBundle>, mut config: ServerConfig) -> Self {
         config.ctx = config.ctx.clamp(1, bundle.model.config.max_positions);
         let metrics = Arc::new(Metrics::default());
-        let (scheduler, engine) =
-            Scheduler::start(bundle.clone(), config.scheduler.clone(), metrics.clone());
+        let prompt_cache = config
+            .prompt_cache
+            .clone()
+            .map(|opts| Arc::new(PromptCache::new(&bundle.model, opts)));
+        if let Some(note) = prompt_cache.as_ref().and_then(|c| c.load_note.as_ref()) {
+            tracing::warn!("{note}; starting with an empty prompt cache");
+        }
+        let (scheduler, engine) = Scheduler::start(
+            bundle.clone(),
+            config.scheduler.clone(),
+            metrics.clone(),
+            prompt_cache.clone(),
+        );
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -111,6 +135,7 @@ impl Server {
                 config,
                 scheduler,
                 metrics,
+                prompt_cache,
                 started,
             }),
             engine: Some(engine),
@@ -150,6 +175,13 @@ impl Server {
         self.state.scheduler.stop();
         if let Some(engine) = self.engine.take() {
             let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+        }
+        if let Some(cache) = self.state.prompt_cache.clone() {
+            // The disk tier (`--cache-dir`): a restarted server starts from this file.
+            let saved = tokio::task::spawn_blocking(move || cache.save()).await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(error = %e, "could not save the prompt cache");
+            }
         }
         result
     }
@@ -298,11 +330,11 @@ async fn health(State(state): State<Shared>) -> Response {
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    if let Some(cache) = &state.prompt_cache {
+        text.push_str(&metrics::render_prompt_cache(&cache.stats()));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 fn model_object(state: &AppState) -> serde_json::Value {

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub cancelled: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub cached_prompt_tokens: AtomicU64,
+    /// Prompt tokens actually computed (prefill), cache on or off.
+    pub processed_prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     /// Engine steps run and the tokens they carried.
     pub steps: AtomicU64,
@@ -105,7 +107,7 @@ impl Metrics {
             get(&self.requests_client_error),
             get(&self.requests_server_error),
         );
-        let counters: [(&str, &str, &AtomicU64); 8] = [
+        let counters: [(&str, &str, &AtomicU64); 9] = [
             (
                 "qinfer_generation_requests_total",
                 "Generation requests accepted by the scheduler.",
@@ -130,6 +132,11 @@ impl Metrics {
                 "qinfer_cached_prompt_tokens_total",
                 "Prompt tokens served from the prefix cache.",
                 &self.cached_prompt_tokens,
+            ),
+            (
+                "qinfer_processed_prompt_tokens_total",
+                "Prompt tokens computed by prefill (not served from the prefix cache).",
+                &self.processed_prompt_tokens,
             ),
             (
                 "qinfer_generation_tokens_total",
@@ -190,6 +197,65 @@ impl Metrics {
         );
         out
     }
+}
+
+/// The prompt cache's counters and gauges, in the exposition format.
+pub fn render_prompt_cache(s: &qinfer_cache::CacheStats) -> String {
+    let mut out = String::new();
+    let counters = [
+        (
+            "qinfer_prompt_cache_lookups_total",
+            "Prompts looked up in the prompt cache.",
+            s.lookups,
+        ),
+        (
+            "qinfer_prompt_cache_hits_total",
+            "Lookups that resumed past position 0.",
+            s.hits,
+        ),
+        (
+            "qinfer_prompt_cache_misses_total",
+            "Lookups that recomputed tokens the cache had seen, or found nothing.",
+            s.misses,
+        ),
+        (
+            "qinfer_prompt_cache_evictions_total",
+            "Cache nodes (KV blocks, snapshots) evicted for the RAM budget.",
+            s.evicted_nodes,
+        ),
+        (
+            "qinfer_prompt_cache_snapshots_inserted_total",
+            "Gated DeltaNet snapshots stored.",
+            s.snapshots_inserted,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let gauges = [
+        (
+            "qinfer_prompt_cache_bytes",
+            "Bytes held by the prompt cache (shared blocks once).",
+            s.bytes,
+        ),
+        (
+            "qinfer_prompt_cache_nodes",
+            "KV blocks and tails held.",
+            s.nodes,
+        ),
+        (
+            "qinfer_prompt_cache_snapshots",
+            "Gated DeltaNet snapshots held.",
+            s.snapshots,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    out
 }
 
 fn lock(h: &Mutex<Histogram>) -> std::sync::MutexGuard<'_, Histogram> {

@@ -337,6 +337,8 @@ impl Calls {
 /// Everything a chat request resolves to before it is submitted.
 struct ChatPlan {
     prompt: Vec<u32>,
+    /// The rendered prompt the ids encode.
+    prompt_text: String,
     opts: GenerateOptions,
     logprobs: Option<usize>,
     answer_prefix: Option<Vec<u32>>,
@@ -375,11 +377,8 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     }
     let rendered = render_chat(state, body)?;
     let choice = read_tool_choice(&f, &read_tools(&f)?.1)?;
-    let prompt = state
-        .bundle
-        .tokenizer
-        .encode(&rendered.text)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let prompt = shared::encode_prompt(state, &rendered.text)
+        .map_err(|e| ApiError::invalid("messages", e))?;
     let requested = match f.usize("max_completion_tokens")? {
         Some(n) => Some((n, "max_completion_tokens")),
         None => f.usize("max_tokens")?.map(|n| (n, "max_tokens")),
@@ -435,6 +434,7 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     };
     Ok(ChatPlan {
         prompt,
+        prompt_text: rendered.text,
         opts,
         logprobs,
         answer_prefix,
@@ -450,23 +450,29 @@ pub async fn chat_completions(State(state): State<Shared>, JsonBody(body): JsonB
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let rx = match shared::submit(
+    let (rx, admitted) = match shared::submit_tracked(
         &state,
         plan.prompt,
+        Some(plan.prompt_text),
         plan.opts,
         plan.logprobs,
         plan.answer_prefix,
         Protocol::OpenAi,
     ) {
-        Ok(rx) => rx,
+        Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     let id = new_id("chatcmpl-");
-    if plan.stream {
+    // Headers go out before the first token: wait for admission so they can say how the
+    // prompt cache served the prompt (a closed channel means the request failed first).
+    let admission = admitted.await.ok();
+    let mut resp = if plan.stream {
         stream_chat(state, rx, id, plan.include_usage, plan.calls).into_response()
     } else {
         collect_chat(state, rx, id, plan.calls).await
-    }
+    };
+    shared::cache_headers(&mut resp, admission.as_ref());
+    resp
 }
 
 /// OpenAI `finish_reason`.
@@ -711,11 +717,31 @@ pub async fn completions(State(state): State<Shared>, JsonBody(body): JsonBody) 
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let (prompt, opts, stream, include_usage) = plan;
-    let mut rx = match shared::submit(&state, prompt, opts, None, None, Protocol::OpenAi) {
-        Ok(rx) => rx,
+    let (prompt, text, opts, stream, include_usage) = plan;
+    let (rx, admitted) = match shared::submit_tracked(
+        &state,
+        prompt,
+        Some(text),
+        opts,
+        None,
+        None,
+        Protocol::OpenAi,
+    ) {
+        Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    let admission = admitted.await.ok();
+    let mut resp = completion_response(state, rx, stream, include_usage).await;
+    shared::cache_headers(&mut resp, admission.as_ref());
+    resp
+}
+
+async fn completion_response(
+    state: Shared,
+    mut rx: UnboundedReceiver<Out>,
+    stream: bool,
+    include_usage: bool,
+) -> Response {
     let id = new_id("cmpl-");
     let created = now_secs();
     let model = state.config.model_name.clone();
@@ -790,7 +816,8 @@ pub async fn completions(State(state): State<Shared>, JsonBody(body): JsonBody) 
         .into_response()
 }
 
-type CompletionPlan = (Vec<u32>, GenerateOptions, bool, bool);
+/// Prompt ids, prompt text, options, stream, include_usage.
+type CompletionPlan = (Vec<u32>, String, GenerateOptions, bool, bool);
 
 fn plan_completion(
     state: &AppState,
@@ -828,11 +855,7 @@ fn plan_completion(
     if f.bool("echo")?.unwrap_or(false) {
         return Err(ApiError::invalid("echo", "`echo` is not supported"));
     }
-    let prompt = state
-        .bundle
-        .tokenizer
-        .encode(&text)
-        .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+    let prompt = shared::encode_prompt(state, &text).map_err(|e| ApiError::invalid("prompt", e))?;
     if prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "`prompt` encodes to no tokens"));
     }
@@ -855,7 +878,7 @@ fn plan_completion(
         reasoning_budget: None,
         parser: ParserOptions::default(),
     };
-    Ok((prompt, opts, stream, include_usage))
+    Ok((prompt, text, opts, stream, include_usage))
 }
 
 #[cfg(test)]
@@ -915,6 +938,7 @@ pub(crate) mod tests {
             parser,
             prompt_tokens: 10,
             cached_tokens: 0,
+            cache_miss: None,
             completion_tokens: chars.len().div_ceil(3),
             reasoning_tokens: 2,
         }))

@@ -22,8 +22,9 @@
 //! channel (the client went away) frees the sequence at the start of the next step.
 //!
 //! Admission and completion go through [`PrefixCache::admit`] and [`PrefixCache::release`]:
-//! the one place where a prefix cache supplies a sequence's starting state and takes the final
-//! state back.
+//! the one place where the prompt cache ([`PromptCache`]) supplies a sequence's starting state
+//! and takes the final state back. With the cache on, prompt chunks also end at the cache's
+//! snapshot points (chunk-aligned positions), where the state is stored.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use qinfer_cache::SequenceState;
 use qinfer_engine::decode::{Decoder, Step, TokenLogprob};
 use qinfer_engine::generate::{FinishReason, Flow, GenerateOptions, ModelBundle};
 use qinfer_engine::parser::{Event, Finished};
+use qinfer_engine::prompt_cache::PromptCache;
 use qinfer_model::{BatchItem, Qwen35};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -78,6 +80,19 @@ pub struct GenRequest {
     pub arrived: Instant,
     /// Tokens forced where the answer starts (a required or named tool call).
     pub answer_prefix: Option<Vec<u32>>,
+    /// Told how the prompt cache served the prompt, as soon as the request is admitted.
+    pub admitted: Option<tokio::sync::oneshot::Sender<Admission>>,
+    /// The rendered prompt text, so the prompt cache can remember the exact ids of prompt +
+    /// answer ([`PromptCache::remember`]).
+    pub prompt_text: Option<String>,
+}
+
+/// How the prompt cache served a prompt (sent when the request is admitted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    pub cached_tokens: usize,
+    /// Why cached tokens are computed again, e.g. `first differing token at position 812`.
+    pub miss: Option<String>,
 }
 
 /// What the engine tells a request, in order: any number of `Token`, then `Done` or `Failed`.
@@ -104,6 +119,8 @@ pub struct Summary {
     pub prompt_tokens: usize,
     /// Prompt tokens whose state came from the prefix cache.
     pub cached_tokens: usize,
+    /// Why prompt tokens the cache had seen were computed again.
+    pub cache_miss: Option<String>,
     pub completion_tokens: usize,
     pub reasoning_tokens: usize,
 }
@@ -150,6 +167,7 @@ impl Scheduler {
         bundle: Arc<ModelBundle>,
         config: SchedulerConfig,
         metrics: Arc<Metrics>,
+        prompt_cache: Option<Arc<PromptCache>>,
     ) -> (Scheduler, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
         let waiting = Arc::new(AtomicUsize::new(0));
@@ -160,7 +178,9 @@ impl Scheduler {
             waiting: waiting.clone(),
             queue: VecDeque::new(),
             running: Vec::new(),
-            cache: PrefixCache::default(),
+            cache: PrefixCache {
+                cache: prompt_cache,
+            },
             draining: false,
         };
         let handle = std::thread::Builder::new()
@@ -204,10 +224,11 @@ impl Scheduler {
     }
 }
 
-/// The prefix-cache hook. Today it always starts fresh and keeps nothing; the prefix cache
-/// replaces these two functions.
+/// The prefix-cache hook: the prompt cache when the server has one, else always fresh.
 #[derive(Debug, Default)]
-pub struct PrefixCache {}
+pub struct PrefixCache {
+    cache: Option<Arc<PromptCache>>,
+}
 
 /// A sequence's starting point.
 #[derive(Debug)]
@@ -215,22 +236,74 @@ pub struct Admitted {
     pub state: SequenceState,
     /// Leading prompt tokens already in `state` (always fewer than the prompt).
     pub cached_tokens: usize,
+    /// Why cached tokens are computed again, if they are.
+    pub miss: Option<String>,
 }
 
 impl PrefixCache {
     /// The initial state for `prompt` and how many of its tokens it already covers.
     pub fn admit(&mut self, model: &Qwen35, prompt: &[u32]) -> Admitted {
-        let _ = prompt;
-        Admitted {
-            state: model.new_state(),
-            cached_tokens: 0,
+        match &self.cache {
+            Some(c) => {
+                let found = c.admit(prompt);
+                Admitted {
+                    state: found.state,
+                    cached_tokens: found.cached,
+                    miss: found.miss.map(|m| m.to_string()),
+                }
+            }
+            None => Admitted {
+                state: model.new_state(),
+                cached_tokens: 0,
+                miss: None,
+            },
+        }
+    }
+
+    /// The next snapshot point of a sequence at `fed` of `prompt_len`: a prompt chunk ends
+    /// there.
+    fn next_cut(&self, fed: usize, prompt_len: usize) -> Option<usize> {
+        if fed >= prompt_len {
+            return None;
+        }
+        self.cache
+            .as_ref()?
+            .snapshot_points(fed, prompt_len)
+            .first()
+            .copied()
+    }
+
+    /// A prompt chunk ended at `tokens.len()`: stores the state there if it is a snapshot
+    /// point or the prompt's end; counts the tokens computed.
+    fn prefilled(
+        &mut self,
+        tokens: &[u32],
+        state: &SequenceState,
+        computed: usize,
+        prompt_len: usize,
+    ) {
+        let Some(c) = &self.cache else { return };
+        c.record_processed(computed);
+        let end = tokens.len();
+        let start = end - computed;
+        if end == prompt_len || c.snapshot_points(start, prompt_len).contains(&end) {
+            c.complete(tokens, state);
         }
     }
 
     /// Takes back a finished (or cancelled) sequence: its tokens and the state holding them.
     pub fn release(&mut self, tokens: &[u32], state: SequenceState) {
         debug_assert_eq!(tokens.len(), state.pos());
-        drop(state);
+        if let Some(c) = &self.cache {
+            c.complete(tokens, &state);
+        }
+    }
+
+    /// Remembers the exact ids of a prompt + answer text (see [`PromptCache::remember`]).
+    fn remember(&self, text: String, ids: Vec<u32>) {
+        if let Some(c) = &self.cache {
+            c.remember(text, ids);
+        }
     }
 }
 
@@ -240,6 +313,8 @@ struct Running {
     tokens: Vec<u32>,
     state: SequenceState,
     cached_tokens: usize,
+    cache_miss: Option<String>,
+    prompt_text: Option<String>,
     decoder: Decoder,
     /// The last sampled token, to be fed next step.
     pending: Option<u32>,
@@ -264,6 +339,9 @@ struct SeqView {
     prompt: usize,
     /// A sampled token waits to be fed.
     pending: bool,
+    /// Where the prompt cache wants the next chunk to end (a snapshot point), if before the
+    /// next multiple of `prefill_chunk`.
+    cut: Option<usize>,
 }
 
 /// One step's plan, in `seqs` order: one token for every decoding sequence, then prompt
@@ -285,6 +363,7 @@ fn plan_step(seqs: &[SeqView], config: &SchedulerConfig) -> Vec<(usize, Work)> {
             continue;
         }
         let end = s.prompt.min((s.fed / chunk + 1) * chunk);
+        let end = s.cut.map_or(end, |c| c.min(end));
         let n = end - s.fed;
         if n > budget && prefilled {
             break;
@@ -423,7 +502,7 @@ impl Engine {
                 break;
             };
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            let req = *req;
+            let mut req = *req;
             let model = &self.bundle.model;
             let decoder = match Decoder::new(
                 &self.bundle.tokenizer,
@@ -446,8 +525,15 @@ impl Engine {
             let Admitted {
                 state,
                 cached_tokens,
+                miss,
             } = self.cache.admit(model, &req.prompt);
             let cached_tokens = cached_tokens.min(req.prompt.len().saturating_sub(1));
+            if let Some(tx) = req.admitted.take() {
+                let _ = tx.send(Admission {
+                    cached_tokens,
+                    miss: miss.clone(),
+                });
+            }
             self.metrics.generations.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .prompt_tokens
@@ -461,6 +547,8 @@ impl Engine {
                 tokens,
                 state,
                 cached_tokens,
+                cache_miss: miss,
+                prompt_text: req.prompt_text.take(),
                 decoder,
                 pending: None,
                 out: req.out,
@@ -491,6 +579,7 @@ impl Engine {
                 fed: s.tokens.len(),
                 prompt: s.prompt.len(),
                 pending: s.pending.is_some(),
+                cut: self.cache.next_cut(s.tokens.len(), s.prompt.len()),
             })
             .collect();
         plan_step(&views, &self.config)
@@ -552,6 +641,11 @@ impl Engine {
                 Work::Prefill { end } => {
                     let start = s.tokens.len();
                     s.tokens.extend_from_slice(&s.prompt[start..end]);
+                    self.metrics
+                        .processed_prompt_tokens
+                        .fetch_add((end - start) as u64, Ordering::Relaxed);
+                    self.cache
+                        .prefilled(&s.tokens, &s.state, end - start, s.prompt.len());
                 }
                 Work::Decode => {
                     let t = s.pending.take().expect("planned decode");
@@ -621,9 +715,25 @@ impl Engine {
             parser,
             prompt_tokens: s.prompt.len(),
             cached_tokens: s.cached_tokens,
+            cache_miss: s.cache_miss.clone(),
             completion_tokens: s.decoder.ids.len(),
             reasoning_tokens: s.decoder.reasoning_tokens,
         };
+        // The ids the model saw for this prompt + answer, when they spell exactly its text.
+        // (A sequence that ended at its token budget never fed its last token: its state ends
+        // one token short, and the next turn computes that token again.)
+        if let Some(prompt_text) = s.prompt_text.take()
+            && matches!(summary.finish, FinishReason::Stop(_) | FinishReason::Length)
+            && self
+                .bundle
+                .tokenizer
+                .decode(&s.decoder.ids, false)
+                .is_ok_and(|t| t == s.decoder.text)
+        {
+            let mut ids = s.prompt.clone();
+            ids.extend(&s.decoder.ids);
+            self.cache.remember(prompt_text + &s.decoder.text, ids);
+        }
         let _ = s.out.send(Out::Done(summary));
         self.cache.release(&s.tokens, s.state);
     }
@@ -651,6 +761,7 @@ mod tests {
             fed,
             prompt,
             pending,
+            cut: None,
         }
     }
 
@@ -689,5 +800,24 @@ mod tests {
         };
         let plan = plan_step(&[view(16, 21, false), view(0, 9, false)], &config);
         assert_eq!(plan, [(0, Work::Prefill { end: 21 })]);
+    }
+
+    #[test]
+    fn prompt_cache_snapshot_points_end_chunks_early() {
+        let config = SchedulerConfig {
+            max_step_tokens: 512,
+            prefill_chunk: 512,
+            ..SchedulerConfig::default()
+        };
+        let mut v = view(0, 700, false);
+        v.cut = Some(128);
+        let plan = plan_step(&[v, view(600, 700, false)], &config);
+        assert_eq!(
+            plan,
+            [
+                (0, Work::Prefill { end: 128 }),
+                (1, Work::Prefill { end: 700 })
+            ]
+        );
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::AppState;
 use crate::error::{ApiError, Protocol};
 use crate::json::Fields;
-use crate::scheduler::{GenRequest, Out, RETRY_AFTER, SubmitError};
+use crate::scheduler::{Admission, GenRequest, Out, RETRY_AFTER, SubmitError};
 
 /// Reads the sampling fields both protocols share onto the model's defaults. `names` maps our
 /// parameters to the protocol's spelling where it differs.
@@ -99,16 +99,27 @@ pub fn max_tokens(
     }
 }
 
-/// Submits a generation; the receiver yields its [`Out`] messages. Dropping it cancels.
-pub fn submit(
+/// Submits a generation; the first receiver yields its [`Out`] messages (dropping it cancels),
+/// the second is told how the prompt cache served the prompt when the request is admitted.
+/// `prompt_text` (the rendered prompt) lets the cache remember the exact ids of prompt +
+/// answer.
+pub fn submit_tracked(
     state: &AppState,
     prompt: Vec<u32>,
+    prompt_text: Option<String>,
     opts: GenerateOptions,
     logprobs: Option<usize>,
     answer_prefix: Option<Vec<u32>>,
     protocol: Protocol,
-) -> Result<UnboundedReceiver<Out>, ApiError> {
+) -> Result<
+    (
+        UnboundedReceiver<Out>,
+        tokio::sync::oneshot::Receiver<Admission>,
+    ),
+    ApiError,
+> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (admitted_tx, admitted_rx) = tokio::sync::oneshot::channel();
     let req = GenRequest {
         prompt,
         opts,
@@ -116,9 +127,11 @@ pub fn submit(
         out: tx,
         arrived: Instant::now(),
         answer_prefix,
+        admitted: Some(admitted_tx),
+        prompt_text,
     };
     match state.scheduler.submit(req) {
-        Ok(()) => Ok(rx),
+        Ok(()) => Ok((rx, admitted_rx)),
         Err(SubmitError::QueueFull) => {
             state
                 .metrics
@@ -181,4 +194,34 @@ pub fn check_model(state: &AppState, f: &Fields<'_>, protocol: Protocol) -> Resu
         return Err(e);
     }
     Ok(())
+}
+
+/// Tokenizes a rendered prompt: through the prompt cache when it is on (the ids of remembered
+/// answers are kept, see [`qinfer_engine::prompt_cache::PromptCache::encode`]).
+pub fn encode_prompt(state: &AppState, text: &str) -> Result<Vec<u32>, String> {
+    let tok = &state.bundle.tokenizer;
+    match &state.prompt_cache {
+        Some(c) => c.encode(tok, text),
+        None => tok.encode(text),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// The response header naming why cached prompt tokens were computed again.
+pub const CACHE_MISS_HEADER: &str = "x-qinfer-cache-miss";
+/// The response header giving the prompt tokens served from the prompt cache.
+pub const CACHED_TOKENS_HEADER: &str = "x-qinfer-cached-tokens";
+
+/// Adds the prompt-cache headers of `admission` to `resp`.
+pub fn cache_headers(resp: &mut axum::response::Response, admission: Option<&Admission>) {
+    let Some(a) = admission else { return };
+    let headers = resp.headers_mut();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&a.cached_tokens.to_string()) {
+        headers.insert(CACHED_TOKENS_HEADER, v);
+    }
+    if let Some(miss) = &a.miss
+        && let Ok(v) = axum::http::HeaderValue::from_str(miss)
+    {
+        headers.insert(CACHE_MISS_HEADER, v);
+    }
 }

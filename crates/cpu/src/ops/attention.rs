@@ -1,4 +1,5 @@
-//! Causal softmax attention with grouped-query heads, over a KV cache.
+//! Causal softmax attention with grouped-query heads, over a KV cache (contiguous, or in the
+//! blocks of a paged cache: one implementation serves both, so they agree bit for bit).
 
 use qinfer_tensor::Mat;
 
@@ -29,6 +30,18 @@ pub struct AttentionShape {
 /// # Panics
 /// If the shapes disagree.
 pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) -> Mat {
+    causal_attention_blocks(q, &[(k, v)], shape)
+}
+
+/// [`causal_attention`] over keys and values stored in segments (the blocks of a paged KV
+/// cache, in order) instead of one contiguous buffer: `kv` lists `(k, v)` pairs of
+/// `[rows, Hkv·D]` each; together they are the `[S, Hkv·D]` of [`causal_attention`]. Every
+/// output element is computed exactly as for one contiguous buffer (same dot products, softmax
+/// and accumulation order).
+///
+/// # Panics
+/// If the shapes disagree.
+pub fn causal_attention_blocks(q: &Mat, kv: &[(&[f32], &[f32])], shape: AttentionShape) -> Mat {
     let AttentionShape {
         n_heads,
         n_kv_heads,
@@ -42,10 +55,16 @@ pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) ->
         "attention: head grouping"
     );
     assert!(
-        k.len() == v.len() && k.len().is_multiple_of(kv_width),
+        kv.iter()
+            .all(|(k, v)| k.len() == v.len() && k.len().is_multiple_of(kv_width)),
         "attention: kv shape"
     );
-    let s = k.len() / kv_width;
+    // Row j of the whole sequence: its segment and offset there.
+    let rows: Vec<(&[f32], &[f32], usize)> = kv
+        .iter()
+        .flat_map(|&(k, v)| (0..k.len() / kv_width).map(move |r| (k, v, r * kv_width)))
+        .collect();
+    let s = rows.len();
     assert!(s >= q.rows, "attention: fewer keys than queries");
     let past = s - q.rows;
 
@@ -53,8 +72,7 @@ pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) ->
     let avx512 = crate::kernels::isa() == crate::kernels::Isa::Avx512;
     let row = Row {
         q,
-        k,
-        v,
+        rows: &rows,
         shape,
         past,
     };
@@ -73,8 +91,8 @@ pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) ->
 /// The inputs one query row reads.
 struct Row<'a> {
     q: &'a Mat,
-    k: &'a [f32],
-    v: &'a [f32],
+    /// `(k segment, v segment, offset)` of every key position.
+    rows: &'a [(&'a [f32], &'a [f32], usize)],
     shape: AttentionShape,
     past: usize,
 }
@@ -95,20 +113,19 @@ fn attend(r: &Row<'_>, t: usize, out_row: &mut [f32]) {
         head_dim: d,
         scale,
     } = r.shape;
-    let (kv_width, group) = (n_kv_heads * d, n_heads / n_kv_heads);
-    let (k, v) = (r.k, r.v);
+    let group = n_heads / n_kv_heads;
     let visible = r.past + t + 1;
     let mut scores = vec![0.0f32; visible];
     for h in 0..n_heads {
         let kvh = h / group;
         let qh = &r.q.row(t)[h * d..(h + 1) * d];
-        for (j, sc) in scores.iter_mut().enumerate() {
-            *sc = dot(qh, &k[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d]) * scale;
+        for (sc, &(k, _, at)) in scores.iter_mut().zip(r.rows) {
+            *sc = dot(qh, &k[at + kvh * d..at + (kvh + 1) * d]) * scale;
         }
         softmax(&mut scores);
         let oh = &mut out_row[h * d..(h + 1) * d];
-        for (j, p) in scores.iter().enumerate() {
-            let vj = &v[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d];
+        for (p, &(_, v, at)) in scores.iter().zip(r.rows) {
+            let vj = &v[at + kvh * d..at + (kvh + 1) * d];
             for (o, x) in oh.iter_mut().zip(vj) {
                 *o += p * x;
             }
@@ -143,5 +160,29 @@ mod tests {
         }
         // The first query sees only itself: output = its own value rows.
         assert!((all.data[0] - v[0]).abs() < 1e-6);
+    }
+
+    /// Any split of the cache into segments gives exactly the contiguous result.
+    #[test]
+    fn blocks_equal_contiguous_bit_for_bit() {
+        let shape = AttentionShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 3,
+            scale: 0.5,
+        };
+        let (s, t) = (11, 4);
+        let q: Vec<f32> = (0..t * 12).map(|i| (i as f32 * 0.3).sin()).collect();
+        let k: Vec<f32> = (0..s * 6).map(|i| (i as f32 * 0.7).cos()).collect();
+        let v: Vec<f32> = (0..s * 6).map(|i| (i as f32 * 0.11).sin()).collect();
+        let q = Mat::from_vec(q, t, 12);
+        let whole = causal_attention(&q, &k, &v, shape);
+        for cuts in [vec![0, 11], vec![0, 4, 8, 11], vec![0, 1, 10, 11]] {
+            let segs: Vec<(&[f32], &[f32])> = cuts
+                .windows(2)
+                .map(|w| (&k[w[0] * 6..w[1] * 6], &v[w[0] * 6..w[1] * 6]))
+                .collect();
+            assert_eq!(causal_attention_blocks(&q, &segs, shape).data, whole.data);
+        }
     }
 }

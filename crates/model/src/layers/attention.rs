@@ -98,7 +98,9 @@ impl Attention {
             head_dim: d,
             scale: 1.0 / (d as f32).sqrt(),
         };
-        let mut o = ops::causal_attention(&q, &kv.k, &kv.v, shape); // [T, Hq·D]
+        // The cache's blocks are read in place, never gathered into one buffer.
+        let segments: Vec<(&[f32], &[f32])> = kv.segments().collect();
+        let mut o = ops::causal_attention_blocks(&q, &segments, shape); // [T, Hq·D]
         if let Some(gate) = gate {
             for (oi, gi) in o.data.iter_mut().zip(&gate.data) {
                 *oi *= ops::sigmoid(*gi);

@@ -58,6 +58,8 @@ impl DeltaNetProjections {
 
 /// Chunk length of the chunked delta rule (as in the reference implementation).
 pub const CHUNK: usize = 64;
+// The prefix cache's KV blocks and DeltaNet snapshot points are chunk boundaries.
+const _: () = assert!(CHUNK == qinfer_cache::BLOCK_TOKENS);
 /// Epsilon of the q/k L2 normalisation (the reference uses a fixed 1e-6).
 const L2_EPS: f32 = 1e-6;
 
