@@ -190,6 +190,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             continue;
         }
         let opts = GenerateOptions {
+            json_object: false,
             sampling: sampling.clone(),
             // An answer may use what is left of the context.
             max_tokens: args.max_tokens.min(context - ids.len()),

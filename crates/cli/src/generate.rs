@@ -154,6 +154,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let bundle = crate::load_bundle(&args.model, args.threads)?;
     let (prompt, starts_in_reasoning) = prompt_ids(&bundle, &args)?;
     let opts = GenerateOptions {
+        json_object: false,
         sampling,
         max_tokens: args.max_tokens,
         stop_strings: args.sampling.stop.clone(),

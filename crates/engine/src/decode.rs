@@ -21,7 +21,10 @@
 //! through the model; a caller that keeps the sequence's state for later turns feeds it so the
 //! state matches the tokens. A stop token is never emitted and never fed.
 
+use std::sync::Arc;
+
 use crate::generate::{EngineError, FinishReason, Flow, GenerateOptions};
+use crate::json_constraint::JsonAutomaton;
 use crate::parser::{Event, Finished, OutputParser, Parsed};
 use crate::sampler::{Sampler, StopCheck, StopMatcher};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -34,6 +37,51 @@ pub struct TokenLogprob {
     pub logprob: f32,
     /// The `n` most likely tokens with their log-probabilities, most likely first.
     pub top: Vec<(u32, f32)>,
+}
+
+/// The JSON-object constraint of one sequence.
+#[derive(Debug)]
+struct JsonMode {
+    automaton: JsonAutomaton,
+    /// Every token's bytes, empty for added tokens (shared by all requests).
+    vocab: Arc<[Box<[u8]>]>,
+    /// Reported as the stop token when the object closes.
+    end: u32,
+    /// Whether every byte a closing text can need is a token of its own, so that an object
+    /// with `min_close_len() <= n` can always be closed in `n` tokens.
+    steer: bool,
+}
+
+impl JsonMode {
+    /// `row` with every token the constraint rejects set to -inf. When the object can be
+    /// steered closed (every byte of a closing text is a token of its own), tokens after which
+    /// it could not close within the `budget` tokens left are rejected too, unless that leaves
+    /// nothing (the budget was too small from the start): then only syntax counts.
+    fn mask(&self, row: &[f32], budget: usize) -> Vec<f32> {
+        let mut out = vec![f32::NEG_INFINITY; row.len()];
+        let mut any = false;
+        let mut syntax_ok = Vec::new();
+        for (id, bytes) in self.vocab.iter().enumerate().take(row.len()) {
+            if bytes.is_empty() {
+                continue;
+            }
+            let Some(next) = self.automaton.accepts_bytes(bytes) else {
+                continue;
+            };
+            if self.steer && next.min_close_len() > budget {
+                syntax_ok.push(id);
+                continue;
+            }
+            out[id] = row[id];
+            any = true;
+        }
+        if !any {
+            for id in syntax_ok {
+                out[id] = row[id];
+            }
+        }
+        out
+    }
 }
 
 /// What the caller does after [`Decoder::step`].
@@ -58,6 +106,7 @@ pub struct Decoder {
     /// Tokens forced once the output leaves reasoning (a required tool call's opening).
     answer_prefix: Option<Vec<u32>>,
     logprobs: Option<usize>,
+    json: Option<JsonMode>,
     sampler: Sampler,
     detok: Option<StreamDecoder>,
     matcher: Option<StopMatcher>,
@@ -97,7 +146,31 @@ impl Decoder {
         } else {
             Vec::new()
         };
+        let json = opts.json_object.then(|| {
+            let vocab = tokenizer.ordinary_token_bytes();
+            let mut single = [false; 256];
+            for bytes in vocab.iter() {
+                if let [b] = **bytes {
+                    single[b as usize] = true;
+                }
+            }
+            let steer = b"{}[]\":0truefalsn\x80\x90\xa0"
+                .iter()
+                .all(|&b| single[b as usize]);
+            let end = tokenizer
+                .token_id("<|im_end|>")
+                .filter(|t| stops.contains(t))
+                .or_else(|| stops.first().copied())
+                .unwrap_or(0);
+            JsonMode {
+                automaton: JsonAutomaton::new(),
+                vocab,
+                end,
+                steer,
+            }
+        });
         Ok(Decoder {
+            json,
             stops,
             vocab_limit: tokenizer.vocab_size(),
             max_tokens: opts.max_tokens,
@@ -160,8 +233,16 @@ impl Decoder {
         }
         // Never sample the embedding's padding rows past the tokenizer's vocabulary.
         let row = &logits[..logits.len().min(self.vocab_limit)];
+        // The JSON constraint applies to the answer, not to reasoning.
+        let constrained = self.json.is_some() && !self.in_reasoning();
         let token = if self.forced.is_empty() {
-            self.sampler.sample(row)
+            match self.json.as_ref().filter(|_| constrained) {
+                Some(json) => {
+                    let budget = self.max_tokens - self.ids.len() - 1;
+                    self.sampler.sample(&json.mask(row, budget))
+                }
+                None => self.sampler.sample(row),
+            }
         } else {
             let t = self.forced.remove(0);
             self.sampler.record(t);
@@ -170,6 +251,16 @@ impl Decoder {
         if self.stops.contains(&token) {
             self.finish = Some(FinishReason::Stop(token));
             return Step::Finished { unfed: None };
+        }
+        let mut json_done = None;
+        if constrained && let Some(json) = self.json.as_mut() {
+            // A forced token that is not JSON leaves the state as it was.
+            if let Some(next) = json.automaton.accepts_bytes(&json.vocab[token as usize]) {
+                json.automaton = next;
+            }
+            if json.automaton.is_complete() {
+                json_done = Some(json.end);
+            }
         }
         if let Some(n) = self.logprobs {
             self.logprobs_out.push(token_logprob(row, token, n));
@@ -199,6 +290,11 @@ impl Decoder {
         }
         if cancelled {
             self.finish = Some(FinishReason::Cancelled);
+            return Step::Finished { unfed: Some(token) };
+        }
+        if let Some(end) = json_done {
+            // The object is closed: end the turn as the end-of-turn token would.
+            self.finish = Some(FinishReason::Stop(end));
             return Step::Finished { unfed: Some(token) };
         }
         if let Some(budget) = self.reasoning_budget

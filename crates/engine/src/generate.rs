@@ -350,6 +350,11 @@ pub struct GenerateOptions {
     /// Most tokens spent inside `<think>` before `</think>` is forced.
     pub reasoning_budget: Option<usize>,
     pub parser: ParserOptions,
+    /// Constrain the answer (the output after any reasoning) to one JSON object: tokens that
+    /// would break JSON syntax are masked, generation stops when the object closes, and the
+    /// object is steered closed before `max_tokens` runs out when the budget allows (see
+    /// [`crate::json_constraint`]).
+    pub json_object: bool,
 }
 
 /// Why generation ended.

@@ -7,6 +7,7 @@
 //! * [`sampler`]: temperature, top-k/p, min-p, penalties, seeds, stop conditions.
 //! * [`generate`]: the model bundle, sequences reused across turns, the generation loop.
 //! * [`demo`]: the built-in demo model.
+//! * [`json_constraint`]: the JSON syntax automaton behind `response_format: json_object`.
 //! * [`gguf_text`]: the tokenizer and chat template stored in a GGUF file.
 //! * [`prompt_cache`]: the prefix cache shared across requests (KV blocks + DeltaNet
 //!   snapshots), where snapshots are taken, exact chunk-aligned prefill, the disk tier.
@@ -21,6 +22,7 @@ pub mod decode;
 pub mod demo;
 pub mod generate;
 pub mod gguf_text;
+pub mod json_constraint;
 pub mod parser;
 pub mod prompt_cache;
 pub mod sampler;

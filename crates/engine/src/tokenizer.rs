@@ -79,6 +79,8 @@ pub enum TokenizerError {
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: Arc<tokenizers::Tokenizer>,
+    /// [`Tokenizer::ordinary_token_bytes`], built on first use and shared by all clones.
+    ordinary_bytes: Arc<std::sync::OnceLock<Arc<[Box<[u8]>]>>>,
 }
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -131,6 +133,7 @@ impl Tokenizer {
         }
         Ok(Self {
             inner: Arc::new(inner),
+            ordinary_bytes: Arc::default(),
         })
     }
 
@@ -170,6 +173,27 @@ impl Tokenizer {
         self.inner
             .id_to_token(id)
             .map(|token| byte_level_bytes(&token))
+    }
+
+    /// Every id's decoded bytes (index = id, `0..vocab_size()`), with an empty entry for every
+    /// added token (`<|im_end|>`, `<think>`, `<tool_call>`, ...), so that an entry is text a
+    /// constraint can check as plain output. Built once per tokenizer (a full-vocabulary pass)
+    /// and shared by every clone and every request.
+    pub fn ordinary_token_bytes(&self) -> Arc<[Box<[u8]>]> {
+        self.ordinary_bytes
+            .get_or_init(|| {
+                let added = self.inner.get_added_tokens_decoder();
+                (0..self.vocab_size() as u32)
+                    .map(|id| {
+                        if added.contains_key(&id) {
+                            Box::default()
+                        } else {
+                            self.token_bytes(id).unwrap_or_default().into_boxed_slice()
+                        }
+                    })
+                    .collect()
+            })
+            .clone()
     }
 
     /// Number of tokens, added tokens included (248,077 for Qwen3.5/3.6).

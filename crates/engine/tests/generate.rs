@@ -37,6 +37,7 @@ fn encode(text: &str) -> Vec<u32> {
 
 fn options(seed: u64, max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
+        json_object: false,
         sampling: SamplingParams {
             temperature: 1.0,
             top_k: 50,

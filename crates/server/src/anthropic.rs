@@ -360,6 +360,7 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
         .transpose()
         .map_err(|e| ApiError::invalid("tool_choice", e.to_string()))?;
     let opts = GenerateOptions {
+        json_object: false,
         sampling: shared::sampling(&f, &state.bundle.defaults)?,
         max_tokens,
         stop_strings: f.strings("stop_sequences")?,
