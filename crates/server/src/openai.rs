@@ -362,19 +362,7 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     {
         return Err(ApiError::invalid("n", "only `n: 1` is supported"));
     }
-    if let Some(rf) = f.object("response_format")? {
-        let kind = Fields::new(rf, "response_format").required_str("type")?;
-        if kind != "text" {
-            return Err(ApiError::invalid(
-                "response_format",
-                format!(
-                    "`response_format` type `{kind}` is not supported yet: qinfer has no \
-                     constrained decoding, and ignoring it silently would break the client's \
-                     parsing; ask for JSON in the prompt instead"
-                ),
-            ));
-        }
-    }
+    let json_object = response_format(&f)?;
     let rendered = render_chat(state, body)?;
     let choice = read_tool_choice(&f, &read_tools(&f)?.1)?;
     let prompt = shared::encode_prompt(state, &rendered.text)
@@ -421,6 +409,7 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     .transpose()
     .map_err(|e| ApiError::invalid("tool_choice", e.to_string()))?;
     let opts = GenerateOptions {
+        json_object,
         sampling,
         max_tokens,
         stop_strings: f.strings("stop")?,
@@ -870,6 +859,7 @@ fn plan_completion(
         None => false,
     };
     let opts = GenerateOptions {
+        json_object: response_format(&f)?,
         sampling: shared::sampling(&f, &state.bundle.defaults)?,
         max_tokens,
         stop_strings: f.strings("stop")?,
@@ -879,6 +869,26 @@ fn plan_completion(
         parser: ParserOptions::default(),
     };
     Ok((prompt, text, opts, stream, include_usage))
+}
+
+/// `response_format`: `text` (or absent) is plain output, `json_object` constrains the answer
+/// to one JSON object (true); anything else is refused rather than ignored.
+fn response_format(f: &Fields) -> Result<bool, ApiError> {
+    let Some(rf) = f.object("response_format")? else {
+        return Ok(false);
+    };
+    match Fields::new(rf, "response_format").required_str("type")? {
+        "text" => Ok(false),
+        "json_object" => Ok(true),
+        kind => Err(ApiError::invalid(
+            "response_format",
+            format!(
+                "`response_format` type `{kind}` is not supported yet (only `text` and \
+                 `json_object`): qinfer constrains output to JSON syntax but not to a schema, \
+                 and ignoring the schema silently would break the client's parsing"
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]

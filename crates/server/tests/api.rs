@@ -53,6 +53,7 @@ fn reference(user: &str, max_tokens: usize) -> (String, String) {
         .unwrap();
     let prompt = b.tokenizer.encode(&text).unwrap();
     let opts = GenerateOptions {
+        json_object: false,
         sampling: greedy(),
         max_tokens,
         stop_strings: Vec::new(),
@@ -501,7 +502,10 @@ fn invalid_requests_get_shaped_4xx() {
     );
     openai(&with("model", "gpt-9".into()), 404, Some("model"));
     openai(
-        &with("response_format", json!({"type": "json_object"})),
+        &with(
+            "response_format",
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+        ),
         400,
         Some("response_format"),
     );
@@ -812,4 +816,85 @@ fn shutdown_finishes_in_flight_requests() {
     let text = String::from_utf8(body).unwrap();
     assert!(text.contains("[DONE]"), "the stream ended cleanly: {text}");
     stopper.join().unwrap();
+}
+
+/// `response_format`: `json_object` answers are JSON objects (the demo model babbles without
+/// the constraint), with thinking on or off, streamed or not, and on `/v1/completions`;
+/// `text` changes nothing; `json_schema` is refused with a 400 naming the field.
+#[test]
+fn response_format_json_object_text_and_schema() {
+    let server = TestServer::start(|_| {});
+    let object = |text: &str| {
+        serde_json::from_str::<serde_json::Map<String, Value>>(text.trim())
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {text:?}"))
+    };
+    let user = "Describe a cat as JSON.";
+    let plain = post(
+        server.addr,
+        "/v1/chat/completions",
+        &chat_body(user, 40, false),
+    );
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    let plain = plain.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        serde_json::from_str::<Value>(plain.trim()).is_err(),
+        "{plain:?}"
+    );
+
+    for thinking in [false, true] {
+        for stream in [false, true] {
+            let mut body = chat_body(user, 40, stream);
+            body["response_format"] = json!({"type": "json_object"});
+            body["chat_template_kwargs"] = json!({"enable_thinking": thinking});
+            body["max_reasoning_tokens"] = 6.into();
+            let r = post(server.addr, "/v1/chat/completions", &body);
+            assert_eq!(r.status, 200, "{}", r.body);
+            let content = if stream {
+                collect_stream(&r).1
+            } else {
+                let v = r.json();
+                assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            };
+            object(&content);
+        }
+    }
+
+    let mut body = chat_body(user, 40, false);
+    body["response_format"] = json!({"type": "text"});
+    let r = post(server.addr, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["message"]["content"], plain.as_str());
+
+    let mut body = chat_body(user, 40, false);
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "cat", "schema": {}}});
+    let r = post(server.addr, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["error"]["param"], "response_format", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not supported yet"),
+        "{v}"
+    );
+
+    let r = post(
+        server.addr,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "A cat:", "max_tokens": 30, "temperature": 0.0,
+                "response_format": {"type": "json_object"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    object(v["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
 }
