@@ -21,13 +21,11 @@
 //! through the model; a caller that keeps the sequence's state for later turns feeds it so the
 //! state matches the tokens. A stop token is never emitted and never fed.
 
-use std::sync::Arc;
-
 use crate::generate::{EngineError, FinishReason, Flow, GenerateOptions};
 use crate::json_constraint::JsonAutomaton;
 use crate::parser::{Event, Finished, OutputParser, Parsed};
 use crate::sampler::{Sampler, StopCheck, StopMatcher};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tokenizer::{StreamDecoder, TokenBytes, Tokenizer};
 
 /// The log-probability of one generated token and, when asked for, of the most likely ones.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,7 +42,7 @@ pub struct TokenLogprob {
 struct JsonMode {
     automaton: JsonAutomaton,
     /// Every token's bytes, empty for added tokens (shared by all requests).
-    vocab: Arc<[Box<[u8]>]>,
+    vocab: TokenBytes,
     /// Reported as the stop token when the object closes.
     end: u32,
     /// Whether every byte a closing text can need is a token of its own, so that an object

@@ -501,7 +501,7 @@ mod tests {
         // "é" = C3 A9 split over two steps.
         let half = a.accepts_bytes(&[0xc3]).unwrap();
         assert!(half.accepts_bytes(&[0xa9, b'"']).is_some());
-        assert!(half.accepts_bytes(&[b'"']).is_none());
+        assert!(half.accepts_bytes(b"\"").is_none());
         // Overlong / surrogate / out-of-range leads and stray continuations.
         for bad in [
             &[0xc0, 0x80][..],

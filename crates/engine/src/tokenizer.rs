@@ -80,8 +80,11 @@ pub enum TokenizerError {
 pub struct Tokenizer {
     inner: Arc<tokenizers::Tokenizer>,
     /// [`Tokenizer::ordinary_token_bytes`], built on first use and shared by all clones.
-    ordinary_bytes: Arc<std::sync::OnceLock<Arc<[Box<[u8]>]>>>,
+    ordinary_bytes: Arc<std::sync::OnceLock<TokenBytes>>,
 }
+
+/// Every token's bytes, indexed by id (see [`Tokenizer::ordinary_token_bytes`]).
+pub type TokenBytes = Arc<[Box<[u8]>]>;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
@@ -179,7 +182,7 @@ impl Tokenizer {
     /// added token (`<|im_end|>`, `<think>`, `<tool_call>`, ...), so that an entry is text a
     /// constraint can check as plain output. Built once per tokenizer (a full-vocabulary pass)
     /// and shared by every clone and every request.
-    pub fn ordinary_token_bytes(&self) -> Arc<[Box<[u8]>]> {
+    pub fn ordinary_token_bytes(&self) -> TokenBytes {
         self.ordinary_bytes
             .get_or_init(|| {
                 let added = self.inner.get_added_tokens_decoder();
