@@ -1,4 +1,4 @@
-//! AVX-512 (F, BW, VL, VNNI) kernels: one weight row against `N ≤ 4` activation rows.
+//! AVX-512 (F, BW, VL, VNNI) kernels: one weight row against `N ≤ 8` activation rows.
 //!
 //! Integer formats unpack each weight block once into bytes and reuse it for every activation
 //! row: `vpmaddubsw` (unsigned weight × signed activation → pairs in `i16`) followed by

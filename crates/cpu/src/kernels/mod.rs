@@ -200,7 +200,7 @@ pub(crate) struct Plan<'a> {
 }
 
 /// Most activation rows one kernel call handles (the weight row is unpacked once for them).
-pub(crate) const MAX_TOKENS: usize = 4;
+pub(crate) const MAX_TOKENS: usize = 8;
 
 impl<'a> Plan<'a> {
     pub(crate) fn new(x: &'a Mat, w: &'a Weight, isa: Isa, precision: MatmulPrecision) -> Self {
@@ -302,6 +302,22 @@ macro_rules! call_n {
                 4 => out.copy_from_slice(&$kernel::<4>(
                     $w,
                     [row(t0), row(t0 + 1), row(t0 + 2), row(t0 + 3)],
+                )),
+                5 => out.copy_from_slice(&$kernel::<5>(
+                    $w,
+                    [row(t0), row(t0 + 1), row(t0 + 2), row(t0 + 3), row(t0 + 4)],
+                )),
+                6 => out.copy_from_slice(&$kernel::<6>(
+                    $w,
+                    std::array::from_fn::<_, 6, _>(|i| row(t0 + i)),
+                )),
+                7 => out.copy_from_slice(&$kernel::<7>(
+                    $w,
+                    std::array::from_fn::<_, 7, _>(|i| row(t0 + i)),
+                )),
+                8 => out.copy_from_slice(&$kernel::<8>(
+                    $w,
+                    std::array::from_fn::<_, 8, _>(|i| row(t0 + i)),
                 )),
                 n => unreachable!("kernels take 1..={MAX_TOKENS} rows, not {n}"),
             }
