@@ -76,17 +76,22 @@ pub fn causal_attention_blocks(q: &Mat, kv: &[(&[f32], &[f32])], shape: Attentio
         shape,
         past,
     };
-    crate::pool::parallel_chunks_mut(&mut out.data, n_heads * d, &|t, out_row| {
+    crate::pool::parallel_chunks_mut(&mut out.data, TILE * n_heads * d, &|c, out_tile| {
         #[cfg(target_arch = "x86_64")]
         if avx512 {
             // SAFETY: `isa()` confirmed the features.
-            return unsafe { attend_avx512(&row, t, out_row) };
+            return unsafe { attend_avx512(&row, c * TILE, out_tile) };
         }
         let _ = avx512;
-        attend(&row, t, out_row);
+        attend(&row, c * TILE, out_tile);
     });
     out
 }
+
+/// Query rows that share one pass over the keys and values: each key and value row is read
+/// once per tile and head instead of once per query row (at long contexts the K/V stream, not
+/// arithmetic, is what costs).
+const TILE: usize = 16;
 
 /// The inputs one query row reads.
 struct Row<'a> {
@@ -100,13 +105,15 @@ struct Row<'a> {
 /// [`attend`] compiled for AVX-512 (its loops auto-vectorise 16 lanes wide).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,fma")]
-unsafe fn attend_avx512(r: &Row<'_>, t: usize, out_row: &mut [f32]) {
-    attend(r, t, out_row);
+unsafe fn attend_avx512(r: &Row<'_>, t0: usize, out: &mut [f32]) {
+    attend(r, t0, out);
 }
 
-/// Every head of query row `t` into `out_row` (`[Hq·D]`).
+/// Every head of query rows `t0..t0 + n` into `out` (`[n, Hq·D]`), key-major so that each key
+/// and value row serves the whole tile. Each output element is computed exactly as one row at
+/// a time would: the same dot products, softmax input, and accumulation over keys in order.
 #[inline(always)]
-fn attend(r: &Row<'_>, t: usize, out_row: &mut [f32]) {
+fn attend(r: &Row<'_>, t0: usize, out: &mut [f32]) {
     let AttentionShape {
         n_heads,
         n_kv_heads,
@@ -114,20 +121,32 @@ fn attend(r: &Row<'_>, t: usize, out_row: &mut [f32]) {
         scale,
     } = r.shape;
     let group = n_heads / n_kv_heads;
-    let visible = r.past + t + 1;
-    let mut scores = vec![0.0f32; visible];
+    let width = n_heads * d;
+    let n = out.len() / width;
+    // Row i of the tile sees keys 0..visible(i).
+    let visible = |i: usize| r.past + t0 + i + 1;
+    let span = visible(n - 1);
+    let mut scores = vec![0.0f32; n * span];
     for h in 0..n_heads {
         let kvh = h / group;
-        let qh = &r.q.row(t)[h * d..(h + 1) * d];
-        for (sc, &(k, _, at)) in scores.iter_mut().zip(r.rows) {
-            *sc = dot(qh, &k[at + kvh * d..at + (kvh + 1) * d]) * scale;
+        for (j, &(k, _, at)) in r.rows[..span].iter().enumerate() {
+            let kj = &k[at + kvh * d..at + (kvh + 1) * d];
+            for i in (0..n).filter(|&i| j < visible(i)) {
+                let qh = &r.q.row(t0 + i)[h * d..(h + 1) * d];
+                scores[i * span + j] = dot(qh, kj) * scale;
+            }
         }
-        softmax(&mut scores);
-        let oh = &mut out_row[h * d..(h + 1) * d];
-        for (p, &(_, v, at)) in scores.iter().zip(r.rows) {
+        for i in 0..n {
+            softmax(&mut scores[i * span..i * span + visible(i)]);
+        }
+        for (j, &(_, v, at)) in r.rows[..span].iter().enumerate() {
             let vj = &v[at + kvh * d..at + (kvh + 1) * d];
-            for (o, x) in oh.iter_mut().zip(vj) {
-                *o += p * x;
+            for i in (0..n).filter(|&i| j < visible(i)) {
+                let p = scores[i * span + j];
+                let oh = &mut out[i * width + h * d..i * width + (h + 1) * d];
+                for (o, x) in oh.iter_mut().zip(vj) {
+                    *o += p * x;
+                }
             }
         }
     }
