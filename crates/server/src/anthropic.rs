@@ -659,14 +659,7 @@ mod tests {
     //! OpenAI tests for why).
 
     use super::*;
-    use crate::openai::tests::{CALL, MALFORMED, body, engine_output, test_state};
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use crate::openai::tests::{CALL, MALFORMED, body, engine_output, runtime, test_state};
 
     #[test]
     fn a_parsed_tool_call_becomes_a_tool_use_block() {

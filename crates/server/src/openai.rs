@@ -968,7 +968,7 @@ pub(crate) mod tests {
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
+    pub(crate) fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
