@@ -26,6 +26,7 @@ pub mod act;
 mod avx512;
 pub mod delta;
 pub mod reference;
+pub mod vmath;
 
 use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
@@ -59,7 +60,7 @@ pub fn isa() -> Isa {
     })
 }
 
-fn has_avx512() -> bool {
+pub(crate) fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
