@@ -35,8 +35,10 @@ pub(crate) const MIN_ROWS: usize = 16;
 const R: usize = 4;
 /// Token groups per tile.
 const NT: usize = 3;
-/// Token groups per pass over a tile's weights (their activations stay in L2).
-const GROUPS_PER_PASS: usize = 8;
+/// Activation bytes one pass over a tile's weights may touch (they stay in L2 while every
+/// tile of the chunk passes over them); at least [`MIN_GROUPS_PER_PASS`] groups.
+const PASS_BYTES: usize = 512 << 10;
+const MIN_GROUPS_PER_PASS: usize = 8;
 
 /// Weight formats with a GEMM kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,8 +178,10 @@ impl Tile {
     }
 }
 
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 fn f16_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
 
 /// Unpacks weight row `row` (its bytes) into slot `r` of `tile`.
@@ -452,10 +456,11 @@ pub(crate) unsafe fn gemm<'w>(
     let k = a.quads * 4;
     let width = rows.len();
     let mut tile = Tile::new(k, a.blocks);
-    let mut buf = vec![0.0f32; GROUPS_PER_PASS * LANES * width];
+    let per_pass = (PASS_BYTES / (k * LANES)).max(MIN_GROUPS_PER_PASS);
+    let mut buf = vec![0.0f32; per_pass.min(a.groups) * LANES * width];
     let mut g_pass = 0;
     while g_pass < a.groups {
-        let g_end = (g_pass + GROUPS_PER_PASS).min(a.groups);
+        let g_end = (g_pass + per_pass).min(a.groups);
         let mut r0 = rows.start;
         while r0 < rows.end {
             let rr = R.min(rows.end - r0);

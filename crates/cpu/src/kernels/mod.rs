@@ -261,15 +261,15 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// `store(t, r, row r of W · activation row t)` for every weight row in `rows` and every
-    /// one of the `t` activation rows: the GEMM kernel when the plan has one, otherwise the row
+    /// `store(t, r, v)` with `v[i]` = row `r + i` of W · activation row `t`, covering every
+    /// weight row in `rows` and every one of the `t` activation rows once: the GEMM kernel when the plan has one, otherwise the row
     /// kernels, `ROW_TILE` weight rows at a time against groups of [`MAX_TOKENS`] activation
     /// rows (a weight row is unpacked once per group and read from L1 for the next groups).
     pub(crate) fn compute(
         &self,
         rows: std::ops::Range<usize>,
         t: usize,
-        mut store: impl FnMut(usize, usize, f32),
+        mut store: impl FnMut(usize, usize, &[f32]),
     ) {
         /// Weight rows processed together (they stay in L1/L2 while every group passes).
         const ROW_TILE: usize = 16;
@@ -277,18 +277,7 @@ impl<'a> Plan<'a> {
         if let Acts::Gemm(a) = &self.acts {
             let rb = self.row_bytes;
             // SAFETY: GEMM plans are only made when `isa()` confirmed AVX-512.
-            unsafe {
-                gemm::gemm(
-                    a,
-                    rows,
-                    |r| &self.bytes[r * rb..(r + 1) * rb],
-                    |tok, r0, v| {
-                        for (i, x) in v.iter().enumerate() {
-                            store(tok, r0 + i, *x);
-                        }
-                    },
-                );
-            }
+            unsafe { gemm::gemm(a, rows, |r| &self.bytes[r * rb..(r + 1) * rb], store) };
             return;
         }
         let mut tile = rows.start;
@@ -301,7 +290,7 @@ impl<'a> Plan<'a> {
                     let mut o = [0.0f32; MAX_TOKENS];
                     self.dot(r, t0, &mut o[..g]);
                     for (k, v) in o[..g].iter().enumerate() {
-                        store(t0 + k, r, *v);
+                        store(t0 + k, r, std::slice::from_ref(v));
                     }
                 }
                 t0 += g;

@@ -46,7 +46,9 @@ fn run(plan: &Plan<'_>, n: usize, t: usize, group: usize) -> Vec<f32> {
     let mut out = vec![0.0; t * n];
     #[cfg(target_arch = "x86_64")]
     if matches!(plan.acts, Acts::Gemm(_)) {
-        plan.compute(0..n, t, |tok, r, v| out[tok * n + r] = v);
+        plan.compute(0..n, t, |tok, r, v| {
+            out[tok * n + r..tok * n + r + v.len()].copy_from_slice(v)
+        });
         return out;
     }
     for r in 0..n {

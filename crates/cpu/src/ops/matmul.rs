@@ -67,9 +67,9 @@ pub fn matmul_many(x: &Mat, ws: &[&Weight]) -> Vec<Mat> {
         let (i, rows) = chunks[c].clone();
         let (plan, dst, n) = (&plans[i], dsts[i], ws[i].rows());
         plan.compute(rows, t, |tok, r, v| {
-            // SAFETY: element (tok, r) of output i belongs to this chunk only, and the outputs
-            // outlive the region.
-            unsafe { dst.slice(tok * n + r, 1)[0] = v };
+            // SAFETY: elements (tok, r .. r + v.len()) of output i belong to this chunk only,
+            // and the outputs outlive the region.
+            unsafe { dst.slice(tok * n + r, v.len()).copy_from_slice(v) };
         });
     });
     outs
