@@ -275,7 +275,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 weight_bytes as f64 / 1e6,
                 state as f64 / 1e6,
                 share * 100.0,
-                if measured { "measured read bandwidth" } else { "--bandwidth" }
+                if measured {
+                    "measured read bandwidth"
+                } else {
+                    "--bandwidth"
+                }
             )?;
         }
         if let Some(p) = peak {

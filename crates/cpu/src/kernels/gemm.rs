@@ -1,5 +1,5 @@
-//! AVX-512 VNNI matrix-matrix kernels for prefill (many activation rows against Q4_K, Q6_K and
-//! Q8_0 weights).
+//! AVX-512 VNNI matrix-matrix kernels for prefill (many activation rows against Q4_K, Q5_K,
+//! Q6_K and Q8_0 weights).
 //!
 //! The row kernels in `avx512.rs` put one weight row's *elements* in the vector lanes, so each
 //! 64 products cost a `vpmaddubsw` + `vpdpwssd` pair and a 64-byte activation load. Here the
@@ -8,12 +8,12 @@
 //! weight row are broadcast to every lane, so one `vpdpbusd` does 64 products of one weight row
 //! against 16 tokens. A tile of `R` weight rows × `NT` token groups reuses every activation load
 //! for `R` rows and every weight broadcast for `NT` groups. Weight rows are unpacked once per
-//! tile into bytes (`u8`: Q4_K 0..15, Q6_K 0..63, Q8_0 `q + 128`) with their integer sub-block
+//! tile into bytes (`u8`: Q4_K 0..15, Q5_K 0..31, Q6_K 0..63, Q8_0 `q + 128`) with their integer sub-block
 //! scales.
 //!
 //! # Arithmetic (the same as the reference tier and the row kernels, bit for bit)
 //! Per block `b` of a weight row and a token, the integer sums are exact:
-//! * Q4_K: `I = Σ_j sc_j · Σ_{i∈j} q_i a_i`, `M = Σ_j m_j · Σ_{i∈j} a_i` (sub-blocks of 32);
+//! * Q4_K, Q5_K: `I = Σ_j sc_j · Σ_{i∈j} q_i a_i`, `M = Σ_j m_j · Σ_{i∈j} a_i` (sub-blocks of 32);
 //!   `p = (d·d_a)·I − (dmin·d_a)·M`.
 //! * Q6_K: `I = Σ_j sc_j · Σ_{i∈j} (q_i − 32) a_i` (sub-blocks of 16); `p = (d·d_a)·I`.
 //! * Q8_0: `I = Σ q_i a_i`; `p = (d·d_a)·I`.
@@ -44,6 +44,7 @@ const MIN_GROUPS_PER_PASS: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum GemmFmt {
     Q4K,
+    Q5K,
     Q6K,
     Q8_0,
 }
@@ -52,7 +53,7 @@ impl GemmFmt {
     /// Elements per block.
     const fn block(self) -> usize {
         match self {
-            GemmFmt::Q4K | GemmFmt::Q6K => 256,
+            GemmFmt::Q4K | GemmFmt::Q5K | GemmFmt::Q6K => 256,
             GemmFmt::Q8_0 => 32,
         }
     }
@@ -61,6 +62,7 @@ impl GemmFmt {
     const fn block_bytes(self) -> usize {
         match self {
             GemmFmt::Q4K => 144,
+            GemmFmt::Q5K => 176,
             GemmFmt::Q6K => 210,
             GemmFmt::Q8_0 => 34,
         }
@@ -69,7 +71,7 @@ impl GemmFmt {
     /// 32-bit words of activation sums per block and lane (see [`GemmActs::sums`]).
     const fn sum_words(self) -> usize {
         match self {
-            GemmFmt::Q4K => 4,
+            GemmFmt::Q4K | GemmFmt::Q5K => 4,
             GemmFmt::Q6K => 8,
             GemmFmt::Q8_0 => 1,
         }
@@ -123,12 +125,12 @@ impl GemmActs {
                         a.sums[at] = 128 * blk.sum;
                         (&blk.qs, blk.d)
                     }
-                    GemmFmt::Q4K | GemmFmt::Q6K => {
+                    GemmFmt::Q4K | GemmFmt::Q5K | GemmFmt::Q6K => {
                         let blk = &q.q8_k_row(tok)[b];
                         let s = |i: usize| i32::from(blk.bsums[i]);
                         for w in 0..words {
                             a.sums[((g * blocks + b) * words + w) * LANES + lane] = match fmt {
-                                GemmFmt::Q4K => {
+                                GemmFmt::Q4K | GemmFmt::Q5K => {
                                     pair(s(4 * w) + s(4 * w + 1), s(4 * w + 2) + s(4 * w + 3))
                                 }
                                 _ => pair(s(2 * w), s(2 * w + 1)),
@@ -194,7 +196,8 @@ fn unpack(fmt: GemmFmt, row: &[u8], tile: &mut Tile, r: usize) {
         let qb = &mut q[b * fmt.block()..(b + 1) * fmt.block()];
         let at = r * nb + b;
         match fmt {
-            GemmFmt::Q4K => {
+            GemmFmt::Q4K | GemmFmt::Q5K => {
+                let five = fmt == GemmFmt::Q5K;
                 tile.d[at] = f16_at(blk, 0);
                 tile.dmin[at] = f16_at(blk, 2);
                 let packed: &[u8; 12] = blk[4..16].try_into().expect("12 scale bytes");
@@ -205,14 +208,28 @@ fn unpack(fmt: GemmFmt, row: &[u8], tile: &mut Tile, r: usize) {
                 for w in 0..4 {
                     tile.pairs[at * 8 + w] = pair(i32::from(mn[2 * w]), i32::from(mn[2 * w + 1]));
                 }
-                let m4 = _mm256_set1_epi8(0x0F);
+                let (m4, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
+                let qs = if five { 48 } else { 16 };
                 for c in 0..4 {
-                    // SAFETY: bytes 16 + 32c .. 16 + 32c + 32 lie in the 144-byte block, and
-                    // elements 64c .. 64c + 64 in the 256-byte output.
+                    // SAFETY: the quants (bytes `qs + 32c ..` + 32) and Q5_K's high bits (bytes
+                    // 16 .. 48) lie in the block; elements 64c .. 64c + 64 in the output.
                     unsafe {
-                        let v = _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * c).cast());
-                        let lo = _mm256_and_si256(v, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                        let v = _mm256_loadu_si256(blk.as_ptr().add(qs + 32 * c).cast());
+                        let mut lo = _mm256_and_si256(v, m4);
+                        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                        if five {
+                            // Bit 2c of byte i is element 64c + i's fifth bit, bit 2c + 1 that
+                            // of element 64c + 32 + i.
+                            let qh = _mm256_loadu_si256(blk.as_ptr().add(16).cast());
+                            let sh = _mm_cvtsi32_si128(2 * c as i32);
+                            let b0 = _mm256_and_si256(_mm256_srl_epi16(qh, sh), one);
+                            let b1 = _mm256_and_si256(
+                                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)),
+                                one,
+                            );
+                            lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(b0));
+                            hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(b1));
+                        }
                         _mm256_storeu_si256(qb.as_mut_ptr().add(64 * c).cast(), lo);
                         _mm256_storeu_si256(qb.as_mut_ptr().add(64 * c + 32).cast(), hi);
                     }
@@ -284,6 +301,7 @@ fn kernel<const F: u8, const RR: usize, const NN: usize>(
     g0: usize,
     y: &mut [[__m512; NN]; RR],
 ) {
+    // Q5_K runs as Q4_K (the same arithmetic on 5-bit quants).
     let fmt = match F {
         0 => GemmFmt::Q4K,
         1 => GemmFmt::Q6K,
@@ -291,7 +309,7 @@ fn kernel<const F: u8, const RR: usize, const NN: usize>(
     };
     let (nb, words) = (a.blocks, fmt.sum_words());
     let (sub, subs) = match fmt {
-        GemmFmt::Q4K => (32, 8),
+        GemmFmt::Q4K | GemmFmt::Q5K => (32, 8),
         GemmFmt::Q6K => (16, 16),
         GemmFmt::Q8_0 => (32, 1),
     };
@@ -369,7 +387,7 @@ fn kernel<const F: u8, const RR: usize, const NN: usize>(
                             let i = _mm512_sub_epi32(i, _mm512_slli_epi32::<5>(o));
                             _mm512_mul_ps(dd, _mm512_cvtepi32_ps(i))
                         }
-                        GemmFmt::Q4K => {
+                        GemmFmt::Q4K | GemmFmt::Q5K => {
                             let mut m = zero;
                             for w in 0..4 {
                                 m = _mm512_dpwssd_epi32(m, sums(w), pair(w));
@@ -396,7 +414,7 @@ fn run_tile(a: &GemmActs, tile: &Tile, rr: usize, g0: usize, nn: usize, out: Out
         ($r:literal, $n:literal) => {{
             let mut y = [[_mm512_setzero_ps(); $n]; $r];
             match a.fmt {
-                GemmFmt::Q4K => kernel::<0, $r, $n>(a, tile, g0, &mut y),
+                GemmFmt::Q4K | GemmFmt::Q5K => kernel::<0, $r, $n>(a, tile, g0, &mut y),
                 GemmFmt::Q6K => kernel::<1, $r, $n>(a, tile, g0, &mut y),
                 GemmFmt::Q8_0 => kernel::<2, $r, $n>(a, tile, g0, &mut y),
             }

@@ -215,6 +215,7 @@ impl<'a> Plan<'a> {
         if isa == Isa::Avx512 && x.rows >= gemm::MIN_ROWS {
             let g = match fmt {
                 Some(IntFmt::Q4K) => Some((gemm::GemmFmt::Q4K, true)),
+                Some(IntFmt::Q5K) => Some((gemm::GemmFmt::Q5K, true)),
                 Some(IntFmt::Q6K) => Some((gemm::GemmFmt::Q6K, true)),
                 Some(IntFmt::Q8_0) => Some((gemm::GemmFmt::Q8_0, false)),
                 _ => None,
