@@ -5,8 +5,8 @@
 //! fresh sequence (greedy, each step computing the full LM head), as `llama-bench`'s `pp` and
 //! `tg` tests do. Reported: mean ± standard deviation of tokens/s over `-r` repetitions (after
 //! one untimed warm-up of each test), the bytes a decode step reads, the bandwidth that
-//! implies, its share of the machine's measured limit, and the pool's synchronisation points
-//! per generated token.
+//! implies, its share of the machine's read bandwidth (measured at start with the same threads
+//! unless `--bandwidth` gives it), and the pool's synchronisation points per generated token.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,10 +34,10 @@ pub struct BenchArgs {
     /// Worker threads (default: every CPU).
     #[arg(long)]
     threads: Option<usize>,
-    /// The machine's measured memory read bandwidth in GB/s, for the share of the limit
-    /// (default: 31, the 2-thread figure of these 2-vCPU machines).
-    #[arg(long, default_value_t = 31.0)]
-    bandwidth: f64,
+    /// The machine's memory read bandwidth in GB/s, for the share of the limit (default:
+    /// measured at start with the same threads, best of 5 reads of a 1 GiB buffer).
+    #[arg(long)]
+    bandwidth: Option<f64>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -204,7 +204,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let pp_s = stats(&pp);
     let tg_s = stats(&tg);
     let gbs = tg_s.mean * bytes_per_token as f64 / 1e9;
-    let share = gbs / args.bandwidth;
+    let (limit, measured) = match args.bandwidth {
+        Some(b) => (b, false),
+        None if args.n_gen > 0 => (qinfer_cpu::membw::read_bandwidth_gb_s(1 << 30, 5), true),
+        None => (f64::NAN, false),
+    };
+    let share = gbs / limit;
     let peak = peak_rss_bytes();
     let isa = format!("{:?}", qinfer_cpu::kernels::isa());
     let mut out = std::io::stdout().lock();
@@ -231,7 +236,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "state_bytes": state,
             "bytes_per_token": bytes_per_token,
             "tg_bandwidth_gb_s": gbs,
-            "bandwidth_limit_gb_s": args.bandwidth,
+            "bandwidth_limit_gb_s": limit,
+            "bandwidth_limit_measured": measured,
             "bandwidth_share": share,
             "sync_points_per_token": regions_per_token,
             "peak_rss_bytes": peak,
@@ -264,12 +270,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             )?;
             writeln!(
                 out,
-                "decode reads {:.1} MB/token ({:.1} MB weights + 2 × {:.1} MB state): {gbs:.1} GB/s, {:.0}% of {:.1} GB/s; {regions_per_token:.0} sync points/token",
+                "decode reads {:.1} MB/token ({:.1} MB weights + 2 × {:.1} MB state): {gbs:.1} GB/s, {:.0}% of {limit:.1} GB/s ({}); {regions_per_token:.0} sync points/token",
                 bytes_per_token as f64 / 1e6,
                 weight_bytes as f64 / 1e6,
                 state as f64 / 1e6,
                 share * 100.0,
-                args.bandwidth
+                if measured {
+                    "measured read bandwidth"
+                } else {
+                    "--bandwidth"
+                }
             )?;
         }
         if let Some(p) = peak {

@@ -10,6 +10,7 @@
 //! numbers and shapes.
 
 pub mod kernels;
+pub mod membw;
 pub mod ops;
 pub mod pool;
 mod threads;

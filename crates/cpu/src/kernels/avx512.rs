@@ -82,8 +82,7 @@ pub unsafe fn q45_k<const N: usize, const BITS5: bool>(w: &[u8], a: [&[BlockQ8K]
         idx_halves(4, 6),
         idx_halves(5, 7),
     ];
-    let mut acc = [_mm512_setzero_ps(); N];
-    let mut accm = [_mm256_setzero_ps(); N];
+    let mut y = [0.0f32; N];
     for b in 0..nb {
         // SAFETY: `b < nb` blocks of `bytes` lie inside `w`; activation blocks match in number.
         unsafe {
@@ -132,19 +131,15 @@ pub unsafe fn q45_k<const N: usize, const BITS5: bool>(w: &[u8], a: [&[BlockQ8K]
                     let av = _mm512_loadu_si512(ap.add(64 * r).cast());
                     s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[r], av), scales[r]);
                 }
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * ab.d), acc[t]);
                 let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
-                let m = _mm256_madd_epi16(bs, mins16);
-                accm[t] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * ab.d), accm[t]);
+                let m = hsum256_epi32(_mm256_madd_epi16(bs, mins16));
+                // The block's exact integers, scaled and added as `reference::q4_k` does.
+                let i = _mm512_reduce_add_epi32(s);
+                y[t] += d * ab.d * i as f32 - dmin * ab.d * m as f32;
             }
         }
     }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        out[t] = _mm512_reduce_add_ps(acc[t]) - hsum256(accm[t]);
-    }
-    out
+    y
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
@@ -154,6 +149,16 @@ fn hsum256(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
     _mm_cvtss_f32(s)
+}
+
+/// Sum of eight `i32` lanes (exact, wrapping like the integer sums it finishes).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+fn hsum256_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<1>(s));
+    _mm_cvtsi128_si32(s)
 }
 
 /// Q6_K against Q8_K activations.
@@ -170,8 +175,7 @@ pub unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
         idx_quarters(8),
         idx_quarters(12),
     ];
-    let mut acc = [_mm512_setzero_ps(); N];
-    let mut acco = [_mm256_setzero_ps(); N];
+    let mut y = [0.0f32; N];
     for b in 0..nb {
         // SAFETY: as in `q45_k`.
         unsafe {
@@ -205,20 +209,15 @@ pub unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
                     let av = _mm512_loadu_si512(ap.add(64 * r).cast());
                     s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[r], av), scales[r]);
                 }
-                let dd = d * ab.d;
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(dd), acc[t]);
                 let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
-                let o = _mm256_madd_epi16(bs, sc256);
-                acco[t] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(o), _mm256_set1_ps(32.0 * dd), acco[t]);
+                let o = hsum256_epi32(_mm256_madd_epi16(bs, sc256));
+                // Σ sc·(q − 32)·a exactly, scaled and added as `reference::q6_k` does.
+                let i = _mm512_reduce_add_epi32(s) - 32 * o;
+                y[t] += d * ab.d * i as f32;
             }
         }
     }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        out[t] = _mm512_reduce_add_ps(acc[t]) - hsum256(acco[t]);
-    }
-    out
+    y
 }
 
 /// IQ4_XS against Q8_K activations.
@@ -293,41 +292,62 @@ pub unsafe fn iq4_xs<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] 
     out
 }
 
-/// Q8_0 against Q8_0 activations. Two blocks per iteration into two accumulators per row,
-/// so consecutive blocks do not wait on each other's FMA.
+/// Q8_0 against Q8_0 activations: each block's exact integer dot product, scaled and added in
+/// block order as `reference::q8_0` does. Blocks go eight at a time: their eight `vpdpbusd`
+/// results are reduced together (one transposing `vphaddd` tree instead of eight horizontal
+/// sums), then the scalar scale-and-add runs in block order.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 pub unsafe fn q8_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {
     let nb = w.len() / 34;
     let zero = _mm256_setzero_si256();
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    let mut y = [0.0f32; N];
     let mut b = 0;
-    while b < nb {
-        let pair = if b + 1 < nb { 2 } else { 1 };
-        for u in 0..pair {
-            // SAFETY: as in `q45_k`.
-            unsafe {
-                let blk = w.as_ptr().add((b + u) * 34);
-                let d = f16(blk);
-                let v = _mm256_loadu_si256(blk.add(2).cast());
-                let wa = _mm256_abs_epi8(v);
-                let neg = _mm256_movepi8_mask(v);
-                for t in 0..N {
-                    let ab = a[t].get_unchecked(b + u);
-                    let av = _mm256_loadu_si256(ab.qs.as_ptr().cast());
-                    let av = _mm256_mask_sub_epi8(av, neg, zero, av);
-                    let p = _mm256_dpbusd_epi32(zero, wa, av);
-                    acc[t][u] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc[t][u]);
+    while b + 8 <= nb {
+        // SAFETY: blocks `b .. b + 8` lie inside `w`; activation blocks match in number.
+        unsafe {
+            let blk = |k: usize| w.as_ptr().add((b + k) * 34);
+            let v: [__m256i; 8] = std::array::from_fn(|k| _mm256_loadu_si256(blk(k).add(2).cast()));
+            let wa: [__m256i; 8] = std::array::from_fn(|k| _mm256_abs_epi8(v[k]));
+            let dw: [f32; 8] = std::array::from_fn(|k| f16(blk(k)));
+            for t in 0..N {
+                let ab = a[t].as_ptr().add(b);
+                let p: [__m256i; 8] = std::array::from_fn(|k| {
+                    let av = _mm256_loadu_si256((*ab.add(k)).qs.as_ptr().cast());
+                    _mm256_dpbusd_epi32(zero, wa[k], _mm256_sign_epi8(av, v[k]))
+                });
+                let h0 =
+                    _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+                let h1 =
+                    _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+                let sums = _mm256_add_epi32(
+                    _mm256_permute2x128_si256::<0x20>(h0, h1),
+                    _mm256_permute2x128_si256::<0x31>(h0, h1),
+                );
+                let i: [i32; 8] = std::mem::transmute(sums);
+                for k in 0..8 {
+                    y[t] += dw[k] * (*ab.add(k)).d * i[k] as f32;
                 }
             }
         }
-        b += pair;
+        b += 8;
     }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        out[t] = hsum256(_mm256_add_ps(acc[t][0], acc[t][1]));
+    while b < nb {
+        // SAFETY: as above, one block.
+        unsafe {
+            let blk = w.as_ptr().add(b * 34);
+            let d = f16(blk);
+            let v = _mm256_loadu_si256(blk.add(2).cast());
+            let wa = _mm256_abs_epi8(v);
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let av = _mm256_sign_epi8(_mm256_loadu_si256(ab.qs.as_ptr().cast()), v);
+                let i = hsum256_epi32(_mm256_dpbusd_epi32(zero, wa, av));
+                y[t] += d * ab.d * i as f32;
+            }
+        }
+        b += 1;
     }
-    out
+    y
 }
 
 /// Q4_0 against Q8_0 activations: `Σ q·a − 8·Σ a` per block.

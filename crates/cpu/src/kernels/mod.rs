@@ -25,6 +25,8 @@
 pub mod act;
 mod avx512;
 pub mod delta;
+#[cfg(target_arch = "x86_64")]
+mod gemm;
 pub mod reference;
 pub mod vmath;
 
@@ -187,6 +189,9 @@ enum Acts<'a> {
         fmt: IntFmt,
         q: QuantActs,
     },
+    /// Many activation rows against a format with an AVX-512 GEMM kernel (`gemm.rs`).
+    #[cfg(target_arch = "x86_64")]
+    Gemm(gemm::GemmActs),
 }
 
 /// One matmul's prepared inputs: the weight, the activations in the form its kernel needs.
@@ -206,6 +211,30 @@ pub(crate) const MAX_TOKENS: usize = 8;
 impl<'a> Plan<'a> {
     pub(crate) fn new(x: &'a Mat, w: &'a Weight, isa: Isa, precision: MatmulPrecision) -> Self {
         let fmt = IntFmt::of(w.dtype()).filter(|_| precision == MatmulPrecision::Int8);
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && x.rows >= gemm::MIN_ROWS {
+            let g = match fmt {
+                Some(IntFmt::Q4K) => Some((gemm::GemmFmt::Q4K, true)),
+                Some(IntFmt::Q5K) => Some((gemm::GemmFmt::Q5K, true)),
+                Some(IntFmt::Q6K) => Some((gemm::GemmFmt::Q6K, true)),
+                Some(IntFmt::Q8_0) => Some((gemm::GemmFmt::Q8_0, false)),
+                _ => None,
+            };
+            if let Some((g, k_quant)) = g {
+                let q = if k_quant {
+                    QuantActs::q8_k(&x.data, x.rows, x.cols, isa)
+                } else {
+                    QuantActs::q8_0(&x.data, x.rows, x.cols, isa)
+                };
+                return Plan {
+                    w,
+                    bytes: w.bytes(),
+                    row_bytes: w.row_bytes(),
+                    acts: Acts::Gemm(gemm::GemmActs::new(g, &q, x.rows, x.cols)),
+                    isa,
+                };
+            }
+        }
         let acts = match fmt {
             Some(fmt) => Acts::Int {
                 fmt,
@@ -233,11 +262,52 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// `out[i] = row r of W · activation row t0 + i`, for `out.len() ≤ MAX_TOKENS` rows.
+    /// `store(t, r, v)` with `v[i]` = row `r + i` of W · activation row `t`, covering every
+    /// weight row in `rows` and every one of the `t` activation rows once: the GEMM kernel when the plan has one, otherwise the row
+    /// kernels, `ROW_TILE` weight rows at a time against groups of [`MAX_TOKENS`] activation
+    /// rows (a weight row is unpacked once per group and read from L1 for the next groups).
+    pub(crate) fn compute(
+        &self,
+        rows: std::ops::Range<usize>,
+        t: usize,
+        mut store: impl FnMut(usize, usize, &[f32]),
+    ) {
+        /// Weight rows processed together (they stay in L1/L2 while every group passes).
+        const ROW_TILE: usize = 16;
+        #[cfg(target_arch = "x86_64")]
+        if let Acts::Gemm(a) = &self.acts {
+            let rb = self.row_bytes;
+            // SAFETY: GEMM plans are only made when `isa()` confirmed AVX-512.
+            unsafe { gemm::gemm(a, rows, |r| &self.bytes[r * rb..(r + 1) * rb], store) };
+            return;
+        }
+        let mut tile = rows.start;
+        while tile < rows.end {
+            let tile_end = (tile + ROW_TILE).min(rows.end);
+            let mut t0 = 0;
+            while t0 < t {
+                let g = MAX_TOKENS.min(t - t0);
+                for r in tile..tile_end {
+                    let mut o = [0.0f32; MAX_TOKENS];
+                    self.dot(r, t0, &mut o[..g]);
+                    for (k, v) in o[..g].iter().enumerate() {
+                        store(t0 + k, r, std::slice::from_ref(v));
+                    }
+                }
+                t0 += g;
+            }
+            tile = tile_end;
+        }
+    }
+
+    /// `out[i] = row r of W · activation row t0 + i`, for `out.len() ≤ MAX_TOKENS` rows (not
+    /// for GEMM plans: [`Plan::compute`] handles those).
     #[inline]
     pub(crate) fn dot(&self, r: usize, t0: usize, out: &mut [f32]) {
         let row = &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes];
         match &self.acts {
+            #[cfg(target_arch = "x86_64")]
+            Acts::Gemm(_) => unreachable!("GEMM plans run through Plan::compute"),
             Acts::Int { fmt, q } => match self.isa {
                 Isa::Avx512 if avx512_int(*fmt, row, q, t0, out) => {}
                 _ => {

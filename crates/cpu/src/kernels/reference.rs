@@ -2,8 +2,10 @@
 //! against one row of quantized activations.
 //!
 //! Each sums integer products per (sub-)block exactly, then applies the weight and activation
-//! scales in `f32`: the same arithmetic the SIMD kernels do, in a different summation order, so
-//! the two agree to `f32` rounding. Weight quants come from `qinfer-quant`'s block decoders.
+//! scales in `f32`. For Q8_0, Q4_K, Q5_K and Q6_K the block results are added in block order
+//! from `+0.0`, exactly as the AVX-512 row and GEMM kernels do (see `gemm.rs`), so those agree
+//! with this tier bit for bit; the other formats' SIMD kernels sum in a different order and
+//! agree to `f32` rounding. Weight quants come from `qinfer-quant`'s block decoders.
 
 use qinfer_quant::{iq4_nl, iq4_xs, q4_0, q4_k, q5_0, q5_k, q6_k, q8_0};
 
@@ -24,7 +26,7 @@ pub fn q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
             let b = q8_0::BlockQ8_0::from_bytes(wb);
             b.d.to_f32() * ab.d * isum(b.qs.iter().map(|&q| i32::from(q)), &ab.qs) as f32
         })
-        .sum()
+        .fold(0.0, |y, p| y + p)
 }
 
 pub fn q4_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
@@ -87,7 +89,7 @@ pub fn q4_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
             let b = q4_k::BlockQ4K::from_bytes(wb);
             affine_k(b.d.to_f32(), b.dmin.to_f32(), &b.scales, &b.quants(), ab)
         })
-        .sum()
+        .fold(0.0, |y, p| y + p)
 }
 
 pub fn q5_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
@@ -97,7 +99,7 @@ pub fn q5_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
             let b = q5_k::BlockQ5K::from_bytes(wb);
             affine_k(b.d.to_f32(), b.dmin.to_f32(), &b.scales, &b.quants(), ab)
         })
-        .sum()
+        .fold(0.0, |y, p| y + p)
 }
 
 pub fn q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
@@ -114,7 +116,7 @@ pub fn q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
             }
             b.d.to_f32() * ab.d * dot as f32
         })
-        .sum()
+        .fold(0.0, |y, p| y + p)
 }
 
 pub fn iq4_xs(w: &[u8], a: &[BlockQ8K]) -> f32 {

@@ -9,16 +9,13 @@
 use qinfer_tensor::{Mat, Weight};
 use rayon::prelude::*;
 
-use crate::kernels::{self, MAX_TOKENS, Plan};
+use crate::kernels::{self, Plan};
 use crate::pool::{SharedMut, parallel_for};
 
 /// Fewest weight rows per chunk: enough to amortise claiming a chunk.
 const MIN_ROWS_PER_CHUNK: usize = 16;
 /// Chunks per thread: enough to rebalance when another process slows one thread down.
 const CHUNKS_PER_THREAD: usize = 4;
-/// Weight rows processed together for multi-token inputs (they stay in L1/L2 while every
-/// token group passes over them).
-const ROW_TILE: usize = 16;
 
 /// `x [T, in] · Wᵀ` with `W [out, in]` in any [`qinfer_tensor::DType`] → `[T, out]`.
 ///
@@ -69,25 +66,11 @@ pub fn matmul_many(x: &Mat, ws: &[&Weight]) -> Vec<Mat> {
     parallel_for(chunks.len(), &|c| {
         let (i, rows) = chunks[c].clone();
         let (plan, dst, n) = (&plans[i], dsts[i], ws[i].rows());
-        let mut tile = rows.start;
-        while tile < rows.end {
-            let tile_end = (tile + ROW_TILE).min(rows.end);
-            let mut t0 = 0;
-            while t0 < t {
-                let g = MAX_TOKENS.min(t - t0);
-                for r in tile..tile_end {
-                    let mut o = [0.0f32; MAX_TOKENS];
-                    plan.dot(r, t0, &mut o[..g]);
-                    for (k, v) in o[..g].iter().enumerate() {
-                        // SAFETY: element (t0 + k, r) of output i belongs to this chunk only,
-                        // and the outputs outlive the region.
-                        unsafe { dst.slice((t0 + k) * n + r, 1)[0] = *v };
-                    }
-                }
-                t0 += g;
-            }
-            tile = tile_end;
-        }
+        plan.compute(rows, t, |tok, r, v| {
+            // SAFETY: elements (tok, r .. r + v.len()) of output i belong to this chunk only,
+            // and the outputs outlive the region.
+            unsafe { dst.slice(tok * n + r, v.len()).copy_from_slice(v) };
+        });
     });
     outs
 }
