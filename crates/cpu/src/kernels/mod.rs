@@ -26,6 +26,7 @@ pub mod act;
 mod avx512;
 pub mod delta;
 pub mod reference;
+pub mod sgemm;
 pub mod vmath;
 
 use std::cell::{Cell, RefCell};
