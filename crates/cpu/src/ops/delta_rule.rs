@@ -161,8 +161,8 @@ pub fn gated_delta_rule_recurrent(
 /// `A = strict_lower(diag(β) (K Kᵀ ∘ D))`:
 ///
 /// ```text
-/// T  = (I + A)⁻¹                                   (unit lower triangular)
-/// V' = U − W S = T · diag(β) (V − diag(e^γ) K S)   (U = T diag(β) V, W = T diag(β e^γ) K)
+/// V' = U − W S = (I + A)⁻¹ diag(β) (V − diag(e^γ) K S)
+///      (U = (I + A)⁻¹ diag(β) V, W = (I + A)⁻¹ diag(β e^γ) K)
 /// O  = diag(e^γ) Q S + (Q Kᵀ ∘ D) V'
 /// S ← e^{γ_L} S + Kᵀ diag(e^{γ_L−γ}) V'
 /// ```
@@ -205,16 +205,6 @@ unsafe fn chunked_head_avx512(
     chunked_head(Isa::Avx512, shape, x, t, chunk, h, s)
 }
 
-/// A `rows × cols` view of a head's columns starting at `col` in rows `row..` of `m`.
-fn view(m: &Mat, row: usize, col: usize, rows: usize, cols: usize) -> MatRef<'_> {
-    MatRef {
-        data: &m.data[row * m.cols + col..],
-        rows,
-        cols,
-        stride: m.cols,
-    }
-}
-
 /// A dense `rows × cols` view of the front of `v`.
 fn dense(v: &[f32], rows: usize, cols: usize) -> MatRef<'_> {
     MatRef {
@@ -235,6 +225,9 @@ fn dense_mut(v: &mut [f32], rows: usize, cols: usize) -> MatMut<'_> {
     }
 }
 
+/// Rows per diagonal block of the blocked forward substitution for `V'`.
+const SOLVE_BLOCK: usize = 16;
+
 /// The chunked delta rule for value head `h` (state `s`, `[Dk, Dv]`); returns `[T, Dv]`.
 #[inline(always)]
 fn chunked_head(
@@ -250,29 +243,35 @@ fn chunked_head(
     let kh = shape.k_head(h);
     let c = chunk.min(t);
     let mut out = vec![0.0f32; t * dv];
-    // Scratch for every chunk of this head: [L] vectors, [L, L] matrices, [Dk, L], [L, Dv].
+    // Scratch for every chunk of this head: [L] vectors, [L, L] matrices, K and Q as dense
+    // [L, Dk], Kᵀ [Dk, L], and R / V' [L, Dv].
     let (mut beta, mut gamma, mut eg, mut el) = (
         vec![0.0f32; c],
         vec![0.0f32; c],
         vec![0.0f32; c],
         vec![0.0f32; c],
     );
-    let (mut d, mut a, mut p, mut tinv) = (
-        vec![0.0f32; c * c],
+    let (mut d, mut a, mut p) = (
         vec![0.0f32; c * c],
         vec![0.0f32; c * c],
         vec![0.0f32; c * c],
     );
-    let mut kt = vec![0.0f32; dk * c];
-    let (mut r, mut vp) = (vec![0.0f32; c * dv], vec![0.0f32; c * dv]);
+    let (mut kd, mut qd, mut kt) = (
+        vec![0.0f32; c * dk],
+        vec![0.0f32; c * dk],
+        vec![0.0f32; dk * c],
+    );
+    let mut r = vec![0.0f32; c * dv];
     let mut start = 0;
     while start < t {
         let l = chunk.min(t - start);
-        let (kc, qc) = (
-            view(x.k, start, kh * dk, l, dk),
-            view(x.q, start, kh * dk, l, dk),
-        );
-        let vc = view(x.v, start, h * dv, l, dv);
+        // This chunk's rows of the head, dense (the rows of x.q / x.k are Nk·Dk apart).
+        for i in 0..l {
+            let at = kh * dk..(kh + 1) * dk;
+            kd[i * dk..(i + 1) * dk].copy_from_slice(&x.k.row(start + i)[at.clone()]);
+            qd[i * dk..(i + 1) * dk].copy_from_slice(&x.q.row(start + i)[at]);
+        }
+        let (kc, qc) = (dense(&kd, l, dk), dense(&qd, l, dk));
         let sv = || MatRef {
             data: &s[..],
             rows: dk,
@@ -305,10 +304,14 @@ fn chunked_head(
             }
         }
         vmath::exp_slice(isa, &mut d[..l * l]);
-        // Kᵀ [Dk, L]; K Kᵀ and Q Kᵀ (lower triangles), then A and P = Q Kᵀ ∘ D.
-        for i in 0..l {
-            for (col, &kv) in kc.data[i * kc.stride..][..dk].iter().enumerate() {
-                kt[col * l + i] = kv;
+        // Kᵀ [Dk, L], 16 rows of K at a time; K Kᵀ and Q Kᵀ (lower triangles), then −A (kept
+        // negated so the substitution below only adds) and P = Q Kᵀ ∘ D.
+        for i0 in (0..l).step_by(16) {
+            let rows = &kd[i0 * dk..(i0 + 16).min(l) * dk];
+            for (col, ktc) in kt[..dk * l].chunks_exact_mut(l).enumerate() {
+                for (o, kr) in ktc[i0..].iter_mut().zip(rows.chunks_exact(dk)) {
+                    *o = kr[col];
+                }
             }
         }
         let (ktv, lower) = (dense(&kt, dk, l), Tri::LowerC);
@@ -320,25 +323,13 @@ fn chunked_head(
                 &mut p[i * l..(i + 1) * l],
                 &d[i * l..(i + 1) * l],
             );
+            let nb = -beta[i];
             for j in 0..l {
-                ai[j] = if j < i { beta[i] * ai[j] * di[j] } else { 0.0 };
+                ai[j] = if j < i { nb * ai[j] * di[j] } else { 0.0 };
                 pi[j] = if j <= i { pi[j] * di[j] } else { 0.0 };
             }
         }
-        // T = (I + A)⁻¹ by forward substitution on rows: T_i = e_i − Σ_{j<i} A_ij T_j.
-        tinv[..l * l].fill(0.0);
-        for i in 0..l {
-            let (done, rest) = tinv.split_at_mut(i * l);
-            let ti = &mut rest[..l];
-            ti[i] = 1.0;
-            for j in 0..i {
-                let aij = a[i * l + j];
-                for (o, tj) in ti[..i].iter_mut().zip(&done[j * l..j * l + i]) {
-                    *o -= aij * tj;
-                }
-            }
-        }
-        // R = diag(β) (V − diag(e^γ) K S);  V' = T R.
+        // R = diag(β) (V − diag(e^γ) K S).
         sgemm::gemm(
             isa,
             kc,
@@ -348,32 +339,50 @@ fn chunked_head(
             Update::Set,
         );
         for i in 0..l {
-            let vi = &vc.data[i * vc.stride..][..dv];
+            let vi = &x.v.row(start + i)[h * dv..(h + 1) * dv];
             let (b, e) = (beta[i], eg[i]);
             for (o, v) in r[i * dv..(i + 1) * dv].iter_mut().zip(vi) {
                 *o = b * (v - e * *o);
             }
         }
-        let tv = dense(&tinv, l, l);
-        sgemm::gemm(
-            isa,
-            tv,
-            dense(&r, l, dv),
-            dense_mut(&mut vp, l, dv),
-            Tri::LowerA,
-            Update::Set,
-        );
+        // V' = (I + A)⁻¹ R in place, by blocked forward substitution: each block of rows first
+        // takes −A·V' of all earlier rows in one product, then solves its own unit lower
+        // triangle row by row.
+        for b0 in (0..l).step_by(SOLVE_BLOCK) {
+            let b1 = (b0 + SOLVE_BLOCK).min(l);
+            let (done, rest) = r.split_at_mut(b0 * dv);
+            if b0 > 0 {
+                let na = MatRef {
+                    data: &a[b0 * l..],
+                    rows: b1 - b0,
+                    cols: b0,
+                    stride: l,
+                };
+                let (vd, rb) = (dense(done, b0, dv), dense_mut(rest, b1 - b0, dv));
+                sgemm::gemm(isa, na, vd, rb, Tri::Full, Update::ScaleAdd(1.0));
+            }
+            for i in 1..b1 - b0 {
+                let (prev, ri) = rest.split_at_mut(i * dv);
+                for (j, vj) in prev.chunks_exact(dv).enumerate() {
+                    let naij = a[(b0 + i) * l + b0 + j];
+                    for (o, v) in ri[..dv].iter_mut().zip(vj) {
+                        *o += naij * v;
+                    }
+                }
+            }
+        }
+        let vp = dense(&r, l, dv);
         // O = diag(e^γ) Q S + P V'.
         let o = &mut out[start * dv..(start + l) * dv];
         sgemm::gemm(isa, qc, sv(), dense_mut(o, l, dv), Tri::Full, Update::Set);
         for (oi, e) in o.chunks_exact_mut(dv).zip(&eg[..l]) {
             oi.iter_mut().for_each(|x| *x *= e);
         }
-        let (pv, vpv) = (dense(&p, l, l), dense(&vp, l, dv));
+        let pv = dense(&p, l, l);
         sgemm::gemm(
             isa,
             pv,
-            vpv,
+            vp,
             dense_mut(o, l, dv),
             Tri::LowerA,
             Update::ScaleAdd(1.0),
@@ -394,7 +403,7 @@ fn chunked_head(
         sgemm::gemm(
             isa,
             dense(&kt, dk, l),
-            vpv,
+            vp,
             sm,
             Tri::Full,
             Update::ScaleAdd(decay),
