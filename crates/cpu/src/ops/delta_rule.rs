@@ -12,6 +12,17 @@
 //! [`gated_delta_rule_chunked`] is the WY/UT-transform form used for prefill: within a chunk
 //! the intra-chunk interactions become small triangular solves and matrix products, and the
 //! state is touched once per chunk. Both give the same result up to rounding (tested).
+//!
+//! The chunked form is arranged so that nearly all of its work is dense products on one head's
+//! chunk (`L = 64`, `Dk = Dv = 128`): `K Kᵀ` and `Q Kᵀ` (lower triangles), `K S` and `Q S`, the
+//! off-diagonal part of the triangular solve, `P V'` and the state update `Kᵀ V'`, all through
+//! the register-tiled [`crate::kernels::sgemm`] kernel. The decay factors `e^{γ_i−γ_j}` are one
+//! `L×L` matrix per chunk, computed with the vectorised exp and shared by `A` and the output;
+//! pairs that underflow come out as 0. The solve never forms `(I + A)⁻¹`: `V'` is found in
+//! place by blocked forward substitution (16-row diagonal blocks solved row by row, the rest as
+//! one product per block). Every head runs on one thread and every sum has a fixed order, so
+//! the result depends only on the chunking (chunks aligned to the start of the call), never on
+//! the thread count; the portable tier runs the same algorithm with the scalar kernels.
 
 use qinfer_tensor::Mat;
 
