@@ -28,6 +28,7 @@ pub mod delta;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
 pub mod reference;
+pub mod sgemm;
 pub mod vmath;
 
 use std::cell::{Cell, RefCell};

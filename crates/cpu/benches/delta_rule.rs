@@ -1,0 +1,70 @@
+//! Criterion bench of the chunked gated delta rule (the Gated DeltaNet prefill op) for 512
+//! tokens at the Qwen3.5 shapes: 0.8B (`Nk = Nv = 16`) and 4B (`Nk = 16`, `Nv = 32`), with
+//! `Dk = Dv = 128` and 64-token chunks, through the engine's pool. Throughput is in tokens.
+//!
+//! `cargo bench -p qinfer-cpu --bench delta_rule [-- FILTER]`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use qinfer_cpu::ops::{
+    DeltaRuleInputs, DeltaRuleShape, VHeadOrder, gated_delta_rule_chunked, l2_norm,
+};
+use qinfer_tensor::Mat;
+
+fn noise(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+fn delta_rule(c: &mut Criterion) {
+    qinfer_cpu::init_threads(None);
+    let t = 512;
+    for (name, nk, nv) in [("0.8b", 16, 16), ("4b", 16, 32)] {
+        let shape = DeltaRuleShape {
+            nk,
+            nv,
+            dk: 128,
+            dv: 128,
+            order: VHeadOrder::Tiled,
+        };
+        // Inputs as the model makes them: unit q/k (q scaled by Dk^-½), g < 0, β in (0, 1).
+        let mut q = Mat::from_vec(noise(t * nk * 128, 1), t, nk * 128);
+        let mut k = Mat::from_vec(noise(t * nk * 128, 2), t, nk * 128);
+        l2_norm(&mut q.data, 128, 1e-6);
+        l2_norm(&mut k.data, 128, 1e-6);
+        q.data.iter_mut().for_each(|x| *x /= 128f32.sqrt());
+        let v = Mat::from_vec(noise(t * nv * 128, 3), t, nv * 128);
+        let g: Vec<f32> = noise(t * nv, 4).iter().map(|x| -0.3 * (x + 1.05)).collect();
+        let beta: Vec<f32> = noise(t * nv, 5).iter().map(|x| 0.5 + 0.45 * x).collect();
+        let x = DeltaRuleInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            g: &g,
+            beta: &beta,
+        };
+        let init = noise(shape.state_len(), 6);
+        let mut g = c.benchmark_group(format!("delta_rule/{name}"));
+        g.sample_size(20);
+        g.throughput(Throughput::Elements(t as u64));
+        g.bench_function("chunked_t512", |b| {
+            b.iter_batched_ref(
+                || init.clone(),
+                |s| black_box(gated_delta_rule_chunked(shape, x, s, 64)),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, delta_rule);
+criterion_main!(benches);
