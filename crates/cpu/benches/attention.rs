@@ -1,8 +1,8 @@
 //! Criterion benches of causal attention at the Qwen3.5-0.8B shape (8 query heads, 2 kv heads,
 //! head dim 256), through the engine's pool: a 512-token prefill over the prompt's own keys, a
-//! 512-token chunk after a 1536-token history (2K context), and one decode step over 4K and 8K
-//! caches. Keys and values sit in 64-token blocks as the paged cache holds them. Throughput is
-//! in query rows ("elements").
+//! 512-token chunk after a 1536-token history (2K context), a 64-token chunk ending at 8K, and
+//! one decode step over 4K and 8K caches. Keys and values sit in 64-token blocks as the paged
+//! cache holds them. Throughput is in query rows ("elements").
 //!
 //! `cargo bench -p qinfer-cpu --bench attention [-- FILTER]`
 
@@ -54,6 +54,7 @@ fn attention(c: &mut Criterion) {
     qinfer_cpu::init_threads(None);
     case(c, "prefill_512", 512, 512);
     case(c, "prefill_512_after_1536", 2048, 512);
+    case(c, "prefill_64_after_8128", 8192, 64);
     case(c, "decode_4k", 4096, 1);
     case(c, "decode_8k", 8192, 1);
 }
