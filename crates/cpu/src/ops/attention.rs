@@ -1,10 +1,45 @@
 //! Causal softmax attention with grouped-query heads, over a KV cache (contiguous, or in the
 //! blocks of a paged cache: one implementation serves both, so they agree bit for bit).
+//!
+//! # Method
+//! The work is split into pool tasks of (a tile of [`TILE`] query rows, one kv head): the
+//! `Hq / Hkv` query heads that read that kv head, over all rows of the tile, form `M` query
+//! vectors that share one pass over its keys and values. Keys are visited in blocks of
+//! [`BLOCK`] positions aligned to position 0 (the paged cache's blocks), with an online
+//! softmax (the flash-attention recurrence): per block, scores `s = q·k · scale` of the visible
+//! keys, the running maximum `m ← max(m, max s)`, `α = e^(m_old − m)`, `p = e^(s − m)`,
+//! `l ← l·α + Σp` and `o ← o·α + Σ p·v`; at the end `o / l`. Scratch stays `M × BLOCK` scores
+//! plus the `M × D` accumulators whatever the context length, and blocks past a tile's last
+//! visible key are never read. Tasks run latest tile first, as later rows see more keys.
+//!
+//! # Bit-for-bit invariance
+//! Every query vector goes through the same operations in the same order whatever tile or
+//! call it lands in and however many threads run: its dot products, its block partition
+//! (fixed by absolute key position), its running `m` and `l`, and each output element's
+//! accumulation over keys in order. A tile's rows that see fewer keys than the tile's last row
+//! get `p = 0` for the keys they must not see; adding `0·v` leaves the accumulator unchanged
+//! up to the sign of a zero, which the final `+ 0.0` normalises. So a prefill split into
+//! several calls, a decode step and a batched step give identical bits.
+//!
+//! # Tiers
+//! * `attention/avx512.rs` — register-blocked kernels: `S = Q Kᵀ` four query vectors × four
+//!   keys at a time (16 accumulators reduced together by a transposing tree), softmax with the
+//!   vectorised [`crate::kernels::vmath::exp`], `O = P V` four vectors × 64 output columns at a
+//!   time. Needs `D` a multiple of 16.
+//! * [`attend_portable`] — the same recurrence one query vector at a time in plain Rust
+//!   (the scalar tier, and any `D` the fast tier does not take).
+//!
+//! The tiers differ only in rounding (dot-product order, `exp` within 2 ulp): tests bound their
+//! difference, and each against a naive `f64` reference, by `1e-5` for values of order 1.
 
 use qinfer_tensor::Mat;
 
-use super::elementwise::softmax;
 use super::matmul::dot;
+use crate::kernels::Isa;
+use crate::pool::{SharedMut, parallel_for};
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Head layout of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -36,12 +71,22 @@ pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) ->
 /// [`causal_attention`] over keys and values stored in segments (the blocks of a paged KV
 /// cache, in order) instead of one contiguous buffer: `kv` lists `(k, v)` pairs of
 /// `[rows, Hkv·D]` each; together they are the `[S, Hkv·D]` of [`causal_attention`]. Every
-/// output element is computed exactly as for one contiguous buffer (same dot products, softmax
-/// and accumulation order).
+/// output element is computed exactly as for one contiguous buffer.
 ///
 /// # Panics
 /// If the shapes disagree.
 pub fn causal_attention_blocks(q: &Mat, kv: &[(&[f32], &[f32])], shape: AttentionShape) -> Mat {
+    attention_with(crate::kernels::isa(), q, kv, shape)
+}
+
+/// Key positions per block of the online softmax, aligned to position 0.
+pub(crate) const BLOCK: usize = 64;
+
+/// Query rows per pool task (times the query heads of one kv head).
+const TILE: usize = 16;
+
+/// [`causal_attention_blocks`] on a given instruction set.
+fn attention_with(isa: Isa, q: &Mat, kv: &[(&[f32], &[f32])], shape: AttentionShape) -> Mat {
     let AttentionShape {
         n_heads,
         n_kv_heads,
@@ -59,95 +104,141 @@ pub fn causal_attention_blocks(q: &Mat, kv: &[(&[f32], &[f32])], shape: Attentio
             .all(|(k, v)| k.len() == v.len() && k.len().is_multiple_of(kv_width)),
         "attention: kv shape"
     );
-    // Row j of the whole sequence: its segment and offset there.
-    let rows: Vec<(&[f32], &[f32], usize)> = kv
+    // Key position j: its segment and offset there.
+    let keys: Vec<(&[f32], &[f32], usize)> = kv
         .iter()
         .flat_map(|&(k, v)| (0..k.len() / kv_width).map(move |r| (k, v, r * kv_width)))
         .collect();
-    let s = rows.len();
+    let s = keys.len();
     assert!(s >= q.rows, "attention: fewer keys than queries");
-    let past = s - q.rows;
 
     let mut out = Mat::zeros(q.rows, n_heads * d);
-    let avx512 = crate::kernels::isa() == crate::kernels::Isa::Avx512;
-    let row = Row {
-        q,
-        rows: &rows,
-        shape,
-        past,
-    };
-    crate::pool::parallel_chunks_mut(&mut out.data, TILE * n_heads * d, &|c, out_tile| {
+    let width = n_heads * d;
+    let group = n_heads / n_kv_heads;
+    let fast = isa == Isa::Avx512 && d.is_multiple_of(16);
+    let tiles = q.rows.div_ceil(TILE);
+    let dst = SharedMut::new(&mut out.data);
+    parallel_for(tiles * n_kv_heads, &|c| {
+        // Latest tile first: it sees the most keys.
+        let t0 = (tiles - 1 - c / n_kv_heads) * TILE;
+        let task = Task {
+            q,
+            keys: &keys,
+            shape,
+            past: s - q.rows,
+            t0,
+            n: TILE.min(q.rows - t0),
+            kvh: c % n_kv_heads,
+        };
+        // [n, group·D]: row i holds query heads kvh·group.. of query row t0 + i.
+        let mut o = vec![0.0f32; task.n * group * d];
         #[cfg(target_arch = "x86_64")]
-        if avx512 {
-            // SAFETY: `isa()` confirmed the features.
-            return unsafe { attend_avx512(&row, c * TILE, out_tile) };
+        if fast {
+            // SAFETY: `Isa::Avx512` comes from `isa()` (or a test that checked the features),
+            // and `D` is a multiple of 16.
+            unsafe { avx512::attend(&task, &mut o) };
         }
-        let _ = avx512;
-        attend(&row, c * TILE, out_tile);
+        if !cfg!(target_arch = "x86_64") || !fast {
+            attend_portable(&task, &mut o);
+        }
+        for (i, oi) in o.chunks_exact(group * d).enumerate() {
+            let at = (t0 + i) * width + task.kvh * group * d;
+            // SAFETY: tasks cover disjoint (row, kv head) ranges of `out`, which outlives the
+            // region.
+            unsafe { dst.slice(at, group * d) }.copy_from_slice(oi);
+        }
     });
     out
 }
 
-/// Query rows that share one pass over the keys and values: each key and value row is read
-/// once per tile and head instead of once per query row (at long contexts the K/V stream, not
-/// arithmetic, is what costs).
-const TILE: usize = 16;
-
-/// The inputs one query row reads.
-struct Row<'a> {
+/// One pool task: query rows `t0..t0 + n`, the query heads of kv head `kvh`. Its query vector
+/// `m` is query head `kvh·group + m % group` of row `t0 + m / group`.
+pub(crate) struct Task<'a> {
     q: &'a Mat,
     /// `(k segment, v segment, offset)` of every key position.
-    rows: &'a [(&'a [f32], &'a [f32], usize)],
+    keys: &'a [(&'a [f32], &'a [f32], usize)],
     shape: AttentionShape,
+    /// Positions before the first query row.
     past: usize,
+    t0: usize,
+    n: usize,
+    kvh: usize,
 }
 
-/// [`attend`] compiled for AVX-512 (its loops auto-vectorise 16 lanes wide).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,fma")]
-unsafe fn attend_avx512(r: &Row<'_>, t0: usize, out: &mut [f32]) {
-    attend(r, t0, out);
+impl Task<'_> {
+    fn group(&self) -> usize {
+        self.shape.n_heads / self.shape.n_kv_heads
+    }
+
+    /// Keys `0..visible(i)` are visible to row `i` of the tile.
+    fn visible(&self, i: usize) -> usize {
+        self.past + self.t0 + i + 1
+    }
+
+    fn query(&self, m: usize) -> &[f32] {
+        let (d, g) = (self.shape.head_dim, self.group());
+        let h = self.kvh * g + m % g;
+        &self.q.row(self.t0 + m / g)[h * d..(h + 1) * d]
+    }
+
+    fn key(&self, j: usize) -> &[f32] {
+        let d = self.shape.head_dim;
+        let (k, _, at) = self.keys[j];
+        &k[at + self.kvh * d..at + (self.kvh + 1) * d]
+    }
+
+    fn value(&self, j: usize) -> &[f32] {
+        let d = self.shape.head_dim;
+        let (_, v, at) = self.keys[j];
+        &v[at + self.kvh * d..at + (self.kvh + 1) * d]
+    }
 }
 
-/// Every head of query rows `t0..t0 + n` into `out` (`[n, Hq·D]`), key-major so that each key
-/// and value row serves the whole tile. Each output element is computed exactly as one row at
-/// a time would: the same dot products, softmax input, and accumulation over keys in order.
-#[inline(always)]
-fn attend(r: &Row<'_>, t0: usize, out: &mut [f32]) {
-    let AttentionShape {
-        n_heads,
-        n_kv_heads,
-        head_dim: d,
-        scale,
-    } = r.shape;
-    let group = n_heads / n_kv_heads;
-    let width = n_heads * d;
-    let n = out.len() / width;
-    // Row i of the tile sees keys 0..visible(i).
-    let visible = |i: usize| r.past + t0 + i + 1;
-    let span = visible(n - 1);
-    let mut scores = vec![0.0f32; n * span];
-    for h in 0..n_heads {
-        let kvh = h / group;
-        for (j, &(k, _, at)) in r.rows[..span].iter().enumerate() {
-            let kj = &k[at + kvh * d..at + (kvh + 1) * d];
-            for i in (0..n).filter(|&i| j < visible(i)) {
-                let qh = &r.q.row(t0 + i)[h * d..(h + 1) * d];
-                scores[i * span + j] = dot(qh, kj) * scale;
+/// The online-softmax recurrence of the module docs, one query vector at a time per key block
+/// (the block's keys and values stay in cache across the task's vectors). `out` (`[M, D]`,
+/// zeroed) receives the normalised outputs.
+fn attend_portable(t: &Task<'_>, out: &mut [f32]) {
+    let (d, g, scale) = (t.shape.head_dim, t.group(), t.shape.scale);
+    let vectors = t.n * g;
+    let mut m = vec![f32::NEG_INFINITY; vectors];
+    let mut l = vec![0.0f32; vectors];
+    let mut p = [0.0f32; BLOCK];
+    let span = t.visible(t.n - 1);
+    for b0 in (0..span).step_by(BLOCK) {
+        for v in 0..vectors {
+            let seen = t.visible(v / g).min(b0 + BLOCK).saturating_sub(b0);
+            if seen == 0 {
+                continue;
             }
-        }
-        for i in 0..n {
-            softmax(&mut scores[i * span..i * span + visible(i)]);
-        }
-        for (j, &(_, v, at)) in r.rows[..span].iter().enumerate() {
-            let vj = &v[at + kvh * d..at + (kvh + 1) * d];
-            for i in (0..n).filter(|&i| j < visible(i)) {
-                let p = scores[i * span + j];
-                let oh = &mut out[i * width + h * d..i * width + (h + 1) * d];
-                for (o, x) in oh.iter_mut().zip(vj) {
-                    *o += p * x;
+            let q = t.query(v);
+            let p = &mut p[..seen];
+            for (j, pj) in p.iter_mut().enumerate() {
+                *pj = dot(q, t.key(b0 + j)) * scale;
+            }
+            let m_new = p.iter().copied().fold(m[v], f32::max);
+            let alpha = (m[v] - m_new).exp();
+            let mut sum = 0.0;
+            for pj in p.iter_mut() {
+                *pj = (*pj - m_new).exp();
+                sum += *pj;
+            }
+            l[v] = l[v] * alpha + sum;
+            m[v] = m_new;
+            let o = &mut out[v * d..(v + 1) * d];
+            for x in o.iter_mut() {
+                *x *= alpha;
+            }
+            for (j, &pj) in p.iter().enumerate() {
+                for (x, &vj) in o.iter_mut().zip(t.value(b0 + j)) {
+                    *x += pj * vj;
                 }
             }
+        }
+    }
+    for (o, &l) in out.chunks_exact_mut(d).zip(&l) {
+        let inv = 1.0 / l;
+        for x in o {
+            *x = *x * inv + 0.0;
         }
     }
 }
@@ -156,52 +247,247 @@ fn attend(r: &Row<'_>, t0: usize, out: &mut [f32]) {
 mod tests {
     use super::*;
 
-    /// Prefilling T queries at once equals T single-query steps over a growing cache.
+    /// The tiers to test: the portable one, and AVX-512 where the CPU has it.
+    fn isas() -> Vec<Isa> {
+        let mut isas = vec![Isa::Scalar];
+        if crate::kernels::has_avx512() {
+            isas.push(Isa::Avx512);
+        }
+        isas
+    }
+
+    fn noise(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `t` query rows at the end of an `s`-token sequence.
+    struct Case {
+        shape: AttentionShape,
+        s: usize,
+        t: usize,
+    }
+
+    impl Case {
+        const fn new(
+            n_heads: usize,
+            n_kv_heads: usize,
+            head_dim: usize,
+            s: usize,
+            t: usize,
+        ) -> Self {
+            let shape = AttentionShape {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                scale: 0.3,
+            };
+            Case { shape, s, t }
+        }
+
+        /// `(q, k, v)`.
+        fn data(&self) -> (Mat, Vec<f32>, Vec<f32>) {
+            let AttentionShape {
+                n_heads: hq,
+                n_kv_heads: hkv,
+                head_dim: d,
+                ..
+            } = self.shape;
+            let q = Mat::from_vec(noise(self.t * hq * d, 1), self.t, hq * d);
+            (q, noise(self.s * hkv * d, 2), noise(self.s * hkv * d, 3))
+        }
+    }
+
+    /// Head dim 3 and 20 take the portable tier on every CPU; the others the fast one where
+    /// there is one: several key blocks and tiles, history before the queries, query heads
+    /// per kv head 1, 3 (vectors padded to four) and 4, a head dim with a 48-column tail.
+    const CASES: [Case; 6] = [
+        Case::new(4, 2, 3, 11, 5),
+        Case::new(4, 1, 20, 70, 40),
+        Case::new(8, 2, 64, 200, 130),
+        Case::new(6, 2, 48, 150, 150),
+        Case::new(2, 2, 16, 70, 1),
+        Case::new(4, 1, 32, 129, 65),
+    ];
+
+    /// The naive definition in `f64`: every score, one softmax over the visible keys.
+    fn reference(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<f64> {
+        let AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim: d,
+            scale,
+        } = shape;
+        let (s, kvw) = (k.len() / (n_kv_heads * d), n_kv_heads * d);
+        let mut out = vec![0.0f64; q.rows * n_heads * d];
+        for t in 0..q.rows {
+            let seen = s - q.rows + t + 1;
+            for h in 0..n_heads {
+                let kvh = h / (n_heads / n_kv_heads);
+                let qh = &q.row(t)[h * d..(h + 1) * d];
+                let scores: Vec<f64> = (0..seen)
+                    .map(|j| {
+                        let kj = &k[j * kvw + kvh * d..][..d];
+                        let dot: f64 = qh
+                            .iter()
+                            .zip(kj)
+                            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                            .sum();
+                        dot * f64::from(scale)
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                let o = &mut out[(t * n_heads + h) * d..][..d];
+                for (j, ej) in e.iter().enumerate() {
+                    for (x, &vj) in o.iter_mut().zip(&v[j * kvw + kvh * d..][..d]) {
+                        *x += ej / sum * f64::from(vj);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn bits(m: &Mat) -> Vec<u32> {
+        m.data.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Every tier is within 1e-5 of the `f64` reference (values here are of order 1).
+    #[test]
+    fn tiers_match_reference() {
+        for case in &CASES {
+            let (q, k, v) = case.data();
+            let want = reference(&q, &k, &v, case.shape);
+            for isa in isas() {
+                let got = attention_with(isa, &q, &[(&k, &v)], case.shape);
+                let err = got
+                    .data
+                    .iter()
+                    .zip(&want)
+                    .map(|(&g, w)| (f64::from(g) - w).abs())
+                    .fold(0.0, f64::max);
+                assert!(err < 1e-5, "{isa:?} D={}: error {err}", case.shape.head_dim);
+            }
+        }
+    }
+
+    /// Prefilling T queries at once equals T single-query steps over a growing cache, bit for
+    /// bit.
     #[test]
     fn batched_queries_equal_incremental_steps() {
-        let shape = AttentionShape {
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 3,
-            scale: 0.5,
-        };
-        let t = 5;
-        let q: Vec<f32> = (0..t * 12).map(|i| (i as f32 * 0.3).sin()).collect();
-        let k: Vec<f32> = (0..t * 6).map(|i| (i as f32 * 0.7).cos()).collect();
-        let v: Vec<f32> = (0..t * 6).map(|i| (i as f32 * 0.11).sin()).collect();
-        let all = causal_attention(&Mat::from_vec(q.clone(), t, 12), &k, &v, shape);
-        for step in 0..t {
-            let qs = Mat::from_vec(q[step * 12..(step + 1) * 12].to_vec(), 1, 12);
-            let one = causal_attention(&qs, &k[..(step + 1) * 6], &v[..(step + 1) * 6], shape);
-            for (a, b) in one.data.iter().zip(all.row(step)) {
-                assert!((a - b).abs() < 1e-6);
+        for case in &CASES {
+            let (q, k, v) = case.data();
+            let kvw = case.shape.n_kv_heads * case.shape.head_dim;
+            for isa in isas() {
+                let all = attention_with(isa, &q, &[(&k, &v)], case.shape);
+                let past = case.s - case.t;
+                for step in 0..case.t {
+                    let qs = Mat::from_vec(q.row(step).to_vec(), 1, q.cols);
+                    let end = (past + step + 1) * kvw;
+                    let one = attention_with(isa, &qs, &[(&k[..end], &v[..end])], case.shape);
+                    let want: Vec<u32> = all.row(step).iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(bits(&one), want, "{isa:?} step {step}");
+                }
             }
         }
         // The first query sees only itself: output = its own value rows.
+        let (q, k, v) = CASES[0].data();
+        let all = causal_attention(&q, &k[..5 * 6], &v[..5 * 6], CASES[0].shape);
         assert!((all.data[0] - v[0]).abs() < 1e-6);
+    }
+
+    /// However the query rows are split into calls (so into tiles), each row's bits are the
+    /// same.
+    #[test]
+    fn query_splits_are_bit_identical() {
+        for case in &CASES {
+            let (q, k, v) = case.data();
+            let kvw = case.shape.n_kv_heads * case.shape.head_dim;
+            let past = case.s - case.t;
+            for isa in isas() {
+                let whole = bits(&attention_with(isa, &q, &[(&k, &v)], case.shape));
+                for step in [1, 3, 17, 64] {
+                    let mut parts = Vec::new();
+                    for r0 in (0..case.t).step_by(step) {
+                        let r1 = (r0 + step).min(case.t);
+                        let qs = Mat::from_vec(
+                            q.data[r0 * q.cols..r1 * q.cols].to_vec(),
+                            r1 - r0,
+                            q.cols,
+                        );
+                        let end = (past + r1) * kvw;
+                        parts.extend(bits(&attention_with(
+                            isa,
+                            &qs,
+                            &[(&k[..end], &v[..end])],
+                            case.shape,
+                        )));
+                    }
+                    assert_eq!(
+                        parts, whole,
+                        "{isa:?} D={} step {step}",
+                        case.shape.head_dim
+                    );
+                }
+            }
+        }
     }
 
     /// Any split of the cache into segments gives exactly the contiguous result.
     #[test]
     fn blocks_equal_contiguous_bit_for_bit() {
-        let shape = AttentionShape {
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 3,
-            scale: 0.5,
-        };
-        let (s, t) = (11, 4);
-        let q: Vec<f32> = (0..t * 12).map(|i| (i as f32 * 0.3).sin()).collect();
-        let k: Vec<f32> = (0..s * 6).map(|i| (i as f32 * 0.7).cos()).collect();
-        let v: Vec<f32> = (0..s * 6).map(|i| (i as f32 * 0.11).sin()).collect();
-        let q = Mat::from_vec(q, t, 12);
-        let whole = causal_attention(&q, &k, &v, shape);
-        for cuts in [vec![0, 11], vec![0, 4, 8, 11], vec![0, 1, 10, 11]] {
-            let segs: Vec<(&[f32], &[f32])> = cuts
-                .windows(2)
-                .map(|w| (&k[w[0] * 6..w[1] * 6], &v[w[0] * 6..w[1] * 6]))
-                .collect();
-            assert_eq!(causal_attention_blocks(&q, &segs, shape).data, whole.data);
+        for case in &CASES {
+            let (q, k, v) = case.data();
+            let kvw = case.shape.n_kv_heads * case.shape.head_dim;
+            let s = case.s;
+            for isa in isas() {
+                let whole = bits(&attention_with(isa, &q, &[(&k, &v)], case.shape));
+                for cuts in [
+                    vec![0, s],
+                    vec![0, 4, 8, s],
+                    vec![0, 1, s - 1, s],
+                    vec![0, 64.min(s), s],
+                ] {
+                    let segs: Vec<(&[f32], &[f32])> = cuts
+                        .windows(2)
+                        .map(|w| (&k[w[0] * kvw..w[1] * kvw], &v[w[0] * kvw..w[1] * kvw]))
+                        .collect();
+                    assert_eq!(
+                        bits(&attention_with(isa, &q, &segs, case.shape)),
+                        whole,
+                        "{isa:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// One thread (a call nested in a pool region runs serially) and the pool give the same
+    /// bits.
+    #[test]
+    fn threads_do_not_change_bits() {
+        crate::init_threads(Some(2));
+        let case = &CASES[2];
+        let (q, k, v) = case.data();
+        for isa in isas() {
+            let pooled = bits(&attention_with(isa, &q, &[(&k, &v)], case.shape));
+            let serial = std::sync::Mutex::new(Vec::new());
+            parallel_for(2, &|c| {
+                if c == 0 {
+                    *serial.lock().unwrap() =
+                        bits(&attention_with(isa, &q, &[(&k, &v)], case.shape));
+                }
+            });
+            assert_eq!(serial.into_inner().unwrap(), pooled, "{isa:?}");
         }
     }
 }
