@@ -83,6 +83,22 @@ pub unsafe fn exp(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     _mm512_scalef_ps(e, n)
 }
 
+/// `x · σ(x) = x / (1 + e^{−x})` for 16 lanes, with [`exp`] (the scalar form is
+/// `ops::silu`; the two differ by the exp's ≤ 2 ulp and the division's rounding).
+///
+/// # Safety
+/// The CPU must have AVX-512 F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+pub unsafe fn silu(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let one = _mm512_set1_ps(1.0);
+    // SAFETY: forwarded from the caller.
+    let e = unsafe { exp(_mm512_sub_ps(_mm512_setzero_ps(), x)) };
+    _mm512_mul_ps(x, _mm512_div_ps(one, _mm512_add_ps(one, e)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
