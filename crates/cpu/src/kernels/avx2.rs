@@ -548,8 +548,9 @@ unsafe fn float_at<const KIND: u8>(w: *const u8, i: usize) -> f32 {
     }
 }
 
-/// Float weights against `f32` activations, 16 values per step: two accumulators per row
-/// while `N ≤ 4`, one above that (16 registers would not hold more).
+/// Float weights against `f32` activations, 16 values per step into two accumulators per row.
+/// Each row's arithmetic is the same whatever `N` is (a batched forward must give the logits
+/// of separate ones bit for bit), so at `N > 4` some accumulators live on the stack.
 #[inline(always)]
 unsafe fn float_n<const N: usize, const KIND: u8>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
     let k = x[0].len();
@@ -566,12 +567,8 @@ unsafe fn float_n<const N: usize, const KIND: u8>(w: &[u8], x: [&[f32]; N]) -> [
             for t in 0..N {
                 let xp = x[t].as_ptr().add(i);
                 let (x0, x1) = (_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)));
-                if N <= 4 {
-                    acc0[t] = _mm256_fmadd_ps(w0, x0, acc0[t]);
-                    acc1[t] = _mm256_fmadd_ps(w1, x1, acc1[t]);
-                } else {
-                    acc0[t] = _mm256_fmadd_ps(w1, x1, _mm256_fmadd_ps(w0, x0, acc0[t]));
-                }
+                acc0[t] = _mm256_fmadd_ps(w0, x0, acc0[t]);
+                acc1[t] = _mm256_fmadd_ps(w1, x1, acc1[t]);
             }
             i += 16;
         }
