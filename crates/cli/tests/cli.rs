@@ -105,6 +105,62 @@ fn generate_json_gives_the_reference_greedy_ids() {
     }
 }
 
+/// The AVX2 kernel tier, forced through `QINFER_ISA` (with and without AVX-VNNI), against the
+/// scalar reference tier on float (F32, BF16 MoE) and Q8_0 weights: the same greedy tokens, and
+/// logits equal up to `f32` summation order (the 8-bit activations are rounded identically). On
+/// a CPU without AVX2 the forced tier falls back to the reference tier and this compares it
+/// with itself.
+#[test]
+fn forced_avx2_tier_agrees_with_the_reference_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let q8_ref: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("gguf/tiny-dense-q8_0.reference.json")).unwrap(),
+    )
+    .unwrap();
+    let models = [
+        (fixture("tiny-dense-f32"), reference("tiny-dense-f32")),
+        (fixture("tiny-moe-bf16"), reference("tiny-moe-bf16")),
+        (fixture("gguf/tiny-dense-q8_0.gguf"), q8_ref),
+    ];
+    for (model, r) in &models {
+        let m = model.to_str().unwrap();
+        let with_tier = |tier: &str, args: &[&str]| {
+            let o = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+                .args(args)
+                .env("QINFER_ISA", tier)
+                .output()
+                .expect("qinfer runs");
+            assert!(o.status.success(), "{tier}: {}", stderr(&o));
+            o.stdout
+        };
+        let run = |tier: &str| {
+            let out = dir.path().join(format!("{tier}.npy"));
+            let ids = csv(&r["short_prompt"]);
+            let o = out.to_str().unwrap();
+            with_tier(tier, &["logits", m, "--ids", &ids, "--out", o]);
+            let (_, logits) = qinfer_formats::npy::read_f32(&out).unwrap();
+            let prompt = csv(&r["greedy_prompt"]);
+            let args = ["generate", m, "--ids", &prompt, "--max-tokens", "16"];
+            let greedy = with_tier(
+                tier,
+                &[&args[..], &["--temperature", "0", "--json"]].concat(),
+            );
+            (logits, greedy)
+        };
+        let (want_logits, want_greedy) = run("scalar");
+        for tier in ["avx2", "avx2-novnni"] {
+            let (logits, greedy) = run(tier);
+            let d = logits
+                .iter()
+                .zip(&want_logits)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(d <= 1e-3, "{m} {tier}: max |Δlogit| {d}");
+            assert_eq!(greedy, want_greedy, "{m} {tier}");
+        }
+    }
+}
+
 #[test]
 fn seeded_sampling_is_reproducible() {
     let run = |seed: &str| {

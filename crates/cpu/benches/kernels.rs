@@ -3,6 +3,9 @@
 //! "elements"), for every weight type with a fast path, through the engine's pool.
 //!
 //! `cargo bench -p qinfer-cpu --bench kernels [-- FILTER]`
+//!
+//! The tier is the one `kernels::isa()` picks; `QINFER_ISA=avx2` (or `avx2-novnni`, `scalar`)
+//! benches the AVX2 kernels on a machine that also has AVX-512.
 
 use std::hint::black_box;
 

@@ -134,6 +134,9 @@ impl QuantActs {
                     // SAFETY: `isa` is Avx512 only when the CPU has the features.
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 => unsafe { super::avx512::quantize_q8_0(xs, b) },
+                    // SAFETY: `isa` is Avx2 only when the CPU has the features.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 { .. } => unsafe { super::avx2::quantize_q8_0(xs, b) },
                     _ => *b = quantize_q8_0(xs),
                 }
             }
@@ -159,6 +162,9 @@ impl QuantActs {
                     // SAFETY: `isa` is Avx512 only when the CPU has the features.
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 => unsafe { super::avx512::quantize_q8_k(xs, b) },
+                    // SAFETY: `isa` is Avx2 only when the CPU has the features.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 { .. } => unsafe { super::avx2::quantize_q8_k(xs, b) },
                     _ => *b = quantize_q8_k(xs),
                 }
             }
@@ -231,31 +237,33 @@ mod tests {
         assert!(quantize_q8_k(&[0.0; 256]).qs.iter().all(|&q| q == 0));
     }
 
-    /// The AVX-512 quantizers produce the same blocks, bit for bit.
+    /// The SIMD quantizers of every tier the CPU has produce the same blocks, bit for bit
+    /// (including an all-zero block and a row whose largest magnitude is negative).
     #[test]
     fn simd_quantizers_are_bit_exact() {
-        if super::super::isa() != Isa::Avx512 {
-            return;
-        }
-        let x: Vec<f32> = (0..512 * 3)
+        let mut x: Vec<f32> = (0..512 * 3)
             .map(|i| ((i * 7919 % 1013) as f32 - 506.5) * 0.0137)
             .collect();
-        let (a, b) = (
-            QuantActs::q8_k(&x, 3, 512, Isa::Scalar),
-            QuantActs::q8_k(&x, 3, 512, Isa::Avx512),
-        );
-        for t in 0..3 {
-            for (p, q) in a.q8_k_row(t).iter().zip(b.q8_k_row(t)) {
-                assert_eq!((p.d, p.qs, p.bsums), (q.d, q.qs, q.bsums));
+        x[512..768].fill(0.0);
+        x[1100] = -40.0;
+        for isa in super::super::tiers() {
+            let (a, b) = (
+                QuantActs::q8_k(&x, 3, 512, Isa::Scalar),
+                QuantActs::q8_k(&x, 3, 512, isa),
+            );
+            for t in 0..3 {
+                for (p, q) in a.q8_k_row(t).iter().zip(b.q8_k_row(t)) {
+                    assert_eq!((p.d, p.qs, p.bsums), (q.d, q.qs, q.bsums), "{isa:?}");
+                }
             }
-        }
-        let (a, b) = (
-            QuantActs::q8_0(&x, 3, 512, Isa::Scalar),
-            QuantActs::q8_0(&x, 3, 512, Isa::Avx512),
-        );
-        for t in 0..3 {
-            for (p, q) in a.q8_0_row(t).iter().zip(b.q8_0_row(t)) {
-                assert_eq!((p.d, p.sum, p.qs), (q.d, q.sum, q.qs));
+            let (a, b) = (
+                QuantActs::q8_0(&x, 3, 512, Isa::Scalar),
+                QuantActs::q8_0(&x, 3, 512, isa),
+            );
+            for t in 0..3 {
+                for (p, q) in a.q8_0_row(t).iter().zip(b.q8_0_row(t)) {
+                    assert_eq!((p.d, p.sum, p.qs), (q.d, q.sum, q.qs), "{isa:?}");
+                }
             }
         }
     }

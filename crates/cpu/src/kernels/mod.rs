@@ -5,8 +5,18 @@
 //! * `reference.rs` — scalar integer dot products (and `f32` dots for float weights): the
 //!   specification every fast kernel is tested against.
 //! * `avx512.rs` — AVX-512 F/BW/VL + VNNI kernels, chosen at run time by [`isa`] when the CPU
-//!   has those features. Machines without them run the reference tier (correct, slow); AVX2 /
-//!   AVX-VNNI kernels are not written yet.
+//!   has those features.
+//! * `avx2.rs` — AVX2 + FMA + F16C kernels for CPUs without AVX-512 (most desktop Intel chips,
+//!   AMD Zen 2/3), with AVX-VNNI (`vpdpbusd` on 256-bit registers) for the Q8_0 / Q4_0 byte
+//!   products when the CPU has it. They cover the matmuls of Q8_0, Q4_0, Q4_K, Q5_K, Q6_K,
+//!   IQ4_XS, F32, F16 and BF16 weights, the activation quantizers and the fused delta-rule
+//!   decode step; everything else on this tier (Q5_0 / IQ4_NL matmuls, attention, the chunked
+//!   delta rule, `vmath::exp`) runs the scalar code.
+//! * Machines with neither run the reference tier (correct, slow).
+//!
+//! [`isa`] picks the best tier the CPU has, once per process. `QINFER_ISA=avx2` forces the
+//! AVX2 tier (with AVX-VNNI if present), `avx2-novnni` the AVX2 tier without AVX-VNNI, and
+//! `scalar` the reference tier; a forced tier the CPU lacks falls back to the reference tier.
 //!
 //! # Precision ([`MatmulPrecision`])
 //! By default (`Int8`), weights in the integer formats Q4_0, Q5_0, Q8_0, IQ4_NL (against
@@ -23,6 +33,8 @@
 //! environment) with a per-thread override ([`with_matmul_precision`]) for tests.
 
 pub mod act;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod avx512;
 pub mod delta;
 #[cfg(target_arch = "x86_64")]
@@ -44,22 +56,29 @@ use act::QuantActs;
 pub enum Isa {
     /// AVX-512 F, BW, VL, DQ, VNNI with FMA and F16C.
     Avx512,
+    /// AVX2 with FMA and F16C; `vnni`: use AVX-VNNI too (the CPU has it).
+    Avx2 { vnni: bool },
     /// Portable scalar code (the reference tier).
     Scalar,
 }
 
-/// The kernels' instruction set, detected once. `QINFER_ISA=scalar` forces the reference tier.
+/// The kernels' instruction set, detected once: the best tier the CPU has, or the one
+/// `QINFER_ISA` names (`avx2`, `avx2-novnni`, `scalar`; see the module docs).
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        if std::env::var("QINFER_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) {
-            return Isa::Scalar;
-        }
-        if has_avx512() {
-            Isa::Avx512
-        } else {
-            Isa::Scalar
-        }
+        let forced = std::env::var("QINFER_ISA").map(|v| v.to_ascii_lowercase());
+        let avx2 = has_avx2().then(|| Isa::Avx2 {
+            vnni: has_avx_vnni(),
+        });
+        let tier = match forced.as_deref() {
+            Ok("scalar") => None,
+            Ok("avx2") => avx2,
+            Ok("avx2-novnni") => avx2.map(|_| Isa::Avx2 { vnni: false }),
+            _ if has_avx512() => Some(Isa::Avx512),
+            _ => avx2,
+        };
+        tier.unwrap_or(Isa::Scalar)
     })
 }
 
@@ -78,6 +97,46 @@ pub(crate) fn has_avx512() -> bool {
     {
         false
     }
+}
+
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+pub(crate) fn has_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Every tier this CPU can run, the reference tier first (for equivalence tests).
+#[cfg(test)]
+pub(crate) fn tiers() -> Vec<Isa> {
+    let mut v = vec![Isa::Scalar];
+    if has_avx2() {
+        v.push(Isa::Avx2 { vnni: false });
+        if has_avx_vnni() {
+            v.push(Isa::Avx2 { vnni: true });
+        }
+    }
+    if has_avx512() {
+        v.push(Isa::Avx512);
+    }
+    v
 }
 
 /// How quantized weights meet activations (see the module docs).
@@ -311,6 +370,10 @@ impl<'a> Plan<'a> {
             Acts::Gemm(_) => unreachable!("GEMM plans run through Plan::compute"),
             Acts::Int { fmt, q } => match self.isa {
                 Isa::Avx512 if avx512_int(*fmt, row, q, t0, out) => {}
+                // SAFETY: `Avx2` is only chosen when the CPU has its features (and AVX-VNNI
+                // for `vnni`).
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 { vnni } if unsafe { avx2::int(*fmt, vnni, row, q, t0, out) } => {}
                 _ => {
                     for (i, o) in out.iter_mut().enumerate() {
                         *o = int_ref(*fmt, row, q, t0 + i);
@@ -319,7 +382,10 @@ impl<'a> Plan<'a> {
             },
             Acts::Float { x, widen: false } => match self.isa {
                 Isa::Avx512 => avx512_float(self.w.dtype(), row, x, t0, out),
-                Isa::Scalar => {
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 { .. } => unsafe { avx2::float(self.w.dtype(), row, x, t0, out) },
+                _ => {
                     let w: &[f32] = bytemuck::cast_slice(row);
                     for (i, o) in out.iter_mut().enumerate() {
                         *o = reference::f32_dot(w, x.row(t0 + i));
@@ -335,7 +401,12 @@ impl<'a> Plan<'a> {
                     Isa::Avx512 => {
                         avx512_float(DType::F32, bytemuck::cast_slice(&s), x, t0, out);
                     }
-                    Isa::Scalar => {
+                    // SAFETY: as above.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 { .. } => unsafe {
+                        avx2::float(DType::F32, bytemuck::cast_slice(&s), x, t0, out);
+                    },
+                    _ => {
                         for (i, o) in out.iter_mut().enumerate() {
                             *o = reference::f32_dot(&s, x.row(t0 + i));
                         }
