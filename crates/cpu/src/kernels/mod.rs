@@ -7,6 +7,8 @@
 //! * `avx512.rs` — AVX-512 F/BW/VL + VNNI kernels, chosen at run time by [`isa`] when the CPU
 //!   has those features. Machines without them run the reference tier (correct, slow); AVX2 /
 //!   AVX-VNNI kernels are not written yet.
+//! * `bf16.rs` — BF16 × BF16 dot products with AVX-512 BF16 (`vdpbf16ps`), used on top of the
+//!   AVX-512 tier when the CPU also has that extension ([`has_avx512_bf16`]).
 //!
 //! # Precision ([`MatmulPrecision`])
 //! By default (`Int8`), weights in the integer formats Q4_0, Q5_0, Q8_0, IQ4_NL (against
@@ -15,15 +17,21 @@
 //! integer dot products are exact, the only extra error is the activation rounding (about
 //! 0.4% of each block's largest activation). `Exact` widens every weight block to `f32` and
 //! keeps `f32` activations, which reproduces transformers on the dequantized weights to `f32`
-//! rounding; golden tests against transformers use it. Float weights (F32, F16, BF16) always
-//! use `f32` activations, and formats without an integer kernel (Q4_1, Q5_1, Q2_K, Q3_K) always
-//! take the exact path.
+//! rounding; golden tests against transformers use it. BF16 weights by default meet
+//! activations rounded once per matmul to BF16 (to nearest, ties to even: [`act::Bf16Acts`]),
+//! as llama.cpp converts them; the products are exact in `f32` and summed in `f32`, so the only
+//! extra error is the activation rounding (at most `2^-8` of each activation). This path needs
+//! AVX-512 BF16 ([`has_avx512_bf16`]): an AVX-512 CPU without it keeps `f32` activations for
+//! BF16 weights (the reference tier follows the default arithmetic). F32 and F16 weights
+//! always use `f32` activations, and formats without an integer kernel (Q4_1, Q5_1, Q2_K,
+//! Q3_K) always take the exact path.
 //!
 //! The setting is process-wide ([`set_matmul_precision`], or `QINFER_MATMUL=exact` in the
 //! environment) with a per-thread override ([`with_matmul_precision`]) for tests.
 
 pub mod act;
 mod avx512;
+mod bf16;
 pub mod delta;
 pub mod reference;
 pub mod vmath;
@@ -34,7 +42,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use qinfer_tensor::{DType, Mat, Weight};
 
-use act::QuantActs;
+use act::{Bf16Acts, QuantActs};
 
 /// The instruction set the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +83,28 @@ pub(crate) fn has_avx512() -> bool {
     {
         false
     }
+}
+
+/// Whether the CPU has AVX-512 BF16 (`vdpbf16ps`) on top of [`Isa::Avx512`]'s features,
+/// detected once.
+pub(crate) fn has_avx512_bf16() -> bool {
+    static BF16: OnceLock<bool> = OnceLock::new();
+    *BF16.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx512() && is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Whether BF16 weights meet BF16 activations at `isa` under [`MatmulPrecision::Int8`]: in the
+/// reference tier (the specification) and where `vdpbf16ps` makes it fast.
+fn bf16_products(isa: Isa) -> bool {
+    isa == Isa::Scalar || isa == Isa::Avx512 && has_avx512_bf16()
 }
 
 /// How quantized weights meet activations (see the module docs).
@@ -187,6 +217,8 @@ enum Acts<'a> {
         fmt: IntFmt,
         q: QuantActs,
     },
+    /// BF16 activations against BF16 weights.
+    Bf16(Bf16Acts),
 }
 
 /// One matmul's prepared inputs: the weight, the activations in the form its kernel needs.
@@ -219,6 +251,12 @@ impl<'a> Plan<'a> {
                     QuantActs::q8_0(&x.data, x.rows, x.cols, isa)
                 },
             },
+            None if w.dtype() == DType::BF16
+                && precision == MatmulPrecision::Int8
+                && bf16_products(isa) =>
+            {
+                Acts::Bf16(Bf16Acts::new(&x.data, x.rows, x.cols, isa))
+            }
             None => Acts::Float {
                 x,
                 widen: w.dtype().is_quantized() || isa == Isa::Scalar && w.dtype() != DType::F32,
@@ -243,6 +281,14 @@ impl<'a> Plan<'a> {
                 _ => {
                     for (i, o) in out.iter_mut().enumerate() {
                         *o = int_ref(*fmt, row, q, t0 + i);
+                    }
+                }
+            },
+            Acts::Bf16(a) => match self.isa {
+                Isa::Avx512 => avx512_bf16(row, a, t0, out),
+                _ => {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = reference::bf16(row, a.row(t0 + i));
                     }
                 }
             },
@@ -377,6 +423,21 @@ unsafe fn f16w<const N: usize>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
 unsafe fn bf16w<const N: usize>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
     // SAFETY: forwarded from the caller.
     unsafe { avx512::float::<N, 2>(w, x) }
+}
+
+/// BF16 weights against BF16 activations with `vdpbf16ps` (the plan holds [`Acts::Bf16`] at
+/// [`Isa::Avx512`] only when [`has_avx512_bf16`]).
+fn avx512_bf16(row: &[u8], a: &Bf16Acts, t0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use bf16::dot_avx512;
+        call_n!(out, t0, |t| a.row(t), dot_avx512, row);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (row, a, t0, out);
+        unreachable!("AVX-512 is only selected on x86_64")
+    }
 }
 
 fn avx512_float(dtype: DType, row: &[u8], x: &Mat, t0: usize, out: &mut [f32]) {

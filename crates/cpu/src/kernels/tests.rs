@@ -1,4 +1,4 @@
-//! Equivalence of every kernel tier, and the error the 8-bit activations add.
+//! Equivalence of every kernel tier, and the error the 8-bit (and BF16) activations add.
 
 use qinfer_tensor::{ByteView, DType, Mat, Weight};
 
@@ -73,9 +73,9 @@ fn magnitude(x: &Mat, w: &Weight) -> Vec<f32> {
 }
 
 /// AVX-512 against the scalar reference tier, for every type, 1–8 rows per call and `T` not a
-/// multiple of the group. Tolerance: both compute the same exact integer (or `f32`) products
-/// and differ only in the order of `f32` scaling and summation, so `2e-6 · Σ|w·x|` (≈ 16 ulp
-/// of the magnitude, over a few hundred terms of partial sums).
+/// multiple of the group. Tolerance: both compute the same exact integer (or `f32`, or BF16 ×
+/// BF16) products and differ only in the order of `f32` scaling and summation, so
+/// `2e-6 · Σ|w·x|` (≈ 16 ulp of the magnitude, over a few hundred terms of partial sums).
 #[test]
 fn avx512_matches_reference_tier() {
     if !has_avx512() {
@@ -87,6 +87,11 @@ fn avx512_matches_reference_tier() {
             let x = Mat::from_vec(noise(t * k, 3), t, k);
             let mag = magnitude(&x, &w);
             for precision in [MatmulPrecision::Int8, MatmulPrecision::Exact] {
+                if dtype == DType::BF16 && precision == MatmulPrecision::Int8 && !has_avx512_bf16()
+                {
+                    // This CPU keeps f32 activations for BF16 weights; the reference tier does not.
+                    continue;
+                }
                 let want = run(&Plan::new(&x, &w, Isa::Scalar, precision), n, t, 1);
                 for group in 1..=MAX_TOKENS {
                     let got = run(&Plan::new(&x, &w, Isa::Avx512, precision), n, t, group);
@@ -109,7 +114,8 @@ fn avx512_matches_reference_tier() {
 /// Int8 against exact `f64` products of the dequantized weights. The only difference is the
 /// activation rounding: each activation moves by at most half its block's step (`d/2`; Q8_0
 /// blocks store `d` rounded to `f16` after quantizing, so up to `0.56·d`), hence the bound
-/// `Σ_blocks 0.6·d · Σ|w|` plus `f32` summation error.
+/// `Σ_blocks 0.6·d · Σ|w|` plus `f32` summation error. For BF16 weights each activation moves
+/// by at most `2^-8` of itself (8 significant bits, to nearest), so `2^-8 · Σ|w·x|`.
 #[test]
 fn int8_error_is_bounded_by_the_activation_rounding() {
     for dtype in TYPES {
@@ -133,7 +139,9 @@ fn int8_error_is_bounded_by_the_activation_rounding() {
                     .zip(xr)
                     .map(|(a, b)| f64::from(*a) * f64::from(*b))
                     .sum();
-                let bound: f32 = if IntFmt::of(dtype).is_some() {
+                let bound: f32 = if dtype == DType::BF16 {
+                    mag[ti * n + r] / 256.0
+                } else if IntFmt::of(dtype).is_some() {
                     (0..k / block)
                         .map(|b| {
                             let r = b * block..(b + 1) * block;
@@ -148,6 +156,121 @@ fn int8_error_is_bounded_by_the_activation_rounding() {
                 assert!(
                     err <= bound + 2e-6 * mag[ti * n + r] + 1e-6,
                     "{dtype}: error {err} above the rounding bound {bound}"
+                );
+            }
+        }
+    }
+}
+
+/// The AVX-512 BF16 rounding gives [`act::to_bf16`]'s bits, and those are round-to-nearest-even
+/// (`half`'s conversion, an independent implementation) on normal values; subnormals flush to
+/// signed zero as the instruction does. Rows of several lengths cover the masked tails.
+#[test]
+fn bf16_rounding_is_to_nearest_even_and_simd_matches() {
+    let mut x = noise(1000, 13);
+    x.extend([
+        0.0,
+        -0.0,
+        1.0,
+        f32::from_bits(0x3F80_8000), // a tie, kept part even: rounds down
+        f32::from_bits(0x3F81_8000), // a tie, kept part odd: rounds up
+        f32::from_bits(0x3F80_8001),
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        -f32::from_bits(0x0040_0000),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e-30,
+        -3.5e20,
+    ]);
+    for &v in &x {
+        let b = act::to_bf16(v);
+        if v.is_nan() {
+            assert!(f32::from_bits(u32::from(b) << 16).is_nan());
+        } else if v.is_subnormal() {
+            assert_eq!(b, (v.to_bits() >> 16) as u16 & 0x8000, "{v:e}");
+        } else {
+            assert_eq!(b, half::bf16::from_f32(v).to_bits(), "{v:e}");
+        }
+    }
+    if !has_avx512_bf16() {
+        return;
+    }
+    for cols in [1, 15, 16, 17, 31, 32, 33, 64, 100, x.len()] {
+        let rows = x.len() / cols;
+        let a = act::Bf16Acts::new(&x[..rows * cols], rows, cols, Isa::Scalar);
+        let b = act::Bf16Acts::new(&x[..rows * cols], rows, cols, Isa::Avx512);
+        for t in 0..rows {
+            assert_eq!(a.row(t), b.row(t), "cols {cols} row {t}");
+            assert!(a.row(t)[cols..].iter().all(|&v| v == 0));
+        }
+    }
+}
+
+/// The `vdpbf16ps` kernel against [`reference::bf16`] on lengths that are not multiples of
+/// 32 or 64 (the masked tail), 1–8 rows per call, and the reference against the `f64` sum of
+/// the same BF16 × BF16 products. Tolerance: the products are exact in `f32` in all three, so
+/// only the `f32` summation order differs — 32 lanes × 2 chains in the kernel, 8 accumulators
+/// in the reference — which leaves a few ulp of `Σ|w·x|` (the same `2e-6 · Σ|w·x|` as the tier
+/// test above; the worst case, `K · 2^-24 · Σ|w·x|`, is never approached by sums of random
+/// signs).
+#[test]
+fn bf16_products_match_the_reference() {
+    if !has_avx512_bf16() {
+        return;
+    }
+    let widen = |b: u16| f64::from(f32::from_bits(u32::from(b) << 16));
+    for (t, n, k) in [
+        (1, 3, 7),
+        (9, 4, 67),
+        (5, 2, 100),
+        (8, 3, 1000),
+        (3, 2, 2048),
+    ] {
+        let w = weight(DType::BF16, n, k, 17);
+        let x = Mat::from_vec(noise(t * k, 19), t, k);
+        let acts = act::Bf16Acts::new(&x.data, t, k, Isa::Scalar);
+        let mut want = vec![0.0; t * n];
+        let mut mag = vec![0.0; t * n];
+        for r in 0..n {
+            let wr: Vec<u16> = w
+                .row(r)
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            for ti in 0..t {
+                let i = ti * n + r;
+                want[i] = reference::bf16(w.row(r), acts.row(ti));
+                let p = wr
+                    .iter()
+                    .zip(acts.row(ti))
+                    .map(|(&a, &b)| widen(a) * widen(b));
+                let exact: f64 = p.clone().sum();
+                mag[i] = p.map(f64::abs).sum::<f64>() as f32;
+                let err = (f64::from(want[i]) - exact).abs() as f32;
+                assert!(
+                    err <= 2e-6 * mag[i] + 1e-6,
+                    "reference k={k}: {} vs {exact}",
+                    want[i]
+                );
+            }
+        }
+        for group in 1..=MAX_TOKENS {
+            let got = run(
+                &Plan::new(&x, &w, Isa::Avx512, MatmulPrecision::Int8),
+                n,
+                t,
+                group,
+            );
+            for i in 0..got.len() {
+                assert!(
+                    (got[i] - want[i]).abs() <= 2e-6 * mag[i] + 1e-6,
+                    "t={t} n={n} k={k} group={group}: {} vs {} (Σ|wx| {})",
+                    got[i],
+                    want[i],
+                    mag[i]
                 );
             }
         }
