@@ -225,20 +225,28 @@ pub fn to_bf16(x: f32) -> u16 {
 }
 
 /// A matrix of activations `[T, K]` rounded to BF16, each row padded with zeros to a multiple
-/// of 32 values (so kernels read whole 64-byte vectors).
-#[derive(Clone, Debug)]
+/// of 32 values. Rows start `lead` values before a 64-byte boundary: the offset in a cache
+/// line at which the weights' rows start (see [`super::bf16::lead`]), so that the kernel's
+/// loads of both are aligned after the same first `lead` values.
+#[derive(Debug)]
 pub struct Bf16Acts {
     data: Vec<u16>,
+    start: usize,
     stride: usize,
+    rows: usize,
+    lead: usize,
 }
 
 impl Bf16Acts {
     /// Rounds `x` (`[rows, cols]`) row by row, rows in parallel when there are many; with
     /// `vcvtne2ps2bf16` when `isa` is AVX-512 and the CPU has AVX-512 BF16 (same bits).
-    pub fn new(x: &[f32], rows: usize, cols: usize, isa: Isa) -> Self {
+    pub fn new(x: &[f32], rows: usize, cols: usize, isa: Isa, lead: usize) -> Self {
         let stride = cols.next_multiple_of(32);
-        let mut data = vec![0u16; rows * stride];
-        for_rows(&mut data, stride, rows, &|t, out| {
+        let lead = lead % 32;
+        let mut data = vec![0u16; rows * stride + 32];
+        let start = (64 - (data.as_ptr() as usize + 2 * lead) % 64) % 64 / 2;
+        let body = &mut data[start..start + rows * stride];
+        for_rows(body, stride, rows, &|t, out| {
             let xs = &x[t * cols..(t + 1) * cols];
             match isa {
                 // SAFETY: the guard confirmed AVX-512 BF16.
@@ -253,12 +261,29 @@ impl Bf16Acts {
                 }
             }
         });
-        Bf16Acts { data, stride }
+        Bf16Acts {
+            data,
+            start,
+            stride,
+            rows,
+            lead,
+        }
+    }
+
+    /// Number of rows (`T`).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values before each row's first 64-byte boundary.
+    pub fn lead(&self) -> usize {
+        self.lead
     }
 
     /// Row `t`: its `K` values, then zeros up to a multiple of 32.
     pub fn row(&self, t: usize) -> &[u16] {
-        &self.data[t * self.stride..(t + 1) * self.stride]
+        let r = self.start + t * self.stride;
+        &self.data[r..r + self.stride]
     }
 }
 

@@ -13,6 +13,9 @@
 
 use std::arch::x86_64::*;
 
+use super::MAX_TOKENS;
+use super::act::Bf16Acts;
+
 /// 32 BF16 values as the operand type of `vdpbf16ps`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
@@ -50,51 +53,138 @@ pub unsafe fn round_avx512(x: &[f32], out: &mut [u16]) {
     }
 }
 
-/// One BF16 weight row (`w`, `K` values as stored) against `N ≤ 8` BF16 activation rows, each
-/// at least `K` rounded up to 32 values long and zero past `K` (as [`super::act::Bf16Acts`]
-/// stores them). Two accumulators per row: 64 values per iteration, so consecutive
-/// `vdpbf16ps` of one row do not wait on each other.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub unsafe fn dot_avx512<const N: usize>(w: &[u8], a: [&[u16]; N]) -> [f32; N] {
-    let k = w.len() / 2;
-    let wp = w.as_ptr().cast::<u16>();
-    for row in a {
-        debug_assert!(row.len() >= k.next_multiple_of(32));
+/// Most weight rows one kernel call takes: they share every activation load.
+pub const ROWS: usize = 4;
+
+/// Values at the start of a row of `w` before its first 64-byte boundary, when every row of
+/// a matrix with rows of `row_bytes` starts at the same offset in a cache line (else 0).
+pub fn lead(w: &[u8], row_bytes: usize) -> usize {
+    if row_bytes.is_multiple_of(64) {
+        (64 - w.as_ptr() as usize % 64) % 64 / 2
+    } else {
+        0
     }
-    let mut acc0 = [_mm512_setzero_ps(); N];
-    let mut acc1 = [_mm512_setzero_ps(); N];
-    let mut i = 0;
-    while i + 64 <= k {
-        // SAFETY: `i + 64 ≤ K`, and every activation row holds at least `K` values.
+}
+
+/// `R ≤ ROWS` BF16 weight rows (`w`, `K` values each, as stored) against `M ≤ 4` BF16
+/// activation rows (`K` values each at least): `out[j][i] = w[j] · a[i]`.
+///
+/// Each 32 values cost `R + M` loads for `R · M` `vdpbf16ps` into as many independent
+/// accumulators, so a prefill tile of 4 × 4 reads each activation once per four weight rows,
+/// and decode (one activation row) keeps four chains in flight. The first `lead` values
+/// ([`lead`]) go first, masked, so that the other weight loads never straddle two cache lines
+/// (GGUF aligns tensors to 32 bytes only); [`super::act::Bf16Acts`] places the activations at
+/// the same offset. Every (weight row, activation row) pair is summed in the same order
+/// whatever `R` and `M` are, so results do not depend on how tokens are grouped.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn dot_avx512<const R: usize, const M: usize>(
+    w: [&[u8]; R],
+    a: [&[u16]; M],
+    lead: usize,
+) -> [[f32; M]; R] {
+    let k = w[0].len() / 2;
+    for j in 0..R {
+        debug_assert_eq!(w[j].len(), 2 * k);
+    }
+    for row in a {
+        debug_assert!(row.len() >= k);
+    }
+    let mut acc = [[_mm512_setzero_ps(); M]; R];
+    let step = |acc: &mut [[__m512; M]; R], i: usize, n: usize| {
+        // SAFETY: `i + n ≤ K`, and the masks read only those `n ≤ 32` values of each row
+        // (the loads are plain when `n = 32`).
         unsafe {
-            let w0 = bh(_mm512_loadu_si512(wp.add(i).cast()));
-            let w1 = bh(_mm512_loadu_si512(wp.add(i + 32).cast()));
-            for t in 0..N {
-                let ap = a[t].as_ptr().add(i);
-                acc0[t] = _mm512_dpbf16_ps(acc0[t], w0, bh(_mm512_loadu_si512(ap.cast())));
-                acc1[t] = _mm512_dpbf16_ps(acc1[t], w1, bh(_mm512_loadu_si512(ap.add(32).cast())));
+            let (wv, av): ([__m512bh; R], [__m512bh; M]) = if n == 32 {
+                (
+                    std::array::from_fn(|j| {
+                        bh(_mm512_loadu_si512(w[j].as_ptr().add(2 * i).cast()))
+                    }),
+                    std::array::from_fn(|t| bh(_mm512_loadu_si512(a[t].as_ptr().add(i).cast()))),
+                )
+            } else {
+                let m = (1u32 << n) - 1;
+                (
+                    std::array::from_fn(|j| {
+                        bh(_mm512_maskz_loadu_epi16(m, w[j].as_ptr().add(2 * i).cast()))
+                    }),
+                    std::array::from_fn(|t| {
+                        bh(_mm512_maskz_loadu_epi16(m, a[t].as_ptr().add(i).cast()))
+                    }),
+                )
+            };
+            for t in 0..M {
+                for j in 0..R {
+                    acc[j][t] = _mm512_dpbf16_ps(acc[j][t], wv[j], av[t]);
+                }
             }
         }
-        i += 64;
+    };
+    let mut i = lead.min(k);
+    if i > 0 {
+        step(&mut acc, 0, i);
     }
     while i < k {
         let n = (k - i).min(32);
-        let m = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
-        // SAFETY: the mask reads only the `n` remaining weights; `i` is a multiple of 32 below
-        // `K`, so the activation rows (padded to a multiple of 32) hold `i + 32` values, the
-        // ones past `K` zero, and they meet zeroed weights.
-        unsafe {
-            let wv = bh(_mm512_maskz_loadu_epi16(m, wp.add(i).cast()));
-            for t in 0..N {
-                let av = bh(_mm512_loadu_si512(a[t].as_ptr().add(i).cast()));
-                acc0[t] = _mm512_dpbf16_ps(acc0[t], wv, av);
-            }
-        }
-        i += 32;
+        step(&mut acc, i, n);
+        i += n;
     }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+    let mut out = [[0.0f32; M]; R];
+    for j in 0..R {
+        for t in 0..M {
+            out[j][t] = _mm512_reduce_add_ps(acc[j][t]);
+        }
     }
     out
+}
+
+/// `out[j][i] = rows[j] · activation row t0 + i` for `j < rows.len() ≤ ROWS` and
+/// `i < g ≤ MAX_TOKENS`, the activations in groups of up to four.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn rows_avx512(
+    rows: &[&[u8]],
+    a: &Bf16Acts,
+    t0: usize,
+    g: usize,
+    out: &mut [[f32; MAX_TOKENS]],
+) {
+    let lead = a.lead();
+    let mut t = t0;
+    while t < t0 + g {
+        let m = (t0 + g - t).min(4);
+        macro_rules! tile {
+            ($r:literal, $m:literal) => {{
+                // SAFETY: forwarded from the caller.
+                let res = unsafe {
+                    dot_avx512::<$r, $m>(
+                        std::array::from_fn(|j| rows[j]),
+                        std::array::from_fn(|i| a.row(t + i)),
+                        lead,
+                    )
+                };
+                for (o, r) in out.iter_mut().zip(res) {
+                    o[t - t0..t - t0 + $m].copy_from_slice(&r);
+                }
+            }};
+        }
+        match (rows.len(), m) {
+            (1, 1) => tile!(1, 1),
+            (1, 2) => tile!(1, 2),
+            (1, 3) => tile!(1, 3),
+            (1, 4) => tile!(1, 4),
+            (2, 1) => tile!(2, 1),
+            (2, 2) => tile!(2, 2),
+            (2, 3) => tile!(2, 3),
+            (2, 4) => tile!(2, 4),
+            (3, 1) => tile!(3, 1),
+            (3, 2) => tile!(3, 2),
+            (3, 3) => tile!(3, 3),
+            (3, 4) => tile!(3, 4),
+            (4, 1) => tile!(4, 1),
+            (4, 2) => tile!(4, 2),
+            (4, 3) => tile!(4, 3),
+            (4, 4) => tile!(4, 4),
+            (r, m) => unreachable!("{r} weight rows × {m} activation rows"),
+        }
+        t += m;
+    }
 }

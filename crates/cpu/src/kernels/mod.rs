@@ -235,6 +235,9 @@ pub(crate) struct Plan<'a> {
 /// Most activation rows one kernel call handles (the weight row is unpacked once for them).
 pub(crate) const MAX_TOKENS: usize = 8;
 
+/// Most weight rows one [`Plan::dot_rows`] call handles.
+pub(crate) const MAX_ROWS: usize = bf16::ROWS;
+
 impl<'a> Plan<'a> {
     pub(crate) fn new(x: &'a Mat, w: &'a Weight, isa: Isa, precision: MatmulPrecision) -> Self {
         let fmt = IntFmt::of(w.dtype()).filter(|_| precision == MatmulPrecision::Int8);
@@ -255,7 +258,8 @@ impl<'a> Plan<'a> {
                 && precision == MatmulPrecision::Int8
                 && bf16_products(isa) =>
             {
-                Acts::Bf16(Bf16Acts::new(&x.data, x.rows, x.cols, isa))
+                let lead = bf16::lead(w.bytes(), w.row_bytes());
+                Acts::Bf16(Bf16Acts::new(&x.data, x.rows, x.cols, isa, lead))
             }
             None => Acts::Float {
                 x,
@@ -285,7 +289,11 @@ impl<'a> Plan<'a> {
                 }
             },
             Acts::Bf16(a) => match self.isa {
-                Isa::Avx512 => avx512_bf16(row, a, t0, out),
+                Isa::Avx512 => {
+                    let mut o = [[0.0; MAX_TOKENS]];
+                    avx512_bf16(&[row], a, t0, out.len(), &mut o);
+                    out.copy_from_slice(&o[0][..out.len()]);
+                }
                 _ => {
                     for (i, o) in out.iter_mut().enumerate() {
                         *o = reference::bf16(row, a.row(t0 + i));
@@ -317,6 +325,37 @@ impl<'a> Plan<'a> {
                     }
                 }
             }),
+        }
+    }
+}
+
+impl Plan<'_> {
+    /// Weight rows [`Plan::dot_rows`] takes per call: more than one where the kernel shares
+    /// its activation loads between weight rows (not for a single token: decode streams the
+    /// weights row after row, the order the hardware prefetcher follows best).
+    pub(crate) fn rows_per_call(&self) -> usize {
+        match (&self.acts, self.isa) {
+            (Acts::Bf16(a), Isa::Avx512) if a.rows() > 1 => bf16::ROWS,
+            _ => 1,
+        }
+    }
+
+    /// `out[j][i] = row r0 + j of W · activation row t0 + i`, for `out.len() ≤ MAX_ROWS`
+    /// weight rows (best: [`Plan::rows_per_call`]) and `g ≤ MAX_TOKENS` activation rows.
+    pub(crate) fn dot_rows(&self, r0: usize, t0: usize, g: usize, out: &mut [[f32; MAX_TOKENS]]) {
+        match (&self.acts, self.isa) {
+            (Acts::Bf16(a), Isa::Avx512) => {
+                let rows: [&[u8]; MAX_ROWS] = std::array::from_fn(|j| {
+                    let r = r0 + j.min(out.len() - 1);
+                    &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
+                });
+                avx512_bf16(&rows[..out.len()], a, t0, g, out);
+            }
+            _ => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    self.dot(r0 + j, t0, &mut o[..g]);
+                }
+            }
         }
     }
 }
@@ -425,17 +464,17 @@ unsafe fn bf16w<const N: usize>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
     unsafe { avx512::float::<N, 2>(w, x) }
 }
 
-/// BF16 weights against BF16 activations with `vdpbf16ps` (the plan holds [`Acts::Bf16`] at
-/// [`Isa::Avx512`] only when [`has_avx512_bf16`]).
-fn avx512_bf16(row: &[u8], a: &Bf16Acts, t0: usize, out: &mut [f32]) {
+/// `out[j][i] = rows[j] · activation row t0 + i` with `vdpbf16ps` (the plan holds
+/// [`Acts::Bf16`] at [`Isa::Avx512`] only when [`has_avx512_bf16`]).
+fn avx512_bf16(rows: &[&[u8]], a: &Bf16Acts, t0: usize, g: usize, out: &mut [[f32; MAX_TOKENS]]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use bf16::dot_avx512;
-        call_n!(out, t0, |t| a.row(t), dot_avx512, row);
+    // SAFETY: the CPU has AVX-512 BF16 (see above).
+    unsafe {
+        bf16::rows_avx512(rows, a, t0, g, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (row, a, t0, out);
+        let _ = (rows, a, t0, g, out);
         unreachable!("AVX-512 is only selected on x86_64")
     }
 }

@@ -59,6 +59,27 @@ fn run(plan: &Plan<'_>, n: usize, t: usize, group: usize) -> Vec<f32> {
     out
 }
 
+/// As [`run`], `rows` weight rows per [`Plan::dot_rows`] call (the last call fewer).
+fn run_rows(plan: &Plan<'_>, n: usize, t: usize, group: usize, rows: usize) -> Vec<f32> {
+    let mut out = vec![0.0; t * n];
+    for r0 in (0..n).step_by(rows) {
+        let nr = rows.min(n - r0);
+        let mut t0 = 0;
+        while t0 < t {
+            let g = group.min(t - t0);
+            let mut o = [[0.0; MAX_TOKENS]; MAX_ROWS];
+            plan.dot_rows(r0, t0, g, &mut o[..nr]);
+            for j in 0..nr {
+                for i in 0..g {
+                    out[(t0 + i) * n + r0 + j] = o[j][i];
+                }
+            }
+            t0 += g;
+        }
+    }
+    out
+}
+
 /// `Σ |w x|` per output: the scale of `f32` summation error.
 fn magnitude(x: &Mat, w: &Weight) -> Vec<f32> {
     let mut row = vec![0.0; w.cols()];
@@ -200,8 +221,8 @@ fn bf16_rounding_is_to_nearest_even_and_simd_matches() {
     }
     for cols in [1, 15, 16, 17, 31, 32, 33, 64, 100, x.len()] {
         let rows = x.len() / cols;
-        let a = act::Bf16Acts::new(&x[..rows * cols], rows, cols, Isa::Scalar);
-        let b = act::Bf16Acts::new(&x[..rows * cols], rows, cols, Isa::Avx512);
+        let a = act::Bf16Acts::new(&x[..rows * cols], rows, cols, Isa::Scalar, 0);
+        let b = act::Bf16Acts::new(&x[..rows * cols], rows, cols, Isa::Avx512, 5);
         for t in 0..rows {
             assert_eq!(a.row(t), b.row(t), "cols {cols} row {t}");
             assert!(a.row(t)[cols..].iter().all(|&v| v == 0));
@@ -210,9 +231,10 @@ fn bf16_rounding_is_to_nearest_even_and_simd_matches() {
 }
 
 /// The `vdpbf16ps` kernel against [`reference::bf16`] on lengths that are not multiples of
-/// 32 or 64 (the masked tail), 1–8 rows per call, and the reference against the `f64` sum of
+/// 32 (the masked tail), 1–4 weight rows × 1–8 activation rows per call (and one row through
+/// [`Plan::dot`]; all bit-identical), and the reference against the `f64` sum of
 /// the same BF16 × BF16 products. Tolerance: the products are exact in `f32` in all three, so
-/// only the `f32` summation order differs — 32 lanes × 2 chains in the kernel, 8 accumulators
+/// only the `f32` summation order differs — 16 lanes in the kernel, 8 accumulators
 /// in the reference — which leaves a few ulp of `Σ|w·x|` (the same `2e-6 · Σ|w·x|` as the tier
 /// test above; the worst case, `K · 2^-24 · Σ|w·x|`, is never approached by sums of random
 /// signs).
@@ -224,14 +246,14 @@ fn bf16_products_match_the_reference() {
     let widen = |b: u16| f64::from(f32::from_bits(u32::from(b) << 16));
     for (t, n, k) in [
         (1, 3, 7),
-        (9, 4, 67),
+        (9, 5, 67),
         (5, 2, 100),
-        (8, 3, 1000),
+        (8, 7, 1000),
         (3, 2, 2048),
     ] {
         let w = weight(DType::BF16, n, k, 17);
         let x = Mat::from_vec(noise(t * k, 19), t, k);
-        let acts = act::Bf16Acts::new(&x.data, t, k, Isa::Scalar);
+        let acts = act::Bf16Acts::new(&x.data, t, k, Isa::Scalar, 0);
         let mut want = vec![0.0; t * n];
         let mut mag = vec![0.0; t * n];
         for r in 0..n {
@@ -257,17 +279,21 @@ fn bf16_products_match_the_reference() {
                 );
             }
         }
-        for group in 1..=MAX_TOKENS {
-            let got = run(
-                &Plan::new(&x, &w, Isa::Avx512, MatmulPrecision::Int8),
-                n,
-                t,
-                group,
-            );
+        let plan = Plan::new(&x, &w, Isa::Avx512, MatmulPrecision::Int8);
+        assert_eq!(plan.rows_per_call(), if t > 1 { MAX_ROWS } else { 1 });
+        let first = run_rows(&plan, n, t, 1, 1);
+        for (group, rows) in (1..=MAX_TOKENS).flat_map(|g| (0..=MAX_ROWS).map(move |r| (g, r))) {
+            let got = if rows == 0 {
+                run(&plan, n, t, group)
+            } else {
+                run_rows(&plan, n, t, group, rows)
+            };
+            // Every pair is summed in one order whatever the grouping: bit-identical.
+            assert_eq!(got, first, "t={t} n={n} k={k} group={group} rows={rows}");
             for i in 0..got.len() {
                 assert!(
                     (got[i] - want[i]).abs() <= 2e-6 * mag[i] + 1e-6,
-                    "t={t} n={n} k={k} group={group}: {} vs {} (Σ|wx| {})",
+                    "t={t} n={n} k={k} group={group} rows={rows}: {} vs {} (Σ|wx| {})",
                     got[i],
                     want[i],
                     mag[i]

@@ -9,7 +9,7 @@
 use qinfer_tensor::{Mat, Weight};
 use rayon::prelude::*;
 
-use crate::kernels::{self, MAX_TOKENS, Plan};
+use crate::kernels::{self, MAX_ROWS, MAX_TOKENS, Plan};
 use crate::pool::{SharedMut, parallel_for};
 
 /// Fewest weight rows per chunk: enough to amortise claiming a chunk.
@@ -75,14 +75,19 @@ pub fn matmul_many(x: &Mat, ws: &[&Weight]) -> Vec<Mat> {
             let mut t0 = 0;
             while t0 < t {
                 let g = MAX_TOKENS.min(t - t0);
-                for r in tile..tile_end {
-                    let mut o = [0.0f32; MAX_TOKENS];
-                    plan.dot(r, t0, &mut o[..g]);
-                    for (k, v) in o[..g].iter().enumerate() {
-                        // SAFETY: element (t0 + k, r) of output i belongs to this chunk only,
-                        // and the outputs outlive the region.
-                        unsafe { dst.slice((t0 + k) * n + r, 1)[0] = *v };
+                let mut r = tile;
+                while r < tile_end {
+                    let rows = plan.rows_per_call().min(tile_end - r);
+                    let mut o = [[0.0f32; MAX_TOKENS]; MAX_ROWS];
+                    plan.dot_rows(r, t0, g, &mut o[..rows]);
+                    for (j, oj) in o[..rows].iter().enumerate() {
+                        for (k, v) in oj[..g].iter().enumerate() {
+                            // SAFETY: element (t0 + k, r + j) of output i belongs to this
+                            // chunk only, and the outputs outlive the region.
+                            unsafe { dst.slice((t0 + k) * n + r + j, 1)[0] = *v };
+                        }
                     }
+                    r += rows;
                 }
                 t0 += g;
             }
