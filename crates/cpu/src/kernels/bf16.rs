@@ -70,8 +70,9 @@ pub fn lead(w: &[u8], row_bytes: usize) -> usize {
 /// activation rows (`K` values each at least): `out[j][i] = w[j] · a[i]`.
 ///
 /// Each 32 values cost `R + M` loads for `R · M` `vdpbf16ps` into as many independent
-/// accumulators, so a prefill tile of 4 × 4 reads each activation once per four weight rows,
-/// and decode (one activation row) keeps four chains in flight. The first `lead` values
+/// accumulators, so a prefill tile of 4 × 4 reads each activation once per four weight rows
+/// (decode, one token, takes one weight row per call: see [`super::Plan::rows_per_call`]).
+/// The first `lead` values
 /// ([`lead`]) go first, masked, so that the other weight loads never straddle two cache lines
 /// (GGUF aligns tensors to 32 bytes only); [`super::act::Bf16Acts`] places the activations at
 /// the same offset. Every (weight row, activation row) pair is summed in the same order
