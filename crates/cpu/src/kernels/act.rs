@@ -226,7 +226,7 @@ pub fn to_bf16(x: f32) -> u16 {
 
 /// A matrix of activations `[T, K]` rounded to BF16, each row padded with zeros to a multiple
 /// of 32 values. Rows start `lead` values before a 64-byte boundary: the offset in a cache
-/// line at which the weights' rows start (see [`super::bf16::lead`]), so that the kernel's
+/// line at which the weights' rows start (see `bf16::lead`), so that the kernel's
 /// loads of both are aligned after the same first `lead` values.
 #[derive(Debug)]
 pub struct Bf16Acts {

@@ -8,7 +8,7 @@
 //!   has those features. Machines without them run the reference tier (correct, slow); AVX2 /
 //!   AVX-VNNI kernels are not written yet.
 //! * `bf16.rs` — BF16 × BF16 dot products with AVX-512 BF16 (`vdpbf16ps`), used on top of the
-//!   AVX-512 tier when the CPU also has that extension ([`has_avx512_bf16`]).
+//!   AVX-512 tier when the CPU also has that extension (`has_avx512_bf16`).
 //!
 //! # Precision ([`MatmulPrecision`])
 //! By default (`Int8`), weights in the integer formats Q4_0, Q5_0, Q8_0, IQ4_NL (against
@@ -21,7 +21,7 @@
 //! activations rounded once per matmul to BF16 (to nearest, ties to even: [`act::Bf16Acts`]),
 //! as llama.cpp converts them; the products are exact in `f32` and summed in `f32`, so the only
 //! extra error is the activation rounding (at most `2^-8` of each activation). This path needs
-//! AVX-512 BF16 ([`has_avx512_bf16`]): an AVX-512 CPU without it keeps `f32` activations for
+//! AVX-512 BF16 (`has_avx512_bf16`): an AVX-512 CPU without it keeps `f32` activations for
 //! BF16 weights (the reference tier follows the default arithmetic). F32 and F16 weights
 //! always use `f32` activations, and formats without an integer kernel (Q4_1, Q5_1, Q2_K,
 //! Q3_K) always take the exact path.
