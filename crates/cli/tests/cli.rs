@@ -11,7 +11,13 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn qinfer(args: &[&str]) -> Output {
+    qinfer_with(&[], args)
+}
+
+/// `qinfer args` with extra environment variables.
+fn qinfer_with(env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qinfer"))
+        .envs(env.iter().copied())
         .args(args)
         .output()
         .expect("qinfer runs")
@@ -83,22 +89,27 @@ fn logits_without_out_prints_top5_per_position() {
     );
 }
 
+/// The references are transformers computing in f32, so the BF16 model runs with f32
+/// activations (`QINFER_MATMUL=exact`; by default they are rounded to BF16 as llama.cpp does).
 #[test]
 fn generate_json_gives_the_reference_greedy_ids() {
     for name in ["tiny-dense-f32", "tiny-moe-bf16"] {
         let r = reference(name);
         let want = r["greedy_ids"].as_array().unwrap().len().to_string();
-        let o = qinfer(&[
-            "generate",
-            fixture(name).to_str().unwrap(),
-            "--ids",
-            &csv(&r["greedy_prompt"]),
-            "--max-tokens",
-            &want,
-            "--temperature",
-            "0",
-            "--json",
-        ]);
+        let o = qinfer_with(
+            &[("QINFER_MATMUL", "exact")],
+            &[
+                "generate",
+                fixture(name).to_str().unwrap(),
+                "--ids",
+                &csv(&r["greedy_prompt"]),
+                "--max-tokens",
+                &want,
+                "--temperature",
+                "0",
+                "--json",
+            ],
+        );
         assert!(o.status.success(), "{}", stderr(&o));
         let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(got, serde_json::json!({ "ids": r["greedy_ids"] }), "{name}");

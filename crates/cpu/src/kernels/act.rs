@@ -9,6 +9,9 @@
 //! Both round to nearest, ties to even, as GGML's x86 code paths do. Each block also carries the
 //! integer sum of its quants (GGML's Q8_K `bsums`; for Q8_0 blocks our own addition), which the
 //! kernels need to apply the weights' offsets (`q − 8`, `q − 32`, the K-quant minimums).
+//!
+//! BF16 weights meet activations rounded to BF16 instead ([`Bf16Acts`], as llama.cpp converts
+//! them for its BF16 dot products), rounded as `vcvtne2ps2bf16` rounds ([`to_bf16`]).
 
 use super::Isa;
 
@@ -208,6 +211,85 @@ impl QuantActs {
                 unreachable!("the plan pairs each weight type with its format")
             }
         }
+    }
+}
+
+/// `x` rounded to BF16 bits as `vcvtne2ps2bf16` rounds: to nearest, ties to even; subnormal
+/// inputs become zero of the same sign, NaNs stay NaN (made quiet). A finite value rounds to
+/// within `2^-8` of itself, relatively (8 significant bits).
+pub fn to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        ((b >> 16) as u16) | 0x0040
+    } else if x.is_subnormal() {
+        ((b >> 16) as u16) & 0x8000
+    } else {
+        // Adding 0x7FFF (0x8000 when the kept part is odd) carries into bit 16 exactly when
+        // the dropped half is above the tie, or at the tie with an odd kept part.
+        ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+    }
+}
+
+/// A matrix of activations `[T, K]` rounded to BF16, each row padded with zeros to a multiple
+/// of 32 values. Rows start `lead` values before a 64-byte boundary: the offset in a cache
+/// line at which the weights' rows start (see `bf16::lead`), so that the kernel's
+/// loads of both are aligned after the same first `lead` values.
+#[derive(Debug)]
+pub struct Bf16Acts {
+    data: Vec<u16>,
+    start: usize,
+    stride: usize,
+    rows: usize,
+    lead: usize,
+}
+
+impl Bf16Acts {
+    /// Rounds `x` (`[rows, cols]`) row by row, rows in parallel when there are many; with
+    /// `vcvtne2ps2bf16` when `isa` is AVX-512 and the CPU has AVX-512 BF16 (same bits).
+    pub fn new(x: &[f32], rows: usize, cols: usize, isa: Isa, lead: usize) -> Self {
+        let stride = cols.next_multiple_of(32);
+        let lead = lead % 32;
+        let mut data = vec![0u16; rows * stride + 32];
+        let start = (64 - (data.as_ptr() as usize + 2 * lead) % 64) % 64 / 2;
+        let body = &mut data[start..start + rows * stride];
+        for_rows(body, stride, rows, &|t, out| {
+            let xs = &x[t * cols..(t + 1) * cols];
+            match isa {
+                // SAFETY: the guard confirmed AVX-512 BF16.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 if super::has_avx512_bf16() => unsafe {
+                    super::bf16::round_avx512(xs, out)
+                },
+                _ => {
+                    for (o, v) in out.iter_mut().zip(xs) {
+                        *o = to_bf16(*v);
+                    }
+                }
+            }
+        });
+        Bf16Acts {
+            data,
+            start,
+            stride,
+            rows,
+            lead,
+        }
+    }
+
+    /// Number of rows (`T`).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values before each row's first 64-byte boundary.
+    pub fn lead(&self) -> usize {
+        self.lead
+    }
+
+    /// Row `t`: its `K` values, then zeros up to a multiple of 32.
+    pub fn row(&self, t: usize) -> &[u16] {
+        let r = self.start + t * self.stride;
+        &self.data[r..r + self.stride]
     }
 }
 

@@ -12,7 +12,9 @@
 //!   IQ4_XS, F32, F16 and BF16 weights, the activation quantizers and the fused delta-rule
 //!   decode step; everything else on this tier (Q5_0 / IQ4_NL matmuls, attention, the chunked
 //!   delta rule, `vmath::exp`) runs the scalar code.
-//! * Machines with neither run the reference tier (correct, slow).
+//! * `bf16.rs` — BF16 × BF16 dot products with AVX-512 BF16 (`vdpbf16ps`), used on top of the
+//!   AVX-512 tier when the CPU also has that extension (`has_avx512_bf16`).
+//! * Machines with neither AVX-512 nor AVX2 run the reference tier (correct, slow).
 //!
 //! [`isa`] picks the best tier the CPU has, once per process. `QINFER_ISA=avx2` forces the
 //! AVX2 tier (with AVX-VNNI if present), `avx2-novnni` the AVX2 tier without AVX-VNNI, and
@@ -25,9 +27,14 @@
 //! integer dot products are exact, the only extra error is the activation rounding (about
 //! 0.4% of each block's largest activation). `Exact` widens every weight block to `f32` and
 //! keeps `f32` activations, which reproduces transformers on the dequantized weights to `f32`
-//! rounding; golden tests against transformers use it. Float weights (F32, F16, BF16) always
-//! use `f32` activations, and formats without an integer kernel (Q4_1, Q5_1, Q2_K, Q3_K) always
-//! take the exact path.
+//! rounding; golden tests against transformers use it. BF16 weights by default meet
+//! activations rounded once per matmul to BF16 (to nearest, ties to even: [`act::Bf16Acts`]),
+//! as llama.cpp converts them; the products are exact in `f32` and summed in `f32`, so the only
+//! extra error is the activation rounding (at most `2^-8` of each activation). This path needs
+//! AVX-512 BF16 (`has_avx512_bf16`): an AVX-512 CPU without it keeps `f32` activations for
+//! BF16 weights (the reference tier follows the default arithmetic). F32 and F16 weights
+//! always use `f32` activations, and formats without an integer kernel (Q4_1, Q5_1, Q2_K,
+//! Q3_K) always take the exact path.
 //!
 //! The setting is process-wide ([`set_matmul_precision`], or `QINFER_MATMUL=exact` in the
 //! environment) with a per-thread override ([`with_matmul_precision`]) for tests.
@@ -36,6 +43,7 @@ pub mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod avx512;
+mod bf16;
 pub mod delta;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
@@ -49,7 +57,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use qinfer_tensor::{DType, Mat, Weight};
 
-use act::QuantActs;
+use act::{Bf16Acts, QuantActs};
 
 /// The instruction set the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +145,28 @@ pub(crate) fn tiers() -> Vec<Isa> {
         v.push(Isa::Avx512);
     }
     v
+}
+
+/// Whether the CPU has AVX-512 BF16 (`vdpbf16ps`) on top of [`Isa::Avx512`]'s features,
+/// detected once.
+pub(crate) fn has_avx512_bf16() -> bool {
+    static BF16: OnceLock<bool> = OnceLock::new();
+    *BF16.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx512() && is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Whether BF16 weights meet BF16 activations at `isa` under [`MatmulPrecision::Int8`]: in the
+/// reference tier (the specification) and where `vdpbf16ps` makes it fast.
+fn bf16_products(isa: Isa) -> bool {
+    isa == Isa::Scalar || isa == Isa::Avx512 && has_avx512_bf16()
 }
 
 /// How quantized weights meet activations (see the module docs).
@@ -252,6 +282,8 @@ enum Acts<'a> {
     /// Many activation rows against a format with an AVX-512 GEMM kernel (`gemm.rs`).
     #[cfg(target_arch = "x86_64")]
     Gemm(gemm::GemmActs),
+    /// BF16 activations against BF16 weights.
+    Bf16(Bf16Acts),
 }
 
 /// One matmul's prepared inputs: the weight, the activations in the form its kernel needs.
@@ -267,6 +299,9 @@ pub(crate) struct Plan<'a> {
 
 /// Most activation rows one kernel call handles (the weight row is unpacked once for them).
 pub(crate) const MAX_TOKENS: usize = 8;
+
+/// Most weight rows one [`Plan::dot_rows`] call handles.
+pub(crate) const MAX_ROWS: usize = bf16::ROWS;
 
 impl<'a> Plan<'a> {
     pub(crate) fn new(x: &'a Mat, w: &'a Weight, isa: Isa, precision: MatmulPrecision) -> Self {
@@ -308,6 +343,13 @@ impl<'a> Plan<'a> {
                     QuantActs::q8_0(&x.data, x.rows, x.cols, isa)
                 },
             },
+            None if w.dtype() == DType::BF16
+                && precision == MatmulPrecision::Int8
+                && bf16_products(isa) =>
+            {
+                let lead = bf16::lead(w.bytes(), w.row_bytes());
+                Acts::Bf16(Bf16Acts::new(&x.data, x.rows, x.cols, isa, lead))
+            }
             None => Acts::Float {
                 x,
                 widen: w.dtype().is_quantized() || isa == Isa::Scalar && w.dtype() != DType::F32,
@@ -347,12 +389,18 @@ impl<'a> Plan<'a> {
             let mut t0 = 0;
             while t0 < t {
                 let g = MAX_TOKENS.min(t - t0);
-                for r in tile..tile_end {
-                    let mut o = [0.0f32; MAX_TOKENS];
-                    self.dot(r, t0, &mut o[..g]);
-                    for (k, v) in o[..g].iter().enumerate() {
-                        store(t0 + k, r, std::slice::from_ref(v));
+                let mut r = tile;
+                while r < tile_end {
+                    // Several weight rows per call where the kernel takes them (BF16).
+                    let n = self.rows_per_call().min(tile_end - r);
+                    let mut o = [[0.0f32; MAX_TOKENS]; MAX_ROWS];
+                    self.dot_rows(r, t0, g, &mut o[..n]);
+                    for (j, oj) in o[..n].iter().enumerate() {
+                        for (k, v) in oj[..g].iter().enumerate() {
+                            store(t0 + k, r + j, std::slice::from_ref(v));
+                        }
                     }
+                    r += n;
                 }
                 t0 += g;
             }
@@ -377,6 +425,18 @@ impl<'a> Plan<'a> {
                 _ => {
                     for (i, o) in out.iter_mut().enumerate() {
                         *o = int_ref(*fmt, row, q, t0 + i);
+                    }
+                }
+            },
+            Acts::Bf16(a) => match self.isa {
+                Isa::Avx512 => {
+                    let mut o = [[0.0; MAX_TOKENS]];
+                    avx512_bf16(&[row], a, t0, out.len(), &mut o);
+                    out.copy_from_slice(&o[0][..out.len()]);
+                }
+                _ => {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = reference::bf16(row, a.row(t0 + i));
                     }
                 }
             },
@@ -413,6 +473,37 @@ impl<'a> Plan<'a> {
                     }
                 }
             }),
+        }
+    }
+}
+
+impl Plan<'_> {
+    /// Weight rows [`Plan::dot_rows`] takes per call: more than one where the kernel shares
+    /// its activation loads between weight rows (not for a single token: decode streams the
+    /// weights row after row, the order the hardware prefetcher follows best).
+    pub(crate) fn rows_per_call(&self) -> usize {
+        match (&self.acts, self.isa) {
+            (Acts::Bf16(a), Isa::Avx512) if a.rows() > 1 => bf16::ROWS,
+            _ => 1,
+        }
+    }
+
+    /// `out[j][i] = row r0 + j of W · activation row t0 + i`, for `out.len() ≤ MAX_ROWS`
+    /// weight rows (best: [`Plan::rows_per_call`]) and `g ≤ MAX_TOKENS` activation rows.
+    pub(crate) fn dot_rows(&self, r0: usize, t0: usize, g: usize, out: &mut [[f32; MAX_TOKENS]]) {
+        match (&self.acts, self.isa) {
+            (Acts::Bf16(a), Isa::Avx512) => {
+                let rows: [&[u8]; MAX_ROWS] = std::array::from_fn(|j| {
+                    let r = r0 + j.min(out.len() - 1);
+                    &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
+                });
+                avx512_bf16(&rows[..out.len()], a, t0, g, out);
+            }
+            _ => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    self.dot(r0 + j, t0, &mut o[..g]);
+                }
+            }
         }
     }
 }
@@ -519,6 +610,21 @@ unsafe fn f16w<const N: usize>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
 unsafe fn bf16w<const N: usize>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
     // SAFETY: forwarded from the caller.
     unsafe { avx512::float::<N, 2>(w, x) }
+}
+
+/// `out[j][i] = rows[j] · activation row t0 + i` with `vdpbf16ps` (the plan holds
+/// [`Acts::Bf16`] at [`Isa::Avx512`] only when [`has_avx512_bf16`]).
+fn avx512_bf16(rows: &[&[u8]], a: &Bf16Acts, t0: usize, g: usize, out: &mut [[f32; MAX_TOKENS]]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX-512 BF16 (see above).
+    unsafe {
+        bf16::rows_avx512(rows, a, t0, g, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, a, t0, g, out);
+        unreachable!("AVX-512 is only selected on x86_64")
+    }
 }
 
 fn avx512_float(dtype: DType, row: &[u8], x: &Mat, t0: usize, out: &mut [f32]) {

@@ -1,5 +1,5 @@
 //! Scalar references of the integer dot products: one weight row (whole blocks, as stored)
-//! against one row of quantized activations.
+//! against one row of quantized activations; and of BF16 weights against BF16 activations.
 //!
 //! Each sums integer products per (sub-)block exactly, then applies the weight and activation
 //! scales in `f32`. For Q8_0, Q4_K, Q5_K and Q6_K the block results are added in block order
@@ -141,4 +141,17 @@ pub fn iq4_xs(w: &[u8], a: &[BlockQ8K]) -> f32 {
 /// `Σ w·x` for an `f32` weight row already widened (exact path, and float weights).
 pub fn f32_dot(w: &[f32], x: &[f32]) -> f32 {
     crate::ops::dot(w, x)
+}
+
+/// BF16 weights (`w`, as stored) against BF16 activations (an [`super::act::Bf16Acts`] row,
+/// at least as long): both widened to `f32` exactly, every product exact in `f32` (8 × 8
+/// significant bits), the products summed in `f32`.
+pub fn bf16(w: &[u8], a: &[u16]) -> f32 {
+    let widen = |b: u16| f32::from_bits(u32::from(b) << 16);
+    let w: Vec<f32> = w
+        .chunks_exact(2)
+        .map(|b| widen(u16::from_le_bytes([b[0], b[1]])))
+        .collect();
+    let a: Vec<f32> = a[..w.len()].iter().map(|&b| widen(b)).collect();
+    f32_dot(&w, &a)
 }

@@ -1,4 +1,4 @@
-//! Equivalence of every kernel tier, and the error the 8-bit activations add.
+//! Equivalence of every kernel tier, and the error the 8-bit (and BF16) activations add.
 
 use qinfer_tensor::{ByteView, DType, Mat, Weight};
 
@@ -66,6 +66,27 @@ fn run(plan: &Plan<'_>, n: usize, t: usize, group: usize) -> Vec<f32> {
     out
 }
 
+/// As [`run`], `rows` weight rows per [`Plan::dot_rows`] call (the last call fewer).
+fn run_rows(plan: &Plan<'_>, n: usize, t: usize, group: usize, rows: usize) -> Vec<f32> {
+    let mut out = vec![0.0; t * n];
+    for r0 in (0..n).step_by(rows) {
+        let nr = rows.min(n - r0);
+        let mut t0 = 0;
+        while t0 < t {
+            let g = group.min(t - t0);
+            let mut o = [[0.0; MAX_TOKENS]; MAX_ROWS];
+            plan.dot_rows(r0, t0, g, &mut o[..nr]);
+            for j in 0..nr {
+                for i in 0..g {
+                    out[(t0 + i) * n + r0 + j] = o[j][i];
+                }
+            }
+            t0 += g;
+        }
+    }
+    out
+}
+
 /// `Σ |w x|` per output: the scale of `f32` summation error.
 fn magnitude(x: &Mat, w: &Weight) -> Vec<f32> {
     let mut row = vec![0.0; w.cols()];
@@ -82,7 +103,7 @@ fn magnitude(x: &Mat, w: &Weight) -> Vec<f32> {
 /// Every SIMD tier the CPU has (AVX-512; AVX2 with and without AVX-VNNI) against the scalar
 /// reference tier, for every type, 1–8 rows per call and `T` not a multiple of the group; and
 /// within a tier, the same bits whatever the group.
-/// Tolerance: all compute the same exact integer (or `f32`) products and differ only in the
+/// Tolerance: all compute the same exact integer (or `f32`, or BF16 × BF16) products and differ only in the
 /// order of `f32` scaling and summation, so `2e-6 · Σ|w·x|` (≈ 16 ulp of the magnitude, over a
 /// few hundred terms of partial sums).
 #[test]
@@ -104,6 +125,14 @@ fn simd_tiers_match_reference_tier() {
                 let x = Mat::from_vec(noise(t * k, 3), t, k);
                 let mag = magnitude(&x, &w);
                 for precision in [MatmulPrecision::Int8, MatmulPrecision::Exact] {
+                    if dtype == DType::BF16
+                        && precision == MatmulPrecision::Int8
+                        && !bf16_products(isa)
+                    {
+                        // This tier keeps f32 activations for BF16 weights; the reference
+                        // tier rounds them to BF16.
+                        continue;
+                    }
                     let want = run(&Plan::new(&x, &w, Isa::Scalar, precision), n, t, 1);
                     let single = run(&Plan::new(&x, &w, isa, precision), n, t, 1);
                     for group in 1..=MAX_TOKENS {
@@ -176,7 +205,8 @@ fn exact_formats_are_bit_identical_to_the_reference_at_every_batch_size() {
 /// Int8 against exact `f64` products of the dequantized weights. The only difference is the
 /// activation rounding: each activation moves by at most half its block's step (`d/2`; Q8_0
 /// blocks store `d` rounded to `f16` after quantizing, so up to `0.56·d`), hence the bound
-/// `Σ_blocks 0.6·d · Σ|w|` plus `f32` summation error.
+/// `Σ_blocks 0.6·d · Σ|w|` plus `f32` summation error. For BF16 weights each activation moves
+/// by at most `2^-8` of itself (8 significant bits, to nearest), so `2^-8 · Σ|w·x|`.
 #[test]
 fn int8_error_is_bounded_by_the_activation_rounding() {
     for dtype in TYPES {
@@ -200,7 +230,9 @@ fn int8_error_is_bounded_by_the_activation_rounding() {
                     .zip(xr)
                     .map(|(a, b)| f64::from(*a) * f64::from(*b))
                     .sum();
-                let bound: f32 = if IntFmt::of(dtype).is_some() {
+                let bound: f32 = if dtype == DType::BF16 {
+                    mag[ti * n + r] / 256.0
+                } else if IntFmt::of(dtype).is_some() {
                     (0..k / block)
                         .map(|b| {
                             let r = b * block..(b + 1) * block;
@@ -215,6 +247,126 @@ fn int8_error_is_bounded_by_the_activation_rounding() {
                 assert!(
                     err <= bound + 2e-6 * mag[ti * n + r] + 1e-6,
                     "{dtype}: error {err} above the rounding bound {bound}"
+                );
+            }
+        }
+    }
+}
+
+/// The AVX-512 BF16 rounding gives [`act::to_bf16`]'s bits, and those are round-to-nearest-even
+/// (`half`'s conversion, an independent implementation) on normal values; subnormals flush to
+/// signed zero as the instruction does. Rows of several lengths cover the masked tails.
+#[test]
+fn bf16_rounding_is_to_nearest_even_and_simd_matches() {
+    let mut x = noise(1000, 13);
+    x.extend([
+        0.0,
+        -0.0,
+        1.0,
+        f32::from_bits(0x3F80_8000), // a tie, kept part even: rounds down
+        f32::from_bits(0x3F81_8000), // a tie, kept part odd: rounds up
+        f32::from_bits(0x3F80_8001),
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        -f32::from_bits(0x0040_0000),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e-30,
+        -3.5e20,
+    ]);
+    for &v in &x {
+        let b = act::to_bf16(v);
+        if v.is_nan() {
+            assert!(f32::from_bits(u32::from(b) << 16).is_nan());
+        } else if v.is_subnormal() {
+            assert_eq!(b, (v.to_bits() >> 16) as u16 & 0x8000, "{v:e}");
+        } else {
+            assert_eq!(b, half::bf16::from_f32(v).to_bits(), "{v:e}");
+        }
+    }
+    if !has_avx512_bf16() {
+        return;
+    }
+    for cols in [1, 15, 16, 17, 31, 32, 33, 64, 100, x.len()] {
+        let rows = x.len() / cols;
+        let a = act::Bf16Acts::new(&x[..rows * cols], rows, cols, Isa::Scalar, 0);
+        let b = act::Bf16Acts::new(&x[..rows * cols], rows, cols, Isa::Avx512, 5);
+        for t in 0..rows {
+            assert_eq!(a.row(t), b.row(t), "cols {cols} row {t}");
+            assert!(a.row(t)[cols..].iter().all(|&v| v == 0));
+        }
+    }
+}
+
+/// The `vdpbf16ps` kernel against [`reference::bf16`] on lengths that are not multiples of
+/// 32 (the masked tail), 1–4 weight rows × 1–8 activation rows per call (and one row through
+/// [`Plan::dot`]; all bit-identical), and the reference against the `f64` sum of
+/// the same BF16 × BF16 products. Tolerance: the products are exact in `f32` in all three, so
+/// only the `f32` summation order differs — 16 lanes in the kernel, 8 accumulators
+/// in the reference — which leaves a few ulp of `Σ|w·x|` (the same `2e-6 · Σ|w·x|` as the tier
+/// test above; the worst case, `K · 2^-24 · Σ|w·x|`, is never approached by sums of random
+/// signs).
+#[test]
+fn bf16_products_match_the_reference() {
+    if !has_avx512_bf16() {
+        return;
+    }
+    let widen = |b: u16| f64::from(f32::from_bits(u32::from(b) << 16));
+    for (t, n, k) in [
+        (1, 3, 7),
+        (9, 5, 67),
+        (5, 2, 100),
+        (8, 7, 1000),
+        (3, 2, 2048),
+    ] {
+        let w = weight(DType::BF16, n, k, 17);
+        let x = Mat::from_vec(noise(t * k, 19), t, k);
+        let acts = act::Bf16Acts::new(&x.data, t, k, Isa::Scalar, 0);
+        let mut want = vec![0.0; t * n];
+        let mut mag = vec![0.0; t * n];
+        for r in 0..n {
+            let wr: Vec<u16> = w
+                .row(r)
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            for ti in 0..t {
+                let i = ti * n + r;
+                want[i] = reference::bf16(w.row(r), acts.row(ti));
+                let p = wr
+                    .iter()
+                    .zip(acts.row(ti))
+                    .map(|(&a, &b)| widen(a) * widen(b));
+                let exact: f64 = p.clone().sum();
+                mag[i] = p.map(f64::abs).sum::<f64>() as f32;
+                let err = (f64::from(want[i]) - exact).abs() as f32;
+                assert!(
+                    err <= 2e-6 * mag[i] + 1e-6,
+                    "reference k={k}: {} vs {exact}",
+                    want[i]
+                );
+            }
+        }
+        let plan = Plan::new(&x, &w, Isa::Avx512, MatmulPrecision::Int8);
+        assert_eq!(plan.rows_per_call(), if t > 1 { MAX_ROWS } else { 1 });
+        let first = run_rows(&plan, n, t, 1, 1);
+        for (group, rows) in (1..=MAX_TOKENS).flat_map(|g| (0..=MAX_ROWS).map(move |r| (g, r))) {
+            let got = if rows == 0 {
+                run(&plan, n, t, group)
+            } else {
+                run_rows(&plan, n, t, group, rows)
+            };
+            // Every pair is summed in one order whatever the grouping: bit-identical.
+            assert_eq!(got, first, "t={t} n={n} k={k} group={group} rows={rows}");
+            for i in 0..got.len() {
+                assert!(
+                    (got[i] - want[i]).abs() <= 2e-6 * mag[i] + 1e-6,
+                    "t={t} n={n} k={k} group={group} rows={rows}: {} vs {} (Σ|wx| {})",
+                    got[i],
+                    want[i],
+                    mag[i]
                 );
             }
         }
