@@ -204,13 +204,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let pp_s = stats(&pp);
     let tg_s = stats(&tg);
     let gbs = tg_s.mean * bytes_per_token as f64 / 1e9;
+    // Before the bandwidth probe, whose buffer is not the model's.
+    let peak = peak_rss_bytes();
     let (limit, measured) = match args.bandwidth {
         Some(b) => (b, false),
         None if args.n_gen > 0 => (qinfer_cpu::membw::read_bandwidth_gb_s(1 << 30, 5), true),
         None => (f64::NAN, false),
     };
     let share = gbs / limit;
-    let peak = peak_rss_bytes();
     let isa = format!("{:?}", qinfer_cpu::kernels::isa());
     let mut out = std::io::stdout().lock();
     if args.json {
