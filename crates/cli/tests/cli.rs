@@ -120,7 +120,9 @@ fn generate_json_gives_the_reference_greedy_ids() {
 /// scalar reference tier on float (F32, BF16 MoE) and Q8_0 weights: the same greedy tokens, and
 /// logits equal up to `f32` summation order (the 8-bit activations are rounded identically). On
 /// a CPU without AVX2 the forced tier falls back to the reference tier and this compares it
-/// with itself.
+/// with itself. The BF16 model runs in exact mode: by default the reference tier rounds
+/// activations to BF16 (llama.cpp's arithmetic, what `vdpbf16ps` does on AVX-512) while the
+/// AVX2 tier keeps them in `f32`.
 #[test]
 fn forced_avx2_tier_agrees_with_the_reference_tier() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,16 +131,25 @@ fn forced_avx2_tier_agrees_with_the_reference_tier() {
     )
     .unwrap();
     let models = [
-        (fixture("tiny-dense-f32"), reference("tiny-dense-f32")),
-        (fixture("tiny-moe-bf16"), reference("tiny-moe-bf16")),
-        (fixture("gguf/tiny-dense-q8_0.gguf"), q8_ref),
+        (
+            fixture("tiny-dense-f32"),
+            reference("tiny-dense-f32"),
+            "int8",
+        ),
+        (
+            fixture("tiny-moe-bf16"),
+            reference("tiny-moe-bf16"),
+            "exact",
+        ),
+        (fixture("gguf/tiny-dense-q8_0.gguf"), q8_ref, "int8"),
     ];
-    for (model, r) in &models {
+    for (model, r, precision) in &models {
         let m = model.to_str().unwrap();
         let with_tier = |tier: &str, args: &[&str]| {
             let o = Command::new(env!("CARGO_BIN_EXE_qinfer"))
                 .args(args)
                 .env("QINFER_ISA", tier)
+                .env("QINFER_MATMUL", precision)
                 .output()
                 .expect("qinfer runs");
             assert!(o.status.success(), "{tier}: {}", stderr(&o));
