@@ -383,24 +383,40 @@ impl<'a> Plan<'a> {
             unsafe { gemm::gemm(a, rows, |r| &self.bytes[r * rb..(r + 1) * rb], store) };
             return;
         }
+        let per_call = self.rows_per_call();
         let mut tile = rows.start;
         while tile < rows.end {
             let tile_end = (tile + ROW_TILE).min(rows.end);
+            let width = tile_end - tile;
             let mut t0 = 0;
             while t0 < t {
                 let g = MAX_TOKENS.min(t - t0);
+                // [token][row of the tile]: each token's run of rows leaves in one store.
+                let mut buf = [[0.0f32; ROW_TILE]; MAX_TOKENS];
                 let mut r = tile;
                 while r < tile_end {
-                    // Several weight rows per call where the kernel takes them (BF16).
-                    let n = self.rows_per_call().min(tile_end - r);
-                    let mut o = [[0.0f32; MAX_TOKENS]; MAX_ROWS];
-                    self.dot_rows(r, t0, g, &mut o[..n]);
-                    for (j, oj) in o[..n].iter().enumerate() {
-                        for (k, v) in oj[..g].iter().enumerate() {
-                            store(t0 + k, r + j, std::slice::from_ref(v));
+                    if per_call == 1 {
+                        let mut o = [0.0f32; MAX_TOKENS];
+                        self.dot(r, t0, &mut o[..g]);
+                        for (b, v) in buf.iter_mut().zip(&o[..g]) {
+                            b[r - tile] = *v;
                         }
+                        r += 1;
+                    } else {
+                        // Several weight rows per call where the kernel takes them (BF16).
+                        let n = per_call.min(tile_end - r);
+                        let mut o = [[0.0f32; MAX_TOKENS]; MAX_ROWS];
+                        self.dot_rows(r, t0, g, &mut o[..n]);
+                        for (j, oj) in o[..n].iter().enumerate() {
+                            for (b, v) in buf.iter_mut().zip(&oj[..g]) {
+                                b[r - tile + j] = *v;
+                            }
+                        }
+                        r += n;
                     }
-                    r += n;
+                }
+                for (k, b) in buf[..g].iter().enumerate() {
+                    store(t0 + k, tile, &b[..width]);
                 }
                 t0 += g;
             }
