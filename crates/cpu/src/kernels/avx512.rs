@@ -308,7 +308,19 @@ pub unsafe fn q8_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {
             let blk = |k: usize| w.as_ptr().add((b + k) * 34);
             let v: [__m256i; 8] = std::array::from_fn(|k| _mm256_loadu_si256(blk(k).add(2).cast()));
             let wa: [__m256i; 8] = std::array::from_fn(|k| _mm256_abs_epi8(v[k]));
-            let dw: [f32; 8] = std::array::from_fn(|k| f16(blk(k)));
+            let dw = _mm256_setr_ps(
+                f16(blk(0)),
+                f16(blk(1)),
+                f16(blk(2)),
+                f16(blk(3)),
+                f16(blk(4)),
+                f16(blk(5)),
+                f16(blk(6)),
+                f16(blk(7)),
+            );
+            // Byte offsets of the eight activation blocks' scales.
+            const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 40);
+            let at = _mm256_setr_epi32(0, 40, 80, 120, 160, 200, 240, 280);
             for t in 0..N {
                 let ab = a[t].as_ptr().add(b);
                 let p: [__m256i; 8] = std::array::from_fn(|k| {
@@ -323,9 +335,15 @@ pub unsafe fn q8_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {
                     _mm256_permute2x128_si256::<0x20>(h0, h1),
                     _mm256_permute2x128_si256::<0x31>(h0, h1),
                 );
-                let i: [i32; 8] = std::mem::transmute(sums);
-                for k in 0..8 {
-                    y[t] += dw[k] * (*ab.add(k)).d * i[k] as f32;
+                // p_k = (d_w·d_a)·I_k for the eight blocks at once (the same roundings as the
+                // scalar form), then added in block order.
+                let da = _mm256_i32gather_ps::<1>(std::ptr::addr_of!((*ab).d), at);
+                let p: [f32; 8] = std::mem::transmute(_mm256_mul_ps(
+                    _mm256_mul_ps(dw, da),
+                    _mm256_cvtepi32_ps(sums),
+                ));
+                for pk in p {
+                    y[t] += pk;
                 }
             }
         }
