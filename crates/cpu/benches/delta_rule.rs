@@ -12,17 +12,8 @@ use qinfer_cpu::ops::{
 };
 use qinfer_tensor::Mat;
 
-fn noise(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s % 2001) as f32 / 1000.0 - 1.0
-        })
-        .collect()
-}
+mod common;
+use common::noise;
 
 fn delta_rule(c: &mut Criterion) {
     qinfer_cpu::init_threads(None);
