@@ -50,6 +50,18 @@ pub(crate) enum GemmFmt {
 }
 
 impl GemmFmt {
+    /// The GEMM format for an integer format, if it has one.
+    pub(crate) fn of(fmt: super::IntFmt) -> Option<Self> {
+        use super::IntFmt;
+        Some(match fmt {
+            IntFmt::Q4K => GemmFmt::Q4K,
+            IntFmt::Q5K => GemmFmt::Q5K,
+            IntFmt::Q6K => GemmFmt::Q6K,
+            IntFmt::Q8_0 => GemmFmt::Q8_0,
+            _ => return None,
+        })
+    }
+
     /// Elements per block.
     const fn block(self) -> usize {
         match self {
@@ -114,7 +126,6 @@ impl GemmActs {
             d: vec![0.0; groups * blocks * LANES],
             sums: vec![0; groups * blocks * words * LANES],
         };
-        let pair = |lo: i32, hi: i32| (lo as u16 as u32 | ((hi as u16 as u32) << 16)) as i32;
         for tok in 0..t {
             let (g, lane) = (tok / LANES, tok % LANES);
             for b in 0..blocks {
@@ -131,9 +142,9 @@ impl GemmActs {
                         for w in 0..words {
                             a.sums[((g * blocks + b) * words + w) * LANES + lane] = match fmt {
                                 GemmFmt::Q4K | GemmFmt::Q5K => {
-                                    pair(s(4 * w) + s(4 * w + 1), s(4 * w + 2) + s(4 * w + 3))
+                                    i16_pair(s(4 * w) + s(4 * w + 1), s(4 * w + 2) + s(4 * w + 3))
                                 }
-                                _ => pair(s(2 * w), s(2 * w + 1)),
+                                _ => i16_pair(s(2 * w), s(2 * w + 1)),
                             };
                         }
                         (&blk.qs, blk.d)
@@ -180,10 +191,17 @@ impl Tile {
     }
 }
 
+/// Two values (each fitting `i16`) as the `i16` pair `vpdpwssd` multiplies lane-wise.
+fn i16_pair(lo: i32, hi: i32) -> i32 {
+    (lo as u16 as u32 | ((hi as u16 as u32) << 16)) as i32
+}
+
+/// The `f16` at byte `at` of a block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 fn f16_at(b: &[u8], at: usize) -> f32 {
-    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    assert!(at + 2 <= b.len());
+    // SAFETY: two bytes at `at` are in `b` (checked above); the features are enabled here.
+    unsafe { super::avx512::f16(b.as_ptr().add(at)) }
 }
 
 /// Unpacks weight row `row` (its bytes) into slot `r` of `tile`.
@@ -191,7 +209,6 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 fn unpack(fmt: GemmFmt, row: &[u8], tile: &mut Tile, r: usize) {
     let (k, nb) = (tile.k, tile.blocks);
     let q = &mut tile.q[r * k..(r + 1) * k];
-    let pair = |lo: i32, hi: i32| (lo as u16 as u32 | ((hi as u16 as u32) << 16)) as i32;
     for (b, blk) in row.chunks_exact(fmt.block_bytes()).enumerate() {
         let qb = &mut q[b * fmt.block()..(b + 1) * fmt.block()];
         let at = r * nb + b;
@@ -206,7 +223,8 @@ fn unpack(fmt: GemmFmt, row: &[u8], tile: &mut Tile, r: usize) {
                     tile.sc[at * 16 + j] = i32::from(sc[j]);
                 }
                 for w in 0..4 {
-                    tile.pairs[at * 8 + w] = pair(i32::from(mn[2 * w]), i32::from(mn[2 * w + 1]));
+                    tile.pairs[at * 8 + w] =
+                        i16_pair(i32::from(mn[2 * w]), i32::from(mn[2 * w + 1]));
                 }
                 let (m4, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
                 let qs = if five { 48 } else { 16 };
@@ -242,7 +260,7 @@ fn unpack(fmt: GemmFmt, row: &[u8], tile: &mut Tile, r: usize) {
                     tile.sc[at * 16 + j] = sc(j);
                 }
                 for w in 0..8 {
-                    tile.pairs[at * 8 + w] = pair(sc(2 * w), sc(2 * w + 1));
+                    tile.pairs[at * 8 + w] = i16_pair(sc(2 * w), sc(2 * w + 1));
                 }
                 let (m4, m3) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
                 for h in 0..2 {

@@ -306,43 +306,25 @@ pub(crate) const MAX_ROWS: usize = bf16::ROWS;
 impl<'a> Plan<'a> {
     pub(crate) fn new(x: &'a Mat, w: &'a Weight, isa: Isa, precision: MatmulPrecision) -> Self {
         let fmt = IntFmt::of(w.dtype()).filter(|_| precision == MatmulPrecision::Int8);
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 && x.rows >= gemm::MIN_ROWS {
-            let g = match fmt {
-                Some(IntFmt::Q4K) => Some((gemm::GemmFmt::Q4K, true)),
-                Some(IntFmt::Q5K) => Some((gemm::GemmFmt::Q5K, true)),
-                Some(IntFmt::Q6K) => Some((gemm::GemmFmt::Q6K, true)),
-                Some(IntFmt::Q8_0) => Some((gemm::GemmFmt::Q8_0, false)),
-                _ => None,
-            };
-            if let Some((g, k_quant)) = g {
-                let q = if k_quant {
+        let acts = match fmt {
+            Some(fmt) => 'int: {
+                let mut q = if fmt.k_quant() {
                     QuantActs::q8_k(&x.data, x.rows, x.cols, isa)
                 } else {
                     QuantActs::q8_0(&x.data, x.rows, x.cols, isa)
                 };
-                return Plan {
-                    w,
-                    bytes: w.bytes(),
-                    row_bytes: w.row_bytes(),
-                    acts: Acts::Gemm(gemm::GemmActs::new(g, &q, x.rows, x.cols)),
-                    isa,
-                };
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx512
+                    && x.rows >= gemm::MIN_ROWS
+                    && let Some(g) = gemm::GemmFmt::of(fmt)
+                {
+                    break 'int Acts::Gemm(gemm::GemmActs::new(g, &q, x.rows, x.cols));
+                }
+                if isa == Isa::Avx512 && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K) {
+                    q.to_k4_order();
+                }
+                Acts::Int { fmt, q }
             }
-        }
-        let acts = match fmt {
-            Some(fmt) => Acts::Int {
-                fmt,
-                q: if fmt.k_quant() {
-                    let mut q = QuantActs::q8_k(&x.data, x.rows, x.cols, isa);
-                    if isa == Isa::Avx512 && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K) {
-                        q.to_k4_order();
-                    }
-                    q
-                } else {
-                    QuantActs::q8_0(&x.data, x.rows, x.cols, isa)
-                },
-            },
             None if w.dtype() == DType::BF16
                 && precision == MatmulPrecision::Int8
                 && bf16_products(isa) =>

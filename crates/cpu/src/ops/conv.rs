@@ -80,14 +80,12 @@ fn silu_in_place(isa: Isa, x: &mut [f32]) {
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,fma")]
 unsafe fn silu_avx512(x: &mut [f32]) {
     use std::arch::x86_64::*;
-    let one = _mm512_set1_ps(1.0);
     for c in x.chunks_mut(16) {
         let m: __mmask16 = ((1u32 << c.len()) - 1) as u16;
         // SAFETY: the mask covers only the `c.len()` elements.
         unsafe {
             let v = _mm512_maskz_loadu_ps(m, c.as_ptr());
-            let e = kernels::vmath::exp(_mm512_sub_ps(_mm512_setzero_ps(), v));
-            _mm512_mask_storeu_ps(c.as_mut_ptr(), m, _mm512_div_ps(v, _mm512_add_ps(one, e)));
+            _mm512_mask_storeu_ps(c.as_mut_ptr(), m, kernels::vmath::silu(v));
         }
     }
 }
