@@ -140,6 +140,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "exact" => qinfer_cpu::set_matmul_precision(qinfer_cpu::MatmulPrecision::Exact),
         p => anyhow::bail!("--precision must be int8 or exact, not {p}"),
     }
+    if let Some(b) = args.bandwidth {
+        anyhow::ensure!(
+            b.is_finite() && b > 0.0,
+            "--bandwidth must be a positive number of GB/s, not {b}"
+        );
+    }
     let path = &args.model;
     let started = Instant::now();
     let model = if crate::is_gguf(path) {

@@ -299,3 +299,33 @@ fn run_session_resumes_a_conversation() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("chat.session"), "{}", stderr(&out));
 }
+
+/// `qinfer bench` rejects a precision or bandwidth it cannot use, naming the flag, before it
+/// loads or runs anything.
+#[test]
+fn bench_rejects_bad_flags_with_clear_errors() {
+    let model = fixture("tiny-dense-f32");
+    let m = model.to_str().unwrap();
+    for (args, want) in [
+        (
+            vec!["--bandwidth", "0"],
+            "--bandwidth must be a positive number",
+        ),
+        (
+            vec!["--bandwidth", "NaN"],
+            "--bandwidth must be a positive number",
+        ),
+        (
+            vec!["--bandwidth=-3"],
+            "--bandwidth must be a positive number",
+        ),
+        (
+            vec!["--precision", "fp8"],
+            "--precision must be int8 or exact",
+        ),
+    ] {
+        let o = qinfer(&[&["bench", m, "-p", "4", "-n", "0", "-r", "1"], &args[..]].concat());
+        assert!(!o.status.success(), "{args:?} accepted");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+}
