@@ -15,6 +15,7 @@
 #   REPS         repetitions                        (default 3)
 #   PP, TG       prompt / generated tokens          (default 512 / 128)
 #   TYPES        GGUF types                         (default "q4_k_m q8_0 bf16")
+#   EVICT        1: drop each file from the page cache before its runs (default 1; see below)
 #   LLAMA_BENCH  llama-bench binary  (default /work/llama-build/cpu-vnni/bin/llama-bench: AVX-512
 #                with VNNI/BF16/VBMI, no AMX, built by VARIANT=cpu-vnni tools/build_llama_cpp.sh;
 #                AMX is off because llama.cpp's AMX path crashes on Q8_0 on these machines)
@@ -30,6 +31,7 @@ REPS="${REPS:-3}"
 PP="${PP:-512}"
 TG="${TG:-128}"
 TYPES="${TYPES:-q4_k_m q8_0 bf16}"
+EVICT="${EVICT:-1}"
 LLAMA_BUILD="${LLAMA_BUILD:-/work/llama-build}"
 LLAMA_BENCH="${LLAMA_BENCH:-$LLAMA_BUILD/cpu-vnni/bin/llama-bench}"
 LLAMA_DIR="${LLAMA_DIR:-/work/llama-src/llama_cpp_python-0.3.36/vendor/llama.cpp}"
@@ -54,6 +56,15 @@ for shape in "${SHAPES[@]}"; do
         f="$MODELS/qwen35-$shape-$t.gguf"
         if [ ! -f "$f" ]; then
             "$LLAMA_BUILD/cpu/bin/llama-quantize" "$bf16" "$f" "$(echo "$t" | tr a-z A-Z)" > "$OUT/quantize-$shape-$t.log" 2>&1
+        fi
+        if [ "$EVICT" = 1 ]; then
+            # Drop the file from the page cache (written or not) so that both engines map it as
+            # it is cached after a fresh read from disk: on Linux 6.x with ext4/xfs large folios
+            # that is mostly 2 MiB folios, mapped whole, instead of the small folios a file
+            # written on this machine sits in. The first reader (qinfer) faults it back in; both
+            # engines then map the same page cache.
+            sync "$f"
+            python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$f"
         fi
         echo "== $shape $t: qinfer" >&2
         "$QINFER" bench "$f" -p "$PP" -n "$TG" -r "$REPS" --threads "$THREADS" --json > "$OUT/qinfer-$shape-$t.json"

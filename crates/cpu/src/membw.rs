@@ -5,10 +5,29 @@ use std::time::Instant;
 
 /// Streams a `bytes`-long buffer (large enough to leave the caches) with every pool thread
 /// reading a disjoint part, `reps` times, and returns the best rate in GB/s (10⁹ bytes/s).
-/// The buffer is written once first so its pages exist; what is timed is reading only.
+/// The buffer is written once first so its pages exist; what is timed is reading only. It
+/// is advised for huge pages, as the weights' mapping is (`qinfer-formats`), so that the limit
+/// is the memory's and not the TLB's.
 pub fn read_bandwidth_gb_s(bytes: usize, reps: usize) -> f64 {
     let words = (bytes / 8).max(1 << 16);
-    let buf: Vec<u64> = (0..words as u64).collect();
+    let (mut map, mut owned);
+    let buf: &mut [u64] = match memmap2::MmapOptions::new().len(words * 8).map_anon() {
+        Ok(m) => {
+            map = m;
+            // Only advice: without transparent huge pages the probe reads small pages.
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::HugePage);
+            bytemuck::cast_slice_mut(&mut map[..])
+        }
+        Err(_) => {
+            owned = vec![0u64; words];
+            &mut owned
+        }
+    };
+    for (i, w) in buf.iter_mut().enumerate() {
+        *w = i as u64;
+    }
+    let buf: &[u64] = buf;
     let chunks = crate::threads() * 8;
     let per = words.div_ceil(chunks);
     let sink = std::sync::atomic::AtomicU64::new(0);

@@ -15,5 +15,6 @@ pub mod gguf;
 pub mod hf_cache;
 pub mod hf_config;
 pub mod hf_tokenizer;
+mod load;
 pub mod npy;
 pub mod safetensors;

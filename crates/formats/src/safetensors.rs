@@ -12,8 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
-use qinfer_tensor::{ByteView, DType};
+use qinfer_tensor::{ByteOwner, ByteView, DType};
 use serde::Deserialize;
 
 /// Name of a single-file checkpoint.
@@ -175,11 +174,7 @@ impl Checkpoint {
             source,
         };
         let file = File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only. If another process truncates or rewrites the file while
-        // it is mapped, reads may fault or see new bytes; every engine that maps weights shares
-        // this caveat, and model files are not modified in place in practice.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let map: Arc<Mmap> = Arc::new(map);
+        let map = crate::load::file_bytes(&file).map_err(io)?;
         for (name, entry) in parse(path, map)? {
             if let Some(prev) = self.tensors.get(&name) {
                 return Err(SafetensorsError::Invalid {
@@ -201,12 +196,15 @@ struct RawEntry {
     data_offsets: [usize; 2],
 }
 
-fn parse(path: &Path, map: Arc<Mmap>) -> Result<Vec<(String, TensorEntry)>, SafetensorsError> {
+fn parse(
+    path: &Path,
+    map: Arc<dyn ByteOwner>,
+) -> Result<Vec<(String, TensorEntry)>, SafetensorsError> {
     let bad = |why: String| SafetensorsError::Invalid {
         path: path.to_path_buf(),
         why,
     };
-    let bytes: &[u8] = &map;
+    let bytes: &[u8] = (*map).as_ref();
     if bytes.len() < 8 {
         return Err(bad(format!(
             "file is {} bytes, shorter than the 8-byte header length",

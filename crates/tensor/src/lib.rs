@@ -18,7 +18,7 @@ mod dtype;
 mod mat;
 mod weight;
 
-pub use bytes::ByteView;
+pub use bytes::{ByteOwner, ByteView};
 pub use dtype::DType;
 pub use mat::Mat;
 pub use weight::{Weight, WeightError};

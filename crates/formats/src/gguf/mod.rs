@@ -33,9 +33,7 @@ mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use memmap2::Mmap;
 use qinfer_tensor::{ByteView, DType};
 
 pub use ggml_type::{GgmlType, ggml_type_label};
@@ -324,12 +322,9 @@ fn open_part(path: &Path) -> Result<reader::Part, GgufError> {
         source,
     };
     let file = File::open(path).map_err(io)?;
-    // SAFETY: the map is read-only. If another process truncates or rewrites the file while
-    // it is mapped, reads may fault or see new bytes; every engine that maps weights shares
-    // this caveat, and model files are not modified in place in practice.
-    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-    let len = map.len();
-    let view = ByteView::new(Arc::new(map), 0, len);
+    let bytes = crate::load::file_bytes(&file).map_err(io)?;
+    let len = (*bytes).as_ref().len();
+    let view = ByteView::new(bytes, 0, len);
     reader::parse(path, &view)
 }
 
