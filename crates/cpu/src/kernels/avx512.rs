@@ -66,6 +66,118 @@ unsafe fn k_scales(p: *const u8) -> (u64, u64) {
     )
 }
 
+/// A Q4_K/Q5_K block unpacked for the activations' sub-block order (see [`q45_k`]).
+struct Q45Block {
+    /// Quants as bytes: register r holds sub-blocks (4(r/2) + r%2, that + 2) in its halves.
+    wq: [__m512i; 4],
+    /// The sub-block scales spread to the `i16` lanes of the `vpmaddubsw` pairs they multiply.
+    scales: [__m512i; 4],
+    /// The minimums as `i16`, each twice, in the order of the activations' 16-value sums.
+    mins16: __m256i,
+}
+
+/// The `vpermw` indices [`q45_unpack`] spreads the scales with.
+#[inline(always)]
+fn q45_idx() -> [__m512i; 4] {
+    [
+        idx_halves(0, 2),
+        idx_halves(1, 3),
+        idx_halves(4, 6),
+        idx_halves(5, 7),
+    ]
+}
+
+/// Unpacks the Q4_K (`BITS5 = false`) or Q5_K block at `blk` (`idx` from [`q45_idx`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+unsafe fn q45_unpack<const BITS5: bool>(blk: *const u8, idx: &[__m512i; 4]) -> Q45Block {
+    let m4 = _mm512_set1_epi8(0x0F);
+    // SAFETY: the caller passes a whole block (144 or 176 bytes).
+    unsafe {
+        let (sc, mn) = k_scales(blk.add(4));
+        let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+        // Minimums in the activations' sub-block order (swap sub-blocks 1↔2 and 5↔6).
+        let mn = (mn & 0xFF00_00FF_FF00_00FF)
+            | ((mn & 0x0000_FF00_0000_FF00) << 8)
+            | ((mn & 0x00FF_0000_00FF_0000) >> 8);
+        let mnx = _mm_cvtsi64_si128(mn as i64);
+        let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mnx, mnx));
+        let qs = blk.add(if BITS5 { 48 } else { 16 });
+        let mut wq = [_mm512_setzero_si512(); 4];
+        for c2 in 0..2 {
+            let q = _mm512_loadu_si512(qs.add(64 * c2).cast());
+            wq[2 * c2] = _mm512_and_si512(q, m4);
+            wq[2 * c2 + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+        }
+        if BITS5 {
+            let sixteen = _mm512_set1_epi8(16);
+            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(16).cast()));
+            for (r, wr) in wq.iter_mut().enumerate() {
+                // Register r covers sub-blocks s0 = 4(r/2) + r%2 and s0 + 2.
+                let s0 = 4 * (r / 2) + r % 2;
+                let bits = _mm512_inserti64x4::<1>(
+                    _mm512_set1_epi8(1 << s0),
+                    _mm256_set1_epi8(1 << (s0 + 2)),
+                );
+                let m = _mm512_test_epi8_mask(qh, bits);
+                *wr = _mm512_mask_add_epi8(*wr, m, *wr, sixteen);
+            }
+        }
+        let scales = std::array::from_fn(|r| _mm512_permutexvar_epi16(idx[r], sc16));
+        Q45Block { wq, scales, mins16 }
+    }
+}
+
+/// `Σ scale·q·a` over a block's four registers of quants (`vpmaddubsw` pairs, then
+/// `vpdpwssd` by the spread scales), sixteen `i32` partial sums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+fn scaled_dot(wq: &[__m512i; 4], scales: &[__m512i; 4], av: &[__m512i; 4]) -> __m512i {
+    let mut s = _mm512_setzero_si512();
+    for r in 0..4 {
+        s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[r], av[r]), scales[r]);
+    }
+    s
+}
+
+/// A Q8_K block's 256 activations as the four 64-byte registers the kernels take.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+unsafe fn q8k_regs(ab: &BlockQ8K) -> [__m512i; 4] {
+    // SAFETY: a block holds 256 bytes of quants.
+    std::array::from_fn(|r| unsafe { _mm512_loadu_si512(ab.qs.as_ptr().add(64 * r).cast()) })
+}
+
+/// Sixteen `i32` lanes → eight (the low and high halves added), exactly.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+fn fold256(v: __m512i) -> __m256i {
+    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+}
+
+/// The eight sums of `a[j]`'s lanes (`j < 4`) and `b[j]`'s, as `[Σa0, …, Σa3, Σb0, …, Σb3]`:
+/// one transposing `vphaddd` tree for eight horizontal sums (exact, wrapping like them).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+fn hsum_4x2(a: [__m256i; 4], b: [__m256i; 4]) -> __m256i {
+    let h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+    let h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(b[0], b[1]), _mm256_hadd_epi32(b[2], b[3]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(h0, h1),
+        _mm256_permute2x128_si256::<0x31>(h0, h1),
+    )
+}
+
+/// The `f16` at byte offset `off` of four blocks, as `f32` (converted as [`f16`] does).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+unsafe fn f16x4(blk: [*const u8; 4], off: usize) -> __m128 {
+    // SAFETY: the caller passes blocks with two readable bytes at `off`.
+    let h: [i16; 4] =
+        std::array::from_fn(|j| unsafe { blk[j].add(off).cast::<i16>().read_unaligned() });
+    _mm_cvtph_ps(_mm_setr_epi16(h[0], h[1], h[2], h[3], 0, 0, 0, 0))
+}
+
 /// Q4_K (`BITS5 = false`) and Q5_K (`true`) against Q8_K activations stored in
 /// [`super::act::QuantActs::to_k4_order`] (sub-blocks 0, 2, 1, 3, 4, 6, 5, 7: the order the
 /// nibbles come out of 64 bytes of quants, so every activation load is one 64-byte load).
@@ -73,15 +185,7 @@ unsafe fn k_scales(p: *const u8) -> (u64, u64) {
 pub unsafe fn q45_k<const N: usize, const BITS5: bool>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
     let bytes = if BITS5 { 176 } else { 144 };
     let nb = w.len() / bytes;
-    let m4 = _mm512_set1_epi8(0x0F);
-    let sixteen = _mm512_set1_epi8(16);
-    // Register r of half c2 holds sub-blocks (4c2 + r, 4c2 + r + 2) in its two 256-bit halves.
-    let idx = [
-        idx_halves(0, 2),
-        idx_halves(1, 3),
-        idx_halves(4, 6),
-        idx_halves(5, 7),
-    ];
+    let idx = q45_idx();
     let mut y = [0.0f32; N];
     for b in 0..nb {
         // SAFETY: `b < nb` blocks of `bytes` lie inside `w`; activation blocks match in number.
@@ -89,50 +193,12 @@ pub unsafe fn q45_k<const N: usize, const BITS5: bool>(w: &[u8], a: [&[BlockQ8K]
             let blk = w.as_ptr().add(b * bytes);
             let d = f16(blk);
             let dmin = f16(blk.add(2));
-            let (sc, mn) = k_scales(blk.add(4));
-            let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
-            // Minimums in the activations' sub-block order (swap sub-blocks 1↔2 and 5↔6).
-            let mn = (mn & 0xFF00_00FF_FF00_00FF)
-                | ((mn & 0x0000_FF00_0000_FF00) << 8)
-                | ((mn & 0x00FF_0000_00FF_0000) >> 8);
-            let mnx = _mm_cvtsi64_si128(mn as i64);
-            let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mnx, mnx));
-            let qs = blk.add(if BITS5 { 48 } else { 16 });
-            let mut wq = [_mm512_setzero_si512(); 4];
-            for c2 in 0..2 {
-                let q = _mm512_loadu_si512(qs.add(64 * c2).cast());
-                wq[2 * c2] = _mm512_and_si512(q, m4);
-                wq[2 * c2 + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
-            }
-            if BITS5 {
-                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(16).cast()));
-                for (r, wr) in wq.iter_mut().enumerate() {
-                    // Register r covers sub-blocks s0 = 4(r/2) + r%2 and s0 + 2.
-                    let s0 = 4 * (r / 2) + r % 2;
-                    let bits = _mm512_inserti64x4::<1>(
-                        _mm512_set1_epi8(1 << s0),
-                        _mm256_set1_epi8(1 << (s0 + 2)),
-                    );
-                    let m = _mm512_test_epi8_mask(qh, bits);
-                    *wr = _mm512_mask_add_epi8(*wr, m, *wr, sixteen);
-                }
-            }
-            let scales = [
-                _mm512_permutexvar_epi16(idx[0], sc16),
-                _mm512_permutexvar_epi16(idx[1], sc16),
-                _mm512_permutexvar_epi16(idx[2], sc16),
-                _mm512_permutexvar_epi16(idx[3], sc16),
-            ];
+            let u = q45_unpack::<BITS5>(blk, &idx);
             for t in 0..N {
                 let ab = a[t].get_unchecked(b);
-                let ap = ab.qs.as_ptr();
-                let mut s = _mm512_setzero_si512();
-                for r in 0..4 {
-                    let av = _mm512_loadu_si512(ap.add(64 * r).cast());
-                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[r], av), scales[r]);
-                }
+                let s = scaled_dot(&u.wq, &u.scales, &q8k_regs(ab));
                 let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
-                let m = hsum256_epi32(_mm256_madd_epi16(bs, mins16));
+                let m = hsum256_epi32(_mm256_madd_epi16(bs, u.mins16));
                 // The block's exact integers, scaled and added as `reference::q4_k` does.
                 let i = _mm512_reduce_add_epi32(s);
                 y[t] += d * ab.d * i as f32 - dmin * ab.d * m as f32;
@@ -140,6 +206,49 @@ pub unsafe fn q45_k<const N: usize, const BITS5: bool>(w: &[u8], a: [&[BlockQ8K]
         }
     }
     y
+}
+
+/// Q4_K/Q5_K: four weight rows of one matrix against one activation row (decode), each
+/// output bit for bit what [`q45_k`] gives for that row. The rows share the activation
+/// loads, their eight horizontal integer sums per block go through one [`hsum_4x2`] tree,
+/// and their four sums run in the lanes of one vector instead of one dependent chain.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q45_k_x4<const BITS5: bool>(w: [&[u8]; 4], a: &[BlockQ8K]) -> [f32; 4] {
+    let bytes = if BITS5 { 176 } else { 144 };
+    let nb = w[0].len() / bytes;
+    let idx = q45_idx();
+    // [d0, dmin0, d1, dmin1, …] → [d0, …, d3, dmin0, …, dmin3].
+    let split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    let mut y = _mm_setzero_ps();
+    for b in 0..nb {
+        // SAFETY: as in `q45_k`, for each of the four rows (all of `nb` blocks).
+        unsafe {
+            let ab = a.get_unchecked(b);
+            let av = q8k_regs(ab);
+            let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+            let blk: [*const u8; 4] = std::array::from_fn(|j| w[j].as_ptr().add(b * bytes));
+            let mut s = [_mm256_setzero_si256(); 4];
+            let mut m = [_mm256_setzero_si256(); 4];
+            for j in 0..4 {
+                let u = q45_unpack::<BITS5>(blk[j], &idx);
+                s[j] = fold256(scaled_dot(&u.wq, &u.scales, &av));
+                m[j] = _mm256_madd_epi16(bs, u.mins16);
+            }
+            let im = _mm256_cvtepi32_ps(hsum_4x2(s, m));
+            // d and dmin of each row: the first four bytes of its block.
+            let dd: [i32; 4] = std::array::from_fn(|j| blk[j].cast::<i32>().read_unaligned());
+            let dd = _mm256_cvtph_ps(_mm_setr_epi32(dd[0], dd[1], dd[2], dd[3]));
+            let dd = _mm256_permutevar8x32_ps(dd, split);
+            // (d·d_a)·I − (dmin·d_a)·M per row, as `q45_k` rounds it.
+            let p = _mm256_mul_ps(_mm256_mul_ps(dd, _mm256_set1_ps(ab.d)), im);
+            y = _mm_add_ps(
+                y,
+                _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps::<1>(p)),
+            );
+        }
+    }
+    // SAFETY: `__m128` and `[f32; 4]` have the same size.
+    unsafe { std::mem::transmute::<__m128, [f32; 4]>(y) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
@@ -161,56 +270,61 @@ fn hsum256_epi32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
-/// Q6_K against Q8_K activations.
+/// A Q6_K block unpacked: quants as bytes `0..64` (register r holds sub-blocks 4r..4r + 4 in
+/// its quarters), the sixteen scales spread to the `i16` lanes they multiply, and the scales
+/// as `i16` for the `−32` offset against the activation block sums.
+struct Q6Block {
+    wq: [__m512i; 4],
+    scales: [__m512i; 4],
+    sc256: __m256i,
+}
+
+/// Unpacks the Q6_K block at `blk`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
-pub unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
-    let nb = w.len() / 210;
+#[inline]
+unsafe fn q6_unpack(blk: *const u8) -> Q6Block {
     let m4 = _mm512_set1_epi8(0x0F);
     let m3 = _mm512_set1_epi8(0x03);
     let sh02 = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
     let sh46 = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(6));
-    let idx = [
-        idx_quarters(0),
-        idx_quarters(4),
-        idx_quarters(8),
-        idx_quarters(12),
-    ];
+    // SAFETY: the caller passes a whole 210-byte block.
+    unsafe {
+        let sc256 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
+        let sc16 = _mm512_castsi256_si512(sc256);
+        let mut wq = [_mm512_setzero_si512(); 4];
+        for h in 0..2 {
+            let q = _mm512_loadu_si512(blk.add(64 * h).cast());
+            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * h).cast()));
+            let hi_lo = _mm512_and_si512(_mm512_srlv_epi16(qh, sh02), m3);
+            let hi_hi = _mm512_and_si512(_mm512_srlv_epi16(qh, sh46), m3);
+            wq[2 * h] = _mm512_or_si512(_mm512_and_si512(q, m4), _mm512_slli_epi16::<4>(hi_lo));
+            wq[2 * h + 1] = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
+                _mm512_slli_epi16::<4>(hi_hi),
+            );
+        }
+        let scales =
+            std::array::from_fn(|r| _mm512_permutexvar_epi16(idx_quarters(4 * r as i16), sc16));
+        Q6Block { wq, scales, sc256 }
+    }
+}
+
+/// Q6_K against Q8_K activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 210;
     let mut y = [0.0f32; N];
     for b in 0..nb {
         // SAFETY: as in `q45_k`.
         unsafe {
             let blk = w.as_ptr().add(b * 210);
             let d = f16(blk.add(208));
-            let sc256 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
-            let sc16 = _mm512_castsi256_si512(sc256);
-            let mut wq = [_mm512_setzero_si512(); 4];
-            for h in 0..2 {
-                let q = _mm512_loadu_si512(blk.add(64 * h).cast());
-                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * h).cast()));
-                let hi_lo = _mm512_and_si512(_mm512_srlv_epi16(qh, sh02), m3);
-                let hi_hi = _mm512_and_si512(_mm512_srlv_epi16(qh, sh46), m3);
-                wq[2 * h] = _mm512_or_si512(_mm512_and_si512(q, m4), _mm512_slli_epi16::<4>(hi_lo));
-                wq[2 * h + 1] = _mm512_or_si512(
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
-                    _mm512_slli_epi16::<4>(hi_hi),
-                );
-            }
-            let scales = [
-                _mm512_permutexvar_epi16(idx[0], sc16),
-                _mm512_permutexvar_epi16(idx[1], sc16),
-                _mm512_permutexvar_epi16(idx[2], sc16),
-                _mm512_permutexvar_epi16(idx[3], sc16),
-            ];
+            let u = q6_unpack(blk);
             for t in 0..N {
                 let ab = a[t].get_unchecked(b);
-                let ap = ab.qs.as_ptr();
-                let mut s = _mm512_setzero_si512();
-                for r in 0..4 {
-                    let av = _mm512_loadu_si512(ap.add(64 * r).cast());
-                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[r], av), scales[r]);
-                }
+                let s = scaled_dot(&u.wq, &u.scales, &q8k_regs(ab));
                 let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
-                let o = hsum256_epi32(_mm256_madd_epi16(bs, sc256));
+                let o = hsum256_epi32(_mm256_madd_epi16(bs, u.sc256));
                 // Σ sc·(q − 32)·a exactly, scaled and added as `reference::q6_k` does.
                 let i = _mm512_reduce_add_epi32(s) - 32 * o;
                 y[t] += d * ab.d * i as f32;
@@ -218,6 +332,41 @@ pub unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
         }
     }
     y
+}
+
+/// Q6_K: four weight rows against one activation row, each output bit for bit what
+/// [`q6_k`] gives for that row (shared activation loads, one [`hsum_4x2`] tree per block,
+/// the four sums in the lanes of one vector: see [`q45_k_x4`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q6_k_x4(w: [&[u8]; 4], a: &[BlockQ8K]) -> [f32; 4] {
+    let nb = w[0].len() / 210;
+    let mut y = _mm_setzero_ps();
+    for b in 0..nb {
+        // SAFETY: as in `q45_k`, for each of the four rows.
+        unsafe {
+            let ab = a.get_unchecked(b);
+            let av = q8k_regs(ab);
+            let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+            let blk: [*const u8; 4] = std::array::from_fn(|j| w[j].as_ptr().add(b * 210));
+            let mut s = [_mm256_setzero_si256(); 4];
+            let mut o = [_mm256_setzero_si256(); 4];
+            for j in 0..4 {
+                let u = q6_unpack(blk[j]);
+                s[j] = fold256(scaled_dot(&u.wq, &u.scales, &av));
+                o[j] = _mm256_madd_epi16(bs, u.sc256);
+            }
+            let so = hsum_4x2(s, o);
+            let i = _mm_sub_epi32(
+                _mm256_castsi256_si128(so),
+                _mm_slli_epi32::<5>(_mm256_extracti128_si256::<1>(so)),
+            );
+            let d = f16x4(blk, 208);
+            let p = _mm_mul_ps(_mm_mul_ps(d, _mm_set1_ps(ab.d)), _mm_cvtepi32_ps(i));
+            y = _mm_add_ps(y, p);
+        }
+    }
+    // SAFETY: `__m128` and `[f32; 4]` have the same size.
+    unsafe { std::mem::transmute::<__m128, [f32; 4]>(y) }
 }
 
 /// IQ4_XS against Q8_K activations.
@@ -366,6 +515,38 @@ pub unsafe fn q8_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {
         b += 1;
     }
     y
+}
+
+/// Q8_0: four weight rows against one activation row, each output bit for bit what
+/// [`q8_0`] gives for that row. One row alone adds its blocks in one dependent chain (four
+/// cycles a block, the limit of a row at one token); four rows run four chains in the lanes
+/// of one vector, and their four horizontal sums per block share one `vphaddd` tree.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q8_0_x4(w: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
+    let nb = w[0].len() / 34;
+    let zero = _mm256_setzero_si256();
+    let mut y = _mm_setzero_ps();
+    for b in 0..nb {
+        // SAFETY: block `b` of each row lies inside it; activation blocks match in number.
+        unsafe {
+            let ab = a.get_unchecked(b);
+            let av = _mm256_loadu_si256(ab.qs.as_ptr().cast());
+            let blk: [*const u8; 4] = std::array::from_fn(|j| w[j].as_ptr().add(b * 34));
+            let p: [__m256i; 4] = std::array::from_fn(|j| {
+                let v = _mm256_loadu_si256(blk[j].add(2).cast());
+                _mm256_dpbusd_epi32(zero, _mm256_abs_epi8(v), _mm256_sign_epi8(av, v))
+            });
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+            let i = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+            let d = f16x4(blk, 0);
+            y = _mm_add_ps(
+                y,
+                _mm_mul_ps(_mm_mul_ps(d, _mm_set1_ps(ab.d)), _mm_cvtepi32_ps(i)),
+            );
+        }
+    }
+    // SAFETY: `__m128` and `[f32; 4]` have the same size.
+    unsafe { std::mem::transmute::<__m128, [f32; 4]>(y) }
 }
 
 /// Q4_0 against Q8_0 activations: `Σ q·a − 8·Σ a` per block.

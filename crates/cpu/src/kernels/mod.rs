@@ -300,6 +300,12 @@ pub(crate) struct Plan<'a> {
 /// Most activation rows one kernel call handles (the weight row is unpacked once for them).
 pub(crate) const MAX_TOKENS: usize = 8;
 
+/// Most weight rows [`Plan::compute`] takes at a time for one token with the `*_x4` kernels:
+/// four sequential streams of up to 2048 rows. Longer streams read faster (one thread, a
+/// 71 MB Q8_0 matrix with rows of 1024: streams of 16 rows 20.7 GB/s, 64 rows 33.9, 512
+/// rows 38.8, 2048 rows 38.4; one row after another, the old order, 29.3).
+const X4_CHUNK: usize = 8192;
+
 /// Most weight rows one [`Plan::dot_rows`] call handles.
 pub(crate) const MAX_ROWS: usize = bf16::ROWS;
 
@@ -365,6 +371,10 @@ impl<'a> Plan<'a> {
             unsafe { gemm::gemm(a, rows, |r| &self.bytes[r * rb..(r + 1) * rb], store) };
             return;
         }
+        if t == 1 && self.has_x4() {
+            self.compute_x4(rows, store);
+            return;
+        }
         let per_call = self.rows_per_call();
         let mut tile = rows.start;
         while tile < rows.end {
@@ -404,6 +414,73 @@ impl<'a> Plan<'a> {
             }
             tile = tile_end;
         }
+    }
+
+    /// Whether one activation row meets a format with a four-rows-one-token kernel
+    /// (`avx512::*_x4`).
+    fn has_x4(&self) -> bool {
+        match (&self.acts, self.isa) {
+            (Acts::Int { fmt, .. }, Isa::Avx512) => {
+                cfg!(target_arch = "x86_64")
+                    && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K | IntFmt::Q8_0)
+            }
+            _ => false,
+        }
+    }
+
+    /// [`Plan::compute`] for one token with the `*_x4` kernels. A row alone adds its blocks in
+    /// one dependent chain and pays a horizontal integer sum per block; four rows side by side
+    /// share the activation loads and one transposing sum tree, and run four chains in the
+    /// lanes of a vector (+20–50 % kernel throughput from L3). The four rows of a call come
+    /// from the four quarters of a chunk of [`X4_CHUNK`] rows, so that the weights are read
+    /// as four long sequential streams, which the hardware prefetchers follow (four adjacent
+    /// rows per call make short interleaved streams they do not: decode fell to a third).
+    fn compute_x4(
+        &self,
+        rows: std::ops::Range<usize>,
+        mut store: impl FnMut(usize, usize, &[f32]),
+    ) {
+        let mut buf = vec![0.0f32; X4_CHUNK.min(rows.len())];
+        let mut r = rows.start;
+        while r < rows.end {
+            let len = X4_CHUNK.min(rows.end - r);
+            let q = len / 4;
+            for i in 0..q {
+                let y = self.dot4([r + i, r + q + i, r + 2 * q + i, r + 3 * q + i]);
+                for (j, v) in y.into_iter().enumerate() {
+                    buf[j * q + i] = v;
+                }
+            }
+            for i in 4 * q..len {
+                self.dot(r + i, 0, &mut buf[i..=i]);
+            }
+            store(0, r, &buf[..len]);
+            r += len;
+        }
+    }
+
+    /// Rows `rows` of W against activation row 0 with the `*_x4` kernel ([`Plan::has_x4`]).
+    #[cfg(target_arch = "x86_64")]
+    fn dot4(&self, rows: [usize; 4]) -> [f32; 4] {
+        let Acts::Int { fmt, q } = &self.acts else {
+            unreachable!("dot4 runs only where has_x4 holds")
+        };
+        let w = rows.map(|r| &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]);
+        // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
+        unsafe {
+            match fmt {
+                IntFmt::Q4K => avx512::q45_k_x4::<false>(w, q.q8_k_row(0)),
+                IntFmt::Q5K => avx512::q45_k_x4::<true>(w, q.q8_k_row(0)),
+                IntFmt::Q6K => avx512::q6_k_x4(w, q.q8_k_row(0)),
+                IntFmt::Q8_0 => avx512::q8_0_x4(w, q.q8_0_row(0)),
+                _ => unreachable!("dot4 runs only where has_x4 holds"),
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn dot4(&self, _rows: [usize; 4]) -> [f32; 4] {
+        unreachable!("no four-row kernels on this architecture")
     }
 
     /// `out[i] = row r of W · activation row t0 + i`, for `out.len() ≤ MAX_TOKENS` rows (not

@@ -160,7 +160,8 @@ fn simd_tiers_match_reference_tier() {
 
 /// Q4_K, Q5_K, Q6_K and Q8_0 follow the reference tier's arithmetic exactly (per-block exact
 /// integers, scaled and added in block order), in the row kernels (1–8 rows per call) and in
-/// the GEMM kernel (16 rows or more, tiles of up to 4 weight rows × 48 tokens): every output is
+/// the GEMM kernel (16 rows or more, tiles of up to 4 weight rows × 48 tokens) and the
+/// four-rows-one-token kernels (`*_x4`, reached through `Plan::compute`): every output is
 /// bit-identical to the reference, so a token's result does not depend on the batch it is in.
 #[test]
 fn exact_formats_are_bit_identical_to_the_reference_at_every_batch_size() {
@@ -174,6 +175,8 @@ fn exact_formats_are_bit_identical_to_the_reference_at_every_batch_size() {
             (16, 5, 512),
             (19, 7, 768),
             (53, 9, 256),
+            (1, 37, 512),
+            (2, 37, 256),
         ] {
             let w = weight(dtype, n, k, 13);
             let x = Mat::from_vec(noise(t * k, 17), t, k);
@@ -197,6 +200,22 @@ fn exact_formats_are_bit_identical_to_the_reference_at_every_batch_size() {
                         "{dtype} t={t} n={n} k={k} group={group} output {i}: {g} vs {e}"
                     );
                 }
+            }
+            // Through `Plan::compute` as the matmul op calls it (several rows per call where
+            // the kernel takes them), over row ranges split at odd places as threads do.
+            let plan = Plan::new(&x, &w, Isa::Avx512, MatmulPrecision::Int8);
+            let mut got = vec![f32::NAN; t * n];
+            for rows in [0..n.min(3), n.min(3)..n.min(22), n.min(22)..n] {
+                plan.compute(rows, t, |tok, r, v| {
+                    got[tok * n + r..tok * n + r + v.len()].copy_from_slice(v)
+                });
+            }
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    e.to_bits(),
+                    "{dtype} t={t} n={n} k={k} compute output {i}: {g} vs {e}"
+                );
             }
         }
     }
