@@ -45,27 +45,6 @@ fn idx_quarters(base: i16) -> __m512i {
     unsafe { std::mem::transmute::<[i16; 32], __m512i>(v) }
 }
 
-/// Eight 6-bit scales and minimums of a Q4_K/Q5_K block as two `u64`s of bytes.
-#[inline]
-unsafe fn k_scales(p: *const u8) -> (u64, u64) {
-    // SAFETY: the caller passes the 12 packed bytes.
-    let (a, b, c) = unsafe {
-        (
-            p.cast::<u32>().read_unaligned(),
-            p.add(4).cast::<u32>().read_unaligned(),
-            p.add(8).cast::<u32>().read_unaligned(),
-        )
-    };
-    let sc_lo = a & 0x3F3F_3F3F;
-    let mn_lo = b & 0x3F3F_3F3F;
-    let sc_hi = (c & 0x0F0F_0F0F) | (((a >> 6) & 0x0303_0303) << 4);
-    let mn_hi = ((c >> 4) & 0x0F0F_0F0F) | (((b >> 6) & 0x0303_0303) << 4);
-    (
-        u64::from(sc_lo) | (u64::from(sc_hi) << 32),
-        u64::from(mn_lo) | (u64::from(mn_hi) << 32),
-    )
-}
-
 /// A Q4_K/Q5_K block unpacked for the activations' sub-block order (see [`q45_k`]).
 struct Q45Block {
     /// Quants as bytes: register r holds sub-blocks (4(r/2) + r%2, that + 2) in its halves.
@@ -94,14 +73,7 @@ unsafe fn q45_unpack<const BITS5: bool>(blk: *const u8, idx: &[__m512i; 4]) -> Q
     let m4 = _mm512_set1_epi8(0x0F);
     // SAFETY: the caller passes a whole block (144 or 176 bytes).
     unsafe {
-        let (sc, mn) = k_scales(blk.add(4));
-        let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
-        // Minimums in the activations' sub-block order (swap sub-blocks 1↔2 and 5↔6).
-        let mn = (mn & 0xFF00_00FF_FF00_00FF)
-            | ((mn & 0x0000_FF00_0000_FF00) << 8)
-            | ((mn & 0x00FF_0000_00FF_0000) >> 8);
-        let mnx = _mm_cvtsi64_si128(mn as i64);
-        let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mnx, mnx));
+        let (sc16, mins16) = k_scales_vec(blk.add(4));
         let qs = blk.add(if BITS5 { 48 } else { 16 });
         let mut wq = [_mm512_setzero_si512(); 4];
         for c2 in 0..2 {
@@ -176,6 +148,49 @@ unsafe fn f16x4(blk: [*const u8; 4], off: usize) -> __m128 {
     let h: [i16; 4] =
         std::array::from_fn(|j| unsafe { blk[j].add(off).cast::<i16>().read_unaligned() });
     _mm_cvtph_ps(_mm_setr_epi16(h[0], h[1], h[2], h[3], 0, 0, 0, 0))
+}
+
+/// The eight 6-bit scales and minimums of a Q4_K/Q5_K block (`p`: its 12 packed bytes, with
+/// 4 more readable after them) unpacked in vector registers: the scales as `i16` (lanes
+/// `0..8`), and the minimums as `i16`, each twice, in the activations' sub-block order (1↔2
+/// and 5↔6 swapped), ready for `vpmaddwd` against the activation block's 16 sums.
+/// (Unpacking them with scalar shifts and masks cost thirty-odd instructions a block.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+#[inline]
+unsafe fn k_scales_vec(p: *const u8) -> (__m512i, __m256i) {
+    // SAFETY: the caller passes 16 readable bytes.
+    let x = unsafe { _mm_loadu_si128(p.cast()) }; // [a0..a3, b0..b3, c0..c3, …]
+    let m6 = _mm_set1_epi8(0x3F);
+    let m4 = _mm_set1_epi8(0x0F);
+    // Bytes 0..8: the low six bits of a (scales 0..4) and b (minimums 0..4).
+    let lo = _mm_and_si128(x, m6);
+    // Bytes 0..8: the top two bits of a and b, moved to bits 4..6 (the 16-bit shifts move
+    // other bytes' bits in only where the masks clear them).
+    let top = _mm_slli_epi16::<4>(_mm_and_si128(_mm_srli_epi16::<6>(x), _mm_set1_epi8(3)));
+    // c's low nibbles (scales 4..8) to bytes 0..4, its high nibbles (minimums 4..8) to 4..8.
+    let c_lo = _mm_shuffle_epi8(
+        _mm_and_si128(x, m4),
+        _mm_setr_epi8(8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1),
+    );
+    let c_hi = _mm_shuffle_epi8(
+        _mm_and_si128(_mm_srli_epi16::<4>(x), m4),
+        _mm_setr_epi8(-1, -1, -1, -1, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1),
+    );
+    let hi = _mm_or_si128(_mm_or_si128(c_lo, c_hi), top);
+    // [scales 0..4, minimums 0..4, scales 4..8, minimums 4..8].
+    let v = _mm_unpacklo_epi64(lo, hi);
+    let sc = _mm_shuffle_epi8(
+        v,
+        _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1),
+    );
+    let mn = _mm_shuffle_epi8(
+        v,
+        _mm_setr_epi8(4, 4, 6, 6, 5, 5, 7, 7, 12, 12, 14, 14, 13, 13, 15, 15),
+    );
+    (
+        _mm512_castsi128_si512(_mm_cvtepu8_epi16(sc)),
+        _mm256_cvtepu8_epi16(mn),
+    )
 }
 
 /// Q4_K (`BITS5 = false`) and Q5_K (`true`) against Q8_K activations stored in
