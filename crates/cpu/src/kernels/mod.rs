@@ -12,8 +12,9 @@
 //!   IQ4_XS, F32, F16 and BF16 weights, the activation quantizers and the fused delta-rule
 //!   decode step; everything else on this tier (Q5_0 / IQ4_NL matmuls, attention, the chunked
 //!   delta rule, `vmath::exp`) runs the scalar code.
-//! * `bf16.rs` — BF16 × BF16 dot products with AVX-512 BF16 (`vdpbf16ps`), used on top of the
-//!   AVX-512 tier when the CPU also has that extension (`has_avx512_bf16`).
+//! * `bf16.rs` — BF16 × BF16 dot products with AVX-512 BF16 (`vdpbf16ps`): row kernels and a
+//!   cache-blocked GEMM for prefill that sums in the same order, used on top of the AVX-512
+//!   tier when the CPU also has that extension (`has_avx512_bf16`).
 //! * Machines with neither AVX-512 nor AVX2 run the reference tier (correct, slow).
 //!
 //! [`isa`] picks the best tier the CPU has, once per process. `QINFER_ISA=avx2` forces the
@@ -353,9 +354,11 @@ impl<'a> Plan<'a> {
     }
 
     /// `store(t, r, v)` with `v[i]` = row `r + i` of W · activation row `t`, covering every
-    /// weight row in `rows` and every one of the `t` activation rows once: the GEMM kernel when the plan has one, otherwise the row
-    /// kernels, `ROW_TILE` weight rows at a time against groups of [`MAX_TOKENS`] activation
-    /// rows (a weight row is unpacked once per group and read from L1 for the next groups).
+    /// weight row in `rows` and every one of the `t` activation rows once: the GEMM kernel
+    /// when the plan has one (the integer GEMM, or the BF16 GEMM for `bf16::TILE_TOKENS` rows
+    /// or more, which gives the row kernel's bits), otherwise the row kernels, `ROW_TILE`
+    /// weight rows at a time against groups of [`MAX_TOKENS`] activation rows (a weight row is
+    /// unpacked once per group and read from L1 for the next groups).
     pub(crate) fn compute(
         &self,
         rows: std::ops::Range<usize>,
@@ -369,6 +372,14 @@ impl<'a> Plan<'a> {
             let rb = self.row_bytes;
             // SAFETY: GEMM plans are only made when `isa()` confirmed AVX-512.
             unsafe { gemm::gemm(a, rows, |r| &self.bytes[r * rb..(r + 1) * rb], store) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let (Acts::Bf16(a), Isa::Avx512) = (&self.acts, self.isa)
+            && t >= bf16::TILE_TOKENS
+        {
+            // SAFETY: BF16 plans at `Isa::Avx512` are only made when the CPU has AVX-512 BF16.
+            unsafe { bf16::gemm(a, self.bytes, self.row_bytes, rows, store) };
             return;
         }
         if t == 1 && self.has_x4() {

@@ -391,3 +391,94 @@ fn bf16_products_match_the_reference() {
         }
     }
 }
+
+/// The BF16 GEMM (`bf16::gemm`, which [`Plan::compute`] takes for `bf16::TILE_TOKENS` tokens
+/// or more) sums every (weight row, token) pair exactly as the one-token row kernel does, so a
+/// token's results are the bits its decode gives whatever the batch: for every number of
+/// tokens from 1 to 40, chunks that start and end mid-tile, weights at several offsets from a
+/// cache line (the masked `lead` step), lengths with a masked tail, and rows longer than one
+/// block of `K` (accumulators carried between blocks).
+#[test]
+fn bf16_gemm_is_bit_identical_to_the_row_kernel_at_every_batch_size() {
+    if !has_avx512_bf16() {
+        return;
+    }
+    for (n, k) in [(9, 64), (23, 1000), (21, 1024), (70, 3104), (6, 4000)] {
+        let base = weight(DType::BF16, n, k, 23);
+        let len = base.bytes().len();
+        let mut padded = vec![0u8; 64];
+        padded.extend_from_slice(base.bytes());
+        let view = ByteView::from_vec(padded);
+        let x = Mat::from_vec(noise(40 * k, 29), 40, k);
+        // Each token alone (a decode step): the row kernel, one row and one token per call.
+        let one: Vec<Mat> = (0..40)
+            .map(|t| Mat::from_vec(x.row(t).to_vec(), 1, k))
+            .collect();
+        for offset in [0, 2, 32, 46] {
+            let w = Weight::new(DType::BF16, n, k, view.slice(offset, len)).unwrap();
+            let single: Vec<Vec<f32>> = one
+                .iter()
+                .map(|xt| {
+                    let plan = Plan::new(xt, &w, Isa::Avx512, MatmulPrecision::Int8);
+                    (0..n)
+                        .map(|r| {
+                            let mut o = [0.0];
+                            plan.dot(r, 0, &mut o);
+                            o[0]
+                        })
+                        .collect()
+                })
+                .collect();
+            for t in (1..=40).filter(|&t| t <= 14 || t % 9 == 4) {
+                let xt = Mat::from_vec(x.data[..t * k].to_vec(), t, k);
+                let plan = Plan::new(&xt, &w, Isa::Avx512, MatmulPrecision::Int8);
+                for rows in [0..n, n / 3..n - n / 4] {
+                    let mut got = vec![f32::NAN; t * n];
+                    plan.compute(rows.clone(), t, |tok, r, v| {
+                        got[tok * n + r..tok * n + r + v.len()].copy_from_slice(v)
+                    });
+                    for tok in 0..t {
+                        for r in rows.clone() {
+                            let (g, e) = (got[tok * n + r], single[tok][r]);
+                            assert_eq!(
+                                g.to_bits(),
+                                e.to_bits(),
+                                "n={n} k={k} offset={offset} t={t} rows={rows:?} token {tok} \
+                                 row {r}: {g} vs {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `bf16::reduce16` gives each vector's `_mm512_reduce_add_ps`, bit for bit, on lanes whose
+/// magnitudes differ so much that any other order of the additions would change the sums.
+#[test]
+fn bf16_reduce16_matches_the_horizontal_add_bit_for_bit() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        if !has_avx512_bf16() {
+            return;
+        }
+        let scales = [1e-8f32, 1.0, 3e7, -1e12, 0.5, 7e3];
+        let vals: Vec<f32> = noise(256, 31)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * scales[i % scales.len()] * (1 + i % 7) as f32)
+            .collect();
+        // SAFETY: the CPU has AVX-512 F/BW and BF16 (checked above).
+        unsafe {
+            let v: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(vals[16 * j..].as_ptr()));
+            let mut got = [0.0f32; 16];
+            _mm512_storeu_ps(got.as_mut_ptr(), super::bf16::reduce16(v));
+            for (j, g) in got.iter().enumerate() {
+                let want = _mm512_reduce_add_ps(v[j]);
+                assert_eq!(g.to_bits(), want.to_bits(), "vector {j}: {g} vs {want}");
+            }
+        }
+    }
+}
