@@ -428,13 +428,15 @@ impl<'a> Plan<'a> {
     }
 
     /// Whether one activation row meets a format with a four-rows-one-token kernel
-    /// (`avx512::*_x4`).
+    /// (`avx512::*_x4`, and BF16's row kernel with four rows).
     fn has_x4(&self) -> bool {
         match (&self.acts, self.isa) {
             (Acts::Int { fmt, .. }, Isa::Avx512) => {
                 cfg!(target_arch = "x86_64")
                     && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K | IntFmt::Q8_0)
             }
+            // `bf16::dot_avx512::<4, 1>`: each (row, token) sum is the same whatever the rows.
+            (Acts::Bf16(_), Isa::Avx512) => cfg!(target_arch = "x86_64"),
             _ => false,
         }
     }
@@ -473,10 +475,15 @@ impl<'a> Plan<'a> {
     /// Rows `rows` of W against activation row 0 with the `*_x4` kernel ([`Plan::has_x4`]).
     #[cfg(target_arch = "x86_64")]
     fn dot4(&self, rows: [usize; 4]) -> [f32; 4] {
+        let w = rows.map(|r| &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]);
+        if let Acts::Bf16(a) = &self.acts {
+            // SAFETY: BF16 plans at `Isa::Avx512` are only made when the CPU has AVX-512 BF16.
+            let y = unsafe { bf16::dot_avx512::<4, 1>(w, [a.row(0)], a.lead()) };
+            return y.map(|[v]| v);
+        }
         let Acts::Int { fmt, q } = &self.acts else {
             unreachable!("dot4 runs only where has_x4 holds")
         };
-        let w = rows.map(|r| &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]);
         // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
         unsafe {
             match fmt {

@@ -393,7 +393,8 @@ fn bf16_products_match_the_reference() {
 }
 
 /// The BF16 GEMM (`bf16::gemm`, which [`Plan::compute`] takes for `bf16::TILE_TOKENS` tokens
-/// or more) sums every (weight row, token) pair exactly as the one-token row kernel does, so a
+/// or more) and the four-row decode path (one token) sum every (weight row, token) pair
+/// exactly as the one-row, one-token kernel does, so a
 /// token's results are the bits its decode gives whatever the batch: for every number of
 /// tokens from 1 to 40, chunks that start and end mid-tile, weights at several offsets from a
 /// cache line (the masked `lead` step), lengths with a masked tail, and rows longer than one
