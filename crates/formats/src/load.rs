@@ -7,7 +7,9 @@
 //! in the page cache for the next run. A file already cached in small folios stays as it is
 //! (the advice costs nothing then). Measured on this project's benchmark machine (Linux 6.18,
 //! ext4): a 0.8B Q8_0 file read cold through such a mapping ends up 98 % mapped in 2 MiB pages
-//! (`FilePmdMapped` in `/proc/PID/smaps_rollup`) against ~50 % when cached by ordinary reads.
+//! (`FilePmdMapped` in `/proc/PID/smaps_rollup`); a file still cached from the writes that
+//! created it (a fresh `llama-quantize` output, a fresh download) is 0 % until the kernel
+//! drops it from the page cache.
 //!
 //! Copying the file into anonymous huge pages instead was tried and rejected: it gives huge
 //! pages whatever the page cache holds, but allocating 2 MiB pages on a host whose memory is
