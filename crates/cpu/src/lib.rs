@@ -11,6 +11,8 @@
 
 pub mod kernels;
 pub mod membw;
+#[cfg(test)]
+mod noise;
 pub mod ops;
 pub mod pool;
 mod threads;

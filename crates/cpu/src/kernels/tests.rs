@@ -5,16 +5,11 @@ use qinfer_tensor::{ByteView, DType, Mat, Weight};
 use super::*;
 
 fn noise(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-    (0..n)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            let v = (s % 2001) as f32 / 1000.0 - 1.0;
-            // A few outliers, as real activations have.
-            if i % 97 == 5 { v * 8.0 } else { v }
-        })
+    crate::noise::noise(n, seed)
+        .into_iter()
+        .enumerate()
+        // A few outliers, as real activations have.
+        .map(|(i, v)| if i % 97 == 5 { v * 8.0 } else { v })
         .collect()
 }
 

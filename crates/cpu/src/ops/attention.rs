@@ -246,6 +246,7 @@ fn attend_portable(t: &Task<'_>, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::noise::noise;
 
     /// The tiers to test: the portable one, and AVX-512 where the CPU has it.
     fn isas() -> Vec<Isa> {
@@ -254,18 +255,6 @@ mod tests {
             isas.push(Isa::Avx512);
         }
         isas
-    }
-
-    fn noise(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
     }
 
     /// `t` query rows at the end of an `s`-token sequence.

@@ -169,19 +169,8 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::noise::noise;
     use qinfer_tensor::{ByteView, DType};
-
-    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     fn as_dtype(values: &[f32], dtype: DType) -> Vec<u8> {
         match dtype {
@@ -213,12 +202,12 @@ mod tests {
     fn matmul_matches_reference_in_exact_mode() {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             for (t, n, k) in [(1, 1, 1), (1, 130, 67), (5, 64, 64), (13, 200, 300)] {
-                let x = Mat::from_vec(pseudo_random(t * k, 1), t, k);
+                let x = Mat::from_vec(noise(t * k, 1), t, k);
                 let w = Weight::new(
                     dtype,
                     n,
                     k,
-                    ByteView::from_vec(as_dtype(&pseudo_random(n * k, 2), dtype)),
+                    ByteView::from_vec(as_dtype(&noise(n * k, 2), dtype)),
                 )
                 .unwrap();
                 let got = matmul(&x, &w);
