@@ -172,12 +172,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         })
         .collect();
 
+    // The largest sequence state (KV cache + DeltaNet state) any test held.
+    let mut state_max = 0usize;
     let mut pp = Vec::new();
     if args.n_prompt > 0 {
         for rep in 0..=args.repetitions {
             let mut state = model.new_state();
             let t = Instant::now();
             model.forward(&prompt, &mut state, LogitsFor::Last)?;
+            state_max = state_max.max(state.bytes());
             if rep > 0 {
                 pp.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
             }
@@ -196,6 +199,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 next = argmax(&logits.data);
             }
             let secs = t.elapsed().as_secs_f64();
+            state_max = state_max.max(state.bytes());
             if rep > 0 {
                 tg.push(args.n_gen as f64 / secs);
                 regions_per_token =
@@ -212,6 +216,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let gbs = tg_s.mean * bytes_per_token as f64 / 1e9;
     // Before the bandwidth probe, whose buffer is not the model's.
     let peak = peak_rss_bytes();
+    // The memory target: the file plus the largest state held, plus 10 %.
+    let rss_limit = (file_bytes as f64 + state_max as f64) * 1.1;
     let (limit, measured) = match args.bandwidth {
         Some(b) => (b, false),
         None if args.n_gen > 0 => (qinfer_cpu::membw::read_bandwidth_gb_s(1 << 30, 5), true),
@@ -248,6 +254,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "bandwidth_share": share,
             "sync_points_per_token": regions_per_token,
             "peak_rss_bytes": peak,
+            "state_bytes_max": state_max,
+            "peak_rss_limit_bytes": rss_limit as u64,
         });
         writeln!(out, "{v}")?;
     } else {
@@ -290,7 +298,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             )?;
         }
         if let Some(p) = peak {
-            writeln!(out, "peak RSS {:.2} GB", p as f64 / 1e9)?;
+            writeln!(
+                out,
+                "peak RSS {:.3} GB = {:.0}% of file + largest state ({:.3} GB + {:.3} GB) + 10%",
+                p as f64 / 1e9,
+                p as f64 / rss_limit * 100.0,
+                file_bytes as f64 / 1e9,
+                state_max as f64 / 1e9,
+            )?;
         }
     }
     Ok(())

@@ -64,6 +64,15 @@ pub struct Layer {
     pub feed_forward: FeedForward,
 }
 
+/// Most positions [`Qwen35::forward`] and [`Qwen35::prefill`] take through the layers at once:
+/// a longer step runs in pieces of this many, each piece's activations (about 120 KB per
+/// position for Qwen3.5-0.8B) freed before the next, so prefill memory stays flat however long
+/// the prompt. A multiple of the delta rule's chunk length; big enough that every matmul of a
+/// piece is a GEMM whose weights are read once per 256 positions (prefill speed per token is
+/// the same as with 512-position pieces).
+pub const MAX_PIECE_TOKENS: usize = 256;
+const _: () = assert!(MAX_PIECE_TOKENS % crate::layers::gated_deltanet::CHUNK == 0);
+
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogitsFor {
@@ -269,7 +278,7 @@ impl Qwen35 {
         state: &mut SequenceState,
         logits: LogitsFor,
     ) -> Result<Mat, ForwardError> {
-        self.forward_traced(tokens, state, logits, &mut |_, _| {})
+        self.forward_in_pieces(tokens, state, logits, self.deltanet_path)
     }
 
     /// [`Qwen35::forward`] for a piece of a prompt: the chunked delta rule even for a single
@@ -287,7 +296,7 @@ impl Qwen35 {
             DeltaNetPath::Auto => DeltaNetPath::Chunked,
             other => other,
         };
-        self.forward_with(tokens, state, logits, path, &mut |_, _| {})
+        self.forward_in_pieces(tokens, state, logits, path)
     }
 
     /// [`Qwen35::forward`], reporting named intermediate tensors to `trace`.
@@ -301,6 +310,50 @@ impl Qwen35 {
         self.forward_with(tokens, state, logits, self.deltanet_path, trace)
     }
 
+    /// One pass of `tokens` through the layers in pieces of at most [`MAX_PIECE_TOKENS`],
+    /// then the LM head for the positions `logits` asks for. The result is bit for bit that
+    /// of one pass over all tokens: every matmul row, the attention of every query and the
+    /// chunked delta rule (the pieces start at multiples of its chunk length, and a step of
+    /// more than one token takes the chunked form in every piece, even a one-token last
+    /// piece) do not depend on how the positions are grouped.
+    fn forward_in_pieces(
+        &self,
+        tokens: &[u32],
+        state: &mut SequenceState,
+        logits: LogitsFor,
+        path: DeltaNetPath,
+    ) -> Result<Mat, ForwardError> {
+        if tokens.len() <= MAX_PIECE_TOKENS {
+            return self.forward_with(tokens, state, logits, path, &mut |_, _| {});
+        }
+        self.check_step(tokens, state)?;
+        let path = match path {
+            DeltaNetPath::Auto => DeltaNetPath::Chunked,
+            other => other,
+        };
+        let vocab = self.config.vocab;
+        let mut all = match logits {
+            LogitsFor::All => Mat::zeros(tokens.len(), vocab),
+            LogitsFor::Last => Mat::zeros(0, vocab),
+        };
+        let pieces = tokens.len().div_ceil(MAX_PIECE_TOKENS);
+        for (i, piece) in tokens.chunks(MAX_PIECE_TOKENS).enumerate() {
+            let x = self.layers_pass(piece, state, path, &mut |_, _| {});
+            match logits {
+                LogitsFor::All => {
+                    let at = i * MAX_PIECE_TOKENS * vocab;
+                    let l = self.head(x, logits, &mut |_, _| {});
+                    all.data[at..at + l.data.len()].copy_from_slice(&l.data);
+                }
+                LogitsFor::Last if i + 1 == pieces => {
+                    return Ok(self.head(x, logits, &mut |_, _| {}));
+                }
+                LogitsFor::Last => {}
+            }
+        }
+        Ok(all)
+    }
+
     fn forward_with(
         &self,
         tokens: &[u32],
@@ -309,8 +362,21 @@ impl Qwen35 {
         path: DeltaNetPath,
         trace: &mut dyn FnMut(TracePoint, &Mat),
     ) -> Result<Mat, ForwardError> {
-        let c = &self.config;
         self.check_step(tokens, state)?;
+        let x = self.layers_pass(tokens, state, path, trace);
+        Ok(self.head(x, logits, trace))
+    }
+
+    /// Embeddings and every layer for `tokens` (already checked), advancing `state`; returns
+    /// the last layer's output `[T, H]`.
+    fn layers_pass(
+        &self,
+        tokens: &[u32],
+        state: &mut SequenceState,
+        path: DeltaNetPath,
+        trace: &mut dyn FnMut(TracePoint, &Mat),
+    ) -> Mat {
+        let c = &self.config;
         let start = state.pos();
         let positions: Vec<_> = (start..start + tokens.len()).map(text_position).collect();
 
@@ -335,13 +401,18 @@ impl Qwen35 {
             trace(TracePoint::LayerOutput(l), &x);
         }
         state.advance(tokens.len());
+        x
+    }
+
+    /// Final norm and LM head over the rows of `x` that `logits` asks for.
+    fn head(&self, x: Mat, logits: LogitsFor, trace: &mut dyn FnMut(TracePoint, &Mat)) -> Mat {
         let mut last = match logits {
             LogitsFor::All => x,
-            LogitsFor::Last => Mat::from_vec(x.row(x.rows - 1).to_vec(), 1, c.hidden),
+            LogitsFor::Last => Mat::from_vec(x.row(x.rows - 1).to_vec(), 1, x.cols),
         };
         self.final_norm.forward(&mut last);
         trace(TracePoint::FinalNorm, &last);
-        Ok(ops::matmul(&last, &self.lm_head))
+        ops::matmul(&last, &self.lm_head)
     }
 
     /// Runs one step for many sequences at once: each [`BatchItem`] continues its own

@@ -165,6 +165,48 @@ fn prefill_in_chunk_aligned_pieces_equals_one_prefill() {
     }
 }
 
+/// A step longer than `MAX_PIECE_TOKENS` runs through the layers in pieces (so prefill memory
+/// does not grow with the prompt) and still equals one pass over all its positions bit for bit
+/// (`forward_traced` takes one pass): logits of every position or of the last, and the final
+/// state, also when the last piece is a single token (it must still take the chunked form).
+#[test]
+fn a_long_step_in_pieces_equals_one_pass() {
+    use qinfer_model::qwen35::MAX_PIECE_TOKENS;
+    for name in MODELS {
+        let model = load(name);
+        let vocab = model.config.vocab as u32;
+        let mut s = 0x2545_F491u32;
+        let prompt: Vec<u32> = (0..2 * MAX_PIECE_TOKENS + 41)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s % vocab
+            })
+            .collect();
+        for (n, logits) in [
+            (prompt.len(), LogitsFor::All),
+            (MAX_PIECE_TOKENS + 1, LogitsFor::Last),
+        ] {
+            let prompt = &prompt[..n];
+            let mut one_state = model.new_state();
+            let one = model
+                .forward_traced(prompt, &mut one_state, logits, &mut |_, _| {})
+                .unwrap();
+            let mut state = model.new_state();
+            let pieces = model.forward(prompt, &mut state, logits).unwrap();
+            assert_eq!(
+                (pieces.rows, pieces.cols),
+                (one.rows, one.cols),
+                "{name}: {n}"
+            );
+            assert!(pieces.data == one.data, "{name}: {n} tokens, {logits:?}");
+            assert_eq!(state.pos(), n);
+            assert_eq!(state_diff(&state, &one_state), 0.0, "{name}: {n} tokens");
+        }
+    }
+}
+
 /// The production combination (chunked prefill, recurrent decode) against one chunked
 /// forward. The two delta-rule forms round differently, and this random model amplifies
 /// rounding: at a sequence's first token the DeltaNet read-out is `(q·k)·β·v`, whose magnitude
