@@ -71,7 +71,7 @@ pub struct Layer {
 /// piece is a GEMM whose weights are read once per 256 positions (prefill speed per token is
 /// the same as with 512-position pieces).
 pub const MAX_PIECE_TOKENS: usize = 256;
-const _: () = assert!(MAX_PIECE_TOKENS % crate::layers::gated_deltanet::CHUNK == 0);
+const _: () = assert!(MAX_PIECE_TOKENS.is_multiple_of(crate::layers::gated_deltanet::CHUNK));
 
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
