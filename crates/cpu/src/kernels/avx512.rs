@@ -298,10 +298,16 @@ struct Q6Block {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 #[inline]
 unsafe fn q6_unpack(blk: *const u8) -> Q6Block {
+    // Byte l of the 32 high-bit bytes of a half holds bits 4..6 of quants l, l + 32, l + 64,
+    // l + 96 in its bit pairs 0, 1, 2, 3. Register 2h takes pairs 0 (low 256 bits) and 1
+    // (high), register 2h + 1 pairs 2 and 3: keep those pairs, shift each to bits 4..6 of its
+    // byte, and select the low nibble from the quants (`m4 ? q : high`, one ternary op). What
+    // a 16-bit shift carries into the neighbouring byte lands in that byte's low nibble, which
+    // the select discards.
     let m4 = _mm512_set1_epi8(0x0F);
-    let m3 = _mm512_set1_epi8(0x03);
-    let sh02 = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
-    let sh46 = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(6));
+    let keep = _mm512_inserti64x4::<1>(_mm512_set1_epi8(0x33), _mm256_set1_epi8(0xCCu8 as i8));
+    let shl = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
+    let shr = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
     // SAFETY: the caller passes a whole 210-byte block.
     unsafe {
         let sc256 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
@@ -310,13 +316,12 @@ unsafe fn q6_unpack(blk: *const u8) -> Q6Block {
         for h in 0..2 {
             let q = _mm512_loadu_si512(blk.add(64 * h).cast());
             let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * h).cast()));
-            let hi_lo = _mm512_and_si512(_mm512_srlv_epi16(qh, sh02), m3);
-            let hi_hi = _mm512_and_si512(_mm512_srlv_epi16(qh, sh46), m3);
-            wq[2 * h] = _mm512_or_si512(_mm512_and_si512(q, m4), _mm512_slli_epi16::<4>(hi_lo));
-            wq[2 * h + 1] = _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
-                _mm512_slli_epi16::<4>(hi_hi),
-            );
+            let qh = _mm512_and_si512(qh, keep);
+            let hi_lo = _mm512_sllv_epi16(qh, shl);
+            let hi_hi = _mm512_srlv_epi16(qh, shr);
+            // 0xE4: c ? a : b, bit by bit.
+            wq[2 * h] = _mm512_ternarylogic_epi32::<0xE4>(q, hi_lo, m4);
+            wq[2 * h + 1] = _mm512_ternarylogic_epi32::<0xE4>(_mm512_srli_epi16::<4>(q), hi_hi, m4);
         }
         let scales =
             std::array::from_fn(|r| _mm512_permutexvar_epi16(idx_quarters(4 * r as i16), sc16));
