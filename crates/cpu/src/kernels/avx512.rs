@@ -14,6 +14,28 @@ use std::arch::x86_64::*;
 
 use super::act::{BlockQ8_0, BlockQ8K};
 
+/// How far ahead of the block it works on a one-token (`*_x4`) kernel asks for each weight
+/// stream's bytes (the four rows of a call lie in four sequential streams, see
+/// `Plan::compute_x4`). Decode streams every weight once per token with enough arithmetic
+/// between loads that the hardware prefetchers alone leave the memory idle part of the time;
+/// asking 3 KiB ahead in each stream keeps more lines in flight. A prefetch never faults, so
+/// one past the end of the matrix only wastes a request. Measured figures: `docs/PERFORMANCE.md`
+/// (third session).
+pub(crate) const PREFETCH_AHEAD: usize = 3072;
+
+/// Asks for the `LINES` cache lines from `PREFETCH_AHEAD` bytes past `p`. Called once per
+/// block with enough lines to cover a block, it touches every line of the row once or twice.
+#[inline(always)]
+pub(crate) fn prefetch_ahead<const LINES: usize>(p: *const u8) {
+    for l in 0..LINES {
+        // SAFETY: a prefetch is a hint: it does not fault whatever the address
+        // (`wrapping_add` keeps the pointer arithmetic defined).
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + 64 * l).cast::<i8>());
+        }
+    }
+}
+
 /// `f16` bits → `f32` with F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 #[inline]
@@ -245,6 +267,8 @@ pub unsafe fn q45_k_x4<const BITS5: bool>(w: [&[u8]; 4], a: &[BlockQ8K]) -> [f32
             let mut s = [_mm256_setzero_si256(); 4];
             let mut m = [_mm256_setzero_si256(); 4];
             for j in 0..4 {
+                // 144 or 176 bytes: three lines.
+                prefetch_ahead::<3>(blk[j]);
                 let u = q45_unpack::<BITS5>(blk[j], &idx);
                 s[j] = fold256(scaled_dot(&u.wq, &u.scales, &av));
                 m[j] = _mm256_madd_epi16(bs, u.mins16);
@@ -371,6 +395,8 @@ pub unsafe fn q6_k_x4(w: [&[u8]; 4], a: &[BlockQ8K]) -> [f32; 4] {
             let mut s = [_mm256_setzero_si256(); 4];
             let mut o = [_mm256_setzero_si256(); 4];
             for j in 0..4 {
+                // 210 bytes: four lines.
+                prefetch_ahead::<4>(blk[j]);
                 let u = q6_unpack(blk[j]);
                 s[j] = fold256(scaled_dot(&u.wq, &u.scales, &av));
                 o[j] = _mm256_madd_epi16(bs, u.sc256);
@@ -552,6 +578,10 @@ pub unsafe fn q8_0_x4(w: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
             let ab = a.get_unchecked(b);
             let av = _mm256_loadu_si256(ab.qs.as_ptr().cast());
             let blk: [*const u8; 4] = std::array::from_fn(|j| w[j].as_ptr().add(b * 34));
+            // 34 bytes: a line covers the block (and half the next).
+            for p in blk {
+                prefetch_ahead::<1>(p);
+            }
             let p: [__m256i; 4] = std::array::from_fn(|j| {
                 let v = _mm256_loadu_si256(blk[j].add(2).cast());
                 _mm256_dpbusd_epi32(zero, _mm256_abs_epi8(v), _mm256_sign_epi8(av, v))
