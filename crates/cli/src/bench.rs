@@ -85,7 +85,10 @@ fn weight_bytes_per_token(m: &Qwen35) -> usize {
                     + bytes(&d.b)
                     + bytes(&d.a)
                     + bytes(&d.out)
-                    + 4 * (d.conv.len() + d.dt_bias.len() + d.a_neg.len() + d.norm.weight.len())
+                    + 4 * (d.conv_taps.len()
+                        + d.dt_bias.len()
+                        + d.a_neg.len()
+                        + d.norm.weight.len())
             }
             Mixer::Attention(a) => {
                 bytes(&a.q)

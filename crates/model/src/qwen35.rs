@@ -567,7 +567,7 @@ impl Qwen35 {
                         + m(&d.b)
                         + m(&d.a)
                         + m(&d.out)
-                        + d.conv.len()
+                        + d.conv_taps.len()
                         + d.dt_bias.len()
                         + d.a_neg.len()
                         + d.norm.weight.len()

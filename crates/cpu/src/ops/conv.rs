@@ -1,9 +1,9 @@
 //! Causal depthwise 1-D convolution (Gated DeltaNet's short conv), with its rolling state.
 //!
-//! The taps are transposed to `[K, C]` once per call so each output row is `K` contiguous
-//! multiply-adds over all channels (vectorisable), followed by SiLU over the row with the
-//! vectorised exponential. Rows are independent, so they are split over the pool; every element
-//! is computed the same way whatever the split.
+//! The taps come transposed to `[K, C]` ([`conv_taps`], once at load) so each output row is `K`
+//! contiguous multiply-adds over all channels (vectorisable), followed by SiLU over the row with
+//! the vectorised exponential. Rows are independent, so they are split over the pool; every
+//! element is computed the same way whatever the split.
 
 use qinfer_tensor::Mat;
 
@@ -13,30 +13,39 @@ use crate::kernels::{self, Isa};
 /// Output rows per parallel chunk.
 const ROWS_PER_TASK: usize = 16;
 
+/// The conv weight `[C, K]` (as checkpoints store it) transposed to the `[K, C]` taps
+/// [`causal_conv1d_silu`] takes.
+///
+/// # Panics
+/// If `w.len() != channels · kernel`.
+pub fn conv_taps(w: &[f32], channels: usize, kernel: usize) -> Vec<f32> {
+    assert_eq!(w.len(), channels * kernel, "conv weight must be [C, K]");
+    let mut taps = vec![0.0f32; kernel * channels];
+    for (ch, wc) in w.chunks_exact(kernel).enumerate() {
+        for (i, &wi) in wc.iter().enumerate() {
+            taps[i * channels + ch] = wi;
+        }
+    }
+    taps
+}
+
 /// Causal depthwise conv over time followed by SiLU.
 ///
 /// * `x`: `[T, C]` new inputs.
 /// * `state`: `[K-1, C]`, the `K-1` inputs before `x` (zeros at sequence start); replaced by the
 ///   last `K-1` rows of `state ‖ x`.
-/// * `w`: `[C, K]`; tap `K-1` multiplies the current token, tap 0 the token `K-1` steps back
-///   (PyTorch `Conv1d` cross-correlation).
+/// * `taps`: `[K, C]` ([`conv_taps`]); tap `K-1` multiplies the current token, tap 0 the token
+///   `K-1` steps back (PyTorch `Conv1d` cross-correlation).
 ///
 /// Returns `silu(conv(x))`, `[T, C]`.
 ///
 /// # Panics
 /// If the shapes disagree.
-pub fn causal_conv1d_silu(x: &Mat, state: &mut [f32], w: &[f32], kernel: usize) -> Mat {
+pub fn causal_conv1d_silu(x: &Mat, state: &mut [f32], taps: &[f32], kernel: usize) -> Mat {
     let (t, c) = (x.rows, x.cols);
     let hist = kernel - 1;
     assert_eq!(state.len(), hist * c, "conv state must be [K-1, C]");
-    assert_eq!(w.len(), c * kernel, "conv weight must be [C, K]");
-    // [C, K] -> [K, C].
-    let mut taps = vec![0.0f32; kernel * c];
-    for (ch, wc) in w.chunks_exact(kernel).enumerate() {
-        for (i, &wi) in wc.iter().enumerate() {
-            taps[i * c + ch] = wi;
-        }
-    }
+    assert_eq!(taps.len(), kernel * c, "conv taps must be [K, C]");
     // Row `r` of the window `state ‖ x` ([K-1 + T, C]) that every output reads from.
     let window = |r: usize| -> &[f32] {
         if r < hist {
@@ -58,9 +67,12 @@ pub fn causal_conv1d_silu(x: &Mat, state: &mut [f32], w: &[f32], kernel: usize) 
             silu_in_place(isa, o);
         }
     });
-    // The new history: the last K-1 rows of `state ‖ x`.
-    let new_state: Vec<f32> = (t..t + hist).flat_map(window).copied().collect();
-    state.copy_from_slice(&new_state);
+    // The new history: the last K-1 rows of `state ‖ x`: the state's own last rows moved to
+    // its front, then as many of x's last rows as fit.
+    let keep = hist.saturating_sub(t);
+    state.copy_within((hist - keep) * c.., 0);
+    let from_x = hist - keep;
+    state[keep * c..].copy_from_slice(&x.data[(t - from_x) * c..t * c]);
     out
 }
 
@@ -98,6 +110,7 @@ mod tests {
     fn streaming_equals_one_shot() {
         let (c, k) = (3, 4);
         let w: Vec<f32> = (0..c * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w = conv_taps(&w, c, k);
         let data: Vec<f32> = (0..7 * c).map(|i| (i as f32 * 0.71).cos()).collect();
         let mut s1 = vec![0.0; (k - 1) * c];
         let whole = causal_conv1d_silu(&Mat::from_vec(data.clone(), 7, c), &mut s1, &w, k);

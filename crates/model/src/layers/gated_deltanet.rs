@@ -86,8 +86,9 @@ pub struct GatedDeltaNet {
     pub b: Weight,
     /// `[Nv, H]`.
     pub a: Weight,
-    /// `[C, K]`.
-    pub conv: Vec<f32>,
+    /// The conv taps, `[K, C]` (the checkpoint's `[C, K]` transposed at load,
+    /// [`ops::conv_taps`]).
+    pub conv_taps: Vec<f32>,
     /// `[Nv]`.
     pub dt_bias: Vec<f32>,
     /// `A = −exp(A_log)`, `[Nv]`.
@@ -114,10 +115,14 @@ impl GatedDeltaNet {
             z: ld.matrix(id(LayerTensor::DeltaNetZ), c.value_dim(), hidden)?,
             b: ld.matrix(id(LayerTensor::DeltaNetB), nv, hidden)?,
             a: ld.matrix(id(LayerTensor::DeltaNetA), nv, hidden)?,
-            conv: ld.f32s(
-                id(LayerTensor::DeltaNetConv),
-                &[&[conv_dim, 1, c.conv_kernel], &[conv_dim, c.conv_kernel]],
-            )?,
+            conv_taps: ops::conv_taps(
+                &ld.f32s(
+                    id(LayerTensor::DeltaNetConv),
+                    &[&[conv_dim, 1, c.conv_kernel], &[conv_dim, c.conv_kernel]],
+                )?,
+                conv_dim,
+                c.conv_kernel,
+            ),
             dt_bias: ld.f32s(id(LayerTensor::DeltaNetDtBias), &[&[nv]])?,
             a_neg: ld.deltanet_a(l, nv)?,
             // The gated norm is plain (`w`, not `1 + w`) in every checkpoint format.
@@ -158,7 +163,7 @@ impl GatedDeltaNet {
         let c = self.config;
         let (t, nv, key_dim) = (p.mixed.rows, c.n_v_heads, c.key_dim());
         let DeltaNetProjections { mixed, z, b, a } = p;
-        let mixed = ops::causal_conv1d_silu(mixed, &mut state.conv, &self.conv, c.conv_kernel);
+        let mixed = ops::causal_conv1d_silu(mixed, &mut state.conv, &self.conv_taps, c.conv_kernel);
         let mut q = mixed.cols_range(0, key_dim); // [T, Nk·Dk]
         let mut k = mixed.cols_range(key_dim, key_dim); // [T, Nk·Dk]
         let v = mixed.cols_range(2 * key_dim, c.value_dim()); // [T, Nv·Dv]
