@@ -164,16 +164,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         0
     };
     let vocab = model.config.vocab as u32;
-    // A fixed pseudo-random prompt (xorshift), the same on every run.
-    let mut s = 0x9E37_79B9u32;
-    let prompt: Vec<u32> = (0..args.n_prompt)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            s % vocab
-        })
-        .collect();
+    // A fixed pseudo-random prompt, the same on every run.
+    let prompt = qinfer_model::pseudo_random_tokens(args.n_prompt, vocab, 0x9E37_79B9);
 
     // The largest sequence state (KV cache + DeltaNet state) any test held.
     let mut state_max = 0usize;

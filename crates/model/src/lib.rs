@@ -25,3 +25,18 @@ pub mod qwen35;
 pub use config::{FeedForwardConfig, LayerKind, ModelConfig, NormConvention};
 pub use error::{ConfigError, ForwardError, LoadError};
 pub use qwen35::{BatchItem, DeltaNetPath, LogitsFor, Qwen35, TracePoint};
+
+/// `n` token ids drawn by xorshift32 from `seed` (nonzero), each below `vocab`: a fixed prompt
+/// that is the same on every run, for `qinfer bench` and tests whose outcome must not depend on
+/// particular text.
+pub fn pseudo_random_tokens(n: usize, vocab: u32, seed: u32) -> Vec<u32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s % vocab
+        })
+        .collect()
+}

@@ -175,15 +175,8 @@ fn a_long_step_in_pieces_equals_one_pass() {
     for name in MODELS {
         let model = load(name);
         let vocab = model.config.vocab as u32;
-        let mut s = 0x2545_F491u32;
-        let prompt: Vec<u32> = (0..2 * MAX_PIECE_TOKENS + 41)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                s % vocab
-            })
-            .collect();
+        let prompt =
+            qinfer_model::pseudo_random_tokens(2 * MAX_PIECE_TOKENS + 41, vocab, 0x2545_F491);
         for (n, logits) in [
             (prompt.len(), LogitsFor::All),
             (MAX_PIECE_TOKENS + 1, LogitsFor::Last),
