@@ -20,13 +20,14 @@ use super::act::{BlockQ8_0, BlockQ8K};
 /// between loads that the hardware prefetchers alone leave the memory idle part of the time;
 /// asking 3 KiB ahead in each stream keeps more lines in flight. A prefetch never faults, so
 /// one past the end of the matrix only wastes a request. Measured figures: `docs/PERFORMANCE.md`
-/// (third session).
-pub(crate) const PREFETCH_AHEAD: usize = 3072;
+/// (third session). The BF16 row kernel does not prefetch: it does little arithmetic per byte,
+/// and prefetching made it slower (a 134 MB matrix at one token: 90–92 → 85–87 GB/s).
+const PREFETCH_AHEAD: usize = 3072;
 
 /// Asks for the `LINES` cache lines from `PREFETCH_AHEAD` bytes past `p`. Called once per
 /// block with enough lines to cover a block, it touches every line of the row once or twice.
 #[inline(always)]
-pub(crate) fn prefetch_ahead<const LINES: usize>(p: *const u8) {
+fn prefetch_ahead<const LINES: usize>(p: *const u8) {
     for l in 0..LINES {
         // SAFETY: a prefetch is a hint: it does not fault whatever the address
         // (`wrapping_add` keeps the pointer arithmetic defined).

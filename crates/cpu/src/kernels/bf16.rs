@@ -113,9 +113,6 @@ pub unsafe fn dot_avx512<const R: usize, const M: usize>(
         // (the loads are plain when `n = 32`).
         unsafe {
             let (wv, av): ([__m512bh; R], [__m512bh; M]) = if n == 32 {
-                for row in w {
-                    super::avx512::prefetch_ahead::<1>(row.as_ptr().wrapping_add(2 * i));
-                }
                 (
                     std::array::from_fn(|j| {
                         bh(_mm512_loadu_si512(w[j].as_ptr().add(2 * i).cast()))
