@@ -67,12 +67,11 @@ pub fn causal_conv1d_silu(x: &Mat, state: &mut [f32], taps: &[f32], kernel: usiz
             silu_in_place(isa, o);
         }
     });
-    // The new history: the last K-1 rows of `state ‖ x`: the state's own last rows moved to
-    // its front, then as many of x's last rows as fit.
-    let keep = hist.saturating_sub(t);
-    state.copy_within((hist - keep) * c.., 0);
-    let from_x = hist - keep;
-    state[keep * c..].copy_from_slice(&x.data[(t - from_x) * c..t * c]);
+    // The new history: the last K-1 rows of `state ‖ x`: x's last `from_x` rows after the
+    // state's last `K-1 − from_x` rows, moved to its front.
+    let from_x = t.min(hist);
+    state.copy_within(from_x * c.., 0);
+    state[(hist - from_x) * c..].copy_from_slice(&x.data[(t - from_x) * c..t * c]);
     out
 }
 
