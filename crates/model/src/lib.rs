@@ -29,6 +29,9 @@ pub use qwen35::{BatchItem, DeltaNetPath, LogitsFor, Qwen35, TracePoint};
 /// `n` token ids drawn by xorshift32 from `seed` (nonzero), each below `vocab`: a fixed prompt
 /// that is the same on every run, for `qinfer bench` and tests whose outcome must not depend on
 /// particular text.
+///
+/// # Panics
+/// If `vocab` is 0 (a validated [`ModelConfig`] never has that).
 pub fn pseudo_random_tokens(n: usize, vocab: u32, seed: u32) -> Vec<u32> {
     let mut s = seed;
     (0..n)
