@@ -54,6 +54,36 @@ pub enum LayerState {
     DeltaNet(DeltaNetState),
 }
 
+/// Why a state cannot be rewound to a position.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RewindError {
+    #[error(
+        "cannot rewind to position {to}: the sequence is at {pos} and keeps the DeltaNet state \
+         of positions {kept_from}..={kept_to} only (a step with keep_states sets them)"
+    )]
+    NotKept {
+        to: usize,
+        pos: usize,
+        kept_from: usize,
+        kept_to: usize,
+    },
+}
+
+/// The DeltaNet states after each position of the last step that kept them: what lets a
+/// speculative step be undone to any of its positions without running the layers again and
+/// without a copy of the whole state taken before it. Buffers keep their capacity from step
+/// to step.
+#[derive(Clone, Debug, Default)]
+struct Kept {
+    /// Tokens processed before the step (the state after position `from + j` is slot `j − 1`).
+    from: usize,
+    /// Positions kept (`0`: none).
+    len: usize,
+    /// Per layer (empty for attention layers): conv windows `[len, (K−1)·C]` and recurrent
+    /// states `[len, Nv·Dk·Dv]`.
+    layers: Vec<DeltaNetState>,
+}
+
 /// Why a snapshot cannot be restored into a state.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RestoreError {
@@ -66,6 +96,7 @@ pub enum RestoreError {
 pub struct SequenceState {
     layers: Vec<LayerState>,
     pos: usize,
+    kept: Kept,
 }
 
 impl fmt::Debug for SequenceState {
@@ -95,7 +126,11 @@ impl SequenceState {
                 }),
             })
             .collect();
-        SequenceState { layers, pos: 0 }
+        SequenceState {
+            layers,
+            pos: 0,
+            kept: Kept::default(),
+        }
     }
 
     /// Tokens processed so far (the position of the next token).
@@ -108,6 +143,81 @@ impl SequenceState {
         self.pos += n;
     }
 
+    /// Starts a step of `n` positions: forgets the states an earlier step kept and, with
+    /// `keep`, sizes the buffers that [`SequenceState::keeping_mut`] hands out for this one.
+    /// Called by the model before it changes any layer.
+    pub fn begin_step(&mut self, n: usize, keep: bool) {
+        self.kept.from = self.pos;
+        self.kept.len = if keep { n } else { 0 };
+        if !keep {
+            return;
+        }
+        let kept = &mut self.kept.layers;
+        kept.resize_with(self.layers.len(), || DeltaNetState {
+            conv: Vec::new(),
+            recurrent: Vec::new(),
+        });
+        for (k, layer) in kept.iter_mut().zip(&self.layers) {
+            if let LayerState::DeltaNet(d) = layer {
+                k.conv.resize(n * d.conv.len(), 0.0);
+                k.recurrent.resize(n * d.recurrent.len(), 0.0);
+            }
+        }
+    }
+
+    /// Layer `i`'s DeltaNet state and, when the current step keeps states, the buffers for
+    /// them: conv windows `[n, (K−1)·C]` and recurrent states `[n, Nv·Dk·Dv]`, row `j` the
+    /// state after the step's position `j`. `None` for an attention layer.
+    pub fn deltanet_mut(
+        &mut self,
+        i: usize,
+    ) -> Option<(&mut DeltaNetState, Option<&mut DeltaNetState>)> {
+        let LayerState::DeltaNet(d) = &mut self.layers[i] else {
+            return None;
+        };
+        let kept = (self.kept.len > 0).then(|| &mut self.kept.layers[i]);
+        Some((d, kept))
+    }
+
+    /// Positions the state can be rewound to: the step that kept states covered
+    /// `from + 1 ..= from + len`, and the sequence is at or after each of them.
+    fn rewindable(&self) -> std::ops::RangeInclusive<usize> {
+        self.kept.from + 1..=(self.kept.from + self.kept.len).min(self.pos)
+    }
+
+    /// Returns the sequence to position `to` inside the last step that kept its states
+    /// (`Span::keep_states`): DeltaNet layers take the state they had after that position,
+    /// attention layers drop the later KV rows. Nothing is recomputed. `to == pos()` is a
+    /// no-op; the kept states stay, so a later rewind may go further back within the step.
+    pub fn rewind(&mut self, to: usize) -> Result<(), RewindError> {
+        if to == self.pos {
+            return Ok(());
+        }
+        let range = self.rewindable();
+        if self.kept.len == 0 || !range.contains(&to) {
+            return Err(RewindError::NotKept {
+                to,
+                pos: self.pos,
+                kept_from: *range.start(),
+                kept_to: *range.end(),
+            });
+        }
+        let j = to - self.kept.from - 1;
+        for (layer, kept) in self.layers.iter_mut().zip(&self.kept.layers) {
+            match layer {
+                LayerState::Attention(kv) => kv.truncate(to),
+                LayerState::DeltaNet(d) => {
+                    let (c, r) = (d.conv.len(), d.recurrent.len());
+                    d.conv.copy_from_slice(&kept.conv[j * c..(j + 1) * c]);
+                    d.recurrent
+                        .copy_from_slice(&kept.recurrent[j * r..(j + 1) * r]);
+                }
+            }
+        }
+        self.pos = to;
+        Ok(())
+    }
+
     pub fn layer_mut(&mut self, i: usize) -> &mut LayerState {
         &mut self.layers[i]
     }
@@ -117,7 +227,7 @@ impl SequenceState {
     }
 
     /// Bytes of `f32` state reachable from this sequence (shared KV blocks counted in full;
-    /// see [`unique_bytes`] for several sequences together).
+    /// see [`unique_bytes`] for several sequences together), kept per-position states included.
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
@@ -126,18 +236,32 @@ impl SequenceState {
                 LayerState::DeltaNet(d) => (d.conv.len() + d.recurrent.len()) * 4,
             })
             .sum::<usize>()
+            + self.kept_bytes()
+    }
+
+    /// Bytes held for the per-position states of the last step that kept them.
+    fn kept_bytes(&self) -> usize {
+        self.kept
+            .layers
+            .iter()
+            .map(|k| (k.conv.capacity() + k.recurrent.capacity()) * 4)
+            .sum()
     }
 
     /// A state assembled from parts (prefix cache, files). The caller guarantees that the
     /// parts belong together at `pos`.
     pub fn from_layers(layers: Vec<LayerState>, pos: usize) -> Self {
-        SequenceState { layers, pos }
+        SequenceState {
+            layers,
+            pos,
+            kept: Kept::default(),
+        }
     }
 
     /// A snapshot of the current position: references to the full KV blocks, a copy of the
-    /// partial tail block and of the DeltaNet state.
+    /// partial tail block and of the DeltaNet state (not the kept per-position states).
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot(self.clone())
+        Snapshot(SequenceState::from_layers(self.layers.clone(), self.pos))
     }
 
     /// Returns to `snap`, taken from any sequence of the same layer layout (ahead or behind
@@ -160,7 +284,9 @@ impl SequenceState {
         if !same_layout {
             return Err(RestoreError::Layout);
         }
-        self.clone_from(&snap.0);
+        self.layers.clone_from(&snap.0.layers);
+        self.pos = snap.0.pos;
+        self.kept.len = 0;
         Ok(())
     }
 }
@@ -184,6 +310,7 @@ pub fn unique_bytes<'a>(states: impl IntoIterator<Item = &'a SequenceState>) -> 
                 LayerState::DeltaNet(d) => total += (d.conv.len() + d.recurrent.len()) * 4,
             }
         }
+        total += s.kept_bytes();
     }
     total
 }

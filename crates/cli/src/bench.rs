@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use qinfer_model::qwen35::{FeedForward, Mixer};
-use qinfer_model::{LogitsFor, Qwen35};
+use qinfer_model::{Qwen35, Rows};
 use qinfer_tensor::Weight;
 
 #[derive(Args, Debug)]
@@ -174,7 +174,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         for rep in 0..=args.repetitions {
             let mut state = model.new_state();
             let t = Instant::now();
-            model.forward(&prompt, &mut state, LogitsFor::Last)?;
+            model.forward(&prompt, &mut state, Rows::Last)?;
             state_max = state_max.max(state.bytes());
             if rep > 0 {
                 pp.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
@@ -190,7 +190,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let regions = qinfer_cpu::pool::regions();
             let t = Instant::now();
             for _ in 0..args.n_gen {
-                let logits = model.forward(&[next], &mut state, LogitsFor::Last)?;
+                let logits = model.forward(&[next], &mut state, Rows::Last)?;
                 next = argmax(&logits.data);
             }
             let secs = t.elapsed().as_secs_f64();

@@ -11,7 +11,7 @@ use qinfer_engine::generate::{
 };
 use qinfer_engine::parser::ParserOptions;
 use qinfer_engine::sampler::{Sampler, SamplingParams};
-use qinfer_model::{LogitsFor, Qwen35};
+use qinfer_model::{Qwen35, Rows};
 
 use crate::{SamplingArgs, model_dir};
 
@@ -107,7 +107,7 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
     let (model, _) = load_model(&args.model, args.threads)?;
     let ids = &args.ids.0;
     let mut state = model.new_state();
-    let logits = model.forward(ids, &mut state, LogitsFor::All)?;
+    let logits = model.forward(ids, &mut state, Rows::All)?;
     let mut out = std::io::stdout().lock();
     if let Some(path) = &args.out {
         qinfer_formats::npy::write_f32(path, &[logits.rows, logits.cols], &logits.data)?;
@@ -266,7 +266,7 @@ fn generate_ids_only(args: &GenerateArgs, sampling: SamplingParams) -> Result<()
     let mut state = model.new_state();
     let mut sampler = Sampler::new(sampling, prompt);
     let started = Instant::now();
-    let mut logits = model.forward(prompt, &mut state, LogitsFor::Last)?;
+    let mut logits = model.forward(prompt, &mut state, Rows::Last)?;
     let prefill = started.elapsed();
     let mut generated = Vec::with_capacity(args.max_tokens);
     while generated.len() < args.max_tokens {
@@ -275,7 +275,7 @@ fn generate_ids_only(args: &GenerateArgs, sampling: SamplingParams) -> Result<()
         if eos.contains(&next) || generated.len() == args.max_tokens {
             break;
         }
-        logits = model.forward(&[next], &mut state, LogitsFor::Last)?;
+        logits = model.forward(&[next], &mut state, Rows::Last)?;
     }
     let total = started.elapsed();
     let mut out = std::io::stdout().lock();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use qinfer_formats::gguf::GgufFile;
-use qinfer_model::{LogitsFor, Qwen35};
+use qinfer_model::{Qwen35, Rows};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -76,7 +76,7 @@ fn f32_export_runs_like_the_original() {
                 qinfer_formats::npy::read_f32(&root().join("tests/fixtures").join(name).join(file))
                     .unwrap();
             let got = model
-                .forward(&ids(&r[key]), &mut model.new_state(), LogitsFor::All)
+                .forward(&ids(&r[key]), &mut model.new_state(), Rows::All)
                 .unwrap();
             let d = max_diff(&got.data, &want);
             assert!(d <= 1e-3, "{name} {key}: {d}");
@@ -235,7 +235,7 @@ fn q3_k_m_and_q2_k_follow_the_policy_and_run() {
         assert_eq!(t("blk.8.nextn.eh_proj.weight"), "Q8_0", "{ty}");
         let model = Qwen35::load_gguf(&out).unwrap();
         let logits = model
-            .forward(&[1, 2, 3], &mut model.new_state(), LogitsFor::Last)
+            .forward(&[1, 2, 3], &mut model.new_state(), Rows::Last)
             .unwrap();
         assert!(logits.data.iter().all(|x| x.is_finite()), "{ty}");
     }

@@ -193,7 +193,7 @@ fn unit(rng: &mut SplitMix64) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qinfer_model::LogitsFor;
+    use qinfer_model::Rows;
 
     #[test]
     fn demo_model_is_deterministic_and_runs() {
@@ -201,9 +201,7 @@ mod tests {
         assert_eq!(a.config.vocab, 248_320);
         assert_eq!(a.embed.bytes(), b.embed.bytes());
         let mut s = a.new_state();
-        let logits = a
-            .forward(&[248045, 846, 198], &mut s, LogitsFor::Last)
-            .unwrap();
+        let logits = a.forward(&[248045, 846, 198], &mut s, Rows::Last).unwrap();
         assert_eq!(logits.cols, 248_320);
         assert!(logits.data.iter().all(|v| v.is_finite()));
     }

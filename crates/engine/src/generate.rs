@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qinfer_cache::{Miss, SequenceState, Snapshot};
-use qinfer_model::{ForwardError, LoadError, LogitsFor, Qwen35};
+use qinfer_model::{ForwardError, LoadError, Qwen35, Rows};
 
 use crate::decode::{Decoder, Step};
 use crate::parser::{Event, Parsed, ParserOptions, ToolCall};
@@ -455,7 +455,7 @@ pub fn generate(
             Step::Feed(token) => {
                 seq.tokens.push(token);
                 logits = model
-                    .forward(&[token], &mut seq.state, LogitsFor::Last)?
+                    .forward(&[token], &mut seq.state, Rows::Last)?
                     .row(0)
                     .to_vec();
             }
@@ -463,7 +463,7 @@ pub fn generate(
                 if let Some(token) = unfed {
                     // The last emitted token is fed so the state matches `tokens`.
                     seq.tokens.push(token);
-                    model.forward(&[token], &mut seq.state, LogitsFor::Last)?;
+                    model.forward(&[token], &mut seq.state, Rows::Last)?;
                 }
                 break;
             }

@@ -33,7 +33,7 @@ use std::sync::Mutex;
 use qinfer_cache::persist::{self, PersistError};
 use qinfer_cache::prefix::token_key;
 use qinfer_cache::{BLOCK_TOKENS, CacheConfig, CacheStats, LayerSpec, Lookup, PrefixCache};
-use qinfer_model::{ForwardError, LogitsFor, Qwen35};
+use qinfer_model::{ForwardError, Qwen35, Rows};
 use qinfer_tensor::Mat;
 use sha2::{Digest, Sha256};
 
@@ -295,13 +295,13 @@ pub fn prefill(
     let points = cache.map_or(Vec::new(), |c| c.snapshot_points(from, prompt.len()));
     let mut at = from;
     for b in points {
-        model.prefill(&prompt[at..b], state, LogitsFor::Last)?;
+        model.prefill(&prompt[at..b], state, Rows::Last)?;
         at = b;
         if let Some(c) = cache {
             c.lock().insert(&token_key(&prompt[..b]), state, true);
         }
     }
-    let logits = model.prefill(&prompt[at..], state, LogitsFor::Last)?;
+    let logits = model.prefill(&prompt[at..], state, Rows::Last)?;
     if let Some(c) = cache {
         let mut inner = c.lock();
         inner.record_processed(prompt.len() - from);

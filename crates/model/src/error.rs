@@ -63,4 +63,10 @@ pub enum ForwardError {
     Empty,
     #[error("the sequence state does not belong to this model")]
     StateMismatch,
+    #[error("embedding rows are {got} wide, the model's hidden size is {hidden}")]
+    EmbeddingWidth { got: usize, hidden: usize },
+    #[error("{got} positions given for {rows} input rows")]
+    PositionCount { got: usize, rows: usize },
+    #[error("a step may keep per-position states for at most {max} positions, not {got}")]
+    TooManyKept { got: usize, max: usize },
 }

@@ -24,7 +24,11 @@ pub mod qwen35;
 
 pub use config::{FeedForwardConfig, LayerKind, ModelConfig, NormConvention};
 pub use error::{ConfigError, ForwardError, LoadError};
-pub use qwen35::{BatchItem, DeltaNetPath, LogitsFor, Qwen35, TracePoint};
+pub use layers::rope::{Position3, text_position};
+pub use qwen35::{
+    DeltaNetPath, MAX_KEPT_POSITIONS, MAX_PIECE_TOKENS, Qwen35, Rows, Span, SpanInput, SpanOutput,
+    TracePoint,
+};
 
 /// `n` token ids drawn by xorshift32 from `seed` (nonzero), each below `vocab`: a fixed prompt
 /// that is the same on every run, for `qinfer bench` and tests whose outcome must not depend on

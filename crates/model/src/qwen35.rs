@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The model holds weights only. Everything a sequence accumulates lives in
-//! [`SequenceState`], passed `&mut` into [`Qwen35::forward`]; positions come from it too.
+//! [`SequenceState`], passed `&mut` into [`Qwen35::step`] inside a [`Span`] with the span's
+//! inputs (token ids or embedding rows) and, optionally, explicit mRoPE positions.
 
 use std::path::Path;
 
@@ -28,7 +29,7 @@ use crate::layers::{
     mlp::Mlp,
     moe::Moe,
     norm::RmsNorm,
-    rope::{Rope, text_position},
+    rope::{Position3, Rope, text_position},
 };
 use crate::loader::{Loader, TensorId, TensorSource};
 use crate::names::{self, Global, LayerTensor, Naming};
@@ -73,34 +74,156 @@ pub struct Layer {
 pub const MAX_PIECE_TOKENS: usize = 256;
 const _: () = assert!(MAX_PIECE_TOKENS.is_multiple_of(crate::layers::gated_deltanet::CHUNK));
 
-/// Which positions get logits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogitsFor {
-    /// Every position of the step: `[T, V]`.
-    All,
-    /// Only the last: `[1, V]` (generation).
+/// Most positions a span may keep per-position DeltaNet states for
+/// ([`Span::keep_states`]): each kept position holds a copy of every DeltaNet layer's state
+/// (about 150 MB for Qwen3.6-27B), so the step that keeps them stays short (speculative
+/// drafts are a few tokens).
+pub const MAX_KEPT_POSITIONS: usize = 16;
+
+/// Which positions of a span return an output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Rows {
+    /// None.
+    #[default]
+    None,
+    /// Only the last: `[1, ·]` (generation).
     Last,
+    /// Every position of the span: `[T, ·]`.
+    All,
 }
 
-/// One sequence's part of a [`Qwen35::forward_batch`] step.
+impl Rows {
+    /// The positions `0..t` this selects.
+    fn range(self, t: usize) -> std::ops::Range<usize> {
+        match self {
+            Rows::None => t..t,
+            Rows::Last => t.saturating_sub(1)..t,
+            Rows::All => 0..t,
+        }
+    }
+}
+
+/// What a span feeds the first layer.
+#[derive(Clone, Copy, Debug)]
+pub enum SpanInput<'a> {
+    /// Token ids, looked up in the embedding table.
+    Tokens(&'a [u32]),
+    /// Embedding rows `[T, H]` supplied by the caller (an image encoder's output): used as
+    /// they are, in place of a table lookup.
+    Embeddings(&'a Mat),
+}
+
+impl SpanInput<'_> {
+    /// Positions the span covers.
+    pub fn len(&self) -> usize {
+        match self {
+            SpanInput::Tokens(t) => t.len(),
+            SpanInput::Embeddings(m) => m.rows,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One sequence's part of a [`Qwen35::step`]: its inputs, where they sit, what it wants back.
 #[derive(Debug)]
-pub struct BatchItem<'a> {
-    /// The tokens this step runs for the sequence (`T ≥ 1`).
-    pub tokens: &'a [u32],
+pub struct Span<'a> {
+    pub input: SpanInput<'a>,
+    /// The mRoPE position `(t, h, w)` of every input row. `None`: text positions, row `i` at
+    /// `state.pos() + i` in all three streams. (The KV cache and the context limit count rows
+    /// either way.)
+    pub positions: Option<&'a [Position3]>,
     pub state: &'a mut SequenceState,
-    /// Whether the logits of the last position are needed.
-    pub logits: bool,
+    /// Rows whose logits `[·, V]` are returned.
+    pub logits: Rows,
+    /// Rows whose final hidden state `[·, H]` is returned: after the final norm, the vector
+    /// the LM head reads (and the MTP head takes with the next token's embedding).
+    pub hidden: Rows,
+    /// Form of the delta rule (a model set to one form by [`Qwen35::set_deltanet_path`]
+    /// overrides it). [`DeltaNetPath::Auto`]: chunked for a span of more than one position
+    /// (in every piece of it), recurrent for one. [`DeltaNetPath::Chunked`] is what prompt
+    /// prefill uses, so a prompt cut at multiples of the chunk computes what one pass does.
+    pub delta_rule: DeltaNetPath,
+    /// Keep every DeltaNet layer's state after each position of the span, so that
+    /// [`SequenceState::rewind`] can return to any of them (a speculative step undone after
+    /// its rejected positions). Runs the delta rule token by token, giving bit for bit what
+    /// one-token steps give. At most [`MAX_KEPT_POSITIONS`] positions.
+    pub keep_states: bool,
+}
+
+impl<'a> Span<'a> {
+    /// Text tokens continuing `state`, logits of the last position, nothing else.
+    pub fn tokens(tokens: &'a [u32], state: &'a mut SequenceState) -> Self {
+        Span {
+            input: SpanInput::Tokens(tokens),
+            positions: None,
+            state,
+            logits: Rows::Last,
+            hidden: Rows::None,
+            delta_rule: DeltaNetPath::Auto,
+            keep_states: false,
+        }
+    }
+
+    /// Caller-supplied embedding rows `[T, H]` continuing `state`, logits of the last
+    /// position.
+    pub fn embeddings(rows: &'a Mat, state: &'a mut SequenceState) -> Self {
+        Span {
+            input: SpanInput::Embeddings(rows),
+            ..Span::tokens(&[], state)
+        }
+    }
+
+    pub fn logits(self, logits: Rows) -> Self {
+        Span { logits, ..self }
+    }
+
+    pub fn hidden(self, hidden: Rows) -> Self {
+        Span { hidden, ..self }
+    }
+
+    pub fn positions(self, positions: &'a [Position3]) -> Self {
+        Span {
+            positions: Some(positions),
+            ..self
+        }
+    }
+
+    pub fn delta_rule(self, delta_rule: DeltaNetPath) -> Self {
+        Span { delta_rule, ..self }
+    }
+
+    pub fn keep_states(self, keep_states: bool) -> Self {
+        Span {
+            keep_states,
+            ..self
+        }
+    }
+}
+
+/// What a [`Qwen35::step`] returns for one span: the rows its [`Span::logits`] and
+/// [`Span::hidden`] asked for, in position order (`None` where it asked for none).
+#[derive(Clone, Debug, Default)]
+pub struct SpanOutput {
+    /// `[R, V]`.
+    pub logits: Option<Mat>,
+    /// `[R, H]`.
+    pub hidden: Option<Mat>,
 }
 
 /// Named intermediate tensors, reported to a trace callback (for layer-by-layer comparison
-/// against a reference).
+/// against a reference). `T` counts the rows of one pass through the layers: every span's
+/// rows of a step, stacked, or of one piece of it when a span is longer than
+/// [`MAX_PIECE_TOKENS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TracePoint {
-    /// Token embeddings, `[T, H]`.
+    /// The first layer's input rows (token embeddings or supplied rows), `[T, H]`.
     Embeddings,
     /// Residual stream after layer `l`, `[T, H]`.
     LayerOutput(usize),
-    /// After the final norm, `[T, H]` (only the rows that get logits).
+    /// After the final norm, `[R, H]` (only the rows that get logits or hidden states).
     FinalNorm,
 }
 
@@ -271,14 +394,15 @@ impl Qwen35 {
     }
 
     /// Runs `tokens` through the model, continuing the sequence in `state`; returns logits
-    /// `[T, V]` or `[1, V]`. On error, `state` is unchanged.
+    /// `[T, V]` ([`Rows::All`]) or `[1, V]` ([`Rows::Last`]). On error, `state` is unchanged.
+    /// A one-span [`Qwen35::step`].
     pub fn forward(
         &self,
         tokens: &[u32],
         state: &mut SequenceState,
-        logits: LogitsFor,
+        logits: Rows,
     ) -> Result<Mat, ForwardError> {
-        self.forward_in_pieces(tokens, state, logits, self.deltanet_path)
+        self.forward_traced(tokens, state, logits, &mut |_, _| {})
     }
 
     /// [`Qwen35::forward`] for a piece of a prompt: the chunked delta rule even for a single
@@ -290,13 +414,12 @@ impl Qwen35 {
         &self,
         tokens: &[u32],
         state: &mut SequenceState,
-        logits: LogitsFor,
+        logits: Rows,
     ) -> Result<Mat, ForwardError> {
-        let path = match self.deltanet_path {
-            DeltaNetPath::Auto => DeltaNetPath::Chunked,
-            other => other,
-        };
-        self.forward_in_pieces(tokens, state, logits, path)
+        let span = Span::tokens(tokens, state)
+            .logits(logits)
+            .delta_rule(DeltaNetPath::Chunked);
+        Ok(only_logits(self.step(&mut [span])?, self.config.vocab))
     }
 
     /// [`Qwen35::forward`], reporting named intermediate tensors to `trace`.
@@ -304,95 +427,181 @@ impl Qwen35 {
         &self,
         tokens: &[u32],
         state: &mut SequenceState,
-        logits: LogitsFor,
+        logits: Rows,
         trace: &mut dyn FnMut(TracePoint, &Mat),
     ) -> Result<Mat, ForwardError> {
-        self.forward_with(tokens, state, logits, self.deltanet_path, trace)
+        let span = Span::tokens(tokens, state).logits(logits);
+        Ok(only_logits(
+            self.step_traced(&mut [span], trace)?,
+            self.config.vocab,
+        ))
     }
 
-    /// One pass of `tokens` through the layers in pieces of at most [`MAX_PIECE_TOKENS`],
-    /// then the LM head for the positions `logits` asks for. The result is bit for bit that
-    /// of one pass over all tokens: every matmul row, the attention of every query and the
-    /// chunked delta rule (the pieces start at multiples of its chunk length, and a step of
-    /// more than one token takes the chunked form in every piece, even a one-token last
-    /// piece) do not depend on how the positions are grouped.
-    fn forward_in_pieces(
+    /// One step for any number of sequences: each [`Span`] continues its own sequence with
+    /// its own rows (a prompt chunk, one decode token, a speculative draft, image embeddings).
+    /// Returns, per span in order, the logits and hidden states it asked for.
+    ///
+    /// This is the model's only pass through the layers. Everything that does not mix
+    /// positions (norms, every projection — DeltaNet, attention, MLP / MoE — and the LM head
+    /// over the rows whose outputs are wanted) runs once over the stacked rows of all spans,
+    /// so a weight is streamed from memory once per step. What mixes positions runs per span
+    /// against that span's state: the DeltaNet conv and delta rule, the KV append and the
+    /// attention itself. Since every op computes each row independently of the rows beside it
+    /// (the matmul kernels' batch invariance), a span's outputs equal a step of that span
+    /// alone, bit for bit.
+    ///
+    /// A span longer than [`MAX_PIECE_TOKENS`] goes through the layers in pieces of that many
+    /// positions (pass `i` takes positions `[i·P, (i+1)·P)` of every span still that long),
+    /// each pass's activations freed before the next, so memory stays flat however long the
+    /// prompt. The result is bit for bit that of one pass: the pieces start at multiples of
+    /// the delta rule's chunk, and a span's form of the delta rule is chosen once for all its
+    /// pieces.
+    ///
+    /// On error, every state is unchanged.
+    pub fn step(&self, spans: &mut [Span<'_>]) -> Result<Vec<SpanOutput>, ForwardError> {
+        self.step_traced(spans, &mut |_, _| {})
+    }
+
+    /// [`Qwen35::step`], reporting named intermediate tensors of every pass to `trace`.
+    pub fn step_traced(
         &self,
-        tokens: &[u32],
-        state: &mut SequenceState,
-        logits: LogitsFor,
-        path: DeltaNetPath,
-    ) -> Result<Mat, ForwardError> {
-        if tokens.len() <= MAX_PIECE_TOKENS {
-            return self.forward_with(tokens, state, logits, path, &mut |_, _| {});
+        spans: &mut [Span<'_>],
+        trace: &mut dyn FnMut(TracePoint, &Mat),
+    ) -> Result<Vec<SpanOutput>, ForwardError> {
+        for span in spans.iter() {
+            self.check_span(span)?;
         }
-        self.check_step(tokens, state)?;
-        let path = match path {
-            DeltaNetPath::Auto => DeltaNetPath::Chunked,
-            other => other,
-        };
-        let vocab = self.config.vocab;
-        let mut all = match logits {
-            LogitsFor::All => Mat::zeros(tokens.len(), vocab),
-            LogitsFor::Last => Mat::zeros(0, vocab),
-        };
-        let pieces = tokens.len().div_ceil(MAX_PIECE_TOKENS);
-        for (i, piece) in tokens.chunks(MAX_PIECE_TOKENS).enumerate() {
-            let x = self.layers_pass(piece, state, path, &mut |_, _| {});
-            match logits {
-                LogitsFor::All => {
-                    let at = i * MAX_PIECE_TOKENS * vocab;
-                    let l = self.head(x, logits, &mut |_, _| {});
-                    all.data[at..at + l.data.len()].copy_from_slice(&l.data);
-                }
-                LogitsFor::Last if i + 1 == pieces => {
-                    return Ok(self.head(x, logits, &mut |_, _| {}));
-                }
-                LogitsFor::Last => {}
-            }
-        }
-        Ok(all)
-    }
-
-    fn forward_with(
-        &self,
-        tokens: &[u32],
-        state: &mut SequenceState,
-        logits: LogitsFor,
-        path: DeltaNetPath,
-        trace: &mut dyn FnMut(TracePoint, &Mat),
-    ) -> Result<Mat, ForwardError> {
-        self.check_step(tokens, state)?;
-        let x = self.layers_pass(tokens, state, path, trace);
-        Ok(self.head(x, logits, trace))
-    }
-
-    /// Embeddings and every layer for `tokens` (already checked), advancing `state`; returns
-    /// the last layer's output `[T, H]`.
-    fn layers_pass(
-        &self,
-        tokens: &[u32],
-        state: &mut SequenceState,
-        path: DeltaNetPath,
-        trace: &mut dyn FnMut(TracePoint, &Mat),
-    ) -> Mat {
         let c = &self.config;
-        let start = state.pos();
-        let positions: Vec<_> = (start..start + tokens.len()).map(text_position).collect();
+        let plan: Vec<SpanPlan> = spans
+            .iter()
+            .map(|s| {
+                let t = s.input.len();
+                SpanPlan {
+                    len: t,
+                    start: s.state.pos(),
+                    path: self.delta_rule_for(s),
+                }
+            })
+            .collect();
+        let mut outs: Vec<SpanOutput> = spans
+            .iter()
+            .zip(&plan)
+            .map(|(s, p)| {
+                let mat = |rows: Rows, cols| {
+                    (rows != Rows::None).then(|| Mat::zeros(rows.range(p.len).len(), cols))
+                };
+                SpanOutput {
+                    logits: mat(s.logits, c.vocab),
+                    hidden: mat(s.hidden, c.hidden),
+                }
+            })
+            .collect();
+        for (s, p) in spans.iter_mut().zip(&plan) {
+            s.state.begin_step(p.len, s.keep_states);
+        }
+        let longest = plan.iter().map(|p| p.len).max().unwrap_or(0);
+        for piece in 0..longest.div_ceil(MAX_PIECE_TOKENS) {
+            let lo = piece * MAX_PIECE_TOKENS;
+            let parts: Vec<Part> = plan
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.len > lo)
+                .map(|(span, p)| Part {
+                    span,
+                    rows: lo..p.len.min(lo + MAX_PIECE_TOKENS),
+                })
+                .collect();
+            self.pass(spans, &plan, &parts, &mut outs, trace);
+        }
+        Ok(outs)
+    }
 
-        let mut x = Mat::zeros(tokens.len(), c.hidden); // [T, H]
-        for (row, &id) in x.rows_iter_mut().zip(tokens) {
-            ops::embedding(&self.embed, id as usize, row);
+    /// Embeddings, every layer and the head for the rows `parts` select, stacked; advances
+    /// each part's state by its rows and writes the wanted outputs into `outs`.
+    fn pass(
+        &self,
+        spans: &mut [Span<'_>],
+        plan: &[SpanPlan],
+        parts: &[Part],
+        outs: &mut [SpanOutput],
+        trace: &mut dyn FnMut(TracePoint, &Mat),
+    ) {
+        let hidden = self.config.hidden;
+        // Each part's rows in the stacked `[ΣT, H]`.
+        let mut bounds = Vec::with_capacity(parts.len());
+        let mut total = 0;
+        for part in parts {
+            bounds.push(total..total + part.rows.len());
+            total += part.rows.len();
+        }
+        let whole = |b: &std::ops::Range<usize>| b.start == 0 && b.end == total;
+        let mut positions = Vec::with_capacity(total);
+        let mut x = Mat::zeros(total, hidden); // [ΣT, H]
+        for (part, b) in parts.iter().zip(&bounds) {
+            let span = &spans[part.span];
+            match span.positions {
+                Some(p) => positions.extend_from_slice(&p[part.rows.clone()]),
+                None => {
+                    let start = plan[part.span].start;
+                    positions.extend(part.rows.clone().map(|i| text_position(start + i)));
+                }
+            }
+            let dst = &mut x.data[b.start * hidden..b.end * hidden];
+            match span.input {
+                SpanInput::Tokens(ids) => {
+                    for (row, &id) in dst.chunks_exact_mut(hidden).zip(&ids[part.rows.clone()]) {
+                        ops::embedding(&self.embed, id as usize, row);
+                    }
+                }
+                SpanInput::Embeddings(m) => {
+                    dst.copy_from_slice(&m.data[part.rows.start * hidden..part.rows.end * hidden])
+                }
+            }
         }
         trace(TracePoint::Embeddings, &x);
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.apply(&x);
-            let mixed = match (&layer.mixer, state.layer_mut(l)) {
-                (Mixer::DeltaNet(d), LayerState::DeltaNet(s)) => d.forward(&h, s, path),
-                (Mixer::Attention(a), LayerState::Attention(kv)) => {
-                    a.forward(&h, &positions, &self.rope, kv)
+            let mixed = match &layer.mixer {
+                Mixer::DeltaNet(d) => {
+                    // Projections over all rows; conv and delta rule per sequence; the output
+                    // projection over all rows again.
+                    let p = d.project(&h);
+                    let width = d.config.value_dim();
+                    let mut o = Mat::zeros(total, width); // [ΣT, Nv·Dv]
+                    for (part, b) in parts.iter().zip(&bounds) {
+                        let (s, kept) = spans[part.span]
+                            .state
+                            .deltanet_mut(l)
+                            .expect("state layout checked against this model");
+                        let path = plan[part.span].path;
+                        let seg = if whole(b) {
+                            d.mix(&p, s, kept, path)
+                        } else {
+                            d.mix(&p.rows(b.start, b.end), s, kept, path)
+                        };
+                        o.data[b.start * width..b.end * width].copy_from_slice(&seg.data);
+                    }
+                    d.output(&o)
                 }
-                _ => unreachable!("state layout comes from this model's state_specs"),
+                Mixer::Attention(a) => {
+                    // Projections over all rows; KV append and attention per sequence; the
+                    // gate and output projection over all rows.
+                    let mut rows = a.project(&h, &positions, &self.rope);
+                    for (part, b) in parts.iter().zip(&bounds) {
+                        let LayerState::Attention(kv) = spans[part.span].state.layer_mut(l) else {
+                            unreachable!("state layout checked against this model")
+                        };
+                        if whole(b) {
+                            rows.o = a.attend(&rows.q, &rows.k, &rows.v, kv);
+                        } else {
+                            let cut = |m: &Mat| m.rows_range(b.start, b.end);
+                            let seg = a.attend(&cut(&rows.q), &cut(&rows.k), &cut(&rows.v), kv);
+                            let w = seg.cols;
+                            rows.o.data[b.start * w..b.end * w].copy_from_slice(&seg.data);
+                        }
+                    }
+                    a.output(rows)
+                }
             };
             ops::add_assign(&mut x.data, &mixed.data);
             let h = layer.post_attention_norm.apply(&x);
@@ -400,150 +609,157 @@ impl Qwen35 {
             ops::add_assign(&mut x.data, &ff.data);
             trace(TracePoint::LayerOutput(l), &x);
         }
-        state.advance(tokens.len());
-        x
+        for part in parts {
+            spans[part.span].state.advance(part.rows.len());
+        }
+        self.head(spans, plan, parts, &bounds, &x, outs, trace);
     }
 
-    /// Final norm and LM head over the rows of `x` that `logits` asks for.
-    fn head(&self, x: Mat, logits: LogitsFor, trace: &mut dyn FnMut(TracePoint, &Mat)) -> Mat {
-        let mut last = match logits {
-            LogitsFor::All => x,
-            LogitsFor::Last => Mat::from_vec(x.row(x.rows - 1).to_vec(), 1, x.cols),
-        };
-        self.final_norm.forward(&mut last);
-        trace(TracePoint::FinalNorm, &last);
-        ops::matmul(&last, &self.lm_head)
-    }
-
-    /// Runs one step for many sequences at once: each [`BatchItem`] continues its own
-    /// sequence with its own tokens (a prefill chunk or one decode token). Returns, per item in
-    /// order, the logits `[V]` of its last position when it asked for them.
-    ///
-    /// Every matmul that does not mix positions (the Gated DeltaNet input and output
-    /// projections, the MLP / MoE, and the LM head over the rows whose logits are needed) runs
-    /// once over the stacked rows of all items `[ΣT, H]`, so a weight is streamed from memory
-    /// once per step instead of once per sequence. What mixes positions runs per item segment
-    /// against that item's state: the DeltaNet conv and delta rule, and the attention layers
-    /// whole (their projections included, for now: `layers/attention.rs` is being reworked
-    /// for paged KV storage, and its projections are a quarter of the mixer layers).
-    /// Since the matmul computes every output row independently of the others, an item's
-    /// logits equal [`Qwen35::forward`] of the same tokens on the same state.
-    ///
-    /// On error, every state is unchanged.
-    pub fn forward_batch(
+    /// Final norm over the rows of `x` some span wants, their hidden states copied out, and
+    /// one LM-head matmul over the rows that want logits.
+    #[allow(clippy::too_many_arguments)]
+    fn head(
         &self,
-        items: &mut [BatchItem<'_>],
-    ) -> Result<Vec<Option<Vec<f32>>>, ForwardError> {
-        let c = &self.config;
-        for item in items.iter() {
-            self.check_step(item.tokens, item.state)?;
-        }
-        let total: usize = items.iter().map(|i| i.tokens.len()).sum();
-        // Segment of each item in the stacked rows.
-        let mut bounds = Vec::with_capacity(items.len());
-        let mut at = 0;
-        for item in items.iter() {
-            bounds.push((at, at + item.tokens.len()));
-            at += item.tokens.len();
-        }
-        let positions: Vec<Vec<_>> = items
-            .iter()
-            .map(|i| {
-                let start = i.state.pos();
-                (start..start + i.tokens.len()).map(text_position).collect()
-            })
-            .collect();
-
-        let mut x = Mat::zeros(total, c.hidden); // [ΣT, H]
-        for (row, &id) in x.rows_iter_mut().zip(items.iter().flat_map(|i| i.tokens)) {
-            ops::embedding(&self.embed, id as usize, row);
-        }
-        for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_norm.apply(&x);
-            match &layer.mixer {
-                Mixer::DeltaNet(d) => {
-                    // Projections over all rows; the recurrence per sequence; the output
-                    // projection over all rows again.
-                    let p = d.project(&h);
-                    let width = d.config.value_dim();
-                    let mut o = Mat::zeros(total, width); // [ΣT, Nv·Dv]
-                    for (n, item) in items.iter_mut().enumerate() {
-                        let (a, b) = bounds[n];
-                        let LayerState::DeltaNet(s) = item.state.layer_mut(l) else {
-                            unreachable!("state layout comes from this model's state_specs")
-                        };
-                        let seg = d.mix(&p.rows(a, b), s, self.deltanet_path);
-                        o.data[a * width..b * width].copy_from_slice(&seg.data);
-                    }
-                    let mixed = ops::matmul(&o, &d.out);
-                    ops::add_assign(&mut x.data, &mixed.data);
-                }
-                Mixer::Attention(att) => {
-                    for (n, item) in items.iter_mut().enumerate() {
-                        let (a, b) = bounds[n];
-                        let LayerState::Attention(kv) = item.state.layer_mut(l) else {
-                            unreachable!("state layout comes from this model's state_specs")
-                        };
-                        let seg = Mat::from_vec(
-                            h.data[a * c.hidden..b * c.hidden].to_vec(),
-                            b - a,
-                            c.hidden,
-                        );
-                        let mixed = att.forward(&seg, &positions[n], &self.rope, kv);
-                        ops::add_assign(&mut x.data[a * c.hidden..b * c.hidden], &mixed.data);
-                    }
+        spans: &[Span<'_>],
+        plan: &[SpanPlan],
+        parts: &[Part],
+        bounds: &[std::ops::Range<usize>],
+        x: &Mat,
+        outs: &mut [SpanOutput],
+        trace: &mut dyn FnMut(TracePoint, &Mat),
+    ) {
+        // (span, position in the span, row of x, wants logits, wants hidden)
+        let mut picks = Vec::new();
+        for (part, b) in parts.iter().zip(bounds) {
+            let (span, len) = (&spans[part.span], plan[part.span].len);
+            let (lr, hr) = (span.logits.range(len), span.hidden.range(len));
+            for (i, pos) in part.rows.clone().enumerate() {
+                let (lg, hd) = (lr.contains(&pos), hr.contains(&pos));
+                if lg || hd {
+                    picks.push((part.span, pos, b.start + i, lg, hd));
                 }
             }
-            let h = layer.post_attention_norm.apply(&x);
-            let ff = layer.feed_forward.forward(&h);
-            ops::add_assign(&mut x.data, &ff.data);
         }
-        for item in items.iter_mut() {
-            item.state.advance(item.tokens.len());
+        if picks.is_empty() {
+            return;
         }
-        let wanted: Vec<usize> = (0..items.len()).filter(|&n| items[n].logits).collect();
-        let mut out = vec![None; items.len()];
-        if wanted.is_empty() {
-            return Ok(out);
+        let hidden = self.config.hidden;
+        let mut normed = Mat::zeros(picks.len(), hidden); // [R, H]
+        for (r, p) in picks.iter().enumerate() {
+            normed.row_mut(r).copy_from_slice(x.row(p.2));
         }
-        let mut last = Mat::zeros(wanted.len(), c.hidden); // [N, H]
-        for (r, &n) in wanted.iter().enumerate() {
-            last.row_mut(r).copy_from_slice(x.row(bounds[n].1 - 1));
+        self.final_norm.forward(&mut normed);
+        trace(TracePoint::FinalNorm, &normed);
+        let mut for_logits = Vec::new();
+        for (r, &(n, pos, _, lg, hd)) in picks.iter().enumerate() {
+            if hd {
+                let at = pos - spans[n].hidden.range(plan[n].len).start;
+                let out = outs[n].hidden.as_mut().expect("allocated for hidden rows");
+                out.row_mut(at).copy_from_slice(normed.row(r));
+            }
+            if lg {
+                for_logits.push((r, n, pos));
+            }
         }
-        self.final_norm.forward(&mut last);
-        let logits = ops::matmul(&last, &self.lm_head); // [N, V]
-        for (r, &n) in wanted.iter().enumerate() {
-            out[n] = Some(logits.row(r).to_vec());
+        if for_logits.is_empty() {
+            return;
         }
-        Ok(out)
+        let rows = if for_logits.len() == picks.len() {
+            normed
+        } else {
+            let mut m = Mat::zeros(for_logits.len(), hidden);
+            for (i, &(r, _, _)) in for_logits.iter().enumerate() {
+                m.row_mut(i).copy_from_slice(normed.row(r));
+            }
+            m
+        };
+        let logits = ops::matmul(&rows, &self.lm_head); // [R', V]
+        for (i, &(_, n, pos)) in for_logits.iter().enumerate() {
+            let at = pos - spans[n].logits.range(plan[n].len).start;
+            let out = outs[n].logits.as_mut().expect("allocated for logit rows");
+            out.row_mut(at).copy_from_slice(logits.row(i));
+        }
     }
 
-    /// The checks a step must pass before it touches the state.
-    fn check_step(&self, tokens: &[u32], state: &SequenceState) -> Result<(), ForwardError> {
+    /// The form of the delta rule a span runs, for all its pieces.
+    fn delta_rule_for(&self, span: &Span<'_>) -> DeltaNetPath {
+        if span.keep_states {
+            // The only form whose per-position states are those of one-token steps.
+            return DeltaNetPath::Recurrent;
+        }
+        let wanted = match self.deltanet_path {
+            DeltaNetPath::Auto => span.delta_rule,
+            fixed => fixed,
+        };
+        match wanted {
+            DeltaNetPath::Auto if span.input.len() > 1 => DeltaNetPath::Chunked,
+            DeltaNetPath::Auto => DeltaNetPath::Recurrent,
+            p => p,
+        }
+    }
+
+    /// The checks a span must pass before any state is touched.
+    fn check_span(&self, span: &Span<'_>) -> Result<(), ForwardError> {
         let c = &self.config;
-        if tokens.is_empty() {
+        let t = span.input.len();
+        if t == 0 {
             return Err(ForwardError::Empty);
         }
-        if let Some((index, &id)) = tokens
-            .iter()
-            .enumerate()
-            .find(|(_, id)| **id as usize >= c.vocab)
+        match span.input {
+            SpanInput::Tokens(tokens) => {
+                if let Some((index, &id)) = tokens
+                    .iter()
+                    .enumerate()
+                    .find(|(_, id)| **id as usize >= c.vocab)
+                {
+                    return Err(ForwardError::TokenOutOfRange {
+                        id,
+                        index,
+                        vocab: c.vocab,
+                    });
+                }
+            }
+            SpanInput::Embeddings(m) => {
+                if m.cols != c.hidden || m.data.len() != m.rows * m.cols {
+                    return Err(ForwardError::EmbeddingWidth {
+                        got: m.cols,
+                        hidden: c.hidden,
+                    });
+                }
+            }
+        }
+        if let Some(p) = span.positions
+            && p.len() != t
         {
-            return Err(ForwardError::TokenOutOfRange {
-                id,
-                index,
-                vocab: c.vocab,
+            return Err(ForwardError::PositionCount {
+                got: p.len(),
+                rows: t,
             });
         }
-        let start = state.pos();
-        if start + tokens.len() > c.max_positions {
+        if span.keep_states && t > MAX_KEPT_POSITIONS {
+            return Err(ForwardError::TooManyKept {
+                got: t,
+                max: MAX_KEPT_POSITIONS,
+            });
+        }
+        let start = span.state.pos();
+        if start.checked_add(t).is_none_or(|end| end > c.max_positions) {
             return Err(ForwardError::ContextOverflow {
                 used: start,
-                needed: tokens.len(),
+                needed: t,
                 limit: c.max_positions,
             });
         }
-        if state.layers().len() != self.layers.len() {
+        let layers = span.state.layers();
+        let same_layout = layers.len() == self.layers.len()
+            && layers.iter().zip(&self.layers).all(|(s, l)| {
+                matches!(
+                    (s, &l.mixer),
+                    (LayerState::DeltaNet(_), Mixer::DeltaNet(_))
+                        | (LayerState::Attention(_), Mixer::Attention(_))
+                )
+            });
+        if !same_layout {
             return Err(ForwardError::StateMismatch);
         }
         Ok(())
@@ -598,4 +814,29 @@ impl Qwen35 {
     pub fn dtype(&self) -> DType {
         self.embed.dtype()
     }
+}
+
+/// What a step decided for one span before its first pass.
+#[derive(Clone, Copy, Debug)]
+struct SpanPlan {
+    /// Positions in the span.
+    len: usize,
+    /// The state's position before the step.
+    start: usize,
+    /// Form of the delta rule, the same in every piece.
+    path: DeltaNetPath,
+}
+
+/// The rows of one span that one pass takes.
+#[derive(Clone, Debug)]
+struct Part {
+    span: usize,
+    rows: std::ops::Range<usize>,
+}
+
+/// The logits of a one-span step (`[0, V]` if it asked for none).
+fn only_logits(mut outs: Vec<SpanOutput>, vocab: usize) -> Mat {
+    outs.pop()
+        .and_then(|o| o.logits)
+        .unwrap_or_else(|| Mat::zeros(0, vocab))
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use qinfer_model::{LogitsFor, Qwen35};
+use qinfer_model::{Qwen35, Rows};
 
 /// `tests/fixtures/<name>` at the repository root.
 pub fn fixture(name: &str) -> PathBuf {
@@ -52,7 +52,7 @@ pub fn max_diff(a: &[f32], b: &[f32], cols: usize) -> (f32, usize, usize) {
 /// Greedy decoding: prefill, then `n` tokens one at a time (argmax, lowest id on ties).
 pub fn greedy(model: &Qwen35, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut state = model.new_state();
-    let mut logits = model.forward(prompt, &mut state, LogitsFor::Last).unwrap();
+    let mut logits = model.forward(prompt, &mut state, Rows::Last).unwrap();
     let mut out = Vec::new();
     while out.len() < n {
         let row = logits.row(0);
@@ -61,7 +61,7 @@ pub fn greedy(model: &Qwen35, prompt: &[u32], n: usize) -> Vec<u32> {
             .unwrap() as u32;
         out.push(next);
         if out.len() < n {
-            logits = model.forward(&[next], &mut state, LogitsFor::Last).unwrap();
+            logits = model.forward(&[next], &mut state, Rows::Last).unwrap();
         }
     }
     out

@@ -1,9 +1,16 @@
-//! `forward_batch` against separate `forward` calls: the same logits, bit for bit, and the
+//! A many-span `step` against separate `forward` calls: the same logits, bit for bit, and the
 //! same states afterwards, for a batch that mixes prefill chunks and decode tokens.
 
 mod common;
 
-use qinfer_model::{BatchItem, LogitsFor, Qwen35};
+use qinfer_model::{Qwen35, Rows, Span};
+
+/// The one logits row of each span's output, if it asked for one.
+fn logit_rows(outs: Vec<qinfer_model::SpanOutput>) -> Vec<Option<Vec<f32>>> {
+    outs.into_iter()
+        .map(|o| o.logits.map(|m| m.row(0).to_vec()))
+        .collect()
+}
 
 /// Runs three sequences (a fresh prompt, a continued prompt chunk, one decode token) as one
 /// batch and as separate forwards, then a second step, comparing logits exactly.
@@ -22,7 +29,7 @@ fn check(name: &str) {
         .map(|h| {
             let mut s = model.new_state();
             if !h.is_empty() {
-                model.forward(h, &mut s, LogitsFor::Last).unwrap();
+                model.forward(h, &mut s, Rows::Last).unwrap();
             }
             s
         })
@@ -31,24 +38,14 @@ fn check(name: &str) {
     let expected: Vec<Vec<f32>> = prompts
         .iter()
         .zip(&mut separate)
-        .map(|(p, s)| {
-            model
-                .forward(p, s, LogitsFor::Last)
-                .unwrap()
-                .row(0)
-                .to_vec()
-        })
+        .map(|(p, s)| model.forward(p, s, Rows::Last).unwrap().row(0).to_vec())
         .collect();
-    let mut items: Vec<BatchItem<'_>> = prompts
+    let mut items: Vec<Span<'_>> = prompts
         .iter()
         .zip(&mut batched)
-        .map(|(p, s)| BatchItem {
-            tokens: p,
-            state: s,
-            logits: true,
-        })
+        .map(|(p, s)| Span::tokens(p, s))
         .collect();
-    let got = model.forward_batch(&mut items).unwrap();
+    let got = logit_rows(model.step(&mut items).unwrap());
     for (n, (g, e)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(
             g.as_deref(),
@@ -61,25 +58,21 @@ fn check(name: &str) {
     let expected: Vec<Vec<f32>> = next
         .iter()
         .zip(&mut separate)
-        .map(|(t, s)| {
-            model
-                .forward(&[*t], s, LogitsFor::Last)
-                .unwrap()
-                .row(0)
-                .to_vec()
-        })
+        .map(|(t, s)| model.forward(&[*t], s, Rows::Last).unwrap().row(0).to_vec())
         .collect();
-    let mut items: Vec<BatchItem<'_>> = next
+    let mut items: Vec<Span<'_>> = next
         .iter()
         .zip(&mut batched)
         .enumerate()
-        .map(|(n, (t, s))| BatchItem {
-            tokens: std::slice::from_ref(t),
-            state: s,
-            logits: n != 1,
+        .map(|(n, (t, s))| {
+            Span::tokens(std::slice::from_ref(t), s).logits(if n != 1 {
+                Rows::Last
+            } else {
+                Rows::None
+            })
         })
         .collect();
-    let got = model.forward_batch(&mut items).unwrap();
+    let got = logit_rows(model.step(&mut items).unwrap());
     assert_eq!(
         got[0].as_deref(),
         Some(expected[0].as_slice()),
@@ -117,18 +110,7 @@ fn a_bad_item_leaves_every_state_unchanged() {
     let mut a = model.new_state();
     let mut b = model.new_state();
     let bad = [model.config.vocab as u32];
-    let mut items = [
-        BatchItem {
-            tokens: &[1, 2],
-            state: &mut a,
-            logits: true,
-        },
-        BatchItem {
-            tokens: &bad,
-            state: &mut b,
-            logits: true,
-        },
-    ];
-    assert!(model.forward_batch(&mut items).is_err());
+    let mut items = [Span::tokens(&[1, 2], &mut a), Span::tokens(&bad, &mut b)];
+    assert!(model.step(&mut items).is_err());
     assert_eq!((a.pos(), b.pos()), (0, 0));
 }

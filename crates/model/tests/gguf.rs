@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use qinfer_model::{LogitsFor, Qwen35};
+use qinfer_model::{Qwen35, Rows};
 
 fn gguf(file: &str) -> PathBuf {
     fixture("gguf").join(file)
@@ -36,7 +36,7 @@ fn f32_gguf_matches_transformers() {
             let prompt = ids(&r[key]);
             let (_, want) = npy(reference_dir, npy_file);
             let got = model
-                .forward(&prompt, &mut model.new_state(), LogitsFor::All)
+                .forward(&prompt, &mut model.new_state(), Rows::All)
                 .unwrap();
             let (d, pos, tok) = max_diff(&got.data, &want, got.cols);
             assert!(
@@ -65,12 +65,8 @@ fn gguf_and_safetensors_agree() {
         a.extras.unknown
     );
     let prompt = ids(&reference("tiny-dense-f32")["long_prompt"]);
-    let x = a
-        .forward(&prompt, &mut a.new_state(), LogitsFor::All)
-        .unwrap();
-    let y = b
-        .forward(&prompt, &mut b.new_state(), LogitsFor::All)
-        .unwrap();
+    let x = a.forward(&prompt, &mut a.new_state(), Rows::All).unwrap();
+    let y = b.forward(&prompt, &mut b.new_state(), Rows::All).unwrap();
     let (d, _, _) = max_diff(&x.data, &y.data, x.cols);
     assert!(d <= 1e-4, "GGUF vs safetensors differ by {d}");
 }
@@ -97,7 +93,7 @@ fn q8_0_exact() {
     let (_, want) =
         qinfer_formats::npy::read_f32(&gguf("tiny-dense-q8_0.logits_short.npy")).unwrap();
     let got = model
-        .forward(&prompt, &mut model.new_state(), LogitsFor::All)
+        .forward(&prompt, &mut model.new_state(), Rows::All)
         .unwrap();
     let (d, pos, _) = max_diff(&got.data, &want, got.cols);
     assert!(d <= 1e-3, "Q8_0: max |Δlogit| {d} at position {pos}");

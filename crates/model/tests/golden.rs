@@ -18,7 +18,7 @@
 mod common;
 
 use common::*;
-use qinfer_model::{LogitsFor, TracePoint};
+use qinfer_model::{Rows, TracePoint};
 
 const F32: [&str; 2] = ["tiny-dense-f32", "tiny-moe-f32"];
 const ALL: [&str; 5] = [
@@ -40,7 +40,7 @@ fn check_logits(name: &str, prompt_key: &str, file: &str) {
         "{name} {file}: reference shape"
     );
     let mut state = model.new_state();
-    let got = model.forward(&prompt, &mut state, LogitsFor::All).unwrap();
+    let got = model.forward(&prompt, &mut state, Rows::All).unwrap();
     let (d, pos, tok) = max_diff(&got.data, &want, got.cols);
     assert!(
         d <= LOGIT_TOL,
@@ -122,7 +122,7 @@ fn hidden_states_match_layer_by_layer() {
             .forward_traced(
                 &prompt,
                 &mut state,
-                LogitsFor::All,
+                Rows::All,
                 &mut |point, x| match point {
                     TracePoint::Embeddings => got[0] = x.data.clone(),
                     TracePoint::LayerOutput(l) => got[l + 1] = x.data.clone(),

@@ -23,7 +23,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use qinfer_model::{LogitsFor, Qwen35};
+use qinfer_model::{Qwen35, Rows};
 
 fn dir() -> PathBuf {
     fixture("gguf")
@@ -36,7 +36,7 @@ fn refs() -> serde_json::Value {
 
 fn logits(model: &Qwen35, prompt: &[u32]) -> Vec<f32> {
     model
-        .forward(prompt, &mut model.new_state(), LogitsFor::All)
+        .forward(prompt, &mut model.new_state(), Rows::All)
         .unwrap()
         .data
 }

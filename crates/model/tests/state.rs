@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use qinfer_cache::LayerState;
 use qinfer_model::qwen35::Mixer;
-use qinfer_model::{DeltaNetPath, ForwardError, LogitsFor};
+use qinfer_model::{DeltaNetPath, ForwardError, Rows};
 use qinfer_tensor::Mat;
 
 const MODELS: [&str; 2] = ["tiny-dense-f32", "tiny-moe-f32"];
@@ -106,13 +106,11 @@ fn prefill_then_decode_equals_one_forward() {
         model.set_deltanet_path(DeltaNetPath::Recurrent);
         let prompt = long_prompt(name);
         let mut whole_state = model.new_state();
-        let whole = model
-            .forward(&prompt, &mut whole_state, LogitsFor::All)
-            .unwrap();
+        let whole = model.forward(&prompt, &mut whole_state, Rows::All).unwrap();
         for split in [1, 64, 100] {
             let mut state = model.new_state();
             let first = model
-                .forward(&prompt[..split], &mut state, LogitsFor::All)
+                .forward(&prompt[..split], &mut state, Rows::All)
                 .unwrap();
             assert_eq!(
                 first.data,
@@ -120,7 +118,7 @@ fn prefill_then_decode_equals_one_forward() {
                 "{name}: prefill of {split}"
             );
             for (i, &tok) in prompt.iter().enumerate().skip(split) {
-                let step = model.forward(&[tok], &mut state, LogitsFor::Last).unwrap();
+                let step = model.forward(&[tok], &mut state, Rows::Last).unwrap();
                 assert_eq!(
                     step.data,
                     whole.row(i),
@@ -147,15 +145,13 @@ fn prefill_in_chunk_aligned_pieces_equals_one_prefill() {
         let n = 129.min(prompt.len());
         let prompt = &prompt[..n];
         let mut whole_state = model.new_state();
-        let whole = model
-            .prefill(prompt, &mut whole_state, LogitsFor::All)
-            .unwrap();
+        let whole = model.prefill(prompt, &mut whole_state, Rows::All).unwrap();
         for cuts in [vec![0, 64, n], vec![0, 128, n], vec![0, 64, 128, n]] {
             let mut state = model.new_state();
             let mut rows = Vec::new();
             for w in cuts.windows(2) {
                 let part = model
-                    .prefill(&prompt[w[0]..w[1]], &mut state, LogitsFor::All)
+                    .prefill(&prompt[w[0]..w[1]], &mut state, Rows::All)
                     .unwrap();
                 rows.extend(part.data);
             }
@@ -178,8 +174,8 @@ fn a_long_step_in_pieces_equals_one_pass() {
         let prompt =
             qinfer_model::pseudo_random_tokens(2 * MAX_PIECE_TOKENS + 41, vocab, 0x2545_F491);
         for (n, logits) in [
-            (prompt.len(), LogitsFor::All),
-            (MAX_PIECE_TOKENS + 1, LogitsFor::Last),
+            (prompt.len(), Rows::All),
+            (MAX_PIECE_TOKENS + 1, Rows::Last),
         ] {
             let prompt = &prompt[..n];
             let mut one_state = model.new_state();
@@ -213,15 +209,15 @@ fn chunked_prefill_then_recurrent_decode_matches_one_forward() {
         let model = load(name);
         let prompt = long_prompt(name);
         let whole = model
-            .forward(&prompt, &mut model.new_state(), LogitsFor::All)
+            .forward(&prompt, &mut model.new_state(), Rows::All)
             .unwrap();
         let tol = 1e-4 * whole.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let mut state = model.new_state();
         model
-            .forward(&prompt[..100], &mut state, LogitsFor::Last)
+            .forward(&prompt[..100], &mut state, Rows::Last)
             .unwrap();
         for (i, &tok) in prompt.iter().enumerate().skip(100) {
-            let step = model.forward(&[tok], &mut state, LogitsFor::Last).unwrap();
+            let step = model.forward(&[tok], &mut state, Rows::Last).unwrap();
             let (d, _, _) = max_diff(&step.data, whole.row(i), whole.cols);
             assert!(
                 d <= tol,
@@ -240,16 +236,16 @@ fn snapshot_restore_continues_identically() {
         let prompt = long_prompt(name);
         let (head, tail) = prompt.split_at(70);
         let mut state = model.new_state();
-        model.forward(head, &mut state, LogitsFor::Last).unwrap();
+        model.forward(head, &mut state, Rows::Last).unwrap();
         let snap = state.snapshot();
-        let straight = model.forward(tail, &mut state, LogitsFor::All).unwrap();
+        let straight = model.forward(tail, &mut state, Rows::All).unwrap();
         // Wander off: a different continuation, then rewind.
         let detour: Vec<u32> = tail.iter().rev().copied().collect();
         state.restore(&snap).unwrap();
-        model.forward(&detour, &mut state, LogitsFor::All).unwrap();
+        model.forward(&detour, &mut state, Rows::All).unwrap();
         state.restore(&snap).unwrap();
         assert_eq!(state.pos(), 70);
-        let again = model.forward(tail, &mut state, LogitsFor::All).unwrap();
+        let again = model.forward(tail, &mut state, Rows::All).unwrap();
         assert_eq!(
             straight.data, again.data,
             "{name}: logits after restore differ"
@@ -262,11 +258,11 @@ fn bad_forward_inputs_are_errors_and_leave_the_state_alone() {
     let model = load("tiny-dense-f32");
     let vocab = model.config.vocab as u32;
     let mut state = model.new_state();
-    model.forward(&[1, 2], &mut state, LogitsFor::Last).unwrap();
+    model.forward(&[1, 2], &mut state, Rows::Last).unwrap();
     let before = state.snapshot();
     assert_eq!(
         model
-            .forward(&[1, vocab], &mut state, LogitsFor::Last)
+            .forward(&[1, vocab], &mut state, Rows::Last)
             .unwrap_err(),
         ForwardError::TokenOutOfRange {
             id: vocab,
@@ -275,13 +271,13 @@ fn bad_forward_inputs_are_errors_and_leave_the_state_alone() {
         }
     );
     assert_eq!(
-        model.forward(&[], &mut state, LogitsFor::Last).unwrap_err(),
+        model.forward(&[], &mut state, Rows::Last).unwrap_err(),
         ForwardError::Empty
     );
     let too_long = vec![1u32; model.config.max_positions];
     assert!(matches!(
         model
-            .forward(&too_long, &mut state, LogitsFor::Last)
+            .forward(&too_long, &mut state, Rows::Last)
             .unwrap_err(),
         ForwardError::ContextOverflow { used: 2, .. }
     ));
@@ -309,7 +305,7 @@ fn bf16_deltanet_snapshots_break_the_golden_bound() {
         let v = model.config.vocab;
         let mut state = model.new_state();
         model
-            .forward(&prompt[..100], &mut state, LogitsFor::Last)
+            .forward(&prompt[..100], &mut state, Rows::Last)
             .unwrap();
         let mut rounded = state.clone();
         for l in 0..rounded.layers().len() {
@@ -319,10 +315,10 @@ fn bf16_deltanet_snapshots_break_the_golden_bound() {
             }
         }
         let exact = model
-            .forward(&prompt[100..], &mut state, LogitsFor::All)
+            .forward(&prompt[100..], &mut state, Rows::All)
             .unwrap();
         let lossy = model
-            .forward(&prompt[100..], &mut rounded, LogitsFor::All)
+            .forward(&prompt[100..], &mut rounded, Rows::All)
             .unwrap();
         let (e32, _, _) = max_diff(&exact.data, &want[100 * v..], v);
         let (e16, _, _) = max_diff(&lossy.data, &want[100 * v..], v);

@@ -5,7 +5,7 @@
 //! HTTP (axum, tokio workers)                      engine thread (one, owns the model)
 //!   openai.rs / anthropic.rs                        scheduler.rs
 //!     parse + validate the request (json.rs)          plan tokens per sequence per step
-//!     render the chat template, tokenize              Qwen35::forward_batch
+//!     render the chat template, tokenize              Qwen35::step
 //!     submit a GenRequest ───── command channel ───▶  Decoder::step per logits row
 //!     map Out messages to JSON / SSE ◀── per-request channel ── Out::Token / Done / Failed
 //! ```

@@ -6,7 +6,7 @@
 //! * sequences still in their prompt get a chunk of it, up to the next multiple of
 //!   `prefill_chunk` (counted in absolute positions), while the step's token budget lasts;
 //!
-//! then runs the plan as one [`Qwen35::forward_batch`] (the matmuls over all rows at once)
+//! then runs the plan as one [`Qwen35::step`] (the matmuls over all rows at once)
 //! and hands each logits row to that sequence's [`Decoder`]. Prefill and decode are properties
 //! of the plan, not separate code paths; new requests join at any step, finished ones leave.
 //!
@@ -38,7 +38,7 @@ use qinfer_engine::decode::{Decoder, Step, TokenLogprob};
 use qinfer_engine::generate::{FinishReason, Flow, GenerateOptions, ModelBundle};
 use qinfer_engine::parser::{Event, Finished};
 use qinfer_engine::prompt_cache::PromptCache;
-use qinfer_model::{BatchItem, Qwen35};
+use qinfer_model::{DeltaNetPath, Qwen35, Rows, Span};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::Metrics;
@@ -599,26 +599,27 @@ impl Engine {
         }
         let mut step_tokens = 0;
         let result = {
-            let mut items: Vec<BatchItem<'_>> = Vec::with_capacity(plan.len());
+            let mut spans: Vec<Span<'_>> = Vec::with_capacity(plan.len());
             for (s, work) in self.running.iter_mut().zip(&planned) {
                 let Some(work) = work else { continue };
-                let (tokens, logits): (&[u32], bool) = match *work {
+                let span = match *work {
+                    // Prompt chunks take the chunked delta rule whatever their length, as a
+                    // lone prefill does, so a prompt's numbers do not depend on its cuts.
                     Work::Prefill { end } => {
-                        (&s.prompt[s.tokens.len()..end], end == s.prompt.len())
+                        let last = end == s.prompt.len();
+                        Span::tokens(&s.prompt[s.tokens.len()..end], &mut s.state)
+                            .logits(if last { Rows::Last } else { Rows::None })
+                            .delta_rule(DeltaNetPath::Chunked)
                     }
-                    Work::Decode => (
+                    Work::Decode => Span::tokens(
                         std::slice::from_ref(s.pending.as_ref().expect("planned decode")),
-                        true,
+                        &mut s.state,
                     ),
                 };
-                step_tokens += tokens.len();
-                items.push(BatchItem {
-                    tokens,
-                    state: &mut s.state,
-                    logits,
-                });
+                step_tokens += span.input.len();
+                spans.push(span);
             }
-            model.forward_batch(&mut items)
+            model.step(&mut spans)
         };
         self.metrics.steps.fetch_add(1, Ordering::Relaxed);
         self.metrics
@@ -652,7 +653,8 @@ impl Engine {
                     s.tokens.push(t);
                 }
             }
-            let Some(row) = row else { continue };
+            let Some(row) = row.logits else { continue };
+            let row = row.data;
             let before = s.decoder.logprobs_out.len();
             let text_before = s.decoder.text.len();
             let mut events = Vec::new();

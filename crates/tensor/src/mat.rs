@@ -54,4 +54,16 @@ impl Mat {
         }
         out
     }
+
+    /// Rows `[start, end)`, as a new matrix.
+    ///
+    /// # Panics
+    /// If the range is not inside the matrix.
+    pub fn rows_range(&self, start: usize, end: usize) -> Mat {
+        Mat::from_vec(
+            self.data[start * self.cols..end * self.cols].to_vec(),
+            end - start,
+            self.cols,
+        )
+    }
 }

@@ -75,6 +75,33 @@ pub fn causal_conv1d_silu(x: &Mat, state: &mut [f32], taps: &[f32], kernel: usiz
     out
 }
 
+/// [`causal_conv1d_silu`] that also writes the rolling window after every row: `kept` is
+/// `[T, (K-1)·C]`, row `t` the last `K-1` rows of `state ‖ x[..=t]` (what `state` would be
+/// after `t + 1` one-row calls). The output and the final `state` are those of
+/// [`causal_conv1d_silu`].
+///
+/// # Panics
+/// If the shapes disagree.
+pub fn causal_conv1d_silu_keep(
+    x: &Mat,
+    state: &mut [f32],
+    taps: &[f32],
+    kernel: usize,
+    kept: &mut [f32],
+) -> Mat {
+    let (t, c, hist) = (x.rows, x.cols, kernel - 1);
+    let w = hist * c;
+    assert_eq!(kept.len(), t * w, "conv: kept windows must be [T, (K-1)·C]");
+    for (ti, row) in kept.chunks_exact_mut(w.max(1)).take(t).enumerate() {
+        // Rows `ti + 1 .. ti + K` of `state ‖ x`: the state's tail, then x up to `ti`.
+        let from_state = hist.saturating_sub(ti + 1);
+        row[..from_state * c].copy_from_slice(&state[(hist - from_state) * c..]);
+        let first_x = (ti + 1).saturating_sub(hist);
+        row[from_state * c..].copy_from_slice(&x.data[first_x * c..(ti + 1) * c]);
+    }
+    causal_conv1d_silu(x, state, taps, kernel)
+}
+
 /// `x ← silu(x) = x / (1 + e^{−x})` for every element.
 fn silu_in_place(isa: Isa, x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -121,6 +148,39 @@ mod tests {
         }
         assert_eq!(whole.data, rows);
         assert_eq!(s1, s2);
+    }
+
+    /// The kept windows are the states one-row calls pass through, for steps shorter and
+    /// longer than the window, from a non-zero incoming state.
+    #[test]
+    fn kept_windows_equal_one_row_states() {
+        let (c, k) = (3, 4);
+        let w = conv_taps(
+            &(0..c * k)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect::<Vec<_>>(),
+            c,
+            k,
+        );
+        for t in [1, 2, 3, 5] {
+            let data: Vec<f32> = (0..t * c).map(|i| (i as f32 * 0.71).cos()).collect();
+            let init: Vec<f32> = (0..(k - 1) * c).map(|i| i as f32 - 4.0).collect();
+            let (mut s_keep, mut s_one) = (init.clone(), init);
+            let mut kept = vec![f32::NAN; t * (k - 1) * c];
+            let x = Mat::from_vec(data.clone(), t, c);
+            let out = causal_conv1d_silu_keep(&x, &mut s_keep, &w, k, &mut kept);
+            for ti in 0..t {
+                let row = Mat::from_vec(data[ti * c..(ti + 1) * c].to_vec(), 1, c);
+                let o = causal_conv1d_silu(&row, &mut s_one, &w, k);
+                assert_eq!(o.data, out.row(ti), "t={t} output {ti}");
+                assert_eq!(
+                    &kept[ti * (k - 1) * c..(ti + 1) * (k - 1) * c],
+                    &s_one[..],
+                    "t={t} window {ti}"
+                );
+            }
+            assert_eq!(s_keep, s_one);
+        }
     }
 
     /// The vectorised SiLU against `ops::silu`: the exponentials differ by ≤ 2 ulp, so the

@@ -137,8 +137,42 @@ pub fn gated_delta_rule_recurrent(
     x: DeltaRuleInputs<'_>,
     state: &mut [f32],
 ) -> Mat {
+    recurrent(shape, x, state, None)
+}
+
+/// [`gated_delta_rule_recurrent`] that also writes the state after every token: `kept` is
+/// `[T, Nv, Dk, Dv]`, row `t` the state after token `t` (the last row equals `state` on
+/// return). Each head's state is copied while its worker still holds it in cache, so keeping
+/// costs one extra write stream, not a second pass over the state. The outputs and `state`
+/// are bit for bit those of [`gated_delta_rule_recurrent`] (and of `T` one-token calls).
+///
+/// # Panics
+/// If the shapes disagree or `kept` is not `T` states long.
+pub fn gated_delta_rule_recurrent_keep(
+    shape: DeltaRuleShape,
+    x: DeltaRuleInputs<'_>,
+    state: &mut [f32],
+    kept: &mut [f32],
+) -> Mat {
+    assert_eq!(
+        kept.len(),
+        x.q.rows * shape.state_len(),
+        "delta rule: kept states must be [T, Nv, Dk, Dv]"
+    );
+    recurrent(shape, x, state, Some(kept))
+}
+
+fn recurrent(
+    shape: DeltaRuleShape,
+    x: DeltaRuleInputs<'_>,
+    state: &mut [f32],
+    kept: Option<&mut [f32]>,
+) -> Mat {
     let t = check(&shape, &x, state);
     let (nv, dk, dv) = (shape.nv, shape.dk, shape.dv);
+    let (head_len, state_len) = (dk * dv, shape.state_len());
+    let kept_len = kept.as_ref().map_or(0, |k| k.len());
+    let kept = kept.map(crate::pool::SharedMut::new);
     let isa = crate::kernels::isa();
     per_head(&shape, t, state, |h, s| {
         let kh = shape.k_head(h);
@@ -159,6 +193,13 @@ pub fn gated_delta_rule_recurrent(
                 beta,
                 &mut out[ti * dv..(ti + 1) * dv],
             );
+            if let Some(kept) = &kept {
+                let at = ti * state_len + h * head_len;
+                debug_assert!(at + head_len <= kept_len);
+                // SAFETY: head `h` writes only its own `[Dk, Dv]` slice of each kept state,
+                // inside `kept` (checked length); `kept` outlives the region.
+                unsafe { kept.slice(at, head_len) }.copy_from_slice(s);
+            }
         }
         out
     })
@@ -480,6 +521,64 @@ mod tests {
                 assert!(max(&o1.data, &o2.data) < 1e-4, "{order:?} t={t} outputs");
                 assert!(max(&s1, &s2) < 1e-4, "{order:?} t={t} state");
             }
+        }
+    }
+
+    /// Keeping the per-token states changes no bit: the outputs and final state equal the
+    /// plain recurrent call, and kept state `t` equals the state after `t + 1` one-token calls.
+    #[test]
+    fn recurrent_keep_equals_one_token_steps() {
+        let shape = DeltaRuleShape {
+            nk: 2,
+            nv: 4,
+            dk: 16,
+            dv: 16,
+            order: VHeadOrder::Grouped,
+        };
+        let t = 5;
+        let mut q = Mat::from_vec(noise(t * 32, 0.37), t, 32);
+        let mut k = Mat::from_vec(noise(t * 32, 0.91), t, 32);
+        normalise(&mut q, 16);
+        normalise(&mut k, 16);
+        let v = Mat::from_vec(noise(t * 64, 0.53), t, 64);
+        let g: Vec<f32> = noise(t * 4, 0.29)
+            .iter()
+            .map(|x| -0.5 * (x + 1.1))
+            .collect();
+        let beta: Vec<f32> = noise(t * 4, 0.77).iter().map(|x| 0.5 + 0.45 * x).collect();
+        let init = noise(shape.state_len(), 0.13);
+        let whole = DeltaRuleInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            g: &g,
+            beta: &beta,
+        };
+        let (mut s_plain, mut s_keep) = (init.clone(), init.clone());
+        let mut kept = vec![f32::NAN; t * shape.state_len()];
+        let o_plain = gated_delta_rule_recurrent(shape, whole, &mut s_plain);
+        let o_keep = gated_delta_rule_recurrent_keep(shape, whole, &mut s_keep, &mut kept);
+        assert_eq!(o_plain.data, o_keep.data);
+        assert_eq!(s_plain, s_keep);
+        let mut s = init;
+        let row = |m: &Mat, i: usize| Mat::from_vec(m.row(i).to_vec(), 1, m.cols);
+        for i in 0..t {
+            let (qi, ki, vi) = (row(&q, i), row(&k, i), row(&v, i));
+            let one = DeltaRuleInputs {
+                q: &qi,
+                k: &ki,
+                v: &vi,
+                g: &g[i * 4..(i + 1) * 4],
+                beta: &beta[i * 4..(i + 1) * 4],
+            };
+            let o = gated_delta_rule_recurrent(shape, one, &mut s);
+            assert_eq!(o.data, o_plain.row(i), "output of token {i}");
+            let len = shape.state_len();
+            assert_eq!(
+                &kept[i * len..(i + 1) * len],
+                &s[..],
+                "state after token {i}"
+            );
         }
     }
 

@@ -9,10 +9,10 @@ mod norm;
 mod rope;
 
 pub use attention::{AttentionShape, causal_attention, causal_attention_blocks};
-pub use conv::{causal_conv1d_silu, conv_taps};
+pub use conv::{causal_conv1d_silu, causal_conv1d_silu_keep, conv_taps};
 pub use delta_rule::{
     DeltaRuleInputs, DeltaRuleShape, VHeadOrder, gated_delta_rule_chunked,
-    gated_delta_rule_recurrent,
+    gated_delta_rule_recurrent, gated_delta_rule_recurrent_keep,
 };
 pub use elementwise::{add_assign, sigmoid, silu, softmax, softplus, swiglu};
 pub(crate) use matmul::dot;

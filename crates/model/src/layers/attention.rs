@@ -57,16 +57,29 @@ impl Attention {
         })
     }
 
-    /// `x [T, H]` (normed) at `positions` → `[T, H]`; appends this step's k/v to `kv`.
+    /// `x [T, H]` (normed) at `positions` → `[T, H]`; appends this step's k/v to `kv` (one
+    /// sequence: [`Attention::project`], [`Attention::attend`], [`Attention::output`]).
     pub fn forward(&self, x: &Mat, positions: &[Position3], rope: &Rope, kv: &mut KvCache) -> Mat {
+        let mut p = self.project(x, positions, rope);
+        p.o = self.attend(&p.q, &p.k, &p.v, kv);
+        self.output(p)
+    }
+
+    /// The projections of a step's rows, which may belong to several sequences (a batch
+    /// stacks them so each weight is read once): q (split from its gate), k, v, the per-head
+    /// norms and RoPE at each row's own `positions`.
+    pub fn project(&self, x: &Mat, positions: &[Position3], rope: &Rope) -> AttentionRows {
         let AttentionConfig {
             n_heads,
-            n_kv_heads,
             head_dim: d,
             output_gate,
+            ..
         } = self.config;
         let t = x.rows;
-        let qg = ops::matmul(x, &self.q);
+        assert_eq!(positions.len(), t, "attention: one position per row");
+        let [qg, mut k, v]: [Mat; 3] = ops::matmul_many(x, &[&self.q, &self.k, &self.v])
+            .try_into()
+            .expect("three weights, three outputs");
         // [T, Hq·(2D)] -> q [T, Hq·D], gate [T, Hq·D]
         let (mut q, gate) = if output_gate {
             let mut q = Mat::zeros(t, n_heads * d);
@@ -82,8 +95,6 @@ impl Attention {
         } else {
             (qg, None)
         };
-        let mut k = ops::matmul(x, &self.k); // [T, Hkv·D]
-        let v = ops::matmul(x, &self.v); // [T, Hkv·D]
         self.q_norm.forward(&mut q);
         self.k_norm.forward(&mut k);
         for ti in 0..t {
@@ -91,6 +102,19 @@ impl Attention {
             ops::rope_neox(q.row_mut(ti), d, &cos, &sin);
             ops::rope_neox(k.row_mut(ti), d, &cos, &sin);
         }
+        let o = Mat::zeros(t, n_heads * d);
+        AttentionRows { q, gate, k, v, o }
+    }
+
+    /// One sequence's rows: appends its `k`, `v` `[T, Hkv·D]` to `kv`, then attends its
+    /// queries `q` `[T, Hq·D]` over the whole cache. Returns `[T, Hq·D]`.
+    pub fn attend(&self, q: &Mat, k: &Mat, v: &Mat, kv: &mut KvCache) -> Mat {
+        let AttentionConfig {
+            n_heads,
+            n_kv_heads,
+            head_dim: d,
+            ..
+        } = self.config;
         kv.append(&k.data, &v.data);
         let shape = AttentionShape {
             n_heads,
@@ -100,7 +124,13 @@ impl Attention {
         };
         // The cache's blocks are read in place, never gathered into one buffer.
         let segments: Vec<(&[f32], &[f32])> = kv.segments().collect();
-        let mut o = ops::causal_attention_blocks(&q, &segments, shape); // [T, Hq·D]
+        ops::causal_attention_blocks(q, &segments, shape) // [T, Hq·D]
+    }
+
+    /// The output gate and projection over all rows of a step (`rows.o` filled by
+    /// [`Attention::attend`]): `[T, H]`.
+    pub fn output(&self, rows: AttentionRows) -> Mat {
+        let AttentionRows { gate, mut o, .. } = rows;
         if let Some(gate) = gate {
             for (oi, gi) in o.data.iter_mut().zip(&gate.data) {
                 *oi *= ops::sigmoid(*gi);
@@ -108,4 +138,19 @@ impl Attention {
         }
         ops::matmul(&o, &self.o)
     }
+}
+
+/// A step's attention rows between [`Attention::project`] and [`Attention::output`].
+#[derive(Clone, Debug)]
+pub struct AttentionRows {
+    /// `[T, Hq·D]`, normed and rotated.
+    pub q: Mat,
+    /// `[T, Hq·D]`, before the sigmoid (`None` without an output gate).
+    pub gate: Option<Mat>,
+    /// `[T, Hkv·D]`, normed and rotated.
+    pub k: Mat,
+    /// `[T, Hkv·D]`.
+    pub v: Mat,
+    /// `[T, Hq·D]`: the attention output, filled per sequence.
+    pub o: Mat,
 }

@@ -40,13 +40,7 @@ pub struct DeltaNetProjections {
 impl DeltaNetProjections {
     /// Rows `start..end` (one sequence's segment of a batch).
     pub fn rows(&self, start: usize, end: usize) -> DeltaNetProjections {
-        let cut = |m: &Mat| {
-            Mat::from_vec(
-                m.data[start * m.cols..end * m.cols].to_vec(),
-                end - start,
-                m.cols,
-            )
-        };
+        let cut = |m: &Mat| m.rows_range(start, end);
         DeltaNetProjections {
             mixed: cut(&self.mixed),
             z: cut(&self.z),
@@ -134,11 +128,16 @@ impl GatedDeltaNet {
         })
     }
 
-    /// `x [T, H]` (normed) → `[T, H]`, advancing `state`.
+    /// `x [T, H]` (normed) → `[T, H]`, advancing `state` (one sequence, nothing kept).
     pub fn forward(&self, x: &Mat, state: &mut DeltaNetState, path: DeltaNetPath) -> Mat {
         let p = self.project(x);
-        let o = self.mix(&p, state, path);
-        ops::matmul(&o, &self.out)
+        let o = self.mix(&p, state, None, path);
+        self.output(&o)
+    }
+
+    /// The output projection over all rows of a step: `[T, Nv·Dv] → [T, H]`.
+    pub fn output(&self, o: &Mat) -> Mat {
+        ops::matmul(o, &self.out)
     }
 
     /// The input projections, position by position (rows may belong to different sequences:
@@ -153,17 +152,31 @@ impl GatedDeltaNet {
     }
 
     /// Conv, delta rule and gated norm for one sequence's projected rows: `[T, Nv·Dv]`, before
-    /// the output projection.
+    /// the output projection. With `kept` (buffers of `T` conv windows and recurrent states,
+    /// [`qinfer_cache::SequenceState::deltanet_mut`]) the state after every position is
+    /// written there too, and the delta rule runs token by token whatever `path` says: the
+    /// only form whose per-position states are those of one-token steps.
     pub fn mix(
         &self,
         p: &DeltaNetProjections,
         state: &mut DeltaNetState,
+        kept: Option<&mut DeltaNetState>,
         path: DeltaNetPath,
     ) -> Mat {
         let c = self.config;
         let (t, nv, key_dim) = (p.mixed.rows, c.n_v_heads, c.key_dim());
         let DeltaNetProjections { mixed, z, b, a } = p;
-        let mixed = ops::causal_conv1d_silu(mixed, &mut state.conv, &self.conv_taps, c.conv_kernel);
+        let (taps, kernel) = (&self.conv_taps, c.conv_kernel);
+        let (mixed, mut kept) = match kept {
+            Some(k) => (
+                ops::causal_conv1d_silu_keep(mixed, &mut state.conv, taps, kernel, &mut k.conv),
+                Some(&mut k.recurrent),
+            ),
+            None => (
+                ops::causal_conv1d_silu(mixed, &mut state.conv, taps, kernel),
+                None,
+            ),
+        };
         let mut q = mixed.cols_range(0, key_dim); // [T, Nk·Dk]
         let mut k = mixed.cols_range(key_dim, key_dim); // [T, Nk·Dk]
         let v = mixed.cols_range(2 * key_dim, c.value_dim()); // [T, Nv·Dv]
@@ -198,10 +211,11 @@ impl GatedDeltaNet {
             DeltaNetPath::Recurrent => false,
             DeltaNetPath::Chunked => true,
         };
-        let mut o = if chunked {
-            ops::gated_delta_rule_chunked(shape, inputs, &mut state.recurrent, CHUNK)
-        } else {
-            ops::gated_delta_rule_recurrent(shape, inputs, &mut state.recurrent)
+        let s = &mut state.recurrent;
+        let mut o = match kept.take() {
+            Some(k) => ops::gated_delta_rule_recurrent_keep(shape, inputs, s, k),
+            None if chunked => ops::gated_delta_rule_chunked(shape, inputs, s, CHUNK),
+            None => ops::gated_delta_rule_recurrent(shape, inputs, s),
         };
         ops::gated_rms_norm(&mut o.data, &z.data, &self.norm.weight, self.norm.eps);
         o
