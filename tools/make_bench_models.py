@@ -3,11 +3,13 @@
 
 For speed comparisons only (tools/bench_vs_llama_cpp.sh): the weights are random, so the text is
 meaningless, but every tensor has the real model's name, shape and dtype (BF16), and the
-tokenizer is the real Qwen3.5 one (assets/qwen3.5-tokenizer). Tensor names and shapes come from
-transformers itself (the model is instantiated on the `meta` device, no memory used); values are
-written straight into a safetensors file, tensor by tensor.
+tokenizer is the real Qwen3.5 one (assets/qwen3.5-tokenizer). Tensor names and shapes follow
+transformers' Qwen3_5ForCausalLM (`tensors`); where torch and transformers are installed they are
+checked against the model instantiated on the `meta` device (no memory used). Values are written
+straight into a safetensors file, tensor by tensor.
 
-usage: make_bench_models.py {0.8b,4b} OUT_DIR      (python with torch + transformers 5.23)
+usage: make_bench_models.py {0.8b,4b} OUT_DIR      (python with numpy; torch + transformers 5.23
+                                                    optional, for the cross-check)
 """
 
 import gzip
@@ -18,8 +20,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,6 +74,64 @@ def config(name: str) -> dict:
     }
 
 
+def tensors(cfg: dict) -> list:
+    """(name, shape) of every tensor of Qwen3_5ForCausalLM for `cfg`, the LM head left out (tied)."""
+    h, f = cfg["hidden_size"], cfg["intermediate_size"]
+    nk, nv = cfg["linear_num_key_heads"], cfg["linear_num_value_heads"]
+    dk, dv = cfg["linear_key_head_dim"], cfg["linear_value_head_dim"]
+    heads, kv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    conv = 2 * nk * dk + nv * dv
+    out = [("model.embed_tokens.weight", (cfg["vocab_size"], h))]
+    for i, kind in enumerate(cfg["layer_types"]):
+        p = f"model.layers.{i}."
+        out.append((p + "input_layernorm.weight", (h,)))
+        if kind == "linear_attention":
+            a = p + "linear_attn."
+            out += [
+                (a + "A_log", (nv,)),
+                (a + "conv1d.weight", (conv, 1, cfg["linear_conv_kernel_dim"])),
+                (a + "dt_bias", (nv,)),
+                (a + "in_proj_a.weight", (nv, h)),
+                (a + "in_proj_b.weight", (nv, h)),
+                (a + "in_proj_qkv.weight", (conv, h)),
+                (a + "in_proj_z.weight", (nv * dv, h)),
+                (a + "norm.weight", (dv,)),
+                (a + "out_proj.weight", (h, nv * dv)),
+            ]
+        else:
+            a = p + "self_attn."
+            out += [
+                (a + "k_norm.weight", (d,)),
+                (a + "k_proj.weight", (kv * d, h)),
+                (a + "o_proj.weight", (h, heads * d)),
+                (a + "q_norm.weight", (d,)),
+                (a + "q_proj.weight", (heads * d * 2, h)),
+                (a + "v_proj.weight", (kv * d, h)),
+            ]
+        out += [
+            (p + "mlp.down_proj.weight", (h, f)),
+            (p + "mlp.gate_proj.weight", (f, h)),
+            (p + "mlp.up_proj.weight", (f, h)),
+            (p + "post_attention_layernorm.weight", (h,)),
+        ]
+    out.append(("model.norm.weight", (h,)))
+    return out
+
+
+def check_with_transformers(cfg: dict, ours: list) -> None:
+    """Our tensor list against transformers' own, where torch and transformers are installed."""
+    try:
+        import torch
+        from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+    except ImportError:
+        print("torch/transformers not installed: tensor list not cross-checked")
+        return
+    with torch.device("meta"):
+        model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**{k: v for k, v in cfg.items() if k != "architectures"}))
+    theirs = [(k, tuple(v.shape)) for k, v in model.state_dict().items() if k != "lm_head.weight"]
+    assert sorted(theirs) == sorted(ours), "tensor list differs from transformers'"
+
+
 def values(name: str, shape: tuple, rng: np.random.Generator) -> np.ndarray:
     n = int(np.prod(shape))
     if name.endswith("A_log"):
@@ -105,11 +163,10 @@ def main() -> None:
         (out / "tokenizer.json").write_bytes(f.read())
     shutil.copy(REPO / "assets/qwen3.5-tokenizer/tokenizer_config.json", out)
 
-    with torch.device("meta"):
-        model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**{k: v for k, v in cfg.items() if k != "architectures"}))
-    tensors = [(k, tuple(v.shape)) for k, v in model.state_dict().items() if k != "lm_head.weight"]
+    names = tensors(cfg)
+    check_with_transformers(cfg, names)
     header, offset = {}, 0
-    for k, shape in tensors:
+    for k, shape in names:
         size = int(np.prod(shape)) * 2
         header[k] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
@@ -119,9 +176,9 @@ def main() -> None:
     with open(out / "model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for k, shape in tensors:
+        for k, shape in names:
             f.write(bf16_bytes(values(k, shape, rng)))
-    print(f"{out}: {len(tensors)} tensors, {offset / 1e9:.2f} GB")
+    print(f"{out}: {len(names)} tensors, {offset / 1e9:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,21 @@
 //! tokens at the Qwen3.5 shapes: 0.8B (`Nk = Nv = 16`) and 4B (`Nk = 16`, `Nv = 32`), with
 //! `Dk = Dv = 128` and 64-token chunks, through the engine's pool. Throughput is in tokens.
 //!
+//! `rewind/27b`: what keeping a speculative step's per-position states costs at Qwen3.6-27B's
+//! DeltaNet shape (`Nk = 16`, `Nv = 48`, a 3 MiB state per layer), for a 4-token step:
+//! the plain recurrent step, the step writing every position's state
+//! (`gated_delta_rule_recurrent_keep`, what `Span::keep_states` runs), and the alternative
+//! of copying the state before the step so rejected positions can be replayed from it (the
+//! copy alone, before any replay).
+//!
 //! `cargo bench -p qinfer-cpu --bench delta_rule [-- FILTER]`
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use qinfer_cpu::ops::{
-    DeltaRuleInputs, DeltaRuleShape, VHeadOrder, gated_delta_rule_chunked, l2_norm,
+    DeltaRuleInputs, DeltaRuleShape, VHeadOrder, gated_delta_rule_chunked,
+    gated_delta_rule_recurrent, gated_delta_rule_recurrent_keep, l2_norm,
 };
 use qinfer_tensor::Mat;
 
@@ -57,5 +65,65 @@ fn delta_rule(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, delta_rule);
+fn rewind(c: &mut Criterion) {
+    qinfer_cpu::init_threads(None);
+    let (t, nk, nv) = (4, 16, 48);
+    let shape = DeltaRuleShape {
+        nk,
+        nv,
+        dk: 128,
+        dv: 128,
+        order: VHeadOrder::Tiled,
+    };
+    let mut q = Mat::from_vec(noise(t * nk * 128, 1), t, nk * 128);
+    let mut k = Mat::from_vec(noise(t * nk * 128, 2), t, nk * 128);
+    l2_norm(&mut q.data, 128, 1e-6);
+    l2_norm(&mut k.data, 128, 1e-6);
+    q.data.iter_mut().for_each(|x| *x /= 128f32.sqrt());
+    let v = Mat::from_vec(noise(t * nv * 128, 3), t, nv * 128);
+    let g: Vec<f32> = noise(t * nv, 4).iter().map(|x| -0.3 * (x + 1.05)).collect();
+    let beta: Vec<f32> = noise(t * nv, 5).iter().map(|x| 0.5 + 0.45 * x).collect();
+    let x = DeltaRuleInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        g: &g,
+        beta: &beta,
+    };
+    // Eight layers' states, so the working set (24 MiB + kept) is not one L2-resident state.
+    let layers = 8;
+    let mut states: Vec<Vec<f32>> = (0..layers).map(|_| noise(shape.state_len(), 6)).collect();
+    let mut kept: Vec<Vec<f32>> = (0..layers)
+        .map(|_| vec![0.0; t * shape.state_len()])
+        .collect();
+    let mut backup: Vec<Vec<f32>> = states.clone();
+    let mut g = c.benchmark_group("rewind/27b");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements((t * layers) as u64));
+    g.bench_function("recurrent_t4", |b| {
+        b.iter(|| {
+            for s in &mut states {
+                black_box(gated_delta_rule_recurrent(shape, x, s));
+            }
+        })
+    });
+    g.bench_function("recurrent_keep_t4", |b| {
+        b.iter(|| {
+            for (s, kp) in states.iter_mut().zip(&mut kept) {
+                black_box(gated_delta_rule_recurrent_keep(shape, x, s, kp));
+            }
+        })
+    });
+    g.bench_function("copy_state", |b| {
+        b.iter(|| {
+            for (s, bk) in states.iter().zip(&mut backup) {
+                bk.copy_from_slice(s);
+            }
+            black_box(&backup);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, delta_rule, rewind);
 criterion_main!(benches);

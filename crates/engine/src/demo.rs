@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use qinfer_formats::hf_config::RawConfig;
 use qinfer_formats::safetensors::{Checkpoint, StDType, TensorEntry};
+use qinfer_model::names::{self, Global, LayerTensor, Prefix};
 use qinfer_model::{ModelConfig, Qwen35};
 use qinfer_tensor::{ByteView, DType};
 
@@ -78,25 +79,29 @@ fn demo_checkpoint(c: &ModelConfig) -> Checkpoint {
     };
     let mut tensors: Vec<(String, Vec<usize>, Init)> = vec![
         (
-            "model.embed_tokens.weight".into(),
+            names::global(Prefix::Model, Global::Embed),
             vec![v, h],
             Init::Scaled(1.0),
         ),
-        ("model.norm.weight".into(), vec![h], Init::Scaled(0.1)),
+        (
+            names::global(Prefix::Model, Global::FinalNorm),
+            vec![h],
+            Init::Scaled(0.1),
+        ),
     ];
     for (l, kind) in c.layers.iter().enumerate() {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
+        let p = |t: LayerTensor| names::layer(Prefix::Model, l, t);
         let m = |_rows: usize, cols: usize| Init::Scaled(1.0 / (cols as f32).sqrt());
-        tensors.push((p("input_layernorm.weight"), vec![h], Init::Scaled(0.1)));
+        tensors.push((p(LayerTensor::InputNorm), vec![h], Init::Scaled(0.1)));
         tensors.push((
-            p("post_attention_layernorm.weight"),
+            p(LayerTensor::PostAttentionNorm),
             vec![h],
             Init::Scaled(0.1),
         ));
         for (n, rows, cols) in [
-            ("mlp.gate_proj.weight", i, h),
-            ("mlp.up_proj.weight", i, h),
-            ("mlp.down_proj.weight", h, i),
+            (LayerTensor::MlpGate, i, h),
+            (LayerTensor::MlpUp, i, h),
+            (LayerTensor::MlpDown, h, i),
         ] {
             tensors.push((p(n), vec![rows, cols], m(rows, cols)));
         }
@@ -104,23 +109,27 @@ fn demo_checkpoint(c: &ModelConfig) -> Checkpoint {
             qinfer_model::LayerKind::DeltaNet => {
                 let (cd, vd, nv) = (d.conv_dim(), d.value_dim(), d.n_v_heads);
                 for (n, rows, cols) in [
-                    ("linear_attn.in_proj_qkv.weight", cd, h),
-                    ("linear_attn.in_proj_z.weight", vd, h),
-                    ("linear_attn.in_proj_b.weight", nv, h),
-                    ("linear_attn.in_proj_a.weight", nv, h),
-                    ("linear_attn.out_proj.weight", h, vd),
+                    (LayerTensor::DeltaNetQkv, cd, h),
+                    (LayerTensor::DeltaNetZ, vd, h),
+                    (LayerTensor::DeltaNetB, nv, h),
+                    (LayerTensor::DeltaNetA, nv, h),
+                    (LayerTensor::DeltaNetOut, h, vd),
                 ] {
                     tensors.push((p(n), vec![rows, cols], m(rows, cols)));
                 }
                 tensors.push((
-                    p("linear_attn.conv1d.weight"),
+                    p(LayerTensor::DeltaNetConv),
                     vec![cd, 1, d.conv_kernel],
                     Init::Scaled(0.5),
                 ));
-                tensors.push((p("linear_attn.dt_bias"), vec![nv], Init::Constant(-2.0)));
-                tensors.push((p("linear_attn.A_log"), vec![nv], Init::Constant(0.5)));
                 tensors.push((
-                    p("linear_attn.norm.weight"),
+                    p(LayerTensor::DeltaNetDtBias),
+                    vec![nv],
+                    Init::Constant(-2.0),
+                ));
+                tensors.push((p(LayerTensor::DeltaNetALog), vec![nv], Init::Constant(0.5)));
+                tensors.push((
+                    p(LayerTensor::DeltaNetNorm),
                     vec![d.v_head_dim],
                     Init::Constant(1.0),
                 ));
@@ -132,20 +141,20 @@ fn demo_checkpoint(c: &ModelConfig) -> Checkpoint {
                     a.n_heads * a.head_dim,
                 );
                 for (n, rows, cols) in [
-                    ("self_attn.q_proj.weight", q, h),
-                    ("self_attn.k_proj.weight", kv, h),
-                    ("self_attn.v_proj.weight", kv, h),
-                    ("self_attn.o_proj.weight", h, o),
+                    (LayerTensor::AttnQ, q, h),
+                    (LayerTensor::AttnK, kv, h),
+                    (LayerTensor::AttnV, kv, h),
+                    (LayerTensor::AttnO, h, o),
                 ] {
                     tensors.push((p(n), vec![rows, cols], m(rows, cols)));
                 }
                 tensors.push((
-                    p("self_attn.q_norm.weight"),
+                    p(LayerTensor::AttnQNorm),
                     vec![a.head_dim],
                     Init::Scaled(0.1),
                 ));
                 tensors.push((
-                    p("self_attn.k_norm.weight"),
+                    p(LayerTensor::AttnKNorm),
                     vec![a.head_dim],
                     Init::Scaled(0.1),
                 ));

@@ -688,18 +688,19 @@ fn source_head(c: &ModelConfig, g: usize) -> usize {
 }
 
 fn produce(ld: &Loader<'_>, c: &ModelConfig, t: &Planned) -> Result<Vec<f32>, ExportError> {
-    let shapes_for = |shape: &[usize]| -> Vec<Vec<usize>> {
+    let shapes_for = |id: TensorId, shape: &[usize]| -> Vec<Vec<usize>> {
         let mut v = vec![shape.to_vec()];
         if shape.len() == 2 && shape[0] == 1 {
             v.push(vec![shape[1]]);
         }
-        if t.name.ends_with("ssm_conv1d.weight") {
+        if matches!(id, TensorId::Layer(_, LayerTensor::DeltaNetConv)) {
+            // GGUF's `[C, K]` conv taps are Hugging Face's `[C, 1, K]`.
             v.push(vec![shape[0], 1, shape[1]]);
         }
         v
     };
     let fetch = |id: TensorId, shape: &[usize]| -> Result<Vec<f32>, ExportError> {
-        let shapes = shapes_for(shape);
+        let shapes = shapes_for(id, shape);
         let refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
         Ok(ld.f32_any(id, &refs)?.0)
     };

@@ -1,0 +1,168 @@
+//! Tidy: tensor names are spelled in `crates/model/src/names.rs` only.
+//!
+//! Every tensor-name literal of the names table (the ones ending in `.weight` or `.bias`, and
+//! GGUF's bare `ssm_a`) is looked for, as a whole name, in the string literals of every other
+//! source file of the workspace (`crates/*/src`; tests and fixtures may spell names, since they
+//! check the table from outside). Comments do not count.
+
+use std::path::{Path, PathBuf};
+
+/// The string literals of a Rust source file, comments skipped (a small lexer: line and
+/// nested block comments, char literals, escapes, raw strings).
+fn string_literals(src: &str) -> Vec<String> {
+    let b = src.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 1;
+                i += 2;
+                while i < b.len() && depth > 0 {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 1;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'r' if matches!(b.get(i + 1), Some(b'"' | b'#'))
+                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')) =>
+            {
+                let mut hashes = 0;
+                let mut j = i + 1;
+                while b.get(j) == Some(&b'#') {
+                    hashes += 1;
+                    j += 1;
+                }
+                if b.get(j) != Some(&b'"') {
+                    i += 1;
+                    continue;
+                }
+                let close: Vec<u8> = std::iter::once(b'"')
+                    .chain(std::iter::repeat_n(b'#', hashes))
+                    .collect();
+                let start = j + 1;
+                let end = src[start..]
+                    .find(std::str::from_utf8(&close).unwrap())
+                    .map_or(b.len(), |e| start + e);
+                out.push(src[start..end].to_string());
+                i = end + close.len();
+            }
+            b'\'' => {
+                // A char literal ('"', '\'', 'x') or a lifetime ('a): skip just the literal.
+                if b.get(i + 1) == Some(&b'\\') {
+                    let end = src[i + 2..].find('\'').map_or(b.len(), |e| i + 2 + e);
+                    i = end + 1;
+                } else if b.get(i + 2) == Some(&b'\'') {
+                    i += 3;
+                } else {
+                    i += 1;
+                }
+            }
+            b'"' => {
+                let mut s = String::new();
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    s.push(b[i] as char);
+                    i += 1;
+                }
+                out.push(s);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+/// Whether `hay` holds `name` as a whole name (not inside a longer identifier).
+fn holds(hay: &str, name: &str) -> bool {
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    hay.match_indices(name).any(|(at, _)| {
+        let before = at.checked_sub(1).map(|p| hay.as_bytes()[p]);
+        let after = hay.as_bytes().get(at + name.len()).copied();
+        !before.is_some_and(word) && !after.is_some_and(word)
+    })
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn tensor_names_are_spelled_in_names_rs_only() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let table = crates.join("model/src/names.rs");
+    let names: Vec<String> = string_literals(&std::fs::read_to_string(&table).unwrap())
+        .into_iter()
+        .filter(|s| {
+            !s.contains('{') && (s.ends_with(".weight") || s.ends_with(".bias") || s == "ssm_a")
+        })
+        .collect();
+    assert!(
+        names.len() > 40,
+        "the names table lost its literals ({} found): is the lexer still right?",
+        names.len()
+    );
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(&crates).unwrap() {
+        let src = krate.unwrap().path().join("src");
+        if src.is_dir() {
+            rust_files(&src, &mut files);
+        }
+    }
+    let mut found = Vec::new();
+    for file in files
+        .iter()
+        .filter(|f| f.canonicalize().ok() != table.canonicalize().ok())
+    {
+        for lit in string_literals(&std::fs::read_to_string(file).unwrap()) {
+            if let Some(name) = names.iter().find(|n| holds(&lit, n)) {
+                found.push(format!("{}: {lit:?} spells {name:?}", file.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "tensor names outside names.rs:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The lexer finds what a tidy check needs and nothing in comments.
+#[test]
+fn the_lexer_skips_comments_and_char_literals() {
+    let src = r##"
+        // "in.a.comment.weight"
+        /* "block" /* nested "x" */ */
+        let c = '"'; let d = '\''; fn f<'a>() {}
+        let s = "ffn_up.weight"; let r = r#"raw "quoted""#;
+        let e = "esc\"aped";
+    "##;
+    assert_eq!(
+        string_literals(src),
+        ["ffn_up.weight", "raw \"quoted\"", "esc\"aped"]
+    );
+    assert!(holds("blk.0.ffn_up.weight", "ffn_up.weight"));
+    assert!(!holds("ssm_alpha.weight", "ssm_a"));
+    assert!(holds("ssm_a", "ssm_a"));
+}
