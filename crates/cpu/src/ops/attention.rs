@@ -643,7 +643,11 @@ mod tests {
         for case in &CASES {
             let (q, k, v) = case.data();
             let kvw = case.shape.n_kv_heads * case.shape.head_dim;
-            let kinds = if kvw.is_multiple_of(q8_0::BLOCK) { 3 } else { 2 };
+            let kinds = if kvw.is_multiple_of(q8_0::BLOCK) {
+                3
+            } else {
+                2
+            };
             for kind in 0..kinds {
                 let (tk, tv) = (Typed::encode(kind, &k), Typed::encode(kind, &v));
                 let (dk, dv) = (tk.decoded(), tv.decoded());
