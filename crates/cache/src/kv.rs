@@ -90,6 +90,13 @@ impl KvType {
     }
 }
 
+/// The default: see README ("KV cache precision") for the measurements behind it.
+impl Default for KvType {
+    fn default() -> Self {
+        KvType::F32
+    }
+}
+
 impl fmt::Display for KvType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
