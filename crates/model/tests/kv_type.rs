@@ -99,6 +99,7 @@ fn measure(model: &Qwen35, reference_dir: &str, ty: KvType) -> Measured {
 /// `cargo test -p qinfer-model --test kv_type -- --ignored --nocapture`.
 #[test]
 #[ignore = "prints the measurements; the asserting tests are below"]
+#[allow(clippy::print_stdout, reason = "this test's output is the table")]
 fn print_the_measurements() {
     println!("| fixture | type | greedy = f32 | max abs logit diff |");
     for (name, model, reference_dir) in fixtures() {
