@@ -90,7 +90,9 @@ impl KvType {
     }
 }
 
-/// The default: see README ("KV cache precision") for the measurements behind it.
+/// The library's default: exact rows, what the transformers goldens are checked with. The
+/// command line defaults to F16 (`DEFAULT_KV_TYPE` in `qinfer-cli`; README, "KV cache
+/// precision").
 impl Default for KvType {
     fn default() -> Self {
         KvType::F32

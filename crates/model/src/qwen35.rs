@@ -247,7 +247,7 @@ impl Qwen35 {
         self.deltanet_path = path;
     }
 
-    /// Chooses how attention layers store their KV rows (default [`KvType::default`]). Takes
+    /// Chooses how attention layers store their KV rows (default `f32`). Takes
     /// effect for states made after the call ([`Qwen35::new_state`]).
     pub fn set_kv_type(&mut self, kv_type: KvType) {
         self.kv_type = kv_type;

@@ -275,19 +275,29 @@ impl Task<'_> {
     /// Key and value of kv head `kvh` at position `b0 + j`: in place for `f32` rows, else
     /// from `dec` filled by [`Task::decode_block`] for the block at `b0`.
     fn kv_row<'s>(&'s self, b0: usize, j: usize, dec: &'s Decoded) -> (&'s [f32], &'s [f32]) {
+        (self.key(b0, j, dec), self.value(b0, j, dec))
+    }
+
+    fn key<'s>(&'s self, b0: usize, j: usize, dec: &'s Decoded) -> &'s [f32] {
+        let (k, _, r) = self.keys[b0 + j];
+        self.head_of(k, r, j, &dec.k)
+    }
+
+    fn value<'s>(&'s self, b0: usize, j: usize, dec: &'s Decoded) -> &'s [f32] {
+        let (_, v, r) = self.keys[b0 + j];
+        self.head_of(v, r, j, &dec.v)
+    }
+
+    /// Kv head `kvh` of row `r` of `rows` (block row `j`): in place, or from `decoded`.
+    fn head_of<'s>(&self, rows: KvRows<'s>, r: usize, j: usize, decoded: &'s [f32]) -> &'s [f32] {
         let d = self.shape.head_dim;
-        let at = self.kvh * d;
-        let (k, v, r) = self.keys[b0 + j];
-        let w = self.shape.n_kv_heads * d;
-        let k = match k {
-            KvRows::F32(x) => &x[r * w + at..r * w + at + d],
-            _ => &dec.k[j * d..(j + 1) * d],
-        };
-        let v = match v {
-            KvRows::F32(x) => &x[r * w + at..r * w + at + d],
-            _ => &dec.v[j * d..(j + 1) * d],
-        };
-        (k, v)
+        match rows {
+            KvRows::F32(x) => {
+                let at = r * self.shape.n_kv_heads * d + self.kvh * d;
+                &x[at..at + d]
+            }
+            _ => &decoded[j * d..(j + 1) * d],
+        }
     }
 }
 
@@ -313,7 +323,7 @@ fn attend_portable(t: &Task<'_>, out: &mut [f32]) {
             let q = t.query(v);
             let p = &mut p[..seen];
             for (j, pj) in p.iter_mut().enumerate() {
-                *pj = dot(q, t.kv_row(b0, j, &dec).0) * scale;
+                *pj = dot(q, t.key(b0, j, &dec)) * scale;
             }
             let m_new = p.iter().copied().fold(m[v], f32::max);
             let alpha = (m[v] - m_new).exp();
@@ -329,7 +339,7 @@ fn attend_portable(t: &Task<'_>, out: &mut [f32]) {
                 *x *= alpha;
             }
             for (j, &pj) in p.iter().enumerate() {
-                for (x, &vj) in o.iter_mut().zip(t.kv_row(b0, j, &dec).1) {
+                for (x, &vj) in o.iter_mut().zip(t.value(b0, j, &dec)) {
                     *x += pj * vj;
                 }
             }
