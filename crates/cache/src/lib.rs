@@ -13,8 +13,9 @@
 //! never recomputes. The [`prefix`] cache stores such pieces keyed by the token blocks they
 //! cover, shared by every sequence with the same prefix; [`persist`] writes them to files.
 //!
-//! Architecture invariant: this crate computes nothing and knows no model; it stores `f32`
-//! rows in the shapes the model declared.
+//! Architecture invariant: this crate knows no model; it stores rows in the shapes and the
+//! KV type ([`KvType`]) the model declared. The only arithmetic it does is converting each
+//! appended KV row to that type, one row at a time.
 
 use std::fmt;
 
@@ -22,14 +23,15 @@ pub mod kv;
 pub mod persist;
 pub mod prefix;
 
-pub use kv::{BLOCK_TOKENS, KvBlock, KvCache};
+pub use kv::{BLOCK_TOKENS, KvBlock, KvCache, KvData, KvType, UnknownKvType};
 pub use prefix::{CacheConfig, CacheStats, KeyElem, Lookup, Miss, PrefixCache};
 
 /// What one layer keeps per sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerSpec {
-    /// KV cache rows of `kv_width = Hkv·D` values each, for keys and for values.
-    Attention { kv_width: usize },
+    /// KV cache rows of `kv_width = Hkv·D` values each, for keys and for values, stored as
+    /// `kv_type` (which must [support](KvType::supports) the width).
+    Attention { kv_width: usize, kv_type: KvType },
     /// Conv window `[conv_kernel - 1, conv_channels]` and recurrent state of `recurrent_len`.
     DeltaNet {
         conv_channels: usize,
@@ -89,6 +91,8 @@ struct Kept {
 pub enum RestoreError {
     #[error("snapshot is of a different layer layout")]
     Layout,
+    #[error("snapshot holds a {found} KV cache, this state stores {expected} (--kv-type)")]
+    KvType { found: KvType, expected: KvType },
 }
 
 /// Everything a sequence has seen so far.
@@ -115,7 +119,9 @@ impl SequenceState {
         let layers = specs
             .iter()
             .map(|spec| match *spec {
-                LayerSpec::Attention { kv_width } => LayerState::Attention(KvCache::new(kv_width)),
+                LayerSpec::Attention { kv_width, kv_type } => {
+                    LayerState::Attention(KvCache::new(kv_width, kv_type))
+                }
                 LayerSpec::DeltaNet {
                     conv_channels,
                     conv_kernel,
@@ -226,8 +232,9 @@ impl SequenceState {
         &self.layers
     }
 
-    /// Bytes of `f32` state reachable from this sequence (shared KV blocks counted in full;
-    /// see [`unique_bytes`] for several sequences together), kept per-position states included.
+    /// Bytes of state reachable from this sequence, as stored (shared KV blocks counted in
+    /// full; see [`unique_bytes`] for several sequences together), kept per-position states
+    /// included.
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
@@ -267,22 +274,26 @@ impl SequenceState {
     /// Returns to `snap`, taken from any sequence of the same layer layout (ahead or behind
     /// this one: the snapshot carries its KV blocks).
     pub fn restore(&mut self, snap: &Snapshot) -> Result<(), RestoreError> {
-        let same_layout = snap.0.layers.len() == self.layers.len()
-            && self
-                .layers
-                .iter()
-                .zip(&snap.0.layers)
-                .all(|(a, b)| match (a, b) {
-                    (LayerState::Attention(x), LayerState::Attention(y)) => {
-                        x.kv_width() == y.kv_width()
-                    }
-                    (LayerState::DeltaNet(x), LayerState::DeltaNet(y)) => {
-                        x.conv.len() == y.conv.len() && x.recurrent.len() == y.recurrent.len()
-                    }
-                    _ => false,
-                });
-        if !same_layout {
+        if snap.0.layers.len() != self.layers.len() {
             return Err(RestoreError::Layout);
+        }
+        for (a, b) in self.layers.iter().zip(&snap.0.layers) {
+            match (a, b) {
+                (LayerState::Attention(x), LayerState::Attention(y)) => {
+                    if x.kv_width() != y.kv_width() {
+                        return Err(RestoreError::Layout);
+                    }
+                    if x.kv_type() != y.kv_type() {
+                        return Err(RestoreError::KvType {
+                            found: y.kv_type(),
+                            expected: x.kv_type(),
+                        });
+                    }
+                }
+                (LayerState::DeltaNet(x), LayerState::DeltaNet(y))
+                    if x.conv.len() == y.conv.len() && x.recurrent.len() == y.recurrent.len() => {}
+                _ => return Err(RestoreError::Layout),
+            }
         }
         self.layers.clone_from(&snap.0.layers);
         self.pos = snap.0.pos;
@@ -304,8 +315,7 @@ pub fn unique_bytes<'a>(states: impl IntoIterator<Item = &'a SequenceState>) -> 
                             total += b.bytes();
                         }
                     }
-                    let (k, v) = kv.tail();
-                    total += (k.len() + v.len()) * 4;
+                    total += kv.tail_bytes();
                 }
                 LayerState::DeltaNet(d) => total += (d.conv.len() + d.recurrent.len()) * 4,
             }
@@ -342,7 +352,10 @@ mod tests {
             conv_kernel: 3,
             recurrent_len: 4,
         },
-        LayerSpec::Attention { kv_width: 2 },
+        LayerSpec::Attention {
+            kv_width: 2,
+            kv_type: KvType::F32,
+        },
     ];
 
     fn step(s: &mut SequenceState, x: f32) {

@@ -21,10 +21,14 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::{DeltaNetState, KvCache, LayerState, SequenceState};
+use half::{bf16, f16};
+use qinfer_quant::q8_0::{self, BlockQ8_0};
 
-/// Bumped whenever the layout of a file changes.
-pub const FORMAT_VERSION: u32 = 1;
+use crate::{DeltaNetState, KvCache, KvData, KvType, LayerState, SequenceState};
+
+/// Bumped whenever the layout of a file changes. 2: KV rows carry their type ([`KvType`])
+/// and keep their stored bytes.
+pub const FORMAT_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"QINFSTAT";
 
 /// Why a state file could not be read.
@@ -145,6 +149,30 @@ impl Writer {
         }
     }
 
+    /// KV rows as stored: their type's tag, the item count (values, or Q8_0 blocks), then the
+    /// items little-endian (Q8_0: GGML's 34-byte blocks).
+    pub fn kv_rows(&mut self, d: &KvData) {
+        self.u8(d.kv_type().tag());
+        match d {
+            KvData::F32(x) => self.f32s(x),
+            KvData::Bf16(x) => {
+                self.u64(x.len() as u64);
+                x.iter()
+                    .for_each(|v| self.buf.extend_from_slice(&v.to_le_bytes()));
+            }
+            KvData::F16(x) => {
+                self.u64(x.len() as u64);
+                x.iter()
+                    .for_each(|v| self.buf.extend_from_slice(&v.to_le_bytes()));
+            }
+            KvData::Q8_0(x) => {
+                self.u64(x.len() as u64);
+                x.iter()
+                    .for_each(|b| self.buf.extend_from_slice(&b.to_bytes()));
+            }
+        }
+    }
+
     /// A sequence state: position, then each layer.
     pub fn state(&mut self, s: &SequenceState) {
         self.u64(s.pos() as u64);
@@ -154,9 +182,9 @@ impl Writer {
                 LayerState::Attention(kv) => {
                     self.u8(0);
                     self.u64(kv.kv_width() as u64);
-                    let (k, v) = kv.to_contiguous();
-                    self.f32s(&k);
-                    self.f32s(&v);
+                    let (k, v) = kv.to_stored();
+                    self.kv_rows(&k);
+                    self.kv_rows(&v);
                 }
                 LayerState::DeltaNet(d) => {
                     self.u8(1);
@@ -227,7 +255,46 @@ impl<'a> Reader<'a> {
             .collect())
     }
 
-    /// A sequence state written by [`Writer::state`].
+    /// KV rows written by [`Writer::kv_rows`], which must be of type `want`.
+    pub fn kv_rows(&mut self, want: KvType) -> Result<KvData, String> {
+        let tag = self.u8()?;
+        let ty = KvType::from_tag(tag).ok_or_else(|| format!("unknown KV type tag {tag}"))?;
+        if ty != want {
+            return Err(format!(
+                "written with a {ty} KV cache, this one stores {want} (--kv-type)"
+            ));
+        }
+        self.any_kv_rows(ty)
+    }
+
+    fn any_kv_rows(&mut self, ty: KvType) -> Result<KvData, String> {
+        let u16s = |r: &mut Self| -> Result<Vec<[u8; 2]>, String> {
+            let n = r.len(2)?;
+            Ok(r.take(n * 2)?
+                .chunks_exact(2)
+                .map(|c| [c[0], c[1]])
+                .collect())
+        };
+        Ok(match ty {
+            KvType::F32 => KvData::F32(self.f32s()?),
+            KvType::Bf16 => {
+                KvData::Bf16(u16s(self)?.into_iter().map(bf16::from_le_bytes).collect())
+            }
+            KvType::F16 => KvData::F16(u16s(self)?.into_iter().map(f16::from_le_bytes).collect()),
+            KvType::Q8_0 => {
+                let n = self.len(q8_0::BYTES)?;
+                KvData::Q8_0(
+                    self.take(n * q8_0::BYTES)?
+                        .chunks_exact(q8_0::BYTES)
+                        .map(|c| BlockQ8_0::from_bytes(c.try_into().expect("34 bytes")))
+                        .collect(),
+                )
+            }
+        })
+    }
+
+    /// A sequence state written by [`Writer::state`], KV rows in the type they were written
+    /// in ([`SequenceState::restore`] refuses them for a state of another type).
     pub fn state(&mut self) -> Result<SequenceState, String> {
         let pos = self.u64()? as usize;
         let n = self.len(1)?;
@@ -236,16 +303,16 @@ impl<'a> Reader<'a> {
             layers.push(match self.u8()? {
                 0 => {
                     let w = self.u64()? as usize;
-                    let (k, v) = (self.f32s()?, self.f32s()?);
-                    if w == 0
-                        || k.len() != v.len()
-                        || !k.len().is_multiple_of(w)
-                        || k.len() / w != pos
-                    {
+                    let tag = self.u8()?;
+                    let ty = KvType::from_tag(tag)
+                        .ok_or_else(|| format!("unknown KV type tag {tag}"))?;
+                    let k = self.any_kv_rows(ty)?;
+                    let v = self.kv_rows(ty)?;
+                    if k.rows(w) != Some(pos) || v.rows(w) != Some(pos) {
                         return Err("attention rows do not match the position".into());
                     }
-                    let mut kv = KvCache::new(w);
-                    kv.append(&k, &v);
+                    let kv = KvCache::from_rows(w, k, v)
+                        .ok_or("attention rows do not match their type")?;
                     LayerState::Attention(kv)
                 }
                 1 => LayerState::DeltaNet(DeltaNetState {
@@ -271,7 +338,10 @@ mod tests {
                 conv_kernel: 3,
                 recurrent_len: 4,
             },
-            LayerSpec::Attention { kv_width: 2 },
+            LayerSpec::Attention {
+                kv_width: 2,
+                kv_type: KvType::F32,
+            },
         ];
         let mut s = SequenceState::new(&specs);
         for i in 0..70 {
@@ -319,5 +389,69 @@ mod tests {
         ));
         // A body cut short is an error from the reader, not a panic.
         assert!(Reader::new(&w.buf[..w.buf.len() - 3]).state().is_err());
+    }
+
+    /// Per KV type: a state written and read back keeps its stored bytes (no `f32` round
+    /// trip), and a state of another type is refused with the types named.
+    #[test]
+    fn every_kv_type_round_trips_and_another_type_is_refused() {
+        let w = 64;
+        let specs = |kv_type| {
+            [
+                LayerSpec::Attention {
+                    kv_width: w,
+                    kv_type,
+                },
+                LayerSpec::DeltaNet {
+                    conv_channels: 2,
+                    conv_kernel: 3,
+                    recurrent_len: 4,
+                },
+            ]
+        };
+        for ty in KvType::ALL {
+            let mut s = SequenceState::new(&specs(ty));
+            for i in 0..70 {
+                let row: Vec<f32> = (0..w).map(|j| (i * w + j) as f32 * 0.37 - 9.0).collect();
+                if let LayerState::Attention(kv) = s.layer_mut(0) {
+                    kv.append(&row, &row.iter().map(|x| -x).collect::<Vec<_>>());
+                }
+                s.advance(1);
+            }
+            let mut wr = Writer::default();
+            wr.state(&s);
+            let back = Reader::new(&wr.buf).state().unwrap();
+            let (LayerState::Attention(a), LayerState::Attention(b)) =
+                (&s.layers()[0], &back.layers()[0])
+            else {
+                panic!("attention layer")
+            };
+            assert_eq!(a.to_stored(), b.to_stored(), "{ty}");
+            assert_eq!(b.blocks().len(), 1, "{ty}: rows cut into blocks again");
+            assert_eq!(back.bytes(), s.bytes(), "{ty}");
+            let mut fresh = SequenceState::new(&specs(ty));
+            fresh.restore(&back.snapshot()).unwrap();
+            for other in KvType::ALL.into_iter().filter(|&o| o != ty) {
+                let mut wrong = SequenceState::new(&specs(other));
+                let err = wrong.restore(&back.snapshot()).unwrap_err();
+                assert_eq!(
+                    err,
+                    crate::RestoreError::KvType {
+                        found: ty,
+                        expected: other
+                    }
+                );
+                assert!(err.to_string().contains(ty.name()), "{err}");
+            }
+            // A body whose value rows carry another type tag is an error.
+            let mut bad = Writer::default();
+            bad.kv_rows(&KvData::empty(ty));
+            let other = KvType::ALL.into_iter().find(|&o| o != ty).unwrap();
+            let err = Reader::new(&bad.buf).kv_rows(other).unwrap_err();
+            assert!(
+                err.contains(ty.name()) && err.contains(other.name()),
+                "{err}"
+            );
+        }
     }
 }

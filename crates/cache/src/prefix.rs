@@ -34,7 +34,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::persist::{Reader, Writer};
-use crate::{BLOCK_TOKENS, DeltaNetState, KvBlock, KvCache, LayerSpec, LayerState, SequenceState};
+use crate::{
+    BLOCK_TOKENS, DeltaNetState, KvBlock, KvCache, KvData, KvType, LayerSpec, LayerState,
+    SequenceState,
+};
 
 /// One position of a cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,14 +126,14 @@ pub struct Lookup {
 
 enum KvPiece {
     Block(Arc<KvBlock>),
-    Tail { k: Vec<f32>, v: Vec<f32> },
+    Tail { k: KvData, v: KvData },
 }
 
 impl KvPiece {
     fn bytes(&self) -> usize {
         match self {
             KvPiece::Block(b) => b.bytes(),
-            KvPiece::Tail { k, v } => (k.len() + v.len()) * 4,
+            KvPiece::Tail { k, v } => k.bytes() + v.bytes(),
         }
     }
 }
@@ -343,7 +346,7 @@ impl PrefixCache {
             .specs
             .iter()
             .map(|spec| match *spec {
-                LayerSpec::Attention { kv_width } => {
+                LayerSpec::Attention { kv_width, kv_type } => {
                     let full = blocks
                         .iter()
                         .map(|&b| match &self.node(b).kv[ai] {
@@ -353,10 +356,10 @@ impl PrefixCache {
                         .collect();
                     let (k, v) = match tail.map(|t| &self.node(t).kv[ai]) {
                         Some(KvPiece::Tail { k, v }) => (k.clone(), v.clone()),
-                        _ => (Vec::new(), Vec::new()),
+                        _ => (KvData::empty(kv_type), KvData::empty(kv_type)),
                     };
                     ai += 1;
-                    LayerState::Attention(KvCache::from_parts(kv_width, full, k, v))
+                    LayerState::Attention(KvCache::from_parts(kv_width, kv_type, full, k, v))
                 }
                 LayerSpec::DeltaNet { .. } => {
                     di += 1;
@@ -443,8 +446,8 @@ impl PrefixCache {
                             .map(|kv| {
                                 let (k, v) = kv.tail();
                                 KvPiece::Tail {
-                                    k: k.to_vec(),
-                                    v: v.to_vec(),
+                                    k: k.clone(),
+                                    v: v.clone(),
                                 }
                             })
                             .collect();
@@ -469,6 +472,17 @@ impl PrefixCache {
         true
     }
 
+    /// The KV type of each attention layer, in order.
+    fn kv_types(&self) -> Vec<KvType> {
+        self.specs
+            .iter()
+            .filter_map(|s| match *s {
+                LayerSpec::Attention { kv_type, .. } => Some(kv_type),
+                LayerSpec::DeltaNet { .. } => None,
+            })
+            .collect()
+    }
+
     fn same_layout(&self, state: &SequenceState) -> bool {
         state.layers().len() == self.specs.len()
             && state
@@ -476,8 +490,8 @@ impl PrefixCache {
                 .iter()
                 .zip(&self.specs)
                 .all(|(l, s)| match (l, *s) {
-                    (LayerState::Attention(kv), LayerSpec::Attention { kv_width }) => {
-                        kv.kv_width() == kv_width
+                    (LayerState::Attention(kv), LayerSpec::Attention { kv_width, kv_type }) => {
+                        kv.kv_width() == kv_width && kv.kv_type() == kv_type
                     }
                     (
                         LayerState::DeltaNet(d),
@@ -554,6 +568,13 @@ impl PrefixCache {
             }
             i += 1;
         }
+        // The KV type of each attention layer first, so a cache written with another type is
+        // refused before any row is read.
+        let types = self.kv_types();
+        w.u64(types.len() as u64);
+        for t in types {
+            w.u8(t.tag());
+        }
         w.u64(order.len() as u64 - 1);
         for &id in &order[1..] {
             let n = self.node(id);
@@ -571,10 +592,10 @@ impl PrefixCache {
             for piece in &n.kv {
                 let (k, v) = match piece {
                     KvPiece::Block(b) => (b.keys(), b.values()),
-                    KvPiece::Tail { k, v } => (&k[..], &v[..]),
+                    KvPiece::Tail { k, v } => (k, v),
                 };
-                w.f32s(k);
-                w.f32s(v);
+                w.kv_rows(k);
+                w.kv_rows(v);
             }
             match &n.recurrent {
                 None => w.u8(0),
@@ -600,13 +621,33 @@ impl PrefixCache {
     ) -> Result<Self, String> {
         let mut c = PrefixCache::new(specs, config);
         let mut r = Reader::new(bytes);
+        let types = c.kv_types();
+        let n_types = r.len(1)?;
+        if n_types != types.len() {
+            return Err(format!(
+                "{n_types} attention layers, the model has {}",
+                types.len()
+            ));
+        }
+        for &want in &types {
+            let tag = r.u8()?;
+            match KvType::from_tag(tag) {
+                Some(t) if t == want => {}
+                Some(t) => {
+                    return Err(format!(
+                        "written with a {t} KV cache, this one stores {want} (--kv-type)"
+                    ));
+                }
+                None => return Err(format!("unknown KV type tag {tag}")),
+            }
+        }
         let count = r.len(1)?;
         let mut ids = vec![ROOT];
-        let widths: Vec<usize> = c
+        let widths: Vec<(usize, KvType)> = c
             .specs
             .iter()
             .filter_map(|s| match *s {
-                LayerSpec::Attention { kv_width } => Some(kv_width),
+                LayerSpec::Attention { kv_width, kv_type } => Some((kv_width, kv_type)),
                 LayerSpec::DeltaNet { .. } => None,
             })
             .collect();
@@ -642,9 +683,9 @@ impl PrefixCache {
                 return Err("node shape".into());
             }
             let mut kv = Vec::with_capacity(widths.len());
-            for &w in &widths {
-                let (k, v) = (r.f32s()?, r.f32s()?);
-                if k.len() != rows * w || v.len() != rows * w {
+            for &(w, ty) in &widths {
+                let (k, v) = (r.kv_rows(ty)?, r.kv_rows(ty)?);
+                if k.rows(w) != Some(rows) || v.rows(w) != Some(rows) {
                     return Err("kv rows do not match the key".into());
                 }
                 kv.push(if is_tail {
@@ -731,7 +772,10 @@ mod tests {
             conv_kernel: 3,
             recurrent_len: 4,
         },
-        LayerSpec::Attention { kv_width: 2 },
+        LayerSpec::Attention {
+            kv_width: 2,
+            kv_type: KvType::F32,
+        },
     ];
 
     /// A stand-in "model": each token adds itself to the recurrent state and appends a KV row
@@ -906,7 +950,69 @@ mod tests {
         for cut in [0, 7, bytes.len() / 2, bytes.len() - 1] {
             assert!(PrefixCache::from_bytes(SPECS.to_vec(), c.config(), &bytes[..cut]).is_err());
         }
-        let other = [LayerSpec::Attention { kv_width: 3 }, SPECS[0]];
+        let other = [
+            LayerSpec::Attention {
+                kv_width: 3,
+                kv_type: KvType::F32,
+            },
+            SPECS[0],
+        ];
         assert!(PrefixCache::from_bytes(other.to_vec(), c.config(), &bytes).is_err());
+    }
+
+    /// Per KV type: the tree's bytes are the stored bytes, it round-trips through
+    /// [`PrefixCache::to_bytes`] with its rows' bytes unchanged, and a cache of another type
+    /// refuses the bytes, naming both types.
+    #[test]
+    fn every_kv_type_round_trips_and_another_type_is_refused() {
+        let w = 64;
+        let specs = |kv_type| {
+            vec![
+                SPECS[0],
+                LayerSpec::Attention {
+                    kv_width: w,
+                    kv_type,
+                },
+            ]
+        };
+        let config = CacheConfig {
+            budget_bytes: usize::MAX,
+        };
+        for ty in KvType::ALL {
+            let mut s = SequenceState::new(&specs(ty));
+            let tokens = toks(0..100);
+            for &t in &tokens {
+                let row: Vec<f32> = (0..w).map(|j| (t as f32 - j as f32) * 0.11).collect();
+                if let LayerState::Attention(kv) = s.layer_mut(1) {
+                    kv.append(&row, &row);
+                }
+                s.advance(1);
+            }
+            let mut c = PrefixCache::new(specs(ty), config);
+            assert!(c.insert(&token_key(&tokens), &s, true));
+            // One block node + one tail node: all of the state's KV rows, plus a DeltaNet
+            // snapshot on the tail.
+            assert_eq!(c.stats().bytes, s.bytes());
+            let bytes = c.to_bytes();
+            let mut back = PrefixCache::from_bytes(specs(ty), config, &bytes).unwrap();
+            assert_eq!(back.stats().bytes, c.stats().bytes, "{ty}");
+            let l = back.lookup(&token_key(&[tokens.clone(), vec![1]].concat()));
+            assert_eq!(l.cached, 100);
+            let (LayerState::Attention(a), LayerState::Attention(b)) =
+                (&s.layers()[1], &l.state.layers()[1])
+            else {
+                panic!("attention layer")
+            };
+            assert_eq!(a.to_stored(), b.to_stored(), "{ty}");
+            // A state of another type is not inserted; bytes of another type do not load.
+            let other = KvType::ALL.into_iter().find(|&o| o != ty).unwrap();
+            assert!(c.insert(&[], &SequenceState::new(&specs(ty)), false));
+            assert!(!c.insert(&[], &SequenceState::new(&specs(other)), false));
+            let err = PrefixCache::from_bytes(specs(other), config, &bytes).unwrap_err();
+            assert!(
+                err.contains(ty.name()) && err.contains(other.name()),
+                "{err}"
+            );
+        }
     }
 }

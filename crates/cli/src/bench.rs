@@ -44,6 +44,8 @@ pub struct BenchArgs {
     /// Matmul precision: int8 (default) or exact.
     #[arg(long, default_value = "int8")]
     precision: String,
+    #[command(flatten)]
+    kv: crate::KvTypeArg,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,12 +153,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let path = &args.model;
     let started = Instant::now();
-    let model = if crate::is_gguf(path) {
+    let mut model = if crate::is_gguf(path) {
         Qwen35::load_gguf(path)
     } else {
         Qwen35::load_dir(path)
     }
     .with_context(|| format!("cannot load model {}", path.display()))?;
+    args.kv.apply(&mut model)?;
     let load_s = started.elapsed().as_secs_f64();
     let file_bytes: u64 = if path.is_file() {
         std::fs::metadata(path)?.len()
@@ -220,6 +223,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let share = gbs / limit;
     let isa = format!("{:?}", qinfer_cpu::kernels::isa());
+    // As stored: a Q8_0 request on rows not a multiple of 32 values stores BF16.
+    let kv_type = model
+        .state_specs()
+        .iter()
+        .find_map(|s| match *s {
+            qinfer_cache::LayerSpec::Attention { kv_type, .. } => Some(kv_type),
+            qinfer_cache::LayerSpec::DeltaNet { .. } => None,
+        })
+        .unwrap_or(model.kv_type());
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
@@ -230,6 +242,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "threads": threads,
             "isa": isa,
             "precision": args.precision,
+            "kv_type": kv_type.name(),
             "load_s": load_s,
             "n_prompt": args.n_prompt,
             "n_gen": args.n_gen,
@@ -256,7 +269,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         writeln!(
             out,
-            "model {} ({}, {:.2} GB file, {} threads, {isa}, {} precision), loaded in {load_s:.2} s",
+            "model {} ({}, {:.2} GB file, {} threads, {isa}, {} precision, {kv_type} KV cache), loaded in {load_s:.2} s",
             path.display(),
             model.dtype(),
             file_bytes as f64 / 1e9,

@@ -49,6 +49,8 @@ pub struct RunArgs {
     /// Worker threads (default: all CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    kv: crate::KvTypeArg,
     /// Keep the conversation in FILE: resume it (messages and model state, nothing processed
     /// again) if FILE exists, and save it after every answer.
     #[arg(long, value_name = "FILE")]
@@ -61,10 +63,12 @@ Ctrl-C stops the current answer.";
 
 pub fn run(args: RunArgs) -> Result<()> {
     let bundle = match &args.model {
-        Some(m) => crate::load_bundle(m, args.threads)?,
+        Some(m) => crate::load_bundle(m, args.threads, &args.kv)?,
         None => {
             qinfer_cpu::init_threads(args.threads);
-            ModelBundle::demo()?
+            let mut bundle = ModelBundle::demo()?;
+            args.kv.apply(&mut bundle.model)?;
+            bundle
         }
     };
     bundle.template()?;

@@ -29,6 +29,8 @@ pub struct LogitsArgs {
     /// Worker threads (default: all CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    kv: crate::KvTypeArg,
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +70,8 @@ pub struct GenerateArgs {
     /// Worker threads (default: all CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    kv: crate::KvTypeArg,
 }
 
 #[derive(Clone, Debug)]
@@ -89,22 +93,30 @@ fn parse_ids(s: &str) -> Result<Ids, String> {
     Ok(Ids(ids))
 }
 
-fn load_model(arg: &Path, threads: Option<usize>) -> Result<(Qwen35, PathBuf)> {
+/// Loads the model alone (no tokenizer), configured by the command line.
+pub fn load_model(
+    arg: &Path,
+    threads: Option<usize>,
+    kv: &crate::KvTypeArg,
+) -> Result<(Qwen35, PathBuf)> {
     qinfer_cpu::init_threads(threads);
     let path = crate::resolve_model(arg)?;
-    if crate::is_gguf(&path) {
+    let (mut model, at) = if crate::is_gguf(&path) {
         let model = Qwen35::load_gguf(&path)
             .with_context(|| format!("cannot load model {}", path.display()))?;
-        return Ok((model, path));
-    }
-    let dir = model_dir(arg)?;
-    let model =
-        Qwen35::load_dir(&dir).with_context(|| format!("cannot load model {}", dir.display()))?;
-    Ok((model, dir))
+        (model, path)
+    } else {
+        let dir = model_dir(arg)?;
+        let model = Qwen35::load_dir(&dir)
+            .with_context(|| format!("cannot load model {}", dir.display()))?;
+        (model, dir)
+    };
+    kv.apply(&mut model)?;
+    Ok((model, at))
 }
 
 pub fn logits(args: LogitsArgs) -> Result<()> {
-    let (model, _) = load_model(&args.model, args.threads)?;
+    let (model, _) = load_model(&args.model, args.threads, &args.kv)?;
     let ids = &args.ids.0;
     let mut state = model.new_state();
     let logits = model.forward(ids, &mut state, Rows::All)?;
@@ -151,7 +163,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             return generate_ids_only(&args, sampling);
         }
     }
-    let bundle = crate::load_bundle(&args.model, args.threads)?;
+    let bundle = crate::load_bundle(&args.model, args.threads, &args.kv)?;
     let (prompt, starts_in_reasoning) = prompt_ids(&bundle, &args)?;
     let opts = GenerateOptions {
         json_object: false,
@@ -256,7 +268,7 @@ fn report(g: &Generation) -> Result<()> {
 
 /// Token ids in, token ids out, for models without a tokenizer (the test fixtures).
 fn generate_ids_only(args: &GenerateArgs, sampling: SamplingParams) -> Result<()> {
-    let (model, dir) = load_model(&args.model, args.threads)?;
+    let (model, dir) = load_model(&args.model, args.threads, &args.kv)?;
     let eos = if args.ignore_eos {
         Vec::new()
     } else {

@@ -16,8 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+use qinfer_cache::KvType;
 use qinfer_engine::sampler::SamplingParams;
+use qinfer_model::Qwen35;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -217,21 +220,65 @@ pub fn is_demo(arg: &Path) -> bool {
     arg == Path::new("demo") && !arg.exists()
 }
 
+/// The command line's KV cache type: F16, the cheapest type whose greedy output equals
+/// `f32`'s on every tiny fixture (Q8_0 and BF16 change it on the Q8_0 GGUF); measurements in
+/// docs/PERFORMANCE.md ("KV cache precision"). The library itself defaults to `f32`.
+pub const DEFAULT_KV_TYPE: KvType = KvType::F16;
+
+/// `--kv-type`, shared by every command that loads a model.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct KvTypeArg {
+    /// How the attention KV cache stores its rows: f32, bf16, f16 (default) or q8_0 (per row;
+    /// rows not a multiple of 32 values store bf16). Also read from QINFER_KV_TYPE.
+    #[arg(
+        long = "kv-type",
+        value_name = "TYPE",
+        value_parser = PossibleValuesParser::new(KvType::ALL.map(KvType::name))
+            .try_map(|s| s.parse::<KvType>())
+    )]
+    kv_type: Option<KvType>,
+}
+
+impl KvTypeArg {
+    /// The flag, else `QINFER_KV_TYPE`, else [`DEFAULT_KV_TYPE`].
+    pub fn resolve(&self) -> Result<KvType> {
+        if let Some(t) = self.kv_type {
+            return Ok(t);
+        }
+        match std::env::var("QINFER_KV_TYPE") {
+            Ok(v) if !v.is_empty() => v.parse().context("QINFER_KV_TYPE"),
+            _ => Ok(DEFAULT_KV_TYPE),
+        }
+    }
+
+    /// Sets the model's options from the command line: the one place a loaded model is
+    /// configured.
+    pub fn apply(&self, model: &mut Qwen35) -> Result<()> {
+        model.set_kv_type(self.resolve()?);
+        Ok(())
+    }
+}
+
 /// Loads a full bundle (weights, tokenizer, template); `demo` is the built-in demo model.
 pub fn load_bundle(
     arg: &Path,
     threads: Option<usize>,
+    kv: &KvTypeArg,
 ) -> Result<qinfer_engine::generate::ModelBundle> {
     qinfer_cpu::init_threads(threads);
-    if is_demo(arg) {
-        return Ok(qinfer_engine::generate::ModelBundle::demo()?);
-    }
-    let path = resolve_model(arg)?;
-    if is_gguf(&path) {
-        return qinfer_engine::generate::ModelBundle::load_gguf(&path)
-            .with_context(|| format!("cannot load model {}", path.display()));
-    }
-    let dir = model_dir(arg)?;
-    qinfer_engine::generate::ModelBundle::load_dir(&dir)
-        .with_context(|| format!("cannot load model {}", dir.display()))
+    let mut bundle = if is_demo(arg) {
+        qinfer_engine::generate::ModelBundle::demo()?
+    } else {
+        let path = resolve_model(arg)?;
+        if is_gguf(&path) {
+            qinfer_engine::generate::ModelBundle::load_gguf(&path)
+                .with_context(|| format!("cannot load model {}", path.display()))?
+        } else {
+            let dir = model_dir(arg)?;
+            qinfer_engine::generate::ModelBundle::load_dir(&dir)
+                .with_context(|| format!("cannot load model {}", dir.display()))?
+        }
+    };
+    kv.apply(&mut bundle.model)?;
+    Ok(bundle)
 }

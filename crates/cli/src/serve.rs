@@ -55,6 +55,8 @@ pub struct ServeArgs {
     /// Worker threads for the model (default: all CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    kv: crate::KvTypeArg,
     /// RAM budget of the prompt cache (KV blocks + Gated DeltaNet snapshots shared by every
     /// request), GB; 0 turns the cache off.
     #[arg(long, value_name = "GB", default_value_t = 4.0)]
@@ -89,7 +91,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let bundle = Arc::new(crate::load_bundle(&args.model, args.threads)?);
+    let bundle = Arc::new(crate::load_bundle(&args.model, args.threads, &args.kv)?);
     let name = args
         .served_model_name
         .clone()

@@ -55,6 +55,10 @@ fn logits_out_writes_the_reference_logits() {
         &ids,
         "--out",
         out.to_str().unwrap(),
+        // The transformers bound holds for exact KV rows; the default F16 rows move these
+        // logits by about 3e-3 (crates/model/tests/kv_type.rs).
+        "--kv-type",
+        "f32",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (shape, got) = qinfer_formats::npy::read_f32(&out).unwrap();
@@ -328,4 +332,73 @@ fn bench_rejects_bad_flags_with_clear_errors() {
         assert!(!o.status.success(), "{args:?} accepted");
         assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
     }
+}
+
+/// `--kv-type`: every type runs; a Q8_0 cache gives the reference greedy ids on this fixture
+/// (measured, crates/model/tests/kv_type.rs) and `qinfer bench` reports the type; an unknown
+/// type is a clap error listing the accepted ones, from the flag or QINFER_KV_TYPE.
+#[test]
+fn kv_type_flag_selects_the_cache_type_and_rejects_unknown_ones() {
+    let name = "tiny-dense-f32";
+    let model = fixture(name);
+    let m = model.to_str().unwrap();
+    let r = reference(name);
+    let prompt = csv(&r["greedy_prompt"]);
+    let n = r["greedy_ids"].as_array().unwrap().len().to_string();
+    for ty in ["f32", "bf16", "f16", "q8_0"] {
+        let o = qinfer(&[
+            "generate",
+            m,
+            "--ids",
+            &prompt,
+            "--max-tokens",
+            &n,
+            "--json",
+            "--ignore-eos",
+            "--kv-type",
+            ty,
+        ]);
+        assert!(o.status.success(), "{ty}: {}", stderr(&o));
+        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(got, serde_json::json!({ "ids": r["greedy_ids"] }), "{ty}");
+    }
+    let o = qinfer(&[
+        "bench",
+        m,
+        "-p",
+        "8",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "--bandwidth",
+        "1",
+        "--json",
+        "--kv-type",
+        "q8_0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kv_type"], "q8_0");
+    let o = qinfer(&["logits", m, "--ids", "1,2", "--kv-type", "foo"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("'foo'") && err.contains("--kv-type") && err.contains("f32, bf16, f16, q8_0"),
+        "{err}"
+    );
+    let o = qinfer_with(&[("QINFER_KV_TYPE", "q4")], &["logits", m, "--ids", "1,2"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("QINFER_KV_TYPE") && err.contains("q8_0"),
+        "{err}"
+    );
+    let o = qinfer_with(
+        &[("QINFER_KV_TYPE", "q8_0")],
+        &["bench", m, "-p", "8", "-n", "0", "-r", "1", "--json"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kv_type"], "q8_0", "from the environment");
 }

@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use qinfer_cpu::ops::{AttentionShape, causal_attention_blocks};
+use qinfer_cpu::ops::{AttentionShape, KvRows, KvSegment, causal_attention_blocks};
 use qinfer_tensor::Mat;
 
 mod common;
@@ -28,9 +28,10 @@ fn case(c: &mut Criterion, name: &str, s: usize, t: usize) {
     let q = Mat::from_vec(noise(t * SHAPE.n_heads * SHAPE.head_dim, 1), t, 8 * 256);
     let k = noise(s * kv_width, 2);
     let v = noise(s * kv_width, 3);
-    let blocks: Vec<(&[f32], &[f32])> = k
+    let blocks: Vec<KvSegment<'_>> = k
         .chunks(64 * kv_width)
         .zip(v.chunks(64 * kv_width))
+        .map(|(k, v)| (KvRows::F32(k), KvRows::F32(v)))
         .collect();
     let mut g = c.benchmark_group("attention");
     g.sample_size(20);

@@ -268,7 +268,9 @@ pub fn default_snapshot_every(specs: &[LayerSpec]) -> usize {
     let (mut kv_per_token, mut snapshot) = (0usize, 0usize);
     for s in specs {
         match *s {
-            LayerSpec::Attention { kv_width } => kv_per_token += 2 * kv_width * 4,
+            LayerSpec::Attention { kv_width, kv_type } => {
+                kv_per_token += 2 * kv_type.row_bytes(kv_width)
+            }
             LayerSpec::DeltaNet {
                 conv_channels,
                 conv_kernel,

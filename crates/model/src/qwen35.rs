@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use qinfer_cache::{LayerSpec, LayerState, SequenceState};
+use qinfer_cache::{KvType, LayerSpec, LayerState, SequenceState};
 use qinfer_cpu::ops;
 use qinfer_formats::hf_config::RawConfig;
 use qinfer_formats::safetensors::Checkpoint;
@@ -251,6 +251,7 @@ pub struct Qwen35 {
     pub extras: ExtraTensors,
     rope: Rope,
     deltanet_path: DeltaNetPath,
+    kv_type: KvType,
 }
 
 impl Qwen35 {
@@ -360,6 +361,7 @@ impl Qwen35 {
             extras,
             rope,
             deltanet_path: DeltaNetPath::Auto,
+            kv_type: KvType::default(),
         })
     }
 
@@ -368,15 +370,31 @@ impl Qwen35 {
         self.deltanet_path = path;
     }
 
+    /// Chooses how attention layers store their KV rows (default `f32`). Takes
+    /// effect for states made after the call ([`Qwen35::new_state`]).
+    pub fn set_kv_type(&mut self, kv_type: KvType) {
+        self.kv_type = kv_type;
+    }
+
+    /// The KV type asked for; a layer whose rows it cannot store (Q8_0 needs a multiple of
+    /// 32 values) uses [`KvType::for_width`] instead, as [`Qwen35::state_specs`] says.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
     /// What each layer keeps per sequence.
     pub fn state_specs(&self) -> Vec<LayerSpec> {
         let c = &self.config;
         c.layers
             .iter()
             .map(|k| match k {
-                LayerKind::Attention => LayerSpec::Attention {
-                    kv_width: c.attention.n_kv_heads * c.attention.head_dim,
-                },
+                LayerKind::Attention => {
+                    let kv_width = c.attention.n_kv_heads * c.attention.head_dim;
+                    LayerSpec::Attention {
+                        kv_width,
+                        kv_type: self.kv_type.for_width(kv_width),
+                    }
+                }
                 LayerKind::DeltaNet => LayerSpec::DeltaNet {
                     conv_channels: c.deltanet.conv_dim(),
                     conv_kernel: c.deltanet.conv_kernel,

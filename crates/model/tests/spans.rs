@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use qinfer_cache::{RewindError, SequenceState};
+use qinfer_cache::{KvType, RewindError, SequenceState};
 use qinfer_model::{
     DeltaNetPath, ForwardError, MAX_KEPT_POSITIONS, Position3, Qwen35, Rows, Span, text_position,
 };
@@ -24,11 +24,17 @@ fn prompt(model: &Qwen35, n: usize) -> Vec<u32> {
 
 /// A step of `k` positions that keeps its states equals `k` one-token steps bit for bit: the
 /// logits of every position, and, after a rewind to any `j ≤ k`, the whole state and the
-/// logits of the next token fed from there.
+/// logits of the next token fed from there. With an f32 and a Q8_0 KV cache (whose truncation
+/// the rewind composes with).
 #[test]
 fn a_kept_step_rewinds_to_the_state_of_one_token_steps() {
-    for name in MODELS {
-        let model = load(name);
+    let cases = MODELS
+        .iter()
+        .map(|&n| (n, KvType::F32))
+        .chain([("tiny-dense-f32", KvType::Q8_0)]);
+    for (name, kv) in cases {
+        let mut model = load(name);
+        model.set_kv_type(kv);
         let history = prompt(&model, 70); // a full KV block and a tail before the step
         let draft: Vec<u32> = prompt(&model, 75)[70..].to_vec();
         let k = draft.len();

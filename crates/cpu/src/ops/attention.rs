@@ -12,6 +12,13 @@
 //! plus the `M × D` accumulators whatever the context length, and blocks past a tile's last
 //! visible key are never read. Tasks run latest tile first, as later rows see more keys.
 //!
+//! # Stored types
+//! The cache may hold its rows as `f32`, BF16, F16 or Q8_0 ([`KvRows`]). `f32` rows are read
+//! in place. Rows of another type are decoded, one block of keys and one kv head at a time,
+//! into an `[BLOCK, D]` `f32` scratch the task owns, and the same `f32` code runs on it: so a
+//! typed cache gives exactly the bits of `f32` attention over its decoded rows, and never
+//! holds more than a block of them in `f32`.
+//!
 //! # Bit-for-bit invariance
 //! Every query vector goes through the same operations in the same order whatever tile or
 //! call it lands in and however many threads run: its dot products, its block partition
@@ -32,6 +39,8 @@
 //! The tiers differ only in rounding (dot-product order, `exp` within 2 ulp): tests bound their
 //! difference, and each against a naive `f64` reference, by `1e-5` for values of order 1.
 
+use half::{bf16, f16, slice::HalfFloatSliceExt};
+use qinfer_quant::q8_0::{self, BlockQ8_0};
 use qinfer_tensor::Mat;
 
 use super::matmul::dot;
@@ -54,6 +63,55 @@ pub struct AttentionShape {
     pub scale: f32,
 }
 
+/// Key or value rows `[rows, Hkv·D]` as a KV cache stores them. Q8_0 rows are whole blocks of
+/// 32 values each (a row never shares a block with the next), so `Hkv·D` must be a multiple
+/// of 32 for them.
+#[derive(Clone, Copy, Debug)]
+pub enum KvRows<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+    Q8_0(&'a [BlockQ8_0]),
+}
+
+/// One segment of a KV cache: its key rows and its value rows.
+pub type KvSegment<'a> = (KvRows<'a>, KvRows<'a>);
+
+impl KvRows<'_> {
+    /// Rows of `width` values held, or `None` if the data is not whole rows.
+    pub fn rows(&self, width: usize) -> Option<usize> {
+        let (values, per_unit) = match self {
+            KvRows::F32(x) => (x.len(), 1),
+            KvRows::Bf16(x) => (x.len(), 1),
+            KvRows::F16(x) => (x.len(), 1),
+            KvRows::Q8_0(x) if width.is_multiple_of(q8_0::BLOCK) => (x.len(), q8_0::BLOCK),
+            KvRows::Q8_0(_) => return None,
+        };
+        let values = values * per_unit;
+        (width > 0 && values.is_multiple_of(width)).then(|| values / width)
+    }
+
+    /// Values `from..from + out.len()` of row `row` (rows `width` wide), as `f32`.
+    pub fn decode(&self, row: usize, width: usize, from: usize, out: &mut [f32]) {
+        let at = row * width + from;
+        let n = out.len();
+        match self {
+            KvRows::F32(x) => out.copy_from_slice(&x[at..at + n]),
+            KvRows::Bf16(x) => x[at..at + n].convert_to_f32_slice(out),
+            KvRows::F16(x) => x[at..at + n].convert_to_f32_slice(out),
+            KvRows::Q8_0(x) => {
+                let mut i = 0;
+                while i < n {
+                    let (b, off) = ((at + i) / q8_0::BLOCK, (at + i) % q8_0::BLOCK);
+                    let take = (q8_0::BLOCK - off).min(n - i);
+                    out[i..i + take].copy_from_slice(&x[b].dequantize()[off..off + take]);
+                    i += take;
+                }
+            }
+        }
+    }
+}
+
 /// `softmax(q kᵀ · scale + causal mask) v` for every query head.
 ///
 /// * `q`: `[T, Hq·D]`, the queries of the last `T` positions of the sequence.
@@ -65,17 +123,18 @@ pub struct AttentionShape {
 /// # Panics
 /// If the shapes disagree.
 pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) -> Mat {
-    causal_attention_blocks(q, &[(k, v)], shape)
+    causal_attention_blocks(q, &[(KvRows::F32(k), KvRows::F32(v))], shape)
 }
 
 /// [`causal_attention`] over keys and values stored in segments (the blocks of a paged KV
-/// cache, in order) instead of one contiguous buffer: `kv` lists `(k, v)` pairs of
-/// `[rows, Hkv·D]` each; together they are the `[S, Hkv·D]` of [`causal_attention`]. Every
-/// output element is computed exactly as for one contiguous buffer.
+/// cache, in order) instead of one contiguous buffer, in any [`KvRows`] type: `kv` lists
+/// `(k, v)` pairs of `[rows, Hkv·D]` each; together they are the `[S, Hkv·D]` of
+/// [`causal_attention`]. Every output element is computed exactly as for one contiguous `f32`
+/// buffer of the decoded rows.
 ///
 /// # Panics
 /// If the shapes disagree.
-pub fn causal_attention_blocks(q: &Mat, kv: &[(&[f32], &[f32])], shape: AttentionShape) -> Mat {
+pub fn causal_attention_blocks(q: &Mat, kv: &[KvSegment<'_>], shape: AttentionShape) -> Mat {
     attention_with(crate::kernels::isa(), q, kv, shape)
 }
 
@@ -86,7 +145,7 @@ pub(crate) const BLOCK: usize = 64;
 const TILE: usize = 16;
 
 /// [`causal_attention_blocks`] on a given instruction set.
-fn attention_with(isa: Isa, q: &Mat, kv: &[(&[f32], &[f32])], shape: AttentionShape) -> Mat {
+fn attention_with(isa: Isa, q: &Mat, kv: &[KvSegment<'_>], shape: AttentionShape) -> Mat {
     let AttentionShape {
         n_heads,
         n_kv_heads,
@@ -99,16 +158,16 @@ fn attention_with(isa: Isa, q: &Mat, kv: &[(&[f32], &[f32])], shape: AttentionSh
         n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
         "attention: head grouping"
     );
-    assert!(
-        kv.iter()
-            .all(|(k, v)| k.len() == v.len() && k.len().is_multiple_of(kv_width)),
-        "attention: kv shape"
-    );
-    // Key position j: its segment and offset there.
-    let keys: Vec<(&[f32], &[f32], usize)> = kv
-        .iter()
-        .flat_map(|&(k, v)| (0..k.len() / kv_width).map(move |r| (k, v, r * kv_width)))
-        .collect();
+    // Key position j: its segment and row there.
+    let mut keys: Vec<(KvRows<'_>, KvRows<'_>, usize)> = Vec::new();
+    for &(k, v) in kv {
+        let rows = k.rows(kv_width);
+        assert!(
+            rows.is_some() && rows == v.rows(kv_width),
+            "attention: kv shape"
+        );
+        keys.extend((0..rows.unwrap_or(0)).map(|r| (k, v, r)));
+    }
     let s = keys.len();
     assert!(s >= q.rows, "attention: fewer keys than queries");
 
@@ -155,14 +214,30 @@ fn attention_with(isa: Isa, q: &Mat, kv: &[(&[f32], &[f32])], shape: AttentionSh
 /// `m` is query head `kvh·group + m % group` of row `t0 + m / group`.
 pub(crate) struct Task<'a> {
     q: &'a Mat,
-    /// `(k segment, v segment, offset)` of every key position.
-    keys: &'a [(&'a [f32], &'a [f32], usize)],
+    /// `(k segment, v segment, row)` of every key position.
+    keys: &'a [(KvRows<'a>, KvRows<'a>, usize)],
     shape: AttentionShape,
     /// Positions before the first query row.
     past: usize,
     t0: usize,
     n: usize,
     kvh: usize,
+}
+
+/// The `[BLOCK, D]` keys and values of kv head `kvh` for the rows of one key block that are
+/// not stored as `f32` (row `j` of the block at `j·D`).
+pub(crate) struct Decoded {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Decoded {
+    pub(crate) fn new(d: usize) -> Self {
+        Decoded {
+            k: vec![0.0; BLOCK * d],
+            v: vec![0.0; BLOCK * d],
+        }
+    }
 }
 
 impl Task<'_> {
@@ -181,16 +256,48 @@ impl Task<'_> {
         &self.q.row(self.t0 + m / g)[h * d..(h + 1) * d]
     }
 
-    fn key(&self, j: usize) -> &[f32] {
+    /// Decodes the rows `b0..b0 + nk` not stored as `f32` into `dec` (the others are read in
+    /// place by [`Task::kv_row`]).
+    fn decode_block(&self, b0: usize, nk: usize, dec: &mut Decoded) {
         let d = self.shape.head_dim;
-        let (k, _, at) = self.keys[j];
-        &k[at + self.kvh * d..at + (self.kvh + 1) * d]
+        let width = self.shape.n_kv_heads * d;
+        for j in 0..nk {
+            let (k, v, r) = self.keys[b0 + j];
+            if !matches!(k, KvRows::F32(_)) {
+                k.decode(r, width, self.kvh * d, &mut dec.k[j * d..(j + 1) * d]);
+            }
+            if !matches!(v, KvRows::F32(_)) {
+                v.decode(r, width, self.kvh * d, &mut dec.v[j * d..(j + 1) * d]);
+            }
+        }
     }
 
-    fn value(&self, j: usize) -> &[f32] {
+    /// Key and value of kv head `kvh` at position `b0 + j`: in place for `f32` rows, else
+    /// from `dec` filled by [`Task::decode_block`] for the block at `b0`.
+    fn kv_row<'s>(&'s self, b0: usize, j: usize, dec: &'s Decoded) -> (&'s [f32], &'s [f32]) {
+        (self.key(b0, j, dec), self.value(b0, j, dec))
+    }
+
+    fn key<'s>(&'s self, b0: usize, j: usize, dec: &'s Decoded) -> &'s [f32] {
+        let (k, _, r) = self.keys[b0 + j];
+        self.head_of(k, r, j, &dec.k)
+    }
+
+    fn value<'s>(&'s self, b0: usize, j: usize, dec: &'s Decoded) -> &'s [f32] {
+        let (_, v, r) = self.keys[b0 + j];
+        self.head_of(v, r, j, &dec.v)
+    }
+
+    /// Kv head `kvh` of row `r` of `rows` (block row `j`): in place, or from `decoded`.
+    fn head_of<'s>(&self, rows: KvRows<'s>, r: usize, j: usize, decoded: &'s [f32]) -> &'s [f32] {
         let d = self.shape.head_dim;
-        let (_, v, at) = self.keys[j];
-        &v[at + self.kvh * d..at + (self.kvh + 1) * d]
+        match rows {
+            KvRows::F32(x) => {
+                let at = r * self.shape.n_kv_heads * d + self.kvh * d;
+                &x[at..at + d]
+            }
+            _ => &decoded[j * d..(j + 1) * d],
+        }
     }
 }
 
@@ -203,8 +310,11 @@ fn attend_portable(t: &Task<'_>, out: &mut [f32]) {
     let mut m = vec![f32::NEG_INFINITY; vectors];
     let mut l = vec![0.0f32; vectors];
     let mut p = [0.0f32; BLOCK];
+    let mut dec = Decoded::new(d);
     let span = t.visible(t.n - 1);
     for b0 in (0..span).step_by(BLOCK) {
+        let nk = (span - b0).min(BLOCK);
+        t.decode_block(b0, nk, &mut dec);
         for v in 0..vectors {
             let seen = t.visible(v / g).min(b0 + BLOCK).saturating_sub(b0);
             if seen == 0 {
@@ -213,7 +323,7 @@ fn attend_portable(t: &Task<'_>, out: &mut [f32]) {
             let q = t.query(v);
             let p = &mut p[..seen];
             for (j, pj) in p.iter_mut().enumerate() {
-                *pj = dot(q, t.key(b0 + j)) * scale;
+                *pj = dot(q, t.key(b0, j, &dec)) * scale;
             }
             let m_new = p.iter().copied().fold(m[v], f32::max);
             let alpha = (m[v] - m_new).exp();
@@ -229,7 +339,7 @@ fn attend_portable(t: &Task<'_>, out: &mut [f32]) {
                 *x *= alpha;
             }
             for (j, &pj) in p.iter().enumerate() {
-                for (x, &vj) in o.iter_mut().zip(t.value(b0 + j)) {
+                for (x, &vj) in o.iter_mut().zip(t.value(b0, j, &dec)) {
                     *x += pj * vj;
                 }
             }
@@ -346,6 +456,11 @@ mod tests {
         out
     }
 
+    /// One `f32` segment.
+    fn f32_segs<'a>(k: &'a [f32], v: &'a [f32]) -> [KvSegment<'a>; 1] {
+        [(KvRows::F32(k), KvRows::F32(v))]
+    }
+
     fn bits(m: &Mat) -> Vec<u32> {
         m.data.iter().map(|x| x.to_bits()).collect()
     }
@@ -357,7 +472,7 @@ mod tests {
             let (q, k, v) = case.data();
             let want = reference(&q, &k, &v, case.shape);
             for isa in isas() {
-                let got = attention_with(isa, &q, &[(&k, &v)], case.shape);
+                let got = attention_with(isa, &q, &f32_segs(&k, &v), case.shape);
                 let err = got
                     .data
                     .iter()
@@ -377,12 +492,12 @@ mod tests {
             let (q, k, v) = case.data();
             let kvw = case.shape.n_kv_heads * case.shape.head_dim;
             for isa in isas() {
-                let all = attention_with(isa, &q, &[(&k, &v)], case.shape);
+                let all = attention_with(isa, &q, &f32_segs(&k, &v), case.shape);
                 let past = case.s - case.t;
                 for step in 0..case.t {
                     let qs = Mat::from_vec(q.row(step).to_vec(), 1, q.cols);
                     let end = (past + step + 1) * kvw;
-                    let one = attention_with(isa, &qs, &[(&k[..end], &v[..end])], case.shape);
+                    let one = attention_with(isa, &qs, &f32_segs(&k[..end], &v[..end]), case.shape);
                     let want: Vec<u32> = all.row(step).iter().map(|x| x.to_bits()).collect();
                     assert_eq!(bits(&one), want, "{isa:?} step {step}");
                 }
@@ -403,7 +518,7 @@ mod tests {
             let kvw = case.shape.n_kv_heads * case.shape.head_dim;
             let past = case.s - case.t;
             for isa in isas() {
-                let whole = bits(&attention_with(isa, &q, &[(&k, &v)], case.shape));
+                let whole = bits(&attention_with(isa, &q, &f32_segs(&k, &v), case.shape));
                 for step in [1, 3, 17, 64] {
                     let mut parts = Vec::new();
                     for r0 in (0..case.t).step_by(step) {
@@ -417,7 +532,7 @@ mod tests {
                         parts.extend(bits(&attention_with(
                             isa,
                             &qs,
-                            &[(&k[..end], &v[..end])],
+                            &f32_segs(&k[..end], &v[..end]),
                             case.shape,
                         )));
                     }
@@ -439,16 +554,21 @@ mod tests {
             let kvw = case.shape.n_kv_heads * case.shape.head_dim;
             let s = case.s;
             for isa in isas() {
-                let whole = bits(&attention_with(isa, &q, &[(&k, &v)], case.shape));
+                let whole = bits(&attention_with(isa, &q, &f32_segs(&k, &v), case.shape));
                 for cuts in [
                     vec![0, s],
                     vec![0, 4, 8, s],
                     vec![0, 1, s - 1, s],
                     vec![0, 64.min(s), s],
                 ] {
-                    let segs: Vec<(&[f32], &[f32])> = cuts
+                    let segs: Vec<KvSegment<'_>> = cuts
                         .windows(2)
-                        .map(|w| (&k[w[0] * kvw..w[1] * kvw], &v[w[0] * kvw..w[1] * kvw]))
+                        .map(|w| {
+                            (
+                                KvRows::F32(&k[w[0] * kvw..w[1] * kvw]),
+                                KvRows::F32(&v[w[0] * kvw..w[1] * kvw]),
+                            )
+                        })
                         .collect();
                     assert_eq!(
                         bits(&attention_with(isa, &q, &segs, case.shape)),
@@ -468,15 +588,115 @@ mod tests {
         let case = &CASES[2];
         let (q, k, v) = case.data();
         for isa in isas() {
-            let pooled = bits(&attention_with(isa, &q, &[(&k, &v)], case.shape));
+            let pooled = bits(&attention_with(isa, &q, &f32_segs(&k, &v), case.shape));
             let serial = std::sync::Mutex::new(Vec::new());
             parallel_for(2, &|c| {
                 if c == 0 {
                     *serial.lock().unwrap() =
-                        bits(&attention_with(isa, &q, &[(&k, &v)], case.shape));
+                        bits(&attention_with(isa, &q, &f32_segs(&k, &v), case.shape));
                 }
             });
             assert_eq!(serial.into_inner().unwrap(), pooled, "{isa:?}");
         }
+    }
+
+    /// Rows encoded in one stored type, and decoded back to `f32` independently of
+    /// [`KvRows::decode`] (element by element, Q8_0 block by block).
+    enum Typed {
+        Bf16(Vec<bf16>),
+        F16(Vec<f16>),
+        Q8_0(Vec<BlockQ8_0>),
+    }
+
+    impl Typed {
+        fn encode(kind: usize, x: &[f32]) -> Typed {
+            match kind {
+                0 => Typed::Bf16(x.iter().map(|&v| bf16::from_f32(v)).collect()),
+                1 => Typed::F16(x.iter().map(|&v| f16::from_f32(v)).collect()),
+                _ => Typed::Q8_0(
+                    x.chunks_exact(q8_0::BLOCK)
+                        .map(|c| {
+                            BlockQ8_0::from_bytes(&q8_0::quantize_block_ref(c.try_into().unwrap()))
+                        })
+                        .collect(),
+                ),
+            }
+        }
+
+        fn decoded(&self) -> Vec<f32> {
+            match self {
+                Typed::Bf16(x) => x.iter().map(|v| v.to_f32()).collect(),
+                Typed::F16(x) => x.iter().map(|v| v.to_f32()).collect(),
+                Typed::Q8_0(x) => x.iter().flat_map(|b| b.dequantize()).collect(),
+            }
+        }
+
+        /// Rows `r0..r1` of `width` values.
+        fn rows(&self, r0: usize, r1: usize, width: usize) -> KvRows<'_> {
+            match self {
+                Typed::Bf16(x) => KvRows::Bf16(&x[r0 * width..r1 * width]),
+                Typed::F16(x) => KvRows::F16(&x[r0 * width..r1 * width]),
+                Typed::Q8_0(x) => {
+                    let per = width / q8_0::BLOCK;
+                    KvRows::Q8_0(&x[r0 * per..r1 * per])
+                }
+            }
+        }
+    }
+
+    /// A cache stored as BF16, F16 or Q8_0 (in 64-row segments and a tail, some segments left
+    /// as `f32`) gives exactly the bits of `f32` attention over the decoded rows, on every
+    /// tier: the typed path only decodes into scratch and runs the `f32` code. Q8_0 runs where
+    /// the row width is a multiple of 32, including `D = 48`, whose heads straddle blocks.
+    #[test]
+    fn typed_rows_equal_f32_attention_over_their_decoded_values() {
+        for case in &CASES {
+            let (q, k, v) = case.data();
+            let kvw = case.shape.n_kv_heads * case.shape.head_dim;
+            let kinds = if kvw.is_multiple_of(q8_0::BLOCK) {
+                3
+            } else {
+                2
+            };
+            for kind in 0..kinds {
+                let (tk, tv) = (Typed::encode(kind, &k), Typed::encode(kind, &v));
+                let (dk, dv) = (tk.decoded(), tv.decoded());
+                let cuts: Vec<usize> = (0..case.s).step_by(BLOCK).chain([case.s]).collect();
+                // Every third segment stays `f32` (its decoded values), to mix the paths.
+                let segs: Vec<KvSegment<'_>> = cuts
+                    .windows(2)
+                    .enumerate()
+                    .map(|(i, w)| {
+                        if i % 3 == 2 {
+                            let (a, b) = (w[0] * kvw, w[1] * kvw);
+                            (KvRows::F32(&dk[a..b]), KvRows::F32(&dv[a..b]))
+                        } else {
+                            (tk.rows(w[0], w[1], kvw), tv.rows(w[0], w[1], kvw))
+                        }
+                    })
+                    .collect();
+                for isa in isas() {
+                    let want = bits(&attention_with(isa, &q, &f32_segs(&dk, &dv), case.shape));
+                    let got = bits(&attention_with(isa, &q, &segs, case.shape));
+                    assert_eq!(got, want, "{isa:?} kind {kind} D={}", case.shape.head_dim);
+                }
+                // Decoding a range that starts and ends inside blocks.
+                let mut out = vec![0.0f32; kvw - 3];
+                tk.rows(0, case.s, kvw).decode(1, kvw, 2, &mut out);
+                assert_eq!(out, dk[kvw + 2..2 * kvw - 1], "kind {kind}");
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_rows_must_be_whole_blocks() {
+        let blocks = [BlockQ8_0 {
+            d: f16::ONE,
+            qs: [0; q8_0::BLOCK],
+        }; 2];
+        assert_eq!(KvRows::Q8_0(&blocks).rows(32), Some(2));
+        assert_eq!(KvRows::Q8_0(&blocks).rows(64), Some(1));
+        assert_eq!(KvRows::Q8_0(&blocks).rows(48), None);
+        assert_eq!(KvRows::F32(&[0.0; 6]).rows(4), None);
     }
 }

@@ -8,7 +8,7 @@ mod matmul;
 mod norm;
 mod rope;
 
-pub use attention::{AttentionShape, causal_attention, causal_attention_blocks};
+pub use attention::{AttentionShape, KvRows, KvSegment, causal_attention, causal_attention_blocks};
 pub use conv::{causal_conv1d_silu, causal_conv1d_silu_keep, conv_taps};
 pub use delta_rule::{
     DeltaRuleInputs, DeltaRuleShape, VHeadOrder, gated_delta_rule_chunked,

@@ -123,7 +123,7 @@ impl Attention {
             scale: 1.0 / (d as f32).sqrt(),
         };
         // The cache's blocks are read in place, never gathered into one buffer.
-        let segments: Vec<(&[f32], &[f32])> = kv.segments().collect();
+        let segments: Vec<ops::KvSegment<'_>> = kv.segments().collect();
         ops::causal_attention_blocks(q, &segments, shape) // [T, Hq·D]
     }
 

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BLOCK, Task};
+use super::{BLOCK, Decoded, Task};
 use crate::kernels::vmath;
 
 /// Writes task `t`'s normalised outputs to `out` (`[M, D]`).
@@ -50,11 +50,15 @@ pub(super) unsafe fn attend(t: &Task<'_>, out: &mut [f32]) {
         let last = visible.iter().copied().max().unwrap_or(0);
         last.saturating_sub(b0).min(BLOCK)
     };
+    // Rows of the current block not stored as `f32`, decoded.
+    let mut dec = Decoded::new(d);
     for b0 in (0..span).step_by(BLOCK) {
         let nk = (span - b0).min(BLOCK);
+        t.decode_block(b0, nk, &mut dec);
         for j in 0..BLOCK {
             (kp[j], vp[j]) = if j < nk {
-                (t.key(b0 + j).as_ptr(), t.value(b0 + j).as_ptr())
+                let (k, v) = t.kv_row(b0, j, &dec);
+                (k.as_ptr(), v.as_ptr())
             } else {
                 (zero.as_ptr(), zero.as_ptr())
             };
