@@ -11,6 +11,7 @@ use qinfer_engine::generate::{
 };
 use qinfer_engine::parser::ParserOptions;
 use qinfer_engine::sampler::{Sampler, SamplingParams};
+use qinfer_formats::gguf::keys;
 use qinfer_model::{Qwen35, Rows};
 
 use crate::{SamplingArgs, model_dir};
@@ -154,7 +155,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         let path = crate::resolve_model(&args.model)?;
         let has_tokenizer = if crate::is_gguf(&path) {
             qinfer_formats::gguf::GgufFile::open(&path)?
-                .get("tokenizer.ggml.tokens")
+                .get(keys::TOKENIZER_TOKENS)
                 .is_some()
         } else {
             model_dir(&args.model)?.join("tokenizer.json").is_file()
@@ -316,7 +317,7 @@ fn eos_ids(dir: &Path) -> Result<Vec<u32>> {
     if crate::is_gguf(dir) {
         let file = qinfer_formats::gguf::GgufFile::open(dir)?;
         return Ok(file
-            .get_u32_opt("tokenizer.ggml.eos_token_id")?
+            .get_u32_opt(keys::TOKENIZER_EOS_ID)?
             .into_iter()
             .collect());
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use qinfer_formats::gguf::{GgufFile, Value};
+use qinfer_formats::gguf::{GgufFile, Value, keys};
 use qinfer_formats::hf_config::RawConfig;
 use qinfer_formats::safetensors::Checkpoint;
 use qinfer_model::ModelConfig;
@@ -161,8 +161,8 @@ fn text_metadata(dir: &Path, config: &ModelConfig) -> Result<Vec<(String, Value)
         Err(_) => serde_json::Value::Null,
     };
     for (key, field) in [
-        ("tokenizer.ggml.eos_token_id", "eos_token"),
-        ("tokenizer.ggml.padding_token_id", "pad_token"),
+        (keys::TOKENIZER_EOS_ID, "eos_token"),
+        (keys::TOKENIZER_PAD_ID, "pad_token"),
     ] {
         let token = cfg[field]
             .as_str()
@@ -171,10 +171,10 @@ fn text_metadata(dir: &Path, config: &ModelConfig) -> Result<Vec<(String, Value)
             md.push((key.into(), Value::U32(id as u32)));
         }
     }
-    md.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)));
+    md.push((keys::TOKENIZER_ADD_BOS.into(), Value::Bool(false)));
     if let Some(t) = qinfer_engine::template::ChatTemplate::from_model_dir(dir)? {
         md.push((
-            "tokenizer.chat_template".into(),
+            keys::CHAT_TEMPLATE.into(),
             Value::String(t.source().to_string()),
         ));
     }

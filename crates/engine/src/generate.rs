@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qinfer_cache::{Miss, SequenceState, Snapshot};
+use qinfer_formats::gguf::keys;
 use qinfer_model::{ForwardError, LoadError, Qwen35, Rows};
 
 use crate::decode::{Decoder, Step};
@@ -114,9 +115,9 @@ impl ModelBundle {
             Some(src) => {
                 let mut specials = std::collections::BTreeMap::new();
                 for (name, key) in [
-                    ("eos_token", "tokenizer.ggml.eos_token_id"),
-                    ("pad_token", "tokenizer.ggml.padding_token_id"),
-                    ("bos_token", "tokenizer.ggml.bos_token_id"),
+                    ("eos_token", keys::TOKENIZER_EOS_ID),
+                    ("pad_token", keys::TOKENIZER_PAD_ID),
+                    ("bos_token", keys::TOKENIZER_BOS_ID),
                 ] {
                     if let Some(tok) = file
                         .get(key)

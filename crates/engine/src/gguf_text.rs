@@ -8,7 +8,7 @@
 //! pre-tokenizer. Normal tokens form the BPE vocabulary; control and user-defined tokens become
 //! added tokens (control ones special), exactly as in the original `tokenizer.json`.
 
-use qinfer_formats::gguf::{GgufFile, Value};
+use qinfer_formats::gguf::{GgufFile, Value, keys};
 use serde_json::{Value as Json, json};
 
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -55,15 +55,16 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer, GgufTextError> 
         why,
     };
     let model = file
-        .get_str("tokenizer.ggml.model")
+        .get_str(keys::TOKENIZER_MODEL)
         .map_err(|e| bad(e.to_string()))?;
     if model != "gpt2" {
         return Err(bad(format!(
-            "tokenizer.ggml.model {model:?} is not supported (qinfer reads byte-level BPE, \"gpt2\")"
+            "{} {model:?} is not supported (qinfer reads byte-level BPE, \"gpt2\")",
+            keys::TOKENIZER_MODEL
         )));
     }
     let pre = file
-        .get_str_opt("tokenizer.ggml.pre")
+        .get_str_opt(keys::TOKENIZER_PRE)
         .map_err(|e| bad(e.to_string()))?
         .unwrap_or("default");
     let split = match pre {
@@ -74,9 +75,9 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer, GgufTextError> 
             )));
         }
     };
-    let tokens = strings(file, "tokenizer.ggml.tokens", &path)?;
+    let tokens = strings(file, keys::TOKENIZER_TOKENS, &path)?;
     let types: Vec<i64> = match file
-        .get_array_opt("tokenizer.ggml.token_type")
+        .get_array_opt(keys::TOKENIZER_TOKEN_TYPE)
         .map_err(|e| bad(e.to_string()))?
     {
         Some(a) => a
@@ -84,7 +85,8 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer, GgufTextError> 
             .map(|v| {
                 v.as_i64().ok_or_else(|| {
                     bad(format!(
-                        "tokenizer.ggml.token_type holds a {}",
+                        "{} holds a {}",
+                        keys::TOKENIZER_TOKEN_TYPE,
                         v.type_name()
                     ))
                 })
@@ -99,7 +101,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer, GgufTextError> 
             tokens.len()
         )));
     }
-    let merges = strings(file, "tokenizer.ggml.merges", &path)?;
+    let merges = strings(file, keys::TOKENIZER_MERGES, &path)?;
 
     // Every token goes into the BPE vocabulary under its GGUF id: `tokenizers` gives an added
     // token that is missing from the vocabulary a new id after it, which would renumber files
@@ -110,7 +112,8 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer, GgufTextError> 
     for (id, (token, kind)) in tokens.iter().zip(&types).enumerate() {
         if vocab.insert((*token).to_string(), Json::from(id)).is_some() {
             return Err(bad(format!(
-                "token {token:?} appears twice in tokenizer.ggml.tokens"
+                "token {token:?} appears twice in {}",
+                keys::TOKENIZER_TOKENS
             )));
         }
         if matches!(*kind, TYPE_CONTROL | TYPE_USER_DEFINED) {
@@ -154,12 +157,12 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer, GgufTextError> 
 
 /// The chat template stored in a GGUF file, if any.
 pub fn chat_template_source(file: &GgufFile) -> Option<&str> {
-    file.get("tokenizer.chat_template").and_then(Value::as_str)
+    file.get(keys::CHAT_TEMPLATE).and_then(Value::as_str)
 }
 
 /// End-of-sequence and padding ids named in the metadata.
 pub fn special_ids(file: &GgufFile) -> Vec<u32> {
-    ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
+    [keys::TOKENIZER_EOS_ID, keys::TOKENIZER_EOT_ID]
         .iter()
         .filter_map(|k| file.get(k).and_then(Value::as_u64))
         .filter_map(|v| u32::try_from(v).ok())

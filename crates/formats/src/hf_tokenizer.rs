@@ -5,7 +5,7 @@
 
 use serde_json::Value as Json;
 
-use crate::gguf::Value;
+use crate::gguf::{Value, keys};
 
 /// Token types of the GGUF tokenizer arrays.
 const NORMAL: i32 = 1;
@@ -87,11 +87,11 @@ pub fn gguf_metadata(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(vec![
-        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
-        ("tokenizer.ggml.tokens".into(), Value::Array(texts)),
-        ("tokenizer.ggml.token_type".into(), Value::Array(kinds)),
-        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        (keys::TOKENIZER_MODEL.into(), Value::String("gpt2".into())),
+        (keys::TOKENIZER_PRE.into(), Value::String(pre.into())),
+        (keys::TOKENIZER_TOKENS.into(), Value::Array(texts)),
+        (keys::TOKENIZER_TOKEN_TYPE.into(), Value::Array(kinds)),
+        (keys::TOKENIZER_MERGES.into(), Value::Array(merges)),
     ])
 }
 
@@ -117,14 +117,14 @@ mod tests {
         .unwrap();
         let md = gguf_metadata(&t, 6, "qwen35").unwrap();
         let get = |k: &str| md.iter().find(|(n, _)| n == k).unwrap().1.clone();
-        let tokens: Vec<String> = get("tokenizer.ggml.tokens")
+        let tokens: Vec<String> = get(keys::TOKENIZER_TOKENS)
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_str().unwrap().to_string())
             .collect();
         assert_eq!(tokens, ["a", "b", "ab", "<|im_end|>", "<think>", "[PAD5]"]);
-        let kinds: Vec<i64> = get("tokenizer.ggml.token_type")
+        let kinds: Vec<i64> = get(keys::TOKENIZER_TOKEN_TYPE)
             .as_array()
             .unwrap()
             .iter()
@@ -132,7 +132,7 @@ mod tests {
             .collect();
         assert_eq!(kinds, [1, 1, 1, 3, 4, 5]);
         assert_eq!(
-            get("tokenizer.ggml.merges").as_array().unwrap()[0].as_str(),
+            get(keys::TOKENIZER_MERGES).as_array().unwrap()[0].as_str(),
             Some("a b")
         );
         assert_eq!(token_id(&t, "<|im_end|>"), Some(3));

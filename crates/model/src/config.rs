@@ -7,6 +7,7 @@
 //! naming it.
 
 use qinfer_cpu::ops::VHeadOrder;
+use qinfer_formats::gguf::keys::{self, Arch};
 use qinfer_formats::hf_config::{RawConfig, RawTextConfig};
 
 use crate::error::ConfigError;
@@ -397,9 +398,9 @@ impl ModelConfig {
             why,
         };
         let arch = md
-            .string("general.architecture")
-            .map_err(|e| bad("general.architecture", e))?
-            .ok_or_else(|| ConfigError::MissingKey("general.architecture".into()))?;
+            .string(keys::ARCHITECTURE)
+            .map_err(|e| bad(keys::ARCHITECTURE, e))?
+            .ok_or_else(|| ConfigError::MissingKey(keys::ARCHITECTURE.into()))?;
         let moe = match arch.as_str() {
             "qwen35" => false,
             "qwen35moe" => true,
@@ -410,20 +411,20 @@ impl ModelConfig {
                 });
             }
         };
-        let key = |k: &str| format!("{arch}.{k}");
-        let opt = |k: &str| md.u64(&key(k)).map_err(|e| bad(&key(k), e));
-        let get = |k: &str| {
+        let key = |k: Arch| k.key(&arch);
+        let opt = |k: Arch| md.u64(&key(k)).map_err(|e| bad(&key(k), e));
+        let get = |k: Arch| {
             opt(k)?
                 .map(|v| v as usize)
                 .ok_or_else(|| ConfigError::MissingKey(key(k)))
         };
-        let getf = |k: &str| {
+        let getf = |k: Arch| {
             md.f64(&key(k))
                 .map_err(|e| bad(&key(k), e))?
                 .ok_or_else(|| ConfigError::MissingKey(key(k)))
         };
         // Per-layer arrays (some writers store head counts per layer): the largest entry.
-        let get_max = |k: &str| -> Result<usize, ConfigError> {
+        let get_max = |k: Arch| -> Result<usize, ConfigError> {
             let v = md
                 .u64s(&key(k))
                 .map_err(|e| bad(&key(k), e))?
@@ -434,18 +435,18 @@ impl ModelConfig {
                 .ok_or_else(|| bad(&key(k), "empty array".into()))
         };
 
-        let nextn = opt("nextn_predict_layers")?.unwrap_or(0) as usize;
-        let blocks = get("block_count")?;
+        let nextn = opt(Arch::NextnPredictLayers)?.unwrap_or(0) as usize;
+        let blocks = get(Arch::BlockCount)?;
         let n_layers = blocks
             .checked_sub(nextn)
             .filter(|&n| n > 0)
             .ok_or_else(|| {
                 bad(
-                    &key("block_count"),
+                    &key(Arch::BlockCount),
                     format!("{blocks} blocks cannot hold {nextn} MTP layers and a model"),
                 )
             })?;
-        let interval = get("full_attention_interval")?;
+        let interval = get(Arch::FullAttentionInterval)?;
         positive(interval, "full_attention_interval")?;
         let layers = (0..n_layers)
             .map(|i| {
@@ -456,57 +457,57 @@ impl ModelConfig {
                 }
             })
             .collect();
-        let head_dim = get("attention.key_length")?;
+        let head_dim = get(Arch::KeyLength)?;
         let attention = AttentionConfig {
-            n_heads: get_max("attention.head_count")?,
-            n_kv_heads: get_max("attention.head_count_kv")?,
+            n_heads: get_max(Arch::HeadCount)?,
+            n_kv_heads: get_max(Arch::HeadCountKv)?,
             head_dim,
             output_gate: true,
         };
-        let state = get("ssm.state_size")?;
+        let state = get(Arch::SsmStateSize)?;
         let deltanet = DeltaNetConfig {
-            n_k_heads: get("ssm.group_count")?,
-            n_v_heads: get("ssm.time_step_rank")?,
+            n_k_heads: get(Arch::SsmGroupCount)?,
+            n_v_heads: get(Arch::SsmTimeStepRank)?,
             k_head_dim: state,
             v_head_dim: state,
-            conv_kernel: get("ssm.conv_kernel")?,
+            conv_kernel: get(Arch::SsmConvKernel)?,
             v_head_order: VHeadOrder::Tiled,
         };
-        if let Some(inner) = opt("ssm.inner_size")?
+        if let Some(inner) = opt(Arch::SsmInnerSize)?
             && inner as usize != deltanet.value_dim()
         {
             return Err(bad(
-                &key("ssm.inner_size"),
+                &key(Arch::SsmInnerSize),
                 format!(
                     "{inner} ≠ time_step_rank × state_size = {}",
                     deltanet.value_dim()
                 ),
             ));
         }
-        let rotary_dim = get("rope.dimension_count")?;
+        let rotary_dim = get(Arch::RopeDimensionCount)?;
         let sections = md
-            .u64s(&key("rope.dimension_sections"))
-            .map_err(|e| bad(&key("rope.dimension_sections"), e))?
-            .ok_or_else(|| ConfigError::MissingKey(key("rope.dimension_sections")))?;
+            .u64s(&key(Arch::RopeDimensionSections))
+            .map_err(|e| bad(&key(Arch::RopeDimensionSections), e))?
+            .ok_or_else(|| ConfigError::MissingKey(key(Arch::RopeDimensionSections)))?;
         let mrope_section: [usize; 3] = match sections.as_slice() {
             [a, b, c, ..] => [*a as usize, *b as usize, *c as usize],
             _ => {
                 return Err(bad(
-                    &key("rope.dimension_sections"),
+                    &key(Arch::RopeDimensionSections),
                     format!("{sections:?} has fewer than 3 entries"),
                 ));
             }
         };
         let feed_forward = if moe {
             FeedForwardConfig::Moe {
-                n_experts: get("expert_count")?,
-                top_k: get("expert_used_count")?,
-                expert_intermediate: get("expert_feed_forward_length")?,
-                shared_intermediate: get("expert_shared_feed_forward_length")?,
+                n_experts: get(Arch::ExpertCount)?,
+                top_k: get(Arch::ExpertUsedCount)?,
+                expert_intermediate: get(Arch::ExpertFeedForwardLength)?,
+                shared_intermediate: get(Arch::ExpertSharedFeedForwardLength)?,
             }
         } else {
             FeedForwardConfig::Dense {
-                intermediate: get_max("feed_forward_length")?,
+                intermediate: get_max(Arch::FeedForwardLength)?,
             }
         };
         let c = ModelConfig {
@@ -517,21 +518,21 @@ impl ModelConfig {
             }
             .into(),
             form: ConfigForm::Gguf,
-            hidden: get("embedding_length")?,
+            hidden: get(Arch::EmbeddingLength)?,
             vocab,
             layers,
-            rms_norm_eps: getf("attention.layer_norm_rms_epsilon")? as f32,
+            rms_norm_eps: getf(Arch::RmsEpsilon)? as f32,
             attention,
             deltanet,
             rope: RopeConfig {
-                theta: getf("rope.freq_base")?,
+                theta: getf(Arch::RopeFreqBase)?,
                 rotary_dim,
                 mrope_section,
                 mrope_interleaved: true,
             },
             feed_forward,
             tie_embeddings: tied,
-            max_positions: get("context_length")?,
+            max_positions: get(Arch::ContextLength)?,
             mtp_layers: nextn,
             norm: NormConvention::Plain,
         };

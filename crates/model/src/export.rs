@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use qinfer_cpu::ops::VHeadOrder;
+use qinfer_formats::gguf::keys::{self, Arch};
 use qinfer_formats::gguf::{GgufWriter, Value};
 use qinfer_tensor::DType;
 
@@ -774,30 +775,27 @@ fn metadata(c: &ModelConfig, ft: FileType, mtp: bool) -> Result<Vec<(String, Val
     let u = |x: usize| Value::U32(x as u32);
     let a = c.attention;
     let d = c.deltanet;
-    let k = |s: &str| format!("{arch}.{s}");
+    let k = |s: Arch| s.key(arch);
     let mut md = vec![
-        ("general.architecture".into(), Value::String(arch.into())),
+        (keys::ARCHITECTURE.into(), Value::String(arch.into())),
         (
-            "general.name".into(),
+            keys::NAME.into(),
             Value::String(format!("qinfer export ({})", ft.name())),
         ),
-        ("general.file_type".into(), Value::U32(ft.llama_ftype())),
-        ("general.quantization_version".into(), Value::U32(2)),
-        (k("block_count"), u(c.n_layers() + usize::from(mtp))),
-        (k("context_length"), u(c.max_positions)),
-        (k("embedding_length"), u(c.hidden)),
-        (k("attention.head_count"), u(a.n_heads)),
-        (k("attention.head_count_kv"), u(a.n_kv_heads)),
-        (k("attention.key_length"), u(a.head_dim)),
-        (k("attention.value_length"), u(a.head_dim)),
+        (keys::FILE_TYPE.into(), Value::U32(ft.llama_ftype())),
+        (keys::QUANTIZATION_VERSION.into(), Value::U32(2)),
+        (k(Arch::BlockCount), u(c.n_layers() + usize::from(mtp))),
+        (k(Arch::ContextLength), u(c.max_positions)),
+        (k(Arch::EmbeddingLength), u(c.hidden)),
+        (k(Arch::HeadCount), u(a.n_heads)),
+        (k(Arch::HeadCountKv), u(a.n_kv_heads)),
+        (k(Arch::KeyLength), u(a.head_dim)),
+        (k(Arch::ValueLength), u(a.head_dim)),
+        (k(Arch::RmsEpsilon), Value::F32(c.rms_norm_eps)),
+        (k(Arch::RopeFreqBase), Value::F32(c.rope.theta as f32)),
+        (k(Arch::RopeDimensionCount), u(c.rope.rotary_dim)),
         (
-            k("attention.layer_norm_rms_epsilon"),
-            Value::F32(c.rms_norm_eps),
-        ),
-        (k("rope.freq_base"), Value::F32(c.rope.theta as f32)),
-        (k("rope.dimension_count"), u(c.rope.rotary_dim)),
-        (
-            k("rope.dimension_sections"),
+            k(Arch::RopeDimensionSections),
             Value::Array(
                 c.rope
                     .mrope_section
@@ -807,15 +805,15 @@ fn metadata(c: &ModelConfig, ft: FileType, mtp: bool) -> Result<Vec<(String, Val
                     .collect(),
             ),
         ),
-        (k("ssm.conv_kernel"), u(d.conv_kernel)),
-        (k("ssm.state_size"), u(d.k_head_dim)),
-        (k("ssm.group_count"), u(d.n_k_heads)),
-        (k("ssm.time_step_rank"), u(d.n_v_heads)),
-        (k("ssm.inner_size"), u(d.value_dim())),
-        (k("full_attention_interval"), u(interval)),
+        (k(Arch::SsmConvKernel), u(d.conv_kernel)),
+        (k(Arch::SsmStateSize), u(d.k_head_dim)),
+        (k(Arch::SsmGroupCount), u(d.n_k_heads)),
+        (k(Arch::SsmTimeStepRank), u(d.n_v_heads)),
+        (k(Arch::SsmInnerSize), u(d.value_dim())),
+        (k(Arch::FullAttentionInterval), u(interval)),
     ];
     if mtp {
-        md.push((k("nextn_predict_layers"), u(1)));
+        md.push((k(Arch::NextnPredictLayers), u(1)));
     }
     if d.k_head_dim != d.v_head_dim {
         return Err(ExportError::Unsupported(
@@ -824,7 +822,7 @@ fn metadata(c: &ModelConfig, ft: FileType, mtp: bool) -> Result<Vec<(String, Val
     }
     match c.feed_forward {
         FeedForwardConfig::Dense { intermediate } => {
-            md.push((k("feed_forward_length"), u(intermediate)))
+            md.push((k(Arch::FeedForwardLength), u(intermediate)))
         }
         FeedForwardConfig::Moe {
             n_experts,
@@ -832,11 +830,11 @@ fn metadata(c: &ModelConfig, ft: FileType, mtp: bool) -> Result<Vec<(String, Val
             expert_intermediate,
             shared_intermediate,
         } => {
-            md.push((k("expert_count"), u(n_experts)));
-            md.push((k("expert_used_count"), u(top_k)));
-            md.push((k("expert_feed_forward_length"), u(expert_intermediate)));
+            md.push((k(Arch::ExpertCount), u(n_experts)));
+            md.push((k(Arch::ExpertUsedCount), u(top_k)));
+            md.push((k(Arch::ExpertFeedForwardLength), u(expert_intermediate)));
             md.push((
-                k("expert_shared_feed_forward_length"),
+                k(Arch::ExpertSharedFeedForwardLength),
                 u(shared_intermediate),
             ));
         }

@@ -1,9 +1,12 @@
-//! Tidy: tensor names are spelled in `crates/model/src/names.rs` only.
+//! Tidy: tensor names are spelled in `crates/model/src/names.rs` only, GGUF metadata keys in
+//! `crates/formats/src/gguf/keys.rs` only.
 //!
 //! Every tensor-name literal of the names table (the ones ending in `.weight` or `.bias`, and
-//! GGUF's bare `ssm_a`) is looked for, as a whole name, in the string literals of every other
+//! GGUF's bare `ssm_a`), and every key of the keys table (whole keys, and the dotted suffixes of
+//! architecture-scoped keys — the undotted ones such as `block_count` are also Hugging Face
+//! config field names), is looked for, as a whole name, in the string literals of every other
 //! source file of the workspace (`crates/*/src`; tests and fixtures may spell names, since they
-//! check the table from outside). Comments do not count.
+//! check the tables from outside). Comments do not count.
 
 use std::path::{Path, PathBuf};
 
@@ -108,19 +111,18 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn tensor_names_are_spelled_in_names_rs_only() {
+/// The literals of `table` that `keep` selects, spelled in no other source file.
+fn spelled_only_in(table: &str, keep: fn(&str) -> bool, at_least: usize) {
     let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let table = crates.join("model/src/names.rs");
+    let table = crates.join(table);
     let names: Vec<String> = string_literals(&std::fs::read_to_string(&table).unwrap())
         .into_iter()
-        .filter(|s| {
-            !s.contains('{') && (s.ends_with(".weight") || s.ends_with(".bias") || s == "ssm_a")
-        })
+        .filter(|s| !s.contains('{') && keep(s))
         .collect();
     assert!(
-        names.len() > 40,
-        "the names table lost its literals ({} found): is the lexer still right?",
+        names.len() >= at_least,
+        "{} lost its literals ({} found): is the lexer still right?",
+        table.display(),
         names.len()
     );
     let mut files = Vec::new();
@@ -143,9 +145,24 @@ fn tensor_names_are_spelled_in_names_rs_only() {
     }
     assert!(
         found.is_empty(),
-        "tensor names outside names.rs:\n{}",
+        "spelled outside {}:\n{}",
+        table.display(),
         found.join("\n")
     );
+}
+
+#[test]
+fn tensor_names_are_spelled_in_names_rs_only() {
+    spelled_only_in(
+        "model/src/names.rs",
+        |s| s.ends_with(".weight") || s.ends_with(".bias") || s == "ssm_a",
+        40,
+    );
+}
+
+#[test]
+fn gguf_keys_are_spelled_in_keys_rs_only() {
+    spelled_only_in("formats/src/gguf/keys.rs", |s| s.contains('.'), 30);
 }
 
 /// The lexer finds what a tidy check needs and nothing in comments.

@@ -27,6 +27,7 @@
 //! beyond the container's own (`general.alignment`, `split.*`).
 
 mod ggml_type;
+pub mod keys;
 mod reader;
 mod value;
 mod writer;
@@ -37,18 +38,15 @@ use std::path::{Path, PathBuf};
 use qinfer_tensor::{ByteView, DType};
 
 pub use ggml_type::{GgmlType, ggml_type_label};
+use keys::{
+    SPLIT_COUNT as KEY_SPLIT_COUNT, SPLIT_NO as KEY_SPLIT_NO,
+    SPLIT_TENSORS_COUNT as KEY_SPLIT_TENSORS_COUNT,
+};
 pub use value::Value;
 pub use writer::GgufWriter;
 
 /// Alignment of tensor data when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: usize = 32;
-/// The alignment key.
-pub const KEY_ALIGNMENT: &str = "general.alignment";
-/// Split keys as llama.cpp's `gguf-split` writes them: 0-based part number, part count, and the
-/// total number of tensors over all parts.
-pub const KEY_SPLIT_NO: &str = "split.no";
-pub const KEY_SPLIT_COUNT: &str = "split.count";
-pub const KEY_SPLIT_TENSORS_COUNT: &str = "split.tensors.count";
 /// Most dimensions a GGML tensor has (`GGML_MAX_DIMS`).
 pub const MAX_DIMS: usize = 4;
 

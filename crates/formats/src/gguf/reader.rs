@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use qinfer_tensor::{ByteView, DType};
 
+use super::keys::ALIGNMENT as KEY_ALIGNMENT;
 use super::value::{Value, type_id};
 use super::{
-    DEFAULT_ALIGNMENT, GgmlType, GgufError, GgufFile, KEY_ALIGNMENT, MAX_DIMS, TensorInfo,
-    ggml_type_label,
+    DEFAULT_ALIGNMENT, GgmlType, GgufError, GgufFile, MAX_DIMS, TensorInfo, ggml_type_label,
 };
 
 /// Arrays nested deeper than this are rejected (the recursion stays shallow on any input).

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 
 use qinfer_tensor::DType;
 
+use super::keys::ALIGNMENT as KEY_ALIGNMENT;
 use super::reader::MAX_ARRAY_DEPTH;
 use super::value::{Value, type_id};
-use super::{DEFAULT_ALIGNMENT, GgmlType, GgufError, KEY_ALIGNMENT, MAX_DIMS, ggml_type_label};
+use super::{DEFAULT_ALIGNMENT, GgmlType, GgufError, MAX_DIMS, ggml_type_label};
 
 #[derive(Debug)]
 struct Planned {
