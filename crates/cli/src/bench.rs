@@ -1,9 +1,9 @@
 //! `qinfer bench`: prompt-processing and generation speed, like `llama-bench`.
 //!
-//! Each repetition prefills `-p` random tokens into a fresh sequence (one forward call, logits
+//! Each repetition prefills `-p` random tokens into a fresh sequence (one engine step, logits
 //! of the last position only), then separately generates `-n` tokens one at a time from a
-//! fresh sequence (greedy, each step computing the full LM head), as `llama-bench`'s `pp` and
-//! `tg` tests do. Reported: mean ± standard deviation of tokens/s over `-r` repetitions (after
+//! fresh sequence (greedy, no stop, each step computing the full LM head), as `llama-bench`'s
+//! `pp` and `tg` tests do. Both run through the engine loop that serves every other command. Reported: mean ± standard deviation of tokens/s over `-r` repetitions (after
 //! one untimed warm-up of each test), the bytes a decode step reads, the bandwidth that
 //! implies, its share of the machine's read bandwidth (measured at start with the same threads
 //! unless `--bandwidth` gives it), and the pool's synchronisation points per generated token.
@@ -14,8 +14,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use qinfer_engine::engine::{CacheHook, Ended, EngineModel, Request, Summary};
+use qinfer_engine::generate::{Flow, GenerateOptions, run_one};
+use qinfer_model::Qwen35;
 use qinfer_model::qwen35::{FeedForward, Mixer};
-use qinfer_model::{Qwen35, Rows};
 use qinfer_tensor::Weight;
 
 #[derive(Args, Debug)]
@@ -128,14 +130,20 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in x.iter().enumerate() {
-        if *v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
+/// Prefills `prompt` into a fresh sequence, then generates `n` tokens greedily with no stop,
+/// through the engine loop.
+fn run_greedy(model: &Qwen35, prompt: Vec<u32>, n: usize) -> Result<(Ended, Summary)> {
+    let opts = GenerateOptions {
+        max_tokens: n,
+        ignore_eos: true,
+        ..GenerateOptions::default()
+    };
+    Ok(run_one(
+        EngineModel::ids_only(model),
+        CacheHook::default(),
+        Request::new(prompt, opts, ()),
+        &mut |_| Flow::Continue,
+    )?)
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -175,29 +183,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut pp = Vec::new();
     if args.n_prompt > 0 {
         for rep in 0..=args.repetitions {
-            let mut state = model.new_state();
             let t = Instant::now();
-            model.forward(&prompt, &mut state, Rows::Last)?;
-            state_max = state_max.max(state.bytes());
+            let (ended, _) = run_greedy(&model, prompt.clone(), 0)?;
+            let secs = t.elapsed().as_secs_f64();
+            state_max = state_max.max(ended.state_bytes);
             if rep > 0 {
-                pp.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
+                pp.push(args.n_prompt as f64 / secs);
             }
         }
     }
     let mut tg = Vec::new();
     let mut regions_per_token = 0.0;
     if args.n_gen > 0 {
+        let first = prompt.first().copied().unwrap_or(1);
         for rep in 0..=args.repetitions {
-            let mut state = model.new_state();
-            let mut next = prompt.first().copied().unwrap_or(1);
             let regions = qinfer_cpu::pool::regions();
             let t = Instant::now();
-            for _ in 0..args.n_gen {
-                let logits = model.forward(&[next], &mut state, Rows::Last)?;
-                next = argmax(&logits.data);
-            }
+            // The one-token prompt's step produces the first of the `n_gen` tokens, so the
+            // test runs `n_gen` one-token steps.
+            let (ended, _) = run_greedy(&model, vec![first], args.n_gen)?;
             let secs = t.elapsed().as_secs_f64();
-            state_max = state_max.max(state.bytes());
+            state_max = state_max.max(ended.state_bytes);
             if rep > 0 {
                 tg.push(args.n_gen as f64 / secs);
                 regions_per_token =

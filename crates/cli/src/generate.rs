@@ -2,15 +2,16 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use qinfer_engine::engine::{CacheHook, EngineModel, Request};
 use qinfer_engine::generate::{
-    Flow, GenerateOptions, Generation, ModelBundle, Sequence, generate as run_generation,
+    FinishReason, Flow, GenerateOptions, Generation, ModelBundle, Sequence,
+    generate as run_generation, run_one,
 };
 use qinfer_engine::parser::ParserOptions;
-use qinfer_engine::sampler::{Sampler, SamplingParams};
+use qinfer_engine::sampler::SamplingParams;
 use qinfer_formats::gguf::keys;
 use qinfer_model::{Qwen35, Rows};
 
@@ -276,28 +277,30 @@ fn generate_ids_only(args: &GenerateArgs, sampling: SamplingParams) -> Result<()
         eos_ids(&dir)?
     };
     let prompt = &args.ids.as_ref().context("--ids is required")?.0;
-    let mut state = model.new_state();
-    let mut sampler = Sampler::new(sampling, prompt);
-    let started = Instant::now();
-    let mut logits = model.forward(prompt, &mut state, Rows::Last)?;
-    let prefill = started.elapsed();
-    let mut generated = Vec::with_capacity(args.max_tokens);
-    while generated.len() < args.max_tokens {
-        let next = sampler.sample(logits.row(0));
-        generated.push(next);
-        if eos.contains(&next) || generated.len() == args.max_tokens {
-            break;
-        }
-        logits = model.forward(&[next], &mut state, Rows::Last)?;
+    let opts = GenerateOptions {
+        sampling,
+        max_tokens: args.max_tokens,
+        stop_ids: eos,
+        ..GenerateOptions::default()
+    };
+    let (ended, summary) = run_one(
+        EngineModel::ids_only(&model),
+        CacheHook::default(),
+        Request::new(prompt.clone(), opts, ()),
+        &mut |_| Flow::Continue,
+    )?;
+    let mut generated = ended.ids;
+    // Without a tokenizer there is no text to end: the end-of-sequence id is output too.
+    if let FinishReason::Stop(eos) = summary.finish {
+        generated.push(eos);
     }
-    let total = started.elapsed();
+    let (prefill, decode) = (summary.prefill_time, summary.decode_time);
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::json!({ "ids": generated }))?;
     } else {
         let ids: Vec<String> = generated.iter().map(u32::to_string).collect();
         writeln!(out, "{}", ids.join(","))?;
-        let decode = total - prefill;
         writeln!(
             std::io::stderr().lock(),
             "prompt {} tokens in {:.3}s; generated {} tokens in {:.3}s ({:.1} tok/s)",

@@ -1,13 +1,11 @@
 //! The per-token half of generation, as a step function: one logits row in, one token and its
 //! parsed events out.
 //!
-//! [`generate`](crate::generate::generate) and the server's scheduler both drive a
-//! [`Decoder`]; it owns everything that decides *what* a sequence emits (sampler and penalties,
+//! The engine loop ([`crate::engine`]) drives one [`Decoder`] per sequence; it owns everything that decides *what* a sequence emits (sampler and penalties,
 //! stop ids and stop strings, the stream detokenizer, the output parser, the reasoning budget,
-//! log-probabilities), and nothing about *how* logits are computed. The caller runs the model:
-//! one sequence at a time (`generate`) or many rows of a batch (the scheduler). Because the
-//! logic is shared, a greedy request through the server emits exactly what `qinfer generate`
-//! emits for the same prompt, as long as the logits rows are the same.
+//! log-probabilities), and nothing about *how* logits are computed: the loop runs the model,
+//! one row of a batch per sequence. Without a tokenizer (a checkpoint that has none) it works
+//! on ids alone: no text, no parser, no stop strings.
 //!
 //! Protocol:
 //!
@@ -21,9 +19,9 @@
 //! through the model; a caller that keeps the sequence's state for later turns feeds it so the
 //! state matches the tokens. A stop token is never emitted and never fed.
 
-use crate::generate::{EngineError, FinishReason, Flow, GenerateOptions};
 use crate::json_constraint::JsonAutomaton;
 use crate::parser::{Event, Finished, OutputParser, Parsed};
+use crate::request::{EngineError, FinishReason, Flow, GenerateOptions};
 use crate::sampler::{Sampler, StopCheck, StopMatcher};
 use crate::tokenizer::{StreamDecoder, TokenBytes, Tokenizer};
 
@@ -82,6 +80,13 @@ impl JsonMode {
     }
 }
 
+/// The text half of a decoder: detokenizer, stop strings, output parser.
+struct Text {
+    detok: StreamDecoder,
+    matcher: StopMatcher,
+    parser: OutputParser,
+}
+
 /// What the caller does after [`Decoder::step`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -126,9 +131,10 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for a sequence whose prompt is `prompt`. `eos` are the model's stop ids (they
     /// apply unless `opts.ignore_eos`). `logprobs` asks for per-token log-probabilities with
-    /// that many alternatives.
+    /// that many alternatives. Without a `tokenizer` the decoder emits ids only, and refuses
+    /// options that need text.
     pub fn new(
-        tokenizer: &Tokenizer,
+        tokenizer: Option<&Tokenizer>,
         eos: &[u32],
         prompt: &[u32],
         opts: &GenerateOptions,
@@ -139,6 +145,24 @@ impl Decoder {
         if !opts.ignore_eos {
             stops.extend(eos);
         }
+        let Some(tokenizer) = tokenizer else {
+            let needs = [
+                (opts.reasoning_budget.is_some(), "a reasoning budget"),
+                (opts.json_object, "JSON mode"),
+                (!opts.stop_strings.is_empty(), "a stop string"),
+            ];
+            if let Some((_, what)) = needs.into_iter().find(|(asked, _)| *asked) {
+                return Err(EngineError::NeedsTokenizer(what));
+            }
+            return Ok(Decoder::with_text(
+                stops,
+                usize::MAX,
+                opts,
+                prompt,
+                logprobs,
+                None,
+            ));
+        };
         let budget_close = if opts.reasoning_budget.is_some() {
             tokenizer.encode("\n</think>\n\n")?
         } else {
@@ -167,20 +191,50 @@ impl Decoder {
                 steer,
             }
         });
-        Ok(Decoder {
-            json,
+        let text = Text {
+            detok: StreamDecoder::new(tokenizer, false),
+            matcher: StopMatcher::new(&opts.stop_strings),
+            parser: OutputParser::new(opts.parser.clone()),
+        };
+        let mut d = Decoder::with_text(
             stops,
-            vocab_limit: tokenizer.vocab_size(),
+            tokenizer.vocab_size(),
+            opts,
+            prompt,
+            logprobs,
+            Some(text),
+        );
+        d.budget_close = budget_close;
+        d.json = json;
+        Ok(d)
+    }
+
+    fn with_text(
+        stops: Vec<u32>,
+        vocab_limit: usize,
+        opts: &GenerateOptions,
+        prompt: &[u32],
+        logprobs: Option<usize>,
+        text: Option<Text>,
+    ) -> Self {
+        let (detok, matcher, parser) = match text {
+            Some(t) => (Some(t.detok), Some(t.matcher), Some(t.parser)),
+            None => (None, None, None),
+        };
+        Decoder {
+            json: None,
+            stops,
+            vocab_limit,
             max_tokens: opts.max_tokens,
             reasoning_budget: opts.reasoning_budget,
-            budget_close,
+            budget_close: Vec::new(),
             forced: Vec::new(),
             answer_prefix: None,
             logprobs,
             sampler: Sampler::new(opts.sampling.clone(), prompt),
-            detok: Some(StreamDecoder::new(tokenizer, false)),
-            matcher: Some(StopMatcher::new(&opts.stop_strings)),
-            parser: Some(OutputParser::new(opts.parser.clone())),
+            detok,
+            matcher,
+            parser,
             ids: Vec::new(),
             text: String::new(),
             parsed: Parsed::default(),
@@ -188,7 +242,7 @@ impl Decoder {
             logprobs_out: Vec::new(),
             finish: None,
             parser_summary: Finished::default(),
-        })
+        }
     }
 
     /// Forces `tokens` as the start of the answer, right where the output leaves reasoning (or
@@ -267,18 +321,13 @@ impl Decoder {
             self.reasoning_tokens += 1;
         }
         self.ids.push(token);
-        let piece = self
-            .detok
-            .as_mut()
-            .expect("the detokenizer lives until finish")
-            .push(token);
-        let matcher = self
-            .matcher
-            .as_mut()
-            .expect("the matcher lives until finish");
-        let (text, stopped) = match matcher.push(&piece) {
-            StopCheck::Continue(text) => (text, None),
-            StopCheck::Stopped { text, stop } => (text, Some(stop)),
+        // Both live until `finish`; an ids-only decoder has neither.
+        let (text, stopped) = match (self.detok.as_mut(), self.matcher.as_mut()) {
+            (Some(detok), Some(matcher)) => match matcher.push(&detok.push(token)) {
+                StopCheck::Continue(text) => (text, None),
+                StopCheck::Stopped { text, stop } => (text, Some(stop)),
+            },
+            _ => (String::new(), None),
         };
         self.text.push_str(&text);
         let cancelled = self.emit_text(&text, on_event);

@@ -9,49 +9,24 @@
 //! inside `<think>`, the tokens of `"\n</think>\n\n"` are forced (fed through the model like
 //! generated ones), and it goes on with its answer.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qinfer_cache::{Miss, SequenceState, Snapshot};
 use qinfer_formats::gguf::keys;
-use qinfer_model::{ForwardError, LoadError, Qwen35, Rows};
+use qinfer_model::Qwen35;
 
-use crate::decode::{Decoder, Step};
-use crate::parser::{Event, Parsed, ParserOptions, ToolCall};
-use crate::prompt_cache::{self, PromptCache};
-use crate::sampler::{SamplingError, SamplingParams};
-use crate::template::{ChatTemplate, TemplateError, special_tokens_from_config};
-use crate::tokenizer::{Tokenizer, TokenizerError};
-
-/// Why a bundle could not be loaded or a generation could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    #[error(transparent)]
-    GgufText(#[from] crate::gguf_text::GgufTextError),
-    #[error(transparent)]
-    Template(#[from] TemplateError),
-    #[error(transparent)]
-    Sampling(#[from] SamplingError),
-    #[error(transparent)]
-    Forward(#[from] ForwardError),
-    #[error("{0}: no tokenizer.json: qinfer needs the model's tokenizer for text")]
-    NoTokenizer(PathBuf),
-    #[error("{0}: no chat template (chat_template.jinja or tokenizer_config.json `chat_template`)")]
-    NoTemplate(String),
-    #[error("prompt of {prompt} tokens + {max_tokens} new tokens exceeds the context of {context}")]
-    ContextOverflow {
-        prompt: usize,
-        max_tokens: usize,
-        context: usize,
-    },
-    #[error("the prompt is empty")]
-    EmptyPrompt,
-}
+use crate::engine::{
+    CacheHook, Ended, Engine, EngineModel, Gone, Out, Request, SchedulerConfig, Sink, Start,
+    Summary,
+};
+use crate::parser::{Event, Parsed, ToolCall};
+use crate::prompt_cache::PromptCache;
+pub use crate::request::{EngineError, FinishReason, Flow, GenerateOptions};
+use crate::sampler::SamplingParams;
+use crate::template::{ChatTemplate, special_tokens_from_config};
+use crate::tokenizer::Tokenizer;
 
 /// Everything needed to turn text into text: weights, tokenizer, template, defaults.
 #[derive(Debug)]
@@ -179,6 +154,15 @@ impl ModelBundle {
             .expect("built-in tokenizer_config.json is valid JSON");
         Ok(ChatTemplate::new(DEMO_TEMPLATE)?
             .with_special_tokens(special_tokens_from_config(&config)))
+    }
+
+    /// The model and tokenizer as the engine loop runs them.
+    pub fn engine_model(&self) -> EngineModel<'_> {
+        EngineModel {
+            model: &self.model,
+            tokenizer: Some(&self.tokenizer),
+            stop_ids: &self.stop_ids,
+        }
     }
 
     /// The chat template, or an error naming the model.
@@ -332,43 +316,6 @@ impl Sequence {
         self.reset(model);
         0
     }
-
-    /// Records a snapshot at the current end (called after a prompt is processed).
-    fn mark(&mut self) {
-        self.push_mark(self.state.snapshot());
-    }
-}
-
-/// What ends a generation besides the token budget.
-#[derive(Clone, Debug, Default)]
-pub struct GenerateOptions {
-    pub sampling: SamplingParams,
-    pub max_tokens: usize,
-    pub stop_strings: Vec<String>,
-    /// Extra stop ids (the bundle's `stop_ids` always apply unless `ignore_eos`).
-    pub stop_ids: Vec<u32>,
-    pub ignore_eos: bool,
-    /// Most tokens spent inside `<think>` before `</think>` is forced.
-    pub reasoning_budget: Option<usize>,
-    pub parser: ParserOptions,
-    /// Constrain the answer (the output after any reasoning) to one JSON object: tokens that
-    /// would break JSON syntax are masked, generation stops when the object closes, and the
-    /// object is steered closed before `max_tokens` runs out when the budget allows (see
-    /// [`crate::json_constraint`]).
-    pub json_object: bool,
-}
-
-/// Why generation ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence / stop token id.
-    Stop(u32),
-    /// A stop string.
-    StopString(String),
-    /// `max_tokens` reached.
-    Length,
-    /// The callback asked to stop.
-    Cancelled,
 }
 
 /// The result of one generation.
@@ -402,14 +349,9 @@ impl Generation {
     }
 }
 
-/// What the callback wants after an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    Cancel,
-}
-
-/// Generates after `prompt` in `seq`, reporting parser events as they happen.
+/// Generates after `prompt` in `seq`, reporting parser events as they happen: one request
+/// through the engine loop, on the calling thread, starting from (and handing back) `seq`'s
+/// state.
 pub fn generate(
     bundle: &ModelBundle,
     seq: &mut Sequence,
@@ -430,61 +372,120 @@ pub fn generate(
             context,
         });
     }
-    let started = Instant::now();
+    let arrived = Instant::now();
     let (reused, cache_miss) = seq.resume(model, prompt);
-    let cache = seq.cache.clone();
-    let logits =
-        match prompt_cache::prefill(model, &mut seq.state, prompt, reused, cache.as_deref()) {
-            Ok(l) => l,
-            Err(e) => {
-                // Pieces before the failing one advanced the state: start over rather than
-                // keep a state that no longer matches `tokens`.
-                seq.reset(model);
-                return Err(e.into());
-            }
-        };
-    seq.tokens.truncate(reused);
-    seq.tokens.extend_from_slice(&prompt[reused..]);
-    seq.mark();
-    let prefill_time = started.elapsed();
-
-    let mut decoder = Decoder::new(&bundle.tokenizer, &bundle.stop_ids, prompt, opts, None)?;
-    let decode_start = Instant::now();
-    let mut logits = logits.row(0).to_vec();
-    loop {
-        match decoder.step(&logits, on_event) {
-            Step::Feed(token) => {
-                seq.tokens.push(token);
-                logits = model
-                    .forward(&[token], &mut seq.state, Rows::Last)?
-                    .row(0)
-                    .to_vec();
-            }
-            Step::Finished { unfed } => {
-                if let Some(token) = unfed {
-                    // The last emitted token is fed so the state matches `tokens`.
-                    seq.tokens.push(token);
-                    model.forward(&[token], &mut seq.state, Rows::Last)?;
-                }
-                break;
+    // The state travels with the request and comes back at its end; meanwhile the sequence
+    // holds an empty placeholder.
+    let state = std::mem::replace(&mut seq.state, SequenceState::from_layers(Vec::new(), 0));
+    let mut request = Request::new(prompt.to_vec(), opts.clone(), ());
+    request.arrived = arrived;
+    request.start = Some(Start {
+        state,
+        cached: reused,
+    });
+    let cache = CacheHook::new(seq.cache.clone());
+    let (ended, summary) = match run_one(bundle.engine_model(), cache, request, on_event) {
+        Ok(done) => done,
+        Err(e) => {
+            // The state went down with the request: start over rather than keep a state that
+            // no longer matches `tokens`.
+            seq.reset(model);
+            return Err(e);
+        }
+    };
+    match ended.sequence {
+        Some(kept) => {
+            seq.state = kept.state;
+            seq.tokens = kept.tokens;
+            if let Some(snapshot) = kept.prompt_end {
+                seq.push_mark(snapshot);
             }
         }
+        None => seq.reset(model),
     }
-    let (finish, _) = decoder.finish(on_event);
-    let out = Generation {
-        ids: std::mem::take(&mut decoder.ids),
-        text: std::mem::take(&mut decoder.text),
-        parsed: std::mem::take(&mut decoder.parsed),
-        finish,
+    Ok(Generation {
+        ids: ended.ids,
+        text: ended.text,
+        parsed: ended.parsed,
+        finish: summary.finish,
         prompt_tokens: prompt.len(),
         reused_tokens: reused,
         cache_miss,
-        reasoning_tokens: decoder.reasoning_tokens,
-        prefill_time,
-        decode_time: decode_start.elapsed(),
-    };
-    if let Some(cache) = &cache {
-        cache.complete(&seq.tokens, &seq.state);
+        reasoning_tokens: summary.reasoning_tokens,
+        prefill_time: summary.prefill_time,
+        decode_time: summary.decode_time,
+    })
+}
+
+/// Runs one request through an engine on the calling thread until it ends, its parser events
+/// going to `on_event` as they come (`Flow::Cancel` stops it after the current token).
+/// Returns what it produced and its accounting.
+pub fn run_one(
+    model: EngineModel<'_>,
+    cache: CacheHook,
+    request: Request<()>,
+    on_event: &mut dyn FnMut(&Event) -> Flow,
+) -> Result<(Ended, Summary), EngineError> {
+    let mut outcome = Outcome::default();
+    let mut engine = Engine::new(model, SchedulerConfig::lone(), cache, Arc::default());
+    engine.submit(request.with_sink(Callback {
+        on_event,
+        outcome: &mut outcome,
+    }));
+    engine.run_until_idle();
+    drop(engine);
+    match (outcome.ended, outcome.summary) {
+        (Some(ended), Some(summary)) => Ok((ended, summary)),
+        _ => {
+            Err(EngineError::Failed(outcome.failed.unwrap_or_else(|| {
+                "the request ended without a result".into()
+            })))
+        }
     }
-    Ok(out)
+}
+
+/// What [`run_one`]'s request left behind.
+#[derive(Default)]
+struct Outcome {
+    /// The callback asked to stop.
+    cancelled: bool,
+    ended: Option<Ended>,
+    summary: Option<Summary>,
+    failed: Option<String>,
+}
+
+/// [`run_one`]'s sink: parser events to the caller's callback as they come.
+struct Callback<'c> {
+    on_event: &'c mut dyn FnMut(&Event) -> Flow,
+    outcome: &'c mut Outcome,
+}
+
+impl Sink for Callback<'_> {
+    fn send(&mut self, out: Out) -> Result<(), Gone> {
+        match out {
+            Out::Token { events, .. } => {
+                // Every event of the token reaches the callback, even after one asks to stop.
+                for e in &events {
+                    if (self.on_event)(e) == Flow::Cancel {
+                        self.outcome.cancelled = true;
+                    }
+                }
+            }
+            Out::Done(summary) => self.outcome.summary = Some(summary),
+            Out::Failed(message) => self.outcome.failed = Some(message),
+        }
+        if self.outcome.cancelled {
+            Err(Gone)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.outcome.cancelled
+    }
+
+    fn ended(&mut self, ended: Ended) {
+        self.outcome.ended = Some(ended);
+    }
 }

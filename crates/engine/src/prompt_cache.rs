@@ -2,8 +2,9 @@
 //! resumed prompt computes exactly what a fresh one would, and the disk tier.
 //!
 //! A request goes: [`PromptCache::admit`] (the state of the longest cached prefix and how
-//! many prompt tokens it covers) → [`prefill`] of the rest, cut at chunk boundaries where a
-//! snapshot pays → generation → [`PromptCache::complete`] (snapshot at the end of the
+//! many prompt tokens it covers) → prefill of the rest by the engine loop
+//! ([`crate::engine`]), cut at the chunk boundaries where a snapshot pays
+//! ([`PromptCache::snapshot_points`]) → generation → [`PromptCache::complete`] (snapshot at the end of the
 //! answer). The next turn of an append-only conversation then resumes exactly where the last
 //! answer ended and computes only its new tokens.
 //!
@@ -33,8 +34,7 @@ use std::sync::Mutex;
 use qinfer_cache::persist::{self, PersistError};
 use qinfer_cache::prefix::token_key;
 use qinfer_cache::{BLOCK_TOKENS, CacheConfig, CacheStats, LayerSpec, Lookup, PrefixCache};
-use qinfer_model::{ForwardError, Qwen35, Rows};
-use qinfer_tensor::Mat;
+use qinfer_model::Qwen35;
 use sha2::{Digest, Sha256};
 
 /// How a [`PromptCache`] is set up.
@@ -282,34 +282,6 @@ pub fn default_snapshot_every(specs: &[LayerSpec]) -> usize {
         .max(1)
         .div_ceil(BLOCK_TOKENS)
         * BLOCK_TOKENS
-}
-
-/// Processes `prompt[from..]` into `state` (which holds `prompt[..from]`) and returns the
-/// logits of the last position. The prompt is cut at the cache's snapshot points, where the
-/// state is stored; every piece uses the chunked delta rule ([`Qwen35::prefill`]).
-pub fn prefill(
-    model: &Qwen35,
-    state: &mut qinfer_cache::SequenceState,
-    prompt: &[u32],
-    from: usize,
-    cache: Option<&PromptCache>,
-) -> Result<Mat, ForwardError> {
-    let points = cache.map_or(Vec::new(), |c| c.snapshot_points(from, prompt.len()));
-    let mut at = from;
-    for b in points {
-        model.prefill(&prompt[at..b], state, Rows::Last)?;
-        at = b;
-        if let Some(c) = cache {
-            c.lock().insert(&token_key(&prompt[..b]), state, true);
-        }
-    }
-    let logits = model.prefill(&prompt[at..], state, Rows::Last)?;
-    if let Some(c) = cache {
-        let mut inner = c.lock();
-        inner.record_processed(prompt.len() - from);
-        inner.insert(&token_key(prompt), state, true);
-    }
-    Ok(logits)
 }
 
 /// Loads a session-style file: checks its model fingerprint, returns its header and body.

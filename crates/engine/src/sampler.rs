@@ -242,6 +242,17 @@ impl Sampler {
 
     /// Picks the next token from `logits` (`[V]`) and records it.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        if p.temperature == 0.0
+            && p.repetition_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+        {
+            // Plain greedy: nothing to change in the row, so no copy of it per token.
+            let token = argmax(logits);
+            self.record(token);
+            return token;
+        }
         let mut l = logits.to_vec();
         self.apply_penalties(&mut l);
         let token = if self.params.temperature == 0.0 {

@@ -9,10 +9,11 @@ use std::sync::{Arc, OnceLock};
 use qinfer_cache::{BLOCK_TOKENS, Miss, unique_bytes};
 use qinfer_engine::generate::{Flow, GenerateOptions, Generation, ModelBundle, Sequence, generate};
 use qinfer_engine::parser::{ParserOptions, parse_complete};
-use qinfer_engine::prompt_cache::{self, CacheOptions, PromptCache};
+use qinfer_engine::prompt_cache::{CacheOptions, PromptCache};
 use qinfer_engine::sampler::SamplingParams;
 use qinfer_engine::session;
 use qinfer_engine::template::RenderRequest;
+use qinfer_model::Rows;
 use serde_json::{Value, json};
 
 fn demo() -> &'static ModelBundle {
@@ -195,15 +196,22 @@ fn conversations_sharing_a_system_prompt_share_its_blocks() {
         "the shared blocks are one copy"
     );
 
-    // Bit-exact: resumed prefill logits == cold prefill logits.
-    let cold = prompt_cache::prefill(&b.model, &mut b.model.new_state(), &pb, 0, None).unwrap();
-    let mut tail = b.model.new_state();
+    // Bit-exact: resumed prefill logits == cold prefill logits. (The probe holds what the
+    // engine loop's prefill of `pa` stored at its snapshot points.)
+    let cold = b
+        .model
+        .prefill(&pb, &mut b.model.new_state(), Rows::Last)
+        .unwrap();
     let probe = cache(usize::MAX, 64);
-    prompt_cache::prefill(&b.model, &mut tail, &pa, 0, Some(&probe)).unwrap();
+    let mut tail = Sequence::with_cache(&b.model, Arc::clone(&probe));
+    generate(b, &mut tail, &pa, &greedy(0), &mut |_| Flow::Continue).unwrap();
     let from_a = probe.admit(&pb);
     assert_eq!(from_a.cached, shared);
     let mut state = from_a.state;
-    let warm = prompt_cache::prefill(&b.model, &mut state, &pb, shared, None).unwrap();
+    let warm = b
+        .model
+        .prefill(&pb[shared..], &mut state, Rows::Last)
+        .unwrap();
     assert_eq!(
         warm.data, cold.data,
         "resumed from a chunk snapshot: bit-identical"

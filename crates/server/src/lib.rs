@@ -2,8 +2,8 @@
 //! engine thread.
 //!
 //! ```text
-//! HTTP (axum, tokio workers)                      engine thread (one, owns the model)
-//!   openai.rs / anthropic.rs                        scheduler.rs
+//! HTTP (axum, tokio workers)                      engine thread (qinfer-engine, owns the model)
+//!   openai.rs / anthropic.rs                        scheduler.rs → engine.rs
 //!     parse + validate the request (json.rs)          plan tokens per sequence per step
 //!     render the chat template, tokenize              Qwen35::step
 //!     submit a GenRequest ───── command channel ───▶  Decoder::step per logits row
@@ -12,8 +12,9 @@
 //!
 //! This crate is the only place that knows HTTP and the wire types. The engine knows nothing
 //! of it: it sees token ids, [`GenerateOptions`](qinfer_engine::generate::GenerateOptions) and a
-//! channel. Dropping the receiving end of that channel (a disconnected client, a dropped
-//! handler future) is the cancellation signal.
+//! [`Sink`](qinfer_engine::engine::Sink), which `scheduler.rs` implements for a tokio channel.
+//! Dropping the receiving end of that channel (a disconnected client, a dropped handler
+//! future) is the cancellation signal.
 
 pub mod anthropic;
 pub mod error;
@@ -123,7 +124,7 @@ impl Server {
         let (scheduler, engine) = Scheduler::start(
             bundle.clone(),
             config.scheduler.clone(),
-            metrics.clone(),
+            metrics.engine.clone(),
             prompt_cache.clone(),
         );
         let started = std::time::SystemTime::now()
@@ -323,8 +324,8 @@ async fn health(State(state): State<Shared>) -> Response {
     axum::Json(json!({
         "status": "ok",
         "model": state.config.model_name,
-        "running": state.metrics.running.load(std::sync::atomic::Ordering::Relaxed),
-        "queued": state.metrics.queue_depth.load(std::sync::atomic::Ordering::Relaxed),
+        "running": state.metrics.engine.running.load(std::sync::atomic::Ordering::Relaxed),
+        "queued": state.metrics.engine.queue_depth.load(std::sync::atomic::Ordering::Relaxed),
     }))
     .into_response()
 }

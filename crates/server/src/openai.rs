@@ -951,6 +951,8 @@ pub(crate) mod tests {
             cache_miss: None,
             completion_tokens: chars.len().div_ceil(3),
             reasoning_tokens: 2,
+            prefill_time: std::time::Duration::ZERO,
+            decode_time: std::time::Duration::ZERO,
         }))
         .unwrap();
         rx

@@ -2,7 +2,6 @@
 //! to the scheduler, ids and timestamps.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use axum::http::StatusCode;
 use qinfer_engine::generate::GenerateOptions;
@@ -12,7 +11,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::AppState;
 use crate::error::{ApiError, Protocol};
 use crate::json::Fields;
-use crate::scheduler::{Admission, GenRequest, Out, RETRY_AFTER, SubmitError};
+use crate::scheduler::{Admission, ChannelSink, GenRequest, Out, RETRY_AFTER, SubmitError};
 
 /// Reads the sampling fields both protocols share onto the model's defaults. `names` maps our
 /// parameters to the protocol's spelling where it differs.
@@ -120,16 +119,17 @@ pub fn submit_tracked(
 > {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (admitted_tx, admitted_rx) = tokio::sync::oneshot::channel();
-    let req = GenRequest {
+    let mut req = GenRequest::new(
         prompt,
         opts,
-        logprobs,
-        out: tx,
-        arrived: Instant::now(),
-        answer_prefix,
-        admitted: Some(admitted_tx),
-        prompt_text,
-    };
+        ChannelSink {
+            out: tx,
+            admitted: Some(admitted_tx),
+        },
+    );
+    req.logprobs = logprobs;
+    req.answer_prefix = answer_prefix;
+    req.prompt_text = prompt_text;
     match state.scheduler.submit(req) {
         Ok(()) => Ok((rx, admitted_rx)),
         Err(SubmitError::QueueFull) => {
