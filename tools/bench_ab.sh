@@ -27,6 +27,8 @@ for line in open(sys.argv[1]):
 def med(side, key):
     return statistics.median(s for r in runs[side] for s in r[key.replace("tok_s", "samples")])
 for key in ("pp_tok_s", "tg_tok_s"):
+    if not all(r[key.replace("tok_s", "samples")] for side in runs for r in runs[side]):
+        continue  # that test was skipped (-p 0 or -n 0)
     a, b = med("A", key), med("B", key)
     print(f"{key[:2]}: A {a:8.1f}  B {b:8.1f} tok/s   B/A {b / a:.3f}   (medians of {sum(len(r[key.replace('tok_s','samples')]) for r in runs['A'])} samples each)")
 PY
