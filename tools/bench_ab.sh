@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A/B of two qinfer builds on one model file, alternating, in one run: pp and tg medians of
-# each and their ratio (B / A). For "no speed regression against the previous commit".
+# A/B of two qinfer builds on one model file, alternating in ABBA order (which side runs first
+# in a round was seen to matter by a few per cent on a busy host), in one run: pp and tg
+# medians of each and their ratio (B / A). For "no speed regression against the previous
+# commit".
 #
 # usage: tools/bench_ab.sh A_BIN B_BIN MODEL [ROUNDS]
 #   environment: PP (512), TG (128), REPS (3), THREADS (2), A_ARGS, B_ARGS (extra bench flags,
@@ -10,7 +12,9 @@ A=$1 B=$2 MODEL=$3 ROUNDS=${4:-3}
 PP=${PP:-512} TG=${TG:-128} REPS=${REPS:-3} THREADS=${THREADS:-2}
 out=$(mktemp)
 for r in $(seq "$ROUNDS"); do
-    for side in A B; do
+    order="A B"
+    [ $((r % 2)) -eq 0 ] && order="B A"
+    for side in $order; do
         bin=${!side}; args_var=${side}_ARGS
         # --bandwidth skips the probe (not compared here).
         # shellcheck disable=SC2086

@@ -60,8 +60,8 @@ pub enum LayerState {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RewindError {
     #[error(
-        "cannot rewind to position {to}: the sequence is at {pos} and keeps the DeltaNet state \
-         of positions {kept_from}..={kept_to} only (a step with keep_states sets them)"
+        "cannot rewind to position {to}: the sequence is at {pos} and can return only to \
+         positions {kept_from}..={kept_to} of its last step that kept them (keep_states)"
     )]
     NotKept {
         to: usize,
@@ -71,19 +71,57 @@ pub enum RewindError {
     },
 }
 
-/// The DeltaNet states after each position of the last step that kept them: what lets a
-/// speculative step be undone to any of its positions without running the layers again and
-/// without a copy of the whole state taken before it. Buffers keep their capacity from step
-/// to step.
+/// What the last step that kept its states (`Span::keep_states`) left to undo it with: each
+/// DeltaNet layer's recurrent state before the step, its conv window after every position, and
+/// the delta rule's inputs of every position. Rewinding to a position copies the start state
+/// back and replays the recurrence over the kept inputs up to it (measured cheaper in time and
+/// memory than keeping a whole state per position, docs/PERFORMANCE.md). Buffers keep their
+/// capacity from step to step.
 #[derive(Clone, Debug, Default)]
 struct Kept {
-    /// Tokens processed before the step (the state after position `from + j` is slot `j − 1`).
+    /// Tokens processed before the step.
     from: usize,
     /// Positions kept (`0`: none).
     len: usize,
-    /// Per layer (empty for attention layers): conv windows `[len, (K−1)·C]` and recurrent
-    /// states `[len, Nv·Dk·Dv]`.
-    layers: Vec<DeltaNetState>,
+    /// Per layer (empty for attention layers).
+    layers: Vec<KeptLayer>,
+}
+
+/// How [`SequenceState::rewind`] has the model set a DeltaNet layer's recurrent state:
+/// `(layer, its record of the step, positions to replay, the state to set)`.
+pub type Replay<'a> = dyn FnMut(usize, &KeptLayer, usize, &mut [f32]) + 'a;
+
+/// One DeltaNet layer's part of a kept step (filled by the model).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeptLayer {
+    /// The recurrent state `[Nv, Dk, Dv]` before the step.
+    pub start: Vec<f32>,
+    /// The conv window after each position: `[len, (K−1)·C]`.
+    pub conv: Vec<f32>,
+    /// The delta rule's inputs of each position: `q`, `k` `[len, Nk·Dk]`, `v` `[len, Nv·Dv]`,
+    /// `g`, `beta` `[len, Nv]`.
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub g: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+impl KeptLayer {
+    fn bytes(&self) -> usize {
+        [
+            &self.start,
+            &self.conv,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.g,
+            &self.beta,
+        ]
+        .iter()
+        .map(|v| v.capacity() * 4)
+        .sum()
+    }
 }
 
 /// Why a snapshot cannot be restored into a state.
@@ -149,9 +187,10 @@ impl SequenceState {
         self.pos += n;
     }
 
-    /// Starts a step of `n` positions: forgets the states an earlier step kept and, with
-    /// `keep`, sizes the buffers that [`SequenceState::keeping_mut`] hands out for this one.
-    /// Called by the model before it changes any layer.
+    /// Starts a step of `n` positions: forgets what an earlier step kept and, with `keep`,
+    /// copies each DeltaNet layer's recurrent state as the step's start and sizes the conv
+    /// windows' buffer for [`SequenceState::deltanet_mut`]. Called by the model before it
+    /// changes any layer.
     pub fn begin_step(&mut self, n: usize, keep: bool) {
         self.kept.from = self.pos;
         self.kept.len = if keep { n } else { 0 };
@@ -159,25 +198,22 @@ impl SequenceState {
             return;
         }
         let kept = &mut self.kept.layers;
-        kept.resize_with(self.layers.len(), || DeltaNetState {
-            conv: Vec::new(),
-            recurrent: Vec::new(),
-        });
+        kept.resize_with(self.layers.len(), KeptLayer::default);
         for (k, layer) in kept.iter_mut().zip(&self.layers) {
             if let LayerState::DeltaNet(d) = layer {
+                k.start.clone_from(&d.recurrent);
                 k.conv.resize(n * d.conv.len(), 0.0);
-                k.recurrent.resize(n * d.recurrent.len(), 0.0);
             }
         }
     }
 
-    /// Layer `i`'s DeltaNet state and, when the current step keeps states, the buffers for
-    /// them: conv windows `[n, (K−1)·C]` and recurrent states `[n, Nv·Dk·Dv]`, row `j` the
-    /// state after the step's position `j`. `None` for an attention layer.
+    /// Layer `i`'s DeltaNet state and, when the current step keeps its states, that layer's
+    /// record of the step (the start state is already in it; the model writes the conv windows
+    /// and the delta rule's inputs). `None` for an attention layer.
     pub fn deltanet_mut(
         &mut self,
         i: usize,
-    ) -> Option<(&mut DeltaNetState, Option<&mut DeltaNetState>)> {
+    ) -> Option<(&mut DeltaNetState, Option<&mut KeptLayer>)> {
         let LayerState::DeltaNet(d) = &mut self.layers[i] else {
             return None;
         };
@@ -191,11 +227,18 @@ impl SequenceState {
         self.kept.from + 1..=(self.kept.from + self.kept.len).min(self.pos)
     }
 
-    /// Returns the sequence to position `to` inside the last step that kept its states
-    /// (`Span::keep_states`): DeltaNet layers take the state they had after that position,
-    /// attention layers drop the later KV rows. Nothing is recomputed. `to == pos()` is a
-    /// no-op; the kept states stay, so a later rewind may go further back within the step.
-    pub fn rewind(&mut self, to: usize) -> Result<(), RewindError> {
+    /// Returns the sequence to position `to` inside the last step that kept its states: for
+    /// each DeltaNet layer, the conv window after that position and `replay(layer, kept, j,
+    /// recurrent)`, which must set `recurrent` to the state after the step's first `j`
+    /// positions (the model replays the recurrence from `kept.start`: this crate computes
+    /// nothing); attention layers drop the later KV rows. `to == pos()` is a no-op; what was
+    /// kept stays, so a later rewind may go further back within the step. Call it through
+    /// the model (`Qwen35::rewind`).
+    pub fn rewind(
+        &mut self,
+        to: usize,
+        replay: &mut Replay<'_>,
+    ) -> Result<(), RewindError> {
         if to == self.pos {
             return Ok(());
         }
@@ -208,15 +251,14 @@ impl SequenceState {
                 kept_to: *range.end(),
             });
         }
-        let j = to - self.kept.from - 1;
-        for (layer, kept) in self.layers.iter_mut().zip(&self.kept.layers) {
+        let j = to - self.kept.from;
+        for (l, (layer, kept)) in self.layers.iter_mut().zip(&self.kept.layers).enumerate() {
             match layer {
                 LayerState::Attention(kv) => kv.truncate(to),
                 LayerState::DeltaNet(d) => {
-                    let (c, r) = (d.conv.len(), d.recurrent.len());
-                    d.conv.copy_from_slice(&kept.conv[j * c..(j + 1) * c]);
-                    d.recurrent
-                        .copy_from_slice(&kept.recurrent[j * r..(j + 1) * r]);
+                    let c = d.conv.len();
+                    d.conv.copy_from_slice(&kept.conv[(j - 1) * c..j * c]);
+                    replay(l, kept, j, &mut d.recurrent);
                 }
             }
         }
@@ -233,7 +275,7 @@ impl SequenceState {
     }
 
     /// Bytes of state reachable from this sequence, as stored (shared KV blocks counted in
-    /// full; see [`unique_bytes`] for several sequences together), kept per-position states
+    /// full; see [`unique_bytes`] for several sequences together), what a kept step holds
     /// included.
     pub fn bytes(&self) -> usize {
         self.layers
@@ -246,13 +288,9 @@ impl SequenceState {
             + self.kept_bytes()
     }
 
-    /// Bytes held for the per-position states of the last step that kept them.
+    /// Bytes held for undoing the last step that kept its states.
     fn kept_bytes(&self) -> usize {
-        self.kept
-            .layers
-            .iter()
-            .map(|k| (k.conv.capacity() + k.recurrent.capacity()) * 4)
-            .sum()
+        self.kept.layers.iter().map(KeptLayer::bytes).sum()
     }
 
     /// A state assembled from parts (prefix cache, files). The caller guarantees that the

@@ -2,12 +2,11 @@
 //! tokens at the Qwen3.5 shapes: 0.8B (`Nk = Nv = 16`) and 4B (`Nk = 16`, `Nv = 32`), with
 //! `Dk = Dv = 128` and 64-token chunks, through the engine's pool. Throughput is in tokens.
 //!
-//! `rewind/27b`: what keeping a speculative step's per-position states costs at Qwen3.6-27B's
-//! DeltaNet shape (`Nk = 16`, `Nv = 48`, a 3 MiB state per layer), for a 4-token step:
-//! the plain recurrent step, the step writing every position's state
-//! (`gated_delta_rule_recurrent_keep`, what `Span::keep_states` runs), and the alternative
-//! of copying the state before the step so rejected positions can be replayed from it (the
-//! copy alone, before any replay).
+//! `rewind/27b`: what undoing a speculative step costs at Qwen3.6-27B's DeltaNet shape
+//! (`Nk = 16`, `Nv = 48`, a 3 MiB state per layer), 8 layers, a 4-token step: the recurrent
+//! step itself (a rewind to position `j` replays `j` of its tokens) and the copy of the state
+//! that `Span::keep_states` takes before it. (Keeping a whole state per position instead cost
+//! 3.6× the step, docs/PERFORMANCE.md.)
 //!
 //! `cargo bench -p qinfer-cpu --bench delta_rule [-- FILTER]`
 
@@ -16,7 +15,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use qinfer_cpu::ops::{
     DeltaRuleInputs, DeltaRuleShape, VHeadOrder, gated_delta_rule_chunked,
-    gated_delta_rule_recurrent, gated_delta_rule_recurrent_keep, l2_norm,
+    gated_delta_rule_recurrent, l2_norm,
 };
 use qinfer_tensor::Mat;
 
@@ -93,9 +92,6 @@ fn rewind(c: &mut Criterion) {
     // Eight layers' states, so the working set (24 MiB + kept) is not one L2-resident state.
     let layers = 8;
     let mut states: Vec<Vec<f32>> = (0..layers).map(|_| noise(shape.state_len(), 6)).collect();
-    let mut kept: Vec<Vec<f32>> = (0..layers)
-        .map(|_| vec![0.0; t * shape.state_len()])
-        .collect();
     let mut backup: Vec<Vec<f32>> = states.clone();
     let mut g = c.benchmark_group("rewind/27b");
     g.sample_size(20);
@@ -104,13 +100,6 @@ fn rewind(c: &mut Criterion) {
         b.iter(|| {
             for s in &mut states {
                 black_box(gated_delta_rule_recurrent(shape, x, s));
-            }
-        })
-    });
-    g.bench_function("recurrent_keep_t4", |b| {
-        b.iter(|| {
-            for (s, kp) in states.iter_mut().zip(&mut kept) {
-                black_box(gated_delta_rule_recurrent_keep(shape, x, s, kp));
             }
         })
     });

@@ -69,4 +69,6 @@ pub enum ForwardError {
     PositionCount { got: usize, rows: usize },
     #[error("a step may keep per-position states for at most {max} positions, not {got}")]
     TooManyKept { got: usize, max: usize },
+    #[error(transparent)]
+    Rewind(#[from] qinfer_cache::RewindError),
 }

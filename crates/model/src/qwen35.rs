@@ -74,10 +74,9 @@ pub struct Layer {
 pub const MAX_PIECE_TOKENS: usize = 256;
 const _: () = assert!(MAX_PIECE_TOKENS.is_multiple_of(crate::layers::gated_deltanet::CHUNK));
 
-/// Most positions a span may keep per-position DeltaNet states for
-/// ([`Span::keep_states`]): each kept position holds a copy of every DeltaNet layer's state
-/// (about 150 MB for Qwen3.6-27B), so the step that keeps them stays short (speculative
-/// drafts are a few tokens).
+/// Most positions a span may keep for a rewind ([`Span::keep_states`]): a rewind replays the
+/// recurrence over up to this many positions, so the step that keeps them stays short
+/// (speculative drafts are a few tokens).
 pub const MAX_KEPT_POSITIONS: usize = 16;
 
 /// Which positions of a span return an output.
@@ -146,10 +145,11 @@ pub struct Span<'a> {
     /// (in every piece of it), recurrent for one. [`DeltaNetPath::Chunked`] is what prompt
     /// prefill uses, so a prompt cut at multiples of the chunk computes what one pass does.
     pub delta_rule: DeltaNetPath,
-    /// Keep every DeltaNet layer's state after each position of the span, so that
-    /// [`SequenceState::rewind`] can return to any of them (a speculative step undone after
-    /// its rejected positions). Runs the delta rule token by token, giving bit for bit what
-    /// one-token steps give. At most [`MAX_KEPT_POSITIONS`] positions.
+    /// Keep what it takes to return to any position of the span ([`Qwen35::rewind`]: a
+    /// speculative step undone after its rejected positions): each DeltaNet layer's state
+    /// before the step, its conv windows and the delta rule's inputs per position. Runs the
+    /// delta rule token by token, giving bit for bit what one-token steps give. At most
+    /// [`MAX_KEPT_POSITIONS`] positions.
     pub keep_states: bool,
 }
 
@@ -697,6 +697,25 @@ impl Qwen35 {
             let out = outs[n].logits.as_mut().expect("allocated for logit rows");
             out.row_mut(at).copy_from_slice(logits.row(i));
         }
+    }
+
+    /// Returns `state` to position `to` inside the last step that kept its states
+    /// ([`Span::keep_states`]): DeltaNet layers replay the kept recurrence from the step's start
+    /// over its first `to − start` positions (no projection, conv or attention is run again),
+    /// take the conv window kept for that position, and attention layers drop the later KV
+    /// rows. The result is bit for bit the state of one-token steps up to `to` (tested).
+    pub fn rewind(&self, state: &mut SequenceState, to: usize) -> Result<(), ForwardError> {
+        if state.layers().len() != self.layers.len() {
+            return Err(ForwardError::StateMismatch);
+        }
+        state.rewind(
+            to,
+            &mut |l, kept, j, recurrent| match &self.layers[l].mixer {
+                Mixer::DeltaNet(d) => d.replay(kept, j, recurrent),
+                Mixer::Attention(_) => unreachable!("the state's layout is this model's"),
+            },
+        )?;
+        Ok(())
     }
 
     /// The form of the delta rule a span runs, for all its pieces.

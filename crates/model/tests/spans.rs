@@ -69,7 +69,7 @@ fn a_kept_step_rewinds_to_the_state_of_one_token_steps() {
         let next = 3u32;
         for j in (1..=k).rev() {
             let mut s = kept.clone();
-            s.rewind(base.pos() + j).unwrap();
+            model.rewind(&mut s, base.pos() + j).unwrap();
             assert!(same_state(&s, &states[j - 1]), "{name}: state at j = {j}");
             let mut reference = states[j - 1].clone();
             let a = model.forward(&[next], &mut s, Rows::Last).unwrap();
@@ -82,7 +82,7 @@ fn a_kept_step_rewinds_to_the_state_of_one_token_steps() {
                 same_state(&s, &reference),
                 "{name}: state after j = {j} + 1"
             );
-            kept.rewind(base.pos() + j).unwrap();
+            model.rewind(&mut kept, base.pos() + j).unwrap();
             assert!(
                 same_state(&kept, &states[j - 1]),
                 "{name}: stepwise rewind to {j}"
@@ -99,23 +99,26 @@ fn rewinds_outside_the_kept_step_are_errors() {
     model.forward(&[1, 2, 3], &mut s, Rows::Last).unwrap();
     let before = s.clone();
     // Nothing kept: only the current position is reachable.
-    assert!(matches!(s.rewind(2), Err(RewindError::NotKept { .. })));
-    s.rewind(3).unwrap();
+    assert!(matches!(
+        model.rewind(&mut s, 2),
+        Err(ForwardError::Rewind(RewindError::NotKept { .. }))
+    ));
+    model.rewind(&mut s, 3).unwrap();
     model
         .step(&mut [Span::tokens(&[4, 5], &mut s).keep_states(true)])
         .unwrap();
     // The step's start was not kept (a whole step is undone with a snapshot), nor the future.
     for to in [2, 3, 6] {
-        let err = s.rewind(to).unwrap_err();
+        let err = model.rewind(&mut s, to).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
-                "cannot rewind to position {to}: the sequence is at 5 and keeps the DeltaNet \
-                 state of positions 4..=5 only (a step with keep_states sets them)"
+                "cannot rewind to position {to}: the sequence is at 5 and can return only to \
+                 positions 4..=5 of its last step that kept them (keep_states)"
             )
         );
     }
-    s.rewind(4).unwrap();
+    model.rewind(&mut s, 4).unwrap();
     assert!(same_state(&s, &{
         let mut b = before.clone();
         model.forward(&[4], &mut b, Rows::Last).unwrap();
@@ -123,7 +126,7 @@ fn rewinds_outside_the_kept_step_are_errors() {
     }));
     // Any later step forgets the kept states.
     model.forward(&[6], &mut s, Rows::Last).unwrap();
-    assert!(s.rewind(4).is_err());
+    assert!(model.rewind(&mut s, 4).is_err());
     // Too long a kept step is refused before it touches the state.
     let long = vec![1u32; MAX_KEPT_POSITIONS + 1];
     let at = s.clone();

@@ -137,42 +137,8 @@ pub fn gated_delta_rule_recurrent(
     x: DeltaRuleInputs<'_>,
     state: &mut [f32],
 ) -> Mat {
-    recurrent(shape, x, state, None)
-}
-
-/// [`gated_delta_rule_recurrent`] that also writes the state after every token: `kept` is
-/// `[T, Nv, Dk, Dv]`, row `t` the state after token `t` (the last row equals `state` on
-/// return). Each head's state is copied while its worker still holds it in cache, so keeping
-/// costs one extra write stream, not a second pass over the state. The outputs and `state`
-/// are bit for bit those of [`gated_delta_rule_recurrent`] (and of `T` one-token calls).
-///
-/// # Panics
-/// If the shapes disagree or `kept` is not `T` states long.
-pub fn gated_delta_rule_recurrent_keep(
-    shape: DeltaRuleShape,
-    x: DeltaRuleInputs<'_>,
-    state: &mut [f32],
-    kept: &mut [f32],
-) -> Mat {
-    assert_eq!(
-        kept.len(),
-        x.q.rows * shape.state_len(),
-        "delta rule: kept states must be [T, Nv, Dk, Dv]"
-    );
-    recurrent(shape, x, state, Some(kept))
-}
-
-fn recurrent(
-    shape: DeltaRuleShape,
-    x: DeltaRuleInputs<'_>,
-    state: &mut [f32],
-    kept: Option<&mut [f32]>,
-) -> Mat {
     let t = check(&shape, &x, state);
     let (nv, dk, dv) = (shape.nv, shape.dk, shape.dv);
-    let (head_len, state_len) = (dk * dv, shape.state_len());
-    let kept_len = kept.as_ref().map_or(0, |k| k.len());
-    let kept = kept.map(crate::pool::SharedMut::new);
     let isa = crate::kernels::isa();
     per_head(&shape, t, state, |h, s| {
         let kh = shape.k_head(h);
@@ -193,13 +159,6 @@ fn recurrent(
                 beta,
                 &mut out[ti * dv..(ti + 1) * dv],
             );
-            if let Some(kept) = &kept {
-                let at = ti * state_len + h * head_len;
-                debug_assert!(at + head_len <= kept_len);
-                // SAFETY: head `h` writes only its own `[Dk, Dv]` slice of each kept state,
-                // inside `kept` (checked length); `kept` outlives the region.
-                unsafe { kept.slice(at, head_len) }.copy_from_slice(s);
-            }
         }
         out
     })
@@ -524,10 +483,10 @@ mod tests {
         }
     }
 
-    /// Keeping the per-token states changes no bit: the outputs and final state equal the
-    /// plain recurrent call, and kept state `t` equals the state after `t + 1` one-token calls.
+    /// A recurrent call over `T` tokens is bit for bit `T` one-token calls, outputs and state
+    /// (what a rewind's replay and the decode path rely on).
     #[test]
-    fn recurrent_keep_equals_one_token_steps() {
+    fn recurrent_steps_equal_one_token_calls() {
         let shape = DeltaRuleShape {
             nk: 2,
             nv: 4,
@@ -554,12 +513,8 @@ mod tests {
             g: &g,
             beta: &beta,
         };
-        let (mut s_plain, mut s_keep) = (init.clone(), init.clone());
-        let mut kept = vec![f32::NAN; t * shape.state_len()];
+        let mut s_plain = init.clone();
         let o_plain = gated_delta_rule_recurrent(shape, whole, &mut s_plain);
-        let o_keep = gated_delta_rule_recurrent_keep(shape, whole, &mut s_keep, &mut kept);
-        assert_eq!(o_plain.data, o_keep.data);
-        assert_eq!(s_plain, s_keep);
         let mut s = init;
         let row = |m: &Mat, i: usize| Mat::from_vec(m.row(i).to_vec(), 1, m.cols);
         for i in 0..t {
@@ -573,13 +528,8 @@ mod tests {
             };
             let o = gated_delta_rule_recurrent(shape, one, &mut s);
             assert_eq!(o.data, o_plain.row(i), "output of token {i}");
-            let len = shape.state_len();
-            assert_eq!(
-                &kept[i * len..(i + 1) * len],
-                &s[..],
-                "state after token {i}"
-            );
         }
+        assert_eq!(s, s_plain, "state after {t} tokens");
     }
 
     /// The AVX-512 tier of the chunked form against the portable one at the real head size

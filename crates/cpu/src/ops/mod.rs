@@ -12,7 +12,7 @@ pub use attention::{AttentionShape, KvRows, KvSegment, causal_attention, causal_
 pub use conv::{causal_conv1d_silu, causal_conv1d_silu_keep, conv_taps};
 pub use delta_rule::{
     DeltaRuleInputs, DeltaRuleShape, VHeadOrder, gated_delta_rule_chunked,
-    gated_delta_rule_recurrent, gated_delta_rule_recurrent_keep,
+    gated_delta_rule_recurrent,
 };
 pub use elementwise::{add_assign, sigmoid, silu, softmax, softplus, swiglu};
 pub(crate) use matmul::dot;

@@ -14,7 +14,7 @@
 //! Prefill runs the chunked form of the delta rule (chunks of [`CHUNK`]); single-token decode
 //! the recurrent form. They agree (tested in `qinfer-cpu` and end to end).
 
-use qinfer_cache::DeltaNetState;
+use qinfer_cache::{DeltaNetState, KeptLayer};
 use qinfer_cpu::ops::{self, DeltaRuleInputs, DeltaRuleShape};
 use qinfer_tensor::{Mat, Weight};
 
@@ -152,30 +152,28 @@ impl GatedDeltaNet {
     }
 
     /// Conv, delta rule and gated norm for one sequence's projected rows: `[T, Nv·Dv]`, before
-    /// the output projection. With `kept` (buffers of `T` conv windows and recurrent states,
-    /// [`qinfer_cache::SequenceState::deltanet_mut`]) the state after every position is
-    /// written there too, and the delta rule runs token by token whatever `path` says: the
-    /// only form whose per-position states are those of one-token steps.
+    /// the output projection. With `kept` (the layer's record of a kept step,
+    /// [`qinfer_cache::SequenceState::deltanet_mut`]) the conv window after every position and
+    /// the delta rule's inputs are written there too, and the delta rule runs token by token
+    /// whatever `path` says, so that [`GatedDeltaNet::replay`] over the first `j` positions
+    /// gives bit for bit the state after them.
     pub fn mix(
         &self,
         p: &DeltaNetProjections,
         state: &mut DeltaNetState,
-        kept: Option<&mut DeltaNetState>,
+        mut kept: Option<&mut KeptLayer>,
         path: DeltaNetPath,
     ) -> Mat {
         let c = self.config;
         let (t, nv, key_dim) = (p.mixed.rows, c.n_v_heads, c.key_dim());
         let DeltaNetProjections { mixed, z, b, a } = p;
         let (taps, kernel) = (&self.conv_taps, c.conv_kernel);
-        let (mixed, mut kept) = match kept {
-            Some(k) => (
-                ops::causal_conv1d_silu_keep(mixed, &mut state.conv, taps, kernel, &mut k.conv),
-                Some(&mut k.recurrent),
-            ),
-            None => (
-                ops::causal_conv1d_silu(mixed, &mut state.conv, taps, kernel),
-                None,
-            ),
+        let mixed = match &mut kept {
+            Some(k) => {
+                let windows = &mut k.conv;
+                ops::causal_conv1d_silu_keep(mixed, &mut state.conv, taps, kernel, windows)
+            }
+            None => ops::causal_conv1d_silu(mixed, &mut state.conv, taps, kernel),
         };
         let mut q = mixed.cols_range(0, key_dim); // [T, Nk·Dk]
         let mut k = mixed.cols_range(key_dim, key_dim); // [T, Nk·Dk]
@@ -192,13 +190,6 @@ impl GatedDeltaNet {
         let scale = 1.0 / (c.k_head_dim as f32).sqrt();
         q.data.iter_mut().for_each(|v| *v *= scale);
 
-        let shape = DeltaRuleShape {
-            nk: c.n_k_heads,
-            nv,
-            dk: c.k_head_dim,
-            dv: c.v_head_dim,
-            order: c.v_head_order,
-        };
         let inputs = DeltaRuleInputs {
             q: &q,
             k: &k,
@@ -212,12 +203,55 @@ impl GatedDeltaNet {
             DeltaNetPath::Chunked => true,
         };
         let s = &mut state.recurrent;
-        let mut o = match kept.take() {
-            Some(k) => ops::gated_delta_rule_recurrent_keep(shape, inputs, s, k),
-            None if chunked => ops::gated_delta_rule_chunked(shape, inputs, s, CHUNK),
-            None => ops::gated_delta_rule_recurrent(shape, inputs, s),
+        let mut o = match kept {
+            Some(kept) => {
+                for (dst, src) in [
+                    (&mut kept.q, &q.data),
+                    (&mut kept.k, &k.data),
+                    (&mut kept.v, &v.data),
+                    (&mut kept.g, &g),
+                    (&mut kept.beta, &beta),
+                ] {
+                    dst.clear();
+                    dst.extend_from_slice(src);
+                }
+                ops::gated_delta_rule_recurrent(self.shape(), inputs, s)
+            }
+            None if chunked => ops::gated_delta_rule_chunked(self.shape(), inputs, s, CHUNK),
+            None => ops::gated_delta_rule_recurrent(self.shape(), inputs, s),
         };
         ops::gated_rms_norm(&mut o.data, &z.data, &self.norm.weight, self.norm.eps);
         o
+    }
+
+    /// Sets `recurrent` to the state after the first `j` positions of a kept step: the start
+    /// state, then the recurrence over the kept inputs of those positions — the same
+    /// per-token steps the step ran, so the same bits.
+    pub fn replay(&self, kept: &KeptLayer, j: usize, recurrent: &mut [f32]) {
+        let c = self.config;
+        let (kd, vd, nv) = (c.key_dim(), c.value_dim(), c.n_v_heads);
+        let rows = |data: &[f32], w: usize| Mat::from_vec(data[..j * w].to_vec(), j, w);
+        let (q, k, v) = (rows(&kept.q, kd), rows(&kept.k, kd), rows(&kept.v, vd));
+        let inputs = DeltaRuleInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            g: &kept.g[..j * nv],
+            beta: &kept.beta[..j * nv],
+        };
+        recurrent.copy_from_slice(&kept.start);
+        ops::gated_delta_rule_recurrent(self.shape(), inputs, recurrent);
+    }
+
+    /// The head layout of the delta rule.
+    fn shape(&self) -> DeltaRuleShape {
+        let c = self.config;
+        DeltaRuleShape {
+            nk: c.n_k_heads,
+            nv: c.n_v_heads,
+            dk: c.k_head_dim,
+            dv: c.v_head_dim,
+            order: c.v_head_order,
+        }
     }
 }
