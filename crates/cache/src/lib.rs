@@ -234,11 +234,7 @@ impl SequenceState {
     /// nothing); attention layers drop the later KV rows. `to == pos()` is a no-op; what was
     /// kept stays, so a later rewind may go further back within the step. Call it through
     /// the model (`Qwen35::rewind`).
-    pub fn rewind(
-        &mut self,
-        to: usize,
-        replay: &mut Replay<'_>,
-    ) -> Result<(), RewindError> {
+    pub fn rewind(&mut self, to: usize, replay: &mut Replay<'_>) -> Result<(), RewindError> {
         if to == self.pos {
             return Ok(());
         }

@@ -22,10 +22,19 @@ use qinfer_tensor::Mat;
 mod common;
 use common::noise;
 
-fn delta_rule(c: &mut Criterion) {
-    qinfer_cpu::init_threads(None);
-    let t = 512;
-    for (name, nk, nv) in [("0.8b", 16, 16), ("4b", 16, 32)] {
+/// The delta rule's inputs for `t` tokens as the model makes them: unit q/k (q scaled by
+/// Dk^-½), g < 0, β in (0, 1); `Dk = Dv = 128`.
+struct Inputs {
+    shape: DeltaRuleShape,
+    q: Mat,
+    k: Mat,
+    v: Mat,
+    g: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl Inputs {
+    fn new(t: usize, nk: usize, nv: usize) -> Self {
         let shape = DeltaRuleShape {
             nk,
             nv,
@@ -33,22 +42,41 @@ fn delta_rule(c: &mut Criterion) {
             dv: 128,
             order: VHeadOrder::Tiled,
         };
-        // Inputs as the model makes them: unit q/k (q scaled by Dk^-½), g < 0, β in (0, 1).
         let mut q = Mat::from_vec(noise(t * nk * 128, 1), t, nk * 128);
         let mut k = Mat::from_vec(noise(t * nk * 128, 2), t, nk * 128);
         l2_norm(&mut q.data, 128, 1e-6);
         l2_norm(&mut k.data, 128, 1e-6);
         q.data.iter_mut().for_each(|x| *x /= 128f32.sqrt());
         let v = Mat::from_vec(noise(t * nv * 128, 3), t, nv * 128);
-        let g: Vec<f32> = noise(t * nv, 4).iter().map(|x| -0.3 * (x + 1.05)).collect();
-        let beta: Vec<f32> = noise(t * nv, 5).iter().map(|x| 0.5 + 0.45 * x).collect();
-        let x = DeltaRuleInputs {
-            q: &q,
-            k: &k,
-            v: &v,
-            g: &g,
-            beta: &beta,
-        };
+        let g = noise(t * nv, 4).iter().map(|x| -0.3 * (x + 1.05)).collect();
+        let beta = noise(t * nv, 5).iter().map(|x| 0.5 + 0.45 * x).collect();
+        Inputs {
+            shape,
+            q,
+            k,
+            v,
+            g,
+            beta,
+        }
+    }
+
+    fn x(&self) -> DeltaRuleInputs<'_> {
+        DeltaRuleInputs {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            g: &self.g,
+            beta: &self.beta,
+        }
+    }
+}
+
+fn delta_rule(c: &mut Criterion) {
+    qinfer_cpu::init_threads(None);
+    let t = 512;
+    for (name, nk, nv) in [("0.8b", 16, 16), ("4b", 16, 32)] {
+        let inputs = Inputs::new(t, nk, nv);
+        let (shape, x) = (inputs.shape, inputs.x());
         let init = noise(shape.state_len(), 6);
         let mut g = c.benchmark_group(format!("delta_rule/{name}"));
         g.sample_size(20);
@@ -66,30 +94,10 @@ fn delta_rule(c: &mut Criterion) {
 
 fn rewind(c: &mut Criterion) {
     qinfer_cpu::init_threads(None);
-    let (t, nk, nv) = (4, 16, 48);
-    let shape = DeltaRuleShape {
-        nk,
-        nv,
-        dk: 128,
-        dv: 128,
-        order: VHeadOrder::Tiled,
-    };
-    let mut q = Mat::from_vec(noise(t * nk * 128, 1), t, nk * 128);
-    let mut k = Mat::from_vec(noise(t * nk * 128, 2), t, nk * 128);
-    l2_norm(&mut q.data, 128, 1e-6);
-    l2_norm(&mut k.data, 128, 1e-6);
-    q.data.iter_mut().for_each(|x| *x /= 128f32.sqrt());
-    let v = Mat::from_vec(noise(t * nv * 128, 3), t, nv * 128);
-    let g: Vec<f32> = noise(t * nv, 4).iter().map(|x| -0.3 * (x + 1.05)).collect();
-    let beta: Vec<f32> = noise(t * nv, 5).iter().map(|x| 0.5 + 0.45 * x).collect();
-    let x = DeltaRuleInputs {
-        q: &q,
-        k: &k,
-        v: &v,
-        g: &g,
-        beta: &beta,
-    };
-    // Eight layers' states, so the working set (24 MiB + kept) is not one L2-resident state.
+    let t = 4;
+    let inputs = Inputs::new(t, 16, 48);
+    let (shape, x) = (inputs.shape, inputs.x());
+    // Eight layers' states, so the working set (24 MiB) is not one L2-resident state.
     let layers = 8;
     let mut states: Vec<Vec<f32>> = (0..layers).map(|_| noise(shape.state_len(), 6)).collect();
     let mut backup: Vec<Vec<f32>> = states.clone();
