@@ -552,7 +552,6 @@ impl Qwen35 {
             bounds.push(total..total + part.rows.len());
             total += part.rows.len();
         }
-        let whole = |b: &std::ops::Range<usize>| b.start == 0 && b.end == total;
         let mut positions = Vec::with_capacity(total);
         let mut x = Mat::zeros(total, hidden); // [ΣT, H]
         for (part, b) in parts.iter().zip(&bounds) {
@@ -584,41 +583,38 @@ impl Qwen35 {
                     // Projections over all rows; conv and delta rule per sequence; the output
                     // projection over all rows again.
                     let p = d.project(&h);
-                    let width = d.config.value_dim();
-                    let mut o = Mat::zeros(total, width); // [ΣT, Nv·Dv]
-                    for (part, b) in parts.iter().zip(&bounds) {
+                    let o = per_part(&bounds, |i, rows| {
+                        let part = &parts[i];
                         let (s, kept) = spans[part.span]
                             .state
                             .deltanet_mut(l)
                             .expect("state layout checked against this model");
                         let path = plan[part.span].path;
-                        let seg = if whole(b) {
-                            d.mix(&p, s, kept, path)
-                        } else {
-                            d.mix(&p.rows(b.start, b.end), s, kept, path)
-                        };
-                        o.data[b.start * width..b.end * width].copy_from_slice(&seg.data);
-                    }
+                        match rows {
+                            None => d.mix(&p, s, kept, path),
+                            Some(b) => d.mix(&p.rows(b.start, b.end), s, kept, path),
+                        }
+                    }); // [ΣT, Nv·Dv]
                     d.output(&o)
                 }
                 Mixer::Attention(a) => {
                     // Projections over all rows; KV append and attention per sequence; the
                     // gate and output projection over all rows.
-                    let mut rows = a.project(&h, &positions, &self.rope);
-                    for (part, b) in parts.iter().zip(&bounds) {
-                        let LayerState::Attention(kv) = spans[part.span].state.layer_mut(l) else {
+                    let p = a.project(&h, &positions, &self.rope);
+                    let o = per_part(&bounds, |i, rows| {
+                        let LayerState::Attention(kv) = spans[parts[i].span].state.layer_mut(l)
+                        else {
                             unreachable!("state layout checked against this model")
                         };
-                        if whole(b) {
-                            rows.o = a.attend(&rows.q, &rows.k, &rows.v, kv);
-                        } else {
-                            let cut = |m: &Mat| m.rows_range(b.start, b.end);
-                            let seg = a.attend(&cut(&rows.q), &cut(&rows.k), &cut(&rows.v), kv);
-                            let w = seg.cols;
-                            rows.o.data[b.start * w..b.end * w].copy_from_slice(&seg.data);
+                        match rows {
+                            None => a.attend(&p.q, &p.k, &p.v, kv),
+                            Some(b) => {
+                                let cut = |m: &Mat| m.rows_range(b.start, b.end);
+                                a.attend(&cut(&p.q), &cut(&p.k), &cut(&p.v), kv)
+                            }
                         }
-                    }
-                    a.output(rows)
+                    }); // [ΣT, Hq·D]
+                    a.output(p.gate, o)
                 }
             };
             ops::add_assign(&mut x.data, &mixed.data);
@@ -705,9 +701,7 @@ impl Qwen35 {
     /// take the conv window kept for that position, and attention layers drop the later KV
     /// rows. The result is bit for bit the state of one-token steps up to `to` (tested).
     pub fn rewind(&self, state: &mut SequenceState, to: usize) -> Result<(), ForwardError> {
-        if state.layers().len() != self.layers.len() {
-            return Err(ForwardError::StateMismatch);
-        }
+        self.check_layout(state)?;
         state.rewind(
             to,
             &mut |l, kept, j, recurrent| match &self.layers[l].mixer {
@@ -787,7 +781,12 @@ impl Qwen35 {
                 limit: c.max_positions,
             });
         }
-        let layers = span.state.layers();
+        self.check_layout(span.state)
+    }
+
+    /// Whether `state` has this model's layers, kind by kind.
+    fn check_layout(&self, state: &SequenceState) -> Result<(), ForwardError> {
+        let layers = state.layers();
         let same_layout = layers.len() == self.layers.len()
             && layers.iter().zip(&self.layers).all(|(s, l)| {
                 matches!(
@@ -869,6 +868,27 @@ struct SpanPlan {
 struct Part {
     span: usize,
     rows: std::ops::Range<usize>,
+}
+
+/// The rows `f(part, rows)` computes for each part of a pass (`rows`: the part's rows of the
+/// stacked `[ΣT, ·]`, `None` when one part holds them all), stacked in part order. A lone part's
+/// result is returned as it is, not copied.
+fn per_part(
+    bounds: &[std::ops::Range<usize>],
+    mut f: impl FnMut(usize, Option<&std::ops::Range<usize>>) -> Mat,
+) -> Mat {
+    if bounds.len() == 1 {
+        return f(0, None);
+    }
+    let total = bounds.last().map_or(0, |b| b.end);
+    let mut out: Option<Mat> = None;
+    for (i, b) in bounds.iter().enumerate() {
+        let seg = f(i, Some(b));
+        let w = seg.cols;
+        out.get_or_insert_with(|| Mat::zeros(total, w)).data[b.start * w..b.end * w]
+            .copy_from_slice(&seg.data);
+    }
+    out.unwrap_or_else(|| Mat::zeros(0, 0))
 }
 
 /// The logits of a one-span step (`[0, V]` if it asked for none).

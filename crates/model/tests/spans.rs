@@ -127,6 +127,14 @@ fn rewinds_outside_the_kept_step_are_errors() {
     // Any later step forgets the kept states.
     model.forward(&[6], &mut s, Rows::Last).unwrap();
     assert!(model.rewind(&mut s, 4).is_err());
+    // A state of another layer layout (same layer count, kinds swapped) is refused.
+    let mut specs = model.state_specs();
+    specs.reverse();
+    let mut other = SequenceState::new(&specs);
+    assert_eq!(
+        model.rewind(&mut other, 1),
+        Err(ForwardError::StateMismatch)
+    );
     // Too long a kept step is refused before it touches the state.
     let long = vec![1u32; MAX_KEPT_POSITIONS + 1];
     let at = s.clone();

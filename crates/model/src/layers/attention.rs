@@ -60,9 +60,9 @@ impl Attention {
     /// `x [T, H]` (normed) at `positions` → `[T, H]`; appends this step's k/v to `kv` (one
     /// sequence: [`Attention::project`], [`Attention::attend`], [`Attention::output`]).
     pub fn forward(&self, x: &Mat, positions: &[Position3], rope: &Rope, kv: &mut KvCache) -> Mat {
-        let mut p = self.project(x, positions, rope);
-        p.o = self.attend(&p.q, &p.k, &p.v, kv);
-        self.output(p)
+        let p = self.project(x, positions, rope);
+        let o = self.attend(&p.q, &p.k, &p.v, kv);
+        self.output(p.gate, o)
     }
 
     /// The projections of a step's rows, which may belong to several sequences (a batch
@@ -102,8 +102,7 @@ impl Attention {
             ops::rope_neox(q.row_mut(ti), d, &cos, &sin);
             ops::rope_neox(k.row_mut(ti), d, &cos, &sin);
         }
-        let o = Mat::zeros(t, n_heads * d);
-        AttentionRows { q, gate, k, v, o }
+        AttentionRows { q, gate, k, v }
     }
 
     /// One sequence's rows: appends its `k`, `v` `[T, Hkv·D]` to `kv`, then attends its
@@ -127,10 +126,9 @@ impl Attention {
         ops::causal_attention_blocks(q, &segments, shape) // [T, Hq·D]
     }
 
-    /// The output gate and projection over all rows of a step (`rows.o` filled by
-    /// [`Attention::attend`]): `[T, H]`.
-    pub fn output(&self, rows: AttentionRows) -> Mat {
-        let AttentionRows { gate, mut o, .. } = rows;
+    /// The output gate (from [`Attention::project`]) and projection over all rows of a step,
+    /// `o` `[T, Hq·D]` being the rows [`Attention::attend`] returned: `[T, H]`.
+    pub fn output(&self, gate: Option<Mat>, mut o: Mat) -> Mat {
         if let Some(gate) = gate {
             for (oi, gi) in o.data.iter_mut().zip(&gate.data) {
                 *oi *= ops::sigmoid(*gi);
@@ -140,7 +138,7 @@ impl Attention {
     }
 }
 
-/// A step's attention rows between [`Attention::project`] and [`Attention::output`].
+/// A step's projected attention rows ([`Attention::project`]).
 #[derive(Clone, Debug)]
 pub struct AttentionRows {
     /// `[T, Hq·D]`, normed and rotated.
@@ -151,6 +149,4 @@ pub struct AttentionRows {
     pub k: Mat,
     /// `[T, Hkv·D]`.
     pub v: Mat,
-    /// `[T, Hq·D]`: the attention output, filled per sequence.
-    pub o: Mat,
 }
