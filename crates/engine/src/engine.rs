@@ -217,13 +217,13 @@ pub struct Ended {
     /// Bytes of the sequence's state at the end.
     pub state_bytes: usize,
     /// The sequence, for a request that brought its own state ([`Request::start`]).
-    pub sequence: Option<Kept>,
+    pub sequence: Option<HandBack>,
 }
 
 /// A sequence handed back: its tokens, the state holding exactly them (the last emitted token
 /// fed), and a snapshot at the end of the prompt.
 #[derive(Debug)]
-pub struct Kept {
+pub struct HandBack {
     pub tokens: Vec<u32>,
     pub state: SequenceState,
     pub prompt_end: Option<Snapshot>,
@@ -807,7 +807,7 @@ impl<'a, S: Sink> Engine<'a, S> {
         }
         self.cache.release(&s.tokens, &s.state);
         let state_bytes = s.state.bytes();
-        let sequence = s.hand_back.then(|| Kept {
+        let sequence = s.hand_back.then(|| HandBack {
             tokens: std::mem::take(&mut s.tokens),
             state: s.state,
             prompt_end: s.prompt_end.take(),
