@@ -19,8 +19,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::rows::{KvRows, KvSegment};
 use half::{bf16, f16};
-use qinfer_cpu::ops::{KvRows, KvSegment};
 use qinfer_quant::q8_0::{self, BlockQ8_0};
 
 /// Rows per KV block (= the chunk length of the chunked delta rule).

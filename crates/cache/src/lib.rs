@@ -22,9 +22,11 @@ use std::fmt;
 pub mod kv;
 pub mod persist;
 pub mod prefix;
+mod rows;
 
 pub use kv::{BLOCK_TOKENS, KvBlock, KvCache, KvData, KvType, UnknownKvType};
 pub use prefix::{CacheConfig, CacheStats, KeyElem, Lookup, Miss, PrefixCache};
+pub use rows::{KvRows, KvSegment};
 
 /// What one layer keeps per sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

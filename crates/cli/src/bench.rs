@@ -148,11 +148,12 @@ fn run_greedy(model: &Qwen35, prompt: Vec<u32>, n: usize) -> Result<(Ended, Summ
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     let threads = qinfer_cpu::init_threads(args.threads);
-    match args.precision.as_str() {
-        "int8" => qinfer_cpu::set_matmul_precision(qinfer_cpu::MatmulPrecision::Int8),
-        "exact" => qinfer_cpu::set_matmul_precision(qinfer_cpu::MatmulPrecision::Exact),
+    let precision = match args.precision.as_str() {
+        "int8" => qinfer_cpu::MatmulPrecision::Int8,
+        "exact" => qinfer_cpu::MatmulPrecision::Exact,
         p => anyhow::bail!("--precision must be int8 or exact, not {p}"),
-    }
+    };
+    let cpu = qinfer_cpu::Cpu::from_env().with_precision(precision);
     if let Some(b) = args.bandwidth {
         anyhow::ensure!(
             b.is_finite() && b > 0.0,
@@ -166,6 +167,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         Qwen35::load_dir(path)
     }
+    .and_then(|m| m.with_backend(std::sync::Arc::new(cpu)))
     .with_context(|| format!("cannot load model {}", path.display()))?;
     args.kv.apply(&mut model)?;
     let load_s = started.elapsed().as_secs_f64();
@@ -228,7 +230,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         None => (f64::NAN, false),
     };
     let share = gbs / limit;
-    let isa = format!("{:?}", qinfer_cpu::kernels::isa());
+    let isa = format!("{:?}", cpu.isa());
     // As stored: a Q8_0 request on rows not a multiple of 32 values stores BF16.
     let kv_type = model
         .state_specs()

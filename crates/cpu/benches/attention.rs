@@ -72,6 +72,7 @@ fn case(c: &mut Criterion, name: &str, s: usize, t: usize) {
 }
 
 fn case_kv(c: &mut Criterion, name: &str, s: usize, t: usize, kv: Kv) {
+    let cpu = qinfer_cpu::Cpu::from_env();
     let kv_width = SHAPE.n_kv_heads * SHAPE.head_dim;
     let q = Mat::from_vec(noise(t * SHAPE.n_heads * SHAPE.head_dim, 1), t, 8 * 256);
     let k = Stored::new(noise(s * kv_width, 2), kv);
@@ -85,7 +86,7 @@ fn case_kv(c: &mut Criterion, name: &str, s: usize, t: usize, kv: Kv) {
     g.sample_size(20);
     g.throughput(Throughput::Elements(t as u64));
     g.bench_function(name, |b| {
-        b.iter(|| black_box(causal_attention_blocks(&q, &blocks, SHAPE)))
+        b.iter(|| black_box(causal_attention_blocks(cpu, &q, &blocks, SHAPE)))
     });
     g.finish();
 }

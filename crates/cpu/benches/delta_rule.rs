@@ -72,6 +72,7 @@ impl Inputs {
 }
 
 fn delta_rule(c: &mut Criterion) {
+    let cpu = qinfer_cpu::Cpu::from_env();
     qinfer_cpu::init_threads(None);
     let t = 512;
     for (name, nk, nv) in [("0.8b", 16, 16), ("4b", 16, 32)] {
@@ -84,7 +85,7 @@ fn delta_rule(c: &mut Criterion) {
         g.bench_function("chunked_t512", |b| {
             b.iter_batched_ref(
                 || init.clone(),
-                |s| black_box(gated_delta_rule_chunked(shape, x, s, 64)),
+                |s| black_box(gated_delta_rule_chunked(cpu, shape, x, s, 64)),
                 criterion::BatchSize::LargeInput,
             )
         });
@@ -93,6 +94,7 @@ fn delta_rule(c: &mut Criterion) {
 }
 
 fn rewind(c: &mut Criterion) {
+    let cpu = qinfer_cpu::Cpu::from_env();
     qinfer_cpu::init_threads(None);
     let t = 4;
     let inputs = Inputs::new(t, 16, 48);
@@ -107,7 +109,7 @@ fn rewind(c: &mut Criterion) {
     g.bench_function("recurrent_t4", |b| {
         b.iter(|| {
             for s in &mut states {
-                black_box(gated_delta_rule_recurrent(shape, x, s));
+                black_box(gated_delta_rule_recurrent(cpu, shape, x, s));
             }
         })
     });

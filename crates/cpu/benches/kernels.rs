@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p qinfer-cpu --bench kernels [-- FILTER]`
 //!
-//! The tier is the one `kernels::isa()` picks; `QINFER_ISA=avx2` (or `avx2-novnni`, `scalar`)
+//! The tier is the one `Cpu::from_env()` picks; `QINFER_ISA=avx2` (or `avx2-novnni`, `scalar`)
 //! benches the AVX2 kernels on a machine that also has AVX-512.
 
 use std::hint::black_box;
@@ -32,6 +32,7 @@ fn weight(dtype: DType, n: usize, k: usize) -> Weight {
 }
 
 fn kernels(c: &mut Criterion) {
+    let cpu = qinfer_cpu::Cpu::from_env();
     qinfer_cpu::init_threads(None);
     let (n, k) = (4096, 4096);
     for dtype in [
@@ -50,10 +51,12 @@ fn kernels(c: &mut Criterion) {
         g.sample_size(20);
         let x1 = Mat::from_vec(noise(k, 99), 1, k);
         g.throughput(Throughput::Bytes(w.bytes().len() as u64));
-        g.bench_function("decode_t1", |b| b.iter(|| black_box(matmul(&x1, &w))));
+        g.bench_function("decode_t1", |b| b.iter(|| black_box(matmul(cpu, &x1, &w))));
         let x64 = Mat::from_vec(noise(64 * k, 98), 64, k);
         g.throughput(Throughput::Elements((64 * n * k) as u64));
-        g.bench_function("prefill_t64", |b| b.iter(|| black_box(matmul(&x64, &w))));
+        g.bench_function("prefill_t64", |b| {
+            b.iter(|| black_box(matmul(cpu, &x64, &w)))
+        });
         g.finish();
     }
 }

@@ -9,13 +9,16 @@
 //! Architecture invariant: this crate knows nothing about Qwen, files or tokens; it sees
 //! numbers and shapes.
 
+mod backend;
 pub mod kernels;
 pub mod membw;
 #[cfg(test)]
 mod noise;
 pub mod ops;
 pub mod pool;
+mod settings;
 mod threads;
 
-pub use kernels::{MatmulPrecision, matmul_precision, set_matmul_precision, with_matmul_precision};
+pub use kernels::{Isa, MatmulPrecision};
+pub use settings::Cpu;
 pub use threads::{init_threads, threads};

@@ -256,3 +256,42 @@ fn ids_only_requests_run_and_refuse_text_options() {
         "{err}"
     );
 }
+
+/// The engine runs a model on whatever backend it was given, without knowing which: the demo
+/// model on the reference backend (a second implementation of the device seam, in plain Rust)
+/// generates, through the engine loop and batched with other requests, the tokens it generates
+/// on the CPU backend in exact mode (both compute f32 activations from the same BF16
+/// weights; greedy ids must match).
+#[test]
+fn the_engine_runs_a_model_on_another_backend() {
+    let on = |backend: Arc<dyn qinfer_backend::Backend>| {
+        let mut b = ModelBundle::demo().unwrap();
+        b.model = b.model.with_backend(backend).unwrap();
+        b
+    };
+    let exact = qinfer_cpu::Cpu::default().with_precision(qinfer_cpu::MatmulPrecision::Exact);
+    let cpu = on(Arc::new(exact));
+    let reference = on(Arc::new(qinfer_backend::reference::Reference));
+    let prompts = [prompt(6, "alpha"), prompt(40, "beta")];
+    let opts = options(None, 6);
+    let run = |bundle: &ModelBundle| {
+        let mut e = Engine::new(
+            bundle.engine_model(),
+            SchedulerConfig::default(),
+            CacheHook::default(),
+            Arc::new(Counters::default()),
+        );
+        let sinks: Vec<Collect> = prompts
+            .iter()
+            .map(|p| {
+                let sink = Collect::default();
+                e.submit(Request::new(p.clone(), opts.clone(), sink.clone()));
+                sink
+            })
+            .collect();
+        e.run_until_idle();
+        let ids = |c: &Collect| c.0.borrow().ended.as_ref().expect("ended").ids.clone();
+        sinks.iter().map(ids).collect::<Vec<_>>()
+    };
+    assert_eq!(run(&reference), run(&cpu));
+}

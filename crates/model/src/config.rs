@@ -6,7 +6,7 @@
 //! exist exactly for MoE models. No library defaults are assumed: a missing field is an error
 //! naming it.
 
-use qinfer_cpu::ops::VHeadOrder;
+use qinfer_backend::VHeadOrder;
 use qinfer_formats::gguf::keys::{self, Arch};
 use qinfer_formats::hf_config::{RawConfig, RawTextConfig};
 

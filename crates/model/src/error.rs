@@ -36,6 +36,8 @@ pub enum LoadError {
     Checkpoint(#[from] SafetensorsError),
     #[error(transparent)]
     Gguf(#[from] qinfer_formats::gguf::GgufError),
+    #[error(transparent)]
+    Backend(#[from] qinfer_backend::PrepareError),
     #[error("tensor {name} is missing from the checkpoint")]
     MissingTensor { name: String },
     #[error("tensor {name} has shape {got:?}, expected {expected:?}")]

@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use qinfer_cpu::ops::VHeadOrder;
+use qinfer_backend::VHeadOrder;
 use qinfer_formats::gguf::keys::{self, Arch};
 use qinfer_formats::gguf::{GgufWriter, Value};
 use qinfer_tensor::DType;

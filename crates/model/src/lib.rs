@@ -5,13 +5,17 @@
 //!   appear nowhere else.
 //! * [`loader`]: fetches and checks tensors by role (shape, dtype, norm convention).
 //! * `layers/`: the mechanisms (norms, RoPE, gated attention, Gated DeltaNet, SwiGLU MLP, MoE),
-//!   each loading its weights and running its forward step through `qinfer_cpu::ops`.
+//!   each loading its weights and running its forward step through a
+//!   [`qinfer_backend::Backend`].
 //! * [`qwen35`]: binds them into the forward pass.
 //! * [`export`]: writing llama.cpp-compatible GGUF files (`qinfer quantize`).
 //! * [`gguf`]: llama.cpp `qwen35` / `qwen35moe` GGUF files through the same code.
 //!
-//! Architecture invariant: model code never touches SIMD, threads or file formats; it calls
-//! the op vocabulary of `qinfer-cpu`, and state lives in `qinfer_cache::SequenceState`.
+//! Architecture invariant: model code never touches SIMD, threads, file formats or the numbers
+//! of an activation; it calls the op vocabulary of the [`qinfer_backend::Backend`] the model
+//! runs on ([`Qwen35::with_backend`]; the CPU backend by default, the only mention of
+//! `qinfer_cpu` outside the GGUF writer's quantizer), and state lives in
+//! `qinfer_cache::SequenceState`. `crates/model/tests/tidy.rs` checks this.
 
 pub mod config;
 mod error;

@@ -133,7 +133,7 @@ impl<'a> Loader<'a> {
             });
         }
         let dtype = match &view.dtype {
-            Ok(d) if qinfer_cpu::ops::weight_dtype_supported(*d) => *d,
+            Ok(d) if qinfer_quant::supported(*d) => *d,
             Ok(d) => {
                 return Err(LoadError::DType {
                     name,

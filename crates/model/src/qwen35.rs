@@ -13,9 +13,10 @@
 //! inputs (token ids or embedding rows) and, optionally, explicit mRoPE positions.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use qinfer_backend::{Act, Backend};
 use qinfer_cache::{KvType, LayerSpec, LayerState, SequenceState};
-use qinfer_cpu::ops;
 use qinfer_formats::hf_config::RawConfig;
 use qinfer_formats::safetensors::Checkpoint;
 use qinfer_tensor::{DType, Mat, Weight};
@@ -49,10 +50,10 @@ pub enum FeedForward {
 }
 
 impl FeedForward {
-    fn forward(&self, x: &Mat) -> Mat {
+    fn forward(&self, b: &dyn Backend, x: &Act) -> Act {
         match self {
-            FeedForward::Dense(m) => m.forward(x),
-            FeedForward::Moe(m) => m.forward(x),
+            FeedForward::Dense(m) => m.forward(b, x),
+            FeedForward::Moe(m) => m.forward(b, x),
         }
     }
 }
@@ -227,6 +228,9 @@ pub enum TracePoint {
     FinalNorm,
 }
 
+/// A trace callback ([`Qwen35::step_traced`]): the tensors, copied off the backend.
+type TraceFn<'a> = dyn FnMut(TracePoint, &Mat) + 'a;
+
 /// Tensors in the checkpoint that the text model does not use (yet).
 #[derive(Clone, Debug, Default)]
 pub struct ExtraTensors {
@@ -252,6 +256,8 @@ pub struct Qwen35 {
     rope: Rope,
     deltanet_path: DeltaNetPath,
     kv_type: KvType,
+    /// Where every op of the forward pass runs ([`Qwen35::with_backend`]).
+    backend: Arc<dyn Backend>,
 }
 
 impl Qwen35 {
@@ -352,7 +358,7 @@ impl Qwen35 {
             }
         }
         let rope = Rope::new(&config.rope);
-        Ok(Qwen35 {
+        let model = Qwen35 {
             config,
             embed,
             layers,
@@ -362,7 +368,55 @@ impl Qwen35 {
             rope,
             deltanet_path: DeltaNetPath::Auto,
             kv_type: KvType::default(),
-        })
+            backend: Arc::new(qinfer_cpu::Cpu::from_env()),
+        };
+        let backend = model.backend.clone();
+        model.with_backend(backend)
+    }
+
+    /// This model running on `backend`: every weight is handed to it once
+    /// ([`Backend::prepare`]), and every op of every later step runs there. A model loads
+    /// onto the CPU backend as the environment sets it up (`QINFER_ISA`, `QINFER_MATMUL`:
+    /// `qinfer_cpu::Cpu::from_env`); this is how another backend, or the CPU backend with
+    /// other settings, is chosen.
+    pub fn with_backend(mut self, backend: Arc<dyn Backend>) -> Result<Self, LoadError> {
+        for w in self.weights_mut() {
+            *w = backend.prepare(w.clone())?;
+        }
+        self.backend = backend;
+        Ok(self)
+    }
+
+    /// The backend the model runs on.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// Every weight matrix (the LM head even when it shares the embedding's bytes).
+    fn weights_mut(&mut self) -> Vec<&mut Weight> {
+        let mut ws = vec![&mut self.embed, &mut self.lm_head];
+        fn mlp(m: &mut Mlp) -> [&mut Weight; 3] {
+            [&mut m.gate, &mut m.up, &mut m.down]
+        }
+        for layer in &mut self.layers {
+            match &mut layer.mixer {
+                Mixer::DeltaNet(d) => {
+                    ws.extend([&mut d.qkv, &mut d.z, &mut d.b, &mut d.a, &mut d.out])
+                }
+                Mixer::Attention(a) => ws.extend([&mut a.q, &mut a.k, &mut a.v, &mut a.o]),
+            }
+            match &mut layer.feed_forward {
+                FeedForward::Dense(m) => ws.extend(mlp(m)),
+                FeedForward::Moe(m) => {
+                    ws.extend([&mut m.router, &mut m.shared_gate]);
+                    ws.extend(mlp(&mut m.shared));
+                    for e in &mut m.experts {
+                        ws.extend(mlp(e));
+                    }
+                }
+            }
+        }
+        ws
     }
 
     /// Chooses the form of the delta rule (default [`DeltaNetPath::Auto`]).
@@ -477,7 +531,7 @@ impl Qwen35 {
     ///
     /// On error, every state is unchanged.
     pub fn step(&self, spans: &mut [Span<'_>]) -> Result<Vec<SpanOutput>, ForwardError> {
-        self.step_traced(spans, &mut |_, _| {})
+        self.step_with(spans, None)
     }
 
     /// [`Qwen35::step`], reporting named intermediate tensors of every pass to `trace`.
@@ -485,6 +539,15 @@ impl Qwen35 {
         &self,
         spans: &mut [Span<'_>],
         trace: &mut dyn FnMut(TracePoint, &Mat),
+    ) -> Result<Vec<SpanOutput>, ForwardError> {
+        self.step_with(spans, Some(trace))
+    }
+
+    /// The step; `trace` (when given) gets the named tensors, copied off the backend.
+    fn step_with(
+        &self,
+        spans: &mut [Span<'_>],
+        mut trace: Option<&mut TraceFn<'_>>,
     ) -> Result<Vec<SpanOutput>, ForwardError> {
         for span in spans.iter() {
             self.check_span(span)?;
@@ -509,7 +572,8 @@ impl Qwen35 {
                     (rows != Rows::None).then(|| Mat::zeros(rows.range(p.len).len(), cols))
                 };
                 SpanOutput {
-                    logits: mat(s.logits, c.vocab),
+                    // Made by the head, as its rows come (no `[R, V]` zeroed first).
+                    logits: None,
                     hidden: mat(s.hidden, c.hidden),
                 }
             })
@@ -529,7 +593,12 @@ impl Qwen35 {
                     rows: lo..p.len.min(lo + MAX_PIECE_TOKENS),
                 })
                 .collect();
-            self.pass(spans, &plan, &parts, &mut outs, trace);
+            self.pass(spans, &plan, &parts, &mut outs, &mut trace);
+        }
+        for (out, (s, p)) in outs.iter_mut().zip(spans.iter().zip(&plan)) {
+            if s.logits != Rows::None && out.logits.is_none() {
+                out.logits = Some(Mat::zeros(s.logits.range(p.len).len(), c.vocab));
+            }
         }
         Ok(outs)
     }
@@ -542,9 +611,14 @@ impl Qwen35 {
         plan: &[SpanPlan],
         parts: &[Part],
         outs: &mut [SpanOutput],
-        trace: &mut dyn FnMut(TracePoint, &Mat),
+        trace: &mut Option<&mut TraceFn<'_>>,
     ) {
-        let hidden = self.config.hidden;
+        let be = &*self.backend;
+        let mut report = |point: TracePoint, x: &Act| {
+            if let Some(f) = trace.as_mut() {
+                f(point, &be.download(x.clone()));
+            }
+        };
         // Each part's rows in the stacked `[ΣT, H]`.
         let mut bounds = Vec::with_capacity(parts.len());
         let mut total = 0;
@@ -553,37 +627,31 @@ impl Qwen35 {
             total += part.rows.len();
         }
         let mut positions = Vec::with_capacity(total);
-        let mut x = Mat::zeros(total, hidden); // [ΣT, H]
-        for (part, b) in parts.iter().zip(&bounds) {
-            let span = &spans[part.span];
-            match span.positions {
+        for part in parts {
+            match spans[part.span].positions {
                 Some(p) => positions.extend_from_slice(&p[part.rows.clone()]),
                 None => {
                     let start = plan[part.span].start;
                     positions.extend(part.rows.clone().map(|i| text_position(start + i)));
                 }
             }
-            let dst = &mut x.data[b.start * hidden..b.end * hidden];
-            match span.input {
-                SpanInput::Tokens(ids) => {
-                    for (row, &id) in dst.chunks_exact_mut(hidden).zip(&ids[part.rows.clone()]) {
-                        ops::embedding(&self.embed, id as usize, row);
-                    }
-                }
-                SpanInput::Embeddings(m) => {
-                    dst.copy_from_slice(&m.data[part.rows.start * hidden..part.rows.end * hidden])
-                }
-            }
         }
-        trace(TracePoint::Embeddings, &x);
+        let mut x = per_part(be, &bounds, |i, _| {
+            let part = &parts[i];
+            match spans[part.span].input {
+                SpanInput::Tokens(ids) => be.embed(&self.embed, &ids[part.rows.clone()]),
+                SpanInput::Embeddings(m) => be.upload(m.rows_range(part.rows.start, part.rows.end)),
+            }
+        }); // [ΣT, H]
+        report(TracePoint::Embeddings, &x);
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_norm.apply(&x);
+            let h = layer.input_norm.apply(be, &x);
             let mixed = match &layer.mixer {
                 Mixer::DeltaNet(d) => {
                     // Projections over all rows; conv and delta rule per sequence; the output
                     // projection over all rows again.
-                    let p = d.project(&h);
-                    let o = per_part(&bounds, |i, rows| {
+                    let p = d.project(be, &h);
+                    let o = per_part(be, &bounds, |i, rows| {
                         let part = &parts[i];
                         let (s, kept) = spans[part.span]
                             .state
@@ -591,42 +659,42 @@ impl Qwen35 {
                             .expect("state layout checked against this model");
                         let path = plan[part.span].path;
                         match rows {
-                            None => d.mix(&p, s, kept, path),
-                            Some(b) => d.mix(&p.rows(b.start, b.end), s, kept, path),
+                            None => d.mix(be, &p, s, kept, path),
+                            Some(b) => d.mix(be, &p.rows(be, b.start, b.end), s, kept, path),
                         }
                     }); // [ΣT, Nv·Dv]
-                    d.output(&o)
+                    d.output(be, &o)
                 }
                 Mixer::Attention(a) => {
                     // Projections over all rows; KV append and attention per sequence; the
                     // gate and output projection over all rows.
-                    let p = a.project(&h, &positions, &self.rope);
-                    let o = per_part(&bounds, |i, rows| {
+                    let p = a.project(be, &h, &positions, &self.rope);
+                    let o = per_part(be, &bounds, |i, rows| {
                         let LayerState::Attention(kv) = spans[parts[i].span].state.layer_mut(l)
                         else {
                             unreachable!("state layout checked against this model")
                         };
                         match rows {
-                            None => a.attend(&p.q, &p.k, &p.v, kv),
+                            None => a.attend(be, &p.q, &p.k, &p.v, kv),
                             Some(b) => {
-                                let cut = |m: &Mat| m.rows_range(b.start, b.end);
-                                a.attend(&cut(&p.q), &cut(&p.k), &cut(&p.v), kv)
+                                let cut = |m: &Act| be.rows(m, b.clone());
+                                a.attend(be, &cut(&p.q), &cut(&p.k), &cut(&p.v), kv)
                             }
                         }
                     }); // [ΣT, Hq·D]
-                    a.output(p.gate, o)
+                    a.output(be, p.gate, o)
                 }
             };
-            ops::add_assign(&mut x.data, &mixed.data);
-            let h = layer.post_attention_norm.apply(&x);
-            let ff = layer.feed_forward.forward(&h);
-            ops::add_assign(&mut x.data, &ff.data);
-            trace(TracePoint::LayerOutput(l), &x);
+            be.add(&mut x, &mixed);
+            let h = layer.post_attention_norm.apply(be, &x);
+            let ff = layer.feed_forward.forward(be, &h);
+            be.add(&mut x, &ff);
+            report(TracePoint::LayerOutput(l), &x);
         }
         for part in parts {
             spans[part.span].state.advance(part.rows.len());
         }
-        self.head(spans, plan, parts, &bounds, &x, outs, trace);
+        self.head(spans, plan, parts, &bounds, &x, outs, &mut report);
     }
 
     /// Final norm over the rows of `x` some span wants, their hidden states copied out, and
@@ -638,10 +706,11 @@ impl Qwen35 {
         plan: &[SpanPlan],
         parts: &[Part],
         bounds: &[std::ops::Range<usize>],
-        x: &Mat,
+        x: &Act,
         outs: &mut [SpanOutput],
-        trace: &mut dyn FnMut(TracePoint, &Mat),
+        report: &mut dyn FnMut(TracePoint, &Act),
     ) {
+        let be = &*self.backend;
         // (span, position in the span, row of x, wants logits, wants hidden)
         let mut picks = Vec::new();
         for (part, b) in parts.iter().zip(bounds) {
@@ -657,19 +726,18 @@ impl Qwen35 {
         if picks.is_empty() {
             return;
         }
-        let hidden = self.config.hidden;
-        let mut normed = Mat::zeros(picks.len(), hidden); // [R, H]
-        for (r, p) in picks.iter().enumerate() {
-            normed.row_mut(r).copy_from_slice(x.row(p.2));
-        }
-        self.final_norm.forward(&mut normed);
-        trace(TracePoint::FinalNorm, &normed);
+        let rows: Vec<usize> = picks.iter().map(|p| p.2).collect();
+        let mut normed = be.gather(x, &rows); // [R, H]
+        self.final_norm.forward(be, &mut normed);
+        report(TracePoint::FinalNorm, &normed);
         let mut for_logits = Vec::new();
+        let mut hidden_rows = None;
         for (r, &(n, pos, _, lg, hd)) in picks.iter().enumerate() {
             if hd {
+                let host = hidden_rows.get_or_insert_with(|| be.download(normed.clone()));
                 let at = pos - spans[n].hidden.range(plan[n].len).start;
                 let out = outs[n].hidden.as_mut().expect("allocated for hidden rows");
-                out.row_mut(at).copy_from_slice(normed.row(r));
+                out.row_mut(at).copy_from_slice(host.row(r));
             }
             if lg {
                 for_logits.push((r, n, pos));
@@ -681,17 +749,30 @@ impl Qwen35 {
         let rows = if for_logits.len() == picks.len() {
             normed
         } else {
-            let mut m = Mat::zeros(for_logits.len(), hidden);
-            for (i, &(r, _, _)) in for_logits.iter().enumerate() {
-                m.row_mut(i).copy_from_slice(normed.row(r));
-            }
-            m
+            let r: Vec<usize> = for_logits.iter().map(|f| f.0).collect();
+            be.gather(&normed, &r)
         };
-        let logits = ops::matmul(&rows, &self.lm_head); // [R', V]
+        let logits = be.download(be.matmul(&rows, &self.lm_head)); // [R', V]
+        // One span's logit rows, all of them in order (a decode step, a whole prompt):
+        // handed over as they are.
+        let n = for_logits[0].1;
+        let want = spans[n].logits.range(plan[n].len);
+        let whole = for_logits.len() == want.len()
+            && for_logits
+                .iter()
+                .enumerate()
+                .all(|(i, &(_, m, pos))| m == n && pos == want.start + i);
+        if whole && outs[n].logits.is_none() {
+            outs[n].logits = Some(logits);
+            return;
+        }
+        let vocab = self.config.vocab;
         for (i, &(_, n, pos)) in for_logits.iter().enumerate() {
-            let at = pos - spans[n].logits.range(plan[n].len).start;
-            let out = outs[n].logits.as_mut().expect("allocated for logit rows");
-            out.row_mut(at).copy_from_slice(logits.row(i));
+            let want = spans[n].logits.range(plan[n].len);
+            let out = outs[n]
+                .logits
+                .get_or_insert_with(|| Mat::zeros(want.len(), vocab));
+            out.row_mut(pos - want.start).copy_from_slice(logits.row(i));
         }
     }
 
@@ -705,7 +786,7 @@ impl Qwen35 {
         state.rewind(
             to,
             &mut |l, kept, j, recurrent| match &self.layers[l].mixer {
-                Mixer::DeltaNet(d) => d.replay(kept, j, recurrent),
+                Mixer::DeltaNet(d) => d.replay(&*self.backend, kept, j, recurrent),
                 Mixer::Attention(_) => unreachable!("the state's layout is this model's"),
             },
         )?;
@@ -751,7 +832,7 @@ impl Qwen35 {
                 }
             }
             SpanInput::Embeddings(m) => {
-                if m.cols != c.hidden || m.data.len() != m.rows * m.cols {
+                if m.cols != c.hidden || !m.is_whole() {
                     return Err(ForwardError::EmbeddingWidth {
                         got: m.cols,
                         hidden: c.hidden,
@@ -874,21 +955,19 @@ struct Part {
 /// stacked `[ΣT, ·]`, `None` when one part holds them all), stacked in part order. A lone part's
 /// result is returned as it is, not copied.
 fn per_part(
+    be: &dyn Backend,
     bounds: &[std::ops::Range<usize>],
-    mut f: impl FnMut(usize, Option<&std::ops::Range<usize>>) -> Mat,
-) -> Mat {
+    mut f: impl FnMut(usize, Option<&std::ops::Range<usize>>) -> Act,
+) -> Act {
     if bounds.len() == 1 {
         return f(0, None);
     }
-    let total = bounds.last().map_or(0, |b| b.end);
-    let mut out: Option<Mat> = None;
-    for (i, b) in bounds.iter().enumerate() {
-        let seg = f(i, Some(b));
-        let w = seg.cols;
-        out.get_or_insert_with(|| Mat::zeros(total, w)).data[b.start * w..b.end * w]
-            .copy_from_slice(&seg.data);
-    }
-    out.unwrap_or_else(|| Mat::zeros(0, 0))
+    let segs: Vec<Act> = bounds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| f(i, Some(b)))
+        .collect();
+    be.stack(&segs)
 }
 
 /// The logits of a one-span step (`[0, V]` if it asked for none).

@@ -17,6 +17,18 @@ pub fn load(name: &str) -> Qwen35 {
     Qwen35::load_dir(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// `model` on a CPU backend in exact matmul mode (f32 activations against widened weights:
+/// what transformers computes on the same weights).
+pub fn exact(model: Qwen35) -> Qwen35 {
+    let cpu = qinfer_cpu::Cpu::from_env().with_precision(qinfer_cpu::MatmulPrecision::Exact);
+    model.with_backend(std::sync::Arc::new(cpu)).unwrap()
+}
+
+/// [`load`] in exact mode ([`exact`]).
+pub fn load_exact(name: &str) -> Qwen35 {
+    exact(load(name))
+}
+
 /// `reference.json` of a fixture.
 pub fn reference(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();

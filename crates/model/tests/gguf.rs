@@ -80,11 +80,7 @@ fn gguf_and_safetensors_agree() {
 /// compared with llama.cpp's own quantized kernels in `llama_cpp.rs`.
 #[test]
 fn q8_0_gguf_matches_transformers_on_the_same_weights() {
-    qinfer_cpu::with_matmul_precision(qinfer_cpu::MatmulPrecision::Exact, q8_0_exact);
-}
-
-fn q8_0_exact() {
-    let model = load_gguf("tiny-dense-q8_0.gguf");
+    let model = common::exact(load_gguf("tiny-dense-q8_0.gguf"));
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(gguf("tiny-dense-q8_0.reference.json")).unwrap(),
     )

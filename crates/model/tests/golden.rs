@@ -31,7 +31,7 @@ const ALL: [&str; 5] = [
 const LOGIT_TOL: f32 = 1e-3;
 
 fn check_logits(name: &str, prompt_key: &str, file: &str) {
-    let model = load(name);
+    let model = load_exact(name);
     let prompt = ids(&reference(name)[prompt_key]);
     let (shape, want) = npy(name, file);
     assert_eq!(
@@ -75,28 +75,17 @@ fn f32_logits_match_an_independent_float64_forward() {
 
 #[test]
 fn half_precision_logits_match_transformers() {
-    exact(|| {
-        for name in ["tiny-dense-bf16", "tiny-moe-bf16", "tiny-dense-f16"] {
-            check_logits(name, "short_prompt", "logits_short.npy");
-        }
-    });
-}
-
-/// Runs `f` with f32 activations for every weight type (see the module doc).
-fn exact(f: impl FnOnce()) {
-    qinfer_cpu::with_matmul_precision(qinfer_cpu::MatmulPrecision::Exact, f);
+    for name in ["tiny-dense-bf16", "tiny-moe-bf16", "tiny-dense-f16"] {
+        check_logits(name, "short_prompt", "logits_short.npy");
+    }
 }
 
 #[test]
 fn greedy_ids_match_transformers() {
-    exact(greedy_ids_match_transformers_in_exact_mode);
-}
-
-fn greedy_ids_match_transformers_in_exact_mode() {
     for name in ALL {
         let r = reference(name);
         let want = ids(&r["greedy_ids"]);
-        let got = greedy(&load(name), &ids(&r["greedy_prompt"]), want.len());
+        let got = greedy(&load_exact(name), &ids(&r["greedy_prompt"]), want.len());
         assert_eq!(got, want, "{name}: greedy ids");
         assert!(
             want.len() >= 32 || name.is_empty(),
@@ -111,7 +100,7 @@ fn greedy_ids_match_transformers_in_exact_mode() {
 #[test]
 fn hidden_states_match_layer_by_layer() {
     for name in F32 {
-        let model = load(name);
+        let model = load_exact(name);
         let prompt = ids(&reference(name)["short_prompt"]);
         let (shape, want) = npy(name, "hidden_short.npy");
         let (t, h) = (prompt.len(), model.config.hidden);

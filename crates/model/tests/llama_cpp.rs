@@ -102,10 +102,10 @@ fn quantized_files_match_llama_cpp_quantized_kernels() {
 
 #[test]
 fn quantized_files_in_exact_mode_match_llama_cpp_on_dequantized_weights() {
-    qinfer_cpu::with_matmul_precision(qinfer_cpu::MatmulPrecision::Exact, || {
+    {
         let prompt = ids(&reference("tiny-dense-f32")["short_prompt"]);
         for file in ["tiny-dense-q8_0.gguf", "llama/tiny-dense-q4_k_m.gguf"] {
-            let model = Qwen35::load_gguf(&dir().join(file)).unwrap();
+            let model = exact(Qwen35::load_gguf(&dir().join(file)).unwrap());
             let got = logits(&model, &prompt);
             let stem = file.trim_start_matches("llama/").trim_end_matches(".gguf");
             let exact = llama_npy(&format!("{stem}.dequant_f32.logits_short.npy"));
@@ -115,17 +115,13 @@ fn quantized_files_in_exact_mode_match_llama_cpp_on_dequantized_weights() {
                 "{file}: vs llama.cpp on the same weights in f32: {d}"
             );
         }
-    });
+    }
 }
 
 /// llama.cpp's own Q4_K_M file against transformers computing on exactly its weights.
 #[test]
 fn llama_q4_k_m_matches_transformers_on_the_same_weights() {
-    qinfer_cpu::with_matmul_precision(qinfer_cpu::MatmulPrecision::Exact, q4_k_m_exact);
-}
-
-fn q4_k_m_exact() {
-    let model = Qwen35::load_gguf(&dir().join("llama/tiny-dense-q4_k_m.gguf")).unwrap();
+    let model = exact(Qwen35::load_gguf(&dir().join("llama/tiny-dense-q4_k_m.gguf")).unwrap());
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir().join("llama/tiny-dense-q4_k_m.reference.json")).unwrap(),
     )

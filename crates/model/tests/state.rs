@@ -4,10 +4,10 @@
 mod common;
 
 use common::*;
+use qinfer_backend::Act;
 use qinfer_cache::LayerState;
 use qinfer_model::qwen35::Mixer;
 use qinfer_model::{DeltaNetPath, ForwardError, Rows};
-use qinfer_tensor::Mat;
 
 const MODELS: [&str; 2] = ["tiny-dense-f32", "tiny-moe-f32"];
 /// Chunked and recurrent forms differ only in f32 summation order.
@@ -52,12 +52,11 @@ fn state_diff(a: &qinfer_cache::SequenceState, b: &qinfer_cache::SequenceState) 
 }
 
 /// Inputs of realistic scale for a layer test: the model's normed embeddings of the long prompt.
-fn layer_input(model: &qinfer_model::Qwen35, prompt: &[u32]) -> Mat {
-    let mut x = Mat::zeros(prompt.len(), model.config.hidden);
-    for (row, &id) in x.rows_iter_mut().zip(prompt) {
-        qinfer_cpu::ops::embedding(&model.embed, id as usize, row);
-    }
-    model.layers[0].input_norm.apply(&x)
+fn layer_input(model: &qinfer_model::Qwen35, prompt: &[u32]) -> Act {
+    let b = model.backend();
+    model.layers[0]
+        .input_norm
+        .apply(b, &b.embed(&model.embed, prompt))
 }
 
 /// N tokens through the chunked delta rule == the same N tokens one at a time (recurrent), in
@@ -80,8 +79,9 @@ fn chunked_prefill_equals_recurrent_steps() {
             else {
                 panic!("layer {l} should hold DeltaNet state")
             };
-            let a = gdn.forward(&x, sc, DeltaNetPath::Chunked);
-            let b = gdn.forward(&x, sr, DeltaNetPath::Recurrent);
+            let be = model.backend();
+            let a = be.download(gdn.forward(be, &x, sc, DeltaNetPath::Chunked));
+            let b = be.download(gdn.forward(be, &x, sr, DeltaNetPath::Recurrent));
             let (d, pos, _) = max_diff(&a.data, &b.data, a.cols);
             assert!(
                 d <= TOL,

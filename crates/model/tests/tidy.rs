@@ -183,3 +183,131 @@ fn the_lexer_skips_comments_and_char_literals() {
     assert!(!holds("ssm_alpha.weight", "ssm_a"));
     assert!(holds("ssm_a", "ssm_a"));
 }
+
+/// `src` with comments removed and the contents of string and char literals blanked: the code
+/// a tidy check may search for a token.
+fn code_only(src: &str) -> String {
+    let b = src.as_bytes();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 1;
+                i += 2;
+                while i < b.len() && depth > 0 {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 1;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                out.push_str("\"\"");
+                i += 1;
+            }
+            c => {
+                out.push(c as char);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Whether `code` reads a field or calls a method `.name` (`.name` not followed by more of
+/// an identifier).
+fn touches(code: &str, name: &str) -> bool {
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    code.match_indices(name).any(|(at, _)| {
+        !code
+            .as_bytes()
+            .get(at + name.len())
+            .copied()
+            .is_some_and(word)
+    })
+}
+
+/// The device seam holds: model code speaks only to its `Backend`. It never reads or writes
+/// an activation's numbers (no `.data`, no host or device view of an `Act`) — the file
+/// tensor views of `loader.rs` and `gguf.rs` aside — never calls a kernel, and names
+/// `qinfer_cpu` only to load onto the CPU backend by default (`qwen35.rs`) and to quantize
+/// when writing GGUF files (`export.rs`). The engine names no backend at all.
+#[test]
+fn model_and_engine_code_speak_only_to_the_backend() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = Vec::new();
+    let mut files = Vec::new();
+    rust_files(&crates.join("model/src"), &mut files);
+    assert!(files.len() >= 10, "model sources found: {}", files.len());
+    for file in &files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let mut code = code_only(&std::fs::read_to_string(file).unwrap());
+        if name == "export.rs" {
+            // The GGUF writer's row quantizer (load-time work, not the forward pass).
+            code = code.replace("qinfer_cpu::ops::quantize_rows", "");
+        }
+        let mut bad: Vec<&str> = [
+            ".host(",
+            ".host_mut(",
+            ".into_host(",
+            "Act::from_host",
+            "Act::from_device",
+            ".device::<",
+            "qinfer_cpu::ops",
+            "qinfer_cpu::kernels",
+        ]
+        .into_iter()
+        .filter(|t| code.contains(t))
+        .collect();
+        if touches(&code, ".data") && !["loader.rs", "gguf.rs"].contains(&name) {
+            bad.push(".data");
+        }
+        let cpu_uses = code.matches("qinfer_cpu").count();
+        let cpu_allowed = usize::from(name == "qwen35.rs");
+        if cpu_uses > cpu_allowed {
+            bad.push("qinfer_cpu");
+        }
+        if !bad.is_empty() {
+            found.push(format!("{}: {bad:?}", file.display()));
+        }
+    }
+    let mut engine = Vec::new();
+    rust_files(&crates.join("engine/src"), &mut engine);
+    for file in &engine {
+        let code = code_only(&std::fs::read_to_string(file).unwrap());
+        if code.contains("qinfer_cpu") || code.contains("qinfer_backend::reference") {
+            found.push(format!("{}: names a backend", file.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "past the device seam:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn code_only_drops_comments_and_literals() {
+    let src = "let a = x.data; // y.data\n/* z.data */ let s = \"w.data\";";
+    let code = code_only(src);
+    assert!(touches(&code, ".data"));
+    assert_eq!(code.matches(".data").count(), 1);
+    assert!(!touches("x.data_len()", ".data"));
+}

@@ -30,6 +30,12 @@ impl Mat {
         Mat { data, rows, cols }
     }
 
+    /// Whether `data` holds exactly `rows · cols` values (the fields are public, so a matrix
+    /// built by hand may not).
+    pub fn is_whole(&self) -> bool {
+        self.rows.checked_mul(self.cols) == Some(self.data.len())
+    }
+
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }

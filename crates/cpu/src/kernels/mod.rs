@@ -17,9 +17,12 @@
 //!   tier when the CPU also has that extension (`has_avx512_bf16`).
 //! * Machines with neither AVX-512 nor AVX2 run the reference tier (correct, slow).
 //!
-//! [`isa`] picks the best tier the CPU has, once per process. `QINFER_ISA=avx2` forces the
-//! AVX2 tier (with AVX-VNNI if present), `avx2-novnni` the AVX2 tier without AVX-VNNI, and
-//! `scalar` the reference tier; a forced tier the CPU lacks falls back to the reference tier.
+//! The tier is a setting of each [`crate::Cpu`] backend, fixed when it is made: by default
+//! [`Isa::best`], the best tier the CPU has; `QINFER_ISA=avx2` (read by
+//! [`crate::Cpu::from_env`]) picks the AVX2 tier (with AVX-VNNI if present), `avx2-novnni` the
+//! AVX2 tier without AVX-VNNI, and `scalar` the reference tier; a tier the CPU lacks falls back
+//! to the reference tier. Kernels take the tier as an argument; only a [`crate::Cpu`] (which
+//! checks it) or a test that checked the features chooses it.
 //!
 //! # Precision ([`MatmulPrecision`])
 //! By default (`Int8`), weights in the integer formats Q4_0, Q5_0, Q8_0, IQ4_NL (against
@@ -37,8 +40,8 @@
 //! always use `f32` activations, and formats without an integer kernel (Q4_1, Q5_1, Q2_K,
 //! Q3_K) always take the exact path.
 //!
-//! The setting is process-wide ([`set_matmul_precision`], or `QINFER_MATMUL=exact` in the
-//! environment) with a per-thread override ([`with_matmul_precision`]) for tests.
+//! The precision is a setting of each [`crate::Cpu`] backend (`QINFER_MATMUL=exact` in the
+//! environment for [`crate::Cpu::from_env`]), never process-wide.
 
 pub mod act;
 #[cfg(target_arch = "x86_64")]
@@ -52,9 +55,8 @@ pub mod reference;
 pub mod sgemm;
 pub mod vmath;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use qinfer_tensor::{DType, Mat, Weight};
 
@@ -71,24 +73,45 @@ pub enum Isa {
     Scalar,
 }
 
-/// The kernels' instruction set, detected once: the best tier the CPU has, or the one
-/// `QINFER_ISA` names (`avx2`, `avx2-novnni`, `scalar`; see the module docs).
-pub fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        let forced = std::env::var("QINFER_ISA").map(|v| v.to_ascii_lowercase());
-        let avx2 = has_avx2().then(|| Isa::Avx2 {
-            vnni: has_avx_vnni(),
-        });
-        let tier = match forced.as_deref() {
-            Ok("scalar") => None,
-            Ok("avx2") => avx2,
-            Ok("avx2-novnni") => avx2.map(|_| Isa::Avx2 { vnni: false }),
-            _ if has_avx512() => Some(Isa::Avx512),
-            _ => avx2,
-        };
-        tier.unwrap_or(Isa::Scalar)
-    })
+impl Isa {
+    /// The best tier this CPU has (detected once: a fact about the machine, not a setting).
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            if has_avx512() {
+                Isa::Avx512
+            } else if has_avx2() {
+                Isa::Avx2 {
+                    vnni: has_avx_vnni(),
+                }
+            } else {
+                Isa::Scalar
+            }
+        })
+    }
+
+    /// The tier a `QINFER_ISA` value names (`avx512`, `avx2`, `avx2-novnni`, `scalar`; case
+    /// ignored), or `None` for another name. `avx2` takes AVX-VNNI where the CPU has it.
+    pub fn named(name: &str) -> Option<Isa> {
+        match name.to_ascii_lowercase().as_str() {
+            "avx512" => Some(Isa::Avx512),
+            "avx2" => Some(Isa::Avx2 {
+                vnni: has_avx_vnni(),
+            }),
+            "avx2-novnni" => Some(Isa::Avx2 { vnni: false }),
+            "scalar" => Some(Isa::Scalar),
+            _ => None,
+        }
+    }
+
+    /// Whether this CPU can run the tier.
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Avx512 => has_avx512(),
+            Isa::Avx2 { vnni } => has_avx2() && (!vnni || has_avx_vnni()),
+            Isa::Scalar => true,
+        }
+    }
 }
 
 pub(crate) fn has_avx512() -> bool {
@@ -180,57 +203,8 @@ pub enum MatmulPrecision {
     Exact,
 }
 
-/// 0 = not yet read from the environment, 1 = Int8, 2 = Exact.
-static PRECISION: AtomicU8 = AtomicU8::new(0);
-
 thread_local! {
-    static PRECISION_OVERRIDE: Cell<Option<MatmulPrecision>> = const { Cell::new(None) };
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Sets the process-wide precision.
-pub fn set_matmul_precision(p: MatmulPrecision) {
-    PRECISION.store(
-        match p {
-            MatmulPrecision::Int8 => 1,
-            MatmulPrecision::Exact => 2,
-        },
-        Ordering::Relaxed,
-    );
-}
-
-/// The precision matmuls started from this thread use.
-pub fn matmul_precision() -> MatmulPrecision {
-    if let Some(p) = PRECISION_OVERRIDE.with(Cell::get) {
-        return p;
-    }
-    match PRECISION.load(Ordering::Relaxed) {
-        1 => MatmulPrecision::Int8,
-        2 => MatmulPrecision::Exact,
-        _ => {
-            let p = if std::env::var("QINFER_MATMUL").is_ok_and(|v| v.eq_ignore_ascii_case("exact"))
-            {
-                MatmulPrecision::Exact
-            } else {
-                MatmulPrecision::Int8
-            };
-            set_matmul_precision(p);
-            p
-        }
-    }
-}
-
-/// Runs `f` with matmuls started from this thread at precision `p`.
-pub fn with_matmul_precision<R>(p: MatmulPrecision, f: impl FnOnce() -> R) -> R {
-    let before = PRECISION_OVERRIDE.with(|c| c.replace(Some(p)));
-    struct Restore(Option<MatmulPrecision>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            PRECISION_OVERRIDE.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(before);
-    f()
 }
 
 /// Integer formats with a kernel.

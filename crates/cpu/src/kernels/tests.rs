@@ -227,7 +227,12 @@ fn int8_error_is_bounded_by_the_activation_rounding() {
         let (t, n, k) = (3, 4, 512);
         let w = weight(dtype, n, k, 11);
         let x = Mat::from_vec(noise(t * k, 5), t, k);
-        let got = run(&Plan::new(&x, &w, isa(), MatmulPrecision::Int8), n, t, 2);
+        let got = run(
+            &Plan::new(&x, &w, Isa::best(), MatmulPrecision::Int8),
+            n,
+            t,
+            2,
+        );
         let mag = magnitude(&x, &w);
         let block = if IntFmt::of(dtype).is_some_and(IntFmt::k_quant) {
             256

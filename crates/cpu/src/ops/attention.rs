@@ -38,9 +38,10 @@
 //!
 //! The tiers differ only in rounding (dot-product order, `exp` within 2 ulp): tests bound their
 //! difference, and each against a naive `f64` reference, by `1e-5` for values of order 1.
+use crate::Cpu;
 
-use half::{bf16, f16, slice::HalfFloatSliceExt};
-use qinfer_quant::q8_0::{self, BlockQ8_0};
+pub use qinfer_backend::AttentionShape;
+pub use qinfer_cache::{KvRows, KvSegment};
 use qinfer_tensor::Mat;
 
 use super::matmul::dot;
@@ -49,68 +50,6 @@ use crate::pool::{SharedMut, parallel_for};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-
-/// Head layout of one attention call.
-#[derive(Clone, Copy, Debug)]
-pub struct AttentionShape {
-    /// `Hq`.
-    pub n_heads: usize,
-    /// `Hkv`; query head `i` reads kv head `i / (Hq / Hkv)`.
-    pub n_kv_heads: usize,
-    /// `D`.
-    pub head_dim: usize,
-    /// Multiplier of `q·k` (usually `D^-½`).
-    pub scale: f32,
-}
-
-/// Key or value rows `[rows, Hkv·D]` as a KV cache stores them. Q8_0 rows are whole blocks of
-/// 32 values each (a row never shares a block with the next), so `Hkv·D` must be a multiple
-/// of 32 for them.
-#[derive(Clone, Copy, Debug)]
-pub enum KvRows<'a> {
-    F32(&'a [f32]),
-    Bf16(&'a [bf16]),
-    F16(&'a [f16]),
-    Q8_0(&'a [BlockQ8_0]),
-}
-
-/// One segment of a KV cache: its key rows and its value rows.
-pub type KvSegment<'a> = (KvRows<'a>, KvRows<'a>);
-
-impl KvRows<'_> {
-    /// Rows of `width` values held, or `None` if the data is not whole rows.
-    pub fn rows(&self, width: usize) -> Option<usize> {
-        let (values, per_unit) = match self {
-            KvRows::F32(x) => (x.len(), 1),
-            KvRows::Bf16(x) => (x.len(), 1),
-            KvRows::F16(x) => (x.len(), 1),
-            KvRows::Q8_0(x) if width.is_multiple_of(q8_0::BLOCK) => (x.len(), q8_0::BLOCK),
-            KvRows::Q8_0(_) => return None,
-        };
-        let values = values * per_unit;
-        (width > 0 && values.is_multiple_of(width)).then(|| values / width)
-    }
-
-    /// Values `from..from + out.len()` of row `row` (rows `width` wide), as `f32`.
-    pub fn decode(&self, row: usize, width: usize, from: usize, out: &mut [f32]) {
-        let at = row * width + from;
-        let n = out.len();
-        match self {
-            KvRows::F32(x) => out.copy_from_slice(&x[at..at + n]),
-            KvRows::Bf16(x) => x[at..at + n].convert_to_f32_slice(out),
-            KvRows::F16(x) => x[at..at + n].convert_to_f32_slice(out),
-            KvRows::Q8_0(x) => {
-                let mut i = 0;
-                while i < n {
-                    let (b, off) = ((at + i) / q8_0::BLOCK, (at + i) % q8_0::BLOCK);
-                    let take = (q8_0::BLOCK - off).min(n - i);
-                    out[i..i + take].copy_from_slice(&x[b].dequantize()[off..off + take]);
-                    i += take;
-                }
-            }
-        }
-    }
-}
 
 /// `softmax(q kᵀ · scale + causal mask) v` for every query head.
 ///
@@ -122,8 +61,8 @@ impl KvRows<'_> {
 ///
 /// # Panics
 /// If the shapes disagree.
-pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) -> Mat {
-    causal_attention_blocks(q, &[(KvRows::F32(k), KvRows::F32(v))], shape)
+pub fn causal_attention(cpu: Cpu, q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) -> Mat {
+    causal_attention_blocks(cpu, q, &[(KvRows::F32(k), KvRows::F32(v))], shape)
 }
 
 /// [`causal_attention`] over keys and values stored in segments (the blocks of a paged KV
@@ -134,8 +73,13 @@ pub fn causal_attention(q: &Mat, k: &[f32], v: &[f32], shape: AttentionShape) ->
 ///
 /// # Panics
 /// If the shapes disagree.
-pub fn causal_attention_blocks(q: &Mat, kv: &[KvSegment<'_>], shape: AttentionShape) -> Mat {
-    attention_with(crate::kernels::isa(), q, kv, shape)
+pub fn causal_attention_blocks(
+    cpu: Cpu,
+    q: &Mat,
+    kv: &[KvSegment<'_>],
+    shape: AttentionShape,
+) -> Mat {
+    attention_with(cpu.isa(), q, kv, shape)
 }
 
 /// Key positions per block of the online softmax, aligned to position 0.
@@ -355,6 +299,9 @@ fn attend_portable(t: &Task<'_>, out: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
+    use half::{bf16, f16};
+    use qinfer_quant::q8_0::{self, BlockQ8_0};
+
     use super::*;
     use crate::noise::noise;
 
@@ -505,7 +452,7 @@ mod tests {
         }
         // The first query sees only itself: output = its own value rows.
         let (q, k, v) = CASES[0].data();
-        let all = causal_attention(&q, &k[..5 * 6], &v[..5 * 6], CASES[0].shape);
+        let all = causal_attention(Cpu::default(), &q, &k[..5 * 6], &v[..5 * 6], CASES[0].shape);
         assert!((all.data[0] - v[0]).abs() < 1e-6);
     }
 

@@ -8,26 +8,13 @@
 use qinfer_tensor::Mat;
 
 use super::elementwise::silu;
+use crate::Cpu;
 use crate::kernels::{self, Isa};
 
 /// Output rows per parallel chunk.
 const ROWS_PER_TASK: usize = 16;
 
-/// The conv weight `[C, K]` (as checkpoints store it) transposed to the `[K, C]` taps
-/// [`causal_conv1d_silu`] takes.
-///
-/// # Panics
-/// If `w.len() != channels · kernel`.
-pub fn conv_taps(w: &[f32], channels: usize, kernel: usize) -> Vec<f32> {
-    assert_eq!(w.len(), channels * kernel, "conv weight must be [C, K]");
-    let mut taps = vec![0.0f32; kernel * channels];
-    for (ch, wc) in w.chunks_exact(kernel).enumerate() {
-        for (i, &wi) in wc.iter().enumerate() {
-            taps[i * channels + ch] = wi;
-        }
-    }
-    taps
-}
+pub use qinfer_backend::conv_taps;
 
 /// Causal depthwise conv over time followed by SiLU.
 ///
@@ -41,7 +28,13 @@ pub fn conv_taps(w: &[f32], channels: usize, kernel: usize) -> Vec<f32> {
 ///
 /// # Panics
 /// If the shapes disagree.
-pub fn causal_conv1d_silu(x: &Mat, state: &mut [f32], taps: &[f32], kernel: usize) -> Mat {
+pub fn causal_conv1d_silu(
+    cpu: Cpu,
+    x: &Mat,
+    state: &mut [f32],
+    taps: &[f32],
+    kernel: usize,
+) -> Mat {
     let (t, c) = (x.rows, x.cols);
     let hist = kernel - 1;
     assert_eq!(state.len(), hist * c, "conv state must be [K-1, C]");
@@ -54,7 +47,7 @@ pub fn causal_conv1d_silu(x: &Mat, state: &mut [f32], taps: &[f32], kernel: usiz
             x.row(r - hist)
         }
     };
-    let isa = kernels::isa();
+    let isa = cpu.isa();
     let mut out = Mat::zeros(t, c);
     crate::pool::parallel_chunks_mut(&mut out.data, ROWS_PER_TASK * c, &|task, rows| {
         for (r, o) in rows.chunks_exact_mut(c).enumerate() {
@@ -83,6 +76,7 @@ pub fn causal_conv1d_silu(x: &Mat, state: &mut [f32], taps: &[f32], kernel: usiz
 /// # Panics
 /// If the shapes disagree.
 pub fn causal_conv1d_silu_keep(
+    cpu: Cpu,
     x: &Mat,
     state: &mut [f32],
     taps: &[f32],
@@ -99,7 +93,7 @@ pub fn causal_conv1d_silu_keep(
         let first_x = (ti + 1).saturating_sub(hist);
         row[from_state * c..].copy_from_slice(&x.data[first_x * c..(ti + 1) * c]);
     }
-    causal_conv1d_silu(x, state, taps, kernel)
+    causal_conv1d_silu(cpu, x, state, taps, kernel)
 }
 
 /// `x ← silu(x) = x / (1 + e^{−x})` for every element.
@@ -139,12 +133,18 @@ mod tests {
         let w = conv_taps(&w, c, k);
         let data: Vec<f32> = (0..7 * c).map(|i| (i as f32 * 0.71).cos()).collect();
         let mut s1 = vec![0.0; (k - 1) * c];
-        let whole = causal_conv1d_silu(&Mat::from_vec(data.clone(), 7, c), &mut s1, &w, k);
+        let whole = causal_conv1d_silu(
+            Cpu::default(),
+            &Mat::from_vec(data.clone(), 7, c),
+            &mut s1,
+            &w,
+            k,
+        );
         let mut s2 = vec![0.0; (k - 1) * c];
         let mut rows = Vec::new();
         for (a, b) in [(0, 2), (2, 3), (3, 7)] {
             let part = Mat::from_vec(data[a * c..b * c].to_vec(), b - a, c);
-            rows.extend(causal_conv1d_silu(&part, &mut s2, &w, k).data);
+            rows.extend(causal_conv1d_silu(Cpu::default(), &part, &mut s2, &w, k).data);
         }
         assert_eq!(whole.data, rows);
         assert_eq!(s1, s2);
@@ -168,10 +168,10 @@ mod tests {
             let (mut s_keep, mut s_one) = (init.clone(), init);
             let mut kept = vec![f32::NAN; t * (k - 1) * c];
             let x = Mat::from_vec(data.clone(), t, c);
-            let out = causal_conv1d_silu_keep(&x, &mut s_keep, &w, k, &mut kept);
+            let out = causal_conv1d_silu_keep(Cpu::default(), &x, &mut s_keep, &w, k, &mut kept);
             for ti in 0..t {
                 let row = Mat::from_vec(data[ti * c..(ti + 1) * c].to_vec(), 1, c);
-                let o = causal_conv1d_silu(&row, &mut s_one, &w, k);
+                let o = causal_conv1d_silu(Cpu::default(), &row, &mut s_one, &w, k);
                 assert_eq!(o.data, out.row(ti), "t={t} output {ti}");
                 assert_eq!(
                     &kept[ti * (k - 1) * c..(ti + 1) * (k - 1) * c],
@@ -189,7 +189,7 @@ mod tests {
     fn silu_tiers_agree() {
         let xs: Vec<f32> = (0..1001).map(|i| -100.0 + 0.2 * i as f32).collect();
         let mut got = xs.clone();
-        silu_in_place(kernels::isa(), &mut got);
+        silu_in_place(Isa::best(), &mut got);
         for (x, g) in xs.iter().zip(&got) {
             let want = silu(*x);
             assert!(

@@ -23,6 +23,7 @@
 //! one product per block). Every head runs on one thread and every sum has a fixed order, so
 //! the result depends only on the chunking (chunks aligned to the start of the call), never on
 //! the thread count; the portable tier runs the same algorithm with the scalar kernels.
+use crate::Cpu;
 
 use qinfer_tensor::Mat;
 
@@ -30,43 +31,7 @@ use crate::kernels::Isa;
 use crate::kernels::sgemm::{self, MatMut, MatRef, Tri, Update};
 use crate::kernels::vmath;
 
-/// Which key head each value head reads when `Nv > Nk`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VHeadOrder {
-    /// Hugging Face checkpoints: consecutive value heads share a key head (`j / (Nv/Nk)`).
-    Grouped,
-    /// llama.cpp GGUF files: value heads are tiled over key heads (`j mod Nk`).
-    Tiled,
-}
-
-/// Head layout of a Gated DeltaNet layer.
-#[derive(Clone, Copy, Debug)]
-pub struct DeltaRuleShape {
-    /// `Nk`: query/key heads.
-    pub nk: usize,
-    /// `Nv`: value heads (a multiple of `Nk`).
-    pub nv: usize,
-    /// `Dk`.
-    pub dk: usize,
-    /// `Dv`.
-    pub dv: usize,
-    pub order: VHeadOrder,
-}
-
-impl DeltaRuleShape {
-    /// The key head that value head `j` reads.
-    pub fn k_head(&self, j: usize) -> usize {
-        match self.order {
-            VHeadOrder::Grouped => j / (self.nv / self.nk),
-            VHeadOrder::Tiled => j % self.nk,
-        }
-    }
-
-    /// Elements of the recurrent state: `[Nv, Dk, Dv]`.
-    pub fn state_len(&self) -> usize {
-        self.nv * self.dk * self.dv
-    }
-}
+pub use qinfer_backend::{DeltaRuleShape, VHeadOrder};
 
 /// Inputs of one call, per token: `q`, `k` `[T, Nk·Dk]` (L2-normalised; `q` already scaled by
 /// `Dk^-½`), `v` `[T, Nv·Dv]`, `g` (log decay, ≤ 0) and `beta` `[T, Nv]`.
@@ -133,13 +98,14 @@ fn per_head(
 /// # Panics
 /// If the shapes disagree.
 pub fn gated_delta_rule_recurrent(
+    cpu: Cpu,
     shape: DeltaRuleShape,
     x: DeltaRuleInputs<'_>,
     state: &mut [f32],
 ) -> Mat {
     let t = check(&shape, &x, state);
     let (nv, dk, dv) = (shape.nv, shape.dk, shape.dv);
-    let isa = crate::kernels::isa();
+    let isa = cpu.isa();
     per_head(&shape, t, state, |h, s| {
         let kh = shape.k_head(h);
         let mut out = vec![0.0f32; t * dv];
@@ -183,6 +149,7 @@ pub fn gated_delta_rule_recurrent(
 /// # Panics
 /// If the shapes disagree or `chunk == 0`.
 pub fn gated_delta_rule_chunked(
+    cpu: Cpu,
     shape: DeltaRuleShape,
     x: DeltaRuleInputs<'_>,
     state: &mut [f32],
@@ -190,11 +157,11 @@ pub fn gated_delta_rule_chunked(
 ) -> Mat {
     assert!(chunk > 0, "delta rule: chunk size must be positive");
     let t = check(&shape, &x, state);
-    let isa = crate::kernels::isa();
+    let isa = cpu.isa();
     per_head(&shape, t, state, |h, s| {
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512 {
-            // SAFETY: `isa()` confirmed the features.
+            // SAFETY: `Cpu` checked the features.
             return unsafe { chunked_head_avx512(&shape, &x, t, chunk, h, s) };
         }
         chunked_head(isa, &shape, &x, t, chunk, h, s)
@@ -469,8 +436,8 @@ mod tests {
                 };
                 let init = noise(shape.state_len(), 0.13);
                 let (mut s1, mut s2) = (init.clone(), init);
-                let o1 = gated_delta_rule_recurrent(shape, x, &mut s1);
-                let o2 = gated_delta_rule_chunked(shape, x, &mut s2, 16);
+                let o1 = gated_delta_rule_recurrent(Cpu::default(), shape, x, &mut s1);
+                let o2 = gated_delta_rule_chunked(Cpu::default(), shape, x, &mut s2, 16);
                 let max = |a: &[f32], b: &[f32]| {
                     a.iter()
                         .zip(b)
@@ -514,7 +481,7 @@ mod tests {
             beta: &beta,
         };
         let mut s_plain = init.clone();
-        let o_plain = gated_delta_rule_recurrent(shape, whole, &mut s_plain);
+        let o_plain = gated_delta_rule_recurrent(Cpu::default(), shape, whole, &mut s_plain);
         let mut s = init;
         let row = |m: &Mat, i: usize| Mat::from_vec(m.row(i).to_vec(), 1, m.cols);
         for i in 0..t {
@@ -526,7 +493,7 @@ mod tests {
                 g: &g[i * 4..(i + 1) * 4],
                 beta: &beta[i * 4..(i + 1) * 4],
             };
-            let o = gated_delta_rule_recurrent(shape, one, &mut s);
+            let o = gated_delta_rule_recurrent(Cpu::default(), shape, one, &mut s);
             assert_eq!(o.data, o_plain.row(i), "output of token {i}");
         }
         assert_eq!(s, s_plain, "state after {t} tokens");
@@ -563,7 +530,7 @@ mod tests {
             beta: &beta,
         };
         let init = noise(shape.state_len(), 0.13);
-        let isa = crate::kernels::isa();
+        let isa = Isa::best();
         for h in 0..2 {
             let s0 = &init[h * 128 * 128..(h + 1) * 128 * 128];
             let (mut s1, mut s2) = (s0.to_vec(), s0.to_vec());

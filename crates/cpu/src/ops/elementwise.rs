@@ -1,5 +1,6 @@
 //! Element-wise activations and arithmetic.
 
+use crate::Cpu;
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -17,11 +18,11 @@ pub fn softplus(x: f32) -> f32 {
 ///
 /// # Panics
 /// If the lengths differ.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+pub fn swiglu(cpu: Cpu, gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "swiglu: gate and up differ in length");
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa() == crate::kernels::Isa::Avx512 {
-        // SAFETY: `isa()` confirmed the AVX-512 features.
+    if cpu.isa() == crate::kernels::Isa::Avx512 {
+        // SAFETY: `Cpu` checked the AVX-512 features.
         unsafe { swiglu_avx512(gate, up) };
         return;
     }
@@ -113,7 +114,7 @@ mod tests {
             .map(|i| ((i * 11 % 97) as f32 - 48.0) * 0.05)
             .collect();
         let mut fast = g.clone();
-        swiglu(&mut fast, &u);
+        swiglu(Cpu::default(), &mut fast, &u);
         for ((x, y), f) in g.iter().zip(&u).zip(&fast) {
             let want = silu(*x) * y;
             assert!(

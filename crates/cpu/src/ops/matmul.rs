@@ -5,11 +5,12 @@
 //! go through the kernels in groups of up to [`crate::kernels::MAX_TOKENS`], so a weight row
 //! is unpacked once per group and read from L1 for the next groups. How activations meet the
 //! weights (8-bit or exact) is [`crate::kernels::MatmulPrecision`].
+use crate::Cpu;
 
 use qinfer_tensor::{Mat, Weight};
 use rayon::prelude::*;
 
-use crate::kernels::{self, Plan};
+use crate::kernels::Plan;
 use crate::pool::{SharedMut, parallel_for};
 
 /// Fewest weight rows per chunk: enough to amortise claiming a chunk.
@@ -26,8 +27,10 @@ const DECODE_CHUNKS_PER_THREAD: usize = 2;
 ///
 /// # Panics
 /// If `x.cols != w.cols()`.
-pub fn matmul(x: &Mat, w: &Weight) -> Mat {
-    matmul_many(x, &[w]).pop().expect("one weight, one output")
+pub fn matmul(cpu: Cpu, x: &Mat, w: &Weight) -> Mat {
+    matmul_many(cpu, x, &[w])
+        .pop()
+        .expect("one weight, one output")
 }
 
 /// [`matmul`] of one input against several weights (`x Wᵢᵀ` for each), in one parallel region:
@@ -36,7 +39,7 @@ pub fn matmul(x: &Mat, w: &Weight) -> Mat {
 ///
 /// # Panics
 /// If `x.cols` differs from a weight's `cols()`.
-pub fn matmul_many(x: &Mat, ws: &[&Weight]) -> Vec<Mat> {
+pub fn matmul_many(cpu: Cpu, x: &Mat, ws: &[&Weight]) -> Vec<Mat> {
     for w in ws {
         assert_eq!(
             x.cols,
@@ -49,7 +52,7 @@ pub fn matmul_many(x: &Mat, ws: &[&Weight]) -> Vec<Mat> {
     if t == 0 || ws.is_empty() {
         return outs;
     }
-    let (isa, precision) = (kernels::isa(), kernels::matmul_precision());
+    let (isa, precision) = (cpu.isa(), cpu.precision());
     let plans: Vec<Plan<'_>> = ws.iter().map(|w| Plan::new(x, w, isa, precision)).collect();
     // Chunks of each weight's rows, all weights in one list.
     let total: usize = ws.iter().map(|w| w.rows()).sum();
@@ -193,13 +196,7 @@ mod tests {
     /// rounded to BF16 (tested against their own reference in `kernels::tests`).
     #[test]
     fn matmul_matches_reference_for_every_dtype_and_shape() {
-        crate::kernels::with_matmul_precision(
-            crate::kernels::MatmulPrecision::Exact,
-            matmul_matches_reference_in_exact_mode,
-        );
-    }
-
-    fn matmul_matches_reference_in_exact_mode() {
+        let exact = Cpu::default().with_precision(crate::kernels::MatmulPrecision::Exact);
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             for (t, n, k) in [(1, 1, 1), (1, 130, 67), (5, 64, 64), (13, 200, 300)] {
                 let x = Mat::from_vec(noise(t * k, 1), t, k);
@@ -210,7 +207,7 @@ mod tests {
                     ByteView::from_vec(as_dtype(&noise(n * k, 2), dtype)),
                 )
                 .unwrap();
-                let got = matmul(&x, &w);
+                let got = matmul(exact, &x, &w);
                 let want = matmul_ref(&x, &w);
                 let err = got
                     .data

@@ -1,6 +1,7 @@
 //! Normalisations. Weights arrive as *effective* multipliers: the model loader has already
 //! turned Qwen's zero-centred `(1 + w)` convention into plain `w` (once, at load time), so every
 //! op here is a plain RMSNorm.
+use crate::Cpu;
 
 use super::elementwise::silu;
 
@@ -29,18 +30,18 @@ pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
 ///
 /// # Panics
 /// If the shapes disagree.
-pub fn gated_rms_norm(x: &mut [f32], z: &[f32], w: &[f32], eps: f32) {
+pub fn gated_rms_norm(cpu: Cpu, x: &mut [f32], z: &[f32], w: &[f32], eps: f32) {
     let d = w.len();
     assert!(
         d > 0 && x.len().is_multiple_of(d) && x.len() == z.len(),
         "gated_rms_norm: shapes disagree"
     );
-    let avx512 = crate::kernels::isa() == crate::kernels::Isa::Avx512 && d.is_multiple_of(16);
+    let avx512 = cpu.isa() == crate::kernels::Isa::Avx512 && d.is_multiple_of(16);
     for (group, gate) in x.chunks_exact_mut(d).zip(z.chunks_exact(d)) {
         let inv = 1.0 / (mean_square(group) + eps).sqrt();
         #[cfg(target_arch = "x86_64")]
         if avx512 {
-            // SAFETY: `isa()` confirmed the AVX-512 features; `d` is a multiple of 16.
+            // SAFETY: `Cpu` checked the AVX-512 features; `d` is a multiple of 16.
             unsafe { gate_avx512(group, gate, w, inv) };
             continue;
         }
@@ -115,7 +116,7 @@ mod tests {
     #[test]
     fn gated_norm_applies_silu_gate() {
         let mut x = vec![2.0, 2.0];
-        gated_rms_norm(&mut x, &[0.0, 1.0], &[1.0, 1.0], 0.0);
+        gated_rms_norm(Cpu::default(), &mut x, &[0.0, 1.0], &[1.0, 1.0], 0.0);
         assert_eq!(x[0], 0.0);
         assert!((x[1] - silu(1.0)).abs() < 1e-6);
     }

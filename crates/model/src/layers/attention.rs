@@ -8,9 +8,9 @@
 //! out = (o ⊙ sigmoid(gate)) W_oᵀ
 //! ```
 
+use qinfer_backend::{Act, AttentionShape, Backend};
 use qinfer_cache::KvCache;
-use qinfer_cpu::ops::{self, AttentionShape};
-use qinfer_tensor::{Mat, Weight};
+use qinfer_tensor::Weight;
 
 use super::norm::RmsNorm;
 use super::rope::{Position3, Rope};
@@ -59,82 +59,83 @@ impl Attention {
 
     /// `x [T, H]` (normed) at `positions` → `[T, H]`; appends this step's k/v to `kv` (one
     /// sequence: [`Attention::project`], [`Attention::attend`], [`Attention::output`]).
-    pub fn forward(&self, x: &Mat, positions: &[Position3], rope: &Rope, kv: &mut KvCache) -> Mat {
-        let p = self.project(x, positions, rope);
-        let o = self.attend(&p.q, &p.k, &p.v, kv);
-        self.output(p.gate, o)
+    pub fn forward(
+        &self,
+        b: &dyn Backend,
+        x: &Act,
+        positions: &[Position3],
+        rope: &Rope,
+        kv: &mut KvCache,
+    ) -> Act {
+        let p = self.project(b, x, positions, rope);
+        let o = self.attend(b, &p.q, &p.k, &p.v, kv);
+        self.output(b, p.gate, o)
     }
 
     /// The projections of a step's rows, which may belong to several sequences (a batch
     /// stacks them so each weight is read once): q (split from its gate), k, v, the per-head
     /// norms and RoPE at each row's own `positions`.
-    pub fn project(&self, x: &Mat, positions: &[Position3], rope: &Rope) -> AttentionRows {
+    pub fn project(
+        &self,
+        b: &dyn Backend,
+        x: &Act,
+        positions: &[Position3],
+        rope: &Rope,
+    ) -> AttentionRows {
         let AttentionConfig {
             n_heads,
             head_dim: d,
             output_gate,
             ..
         } = self.config;
-        let t = x.rows;
-        assert_eq!(positions.len(), t, "attention: one position per row");
-        let [qg, mut k, v]: [Mat; 3] = ops::matmul_many(x, &[&self.q, &self.k, &self.v])
+        assert_eq!(positions.len(), x.rows(), "attention: one position per row");
+        let [qg, mut k, v]: [Act; 3] = b
+            .matmul_many(x, &[&self.q, &self.k, &self.v])
             .try_into()
             .expect("three weights, three outputs");
         // [T, Hq·(2D)] -> q [T, Hq·D], gate [T, Hq·D]
         let (mut q, gate) = if output_gate {
-            let mut q = Mat::zeros(t, n_heads * d);
-            let mut gate = Mat::zeros(t, n_heads * d);
-            for ti in 0..t {
-                for h in 0..n_heads {
-                    let src = &qg.row(ti)[h * 2 * d..(h + 1) * 2 * d];
-                    q.row_mut(ti)[h * d..(h + 1) * d].copy_from_slice(&src[..d]);
-                    gate.row_mut(ti)[h * d..(h + 1) * d].copy_from_slice(&src[d..]);
-                }
-            }
+            let [q, gate]: [Act; 2] = b
+                .split_heads(&qg, n_heads, &[d, d])
+                .try_into()
+                .expect("two widths, two outputs");
             (q, Some(gate))
         } else {
             (qg, None)
         };
-        self.q_norm.forward(&mut q);
-        self.k_norm.forward(&mut k);
-        for ti in 0..t {
-            let (cos, sin) = rope.angles(positions[ti]);
-            ops::rope_neox(q.row_mut(ti), d, &cos, &sin);
-            ops::rope_neox(k.row_mut(ti), d, &cos, &sin);
-        }
+        self.q_norm.forward(b, &mut q);
+        self.k_norm.forward(b, &mut k);
+        let (cos, sin) = rope.angles_of(positions);
+        b.rope(&mut q, d, &cos, &sin);
+        b.rope(&mut k, d, &cos, &sin);
         AttentionRows { q, gate, k, v }
     }
 
     /// One sequence's rows: appends its `k`, `v` `[T, Hkv·D]` to `kv`, then attends its
     /// queries `q` `[T, Hq·D]` over the whole cache. Returns `[T, Hq·D]`.
-    pub fn attend(&self, q: &Mat, k: &Mat, v: &Mat, kv: &mut KvCache) -> Mat {
+    pub fn attend(&self, b: &dyn Backend, q: &Act, k: &Act, v: &Act, kv: &mut KvCache) -> Act {
         let AttentionConfig {
             n_heads,
             n_kv_heads,
             head_dim: d,
             ..
         } = self.config;
-        kv.append(&k.data, &v.data);
         let shape = AttentionShape {
             n_heads,
             n_kv_heads,
             head_dim: d,
             scale: 1.0 / (d as f32).sqrt(),
         };
-        // The cache's blocks are read in place, never gathered into one buffer.
-        let segments: Vec<ops::KvSegment<'_>> = kv.segments().collect();
-        ops::causal_attention_blocks(q, &segments, shape) // [T, Hq·D]
+        b.attend(q, k, v, kv, shape) // [T, Hq·D]
     }
 
     /// The output gate (from [`Attention::project`]) and projection over all rows of a step,
     /// `o` `[T, Hq·D]` being the rows [`Attention::attend`] returned: `[T, H]`.
-    pub fn output(&self, gate: Option<Mat>, mut o: Mat) -> Mat {
+    pub fn output(&self, b: &dyn Backend, gate: Option<Act>, mut o: Act) -> Act {
         if let Some(gate) = gate {
-            for (oi, gi) in o.data.iter_mut().zip(&gate.data) {
-                *oi *= ops::sigmoid(*gi);
-            }
+            b.sigmoid_mul(&mut o, &gate);
         }
-        ops::matmul(&o, &self.o)
+        b.matmul(&o, &self.o)
     }
 }
 
@@ -142,11 +143,11 @@ impl Attention {
 #[derive(Clone, Debug)]
 pub struct AttentionRows {
     /// `[T, Hq·D]`, normed and rotated.
-    pub q: Mat,
+    pub q: Act,
     /// `[T, Hq·D]`, before the sigmoid (`None` without an output gate).
-    pub gate: Option<Mat>,
+    pub gate: Option<Act>,
     /// `[T, Hkv·D]`, normed and rotated.
-    pub k: Mat,
+    pub k: Act,
     /// `[T, Hkv·D]`.
-    pub v: Mat,
+    pub v: Act,
 }

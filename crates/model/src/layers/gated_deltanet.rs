@@ -14,8 +14,8 @@
 //! Prefill runs the chunked form of the delta rule (chunks of [`CHUNK`]); single-token decode
 //! the recurrent form. They agree (tested in `qinfer-cpu` and end to end).
 
+use qinfer_backend::{Act, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, conv_taps};
 use qinfer_cache::{DeltaNetState, KeptLayer};
-use qinfer_cpu::ops::{self, DeltaRuleInputs, DeltaRuleShape};
 use qinfer_tensor::{Mat, Weight};
 
 use super::norm::RmsNorm;
@@ -28,19 +28,19 @@ use crate::names::LayerTensor;
 #[derive(Clone, Debug)]
 pub struct DeltaNetProjections {
     /// `[T, C]`: q ‖ k ‖ v before the conv.
-    pub mixed: Mat,
+    pub mixed: Act,
     /// `[T, Nv·Dv]`: the output gate.
-    pub z: Mat,
+    pub z: Act,
     /// `[T, Nv]`: β before the sigmoid.
-    pub b: Mat,
+    pub b: Act,
     /// `[T, Nv]`: the decay input.
-    pub a: Mat,
+    pub a: Act,
 }
 
 impl DeltaNetProjections {
     /// Rows `start..end` (one sequence's segment of a batch).
-    pub fn rows(&self, start: usize, end: usize) -> DeltaNetProjections {
-        let cut = |m: &Mat| m.rows_range(start, end);
+    pub fn rows(&self, be: &dyn Backend, start: usize, end: usize) -> DeltaNetProjections {
+        let cut = |m: &Act| be.rows(m, start..end);
         DeltaNetProjections {
             mixed: cut(&self.mixed),
             z: cut(&self.z),
@@ -81,7 +81,7 @@ pub struct GatedDeltaNet {
     /// `[Nv, H]`.
     pub a: Weight,
     /// The conv taps, `[K, C]` (the checkpoint's `[C, K]` transposed at load,
-    /// [`ops::conv_taps`]).
+    /// [`conv_taps`]).
     pub conv_taps: Vec<f32>,
     /// `[Nv]`.
     pub dt_bias: Vec<f32>,
@@ -109,7 +109,7 @@ impl GatedDeltaNet {
             z: ld.matrix(id(LayerTensor::DeltaNetZ), c.value_dim(), hidden)?,
             b: ld.matrix(id(LayerTensor::DeltaNetB), nv, hidden)?,
             a: ld.matrix(id(LayerTensor::DeltaNetA), nv, hidden)?,
-            conv_taps: ops::conv_taps(
+            conv_taps: conv_taps(
                 &ld.f32s(
                     id(LayerTensor::DeltaNetConv),
                     &[&[conv_dim, 1, c.conv_kernel], &[conv_dim, c.conv_kernel]],
@@ -129,25 +129,31 @@ impl GatedDeltaNet {
     }
 
     /// `x [T, H]` (normed) → `[T, H]`, advancing `state` (one sequence, nothing kept).
-    pub fn forward(&self, x: &Mat, state: &mut DeltaNetState, path: DeltaNetPath) -> Mat {
-        let p = self.project(x);
-        let o = self.mix(&p, state, None, path);
-        self.output(&o)
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        x: &Act,
+        state: &mut DeltaNetState,
+        path: DeltaNetPath,
+    ) -> Act {
+        let p = self.project(be, x);
+        let o = self.mix(be, &p, state, None, path);
+        self.output(be, &o)
     }
 
     /// The output projection over all rows of a step: `[T, Nv·Dv] → [T, H]`.
-    pub fn output(&self, o: &Mat) -> Mat {
-        ops::matmul(o, &self.out)
+    pub fn output(&self, be: &dyn Backend, o: &Act) -> Act {
+        be.matmul(o, &self.out)
     }
 
     /// The input projections, position by position (rows may belong to different sequences:
     /// a batch stacks them so each weight is read once).
-    pub fn project(&self, x: &Mat) -> DeltaNetProjections {
+    pub fn project(&self, be: &dyn Backend, x: &Act) -> DeltaNetProjections {
         // [T, C], [T, Nv·Dv], [T, Nv], [T, Nv], in one parallel region.
-        let [mixed, z, b, a]: [Mat; 4] =
-            ops::matmul_many(x, &[&self.qkv, &self.z, &self.b, &self.a])
-                .try_into()
-                .expect("four weights, four outputs");
+        let [mixed, z, b, a]: [Act; 4] = be
+            .matmul_many(x, &[&self.qkv, &self.z, &self.b, &self.a])
+            .try_into()
+            .expect("four weights, four outputs");
         DeltaNetProjections { mixed, z, b, a }
     }
 
@@ -159,38 +165,26 @@ impl GatedDeltaNet {
     /// gives bit for bit the state after them.
     pub fn mix(
         &self,
+        be: &dyn Backend,
         p: &DeltaNetProjections,
         state: &mut DeltaNetState,
         mut kept: Option<&mut KeptLayer>,
         path: DeltaNetPath,
-    ) -> Mat {
+    ) -> Act {
         let c = self.config;
-        let (t, nv, key_dim) = (p.mixed.rows, c.n_v_heads, c.key_dim());
-        let DeltaNetProjections { mixed, z, b, a } = p;
+        let (t, key_dim) = (p.mixed.rows(), c.key_dim());
         let (taps, kernel) = (&self.conv_taps, c.conv_kernel);
-        let mixed = match &mut kept {
-            Some(k) => {
-                let windows = &mut k.conv;
-                ops::causal_conv1d_silu_keep(mixed, &mut state.conv, taps, kernel, windows)
-            }
-            None => ops::causal_conv1d_silu(mixed, &mut state.conv, taps, kernel),
-        };
-        let mut q = mixed.cols_range(0, key_dim); // [T, Nk·Dk]
-        let mut k = mixed.cols_range(key_dim, key_dim); // [T, Nk·Dk]
-        let v = mixed.cols_range(2 * key_dim, c.value_dim()); // [T, Nv·Dv]
-        let beta: Vec<f32> = b.data.iter().map(|&x| ops::sigmoid(x)).collect();
-        let g: Vec<f32> = a
-            .data
-            .iter()
-            .enumerate()
-            .map(|(i, &ai)| self.a_neg[i % nv] * ops::softplus(ai + self.dt_bias[i % nv]))
-            .collect();
-        ops::l2_norm(&mut q.data, c.k_head_dim, L2_EPS);
-        ops::l2_norm(&mut k.data, c.k_head_dim, L2_EPS);
-        let scale = 1.0 / (c.k_head_dim as f32).sqrt();
-        q.data.iter_mut().for_each(|v| *v *= scale);
+        let windows = kept.as_mut().map(|k| k.conv.as_mut_slice());
+        let mixed = be.conv_silu(&p.mixed, &mut state.conv, taps, kernel, windows);
+        let mut q = be.cols(&mixed, 0, key_dim); // [T, Nk·Dk]
+        let mut k = be.cols(&mixed, key_dim, key_dim); // [T, Nk·Dk]
+        let v = be.cols(&mixed, 2 * key_dim, c.value_dim()); // [T, Nv·Dv]
+        let (beta, g) = be.deltanet_gates(&p.b, &p.a, &self.a_neg, &self.dt_bias);
+        be.l2_norm(&mut q, c.k_head_dim, L2_EPS);
+        be.l2_norm(&mut k, c.k_head_dim, L2_EPS);
+        be.scale(&mut q, 1.0 / (c.k_head_dim as f32).sqrt());
 
-        let inputs = DeltaRuleInputs {
+        let inputs = DeltaInputs {
             q: &q,
             k: &k,
             v: &v,
@@ -202,45 +196,46 @@ impl GatedDeltaNet {
             DeltaNetPath::Recurrent => false,
             DeltaNetPath::Chunked => true,
         };
-        let s = &mut state.recurrent;
-        let mut o = match kept {
+        let form = match kept {
             Some(kept) => {
                 for (dst, src) in [
-                    (&mut kept.q, &q.data),
-                    (&mut kept.k, &k.data),
-                    (&mut kept.v, &v.data),
+                    (&mut kept.q, &q),
+                    (&mut kept.k, &k),
+                    (&mut kept.v, &v),
                     (&mut kept.g, &g),
                     (&mut kept.beta, &beta),
                 ] {
                     dst.clear();
-                    dst.extend_from_slice(src);
+                    be.download_into(src, dst);
                 }
-                ops::gated_delta_rule_recurrent(self.shape(), inputs, s)
+                DeltaForm::Recurrent
             }
-            None if chunked => ops::gated_delta_rule_chunked(self.shape(), inputs, s, CHUNK),
-            None => ops::gated_delta_rule_recurrent(self.shape(), inputs, s),
+            None if chunked => DeltaForm::Chunked { chunk: CHUNK },
+            None => DeltaForm::Recurrent,
         };
-        ops::gated_rms_norm(&mut o.data, &z.data, &self.norm.weight, self.norm.eps);
+        let mut o = be.delta_rule(self.shape(), inputs, &mut state.recurrent, form);
+        be.gated_rms_norm(&mut o, &p.z, &self.norm.weight, self.norm.eps);
         o
     }
 
     /// Sets `recurrent` to the state after the first `j` positions of a kept step: the start
     /// state, then the recurrence over the kept inputs of those positions — the same
     /// per-token steps the step ran, so the same bits.
-    pub fn replay(&self, kept: &KeptLayer, j: usize, recurrent: &mut [f32]) {
+    pub fn replay(&self, be: &dyn Backend, kept: &KeptLayer, j: usize, recurrent: &mut [f32]) {
         let c = self.config;
         let (kd, vd, nv) = (c.key_dim(), c.value_dim(), c.n_v_heads);
-        let rows = |data: &[f32], w: usize| Mat::from_vec(data[..j * w].to_vec(), j, w);
+        let rows = |data: &[f32], w: usize| be.upload(Mat::from_vec(data[..j * w].to_vec(), j, w));
         let (q, k, v) = (rows(&kept.q, kd), rows(&kept.k, kd), rows(&kept.v, vd));
-        let inputs = DeltaRuleInputs {
+        let (g, beta) = (rows(&kept.g, nv), rows(&kept.beta, nv));
+        let inputs = DeltaInputs {
             q: &q,
             k: &k,
             v: &v,
-            g: &kept.g[..j * nv],
-            beta: &kept.beta[..j * nv],
+            g: &g,
+            beta: &beta,
         };
         recurrent.copy_from_slice(&kept.start);
-        ops::gated_delta_rule_recurrent(self.shape(), inputs, recurrent);
+        be.delta_rule(self.shape(), inputs, recurrent, DeltaForm::Recurrent);
     }
 
     /// The head layout of the delta rule.

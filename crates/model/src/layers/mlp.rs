@@ -1,7 +1,7 @@
 //! SwiGLU feed-forward: `W_down (silu(W_gate x) ⊙ W_up x)`.
 
-use qinfer_cpu::ops;
-use qinfer_tensor::{Mat, Weight};
+use qinfer_backend::{Act, Backend};
+use qinfer_tensor::Weight;
 
 use crate::error::LoadError;
 use crate::loader::{Loader, TensorId};
@@ -36,12 +36,13 @@ impl Mlp {
     }
 
     /// `[T, H] → [T, H]`.
-    pub fn forward(&self, x: &Mat) -> Mat {
+    pub fn forward(&self, b: &dyn Backend, x: &Act) -> Act {
         // [T, I] each
-        let [mut gate, up]: [Mat; 2] = ops::matmul_many(x, &[&self.gate, &self.up])
+        let [mut gate, up]: [Act; 2] = b
+            .matmul_many(x, &[&self.gate, &self.up])
             .try_into()
             .expect("two weights, two outputs");
-        ops::swiglu(&mut gate.data, &up.data);
-        ops::matmul(&gate, &self.down)
+        b.swiglu(&mut gate, &up);
+        b.matmul(&gate, &self.down)
     }
 }

@@ -1,5 +1,5 @@
 //! The mechanisms a Qwen3.5 decoder is built from. Each owns its weights, loads them by role
-//! through [`crate::loader::Loader`], and runs its step through `qinfer_cpu::ops`.
+//! through [`crate::loader::Loader`], and runs its step through the [`qinfer_backend::Backend`] it is given.
 
 pub mod attention;
 pub mod gated_deltanet;

@@ -9,8 +9,7 @@
 //! Experts are SwiGLU MLPs. Checkpoints store them stacked (`experts.gate_up_proj [E, 2I, H]`,
 //! `experts.down_proj [E, H, I]`) or one tensor per expert; both load into the same views.
 
-use qinfer_cpu::ops;
-use qinfer_tensor::Mat;
+use qinfer_backend::{Act, Backend};
 
 use super::mlp::Mlp;
 use crate::error::LoadError;
@@ -93,67 +92,29 @@ impl Moe {
         })
     }
 
-    /// `[T, H] → [T, H]`.
-    pub fn forward(&self, x: &Mat) -> Mat {
-        let (t, h) = (x.rows, x.cols);
-        let logits = ops::matmul(x, &self.router); // [T, E]
-        // Tokens routed to each expert, with their weights.
-        let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.experts.len()];
-        for ti in 0..t {
-            for (e, w) in route(logits.row(ti), self.top_k) {
-                routed[e].push((ti, w));
+    /// `[T, H] → [T, H]`. Routing runs on the backend ([`Backend::route`]); each expert
+    /// then takes the rows routed to it, and adds them back weighted.
+    pub fn forward(&self, b: &dyn Backend, x: &Act) -> Act {
+        let logits = b.matmul(x, &self.router); // [T, E]
+        // Rows routed to each expert, with their weights.
+        let mut routed: Vec<(Vec<usize>, Vec<f32>)> = vec![Default::default(); self.experts.len()];
+        for (t, picks) in b.route(&logits, self.top_k).into_iter().enumerate() {
+            for (e, w) in picks {
+                routed[e].0.push(t);
+                routed[e].1.push(w);
             }
         }
-        let mut out = Mat::zeros(t, h);
-        for (expert, tokens) in self.experts.iter().zip(&routed) {
-            if tokens.is_empty() {
+        let mut out = b.zeros(x.rows(), x.cols());
+        for (expert, (rows, weights)) in self.experts.iter().zip(&routed) {
+            if rows.is_empty() {
                 continue;
             }
-            let mut xe = Mat::zeros(tokens.len(), h); // gathered rows
-            for (i, (ti, _)) in tokens.iter().enumerate() {
-                xe.row_mut(i).copy_from_slice(x.row(*ti));
-            }
-            let ye = expert.forward(&xe);
-            for (i, (ti, w)) in tokens.iter().enumerate() {
-                for (o, y) in out.row_mut(*ti).iter_mut().zip(ye.row(i)) {
-                    *o += w * y;
-                }
-            }
+            let ye = expert.forward(b, &b.gather(x, rows));
+            b.scatter_add(&mut out, &ye, rows, weights);
         }
-        let shared = self.shared.forward(x);
-        let gate = ops::matmul(x, &self.shared_gate); // [T, 1]
-        for ti in 0..t {
-            let g = ops::sigmoid(gate.data[ti]);
-            for (o, s) in out.row_mut(ti).iter_mut().zip(shared.row(ti)) {
-                *o += g * s;
-            }
-        }
+        let shared = self.shared.forward(b, x);
+        let gate = b.matmul(x, &self.shared_gate); // [T, 1]
+        b.add_gated(&mut out, &shared, &gate);
         out
-    }
-}
-
-/// Softmax over all experts, the `k` most probable (ties to the lower index), weights
-/// renormalised to sum 1.
-pub fn route(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut p = logits.to_vec();
-    ops::softmax(&mut p);
-    let mut order: Vec<usize> = (0..p.len()).collect();
-    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-    let top = &order[..k.min(order.len())];
-    let sum: f32 = top.iter().map(|&e| p[e]).sum();
-    top.iter().map(|&e| (e, p[e] / sum)).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_to_the_top_k_with_renormalised_weights() {
-        let r = route(&[0.0, 2.0, 1.0, -1.0], 2);
-        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), [1, 2]);
-        let e = std::f32::consts::E;
-        assert!((r[0].1 - e / (e + 1.0)).abs() < 1e-6);
-        assert!((r[0].1 + r[1].1 - 1.0).abs() < 1e-6);
     }
 }

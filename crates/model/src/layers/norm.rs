@@ -1,8 +1,7 @@
 //! RMSNorm with an effective multiplier (the loader already applied `1 + w` where the
 //! checkpoint stores zero-centred weights).
 
-use qinfer_cpu::ops;
-use qinfer_tensor::Mat;
+use qinfer_backend::{Act, Backend};
 
 use crate::error::LoadError;
 use crate::loader::{Loader, TensorId};
@@ -23,14 +22,14 @@ impl RmsNorm {
     }
 
     /// Normalises every `width`-wide group of `x` (rows, or heads within rows).
-    pub fn forward(&self, x: &mut Mat) {
-        ops::rms_norm(&mut x.data, &self.weight, self.eps);
+    pub fn forward(&self, b: &dyn Backend, x: &mut Act) {
+        b.rms_norm(x, &self.weight, self.eps);
     }
 
     /// Normalised copy of `x`.
-    pub fn apply(&self, x: &Mat) -> Mat {
+    pub fn apply(&self, b: &dyn Backend, x: &Act) -> Act {
         let mut y = x.clone();
-        self.forward(&mut y);
+        self.forward(b, &mut y);
         y
     }
 }

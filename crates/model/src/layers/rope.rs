@@ -57,6 +57,19 @@ impl Rope {
         Rope { inv_freq, stream }
     }
 
+    /// `(cos, sin)` of every frequency's angle at each of `positions`, `[T, rotary_dim / 2]`
+    /// each (what [`qinfer_backend::Backend::rope`] takes).
+    pub fn angles_of(&self, positions: &[Position3]) -> (Vec<f32>, Vec<f32>) {
+        let n = positions.len() * self.inv_freq.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for &p in positions {
+            let (c, s) = self.angles(p);
+            cos.extend(c);
+            sin.extend(s);
+        }
+        (cos, sin)
+    }
+
     /// `(cos, sin)` of every frequency's angle at `pos`.
     pub fn angles(&self, pos: Position3) -> (Vec<f32>, Vec<f32>) {
         self.inv_freq
