@@ -474,7 +474,8 @@ impl Qwen35 {
         state: &mut SequenceState,
         logits: Rows,
     ) -> Result<Mat, ForwardError> {
-        self.forward_traced(tokens, state, logits, &mut |_, _| {})
+        let span = Span::tokens(tokens, state).logits(logits);
+        Ok(only_logits(self.step(&mut [span])?, self.config.vocab))
     }
 
     /// [`Qwen35::forward`] for a piece of a prompt: the chunked delta rule even for a single

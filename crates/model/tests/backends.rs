@@ -14,12 +14,18 @@
 
 mod common;
 
+use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
 use qinfer_backend::reference::Reference;
-use qinfer_cache::SequenceState;
+use qinfer_backend::{
+    Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, PrepareError,
+};
+use qinfer_cache::{KvCache, SequenceState};
 use qinfer_model::{Qwen35, Rows, Span};
+use qinfer_tensor::{DType, Mat, Weight};
 
 const F32: [&str; 2] = ["tiny-dense-f32", "tiny-moe-f32"];
 const LOGIT_TOL: f32 = 1e-3;
@@ -110,5 +116,250 @@ fn rewinds_hold_on_the_reference_backend() {
             format!("{:?}", states[j - 1].layers()),
             "state at j = {j}"
         );
+    }
+}
+
+/// A simulated device: activations live in its own buffers (`Act::from_device`), every weight
+/// is copied into its memory when prepared (widened to `f32`) and read only from there, and
+/// the arithmetic is the reference backend's. It counts what crosses the seam.
+#[derive(Debug, Default)]
+struct Staged {
+    uploads: AtomicUsize,
+    downloads: AtomicUsize,
+}
+
+/// Staged "device memory".
+struct Buf(Mat);
+
+fn dev(m: Mat) -> Act {
+    Act::from_device(m.rows, m.cols, Arc::new(Buf(m)))
+}
+
+/// A device activation as the reference backend's host rows.
+fn local(a: &Act) -> Act {
+    Act::from_host(a.device::<Buf>().expect("a staged activation").0.clone())
+}
+
+fn back(a: Act) -> Act {
+    dev(Reference.download(a))
+}
+
+fn on_device(w: &Weight) -> &Weight {
+    w.device::<Weight>()
+        .expect("a weight the staged backend prepared")
+}
+
+impl Staged {
+    fn in_place(&self, x: &mut Act, f: impl FnOnce(&mut Act)) {
+        let mut h = local(x);
+        f(&mut h);
+        *x = back(h);
+    }
+
+    fn transfers(&self) -> (usize, usize) {
+        (
+            self.uploads.load(Ordering::Relaxed),
+            self.downloads.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Backend for Staged {
+    fn describe(&self) -> String {
+        "staged".into()
+    }
+
+    fn supports(&self, dtype: DType) -> bool {
+        Reference.supports(dtype)
+    }
+
+    fn prepare(&self, w: Weight) -> Result<Weight, PrepareError> {
+        let mut values = vec![0.0f32; w.rows() * w.cols()];
+        for (r, out) in values.chunks_exact_mut(w.cols()).enumerate() {
+            qinfer_quant::dequantize_row(w.dtype(), w.row(r), out).unwrap();
+        }
+        let copy = Weight::from_f32(values, w.rows(), w.cols());
+        Ok(w.with_device(Arc::new(copy)))
+    }
+
+    fn upload(&self, m: Mat) -> Act {
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+        dev(m)
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Act {
+        dev(Mat::zeros(rows, cols))
+    }
+
+    fn download(&self, a: Act) -> Mat {
+        self.downloads.fetch_add(1, Ordering::Relaxed);
+        a.device::<Buf>().expect("a staged activation").0.clone()
+    }
+
+    fn download_into(&self, a: &Act, out: &mut Vec<f32>) {
+        out.extend_from_slice(&self.download(a.clone()).data);
+    }
+
+    fn embed(&self, table: &Weight, ids: &[u32]) -> Act {
+        back(Reference.embed(on_device(table), ids))
+    }
+
+    fn rows(&self, a: &Act, range: Range<usize>) -> Act {
+        back(Reference.rows(&local(a), range))
+    }
+
+    fn cols(&self, a: &Act, start: usize, len: usize) -> Act {
+        back(Reference.cols(&local(a), start, len))
+    }
+
+    fn gather(&self, a: &Act, rows: &[usize]) -> Act {
+        back(Reference.gather(&local(a), rows))
+    }
+
+    fn stack(&self, parts: &[Act]) -> Act {
+        let parts: Vec<Act> = parts.iter().map(local).collect();
+        back(Reference.stack(&parts))
+    }
+
+    fn split_heads(&self, a: &Act, heads: usize, widths: &[usize]) -> Vec<Act> {
+        Reference
+            .split_heads(&local(a), heads, widths)
+            .into_iter()
+            .map(back)
+            .collect()
+    }
+
+    fn matmul_many(&self, x: &Act, ws: &[&Weight]) -> Vec<Act> {
+        let ws: Vec<&Weight> = ws.iter().map(|w| on_device(w)).collect();
+        Reference
+            .matmul_many(&local(x), &ws)
+            .into_iter()
+            .map(back)
+            .collect()
+    }
+
+    fn add(&self, x: &mut Act, y: &Act) {
+        self.in_place(x, |h| Reference.add(h, &local(y)));
+    }
+
+    fn scatter_add(&self, out: &mut Act, src: &Act, rows: &[usize], weights: &[f32]) {
+        self.in_place(out, |h| {
+            Reference.scatter_add(h, &local(src), rows, weights)
+        });
+    }
+
+    fn scale(&self, x: &mut Act, s: f32) {
+        self.in_place(x, |h| Reference.scale(h, s));
+    }
+
+    fn sigmoid_mul(&self, x: &mut Act, gate: &Act) {
+        self.in_place(x, |h| Reference.sigmoid_mul(h, &local(gate)));
+    }
+
+    fn swiglu(&self, gate: &mut Act, up: &Act) {
+        self.in_place(gate, |h| Reference.swiglu(h, &local(up)));
+    }
+
+    fn rms_norm(&self, x: &mut Act, w: &[f32], eps: f32) {
+        self.in_place(x, |h| Reference.rms_norm(h, w, eps));
+    }
+
+    fn l2_norm(&self, x: &mut Act, width: usize, eps: f32) {
+        self.in_place(x, |h| Reference.l2_norm(h, width, eps));
+    }
+
+    fn gated_rms_norm(&self, x: &mut Act, z: &Act, w: &[f32], eps: f32) {
+        self.in_place(x, |h| Reference.gated_rms_norm(h, &local(z), w, eps));
+    }
+
+    fn rope(&self, x: &mut Act, head_dim: usize, cos: &[f32], sin: &[f32]) {
+        self.in_place(x, |h| Reference.rope(h, head_dim, cos, sin));
+    }
+
+    fn attend(&self, q: &Act, k: &Act, v: &Act, kv: &mut KvCache, shape: AttentionShape) -> Act {
+        back(Reference.attend(&local(q), &local(k), &local(v), kv, shape))
+    }
+
+    fn route(&self, logits: &Act, k: usize) -> Vec<Vec<(usize, f32)>> {
+        Reference.route(&local(logits), k)
+    }
+
+    fn add_gated(&self, out: &mut Act, x: &Act, gate: &Act) {
+        self.in_place(out, |h| Reference.add_gated(h, &local(x), &local(gate)));
+    }
+
+    fn conv_silu(
+        &self,
+        x: &Act,
+        window: &mut [f32],
+        taps: &[f32],
+        kernel: usize,
+        keep: Option<&mut [f32]>,
+    ) -> Act {
+        back(Reference.conv_silu(&local(x), window, taps, kernel, keep))
+    }
+
+    fn deltanet_gates(&self, b: &Act, a: &Act, a_neg: &[f32], dt_bias: &[f32]) -> (Act, Act) {
+        let (beta, g) = Reference.deltanet_gates(&local(b), &local(a), a_neg, dt_bias);
+        (back(beta), back(g))
+    }
+
+    fn delta_rule(
+        &self,
+        shape: DeltaRuleShape,
+        x: DeltaInputs<'_>,
+        state: &mut [f32],
+        form: DeltaForm,
+    ) -> Act {
+        let (q, k, v, g, beta) = (
+            local(x.q),
+            local(x.k),
+            local(x.v),
+            local(x.g),
+            local(x.beta),
+        );
+        let inputs = DeltaInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            g: &g,
+            beta: &beta,
+        };
+        back(Reference.delta_rule(shape, inputs, state, form))
+    }
+}
+
+/// Model code never reaches past the seam: on a backend whose activations and weights live in
+/// its own memory, a model computes exactly what the same arithmetic gives on host rows, and
+/// the only numbers that cross are those the seam names — a decode step downloads its logits
+/// and nothing else; supplied embedding rows are one upload.
+#[test]
+fn activations_and_weights_stay_on_a_device_backend() {
+    for name in F32 {
+        let staged = Arc::new(Staged::default());
+        let on_device = load(name).with_backend(staged.clone()).unwrap();
+        let on_host = on_reference(load(name));
+        let prompt = qinfer_model::pseudo_random_tokens(70, on_host.config.vocab as u32, 3);
+        let (mut a, mut b) = (on_device.new_state(), on_host.new_state());
+        let x = on_device.forward(&prompt, &mut a, Rows::All).unwrap();
+        let y = on_host.forward(&prompt, &mut b, Rows::All).unwrap();
+        assert_eq!(x.data, y.data, "{name}: prefill logits");
+
+        let before = staged.transfers();
+        let x = on_device.forward(&[11], &mut a, Rows::Last).unwrap();
+        let after = staged.transfers();
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (0, 1),
+            "{name}: a decode step moves its logits only"
+        );
+        let y = on_host.forward(&[11], &mut b, Rows::Last).unwrap();
+        assert_eq!(x.data, y.data, "{name}: decode logits");
+
+        let rows = Reference.download(Reference.embed(&on_host.embed, &[4, 5]));
+        on_device
+            .step(&mut [Span::embeddings(&rows, &mut a)])
+            .unwrap();
+        assert_eq!(staged.transfers().0 - after.0, 1, "{name}: rows supplied");
     }
 }

@@ -21,4 +21,4 @@ mod weight;
 pub use bytes::{ByteOwner, ByteView};
 pub use dtype::DType;
 pub use mat::Mat;
-pub use weight::{Weight, WeightError};
+pub use weight::{DeviceCopy, Weight, WeightError};

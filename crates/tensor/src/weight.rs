@@ -1,6 +1,21 @@
 //! Weight matrices in their storage format.
 
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
 use crate::{ByteView, DType};
+
+/// A backend's copy of a weight in its own memory, made once at load (`Backend::prepare`).
+/// Opaque here: only the backend that made it knows its type.
+#[derive(Clone)]
+pub struct DeviceCopy(Arc<dyn Any + Send + Sync>);
+
+impl fmt::Debug for DeviceCopy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeviceCopy")
+    }
+}
 
 /// Why a byte range cannot be a weight of the requested shape.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +48,8 @@ pub struct Weight {
     rows: usize,
     cols: usize,
     data: ByteView,
+    /// The copy a backend made of it, if any ([`Weight::with_device`]).
+    device: Option<DeviceCopy>,
 }
 
 impl Weight {
@@ -68,6 +85,7 @@ impl Weight {
             rows,
             cols,
             data,
+            device: None,
         })
     }
 
@@ -86,7 +104,23 @@ impl Weight {
             rows,
             cols,
             data: ByteView::from_f32(values),
+            device: None,
         }
+    }
+
+    /// This weight with a backend's copy of it attached (a device backend's
+    /// `Backend::prepare` uploads the rows and keeps the buffer here; the bytes stay too, for
+    /// whoever reads them on the host).
+    pub fn with_device(self, copy: Arc<dyn Any + Send + Sync>) -> Weight {
+        Weight {
+            device: Some(DeviceCopy(copy)),
+            ..self
+        }
+    }
+
+    /// The backend's copy, if one is attached and it is a `T`.
+    pub fn device<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.device.as_ref().and_then(|d| d.0.downcast_ref())
     }
 
     pub fn dtype(&self) -> DType {
@@ -119,7 +153,8 @@ impl Weight {
     }
 
     /// Rows `[start, start + n)` as a weight of their own (no copy). Used to split fused
-    /// projections and stacked experts.
+    /// projections and stacked experts, before a backend prepares them: the slice carries no
+    /// backend copy.
     ///
     /// # Panics
     /// If the rows are out of range.
@@ -135,6 +170,7 @@ impl Weight {
             rows: n,
             cols: self.cols,
             data: self.data.slice(start * rb, n * rb),
+            device: None,
         }
     }
 }
