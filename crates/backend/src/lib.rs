@@ -225,9 +225,17 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn supports(&self, dtype: DType) -> bool;
 
     /// Takes a weight at load time, once: returns the weight the forward pass will hand back to
-    /// this backend's ops (checked, repacked, or tagged with its copy in device memory).
+    /// this backend's ops (checked, repacked, or tagged with its copy in device memory). By
+    /// default: the weight as it is, if [`Backend::supports`] its format.
     fn prepare(&self, w: Weight) -> Result<Weight, PrepareError> {
-        Ok(w)
+        if self.supports(w.dtype()) {
+            Ok(w)
+        } else {
+            Err(PrepareError {
+                backend: self.describe(),
+                reason: format!("no matmul reads {} weights", w.dtype()),
+            })
+        }
     }
 
     // --- Moving rows across the seam ---

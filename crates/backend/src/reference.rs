@@ -11,7 +11,7 @@ use std::ops::Range;
 use qinfer_cache::KvCache;
 use qinfer_tensor::{DType, Mat, Weight};
 
-use crate::{Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, PrepareError};
+use crate::{Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape};
 
 /// The reference backend (no settings: `f32` activations everywhere, `f64` sums).
 #[derive(Clone, Copy, Debug, Default)]
@@ -75,17 +75,6 @@ impl Backend for Reference {
 
     fn supports(&self, dtype: DType) -> bool {
         qinfer_quant::supported(dtype)
-    }
-
-    fn prepare(&self, w: Weight) -> Result<Weight, PrepareError> {
-        if self.supports(w.dtype()) {
-            Ok(w)
-        } else {
-            Err(PrepareError {
-                backend: self.describe(),
-                reason: format!("cannot widen {} weights", w.dtype()),
-            })
-        }
     }
 
     fn upload(&self, m: Mat) -> Act {

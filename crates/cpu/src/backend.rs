@@ -4,9 +4,7 @@
 
 use std::ops::Range;
 
-use qinfer_backend::{
-    Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, PrepareError,
-};
+use qinfer_backend::{Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape};
 use qinfer_cache::{KvCache, KvSegment};
 use qinfer_tensor::{DType, Mat, Weight};
 
@@ -45,17 +43,6 @@ impl Backend for Cpu {
 
     fn supports(&self, dtype: DType) -> bool {
         ops::weight_dtype_supported(dtype)
-    }
-
-    fn prepare(&self, w: Weight) -> Result<Weight, PrepareError> {
-        if self.supports(w.dtype()) {
-            Ok(w)
-        } else {
-            Err(PrepareError {
-                backend: self.describe(),
-                reason: format!("no matmul reads {} weights", w.dtype()),
-            })
-        }
     }
 
     fn upload(&self, m: Mat) -> Act {

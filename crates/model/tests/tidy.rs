@@ -10,10 +10,22 @@
 
 use std::path::{Path, PathBuf};
 
-/// The string literals of a Rust source file, comments skipped (a small lexer: line and
-/// nested block comments, char literals, escapes, raw strings).
+/// The string literals of a Rust source file, comments skipped.
 fn string_literals(src: &str) -> Vec<String> {
+    lex(src).1
+}
+
+/// `src` with comments removed and string literals emptied: the code a tidy check may search
+/// for a token.
+fn code_only(src: &str) -> String {
+    lex(src).0
+}
+
+/// A small lexer: line and nested block comments, char literals, escapes, raw strings. Returns
+/// the code (comments dropped, each string literal as `""`) and the string literals.
+fn lex(src: &str) -> (String, Vec<String>) {
     let b = src.as_bytes();
+    let mut code = String::new();
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -47,6 +59,7 @@ fn string_literals(src: &str) -> Vec<String> {
                     j += 1;
                 }
                 if b.get(j) != Some(&b'"') {
+                    code.push('r');
                     i += 1;
                     continue;
                 }
@@ -58,6 +71,7 @@ fn string_literals(src: &str) -> Vec<String> {
                     .find(std::str::from_utf8(&close).unwrap())
                     .map_or(b.len(), |e| start + e);
                 out.push(src[start..end].to_string());
+                code.push_str("\"\"");
                 i = end + close.len();
             }
             b'\'' => {
@@ -82,12 +96,16 @@ fn string_literals(src: &str) -> Vec<String> {
                     i += 1;
                 }
                 out.push(s);
+                code.push_str("\"\"");
                 i += 1;
             }
-            _ => i += 1,
+            c => {
+                code.push(c as char);
+                i += 1;
+            }
         }
     }
-    out
+    (code, out)
 }
 
 /// Whether `hay` holds `name` as a whole name (not inside a longer identifier).
@@ -182,53 +200,6 @@ fn the_lexer_skips_comments_and_char_literals() {
     assert!(holds("blk.0.ffn_up.weight", "ffn_up.weight"));
     assert!(!holds("ssm_alpha.weight", "ssm_a"));
     assert!(holds("ssm_a", "ssm_a"));
-}
-
-/// `src` with comments removed and the contents of string and char literals blanked: the code
-/// a tidy check may search for a token.
-fn code_only(src: &str) -> String {
-    let b = src.as_bytes();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 1;
-                i += 2;
-                while i < b.len() && depth > 0 {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 1;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    if b[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                out.push_str("\"\"");
-                i += 1;
-            }
-            c => {
-                out.push(c as char);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Whether `code` reads a field or calls a method `.name` (`.name` not followed by more of
