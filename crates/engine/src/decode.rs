@@ -141,6 +141,7 @@ impl Decoder {
         logprobs: Option<usize>,
     ) -> Result<Self, EngineError> {
         opts.sampling.validate()?;
+        crate::sampler::check_stop_strings(&opts.stop_strings)?;
         let mut stops = opts.stop_ids.clone();
         if !opts.ignore_eos {
             stops.extend(eos);

@@ -90,7 +90,7 @@ impl PromptCache {
         if let Some(dir) = &opts.dir {
             let path = dir.join(FILE_NAME);
             if path.is_file() {
-                match load(&path, &fingerprint, specs, config) {
+                match load(&path, &fingerprint, model.config.vocab, specs, config) {
                     Ok((c, t)) => (cache, texts) = (c, t),
                     Err(e) => load_note = Some(format!("prompt cache not loaded: {e}")),
                 }
@@ -214,6 +214,7 @@ type Texts = Vec<(String, Vec<u32>)>;
 fn load(
     path: &Path,
     fingerprint: &str,
+    vocab: usize,
     specs: Vec<LayerSpec>,
     config: CacheConfig,
 ) -> Result<(PrefixCache, Texts), String> {
@@ -227,6 +228,17 @@ fn load(
         .transpose()
         .map_err(|e| corrupt(e.to_string()))?
         .unwrap_or_default();
+    // Remembered ids become prompt tokens (`encode`): a file whose checksum and fingerprint
+    // hold but whose ids do not fit the model is refused, not served from.
+    if let Some(id) = texts
+        .iter()
+        .flat_map(|(_, ids)| ids)
+        .find(|&&id| id as usize >= vocab)
+    {
+        return Err(corrupt(format!(
+            "token id {id} is outside the vocabulary of {vocab}"
+        )));
+    }
     let cache = PrefixCache::from_bytes(specs, config, &body).map_err(corrupt)?;
     Ok((cache, texts))
 }

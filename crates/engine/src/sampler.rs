@@ -31,6 +31,36 @@ pub enum SamplingError {
     UnknownPreset(String, String),
     #[error("{path}: {why}")]
     GenerationConfig { path: String, why: String },
+    #[error(
+        "at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_STRING_BYTES} bytes each \
+         are accepted: {0}"
+    )]
+    StopStrings(String),
+}
+
+/// Most stop strings one request may set. Matching runs on the engine thread for every
+/// generated token, against every stop string, so a request's cost is bounded before it is
+/// spent (OpenAI's API allows 4; agents send a handful).
+pub const MAX_STOP_STRINGS: usize = 16;
+/// Most bytes in one stop string.
+pub const MAX_STOP_STRING_BYTES: usize = 256;
+
+/// Whether `stops` is within [`MAX_STOP_STRINGS`] and [`MAX_STOP_STRING_BYTES`].
+pub fn check_stop_strings(stops: &[String]) -> Result<(), SamplingError> {
+    if stops.len() > MAX_STOP_STRINGS {
+        return Err(SamplingError::StopStrings(format!("{} given", stops.len())));
+    }
+    if let Some((i, s)) = stops
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.len() > MAX_STOP_STRING_BYTES)
+    {
+        return Err(SamplingError::StopStrings(format!(
+            "stop string {i} is {} bytes",
+            s.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Sampling parameters of one request.

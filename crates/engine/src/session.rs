@@ -80,6 +80,12 @@ pub fn load(path: &Path, model: &Qwen35) -> Result<Session, String> {
         .map(|_| r.u32())
         .collect::<Result<Vec<_>, _>>()
         .map_err(corrupt)?;
+    let vocab = model.config.vocab;
+    if let Some(id) = tokens.iter().find(|&&id| id as usize >= vocab) {
+        return Err(corrupt(format!(
+            "token id {id} is outside the vocabulary of {vocab}"
+        )));
+    }
     let state = r.state().map_err(corrupt)?;
     let mut fresh = model.new_state();
     fresh

@@ -323,6 +323,48 @@ fn the_disk_tier_survives_a_restart_and_refuses_damage() {
     assert_eq!(cold.ids, again.ids);
 }
 
+/// Hardening: a cache file with a valid checksum and fingerprint but token ids outside the
+/// vocabulary loaded silently, and then every request failed (500) until it was deleted. It is
+/// now refused at load with the reason, and requests run cold.
+#[test]
+fn a_cache_file_with_ids_outside_the_vocabulary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || CacheOptions {
+        budget_bytes: usize::MAX,
+        snapshot_every: Some(64),
+        dir: Some(dir.path().to_path_buf()),
+    };
+    let vocab = demo().model.config.vocab as u32;
+    let crafted = PromptCache::new(&demo().model, opts());
+    let prompt = first_prompt("Explain the build.");
+    let text = demo().tokenizer.decode(&prompt, false).unwrap();
+    crafted.remember(text.clone(), vec![vocab + 7]);
+    crafted.save().unwrap();
+
+    let loaded = Arc::new(PromptCache::new(&demo().model, opts()));
+    let note = loaded.load_note.clone().expect("refused");
+    assert!(
+        note.contains(&format!("token id {}", vocab + 7)) && note.contains("vocabulary"),
+        "{note}"
+    );
+    let ids = loaded.encode(&demo().tokenizer, &text).unwrap();
+    assert!(ids.iter().all(|&id| id < vocab));
+    let g = request(Some(&loaded), &prompt, 3);
+    assert_eq!(g.ids, request(None, &prompt, 3).ids);
+
+    // The same for a session file.
+    let b = demo();
+    let mut seq = Sequence::new(&b.model);
+    generate(b, &mut seq, &prompt[..5], &greedy(1), &mut |_| Flow::Continue).unwrap();
+    let mut tokens = seq.tokens.clone();
+    tokens[0] = vocab + 7;
+    let crafted = Sequence::from_state(seq.state.clone(), tokens);
+    let path = dir.path().join("crafted.session");
+    session::save(&path, &b.model, &[], &json!({}), &crafted).unwrap();
+    let err = session::load(&path, &b.model).unwrap_err();
+    assert!(err.contains("outside the vocabulary"), "{err}");
+}
+
 /// A saved session resumes without processing the conversation again and continues exactly
 /// as the unsaved sequence would; a session for another model is refused.
 #[test]

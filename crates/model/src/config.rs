@@ -183,7 +183,7 @@ impl ModelConfig {
         let hidden = req(t.hidden_size, "hidden_size")?;
         let n_layers = req(t.num_hidden_layers, "num_hidden_layers")?;
         positive(hidden, "hidden_size")?;
-        positive(n_layers, "num_hidden_layers")?;
+        layer_count(n_layers, "num_hidden_layers")?;
         let layers = layer_kinds(t, n_layers)?;
 
         if let Some(act) = &t.hidden_act
@@ -293,19 +293,13 @@ impl ModelConfig {
         let vocab = req(t.vocab_size, "vocab_size")?;
         positive(vocab, "vocab_size")?;
         let eps = req(t.rms_norm_eps, "rms_norm_eps")?;
-        if !(eps > 0.0 && eps < 1.0) {
-            return Err(ConfigError::Invalid {
-                field: "rms_norm_eps",
-                why: format!("{eps} is not in (0, 1)"),
-            });
-        }
         let model_type = if moe {
             "qwen3_5_moe_text"
         } else {
             "qwen3_5_text"
         }
         .to_string();
-        Ok(ModelConfig {
+        let c = ModelConfig {
             model_type,
             form,
             hidden,
@@ -320,7 +314,9 @@ impl ModelConfig {
             max_positions: req(t.max_position_embeddings, "max_position_embeddings")?,
             mtp_layers: t.mtp_num_hidden_layers.unwrap_or(0),
             norm: NormConvention::ZeroCentred,
-        })
+        };
+        c.check()?;
+        Ok(c)
     }
 
     /// Number of decoder layers.
@@ -392,7 +388,14 @@ pub trait Metadata {
 impl ModelConfig {
     /// Validates the metadata of a llama.cpp `qwen35` / `qwen35moe` GGUF file. `vocab` is the
     /// row count of `token_embd`, `tied` whether `output.weight` is absent.
-    pub fn from_gguf(md: &dyn Metadata, vocab: usize, tied: bool) -> Result<Self, ConfigError> {
+    /// `blocks_in_file`: how many `blk.N` layers have tensors in the file (one more than the
+    /// highest `N`).
+    pub fn from_gguf(
+        md: &dyn Metadata,
+        vocab: usize,
+        tied: bool,
+        blocks_in_file: usize,
+    ) -> Result<Self, ConfigError> {
         let bad = |key: &str, why: String| ConfigError::InvalidKey {
             key: key.to_string(),
             why,
@@ -446,6 +449,16 @@ impl ModelConfig {
                     format!("{blocks} blocks cannot hold {nextn} MTP layers and a model"),
                 )
             })?;
+        if n_layers > blocks_in_file {
+            return Err(bad(
+                &key(Arch::BlockCount),
+                format!(
+                    "{blocks} blocks ({n_layers} decoder layers), but the file has tensors for \
+                     {blocks_in_file}"
+                ),
+            ));
+        }
+        layer_count(n_layers, "num_hidden_layers")?;
         let interval = get(Arch::FullAttentionInterval)?;
         positive(interval, "full_attention_interval")?;
         let layers = (0..n_layers)
@@ -473,17 +486,6 @@ impl ModelConfig {
             conv_kernel: get(Arch::SsmConvKernel)?,
             v_head_order: VHeadOrder::Tiled,
         };
-        if let Some(inner) = opt(Arch::SsmInnerSize)?
-            && inner as usize != deltanet.value_dim()
-        {
-            return Err(bad(
-                &key(Arch::SsmInnerSize),
-                format!(
-                    "{inner} ≠ time_step_rank × state_size = {}",
-                    deltanet.value_dim()
-                ),
-            ));
-        }
         let rotary_dim = get(Arch::RopeDimensionCount)?;
         let sections = md
             .u64s(&key(Arch::RopeDimensionSections))
@@ -537,24 +539,76 @@ impl ModelConfig {
             norm: NormConvention::Plain,
         };
         c.check()?;
+        // After the bounds: the product cannot overflow.
+        if let Some(inner) = opt(Arch::SsmInnerSize)?
+            && inner != c.deltanet.value_dim() as u64
+        {
+            return Err(bad(
+                &key(Arch::SsmInnerSize),
+                format!(
+                    "{inner} ≠ time_step_rank × state_size = {}",
+                    c.deltanet.value_dim()
+                ),
+            ));
+        }
         Ok(c)
     }
 
-    /// Invariants shared by every source of configuration.
+    /// The one validation of hyper-parameters, whatever their source (`config.json` or GGUF
+    /// metadata): every dimension positive and within [`LIMITS`] (so that every size computed
+    /// from them fits a `usize`), the head groupings, RoPE, the MoE routing, and the float
+    /// values finite and in range.
     fn check(&self) -> Result<(), ConfigError> {
         let (a, d) = (self.attention, self.deltanet);
+        let moe = match self.feed_forward {
+            FeedForwardConfig::Dense { intermediate } => [(intermediate, "intermediate_size")]
+                .into_iter()
+                .collect::<Vec<_>>(),
+            FeedForwardConfig::Moe {
+                n_experts,
+                expert_intermediate,
+                shared_intermediate,
+                ..
+            } => vec![
+                (n_experts, "num_experts"),
+                (expert_intermediate, "moe_intermediate_size"),
+                (shared_intermediate, "shared_expert_intermediate_size"),
+            ],
+        };
         for (v, f) in [
             (self.hidden, "hidden_size"),
             (self.vocab, "vocab_size"),
+            (self.layers.len(), "num_hidden_layers"),
             (a.n_heads, "num_attention_heads"),
             (a.n_kv_heads, "num_key_value_heads"),
             (a.head_dim, "head_dim"),
             (d.n_k_heads, "linear_num_key_heads"),
             (d.n_v_heads, "linear_num_value_heads"),
             (d.k_head_dim, "linear_key_head_dim"),
+            (d.v_head_dim, "linear_value_head_dim"),
             (d.conv_kernel, "linear_conv_kernel_dim"),
-        ] {
+            (self.max_positions, "max_position_embeddings"),
+        ]
+        .into_iter()
+        .chain(moe)
+        {
             positive(v, f)?;
+            within(v, f)?;
+        }
+        within(self.mtp_layers, "mtp_num_hidden_layers")?;
+        let eps = self.rms_norm_eps;
+        if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+            return Err(ConfigError::Invalid {
+                field: "rms_norm_eps",
+                why: format!("{eps} is not in (0, 1)"),
+            });
+        }
+        let theta = self.rope.theta;
+        if !(theta.is_finite() && theta > 1.0) {
+            return Err(ConfigError::Invalid {
+                field: "rope_theta",
+                why: format!("{theta} is not a finite number above 1"),
+            });
         }
         if !a.n_heads.is_multiple_of(a.n_kv_heads) {
             return Err(ConfigError::Invalid {
@@ -572,7 +626,7 @@ impl ModelConfig {
         if r == 0
             || !r.is_multiple_of(2)
             || r > a.head_dim
-            || self.rope.mrope_section.iter().sum::<usize>() != r / 2
+            || section_sum(&self.rope.mrope_section) != Some(r / 2)
         {
             return Err(ConfigError::Invalid {
                 field: "rope",
@@ -594,6 +648,60 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+/// The largest value qinfer accepts for each dimension: far above any model of the family
+/// (Qwen3.5-397B-A17B: hidden 4096, 60 layers, 512 experts, 248,320 tokens, 262,144 positions),
+/// low enough that every size computed from them (weight shapes, state sizes, parameter counts)
+/// fits a 64-bit `usize` without overflow. A file that claims more is refused naming the field
+/// before anything is allocated for it.
+pub const LIMITS: [(&str, usize); 17] = [
+    ("hidden_size", 1 << 16),
+    ("vocab_size", 1 << 22),
+    ("num_hidden_layers", 1024),
+    ("num_attention_heads", 1024),
+    ("num_key_value_heads", 1024),
+    ("head_dim", 4096),
+    ("linear_num_key_heads", 1024),
+    ("linear_num_value_heads", 1024),
+    ("linear_key_head_dim", 4096),
+    ("linear_value_head_dim", 4096),
+    ("linear_conv_kernel_dim", 64),
+    ("max_position_embeddings", 1 << 24),
+    ("intermediate_size", 1 << 20),
+    ("num_experts", 1 << 14),
+    ("moe_intermediate_size", 1 << 20),
+    ("shared_expert_intermediate_size", 1 << 20),
+    ("mtp_num_hidden_layers", 64),
+];
+
+/// The sum of the mRoPE sections (`None` past `usize`: values come from files).
+fn section_sum(sections: &[usize; 3]) -> Option<usize> {
+    sections.iter().try_fold(0usize, |a, &b| a.checked_add(b))
+}
+
+/// `v` is at most the field's [`LIMITS`] entry.
+fn within(v: usize, field: &'static str) -> Result<(), ConfigError> {
+    let max = LIMITS
+        .iter()
+        .find(|(f, _)| *f == field)
+        .map_or(usize::MAX, |&(_, m)| m);
+    if v > max {
+        return Err(ConfigError::Invalid {
+            field,
+            why: format!("{v} is more than qinfer accepts ({max})"),
+        });
+    }
+    Ok(())
+}
+
+/// A layer count, checked before a list of that many layers is built.
+fn layer_count(n: usize, field: &'static str) -> Result<(), ConfigError> {
+    positive(n, field)?;
+    within(n, "num_hidden_layers").map_err(|e| match e {
+        ConfigError::Invalid { why, .. } => ConfigError::Invalid { field, why },
+        other => other,
+    })
 }
 
 fn req<T>(v: Option<T>, field: &'static str) -> Result<T, ConfigError> {
@@ -711,7 +819,7 @@ fn rope(t: &RawTextConfig, head_dim: usize) -> Result<RopeConfig, ConfigError> {
                 field: "rope_parameters.mrope_section",
                 why: format!("{section:?} does not have 3 entries"),
             })?;
-    if mrope_section.iter().sum::<usize>() != rotary_dim / 2 {
+    if section_sum(&mrope_section) != Some(rotary_dim / 2) {
         return Err(ConfigError::Invalid {
             field: "rope_parameters.mrope_section",
             why: format!(
@@ -813,6 +921,53 @@ mod tests {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(want), "want {want:?} in {err:?}");
         }
+    }
+
+    /// Hardening: dimensions that would overflow what is computed from them (`num_attention_heads
+    /// = 4 + 2⁵⁹` passed the shape checks and panicked in attention; `linear_key_head_dim = 16 +
+    /// 2⁶²` overflowed a capacity) and out-of-range floats are refused naming the field.
+    #[test]
+    fn config_dimensions_cannot_wrap_around() {
+        let huge = |base: u64, shift: u32| (base + (1u64 << shift)).to_string();
+        let cases = [
+            (
+                with("num_attention_heads", &huge(4, 59)),
+                "`num_attention_heads`",
+            ),
+            (
+                with("linear_key_head_dim", &huge(16, 62)),
+                "`linear_key_head_dim`",
+            ),
+            (
+                with("num_hidden_layers", &huge(0, 31)),
+                "`num_hidden_layers`",
+            ),
+            (with("hidden_size", &huge(0, 40)), "`hidden_size`"),
+            (with("vocab_size", &huge(0, 40)), "`vocab_size`"),
+            (
+                with("intermediate_size", &huge(0, 40)),
+                "`intermediate_size`",
+            ),
+            (
+                with("max_position_embeddings", &huge(0, 40)),
+                "`max_position_embeddings`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(want) && err.contains("more than qinfer accepts"),
+                "want {want:?} in {err:?}"
+            );
+        }
+        for eps in ["-1", "0", "1"] {
+            let err = parse(&with("rms_norm_eps", eps)).unwrap_err().to_string();
+            assert!(err.contains("`rms_norm_eps`"), "{eps}: {err}");
+        }
+        let err = parse(&with("max_position_embeddings", "0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`max_position_embeddings`"), "{err}");
     }
 
     #[test]

@@ -112,5 +112,11 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig, crate::ConfigErr
         .and_then(|s| s.first().copied())
         .unwrap_or(0);
     let tied = GgufFile::tensor(file, &names::global_in(Naming::Gguf, Global::LmHead)).is_none();
-    ModelConfig::from_gguf(&GgufMetadata(file), vocab, tied)
+    let blocks = file
+        .tensors
+        .iter()
+        .filter_map(|t| names::gguf_block(&t.name))
+        .max()
+        .map_or(0, |b| b + 1);
+    ModelConfig::from_gguf(&GgufMetadata(file), vocab, tied, blocks)
 }

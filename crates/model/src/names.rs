@@ -250,13 +250,17 @@ pub enum Extra {
 /// layers (GGUF files store the MTP block as `blk.{n_layers}`).
 pub fn extra_in(naming: Naming, name: &str, n_layers: usize) -> Option<Extra> {
     if naming == Naming::Gguf
-        && let Some(rest) = name.strip_prefix("blk.")
-        && let Some(l) = rest.split('.').next().and_then(|l| l.parse::<usize>().ok())
+        && let Some(l) = gguf_block(name)
         && l >= n_layers
     {
         return Some(Extra::Mtp);
     }
     extra(name)
+}
+
+/// The block index `N` of a GGUF tensor named `blk.N.…`.
+pub fn gguf_block(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
 /// Classifies a tensor name that the text model does not consume.

@@ -8,6 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
+use qinfer_formats::gguf::GgufFile;
 use qinfer_model::{Qwen35, Rows};
 
 fn gguf(file: &str) -> PathBuf {
@@ -120,4 +121,81 @@ fn broken_gguf_files_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(!missing.is_empty());
+}
+
+/// The tiny dense GGUF, opened, with metadata `key` set to `value` (in memory).
+fn with_metadata(key: &str, value: qinfer_formats::gguf::Value) -> GgufFile {
+    let mut file = GgufFile::open(gguf("tiny-dense-f32.gguf")).unwrap();
+    let entry = file
+        .metadata
+        .iter_mut()
+        .find(|(k, _)| k == key)
+        .unwrap_or_else(|| panic!("{key} is in the fixture"));
+    entry.1 = value;
+    file
+}
+
+fn load_error(file: &GgufFile) -> String {
+    Qwen35::from_gguf(file).unwrap_err().to_string()
+}
+
+/// Hardening: a `block_count` beyond the blocks whose tensors the file holds (2³¹ − 1 made
+/// `logits` try to allocate 1.7 TB) is refused naming the key, before anything is allocated
+/// for the layers.
+#[test]
+fn gguf_block_count_is_checked_against_the_tensors() {
+    use qinfer_formats::gguf::Value;
+    // The fixture: 8 decoder layers and one MTP block, `blk.0` … `blk.8`.
+    for v in [
+        Value::U32(i32::MAX as u32),
+        Value::U64(1 << 40),
+        Value::U32(11),
+    ] {
+        let err = load_error(&with_metadata("qwen35.block_count", v));
+        assert!(
+            err.contains("qwen35.block_count") && err.contains("the file has tensors for 9"),
+            "{err}"
+        );
+    }
+}
+
+/// Hardening: the GGUF path gets the value checks `config.json` gets (an epsilon of −1, 0 or
+/// NaN and a RoPE base of NaN, 0, −1 or ∞ loaded and made every logit NaN).
+#[test]
+fn gguf_hyper_parameters_get_the_config_checks() {
+    use qinfer_formats::gguf::Value;
+    for eps in [-1.0, 0.0, f32::NAN, f32::INFINITY, 1.0] {
+        let err = load_error(&with_metadata(
+            "qwen35.attention.layer_norm_rms_epsilon",
+            Value::F32(eps),
+        ));
+        assert!(err.contains("rms_norm_eps"), "eps {eps}: {err}");
+    }
+    for theta in [f32::NAN, 0.0, -1.0, f32::INFINITY] {
+        let err = load_error(&with_metadata("qwen35.rope.freq_base", Value::F32(theta)));
+        assert!(err.contains("rope_theta"), "theta {theta}: {err}");
+    }
+}
+
+/// Hardening: dimensions that would overflow what is computed from them (4 + 2⁵⁹ heads passed
+/// the shape checks and panicked in attention) are refused naming the field.
+#[test]
+fn gguf_dimensions_cannot_wrap_around() {
+    use qinfer_formats::gguf::Value;
+    for (key, field) in [
+        ("qwen35.attention.head_count", "num_attention_heads"),
+        ("qwen35.ssm.state_size", "linear_key_head_dim"),
+        ("qwen35.embedding_length", "hidden_size"),
+        ("qwen35.context_length", "max_position_embeddings"),
+    ] {
+        let err = load_error(&with_metadata(key, Value::U64(4 + (1 << 59))));
+        assert!(
+            err.contains(field) && err.contains("more than qinfer accepts"),
+            "{key}: {err}"
+        );
+    }
+    // mRoPE sections whose sum passes `usize`.
+    let sections = Value::Array(vec![Value::U64(u64::MAX), Value::U64(2), Value::U64(0)]);
+    let err = load_error(&with_metadata("qwen35.rope.dimension_sections", sections));
+    assert!(err.contains("mrope sections"), "{err}");
 }

@@ -363,7 +363,7 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
         json_object: false,
         sampling: shared::sampling(&f, &state.bundle.defaults)?,
         max_tokens,
-        stop_strings: f.strings("stop_sequences")?,
+        stop_strings: shared::stop_strings(&f, "stop_sequences")?,
         stop_ids: Vec::new(),
         ignore_eos: false,
         reasoning_budget: r.reasoning_budget.or(state.config.default_reasoning_budget),

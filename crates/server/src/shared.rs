@@ -65,6 +65,14 @@ pub fn sampling(f: &Fields<'_>, base: &SamplingParams) -> Result<SamplingParams,
     Ok(p)
 }
 
+/// The stop strings of field `name`, within the engine's limits (a 400 naming the field).
+pub fn stop_strings(f: &Fields<'_>, name: &str) -> Result<Vec<String>, ApiError> {
+    let stops = f.strings(name)?;
+    qinfer_engine::sampler::check_stop_strings(&stops)
+        .map_err(|e| ApiError::invalid(name, format!("`{name}`: {e}")))?;
+    Ok(stops)
+}
+
 /// The output budget: `requested` if it fits after the prompt, else a 400 with the numbers.
 pub fn max_tokens(
     state: &AppState,
@@ -83,15 +91,15 @@ pub fn max_tokens(
             ),
         ));
     }
+    // `n` comes from the client: any u64 (checked addition, never a wrap past the context).
     match requested {
         None => Ok(ctx - prompt),
-        Some(n) if prompt + n <= ctx => Ok(n),
+        Some(n) if prompt.checked_add(n).is_some_and(|end| end <= ctx) => Ok(n),
         Some(n) => Err(ApiError::invalid(
             field,
             format!(
                 "`{field}` is {n}, but the prompt is {prompt} tokens and the context length is \
-                 {ctx}: prompt + {field} = {} exceeds it; at most {} new tokens fit",
-                prompt + n,
+                 {ctx}: prompt + {field} exceeds it; at most {} new tokens fit",
                 ctx - prompt
             ),
         )),

@@ -587,6 +587,76 @@ fn invalid_requests_get_shaped_4xx() {
     assert_eq!(metric(&m, "qinfer_http_requests_total{class=\"5xx\"}"), 0.0);
 }
 
+/// Hardening: `max_tokens: 18446744073709551615` wrapped `prompt + n <= ctx` and generated past
+/// the context. Every output budget field of every route is now refused naming the field.
+#[test]
+fn max_tokens_near_u64_max_is_refused_not_wrapped() {
+    let server = TestServer::start(|c| c.ctx = 64);
+    let addr = server.addr;
+    let huge = json!(u64::MAX);
+    for field in ["max_tokens", "max_completion_tokens"] {
+        let mut b = chat_body("hi", 4, false);
+        b[field] = huge.clone();
+        let r = post(addr, "/v1/chat/completions", &b);
+        assert_eq!(r.status, 400, "{field}: {}", r.body);
+        assert_eq!(r.json()["error"]["param"], field, "{}", r.body);
+    }
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "hi", "max_tokens": huge}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "max_tokens", "{}", r.body);
+    let r = post(
+        addr,
+        "/v1/messages",
+        &json!({"model": MODEL, "max_tokens": huge, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("max_tokens"), "{}", r.body);
+}
+
+/// Hardening: 1,000 × 20 KB stop strings were matched on the engine thread for every token
+/// (a 0.32 s request took 12.4 s and slowed its neighbours 30×). Stop strings are now bounded
+/// in count and length, refused naming the field on every route.
+#[test]
+fn stop_strings_are_bounded() {
+    let server = TestServer::start(|c| c.ctx = 4096);
+    let addr = server.addr;
+    let many: Vec<String> = (0..17).map(|i| format!("s{i}")).collect();
+    let long = vec!["x".repeat(257)];
+    for stops in [json!(many), json!(long)] {
+        let mut b = chat_body("hi", 4, false);
+        b["stop"] = stops.clone();
+        let r = post(addr, "/v1/chat/completions", &b);
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.json()["error"]["param"], "stop", "{}", r.body);
+        let r = post(
+            addr,
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "hi", "max_tokens": 2, "stop": stops}),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        let r = post(
+            addr,
+            "/v1/messages",
+            &json!({"model": MODEL, "max_tokens": 4, "stop_sequences": stops,
+                "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("stop_sequences"), "{}", r.body);
+    }
+    // At the limits, accepted.
+    let mut b = chat_body("hi", 2, false);
+    b["stop"] = json!(
+        (0..16)
+            .map(|i| format!("{i}{}", "y".repeat(250)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(post(addr, "/v1/chat/completions", &b).status, 200);
+}
+
 /// With a key set, every route but /health needs it, as Bearer or x-api-key.
 #[test]
 fn api_key_is_required_when_set() {
