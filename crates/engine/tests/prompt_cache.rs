@@ -355,7 +355,10 @@ fn a_cache_file_with_ids_outside_the_vocabulary_is_refused() {
     // The same for a session file.
     let b = demo();
     let mut seq = Sequence::new(&b.model);
-    generate(b, &mut seq, &prompt[..5], &greedy(1), &mut |_| Flow::Continue).unwrap();
+    generate(b, &mut seq, &prompt[..5], &greedy(1), &mut |_| {
+        Flow::Continue
+    })
+    .unwrap();
     let mut tokens = seq.tokens.clone();
     tokens[0] = vocab + 7;
     let crafted = Sequence::from_state(seq.state.clone(), tokens);

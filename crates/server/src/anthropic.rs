@@ -416,7 +416,8 @@ pub async fn messages(State(state): State<Shared>, JsonBody(body): JsonBody) -> 
 fn stop_reason(s: &Summary, tool_use: bool) -> (&'static str, Value) {
     match &s.finish {
         _ if tool_use => ("tool_use", Value::Null),
-        FinishReason::Length => ("max_tokens", Value::Null),
+        // Cut off by the server (the shutdown grace ran out) reads as truncated output.
+        FinishReason::Length | FinishReason::Cancelled => ("max_tokens", Value::Null),
         FinishReason::StopString(stop) => ("stop_sequence", stop.clone().into()),
         _ => ("end_turn", Value::Null),
     }

@@ -44,6 +44,10 @@ use crate::json::{Fields, JsonBody};
 use crate::metrics::Metrics;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 
+/// How long after the shutdown grace connections still open are kept, for the responses of
+/// the requests cut off at its end to be written.
+pub const CLOSE_AFTER_GRACE: Duration = Duration::from_millis(500);
+
 /// Everything `qinfer serve` can set.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -149,8 +153,11 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` resolves; then refuses new generations, lets
-    /// in-flight ones finish for up to `shutdown_grace`, cancels the rest, and returns once
-    /// every connection is closed and the engine thread has ended.
+    /// in-flight ones finish for up to `shutdown_grace`, cancels the rest (they end as cut off:
+    /// `length` / `max_tokens`), and returns once every connection is closed and the engine
+    /// thread has ended — or, at the latest, [`CLOSE_AFTER_GRACE`] after the grace: a
+    /// connection still open then (a half-sent request, a client that stopped reading) is
+    /// dropped, so shutdown always completes.
     pub async fn serve(
         mut self,
         listener: tokio::net::TcpListener,
@@ -158,6 +165,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let scheduler = self.state.scheduler.clone();
         let grace = self.state.config.shutdown_grace;
+        let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
@@ -167,12 +175,19 @@ impl Server {
                 tokio::time::sleep(grace).await;
                 tracing::info!("grace period over: cancelling what still runs");
                 stopper.stop();
+                tokio::time::sleep(CLOSE_AFTER_GRACE).await;
+                let _ = deadline_tx.send(());
             });
         };
         let app = self.router();
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .await;
+        let serving = axum::serve(listener, app).with_graceful_shutdown(signal);
+        let result = tokio::select! {
+            r = serving => r,
+            _ = deadline_rx => {
+                tracing::info!("closing the connections still open");
+                Ok(())
+            }
+        };
         self.state.scheduler.stop();
         if let Some(engine) = self.engine.take() {
             let _ = tokio::task::spawn_blocking(move || engine.join()).await;

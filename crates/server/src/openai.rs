@@ -470,7 +470,8 @@ fn finish_reason(summary: &Summary, had_tool_calls: bool) -> &'static str {
         return "tool_calls";
     }
     match summary.finish {
-        FinishReason::Length => "length",
+        // Cut off by the server (the shutdown grace ran out) reads as truncated output.
+        FinishReason::Length | FinishReason::Cancelled => "length",
         _ => "stop",
     }
 }
@@ -735,7 +736,7 @@ async fn completion_response(
     let created = now_secs();
     let model = state.config.model_name.clone();
     let finish = |s: &Summary| match s.finish {
-        FinishReason::Length => "length",
+        FinishReason::Length | FinishReason::Cancelled => "length",
         _ => "stop",
     };
     if !stream {

@@ -888,6 +888,75 @@ fn shutdown_finishes_in_flight_requests() {
     stopper.join().unwrap();
 }
 
+/// Hardening: SIGTERM never completed while a client held a half-sent request, and requests cut
+/// off at the end of the grace reported a normal finish. Now shutdown completes within the
+/// grace plus one second whatever the clients do (a half-sent request, a client that stopped
+/// reading), a stream cut off at the end of the grace ends with `finish_reason: "length"`, and
+/// the prompt cache is written.
+#[test]
+fn shutdown_completes_within_the_grace_and_reports_cut_off_requests() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let grace = std::time::Duration::from_secs(1);
+    let server = TestServer::start(|c| {
+        c.shutdown_grace = grace;
+        if let Some(p) = c.prompt_cache.as_mut() {
+            p.dir = Some(dir.path().to_path_buf());
+        }
+    });
+    let addr = server.addr;
+    let mut long = chat_body("go on", 30000, true);
+    long["ignore_eos"] = true.into();
+    let open_stream = || {
+        let s = http::send(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            long.to_string().as_bytes(),
+        );
+        let mut r = BufReader::new(s);
+        assert_eq!(http::read_head(&mut r).0, 200);
+        assert!(http::read_chunk(&mut r).is_some());
+        r
+    };
+    let mut reading = open_stream();
+    let _not_reading = open_stream();
+    let mut half = std::net::TcpStream::connect(addr).unwrap();
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-le")
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.shutdown();
+        let _ = done_tx.send(());
+    });
+    let mut body = Vec::new();
+    while let Some(c) = http::read_chunk(&mut reading) {
+        body.extend(c);
+    }
+    done_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("shutdown completes");
+    let took = started.elapsed();
+    assert!(
+        took < grace + std::time::Duration::from_secs(1),
+        "took {took:?}"
+    );
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("\"finish_reason\":\"length\""),
+        "cut off at the grace's end: {}",
+        &text[text.len().saturating_sub(400)..]
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_some(),
+        "the prompt cache was written"
+    );
+    drop(half);
+}
+
 /// `response_format`: `json_object` answers are JSON objects (the demo model babbles without
 /// the constraint), with thinking on or off, streamed or not, and on `/v1/completions`;
 /// `text` changes nothing; `json_schema` is refused with a 400 naming the field.
