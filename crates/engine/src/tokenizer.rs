@@ -200,6 +200,16 @@ impl Tokenizer {
     }
 
     /// Number of tokens, added tokens included (248,077 for Qwen3.5/3.6).
+    /// The most bytes any one token stands for (so a text of `n` bytes is at least
+    /// `n / max_token_bytes()` tokens). A full-vocabulary pass: call it once.
+    pub fn max_token_bytes(&self) -> usize {
+        (0..self.vocab_size() as u32)
+            .filter_map(|id| self.token_bytes(id).map(|b| b.len()))
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

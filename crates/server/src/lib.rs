@@ -102,6 +102,9 @@ pub struct AppState {
     pub prompt_cache: Option<Arc<PromptCache>>,
     /// When the server started (the `created` of `/v1/models`).
     pub started: u64,
+    /// Longest prompt text, in bytes, that could fit the context: `ctx` tokens of the
+    /// tokenizer's longest token. Longer texts are refused before they are tokenized.
+    pub prompt_byte_limit: usize,
 }
 
 pub type Shared = Arc<AppState>;
@@ -131,6 +134,9 @@ impl Server {
             metrics.engine.clone(),
             prompt_cache.clone(),
         );
+        let prompt_byte_limit = config
+            .ctx
+            .saturating_mul(bundle.tokenizer.max_token_bytes());
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -142,6 +148,7 @@ impl Server {
                 metrics,
                 prompt_cache,
                 started,
+                prompt_byte_limit,
             }),
             engine: Some(engine),
         }
@@ -396,6 +403,7 @@ async fn tokenize(State(state): State<Shared>, JsonBody(body): JsonBody) -> Resp
                 None => return Err(f.missing("prompt")),
             }
         };
+        shared::check_prompt_bytes(&state, &text).map_err(|e| ApiError::invalid("prompt", e))?;
         let tokens = state
             .bundle
             .tokenizer

@@ -65,6 +65,20 @@ pub fn sampling(f: &Fields<'_>, base: &SamplingParams) -> Result<SamplingParams,
     Ok(p)
 }
 
+/// Refuses, by its length alone, a text that cannot fit the context whatever it tokenizes to
+/// (more bytes than `ctx` tokens of the longest token hold): its cost is never spent.
+pub fn check_prompt_bytes(state: &AppState, text: &str) -> Result<(), String> {
+    if text.len() > state.prompt_byte_limit {
+        return Err(format!(
+            "the prompt is {} bytes: even at the tokenizer's longest token that is more than the \
+             context of {} tokens",
+            text.len(),
+            state.config.ctx
+        ));
+    }
+    Ok(())
+}
+
 /// The stop strings of field `name`, within the engine's limits (a 400 naming the field).
 pub fn stop_strings(f: &Fields<'_>, name: &str) -> Result<Vec<String>, ApiError> {
     let stops = f.strings(name)?;
@@ -207,6 +221,7 @@ pub fn check_model(state: &AppState, f: &Fields<'_>, protocol: Protocol) -> Resu
 /// Tokenizes a rendered prompt: through the prompt cache when it is on (the ids of remembered
 /// answers are kept, see [`qinfer_engine::prompt_cache::PromptCache::encode`]).
 pub fn encode_prompt(state: &AppState, text: &str) -> Result<Vec<u32>, String> {
+    check_prompt_bytes(state, text)?;
     let tok = &state.bundle.tokenizer;
     match &state.prompt_cache {
         Some(c) => c.encode(tok, text),

@@ -888,73 +888,35 @@ fn shutdown_finishes_in_flight_requests() {
     stopper.join().unwrap();
 }
 
-/// Hardening: SIGTERM never completed while a client held a half-sent request, and requests cut
-/// off at the end of the grace reported a normal finish. Now shutdown completes within the
-/// grace plus one second whatever the clients do (a half-sent request, a client that stopped
-/// reading), a stream cut off at the end of the grace ends with `finish_reason: "length"`, and
-/// the prompt cache is written.
+/// Hardening (part of defect 2): a prompt longer than the context could hold even at the
+/// tokenizer's longest token (128 bytes for Qwen's) is refused by its length, before any
+/// tokenizing or rendering cost is spent — on `/tokenize` and on the generation routes.
 #[test]
-fn shutdown_completes_within_the_grace_and_reports_cut_off_requests() {
-    use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let grace = std::time::Duration::from_secs(1);
-    let server = TestServer::start(|c| {
-        c.shutdown_grace = grace;
-        if let Some(p) = c.prompt_cache.as_mut() {
-            p.dir = Some(dir.path().to_path_buf());
-        }
-    });
+fn a_prompt_that_cannot_fit_is_refused_before_tokenizing() {
+    let server = TestServer::start(|c| c.ctx = 1024);
     let addr = server.addr;
-    let mut long = chat_body("go on", 30000, true);
-    long["ignore_eos"] = true.into();
-    let open_stream = || {
-        let s = http::send(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            long.to_string().as_bytes(),
-        );
-        let mut r = BufReader::new(s);
-        assert_eq!(http::read_head(&mut r).0, 200);
-        assert!(http::read_chunk(&mut r).is_some());
-        r
-    };
-    let mut reading = open_stream();
-    let _not_reading = open_stream();
-    let mut half = std::net::TcpStream::connect(addr).unwrap();
-    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-le")
-        .unwrap();
-
-    let started = std::time::Instant::now();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        server.shutdown();
-        let _ = done_tx.send(());
-    });
-    let mut body = Vec::new();
-    while let Some(c) = http::read_chunk(&mut reading) {
-        body.extend(c);
-    }
-    done_rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("shutdown completes");
-    let took = started.elapsed();
-    assert!(
-        took < grace + std::time::Duration::from_secs(1),
-        "took {took:?}"
+    let huge = "x".repeat(1024 * 128 + 1);
+    let t = Instant::now();
+    let r = post(addr, "/tokenize", &json!({ "prompt": huge }));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "prompt");
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": huge, "max_tokens": 1}),
     );
-    let text = String::from_utf8(body).unwrap();
-    assert!(
-        text.contains("\"finish_reason\":\"length\""),
-        "cut off at the grace's end: {}",
-        &text[text.len().saturating_sub(400)..]
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("bytes"), "{}", r.body);
+    let r = post(addr, "/v1/chat/completions", &chat_body(&huge, 1, false));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // Just under the limit, the text is tokenized (and found too long by its count).
+    let r = post(
+        addr,
+        "/tokenize",
+        &json!({"prompt": "x".repeat(1024 * 128)}),
     );
-    assert!(
-        std::fs::read_dir(dir.path()).unwrap().next().is_some(),
-        "the prompt cache was written"
-    );
-    drop(half);
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 /// `response_format`: `json_object` answers are JSON objects (the demo model babbles without
