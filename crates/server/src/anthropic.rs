@@ -325,12 +325,12 @@ fn render(state: &AppState, body: &Map<String, Value>) -> Result<Rendered, ApiEr
 
 /// `POST /v1/messages/count_tokens`.
 pub async fn count_tokens(State(state): State<Shared>, JsonBody(body): JsonBody) -> Response {
-    let run = || -> Result<Value, ApiError> {
+    let run = move |state: Shared| -> Result<Value, ApiError> {
         check_model(&state, &Fields::new(&body, ""), P)?;
         let r = render(&state, &body)?;
         Ok(json!({"input_tokens": r.prompt.len()}))
     };
-    match run() {
+    match shared::off_runtime(&state, run).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => e.with_protocol(P).into_response(),
     }
@@ -385,7 +385,7 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
 
 /// `POST /v1/messages`.
 pub async fn messages(State(state): State<Shared>, JsonBody(body): JsonBody) -> Response {
-    let plan = match plan(&state, &body) {
+    let plan = match shared::off_runtime(&state, move |s| plan(&s, &body)).await {
         Ok(p) => p,
         Err(e) => return e.with_protocol(P).into_response(),
     };

@@ -105,7 +105,14 @@ pub struct AppState {
     /// Longest prompt text, in bytes, that could fit the context: `ctx` tokens of the
     /// tokenizer's longest token. Longer texts are refused before they are tokenized.
     pub prompt_byte_limit: usize,
+    /// Requests being rendered and tokenized at once (off the HTTP runtime), at most
+    /// [`PLANNING_SLOTS`]: what requests cost before they reach the engine is bounded by that
+    /// many bodies, whatever arrives.
+    pub planning: tokio::sync::Semaphore,
 }
+
+/// Requests rendered and tokenized at once.
+pub const PLANNING_SLOTS: usize = 2;
 
 pub type Shared = Arc<AppState>;
 
@@ -149,6 +156,7 @@ impl Server {
                 prompt_cache,
                 started,
                 prompt_byte_limit,
+                planning: tokio::sync::Semaphore::new(PLANNING_SLOTS),
             }),
             engine: Some(engine),
         }
@@ -393,7 +401,7 @@ async fn model_by_id(
 /// `POST /tokenize`: `{"prompt": "text"}` or `{"messages": [...]}` (rendered through the chat
 /// template) → `{"tokens": [...], "count": n}`.
 async fn tokenize(State(state): State<Shared>, JsonBody(body): JsonBody) -> Response {
-    let run = || -> Result<serde_json::Value, ApiError> {
+    let run = move |state: Shared| -> Result<serde_json::Value, ApiError> {
         let f = Fields::new(&body, "");
         let text = if f.get("messages").is_some() {
             openai::render_chat(&state, &body)?.text
@@ -411,7 +419,7 @@ async fn tokenize(State(state): State<Shared>, JsonBody(body): JsonBody) -> Resp
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
         Ok(json!({"count": tokens.len(), "tokens": tokens, "max_model_len": state.config.ctx}))
     };
-    match run() {
+    match shared::off_runtime(&state, run).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => e.into_response(),
     }

@@ -435,7 +435,7 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(state): State<Shared>, JsonBody(body): JsonBody) -> Response {
-    let plan = match plan_chat(&state, &body) {
+    let plan = match shared::off_runtime(&state, move |s| plan_chat(&s, &body)).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -703,7 +703,7 @@ fn stream_chat(
 
 /// `POST /v1/completions`: raw text in, raw text out (no template, no parsing).
 pub async fn completions(State(state): State<Shared>, JsonBody(body): JsonBody) -> Response {
-    let plan = match plan_completion(&state, &body) {
+    let plan = match shared::off_runtime(&state, move |s| plan_completion(&s, &body)).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };

@@ -8,10 +8,10 @@ use qinfer_engine::generate::GenerateOptions;
 use qinfer_engine::sampler::SamplingParams;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::AppState;
 use crate::error::{ApiError, Protocol};
 use crate::json::Fields;
 use crate::scheduler::{Admission, ChannelSink, GenRequest, Out, RETRY_AFTER, SubmitError};
+use crate::{AppState, Shared};
 
 /// Reads the sampling fields both protocols share onto the model's defaults. `names` maps our
 /// parameters to the protocol's spelling where it differs.
@@ -77,6 +77,30 @@ pub fn check_prompt_bytes(state: &AppState, text: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Runs `plan` — template rendering and tokenizing, work that grows with the request — on the
+/// blocking pool, never on the HTTP runtime's threads (so `/health` and every other route keep
+/// answering while a large prompt is tokenized), at most [`crate::PLANNING_SLOTS`] at once. A
+/// client that goes away meanwhile never reaches the engine.
+pub async fn off_runtime<T: Send + 'static>(
+    state: &Shared,
+    plan: impl FnOnce(Shared) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _slot = state
+        .planning
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || plan(state))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("request planning failed: {e}"),
+            ))
+        })
 }
 
 /// The stop strings of field `name`, within the engine's limits (a 400 naming the field).

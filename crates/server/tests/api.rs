@@ -753,8 +753,11 @@ fn disconnect_frees_the_sequence_and_a_full_queue_gives_429() {
         200
     );
 
-    // A non-streaming request is cancelled too when its client goes away.
+    // A non-streaming request is cancelled too when its client goes away. Wait for it to be
+    // admitted (the running gauge alone may still show the request before it for a moment).
+    let m = get(addr, "/metrics").body;
     let before = metric(&m, "qinfer_cancelled_requests_total");
+    let admitted = metric(&m, "qinfer_generation_requests_total");
     let s = http::send(
         addr,
         "POST",
@@ -763,7 +766,8 @@ fn disconnect_frees_the_sequence_and_a_full_queue_gives_429() {
         chat_body("x", 4000, false).to_string().as_bytes(),
     );
     wait_for(addr, "the non-streaming request to run", |m| {
-        metric(m, "qinfer_running_sequences") == 1.0
+        metric(m, "qinfer_generation_requests_total") == admitted + 1.0
+            && metric(m, "qinfer_running_sequences") == 1.0
     });
     drop(s);
     wait_for(addr, "the non-streaming request to be cancelled", |m| {
