@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// How long in-flight requests may run after a shutdown signal before they are cancelled.
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request's headers; a connection that sends part
+    /// of them and stalls is closed.
+    pub header_read_timeout: Duration,
     /// Reasoning budget for requests that set none (guards against endless thinking).
     pub default_reasoning_budget: Option<usize>,
     pub scheduler: SchedulerConfig,
@@ -77,6 +80,7 @@ impl ServerConfig {
             ctx: bundle.model.config.max_positions,
             body_limit: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             default_reasoning_budget: None,
             scheduler: SchedulerConfig::default(),
             prompt_cache: Some(CacheOptions {
@@ -195,9 +199,40 @@ impl Server {
             });
         };
         let app = self.router();
-        let serving = axum::serve(listener, app).with_graceful_shutdown(signal);
+        let header_timeout = self.state.config.header_read_timeout;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut signal = std::pin::pin!(signal);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait, then accept again.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended");
+                        }
+                    });
+                }
+                _ = &mut signal => break,
+            }
+        }
+        drop(listener);
         let result = tokio::select! {
-            r = serving => r,
+            _ = graceful.shutdown() => Ok(()),
             _ = deadline_rx => {
                 tracing::info!("closing the connections still open");
                 Ok(())

@@ -136,3 +136,55 @@ fn a_large_tokenize_does_not_delay_health() {
         "/health took {worst:?} while /tokenize took {took:?}"
     );
 }
+
+/// Hardening: a connection that sent part of a request's headers stayed open indefinitely.
+/// It is closed after the header-read timeout; a request that is slow to answer (its headers
+/// arrived) is not affected, nor is a client that sends its headers in pieces in time.
+#[test]
+fn a_stalled_half_sent_request_is_closed() {
+    use std::io::Read;
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = TestServer::start(|c| c.header_read_timeout = Duration::from_millis(300));
+    let addr = server.addr;
+    let mut half = std::net::TcpStream::connect(addr).unwrap();
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 256];
+    // Closed by the server (EOF, possibly after a 408 response), well before our 5 s.
+    loop {
+        match half.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    // Headers in two pieces, inside the timeout, then a streamed answer longer than it.
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    let body = chat_body("hello", 2000).to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    let (a, b) = head.split_at(20);
+    slow.write_all(a.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    slow.write_all(b.as_bytes()).unwrap();
+    slow.write_all(body.as_bytes()).unwrap();
+    let mut r = BufReader::new(slow);
+    assert_eq!(http::read_head(&mut r).0, 200);
+    let started = Instant::now();
+    let mut text = Vec::new();
+    while let Some(c) = http::read_chunk(&mut r) {
+        text.extend(c);
+    }
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    assert!(
+        started.elapsed() > Duration::from_millis(300),
+        "the answer outlived the timeout"
+    );
+}
