@@ -139,6 +139,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot bind {addr}"))?;
         let local = listener.local_addr()?;
+        if !local.ip().is_loopback() && config.api_key.is_none() {
+            tracing::warn!(
+                address = %local,
+                "listening beyond this machine without --api-key: anyone who can reach it can use it"
+            );
+        }
         let server = Server::new(bundle, config);
         tracing::info!(
             model = name,

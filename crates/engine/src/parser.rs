@@ -125,6 +125,9 @@ pub enum ToolSpecError {
     /// No string `name`.
     #[error("tool definition has no string \"name\"")]
     MissingName,
+    /// `parameters` is present but not a JSON object (a JSON Schema).
+    #[error("tool \"parameters\" must be a JSON Schema object, not {0}")]
+    ParametersNotAnObject(String),
 }
 
 impl ToolSpec {
@@ -154,10 +157,11 @@ impl ToolSpec {
             .get("name")
             .and_then(Value::as_str)
             .ok_or(ToolSpecError::MissingName)?;
-        let parameters = function
-            .get("parameters")
-            .cloned()
-            .unwrap_or_else(|| Value::Object(Map::new()));
+        let parameters = match function.get("parameters") {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(p @ Value::Object(_)) => p.clone(),
+            Some(other) => return Err(ToolSpecError::ParametersNotAnObject(other.to_string())),
+        };
         Ok(Self::new(name, parameters))
     }
 

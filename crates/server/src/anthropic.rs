@@ -353,7 +353,8 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
         .usize("max_tokens")?
         .ok_or_else(|| f.missing("max_tokens"))?;
     let r = render(state, body)?;
-    let max_tokens = shared::max_tokens(state, r.prompt.len(), Some(max), "max_tokens")?;
+    let max_tokens =
+        shared::max_tokens(state, r.prompt.len(), "messages", Some(max), "max_tokens")?;
     let answer_prefix = r
         .answer_prefix
         .map(|s| state.bundle.tokenizer.encode(&s))

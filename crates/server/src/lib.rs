@@ -465,7 +465,14 @@ async fn detokenize(State(state): State<Shared>, JsonBody(body): JsonBody) -> Re
     let run = || -> Result<serde_json::Value, ApiError> {
         let f = Fields::new(&body, "");
         let arr = f.array("tokens")?.ok_or_else(|| f.missing("tokens"))?;
-        let vocab = state.bundle.tokenizer.vocab_size();
+        // Every id the model can emit (its embedding may have more rows than the tokenizer
+        // has tokens; those decode to nothing).
+        let vocab = state
+            .bundle
+            .model
+            .config
+            .vocab
+            .max(state.bundle.tokenizer.vocab_size());
         let mut ids = Vec::with_capacity(arr.len());
         for (i, v) in arr.iter().enumerate() {
             match v.as_u64() {

@@ -374,10 +374,17 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     let max_tokens = shared::max_tokens(
         state,
         prompt.len(),
+        "messages",
         requested.map(|r| r.0),
         requested.map_or("max_tokens", |r| r.1),
     )?;
     let sampling = shared::sampling(&f, &state.bundle.defaults)?;
+    if !f.bool("logprobs")?.unwrap_or(false) && f.usize("top_logprobs")?.is_some() {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs: true`",
+        ));
+    }
     let logprobs = if f.bool("logprobs")?.unwrap_or(false) {
         let n = f.usize("top_logprobs")?.unwrap_or(0);
         if n > 20 {
@@ -834,6 +841,17 @@ fn plan_completion(
         }
         None => return Err(f.missing("prompt")),
     };
+    if let Some(n) = f.usize("n")?
+        && n != 1
+    {
+        return Err(ApiError::invalid("n", "only `n: 1` is supported"));
+    }
+    if f.get("logprobs").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::invalid(
+            "logprobs",
+            "`logprobs` is not supported on /v1/completions (use /v1/chat/completions)",
+        ));
+    }
     for unsupported in ["suffix", "best_of"] {
         if f.get(unsupported).is_some() {
             return Err(ApiError::invalid(
@@ -851,7 +869,8 @@ fn plan_completion(
     }
     // OpenAI's default for this route is 16 tokens.
     let requested = f.usize("max_tokens")?.unwrap_or(16);
-    let max_tokens = shared::max_tokens(state, prompt.len(), Some(requested), "max_tokens")?;
+    let max_tokens =
+        shared::max_tokens(state, prompt.len(), "prompt", Some(requested), "max_tokens")?;
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.object("stream_options")? {
         Some(o) => Fields::new(o, "stream_options")

@@ -111,17 +111,19 @@ pub fn stop_strings(f: &Fields<'_>, name: &str) -> Result<Vec<String>, ApiError>
     Ok(stops)
 }
 
-/// The output budget: `requested` if it fits after the prompt, else a 400 with the numbers.
+/// The output budget: `requested` if it fits after the prompt (of field `prompt_field`), else
+/// a 400 with the numbers.
 pub fn max_tokens(
     state: &AppState,
     prompt: usize,
+    prompt_field: &str,
     requested: Option<usize>,
     field: &str,
 ) -> Result<usize, ApiError> {
     let ctx = state.config.ctx;
     if prompt >= ctx {
         return Err(ApiError::invalid(
-            "messages",
+            prompt_field,
             format!(
                 "the prompt is {prompt} tokens, but the context length is {ctx}: at most {} \
                  prompt tokens leave room for one generated token",

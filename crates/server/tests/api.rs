@@ -923,6 +923,64 @@ fn a_prompt_that_cannot_fit_is_refused_before_tokenizing() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// Hardening (the minor findings): ignored or mis-named fields are now 400s naming the field,
+/// and `/detokenize` takes every id the model can emit.
+#[test]
+fn minor_request_mistakes_are_named() {
+    let server = TestServer::start(|c| c.ctx = 64);
+    let addr = server.addr;
+    let param = |r: &http::Resp| {
+        r.json()["error"]["param"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let completion = |extra: Value| {
+        let mut b = json!({"model": MODEL, "prompt": "hi", "max_tokens": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        post(addr, "/v1/completions", &b)
+    };
+    let r = completion(json!({"n": 2}));
+    assert_eq!((r.status, param(&r)), (400, "n".into()), "{}", r.body);
+    let r = completion(json!({"logprobs": 3}));
+    assert_eq!(
+        (r.status, param(&r)),
+        (400, "logprobs".into()),
+        "{}",
+        r.body
+    );
+    let r = completion(json!({"prompt": "word ".repeat(200)}));
+    assert_eq!((r.status, param(&r)), (400, "prompt".into()), "{}", r.body);
+
+    let mut chat = chat_body("hi", 2, false);
+    chat["top_logprobs"] = 3.into();
+    let r = post(addr, "/v1/chat/completions", &chat);
+    assert_eq!(
+        (r.status, param(&r)),
+        (400, "top_logprobs".into()),
+        "{}",
+        r.body
+    );
+    let mut chat = chat_body("hi", 2, false);
+    chat["tools"] =
+        json!([{"type": "function", "function": {"name": "f", "parameters": "notobj"}}]);
+    let r = post(addr, "/v1/chat/completions", &chat);
+    assert_eq!(
+        (r.status, param(&r)),
+        (400, "tools[0]".into()),
+        "{}",
+        r.body
+    );
+
+    let vocab = bundle().model.config.vocab;
+    let r = post(addr, "/detokenize", &json!({"tokens": [vocab - 1]}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(addr, "/detokenize", &json!({"tokens": [vocab]}));
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
 /// `response_format`: `json_object` answers are JSON objects (the demo model babbles without
 /// the constraint), with thinking on or off, streamed or not, and on `/v1/completions`;
 /// `text` changes nothing; `json_schema` is refused with a 400 naming the field.
