@@ -248,6 +248,30 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     }
 }
 
+/// Hardening: a config error was printed with its cause twice (`…: X: X`). Once now.
+#[test]
+fn a_config_error_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("tiny-dense-f32");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let text = match config.get_mut("text_config") {
+        Some(t) => t,
+        None => &mut config,
+    };
+    text["num_attention_heads"] = 3.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let o = qinfer(&["logits", dir.path().to_str().unwrap(), "--ids", "1"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let cause = "3 query heads are not a multiple of";
+    assert_eq!(err.matches(cause).count(), 1, "{err}");
+}
+
 /// `qinfer run --session FILE`: the first run saves the conversation; the second resumes it
 /// (messages and model state) and processes only what the re-rendered history changed.
 #[test]

@@ -30,8 +30,10 @@ pub enum LoadError {
     NotADirectory(String),
     #[error(transparent)]
     ConfigFile(#[from] ConfigFileError),
-    #[error("{path}: {source}")]
-    Config { path: String, source: ConfigError },
+    /// The cause is part of the message and deliberately not an error `source`: a reporter that
+    /// prints the chain (`anyhow`'s `{:#}`) would print it twice.
+    #[error("{path}: {cause}")]
+    Config { path: String, cause: ConfigError },
     #[error(transparent)]
     Checkpoint(#[from] SafetensorsError),
     #[error(transparent)]

@@ -93,12 +93,12 @@ impl Qwen35 {
     /// Builds the model from an opened GGUF file (whose metadata a caller may also read, e.g.
     /// for the tokenizer, without parsing the file twice).
     pub fn from_gguf(file: &GgufFile) -> Result<Self, LoadError> {
-        let config = config_from_gguf(file).map_err(|source| LoadError::Config {
+        let config = config_from_gguf(file).map_err(|cause| LoadError::Config {
             path: file
                 .files
                 .first()
                 .map_or_else(String::new, |p| p.display().to_string()),
-            source,
+            cause,
         })?;
         Self::from_source(config, file, Naming::Gguf)
     }

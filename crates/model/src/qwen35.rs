@@ -268,9 +268,9 @@ impl Qwen35 {
         }
         let config_path = dir.join("config.json");
         let raw = RawConfig::from_file(&config_path)?;
-        let config = ModelConfig::from_hf(&raw).map_err(|source| LoadError::Config {
+        let config = ModelConfig::from_hf(&raw).map_err(|cause| LoadError::Config {
             path: config_path.display().to_string(),
-            source,
+            cause,
         })?;
         let checkpoint = Checkpoint::open_dir(dir)?;
         Self::from_checkpoint(config, &checkpoint)

@@ -110,6 +110,13 @@ fn template_messages(system: Option<&Value>, messages: &[Value]) -> Result<Vec<V
                 out.push(json!({"role": role, "content": s}));
                 continue;
             }
+            Value::Array(b) if b.is_empty() => {
+                let p = f.at("content");
+                return Err(ApiError::invalid(
+                    &p,
+                    format!("`{p}` must hold at least one block"),
+                ));
+            }
             Value::Array(b) => b,
             other => {
                 let p = f.at("content");

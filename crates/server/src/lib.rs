@@ -308,6 +308,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(axum::middleware::from_fn_with_state(state.clone(), log))
         .layer(DefaultBodyLimit::max(limit))
@@ -375,6 +376,15 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= x ^ y;
     }
     std::hint::black_box(diff) == 0
+}
+
+/// A known route asked with another method: a 405 with an error body in the route's protocol.
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {}", req.uri().path(), req.method()),
+    )
+    .with_protocol(Protocol::of_path(req.uri().path()))
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -974,6 +974,25 @@ fn minor_request_mistakes_are_named() {
         r.body
     );
 
+    let r = get(addr, "/v1/chat/completions");
+    assert_eq!(r.status, 405);
+    assert!(r.json()["error"]["message"].is_string(), "{}", r.body);
+    let r = get(addr, "/v1/messages");
+    assert_eq!(
+        (r.status, r.json()["type"].clone()),
+        (405, json!("error")),
+        "{}",
+        r.body
+    );
+
+    let r = post(
+        addr,
+        "/v1/messages",
+        &json!({"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": []}]}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("messages[0].content"), "{}", r.body);
+
     let vocab = bundle().model.config.vocab;
     let r = post(addr, "/detokenize", &json!({"tokens": [vocab - 1]}));
     assert_eq!(r.status, 200, "{}", r.body);
