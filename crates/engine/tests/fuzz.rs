@@ -10,44 +10,8 @@ use qinfer_cache::persist;
 use qinfer_engine::generate::{Flow, GenerateOptions, ModelBundle, Sequence, generate};
 use qinfer_engine::prompt_cache::{CacheOptions, PromptCache};
 use qinfer_engine::session;
+use qinfer_testkit::{Rng, mutate_bytes};
 use serde_json::json;
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-const EXTREMES: [u64; 6] = [0, u64::MAX, 1 << 63, (1 << 31) - 1, (1 << 59) + 4, 1 << 40];
-
-/// One random change to `body`: a bit, a byte, an extreme 4- or 8-byte value, a cut.
-fn mutate(rng: &mut Rng, body: &mut Vec<u8>) {
-    if body.is_empty() {
-        return;
-    }
-    let at = rng.below(body.len());
-    match rng.below(5) {
-        0 => body[at] ^= 1 << rng.below(8),
-        1 => body[at] = [0u8, 0xff, 0x80][rng.below(3)],
-        2 | 3 => {
-            let v = EXTREMES[rng.below(EXTREMES.len())].to_le_bytes();
-            let end = (at + [4, 8][rng.below(2)]).min(body.len());
-            body[at..end].copy_from_slice(&v[..end - at]);
-        }
-        _ => body.truncate(at),
-    }
-}
 
 /// The file's kind tag (after the 8-byte magic and the 4-byte version).
 fn kind(path: &Path) -> [u8; 8] {
@@ -58,11 +22,11 @@ fn kind(path: &Path) -> [u8; 8] {
 fn remutate(rng: &mut Rng, path: &Path, header: &str, body: &[u8], kind: &[u8; 8]) {
     let mut body = body.to_vec();
     for _ in 0..1 + rng.below(3) {
-        mutate(rng, &mut body);
+        mutate_bytes(rng, &mut body, usize::MAX);
     }
     let header = if rng.below(6) == 0 {
         let mut h = header.as_bytes().to_vec();
-        mutate(rng, &mut h);
+        mutate_bytes(rng, &mut h, usize::MAX);
         String::from_utf8_lossy(&h).into_owned()
     } else {
         header.to_string()

@@ -6,6 +6,7 @@
 use qinfer_engine::parser::{
     Event, Finished, OutputParser, Parsed, ParserOptions, ToolSpec, ToolSpecError, parse_complete,
 };
+use qinfer_testkit::Rng;
 use serde_json::{Value, json};
 
 /// The tools every case is parsed with (OpenAI format, as a request carries them).
@@ -636,23 +637,6 @@ fn without_tags_and_space(text: &str) -> String {
             return text;
         }
         text = shorter;
-    }
-}
-
-/// splitmix64: enough randomness for chunking and fuzzing, with no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 

@@ -18,58 +18,7 @@ use qinfer_formats::hf_config::RawConfig;
 use qinfer_formats::safetensors::Checkpoint;
 use qinfer_model::{ModelConfig, Qwen35, Rows};
 use qinfer_tensor::ByteView;
-
-/// SplitMix64: small, deterministic, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-/// Values that broke loaders before: zero, all ones, sign bits, 2³¹ − 1, 2⁵⁹ + 4, 2⁶².
-const EXTREMES: [u64; 8] = [
-    0,
-    u64::MAX,
-    1 << 63,
-    (1 << 31) - 1,
-    (1 << 59) + 4,
-    1 << 62,
-    1 << 32,
-    0x7fc0_0000, // an f32 NaN in the low half
-];
-
-/// One random change to `bytes` inside `region` (a bit, a byte, an 8-byte extreme value, a cut,
-/// or a repeated chunk).
-fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>, region: usize) {
-    let region = region.min(bytes.len()).max(1);
-    let at = rng.below(region);
-    match rng.below(6) {
-        0 => bytes[at] ^= 1 << rng.below(8),
-        1 => bytes[at] = [0u8, 0xff, 0x80, 0x7f][rng.below(4)],
-        2 | 3 => {
-            let v = EXTREMES[rng.below(EXTREMES.len())].to_le_bytes();
-            let n = if rng.below(2) == 0 { 4 } else { 8 };
-            let end = (at + n).min(bytes.len());
-            bytes[at..end].copy_from_slice(&v[..end - at]);
-        }
-        4 => bytes.truncate(at),
-        _ => {
-            let len = rng.below(64).min(bytes.len() - at);
-            let chunk = bytes[at..at + len].to_vec();
-            bytes.splice(at..at, chunk);
-        }
-    }
-}
+use qinfer_testkit::{Rng, mutate_bytes};
 
 /// Runs `f`; a panic fails the test naming `what`.
 fn no_panic(what: &str, f: impl FnOnce()) {
@@ -103,7 +52,7 @@ fn mutated_gguf_files_load_or_fail_cleanly() {
                 } else {
                     16 * 1024
                 };
-                mutate(&mut rng, &mut bytes, region);
+                mutate_bytes(&mut rng, &mut bytes, region);
             }
             no_panic(&format!("{file} iteration {i}"), || {
                 let Ok(gguf) = GgufFile::from_view(file, ByteView::from_vec(bytes)) else {
@@ -130,7 +79,7 @@ fn mutated_safetensors_headers_load_or_fail_cleanly() {
     for i in 0..500 {
         let mut bytes = original.clone();
         for _ in 0..1 + rng.below(3) {
-            mutate(&mut rng, &mut bytes, header_end);
+            mutate_bytes(&mut rng, &mut bytes, header_end);
         }
         std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
         no_panic(&format!("safetensors iteration {i}"), || {

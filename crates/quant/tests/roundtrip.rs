@@ -7,6 +7,7 @@
 
 use qinfer_quant::{dequantize_row, quantize_row};
 use qinfer_tensor::DType;
+use qinfer_testkit::Rng;
 
 /// `(type, bound on RMSE / RMS)` on [`dataset`].
 const RMSE_BOUNDS: [(DType, f64); 12] = [
@@ -34,30 +35,6 @@ const SIGN_SYMMETRIC: [DType; 7] = [
     DType::IQ4_NL,
     DType::IQ4_XS,
 ];
-
-/// SplitMix64: a tiny seeded generator so the dataset is the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `(0, 1]`.
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
 
 /// 64 rows of 256 standard-normal values (seed 42): 16 384 values, weight-like.
 fn dataset() -> Vec<f32> {

@@ -8,24 +8,8 @@ mod common;
 
 use common::http::{get, metric, post};
 use common::{MODEL, TestServer};
+use qinfer_testkit::Rng;
 use serde_json::{Value, json};
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn seeds() -> Vec<(&'static str, Value)> {
     let tool = json!({"type": "function", "function": {"name": "get_weather",
