@@ -146,6 +146,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             );
         }
         let server = Server::new(bundle, config);
+        // A second Ctrl-C / SIGTERM ends the grace at once: what still runs is cancelled now
+        // (reported as cut off) and shutdown completes.
+        let state = server.state.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            shutdown_signal().await;
+            tracing::info!("second signal: ending the grace");
+            state.end_grace.notify_one();
+        });
         tracing::info!(
             model = name,
             address = %local,

@@ -1,11 +1,13 @@
 //! `qinfer serve` as a process: greedy chat over HTTP equals `qinfer generate` for the same
-//! prompt, and SIGTERM shuts the server down cleanly.
+//! prompt, and SIGTERM shuts the server down cleanly — within the grace whatever the clients
+//! hold, and at once on a second SIGTERM.
 
 #[path = "../../server/tests/common/http.rs"]
 mod http;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -82,4 +84,118 @@ fn served_greedy_chat_equals_qinfer_generate() {
     let _ = std::io::Read::read_to_string(&mut log, &mut rest);
     assert!(status.success(), "serve exited with {status}: {rest}");
     assert!(rest.contains("stopped"), "{rest}");
+}
+
+/// Starts `qinfer serve demo` with `args`; returns the child, its log and its address.
+fn serve(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStderr>,
+    std::net::SocketAddr,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+        .args(["serve", "demo", "--port", "0", "--threads", "2"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "serve exited before listening"
+        );
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    (child, log, addr)
+}
+
+/// A stream that runs until the server cuts it, reading its first chunk.
+fn endless_stream(addr: std::net::SocketAddr) -> BufReader<std::net::TcpStream> {
+    let body = json!({"model": "qinfer-demo", "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 30000, "ignore_eos": true, "stream": true, "temperature": 0});
+    let s = http::send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        body.to_string().as_bytes(),
+    );
+    let mut r = BufReader::new(s);
+    assert_eq!(http::read_head(&mut r).0, 200);
+    assert!(http::read_chunk(&mut r).is_some());
+    r
+}
+
+fn sigterm(child: &std::process::Child) {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Hardening: SIGTERM to a real `qinfer serve` with a stream in flight, a half-sent request
+/// and a client that stopped reading: exit 0 within the grace plus one second, the stream ended
+/// as cut off, the prompt cache written. A second SIGTERM cuts a long grace short.
+#[test]
+fn sigterm_completes_within_the_grace_whatever_clients_hold() {
+    for (grace, twice) in [("1", false), ("30", true)] {
+        let cache = tempfile::tempdir().unwrap();
+        let (mut child, mut log, addr) = serve(&[
+            "--shutdown-grace",
+            grace,
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ]);
+        let mut reading = endless_stream(addr);
+        let _not_reading = endless_stream(addr);
+        let mut half = std::net::TcpStream::connect(addr).unwrap();
+        half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+            .unwrap();
+
+        let started = Instant::now();
+        sigterm(&child);
+        if twice {
+            std::thread::sleep(Duration::from_millis(300));
+            sigterm(&child);
+        }
+        let mut body = Vec::new();
+        while let Some(c) = http::read_chunk(&mut reading) {
+            body.extend(c);
+        }
+        let status = child.wait().unwrap();
+        let took = started.elapsed();
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut log, &mut rest);
+        assert!(
+            status.success(),
+            "grace {grace}: exited with {status}: {rest}"
+        );
+        // The grace plus one second; on a second SIGTERM, well before a 30 s grace.
+        assert!(
+            took < Duration::from_secs(2),
+            "grace {grace}, twice {twice}: took {took:?}: {rest}"
+        );
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("\"finish_reason\":\"length\""),
+            "grace {grace}: {}",
+            &text[text.len().saturating_sub(300)..]
+        );
+        assert!(
+            std::fs::read_dir(cache.path()).unwrap().next().is_some(),
+            "grace {grace}: the prompt cache was written: {rest}"
+        );
+        drop(half);
+    }
 }

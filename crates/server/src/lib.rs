@@ -113,6 +113,8 @@ pub struct AppState {
     /// [`PLANNING_SLOTS`]: what requests cost before they reach the engine is bounded by that
     /// many bodies, whatever arrives.
     pub planning: tokio::sync::Semaphore,
+    /// Ends the shutdown grace at once ([`Server::serve`]): a second Ctrl-C / SIGTERM.
+    pub end_grace: tokio::sync::Notify,
 }
 
 /// Requests rendered and tokenized at once.
@@ -161,6 +163,7 @@ impl Server {
                 started,
                 prompt_byte_limit,
                 planning: tokio::sync::Semaphore::new(PLANNING_SLOTS),
+                end_grace: tokio::sync::Notify::new(),
             }),
             engine: Some(engine),
         }
@@ -185,13 +188,17 @@ impl Server {
         let scheduler = self.state.scheduler.clone();
         let grace = self.state.config.shutdown_grace;
         let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<()>();
+        let state = self.state.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
             scheduler.drain();
             let stopper = scheduler.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(grace) => {}
+                    _ = state.end_grace.notified() => {}
+                }
                 tracing::info!("grace period over: cancelling what still runs");
                 stopper.stop();
                 tokio::time::sleep(CLOSE_AFTER_GRACE).await;
