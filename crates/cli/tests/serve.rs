@@ -34,24 +34,7 @@ fn served_greedy_chat_equals_qinfer_generate() {
     );
     let expected: Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qinfer"))
-        .args(["serve", "demo", "--port", "0", "--threads", "2"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            log.read_line(&mut line).unwrap() > 0,
-            "serve exited before listening"
-        );
-        if let Some(rest) = line.split("address=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let (mut child, mut log, addr) = serve(&[]);
     let body = json!({
         "model": "qinfer-demo",
         "messages": [{"role": "user", "content": prompt}],
