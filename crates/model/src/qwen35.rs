@@ -637,6 +637,7 @@ impl Qwen35 {
                 }
             }
         }
+        let angles = self.rope.angles_of(&positions);
         let mut x = per_part(be, &bounds, |i, _| {
             let part = &parts[i];
             match spans[part.span].input {
@@ -669,7 +670,7 @@ impl Qwen35 {
                 Mixer::Attention(a) => {
                     // Projections over all rows; KV append and attention per sequence; the
                     // gate and output projection over all rows.
-                    let p = a.project(be, &h, &positions, &self.rope);
+                    let p = a.project(be, &h, &angles);
                     let o = per_part(be, &bounds, |i, rows| {
                         let LayerState::Attention(kv) = spans[parts[i].span].state.layer_mut(l)
                         else {

@@ -13,7 +13,9 @@ use qinfer_cache::KvCache;
 use qinfer_tensor::Weight;
 
 use super::norm::RmsNorm;
-use super::rope::{Position3, Rope};
+#[cfg(doc)]
+use super::rope::Rope;
+use super::rope::RopeAngles;
 use crate::config::AttentionConfig;
 use crate::error::LoadError;
 use crate::loader::{Loader, TensorId};
@@ -57,38 +59,18 @@ impl Attention {
         })
     }
 
-    /// `x [T, H]` (normed) at `positions` → `[T, H]`; appends this step's k/v to `kv` (one
-    /// sequence: [`Attention::project`], [`Attention::attend`], [`Attention::output`]).
-    pub fn forward(
-        &self,
-        b: &dyn Backend,
-        x: &Act,
-        positions: &[Position3],
-        rope: &Rope,
-        kv: &mut KvCache,
-    ) -> Act {
-        let p = self.project(b, x, positions, rope);
-        let o = self.attend(b, &p.q, &p.k, &p.v, kv);
-        self.output(b, p.gate, o)
-    }
-
     /// The projections of a step's rows, which may belong to several sequences (a batch
     /// stacks them so each weight is read once): q (split from its gate), k, v, the per-head
-    /// norms and RoPE at each row's own `positions`.
-    pub fn project(
-        &self,
-        b: &dyn Backend,
-        x: &Act,
-        positions: &[Position3],
-        rope: &Rope,
-    ) -> AttentionRows {
+    /// norms and RoPE at each row's own position (`angles`, [`Rope::angles_of`] the step's
+    /// positions).
+    pub fn project(&self, b: &dyn Backend, x: &Act, angles: &RopeAngles) -> AttentionRows {
         let AttentionConfig {
             n_heads,
             head_dim: d,
             output_gate,
             ..
         } = self.config;
-        assert_eq!(positions.len(), x.rows(), "attention: one position per row");
+        assert_eq!(angles.rows, x.rows(), "attention: one position per row");
         let [qg, mut k, v]: [Act; 3] = b
             .matmul_many(x, &[&self.q, &self.k, &self.v])
             .try_into()
@@ -105,9 +87,8 @@ impl Attention {
         };
         self.q_norm.forward(b, &mut q);
         self.k_norm.forward(b, &mut k);
-        let (cos, sin) = rope.angles_of(positions);
-        b.rope(&mut q, d, &cos, &sin);
-        b.rope(&mut k, d, &cos, &sin);
+        b.rope(&mut q, d, &angles.cos, &angles.sin);
+        b.rope(&mut k, d, &angles.cos, &angles.sin);
         AttentionRows { q, gate, k, v }
     }
 

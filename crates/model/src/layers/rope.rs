@@ -18,6 +18,15 @@ pub fn text_position(p: usize) -> Position3 {
     [p, p, p]
 }
 
+/// `cos` and `sin` of every frequency's angle for each row of a step, `[T, rotary_dim / 2]`
+/// each (what [`qinfer_backend::Backend::rope`] takes).
+#[derive(Clone, Debug)]
+pub struct RopeAngles {
+    pub rows: usize,
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Rope {
     /// `θ^(−2i / rotary_dim)`, `[rotary_dim / 2]`, computed in `f32` as the reference does.
@@ -57,9 +66,9 @@ impl Rope {
         Rope { inv_freq, stream }
     }
 
-    /// `(cos, sin)` of every frequency's angle at each of `positions`, `[T, rotary_dim / 2]`
-    /// each (what [`qinfer_backend::Backend::rope`] takes).
-    pub fn angles_of(&self, positions: &[Position3]) -> (Vec<f32>, Vec<f32>) {
+    /// The angles of every row of a step, at each of `positions` (computed once per step
+    /// and shared by every attention layer).
+    pub fn angles_of(&self, positions: &[Position3]) -> RopeAngles {
         let n = positions.len() * self.inv_freq.len();
         let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for &p in positions {
@@ -67,7 +76,11 @@ impl Rope {
             cos.extend(c);
             sin.extend(s);
         }
-        (cos, sin)
+        RopeAngles {
+            rows: positions.len(),
+            cos,
+            sin,
+        }
     }
 
     /// `(cos, sin)` of every frequency's angle at `pos`.
