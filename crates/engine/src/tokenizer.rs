@@ -199,17 +199,21 @@ impl Tokenizer {
             .clone()
     }
 
-    /// Number of tokens, added tokens included (248,077 for Qwen3.5/3.6).
     /// The most bytes any one token stands for (so a text of `n` bytes is at least
-    /// `n / max_token_bytes()` tokens). A full-vocabulary pass: call it once.
+    /// `n / max_token_bytes()` tokens): over [`Tokenizer::ordinary_token_bytes`] (built once,
+    /// shared) and the added tokens' text.
     pub fn max_token_bytes(&self) -> usize {
-        (0..self.vocab_size() as u32)
-            .filter_map(|id| self.token_bytes(id).map(|b| b.len()))
-            .max()
-            .unwrap_or(1)
-            .max(1)
+        let ordinary = self.ordinary_token_bytes().iter().map(|b| b.len()).max();
+        let added = self
+            .inner
+            .get_added_tokens_decoder()
+            .values()
+            .map(|t| t.content.len())
+            .max();
+        ordinary.max(added).unwrap_or(1).max(1)
     }
 
+    /// Number of tokens, added tokens included (248,077 for Qwen3.5/3.6).
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -463,7 +463,7 @@ async fn tokenize(State(state): State<Shared>, JsonBody(body): JsonBody) -> Resp
                 None => return Err(f.missing("prompt")),
             }
         };
-        shared::check_prompt_bytes(&state, &text).map_err(|e| ApiError::invalid("prompt", e))?;
+        shared::check_prompt_fits(&state, &text).map_err(|e| ApiError::invalid("prompt", e))?;
         let tokens = state
             .bundle
             .tokenizer

@@ -76,7 +76,7 @@ const COUNT_PIECE_BYTES: usize = 64 << 10;
 /// [`COUNT_PIECE_BYTES`] (cut at whitespace) and stopping as soon as they pass the context.
 /// Tokenizing costs about 300 bytes of memory per byte of text (measured: 1.0 GB for 3.4 MB), so
 /// a prompt is only ever tokenized whole when it holds at most `ctx` tokens.
-pub fn check_prompt_bytes(state: &AppState, text: &str) -> Result<(), String> {
+pub fn check_prompt_fits(state: &AppState, text: &str) -> Result<(), String> {
     let ctx = state.config.ctx;
     if text.len() > state.prompt_byte_limit {
         return Err(format!(
@@ -289,7 +289,7 @@ pub fn check_model(state: &AppState, f: &Fields<'_>, protocol: Protocol) -> Resu
 /// Tokenizes a rendered prompt: through the prompt cache when it is on (the ids of remembered
 /// answers are kept, see [`qinfer_engine::prompt_cache::PromptCache::encode`]).
 pub fn encode_prompt(state: &AppState, text: &str) -> Result<Vec<u32>, String> {
-    check_prompt_bytes(state, text)?;
+    check_prompt_fits(state, text)?;
     let tok = &state.bundle.tokenizer;
     match &state.prompt_cache {
         Some(c) => c.encode(tok, text),
