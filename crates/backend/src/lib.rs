@@ -15,9 +15,14 @@
 //!   routing, trace points).
 //! * **Weights**: [`Weight`]s in their storage format, handed to the backend once at load
 //!   ([`Backend::prepare`]): the backend may check, repack or copy them to its memory there.
-//! * **Sequence state**: KV rows ([`KvCache`]) and DeltaNet conv/recurrent state are passed to
-//!   the ops that read and write them ([`Backend::attend`], [`Backend::conv_silu`],
-//!   [`Backend::delta_rule`]).
+//! * **Sequence state**: KV rows ([`KvCache`], its rows [`KvData`]) and DeltaNet conv and
+//!   recurrent state ([`StateBuf`]), and what a kept step records to rewind with, are passed
+//!   `&mut` to the ops that read and write them ([`Backend::attend`], [`Backend::conv_silu`],
+//!   [`Backend::delta_rule`], [`Backend::write_state`]). A device backend keeps them in its
+//!   own memory ([`qinfer_cache::DeviceBuffer`]), moving a host buffer there in place the
+//!   first time it sees one; a host backend moves device buffers to the host the same way.
+//!   `qinfer-cache` shares, snapshots and truncates them without computing, and reads them
+//!   back only to write files.
 //!
 //! Architecture invariant: this crate knows nothing about Qwen, files or tokens — shapes and
 //! the meaning of each op only. It holds no kernels.
@@ -29,7 +34,9 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use qinfer_cache::KvCache;
+#[cfg(doc)]
+use qinfer_cache::KvData;
+use qinfer_cache::{KvCache, StateBuf};
 use qinfer_tensor::{DType, Mat, Weight};
 
 /// An activation matrix `[rows, cols]` of `f32`, owned by the backend that made it.
@@ -249,8 +256,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// An activation's numbers, on the host (taken: a host backend hands its rows over
     /// without a copy).
     fn download(&self, a: Act) -> Mat;
-    /// Appends an activation's numbers, row-major, to `out` (kept delta-rule inputs).
-    fn download_into(&self, a: &Act, out: &mut Vec<f32>);
+
+    // --- Sequence state as activations ---
+
+    /// Sets `s` to `a`'s numbers, row-major (`a.rows() · a.cols()` values; the buffer takes
+    /// that length): a kept step's delta-rule inputs and conv windows, a rewound conv window.
+    fn write_state(&self, a: &Act, s: &mut StateBuf);
+    /// Rows `rows` of `s` read as `[rows.len(), cols]` (replaying kept inputs).
+    fn read_state(&self, s: &StateBuf, rows: Range<usize>, cols: usize) -> Act;
 
     // --- Rows and columns ---
 
@@ -309,7 +322,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     // --- Attention ---
 
     /// One sequence's attention: appends `k`, `v` `[T, Hkv·D]` to `kv` (stored in its
-    /// [`qinfer_cache::KvType`]), then `softmax(q kᵀ · scale + causal) v` for `q` `[T, Hq·D]`
+    /// [`qinfer_cache::KvType`], through [`KvCache::append_with`] for a device backend), then `softmax(q kᵀ · scale + causal) v` for `q` `[T, Hq·D]`
     /// at the cache's last `T` positions over all of its rows: `[T, Hq·D]`. Same bits
     /// whatever the split of a sequence into steps.
     fn attend(&self, q: &Act, k: &Act, v: &Act, kv: &mut KvCache, shape: AttentionShape) -> Act;
@@ -327,14 +340,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Causal depthwise conv over `window ‖ x` (`window` `[K-1, C]` the previous inputs,
     /// `taps` `[K, C]`) then SiLU: `[T, C]`; `window` becomes the last `K-1` inputs. With
-    /// `keep` (`[T, (K-1)·C]`), the window after every row is written there too.
+    /// `keep`, it is set to the window after every row, `[T, (K-1)·C]`.
     fn conv_silu(
         &self,
         x: &Act,
-        window: &mut [f32],
+        window: &mut StateBuf,
         taps: &[f32],
         kernel: usize,
-        keep: Option<&mut [f32]>,
+        keep: Option<&mut StateBuf>,
     ) -> Act;
     /// The delta rule's gates from its projections `b`, `a` `[T, Nv]`:
     /// `(β = sigmoid(b), g = a_neg[h] · softplus(a + dt_bias[h]))`, `h` the column's head.
@@ -345,7 +358,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
         &self,
         shape: DeltaRuleShape,
         inputs: DeltaInputs<'_>,
-        state: &mut [f32],
+        state: &mut StateBuf,
         form: DeltaForm,
     ) -> Act;
 }

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use qinfer_cache::KvCache;
+use qinfer_cache::{KvCache, StateBuf};
 use qinfer_tensor::{DType, Mat, Weight};
 
 use crate::{Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape};
@@ -87,8 +87,13 @@ impl Backend for Reference {
         })
     }
 
-    fn download_into(&self, a: &Act, out: &mut Vec<f32>) {
-        out.extend_from_slice(&host(a).data);
+    fn write_state(&self, a: &Act, s: &mut StateBuf) {
+        s.host_mut().clone_from(&host(a).data);
+    }
+
+    fn read_state(&self, s: &StateBuf, rows: Range<usize>, cols: usize) -> Act {
+        let data = s.host()[rows.start * cols..rows.end * cols].to_vec();
+        Act::from_host(Mat::from_vec(data, rows.len(), cols))
     }
 
     fn embed(&self, table: &Weight, ids: &[u32]) -> Act {
@@ -251,6 +256,7 @@ impl Backend for Reference {
     }
 
     fn attend(&self, q: &Act, k: &Act, v: &Act, kv: &mut KvCache, shape: AttentionShape) -> Act {
+        kv.make_host();
         kv.append(&host(k).data, &host(v).data);
         let (d, hq, hkv) = (shape.head_dim, shape.n_heads, shape.n_kv_heads);
         let width = hkv * d;
@@ -329,11 +335,17 @@ impl Backend for Reference {
     fn conv_silu(
         &self,
         x: &Act,
-        window: &mut [f32],
+        window: &mut StateBuf,
         taps: &[f32],
         kernel: usize,
-        mut keep: Option<&mut [f32]>,
+        keep: Option<&mut StateBuf>,
     ) -> Act {
+        let window = window.host_mut();
+        let mut keep = keep.map(|k| {
+            let k = k.host_mut();
+            k.resize(host(x).rows * window.len(), 0.0);
+            k
+        });
         let x = host(x);
         let (t, c, hist) = (x.rows, x.cols, kernel - 1);
         assert!(
@@ -381,9 +393,10 @@ impl Backend for Reference {
         &self,
         shape: DeltaRuleShape,
         x: DeltaInputs<'_>,
-        state: &mut [f32],
+        state: &mut StateBuf,
         _form: DeltaForm,
     ) -> Act {
+        let state = state.host_mut();
         let (q, k, v, g, beta) = (host(x.q), host(x.k), host(x.v), host(x.g), host(x.beta));
         let (nv, dk, dv) = (shape.nv, shape.dk, shape.dv);
         assert_eq!(

@@ -15,10 +15,13 @@
 //! appended, so its stored bytes never depend on how many rows came with it: prefill in
 //! pieces, batched steps and resumed prompts store exactly what one pass stores.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::device::DeviceBuffer;
 use crate::rows::{KvRows, KvSegment};
 use half::{bf16, f16};
 use qinfer_quant::q8_0::{self, BlockQ8_0};
@@ -122,12 +125,18 @@ impl FromStr for KvType {
 }
 
 /// Rows of one kind (keys or values) in a [`KvType`]; Q8_0 holds `width / 32` blocks per row.
-#[derive(Clone, Debug, PartialEq)]
+/// Host memory, or a backend's buffer ([`DeviceBuffer`]) holding `units` stored items of
+/// `ty` (the backend appends to it through [`KvCache::append_with`]).
 pub enum KvData {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
     F16(Vec<f16>),
     Q8_0(Vec<BlockQ8_0>),
+    Device {
+        ty: KvType,
+        units: usize,
+        buf: Box<dyn DeviceBuffer>,
+    },
 }
 
 impl KvData {
@@ -147,30 +156,46 @@ impl KvData {
             KvData::Bf16(_) => KvType::Bf16,
             KvData::F16(_) => KvType::F16,
             KvData::Q8_0(_) => KvType::Q8_0,
+            KvData::Device { ty, .. } => *ty,
         }
     }
 
     /// Stored items: values, or Q8_0 blocks.
-    fn units(&self) -> usize {
+    pub fn units(&self) -> usize {
         match self {
             KvData::F32(x) => x.len(),
             KvData::Bf16(x) => x.len(),
             KvData::F16(x) => x.len(),
             KvData::Q8_0(x) => x.len(),
+            KvData::Device { units, .. } => *units,
         }
     }
 
     /// Items per row of `width` values.
-    fn units_per_row(ty: KvType, width: usize) -> usize {
+    pub fn units_per_row(ty: KvType, width: usize) -> usize {
         match ty {
             KvType::Q8_0 => width / q8_0::BLOCK,
             _ => width,
         }
     }
 
+    /// Bytes of one stored item.
+    pub fn unit_bytes(ty: KvType) -> usize {
+        match ty {
+            KvType::F32 => 4,
+            KvType::Bf16 | KvType::F16 => 2,
+            KvType::Q8_0 => q8_0::BYTES,
+        }
+    }
+
     /// Whole rows of `width` values held, or `None` if the data is not whole rows.
     pub fn rows(&self, width: usize) -> Option<usize> {
-        self.view().rows(width)
+        let ty = self.kv_type();
+        if !ty.supports(width) {
+            return None;
+        }
+        let per = KvData::units_per_row(ty, width);
+        (per > 0 && self.units().is_multiple_of(per)).then(|| self.units() / per)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -179,75 +204,182 @@ impl KvData {
 
     /// Bytes stored.
     pub fn bytes(&self) -> usize {
-        match self {
-            KvData::F32(x) => x.len() * 4,
-            KvData::Bf16(x) => x.len() * 2,
-            KvData::F16(x) => x.len() * 2,
-            KvData::Q8_0(x) => x.len() * q8_0::BYTES,
-        }
+        self.units() * KvData::unit_bytes(self.kv_type())
     }
 
-    /// The rows as attention reads them.
+    /// Whether the rows are in host memory.
+    pub fn is_host(&self) -> bool {
+        !matches!(self, KvData::Device { .. })
+    }
+
+    /// The rows as attention reads them, from host memory.
+    ///
+    /// # Panics
+    /// If a device holds them ([`KvCache::make_host`] first).
     pub fn view(&self) -> KvRows<'_> {
         match self {
             KvData::F32(x) => KvRows::F32(x),
             KvData::Bf16(x) => KvRows::Bf16(x),
             KvData::F16(x) => KvRows::F16(x),
             KvData::Q8_0(x) => KvRows::Q8_0(x),
+            KvData::Device { .. } => panic!("KV rows on a device have no host view"),
         }
     }
 
-    /// Appends one row of `f32` values, converted to the stored type.
-    fn push_row(&mut self, row: &[f32]) {
+    /// The rows in host memory: borrowed, or read back from a device.
+    pub fn to_host(&self) -> Cow<'_, KvData> {
         match self {
-            KvData::F32(x) => x.extend_from_slice(row),
-            KvData::Bf16(x) => x.extend(row.iter().map(|&v| bf16::from_f32(v))),
-            KvData::F16(x) => x.extend(row.iter().map(|&v| f16::from_f32(v))),
-            KvData::Q8_0(x) => x.extend(row.chunks_exact(q8_0::BLOCK).map(|c| {
-                let c: &[f32; q8_0::BLOCK] = c.try_into().expect("32 values");
-                BlockQ8_0::from_bytes(&q8_0::quantize_block_ref(c))
-            })),
+            KvData::Device { ty, units, buf } => {
+                let bytes = buf.read(units * KvData::unit_bytes(*ty));
+                Cow::Owned(KvData::from_bytes(*ty, &bytes).expect("whole stored items"))
+            }
+            host => Cow::Borrowed(host),
+        }
+    }
+
+    /// Moves the rows to host memory if a device holds them.
+    pub fn make_host(&mut self) {
+        if !self.is_host() {
+            *self = self.to_host().into_owned();
+        }
+    }
+
+    /// The stored items in host layout: little-endian values, Q8_0 as 34-byte blocks.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            KvData::F32(x) => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            KvData::Bf16(x) => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            KvData::F16(x) => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            KvData::Q8_0(x) => x.iter().flat_map(|b| b.to_bytes()).collect(),
+            KvData::Device { ty, units, buf } => buf.read(units * KvData::unit_bytes(*ty)),
+        }
+    }
+
+    /// Host rows of `ty` from their [`KvData::to_bytes`] layout; `None` if `bytes` is not
+    /// whole items.
+    pub fn from_bytes(ty: KvType, bytes: &[u8]) -> Option<KvData> {
+        if !bytes.len().is_multiple_of(KvData::unit_bytes(ty)) {
+            return None;
+        }
+        let u16s = || bytes.chunks_exact(2).map(|c| [c[0], c[1]]);
+        Some(match ty {
+            KvType::F32 => KvData::F32(crate::device::f32s(bytes)),
+            KvType::Bf16 => KvData::Bf16(u16s().map(bf16::from_le_bytes).collect()),
+            KvType::F16 => KvData::F16(u16s().map(f16::from_le_bytes).collect()),
+            KvType::Q8_0 => KvData::Q8_0(
+                bytes
+                    .chunks_exact(q8_0::BYTES)
+                    .map(|c| BlockQ8_0::from_bytes(c.try_into().expect("34 bytes")))
+                    .collect(),
+            ),
+        })
+    }
+
+    /// Appends rows of `f32` values, each converted to the stored type on its own (a device
+    /// buffer is moved to the host first).
+    ///
+    /// # Panics
+    /// If the type cannot store rows `width` wide or `rows` is not whole rows.
+    pub fn push_rows(&mut self, rows: &[f32], width: usize) {
+        assert!(
+            self.kv_type().supports(width) && width > 0 && rows.len().is_multiple_of(width),
+            "kv rows are not whole"
+        );
+        self.make_host();
+        for row in rows.chunks_exact(width) {
+            match self {
+                KvData::F32(x) => x.extend_from_slice(row),
+                KvData::Bf16(x) => x.extend(row.iter().map(|&v| bf16::from_f32(v))),
+                KvData::F16(x) => x.extend(row.iter().map(|&v| f16::from_f32(v))),
+                KvData::Q8_0(x) => x.extend(row.chunks_exact(q8_0::BLOCK).map(|c| {
+                    let c: &[f32; q8_0::BLOCK] = c.try_into().expect("32 values");
+                    BlockQ8_0::from_bytes(&q8_0::quantize_block_ref(c))
+                })),
+                KvData::Device { .. } => unreachable!("moved to the host above"),
+            }
         }
     }
 
     /// Keeps the first `units` items.
-    fn truncate(&mut self, units: usize) {
+    fn truncate(&mut self, keep: usize) {
         match self {
-            KvData::F32(x) => x.truncate(units),
-            KvData::Bf16(x) => x.truncate(units),
-            KvData::F16(x) => x.truncate(units),
-            KvData::Q8_0(x) => x.truncate(units),
+            KvData::F32(x) => x.truncate(keep),
+            KvData::Bf16(x) => x.truncate(keep),
+            KvData::F16(x) => x.truncate(keep),
+            KvData::Q8_0(x) => x.truncate(keep),
+            KvData::Device { units, .. } => *units = keep.min(*units),
         }
     }
 
-    /// A copy of the first `units` items.
-    fn prefix(&self, units: usize) -> KvData {
+    /// A copy of the first `units` items (a device copy of a device buffer).
+    fn prefix(&self, keep: usize) -> KvData {
         match self {
-            KvData::F32(x) => KvData::F32(x[..units].to_vec()),
-            KvData::Bf16(x) => KvData::Bf16(x[..units].to_vec()),
-            KvData::F16(x) => KvData::F16(x[..units].to_vec()),
-            KvData::Q8_0(x) => KvData::Q8_0(x[..units].to_vec()),
+            KvData::F32(x) => KvData::F32(x[..keep].to_vec()),
+            KvData::Bf16(x) => KvData::Bf16(x[..keep].to_vec()),
+            KvData::F16(x) => KvData::F16(x[..keep].to_vec()),
+            KvData::Q8_0(x) => KvData::Q8_0(x[..keep].to_vec()),
+            KvData::Device { ty, units, buf } => KvData::Device {
+                ty: *ty,
+                units: keep.min(*units),
+                buf: buf.duplicate(),
+            },
         }
     }
 
-    /// Moves items `units..` out into a new buffer, leaving the first `units`.
+    /// Moves items `units..` out into a new host buffer, leaving the first `units`.
     fn split_off(&mut self, units: usize) -> KvData {
+        self.make_host();
         match self {
             KvData::F32(x) => KvData::F32(x.split_off(units)),
             KvData::Bf16(x) => KvData::Bf16(x.split_off(units)),
             KvData::F16(x) => KvData::F16(x.split_off(units)),
             KvData::Q8_0(x) => KvData::Q8_0(x.split_off(units)),
+            KvData::Device { .. } => unreachable!("moved to the host above"),
         }
     }
 
     /// All rows as `f32` (exact for `f32`; the stored values otherwise).
     pub fn to_f32(&self) -> Vec<f32> {
-        match self {
+        match &*self.to_host() {
             KvData::F32(x) => x.clone(),
             KvData::Bf16(x) => x.iter().map(|v| v.to_f32()).collect(),
             KvData::F16(x) => x.iter().map(|v| v.to_f32()).collect(),
             KvData::Q8_0(x) => x.iter().flat_map(|b| b.dequantize()).collect(),
+            KvData::Device { .. } => unreachable!("read back above"),
         }
+    }
+}
+
+impl Clone for KvData {
+    /// A device buffer is duplicated in the backend's memory.
+    fn clone(&self) -> Self {
+        match self {
+            KvData::F32(x) => KvData::F32(x.clone()),
+            KvData::Bf16(x) => KvData::Bf16(x.clone()),
+            KvData::F16(x) => KvData::F16(x.clone()),
+            KvData::Q8_0(x) => KvData::Q8_0(x.clone()),
+            KvData::Device { ty, units, buf } => KvData::Device {
+                ty: *ty,
+                units: *units,
+                buf: buf.duplicate(),
+            },
+        }
+    }
+}
+
+/// The same type and stored bytes, wherever they are held.
+impl PartialEq for KvData {
+    fn eq(&self, other: &Self) -> bool {
+        self.kv_type() == other.kv_type()
+            && self.units() == other.units()
+            && self.to_bytes() == other.to_bytes()
+    }
+}
+
+impl fmt::Debug for KvData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let place = if self.is_host() { "host" } else { "device" };
+        write!(f, "KvData[{} × {}] ({place})", self.units(), self.kv_type())
     }
 }
 
@@ -442,7 +574,7 @@ impl KvCache {
         let concat = |parts: &mut dyn Iterator<Item = &KvData>| {
             let mut out = KvData::empty(self.kv_type);
             for p in parts {
-                match (&mut out, p) {
+                match (&mut out, &*p.to_host()) {
                     (KvData::F32(d), KvData::F32(s)) => d.extend_from_slice(s),
                     (KvData::Bf16(d), KvData::Bf16(s)) => d.extend_from_slice(s),
                     (KvData::F16(d), KvData::F16(s)) => d.extend_from_slice(s),
@@ -469,15 +601,74 @@ impl KvCache {
             k.len() == v.len() && w > 0 && k.len().is_multiple_of(w),
             "kv rows are not whole"
         );
-        for (kr, vr) in k.chunks_exact(w).zip(v.chunks_exact(w)) {
-            self.tail_k.push_row(kr);
-            self.tail_v.push_row(vr);
-            if self.tail_rows() == BLOCK_TOKENS {
+        self.append_with(k.len() / w, |tk, tv, rows| {
+            let r = rows.start * w..rows.end * w;
+            tk.push_rows(&k[r.clone()], w);
+            tv.push_rows(&v[r], w);
+        });
+    }
+
+    /// Appends `n` rows that a backend writes itself: `write(tail_k, tail_v, rows)` must
+    /// append rows `rows` (a piece of `0..n`, pieces in order) of its new keys and values to
+    /// the tail, stored as the cache's [`KvType`] — in host memory or in its own buffer
+    /// ([`KvData::Device`], which it may put in place of a host tail). The tail becomes a
+    /// shared block each time it fills; the next piece starts a new, empty host tail.
+    ///
+    /// # Panics
+    /// If `write` did not append exactly the piece's rows in the cache's type.
+    pub fn append_with(
+        &mut self,
+        n: usize,
+        mut write: impl FnMut(&mut KvData, &mut KvData, Range<usize>),
+    ) {
+        let mut done = 0;
+        while done < n {
+            let before = self.tail_rows();
+            let m = (BLOCK_TOKENS - before).min(n - done);
+            write(&mut self.tail_k, &mut self.tail_v, done..done + m);
+            let (k, v, w) = (&self.tail_k, &self.tail_v, self.kv_width);
+            assert!(
+                k.kv_type() == self.kv_type
+                    && v.kv_type() == self.kv_type
+                    && k.rows(w) == Some(before + m)
+                    && v.rows(w) == Some(before + m),
+                "append_with: the tail must grow by {m} rows of {}",
+                self.kv_type
+            );
+            done += m;
+            if before + m == BLOCK_TOKENS {
                 let bk = std::mem::replace(&mut self.tail_k, KvData::empty(self.kv_type));
                 let bv = std::mem::replace(&mut self.tail_v, KvData::empty(self.kv_type));
                 self.blocks.push(Arc::new(KvBlock::new(bk, bv)));
             }
         }
+    }
+
+    /// Whether every row is in host memory.
+    pub fn is_host(&self) -> bool {
+        self.tail_k.is_host()
+            && self.tail_v.is_host()
+            && self.blocks.iter().all(|b| b.k.is_host() && b.v.is_host())
+    }
+
+    /// Moves every row a device holds to host memory (a host backend reading a cache another
+    /// backend wrote). A block read back becomes this cache's own copy: sequences that
+    /// shared it keep theirs.
+    pub fn make_host(&mut self) {
+        self.tail_k.make_host();
+        self.tail_v.make_host();
+        for b in &mut self.blocks {
+            if !(b.k.is_host() && b.v.is_host()) {
+                let (k, v) = (b.k.to_host().into_owned(), b.v.to_host().into_owned());
+                *b = Arc::new(KvBlock::new(k, v));
+            }
+        }
+    }
+
+    /// The full blocks, mutably (a device backend moving blocks into its memory: it puts a
+    /// new `Arc` in place, since other sequences may share the old one).
+    pub fn blocks_mut(&mut self) -> &mut [Arc<KvBlock>] {
+        &mut self.blocks
     }
 
     /// Keeps the first `rows` rows. Cutting into a shared block copies its kept rows into a
@@ -502,6 +693,16 @@ impl KvCache {
     /// Bytes of data reachable from this cache, as stored (shared blocks counted in full).
     pub fn bytes(&self) -> usize {
         self.blocks.iter().map(|b| b.bytes()).sum::<usize>() + self.tail_bytes()
+    }
+}
+
+/// The same rows, stored as the same bytes of the same type, wherever they are held.
+impl PartialEq for KvCache {
+    fn eq(&self, other: &Self) -> bool {
+        self.kv_width == other.kv_width
+            && self.kv_type == other.kv_type
+            && self.len() == other.len()
+            && self.to_stored() == other.to_stored()
     }
 }
 

@@ -19,11 +19,13 @@
 
 use std::fmt;
 
+pub mod device;
 pub mod kv;
 pub mod persist;
 pub mod prefix;
 mod rows;
 
+pub use device::{DeviceBuffer, StateBuf};
 pub use kv::{BLOCK_TOKENS, KvBlock, KvCache, KvData, KvType, UnknownKvType};
 pub use prefix::{CacheConfig, CacheStats, KeyElem, Lookup, Miss, PrefixCache};
 pub use rows::{KvRows, KvSegment};
@@ -42,17 +44,33 @@ pub enum LayerSpec {
     },
 }
 
-/// Conv window and recurrent state of one Gated DeltaNet layer.
+/// Conv window and recurrent state of one Gated DeltaNet layer (host memory or the
+/// backend's, [`device`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeltaNetState {
     /// `[K-1, C]`: the last `K-1` pre-conv inputs, oldest first.
-    pub conv: Vec<f32>,
+    pub conv: StateBuf,
     /// `[Nv, Dk, Dv]`.
-    pub recurrent: Vec<f32>,
+    pub recurrent: StateBuf,
 }
 
-/// State of one layer.
-#[derive(Clone, Debug)]
+impl DeltaNetState {
+    /// Host state from its values.
+    pub fn from_host(conv: Vec<f32>, recurrent: Vec<f32>) -> Self {
+        DeltaNetState {
+            conv: StateBuf::Host(conv),
+            recurrent: StateBuf::Host(recurrent),
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        (self.conv.len() + self.recurrent.len()) * 4
+    }
+}
+
+/// State of one layer. Equal: the same values, bit for bit, wherever they are held.
+#[derive(Clone, Debug, PartialEq)]
 pub enum LayerState {
     Attention(KvCache),
     DeltaNet(DeltaNetState),
@@ -89,24 +107,25 @@ struct Kept {
     layers: Vec<KeptLayer>,
 }
 
-/// How [`SequenceState::rewind`] has the model set a DeltaNet layer's recurrent state:
+/// How [`SequenceState::rewind`] has the model set a DeltaNet layer's state:
 /// `(layer, its record of the step, positions to replay, the state to set)`.
-pub type Replay<'a> = dyn FnMut(usize, &KeptLayer, usize, &mut [f32]) + 'a;
+pub type Replay<'a> = dyn FnMut(usize, &KeptLayer, usize, &mut DeltaNetState) + 'a;
 
-/// One DeltaNet layer's part of a kept step (filled by the model).
+/// One DeltaNet layer's part of a kept step (filled by the model through its backend, in
+/// the backend's memory).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct KeptLayer {
     /// The recurrent state `[Nv, Dk, Dv]` before the step.
-    pub start: Vec<f32>,
+    pub start: StateBuf,
     /// The conv window after each position: `[len, (K−1)·C]`.
-    pub conv: Vec<f32>,
+    pub conv: StateBuf,
     /// The delta rule's inputs of each position: `q`, `k` `[len, Nk·Dk]`, `v` `[len, Nv·Dv]`,
     /// `g`, `beta` `[len, Nv]`.
-    pub q: Vec<f32>,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-    pub g: Vec<f32>,
-    pub beta: Vec<f32>,
+    pub q: StateBuf,
+    pub k: StateBuf,
+    pub v: StateBuf,
+    pub g: StateBuf,
+    pub beta: StateBuf,
 }
 
 impl KeptLayer {
@@ -121,7 +140,7 @@ impl KeptLayer {
             &self.beta,
         ]
         .iter()
-        .map(|v| v.capacity() * 4)
+        .map(|v| v.bytes())
         .sum()
     }
 }
@@ -167,8 +186,8 @@ impl SequenceState {
                     conv_kernel,
                     recurrent_len,
                 } => LayerState::DeltaNet(DeltaNetState {
-                    conv: vec![0.0; conv_kernel.saturating_sub(1) * conv_channels],
-                    recurrent: vec![0.0; recurrent_len],
+                    conv: StateBuf::zeros(conv_kernel.saturating_sub(1) * conv_channels),
+                    recurrent: StateBuf::zeros(recurrent_len),
                 }),
             })
             .collect();
@@ -190,9 +209,8 @@ impl SequenceState {
     }
 
     /// Starts a step of `n` positions: forgets what an earlier step kept and, with `keep`,
-    /// copies each DeltaNet layer's recurrent state as the step's start and sizes the conv
-    /// windows' buffer for [`SequenceState::deltanet_mut`]. Called by the model before it
-    /// changes any layer.
+    /// copies each DeltaNet layer's recurrent state as the step's start (where it is held:
+    /// a device copy of device state). Called by the model before it changes any layer.
     pub fn begin_step(&mut self, n: usize, keep: bool) {
         self.kept.from = self.pos;
         self.kept.len = if keep { n } else { 0 };
@@ -204,7 +222,6 @@ impl SequenceState {
         for (k, layer) in kept.iter_mut().zip(&self.layers) {
             if let LayerState::DeltaNet(d) = layer {
                 k.start.clone_from(&d.recurrent);
-                k.conv.resize(n * d.conv.len(), 0.0);
             }
         }
     }
@@ -230,10 +247,10 @@ impl SequenceState {
     }
 
     /// Returns the sequence to position `to` inside the last step that kept its states: for
-    /// each DeltaNet layer, the conv window after that position and `replay(layer, kept, j,
-    /// recurrent)`, which must set `recurrent` to the state after the step's first `j`
-    /// positions (the model replays the recurrence from `kept.start`: this crate computes
-    /// nothing); attention layers drop the later KV rows. `to == pos()` is a no-op; what was
+    /// each DeltaNet layer `replay(layer, kept, j, state)`, which must set `state` to the
+    /// conv window and recurrent state after the step's first `j` positions (the model, on
+    /// its backend, takes the kept window and replays the recurrence from `kept.start`: this
+    /// crate computes nothing); attention layers drop the later KV rows. `to == pos()` is a no-op; what was
     /// kept stays, so a later rewind may go further back within the step. Call it through
     /// the model (`Qwen35::rewind`).
     pub fn rewind(&mut self, to: usize, replay: &mut Replay<'_>) -> Result<(), RewindError> {
@@ -253,11 +270,7 @@ impl SequenceState {
         for (l, (layer, kept)) in self.layers.iter_mut().zip(&self.kept.layers).enumerate() {
             match layer {
                 LayerState::Attention(kv) => kv.truncate(to),
-                LayerState::DeltaNet(d) => {
-                    let c = d.conv.len();
-                    d.conv.copy_from_slice(&kept.conv[(j - 1) * c..j * c]);
-                    replay(l, kept, j, &mut d.recurrent);
-                }
+                LayerState::DeltaNet(d) => replay(l, kept, j, d),
             }
         }
         self.pos = to;
@@ -280,7 +293,7 @@ impl SequenceState {
             .iter()
             .map(|l| match l {
                 LayerState::Attention(kv) => kv.bytes(),
-                LayerState::DeltaNet(d) => (d.conv.len() + d.recurrent.len()) * 4,
+                LayerState::DeltaNet(d) => d.bytes(),
             })
             .sum::<usize>()
             + self.kept_bytes()
@@ -353,7 +366,7 @@ pub fn unique_bytes<'a>(states: impl IntoIterator<Item = &'a SequenceState>) -> 
                     }
                     total += kv.tail_bytes();
                 }
-                LayerState::DeltaNet(d) => total += (d.conv.len() + d.recurrent.len()) * 4,
+                LayerState::DeltaNet(d) => total += d.bytes(),
             }
         }
         total += s.kept_bytes();
@@ -396,7 +409,7 @@ mod tests {
 
     fn step(s: &mut SequenceState, x: f32) {
         if let LayerState::DeltaNet(d) = s.layer_mut(0) {
-            d.recurrent.iter_mut().for_each(|v| *v += x);
+            d.recurrent.host_mut().iter_mut().for_each(|v| *v += x);
         }
         if let LayerState::Attention(kv) = s.layer_mut(1) {
             kv.append(&[x, x], &[-x, -x]);
@@ -410,12 +423,13 @@ mod tests {
         assert_eq!(s.bytes(), (2 * 2 + 4) * 4);
         step(&mut s, 1.0);
         let snap = s.snapshot();
-        let before = format!("{:?}", s.layers());
+        let before = s.layers().to_vec();
         step(&mut s, 2.0);
         step(&mut s, 3.0);
+        assert_ne!(s.layers(), before);
         s.restore(&snap).unwrap();
         assert_eq!(s.pos(), 1);
-        assert_eq!(format!("{:?}", s.layers()), before);
+        assert_eq!(s.layers(), before);
     }
 
     #[test]
@@ -428,7 +442,7 @@ mod tests {
         let mut fresh = SequenceState::new(&SPECS);
         fresh.restore(&ahead).unwrap();
         assert_eq!(fresh.pos(), 70);
-        assert_eq!(format!("{:?}", fresh.layers()), format!("{:?}", s.layers()));
+        assert_eq!(fresh.layers(), s.layers());
         // The full block is shared, the tail and DeltaNet state are not.
         // s: one 64-row block + 6 tail rows (k and v, width 2) + conv 4 + recurrent 4 values.
         assert_eq!(s.bytes(), (64 * 4 + 6 * 4 + 4 + 4) * 4);

@@ -21,9 +21,6 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use half::{bf16, f16};
-use qinfer_quant::q8_0::{self, BlockQ8_0};
-
 use crate::{DeltaNetState, KvCache, KvData, KvType, LayerState, SequenceState};
 
 /// Bumped whenever the layout of a file changes. 2: KV rows carry their type ([`KvType`])
@@ -153,24 +150,8 @@ impl Writer {
     /// items little-endian (Q8_0: GGML's 34-byte blocks).
     pub fn kv_rows(&mut self, d: &KvData) {
         self.u8(d.kv_type().tag());
-        match d {
-            KvData::F32(x) => self.f32s(x),
-            KvData::Bf16(x) => {
-                self.u64(x.len() as u64);
-                x.iter()
-                    .for_each(|v| self.buf.extend_from_slice(&v.to_le_bytes()));
-            }
-            KvData::F16(x) => {
-                self.u64(x.len() as u64);
-                x.iter()
-                    .for_each(|v| self.buf.extend_from_slice(&v.to_le_bytes()));
-            }
-            KvData::Q8_0(x) => {
-                self.u64(x.len() as u64);
-                x.iter()
-                    .for_each(|b| self.buf.extend_from_slice(&b.to_bytes()));
-            }
-        }
+        self.u64(d.units() as u64);
+        self.buf.extend_from_slice(&d.to_bytes());
     }
 
     /// A sequence state: position, then each layer.
@@ -188,8 +169,8 @@ impl Writer {
                 }
                 LayerState::DeltaNet(d) => {
                     self.u8(1);
-                    self.f32s(&d.conv);
-                    self.f32s(&d.recurrent);
+                    self.f32s(&d.conv.host());
+                    self.f32s(&d.recurrent.host());
                 }
             }
         }
@@ -268,29 +249,9 @@ impl<'a> Reader<'a> {
     }
 
     fn any_kv_rows(&mut self, ty: KvType) -> Result<KvData, String> {
-        let u16s = |r: &mut Self| -> Result<Vec<[u8; 2]>, String> {
-            let n = r.len(2)?;
-            Ok(r.take(n * 2)?
-                .chunks_exact(2)
-                .map(|c| [c[0], c[1]])
-                .collect())
-        };
-        Ok(match ty {
-            KvType::F32 => KvData::F32(self.f32s()?),
-            KvType::Bf16 => {
-                KvData::Bf16(u16s(self)?.into_iter().map(bf16::from_le_bytes).collect())
-            }
-            KvType::F16 => KvData::F16(u16s(self)?.into_iter().map(f16::from_le_bytes).collect()),
-            KvType::Q8_0 => {
-                let n = self.len(q8_0::BYTES)?;
-                KvData::Q8_0(
-                    self.take(n * q8_0::BYTES)?
-                        .chunks_exact(q8_0::BYTES)
-                        .map(|c| BlockQ8_0::from_bytes(c.try_into().expect("34 bytes")))
-                        .collect(),
-                )
-            }
-        })
+        let unit = KvData::unit_bytes(ty);
+        let n = self.len(unit)?;
+        Ok(KvData::from_bytes(ty, self.take(n * unit)?).expect("whole items"))
     }
 
     /// A sequence state written by [`Writer::state`], KV rows in the type they were written
@@ -315,10 +276,7 @@ impl<'a> Reader<'a> {
                         .ok_or("attention rows do not match their type")?;
                     LayerState::Attention(kv)
                 }
-                1 => LayerState::DeltaNet(DeltaNetState {
-                    conv: self.f32s()?,
-                    recurrent: self.f32s()?,
-                }),
+                1 => LayerState::DeltaNet(DeltaNetState::from_host(self.f32s()?, self.f32s()?)),
                 other => return Err(format!("unknown layer kind {other}")),
             });
         }
@@ -349,7 +307,7 @@ mod tests {
                 kv.append(&[i as f32, 1.0], &[2.0, -(i as f32)]);
             }
             if let LayerState::DeltaNet(d) = s.layer_mut(0) {
-                d.recurrent[i % 4] += 0.25;
+                d.recurrent.host_mut()[i % 4] += 0.25;
             }
             s.advance(1);
         }
@@ -367,7 +325,7 @@ mod tests {
         let (header, body) = read_file(&path, b"SESSION\0").unwrap();
         assert_eq!(header, "{\"a\":1}");
         let back = Reader::new(&body).state().unwrap();
-        assert_eq!(format!("{:?}", back.layers()), format!("{:?}", s.layers()));
+        assert_eq!(back.layers(), s.layers());
         assert_eq!(back.pos(), 70);
 
         assert!(matches!(

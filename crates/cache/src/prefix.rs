@@ -602,8 +602,8 @@ impl PrefixCache {
                 Some(r) => {
                     w.u8(1);
                     for d in r {
-                        w.f32s(&d.conv);
-                        w.f32s(&d.recurrent);
+                        w.f32s(&d.conv.host());
+                        w.f32s(&d.recurrent.host());
                     }
                 }
             }
@@ -704,7 +704,7 @@ impl PrefixCache {
                         if conv.len() != conv_len || recurrent.len() != rec_len {
                             return Err("snapshot shape".into());
                         }
-                        states.push(DeltaNetState { conv, recurrent });
+                        states.push(DeltaNetState::from_host(conv, recurrent));
                     }
                     Some(states)
                 }
@@ -784,7 +784,7 @@ mod tests {
         for &t in tokens {
             let x = t as f32;
             if let LayerState::DeltaNet(d) = s.layer_mut(0) {
-                for (i, r) in d.recurrent.iter_mut().enumerate() {
+                for (i, r) in d.recurrent.host_mut().iter_mut().enumerate() {
                     *r = *r * 0.5 + x + i as f32;
                 }
             }
@@ -811,7 +811,7 @@ mod tests {
     }
 
     fn same(a: &SequenceState, b: &SequenceState) -> bool {
-        format!("{:?}", a.layers()) == format!("{:?}", b.layers()) && a.pos() == b.pos()
+        a.layers() == b.layers() && a.pos() == b.pos()
     }
 
     fn toks(range: std::ops::Range<u32>) -> Vec<u32> {

@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use qinfer_backend::{Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape};
-use qinfer_cache::{KvCache, KvSegment};
+use qinfer_cache::{KvCache, KvSegment, StateBuf};
 use qinfer_tensor::{DType, Mat, Weight};
 
 use crate::kernels::{Isa, MatmulPrecision};
@@ -53,8 +53,13 @@ impl Backend for Cpu {
         a.into_host().unwrap_or_else(|_| panic!("{FOREIGN}"))
     }
 
-    fn download_into(&self, a: &Act, out: &mut Vec<f32>) {
-        out.extend_from_slice(&host(a).data);
+    fn write_state(&self, a: &Act, s: &mut StateBuf) {
+        s.host_mut().clone_from(&host(a).data);
+    }
+
+    fn read_state(&self, s: &StateBuf, rows: Range<usize>, cols: usize) -> Act {
+        let data = s.host()[rows.start * cols..rows.end * cols].to_vec();
+        act(Mat::from_vec(data, rows.len(), cols))
     }
 
     fn embed(&self, table: &Weight, ids: &[u32]) -> Act {
@@ -195,6 +200,7 @@ impl Backend for Cpu {
     }
 
     fn attend(&self, q: &Act, k: &Act, v: &Act, kv: &mut KvCache, shape: AttentionShape) -> Act {
+        kv.make_host();
         kv.append(&host(k).data, &host(v).data);
         // The cache's blocks are read in place, never gathered into one buffer.
         let segments: Vec<KvSegment<'_>> = kv.segments().collect();
@@ -227,13 +233,18 @@ impl Backend for Cpu {
     fn conv_silu(
         &self,
         x: &Act,
-        window: &mut [f32],
+        window: &mut StateBuf,
         taps: &[f32],
         kernel: usize,
-        keep: Option<&mut [f32]>,
+        keep: Option<&mut StateBuf>,
     ) -> Act {
+        let window = window.host_mut();
         act(match keep {
-            Some(kept) => ops::causal_conv1d_silu_keep(*self, host(x), window, taps, kernel, kept),
+            Some(kept) => {
+                let kept = kept.host_mut();
+                kept.resize(host(x).rows * window.len(), 0.0);
+                ops::causal_conv1d_silu_keep(*self, host(x), window, taps, kernel, kept)
+            }
             None => ops::causal_conv1d_silu(*self, host(x), window, taps, kernel),
         })
     }
@@ -262,9 +273,10 @@ impl Backend for Cpu {
         &self,
         shape: DeltaRuleShape,
         x: DeltaInputs<'_>,
-        state: &mut [f32],
+        state: &mut StateBuf,
         form: DeltaForm,
     ) -> Act {
+        let state = state.host_mut();
         let inputs = ops::DeltaRuleInputs {
             q: host(x.q),
             k: host(x.k),

@@ -55,8 +55,8 @@ pub fn save(
         w.u64(*pos as u64);
         for l in snap.state().layers() {
             if let LayerState::DeltaNet(d) = l {
-                w.f32s(&d.conv);
-                w.f32s(&d.recurrent);
+                w.f32s(&d.conv.host());
+                w.f32s(&d.recurrent.host());
             }
         }
     }
@@ -110,10 +110,10 @@ pub fn load(path: &Path, model: &Qwen35) -> Result<Session, String> {
                     LayerState::Attention(kv)
                 }
                 LayerState::DeltaNet(d) => {
-                    let saved = DeltaNetState {
-                        conv: r.f32s().map_err(corrupt)?,
-                        recurrent: r.f32s().map_err(corrupt)?,
-                    };
+                    let saved = DeltaNetState::from_host(
+                        r.f32s().map_err(corrupt)?,
+                        r.f32s().map_err(corrupt)?,
+                    );
                     if saved.conv.len() != d.conv.len()
                         || saved.recurrent.len() != d.recurrent.len()
                     {

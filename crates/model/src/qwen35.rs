@@ -785,13 +785,10 @@ impl Qwen35 {
     /// rows. The result is bit for bit the state of one-token steps up to `to` (tested).
     pub fn rewind(&self, state: &mut SequenceState, to: usize) -> Result<(), ForwardError> {
         self.check_layout(state)?;
-        state.rewind(
-            to,
-            &mut |l, kept, j, recurrent| match &self.layers[l].mixer {
-                Mixer::DeltaNet(d) => d.replay(&*self.backend, kept, j, recurrent),
-                Mixer::Attention(_) => unreachable!("the state's layout is this model's"),
-            },
-        )?;
+        state.rewind(to, &mut |l, kept, j, layer| match &self.layers[l].mixer {
+            Mixer::DeltaNet(d) => d.replay(&*self.backend, kept, j, layer),
+            Mixer::Attention(_) => unreachable!("the state's layout is this model's"),
+        })?;
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use qinfer_backend::reference::Reference;
 use qinfer_backend::{
     Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, PrepareError,
 };
-use qinfer_cache::{KvCache, SequenceState};
+use qinfer_cache::{DeviceBuffer, KvBlock, KvCache, KvData, LayerState, SequenceState, StateBuf};
 use qinfer_model::{Qwen35, Rows, Span};
 use qinfer_tensor::{DType, Mat, Weight};
 
@@ -111,21 +111,59 @@ fn rewinds_hold_on_the_reference_backend() {
         .unwrap();
     for j in (1..=draft.len()).rev() {
         model.rewind(&mut kept, base.pos() + j).unwrap();
-        assert_eq!(
-            format!("{:?}", kept.layers()),
-            format!("{:?}", states[j - 1].layers()),
-            "state at j = {j}"
-        );
+        assert_eq!(kept.layers(), states[j - 1].layers(), "state at j = {j}");
     }
 }
 
 /// A simulated device: activations live in its own buffers (`Act::from_device`), every weight
-/// is copied into its memory when prepared (widened to `f32`) and read only from there, and
-/// the arithmetic is the reference backend's. It counts what crosses the seam.
+/// is copied into its memory when prepared (widened to `f32`) and read only from there, the
+/// sequence state (KV rows, DeltaNet state, what a kept step records) is moved into its memory
+/// ([`StateMem`]) the first time an op sees it and computed on there, and the arithmetic is
+/// the reference backend's. It counts what crosses the seam.
 #[derive(Debug, Default)]
 struct Staged {
     uploads: AtomicUsize,
     downloads: AtomicUsize,
+    /// Host state buffers moved into device memory.
+    state_uploads: AtomicUsize,
+    /// Device state read back to the host (files, host backends), shared with its buffers.
+    state_reads: Arc<AtomicUsize>,
+}
+
+/// Staged "device memory" for sequence state: its stored bytes in host layout.
+#[derive(Clone, Debug)]
+struct StateMem {
+    bytes: Vec<u8>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl DeviceBuffer for StateMem {
+    fn read(&self, bytes: usize) -> Vec<u8> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.bytes[..bytes].to_vec()
+    }
+
+    fn duplicate(&self) -> Box<dyn DeviceBuffer> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// Staged "device memory".
@@ -162,6 +200,76 @@ impl Staged {
             self.downloads.load(Ordering::Relaxed),
         )
     }
+
+    fn state_transfers(&self) -> (usize, usize) {
+        (
+            self.state_uploads.load(Ordering::Relaxed),
+            self.state_reads.load(Ordering::Relaxed),
+        )
+    }
+
+    fn mem(&self, bytes: Vec<u8>) -> Box<dyn DeviceBuffer> {
+        Box::new(StateMem {
+            bytes,
+            reads: self.state_reads.clone(),
+        })
+    }
+
+    /// Moves a host state buffer into device memory (counted).
+    fn resident(&self, s: &mut StateBuf) {
+        if let StateBuf::Host(v) = s {
+            if !v.is_empty() {
+                self.state_uploads.fetch_add(1, Ordering::Relaxed);
+            }
+            let len = v.len();
+            *s = StateBuf::Device {
+                len,
+                buf: self.mem(f32_bytes(v)),
+            };
+        }
+    }
+
+    /// Runs `f` on a host copy of device state, in "device memory" (not a transfer).
+    fn on_state<R>(&self, s: &mut StateBuf, f: impl FnOnce(&mut StateBuf) -> R) -> R {
+        self.resident(s);
+        let mem = s.device_mut::<StateMem>().expect("staged state");
+        let mut local = StateBuf::Host(f32s(&mem.bytes));
+        let r = f(&mut local);
+        let v = local.host_mut();
+        mem.bytes = f32_bytes(v);
+        *s = StateBuf::Device {
+            len: v.len(),
+            buf: Box::new(mem.clone()),
+        };
+        r
+    }
+
+    /// KV rows in device memory (host rows moved there, counted).
+    fn resident_rows(&self, d: &mut KvData) {
+        if d.is_host() {
+            if !d.is_empty() {
+                self.state_uploads.fetch_add(1, Ordering::Relaxed);
+            }
+            *d = KvData::Device {
+                ty: d.kv_type(),
+                units: d.units(),
+                buf: self.mem(d.to_bytes()),
+            };
+        }
+    }
+
+    /// Device KV rows as host rows, in "device memory" (not a transfer).
+    fn local_rows(d: &KvData) -> KvData {
+        let KvData::Device { ty, units, buf } = d else {
+            panic!("staged KV rows")
+        };
+        let mem = buf
+            .as_any()
+            .downcast_ref::<StateMem>()
+            .expect("staged KV rows");
+        let bytes = &mem.bytes[..units * KvData::unit_bytes(*ty)];
+        KvData::from_bytes(*ty, bytes).unwrap()
+    }
 }
 
 impl Backend for Staged {
@@ -196,8 +304,24 @@ impl Backend for Staged {
         a.device::<Buf>().expect("a staged activation").0.clone()
     }
 
-    fn download_into(&self, a: &Act, out: &mut Vec<f32>) {
-        out.extend_from_slice(&self.download(a.clone()).data);
+    fn write_state(&self, a: &Act, s: &mut StateBuf) {
+        let data = &a.device::<Buf>().expect("a staged activation").0.data;
+        *s = StateBuf::Device {
+            len: data.len(),
+            buf: self.mem(f32_bytes(data)),
+        };
+    }
+
+    fn read_state(&self, s: &StateBuf, rows: Range<usize>, cols: usize) -> Act {
+        let values = match s {
+            StateBuf::Device { .. } => f32s(&s.device::<StateMem>().expect("staged state").bytes),
+            StateBuf::Host(v) => {
+                self.state_uploads.fetch_add(1, Ordering::Relaxed);
+                v.clone()
+            }
+        };
+        let data = values[rows.start * cols..rows.end * cols].to_vec();
+        dev(Mat::from_vec(data, rows.len(), cols))
     }
 
     fn embed(&self, table: &Weight, ids: &[u32]) -> Act {
@@ -277,7 +401,54 @@ impl Backend for Staged {
     }
 
     fn attend(&self, q: &Act, k: &Act, v: &Act, kv: &mut KvCache, shape: AttentionShape) -> Act {
-        back(Reference.attend(&local(q), &local(k), &local(v), kv, shape))
+        // Blocks another backend or a file left on the host move in (new `Arc`s: other
+        // sequences keep theirs).
+        for b in kv.blocks_mut() {
+            if !(b.keys().is_host() && b.values().is_host()) {
+                continue;
+            }
+            let (mut bk, mut bv) = (b.keys().clone(), b.values().clone());
+            self.resident_rows(&mut bk);
+            self.resident_rows(&mut bv);
+            *b = Arc::new(KvBlock::new(bk, bv));
+        }
+        // The reference arithmetic over a local copy of the stored rows...
+        let (mut k_all, mut v_all) = (KvData::empty(kv.kv_type()), KvData::empty(kv.kv_type()));
+        let width = kv.kv_width();
+        let gather = |d: &KvData, into: &mut KvData| {
+            let rows = if d.is_host() {
+                d.clone()
+            } else {
+                Staged::local_rows(d)
+            };
+            into.push_rows(&rows.to_f32(), width);
+        };
+        for b in kv.blocks() {
+            gather(b.keys(), &mut k_all);
+            gather(b.values(), &mut v_all);
+        }
+        let (tk, tv) = kv.tail();
+        gather(tk, &mut k_all);
+        gather(tv, &mut v_all);
+        let mut local_kv = KvCache::from_rows(width, k_all, v_all).unwrap();
+        let (k, v) = (local(k), local(v));
+        let out = Reference.attend(&local(q), &k, &v, &mut local_kv, shape);
+        // ...and the new rows appended in device memory.
+        let (k, v) = (&k.host().unwrap().data, &v.host().unwrap().data);
+        kv.append_with(k.len() / width, |tk, tv, rows| {
+            for (d, src) in [(tk, k), (tv, v)] {
+                self.resident_rows(d);
+                let mut new = KvData::empty(d.kv_type());
+                new.push_rows(&src[rows.start * width..rows.end * width], width);
+                let KvData::Device { units, buf, .. } = d else {
+                    unreachable!("resident above")
+                };
+                *units += new.units();
+                let mem = buf.as_any_mut().downcast_mut::<StateMem>().unwrap();
+                mem.bytes.extend_from_slice(&new.to_bytes());
+            }
+        });
+        back(out)
     }
 
     fn route(&self, logits: &Act, k: usize) -> Vec<Vec<(usize, f32)>> {
@@ -291,12 +462,18 @@ impl Backend for Staged {
     fn conv_silu(
         &self,
         x: &Act,
-        window: &mut [f32],
+        window: &mut StateBuf,
         taps: &[f32],
         kernel: usize,
-        keep: Option<&mut [f32]>,
+        keep: Option<&mut StateBuf>,
     ) -> Act {
-        back(Reference.conv_silu(&local(x), window, taps, kernel, keep))
+        let x = local(x);
+        back(self.on_state(window, |w| match keep {
+            Some(kept) => {
+                self.on_state(kept, |k| Reference.conv_silu(&x, w, taps, kernel, Some(k)))
+            }
+            None => Reference.conv_silu(&x, w, taps, kernel, None),
+        }))
     }
 
     fn deltanet_gates(&self, b: &Act, a: &Act, a_neg: &[f32], dt_bias: &[f32]) -> (Act, Act) {
@@ -308,7 +485,7 @@ impl Backend for Staged {
         &self,
         shape: DeltaRuleShape,
         x: DeltaInputs<'_>,
-        state: &mut [f32],
+        state: &mut StateBuf,
         form: DeltaForm,
     ) -> Act {
         let (q, k, v, g, beta) = (
@@ -325,7 +502,7 @@ impl Backend for Staged {
             g: &g,
             beta: &beta,
         };
-        back(Reference.delta_rule(shape, inputs, state, form))
+        back(self.on_state(state, |s| Reference.delta_rule(shape, inputs, s, form)))
     }
 }
 
@@ -361,5 +538,114 @@ fn activations_and_weights_stay_on_a_device_backend() {
             .step(&mut [Span::embeddings(&rows, &mut a)])
             .unwrap();
         assert_eq!(staged.transfers().0 - after.0, 1, "{name}: rows supplied");
+    }
+}
+
+/// Bytes of `s`'s layers held in host memory and in device memory.
+fn placement(s: &SequenceState) -> (usize, usize) {
+    let (mut host, mut device) = (0, 0);
+    let mut count =
+        |on_host: bool, bytes: usize| *(if on_host { &mut host } else { &mut device }) += bytes;
+    for l in s.layers() {
+        match l {
+            LayerState::Attention(kv) => {
+                let (tk, tv) = kv.tail();
+                for d in kv
+                    .blocks()
+                    .iter()
+                    .flat_map(|b| [b.keys(), b.values()])
+                    .chain([tk, tv])
+                {
+                    count(d.is_host(), d.bytes());
+                }
+            }
+            LayerState::DeltaNet(d) => {
+                for b in [&d.conv, &d.recurrent] {
+                    count(b.is_host(), b.len() * 4);
+                }
+            }
+        }
+    }
+    (host, device)
+}
+
+/// Sequence state is the backend's too: on the staged device, KV rows, DeltaNet state and what
+/// a kept step records live in its memory once an op has seen them, and decode steps, kept
+/// steps, rewinds, snapshots and restores move none of it across the seam while computing
+/// what the host computes bit for bit. Only files and host backends read it back — and a
+/// state read back (or made on the host) continues on either backend with the same logits.
+#[test]
+fn sequence_state_stays_on_a_device_backend() {
+    for name in F32 {
+        let staged = Arc::new(Staged::default());
+        let on_device = load(name).with_backend(staged.clone()).unwrap();
+        let on_host = on_reference(load(name));
+        let prompt = qinfer_model::pseudo_random_tokens(70, on_host.config.vocab as u32, 5);
+        let (mut a, mut b) = (on_device.new_state(), on_host.new_state());
+        on_device.prefill(&prompt, &mut a, Rows::Last).unwrap();
+        on_host.prefill(&prompt, &mut b, Rows::Last).unwrap();
+        assert_eq!(placement(&b).1, 0);
+        assert_eq!(
+            placement(&a).0,
+            0,
+            "{name}: prefilled state in device memory"
+        );
+
+        let before = staged.state_transfers();
+        let both = |tokens: &[u32], a: &mut SequenceState, b: &mut SequenceState, what: &str| {
+            let x = on_device.forward(tokens, a, Rows::Last).unwrap();
+            let y = on_host.forward(tokens, b, Rows::Last).unwrap();
+            assert_eq!(x.data, y.data, "{name}: {what}");
+        };
+        let (snap_a, snap_b) = (a.snapshot(), b.snapshot());
+        both(&[11], &mut a, &mut b, "decode");
+        let draft = [5u32, 9, 2, 7];
+        for (model, s) in [(&on_device, &mut a), (&on_host, &mut b)] {
+            model
+                .step(&mut [Span::tokens(&draft, s).keep_states(true)])
+                .unwrap();
+            let to = s.pos() - 2;
+            model.rewind(s, to).unwrap();
+        }
+        both(&[3], &mut a, &mut b, "after a rewind");
+        a.restore(&snap_a).unwrap();
+        b.restore(&snap_b).unwrap();
+        both(&[8], &mut a, &mut b, "after a restore");
+        assert_eq!(
+            staged.state_transfers(),
+            before,
+            "{name}: no state crossed the seam"
+        );
+        assert_eq!(placement(&a).0, 0, "{name}");
+
+        // Read back: the host's state bit for bit; a file of it continues anywhere.
+        assert_eq!(a.layers(), b.layers(), "{name}: state");
+        assert!(staged.state_transfers().1 > before.1);
+        let mut w = qinfer_cache::persist::Writer::default();
+        w.state(&a);
+        let file = qinfer_cache::persist::Reader::new(&w.buf).state().unwrap();
+        let (mut from_file_host, mut from_file_dev) = (file.clone(), file.clone());
+        both(
+            &[4, 6],
+            &mut from_file_dev,
+            &mut b.clone(),
+            "device, from a file",
+        );
+        let uploads = staged.state_transfers().0;
+        assert!(uploads > before.0, "{name}: the file's state moved in");
+        let y = on_host.forward(&[4, 6], &mut from_file_host, Rows::Last);
+        let z = on_host.forward(&[4, 6], &mut b, Rows::Last);
+        assert_eq!(
+            y.unwrap().data,
+            z.unwrap().data,
+            "{name}: host, from a file"
+        );
+        // A device state handed to a host backend moves to the host.
+        let x = on_host.forward(&[1], &mut a, Rows::Last).unwrap();
+        let y = on_host
+            .forward(&[1], &mut file.clone(), Rows::Last)
+            .unwrap();
+        assert_eq!(x.data, y.data, "{name}: device state on the host backend");
+        assert_eq!(placement(&a).1, 0, "{name}: moved to the host");
     }
 }

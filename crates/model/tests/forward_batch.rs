@@ -86,11 +86,7 @@ fn check(name: &str) {
     );
     for (a, b) in separate.iter().zip(&batched) {
         assert_eq!(a.pos(), b.pos());
-        assert_eq!(
-            format!("{:?}", a.layers()),
-            format!("{:?}", b.layers()),
-            "{name}: states differ"
-        );
+        assert_eq!(a.layers(), b.layers(), "{name}: states differ");
     }
 }
 

@@ -15,7 +15,7 @@ const MODELS: [&str; 3] = ["tiny-dense-f32", "tiny-moe-f32", "tiny-dense-bf16"];
 
 /// Every layer's state, exactly (KV rows gathered, DeltaNet conv and recurrent state).
 fn same_state(a: &SequenceState, b: &SequenceState) -> bool {
-    a.pos() == b.pos() && format!("{:?}", a.layers()) == format!("{:?}", b.layers())
+    a.pos() == b.pos() && a.layers() == b.layers()
 }
 
 fn prompt(model: &Qwen35, n: usize) -> Vec<u32> {

@@ -20,9 +20,12 @@ fn long_prompt(name: &str) -> Vec<u32> {
 fn state_diff(a: &qinfer_cache::SequenceState, b: &qinfer_cache::SequenceState) -> f32 {
     let mut worst = 0.0f32;
     for (x, y) in a.layers().iter().zip(b.layers()) {
-        let pairs: Vec<(&[f32], &[f32])> = match (x, y) {
+        let pairs = match (x, y) {
             (LayerState::DeltaNet(x), LayerState::DeltaNet(y)) => {
-                vec![(&x.conv, &y.conv), (&x.recurrent, &y.recurrent)]
+                vec![
+                    (x.conv.host(), y.conv.host()),
+                    (x.recurrent.host(), y.recurrent.host()),
+                ]
             }
             (LayerState::Attention(x), LayerState::Attention(y)) => {
                 let (xk, xv) = x.to_contiguous();
@@ -43,7 +46,7 @@ fn state_diff(a: &qinfer_cache::SequenceState, b: &qinfer_cache::SequenceState) 
             assert_eq!(p.len(), q.len());
             worst = p
                 .iter()
-                .zip(q)
+                .zip(q.iter())
                 .map(|(u, v)| (u - v).abs())
                 .fold(worst, f32::max);
         }
@@ -310,8 +313,11 @@ fn bf16_deltanet_snapshots_break_the_golden_bound() {
         let mut rounded = state.clone();
         for l in 0..rounded.layers().len() {
             if let LayerState::DeltaNet(d) = rounded.layer_mut(l) {
-                d.recurrent.iter_mut().for_each(|x| *x = bf16_round(*x));
-                d.conv.iter_mut().for_each(|x| *x = bf16_round(*x));
+                let round = |b: &mut qinfer_cache::StateBuf| {
+                    b.host_mut().iter_mut().for_each(|x| *x = bf16_round(*x))
+                };
+                round(&mut d.recurrent);
+                round(&mut d.conv);
             }
         }
         let exact = model

@@ -16,7 +16,7 @@
 
 use qinfer_backend::{Act, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, conv_taps};
 use qinfer_cache::{DeltaNetState, KeptLayer};
-use qinfer_tensor::{Mat, Weight};
+use qinfer_tensor::Weight;
 
 use super::norm::RmsNorm;
 use crate::config::DeltaNetConfig;
@@ -174,7 +174,7 @@ impl GatedDeltaNet {
         let c = self.config;
         let (t, key_dim) = (p.mixed.rows(), c.key_dim());
         let (taps, kernel) = (&self.conv_taps, c.conv_kernel);
-        let windows = kept.as_mut().map(|k| k.conv.as_mut_slice());
+        let windows = kept.as_mut().map(|k| &mut k.conv);
         let mixed = be.conv_silu(&p.mixed, &mut state.conv, taps, kernel, windows);
         let mut q = be.cols(&mixed, 0, key_dim); // [T, Nk·Dk]
         let mut k = be.cols(&mixed, key_dim, key_dim); // [T, Nk·Dk]
@@ -205,8 +205,7 @@ impl GatedDeltaNet {
                     (&mut kept.g, &g),
                     (&mut kept.beta, &beta),
                 ] {
-                    dst.clear();
-                    be.download_into(src, dst);
+                    be.write_state(src, dst);
                 }
                 DeltaForm::Recurrent
             }
@@ -218,13 +217,16 @@ impl GatedDeltaNet {
         o
     }
 
-    /// Sets `recurrent` to the state after the first `j` positions of a kept step: the start
-    /// state, then the recurrence over the kept inputs of those positions — the same
-    /// per-token steps the step ran, so the same bits.
-    pub fn replay(&self, be: &dyn Backend, kept: &KeptLayer, j: usize, recurrent: &mut [f32]) {
+    /// Sets `state` to the state after the first `j ≥ 1` positions of a kept step: the conv
+    /// window kept after position `j`, and the start state advanced by the recurrence over
+    /// the kept inputs of those positions — the same per-token steps the step ran, so the
+    /// same bits.
+    pub fn replay(&self, be: &dyn Backend, kept: &KeptLayer, j: usize, state: &mut DeltaNetState) {
         let c = self.config;
+        let window = be.read_state(&kept.conv, j - 1..j, state.conv.len());
+        be.write_state(&window, &mut state.conv);
         let (kd, vd, nv) = (c.key_dim(), c.value_dim(), c.n_v_heads);
-        let rows = |data: &[f32], w: usize| be.upload(Mat::from_vec(data[..j * w].to_vec(), j, w));
+        let rows = |data, w| be.read_state(data, 0..j, w);
         let (q, k, v) = (rows(&kept.q, kd), rows(&kept.k, kd), rows(&kept.v, vd));
         let (g, beta) = (rows(&kept.g, nv), rows(&kept.beta, nv));
         let inputs = DeltaInputs {
@@ -234,8 +236,13 @@ impl GatedDeltaNet {
             g: &g,
             beta: &beta,
         };
-        recurrent.copy_from_slice(&kept.start);
-        be.delta_rule(self.shape(), inputs, recurrent, DeltaForm::Recurrent);
+        state.recurrent.clone_from(&kept.start);
+        be.delta_rule(
+            self.shape(),
+            inputs,
+            &mut state.recurrent,
+            DeltaForm::Recurrent,
+        );
     }
 
     /// The head layout of the delta rule.
