@@ -43,9 +43,14 @@ pub struct ServeArgs {
     /// is inserted and the model answers (guards against endless thinking).
     #[arg(long)]
     max_reasoning_tokens: Option<usize>,
-    /// The model id clients send (default: the model's directory or file name).
+    /// The model's names (default: its directory or file name): the first is reported in
+    /// responses, all are listed by /v1/models. Several: `--served-model-name a b` or `a,b`.
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "NAME")]
+    served_model_name: Vec<String>,
+    /// Answer 404 to a request naming a model not among --served-model-name (by default any
+    /// name is served: one server, one model, whatever name a client's defaults send).
     #[arg(long)]
-    served_model_name: Option<String>,
+    strict_model_name: bool,
     /// Largest request body, MiB.
     #[arg(long, default_value_t = 32)]
     body_limit_mib: usize,
@@ -92,11 +97,19 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let bundle = Arc::new(crate::load_bundle(&args.model, args.threads, &args.kv)?);
-    let name = args
+    let mut names: Vec<String> = args
         .served_model_name
-        .clone()
-        .unwrap_or_else(|| model_name(&args.model));
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        names.push(model_name(&args.model));
+    }
+    let name = names[0].clone();
     let mut config = ServerConfig::for_bundle(&bundle, name.clone());
+    config.aliases = names[1..].to_vec();
+    config.strict_model_name = args.strict_model_name;
     config.api_key = args
         .api_key
         .clone()

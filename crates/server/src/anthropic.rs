@@ -97,14 +97,21 @@ fn template_messages(system: Option<&Value>, messages: &[Value]) -> Result<Vec<V
         let path = format!("messages[{i}]");
         let f = Fields::new(element(m, &path)?, &path);
         let role = f.required_str("role")?;
-        if role != "user" && role != "assistant" {
+        if !["user", "assistant", "system"].contains(&role) {
             let p = f.at("role");
             return Err(ApiError::invalid(
                 &p,
-                format!("`{p}` is `{role}`; expected user or assistant"),
+                format!("`{p}` is `{role}`; expected user, assistant or system"),
             ));
         }
         let content = f.get("content").ok_or_else(|| f.missing("content"))?;
+        if role == "system" {
+            // Claude Code sends some of its instructions this way (the SDK's types allow
+            // it); placed by `place_system_messages`.
+            let text = blocks_text(content, &f.at("content"))?;
+            out.push(json!({"role": "system", "content": text}));
+            continue;
+        }
         let blocks = match content {
             Value::String(s) => {
                 out.push(json!({"role": role, "content": s}));
@@ -199,7 +206,7 @@ fn template_messages(system: Option<&Value>, messages: &[Value]) -> Result<Vec<V
             }
         }
     }
-    Ok(out)
+    Ok(shared::place_system_messages(out))
 }
 
 /// Anthropic tools (`name`, `description`, `input_schema`) → OpenAI-shaped ones for the
@@ -317,8 +324,7 @@ fn render(state: &AppState, body: &Map<String, Value>) -> Result<Rendered, ApiEr
             kwargs: &kwargs,
         })
         .map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
-    let prompt =
-        shared::encode_prompt(state, &text).map_err(|e| ApiError::invalid("messages", e))?;
+    let prompt = shared::encode_prompt(state, &text).map_err(|e| e.into_api("messages", P))?;
     Ok(Rendered {
         prompt,
         starts_in_reasoning: text.ends_with("<think>\n"),
@@ -360,8 +366,14 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
         .usize("max_tokens")?
         .ok_or_else(|| f.missing("max_tokens"))?;
     let r = render(state, body)?;
-    let max_tokens =
-        shared::max_tokens(state, r.prompt.len(), "messages", Some(max), "max_tokens")?;
+    let max_tokens = shared::max_tokens(
+        state,
+        r.prompt.len(),
+        "messages",
+        Some(max),
+        "max_tokens",
+        P,
+    )?;
     let answer_prefix = r
         .answer_prefix
         .map(|s| state.bundle.tokenizer.encode(&s))
@@ -412,8 +424,9 @@ pub async fn messages(State(state): State<Shared>, JsonBody(body): JsonBody) -> 
     };
     let id = new_id("msg_");
     let admission = admitted.await.ok();
+    let cached = admission.as_ref().map_or(0, |a| a.cached_tokens);
     let mut resp = if plan.stream {
-        stream(state, rx, id, prompt_len, plan.first_call_only).into_response()
+        stream(state, rx, id, prompt_len, cached, plan.first_call_only).into_response()
     } else {
         collect(state, rx, id, plan.first_call_only).await
     };
@@ -535,6 +548,7 @@ fn stream(
     mut rx: UnboundedReceiver<Out>,
     id: String,
     prompt_len: usize,
+    cached: usize,
     first_only: bool,
 ) -> impl IntoResponse {
     let (tx, events) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
@@ -550,8 +564,10 @@ fn stream(
                 "content": [],
                 "stop_reason": null,
                 "stop_sequence": null,
-                "usage": {"input_tokens": prompt_len, "output_tokens": 0,
-                          "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+                // What `message_delta` reports at the end: the prompt cache's hit is known
+                // at admission, before the first event.
+                "usage": {"input_tokens": prompt_len.saturating_sub(cached), "output_tokens": 0,
+                          "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0},
             }
         });
         let mut out: Vec<SseEvent> = vec![ev("message_start", start)];
@@ -690,7 +706,8 @@ mod tests {
             );
 
             let rx = engine_output(CALL, FinishReason::Stop(0));
-            let text = body(stream(state.clone(), rx, "m".into(), 10, false).into_response()).await;
+            let text =
+                body(stream(state.clone(), rx, "m".into(), 10, 0, false).into_response()).await;
             let mut names = Vec::new();
             let mut json_parts = String::new();
             for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {

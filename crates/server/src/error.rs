@@ -38,6 +38,8 @@ pub struct ApiError {
     pub protocol: Protocol,
     /// Seconds for a `Retry-After` header (429, 503).
     pub retry_after: Option<u64>,
+    /// OpenAI's machine-readable `code`, where the status alone does not say it.
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -48,7 +50,16 @@ impl ApiError {
             param: None,
             protocol: Protocol::OpenAi,
             retry_after: None,
+            code: None,
         }
+    }
+
+    /// A 400 about `param` for a prompt and output that do not fit the context (OpenAI's
+    /// `context_length_exceeded`; the message in the protocol's own words).
+    pub fn context_exceeded(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut e = Self::invalid(param, message);
+        e.code = Some("context_length_exceeded");
+        e
     }
 
     /// A 400 about one field.
@@ -106,15 +117,15 @@ impl ApiError {
     }
 
     fn code(&self) -> Option<&'static str> {
+        if self.code.is_some() {
+            return self.code;
+        }
         match self.status {
             StatusCode::UNAUTHORIZED => Some("invalid_api_key"),
             StatusCode::NOT_FOUND if self.param.as_deref() == Some("model") => {
                 Some("model_not_found")
             }
             StatusCode::TOO_MANY_REQUESTS => Some("queue_full"),
-            StatusCode::BAD_REQUEST if self.message.contains("context") => {
-                Some("context_length_exceeded")
-            }
             _ => None,
         }
     }

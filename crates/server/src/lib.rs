@@ -51,8 +51,13 @@ pub const CLOSE_AFTER_GRACE: Duration = Duration::from_millis(500);
 /// Everything `qinfer serve` can set.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// The model id clients name (`GET /v1/models`).
+    /// The model id the server reports (`GET /v1/models`, every response's `model`).
     pub model_name: String,
+    /// More names the model is listed under and answers to (`--served-model-name a b`).
+    pub aliases: Vec<String>,
+    /// Refuse (404) a request naming another model. Off by default: a server serves one
+    /// model, so it answers to whatever name a client's default configuration sends.
+    pub strict_model_name: bool,
     /// When set, every route but `/health` needs it (Bearer or `x-api-key`).
     pub api_key: Option<String>,
     /// Context length per sequence (prompt + output); at most the model's.
@@ -76,6 +81,8 @@ impl ServerConfig {
     pub fn for_bundle(bundle: &ModelBundle, model_name: impl Into<String>) -> Self {
         ServerConfig {
             model_name: model_name.into(),
+            aliases: Vec::new(),
+            strict_model_name: false,
             api_key: None,
             ctx: bundle.model.config.max_positions,
             body_limit: 32 * 1024 * 1024,
@@ -304,6 +311,7 @@ impl ServerHandle {
 fn router(state: Shared) -> Router {
     let limit = state.config.body_limit;
     Router::new()
+        .route("/", get(root))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
@@ -339,12 +347,13 @@ async fn log(State(state): State<Shared>, req: Request, next: Next) -> Response 
     resp
 }
 
-/// Requires the API key on every route but `/health`, when one is set.
+/// Requires the API key on every route but `/` and `/health`, when one is set.
 async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let Some(key) = &state.config.api_key else {
         return next.run(req).await;
     };
-    if req.uri().path() == "/health" || presented_key_matches(req.headers(), key) {
+    let open = matches!(req.uri().path(), "/" | "/health");
+    if open || presented_key_matches(req.headers(), key) {
         return next.run(req).await;
     }
     let protocol = Protocol::of_path(req.uri().path());
@@ -402,6 +411,11 @@ async fn not_found(req: Request) -> ApiError {
     .with_protocol(Protocol::of_path(req.uri().path()))
 }
 
+/// `GET /` and `HEAD /`: clients probe the base URL before their first request.
+async fn root(State(state): State<Shared>) -> Response {
+    axum::Json(json!({"name": "qinfer", "model": state.config.model_name})).into_response()
+}
+
 async fn health(State(state): State<Shared>) -> Response {
     axum::Json(json!({
         "status": "ok",
@@ -420,9 +434,21 @@ async fn metrics(State(state): State<Shared>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-fn model_object(state: &AppState) -> serde_json::Value {
+impl ServerConfig {
+    /// Every name the model answers to, the reported one first.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.model_name.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+
+    /// Whether a request naming `model` is served (any name, unless strict).
+    pub fn serves(&self, model: &str) -> bool {
+        !self.strict_model_name || self.names().any(|n| n == model)
+    }
+}
+
+fn model_object(state: &AppState, id: &str) -> serde_json::Value {
     json!({
-        "id": state.config.model_name,
+        "id": id,
         "object": "model",
         "created": state.started,
         "owned_by": "qinfer",
@@ -431,15 +457,22 @@ fn model_object(state: &AppState) -> serde_json::Value {
 }
 
 async fn models(State(state): State<Shared>) -> Response {
-    axum::Json(json!({"object": "list", "data": [model_object(&state)]})).into_response()
+    let data: Vec<_> = state
+        .config
+        .names()
+        .map(|n| model_object(&state, n))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 async fn model_by_id(
     State(state): State<Shared>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    if id == state.config.model_name {
-        axum::Json(model_object(&state)).into_response()
+    if state.config.names().any(|n| n == id) {
+        axum::Json(model_object(&state, &id)).into_response()
+    } else if state.config.serves(&id) {
+        axum::Json(model_object(&state, &state.config.model_name)).into_response()
     } else {
         let mut e = ApiError::new(
             StatusCode::NOT_FOUND,
@@ -463,7 +496,8 @@ async fn tokenize(State(state): State<Shared>, JsonBody(body): JsonBody) -> Resp
                 None => return Err(f.missing("prompt")),
             }
         };
-        shared::check_prompt_fits(&state, &text).map_err(|e| ApiError::invalid("prompt", e))?;
+        shared::check_prompt_fits(&state, &text)
+            .map_err(|e| ApiError::context_exceeded("prompt", e))?;
         let tokens = state
             .bundle
             .tokenizer

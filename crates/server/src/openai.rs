@@ -257,7 +257,7 @@ pub fn render_chat(state: &AppState, body: &Map<String, Value>) -> Result<Render
             "`messages` must not be empty",
         ));
     }
-    let messages = template_messages(messages)?;
+    let messages = shared::place_system_messages(template_messages(messages)?);
     let (tools, specs) = read_tools(&f)?;
     let choice = read_tool_choice(&f, &specs)?;
     let kwargs = chat_kwargs(&f)?;
@@ -366,7 +366,7 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     let rendered = render_chat(state, body)?;
     let choice = read_tool_choice(&f, &read_tools(&f)?.1)?;
     let prompt = shared::encode_prompt(state, &rendered.text)
-        .map_err(|e| ApiError::invalid("messages", e))?;
+        .map_err(|e| e.into_api("messages", Protocol::OpenAi))?;
     let requested = match f.usize("max_completion_tokens")? {
         Some(n) => Some((n, "max_completion_tokens")),
         None => f.usize("max_tokens")?.map(|n| (n, "max_tokens")),
@@ -377,6 +377,7 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
         "messages",
         requested.map(|r| r.0),
         requested.map_or("max_tokens", |r| r.1),
+        Protocol::OpenAi,
     )?;
     let sampling = shared::sampling(&f, &state.bundle.defaults)?;
     if !f.bool("logprobs")?.unwrap_or(false) && f.usize("top_logprobs")?.is_some() {
@@ -863,14 +864,21 @@ fn plan_completion(
     if f.bool("echo")?.unwrap_or(false) {
         return Err(ApiError::invalid("echo", "`echo` is not supported"));
     }
-    let prompt = shared::encode_prompt(state, &text).map_err(|e| ApiError::invalid("prompt", e))?;
+    let prompt =
+        shared::encode_prompt(state, &text).map_err(|e| e.into_api("prompt", Protocol::OpenAi))?;
     if prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "`prompt` encodes to no tokens"));
     }
     // OpenAI's default for this route is 16 tokens.
     let requested = f.usize("max_tokens")?.unwrap_or(16);
-    let max_tokens =
-        shared::max_tokens(state, prompt.len(), "prompt", Some(requested), "max_tokens")?;
+    let max_tokens = shared::max_tokens(
+        state,
+        prompt.len(),
+        "prompt",
+        Some(requested),
+        "max_tokens",
+        Protocol::OpenAi,
+    )?;
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.object("stream_options")? {
         Some(o) => Fields::new(o, "stream_options")

@@ -154,37 +154,54 @@ pub fn stop_strings(f: &Fields<'_>, name: &str) -> Result<Vec<String>, ApiError>
 }
 
 /// The output budget: `requested` if it fits after the prompt (of field `prompt_field`), else
-/// a 400 with the numbers.
+/// a 400 with the numbers in the protocol's own words — the ones its clients recognise and
+/// act on: Anthropic's "prompt is too long: P tokens > M maximum" and "input length and
+/// `max_tokens` exceed context limit: P + N > C, …" (Claude Code retries with a smaller
+/// budget on the latter), OpenAI's `context_length_exceeded` code.
 pub fn max_tokens(
     state: &AppState,
     prompt: usize,
     prompt_field: &str,
     requested: Option<usize>,
     field: &str,
+    protocol: Protocol,
 ) -> Result<usize, ApiError> {
     let ctx = state.config.ctx;
     if prompt >= ctx {
-        return Err(ApiError::invalid(
-            prompt_field,
-            format!(
-                "the prompt is {prompt} tokens, but the context length is {ctx}: at most {} \
-                 prompt tokens leave room for one generated token",
+        let message = match protocol {
+            Protocol::Anthropic => {
+                format!("prompt is too long: {prompt} tokens > {} maximum", ctx - 1)
+            }
+            Protocol::OpenAi => format!(
+                "This model's maximum context length is {ctx} tokens. However, your \
+                 {prompt_field} resulted in {prompt} tokens: at most {} prompt tokens leave room \
+                 for one generated token. Please reduce the length of the {prompt_field}.",
                 ctx - 1
             ),
-        ));
+        };
+        return Err(ApiError::context_exceeded(prompt_field, message).with_protocol(protocol));
     }
     // `n` comes from the client: any u64 (checked addition, never a wrap past the context).
     match requested {
         None => Ok(ctx - prompt),
         Some(n) if prompt.checked_add(n).is_some_and(|end| end <= ctx) => Ok(n),
-        Some(n) => Err(ApiError::invalid(
-            field,
-            format!(
-                "`{field}` is {n}, but the prompt is {prompt} tokens and the context length is \
-                 {ctx}: prompt + {field} exceeds it; at most {} new tokens fit",
-                ctx - prompt
-            ),
-        )),
+        Some(n) => {
+            let message = match protocol {
+                Protocol::Anthropic => format!(
+                    "input length and `{field}` exceed context limit: {prompt} + {n} > {ctx}, \
+                     decrease input length or `{field}` and try again"
+                ),
+                Protocol::OpenAi => format!(
+                    "This model's maximum context length is {ctx} tokens. However, you requested \
+                     {} tokens ({prompt} in the {prompt_field}, {n} in the completion): \
+                     `{field}` is {n} but at most {} new tokens fit. Please reduce the length \
+                     of the {prompt_field} or `{field}`.",
+                    prompt as u128 + n as u128,
+                    ctx - prompt
+                ),
+            };
+            Err(ApiError::context_exceeded(field, message).with_protocol(protocol))
+        }
     }
 }
 
@@ -266,36 +283,101 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The model check every generation route makes.
+/// The model check every generation route makes: `model` is required; any name is served
+/// unless the server is strict about names (`--strict-model-name`). Responses report the
+/// served name.
 pub fn check_model(state: &AppState, f: &Fields<'_>, protocol: Protocol) -> Result<(), ApiError> {
     let model = f
         .required_str("model")
         .map_err(|e| e.with_protocol(protocol))?;
-    if model != state.config.model_name {
+    if !state.config.serves(model) {
+        let names: Vec<&str> = state.config.names().collect();
         let mut e = ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
                 "model `{model}` does not exist; this server serves `{}`",
-                state.config.model_name
+                names.join("`, `")
             ),
         )
         .with_protocol(protocol);
         e.param = Some("model".into());
         return Err(e);
     }
+    if model != state.config.model_name && !state.config.names().any(|n| n == model) {
+        tracing::debug!(requested = model, served = %state.config.model_name, "serving a request for another model name");
+    }
     Ok(())
+}
+
+/// Puts a request's system messages where the Qwen template takes them. The template renders
+/// one system message, first, and refuses one anywhere else. So the leading run of system
+/// messages (the protocol's own system field, then any `system` / `developer` messages before
+/// the first other turn) becomes that one message, their texts joined by a blank line, and a
+/// system message after another turn is rendered in place as a user turn with the same text.
+/// Rendering in place, not moving the text to the top, keeps every earlier turn's rendering
+/// unchanged when a later turn adds one, so the prompt cache keeps serving the conversation.
+pub fn place_system_messages(messages: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = Vec::with_capacity(messages.len());
+    let mut leading = true;
+    for mut m in messages {
+        if m["role"] != "system" {
+            leading = false;
+            out.push(m);
+            continue;
+        }
+        let text = m["content"].as_str().unwrap_or_default().to_string();
+        if !leading {
+            m["role"] = "user".into();
+            out.push(m);
+        } else if let Some(first) = out.first_mut() {
+            let joined = format!(
+                "{}\n\n{text}",
+                first["content"].as_str().unwrap_or_default()
+            );
+            first["content"] = joined.into();
+        } else {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// Why a prompt is refused before generation.
+#[derive(Debug)]
+pub enum PromptError {
+    /// It cannot fit the context ([`check_prompt_fits`]).
+    TooLong(String),
+    /// The tokenizer refused it.
+    Invalid(String),
+}
+
+impl PromptError {
+    /// The error about `field`, in `protocol`'s words (an overflow: OpenAI's
+    /// `context_length_exceeded`, Anthropic's "prompt is too long: …").
+    pub fn into_api(self, field: &str, protocol: Protocol) -> ApiError {
+        match self {
+            PromptError::TooLong(m) => match protocol {
+                Protocol::Anthropic => {
+                    ApiError::context_exceeded(field, format!("prompt is too long: {m}"))
+                }
+                Protocol::OpenAi => ApiError::context_exceeded(field, m),
+            },
+            PromptError::Invalid(m) => ApiError::invalid(field, m),
+        }
+        .with_protocol(protocol)
+    }
 }
 
 /// Tokenizes a rendered prompt: through the prompt cache when it is on (the ids of remembered
 /// answers are kept, see [`qinfer_engine::prompt_cache::PromptCache::encode`]).
-pub fn encode_prompt(state: &AppState, text: &str) -> Result<Vec<u32>, String> {
-    check_prompt_fits(state, text)?;
+pub fn encode_prompt(state: &AppState, text: &str) -> Result<Vec<u32>, PromptError> {
+    check_prompt_fits(state, text).map_err(PromptError::TooLong)?;
     let tok = &state.bundle.tokenizer;
     match &state.prompt_cache {
         Some(c) => c.encode(tok, text),
         None => tok.encode(text),
     }
-    .map_err(|e| e.to_string())
+    .map_err(|e| PromptError::Invalid(e.to_string()))
 }
 
 /// The response header naming why cached prompt tokens were computed again.

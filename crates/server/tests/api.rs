@@ -459,6 +459,7 @@ fn invalid_requests_get_shaped_4xx() {
     let server = TestServer::start(|c| {
         c.ctx = 4096;
         c.body_limit = 64 * 1024;
+        c.strict_model_name = true;
     });
     let addr = server.addr;
     let raw = |path: &str, body: &str| http::request(addr, "POST", path, &[], body.as_bytes());
