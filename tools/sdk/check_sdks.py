@@ -3,7 +3,8 @@
 Usage: python check_sdks.py BASE_URL MODEL API_KEY
 
 Exercises, per SDK: a streaming chat and a tool-call round trip (an assistant tool call in the
-history, the tool's result, and the answer). The model behind the server may have random
+history, the tool's result, and the answer); for openai also the Responses API (create, stream,
+function-call items, previous_response_id, retrieve, delete). The model behind the server may have random
 weights, so the checks are about the protocol: the SDK parses every response and event
 without error, streams end properly, usage is reported. Exits non-zero on any failure.
 """
@@ -63,13 +64,66 @@ def check_openai(base, model, key):
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     assert r.choices[0].message is not None
+    # Any model name is served (the server serves one model) and reported as the served one.
+    r = client.chat.completions.create(model="gpt-5-codex", messages=messages[:1], max_tokens=2)
+    assert r.model == model, r.model
     # Errors surface as the SDK's typed exceptions.
     try:
-        client.chat.completions.create(model="no-such-model", messages=messages[:1], max_tokens=2)
-        raise AssertionError("unknown model accepted")
+        client.chat.completions.create(model=model, messages=messages[:1], max_tokens=10**9)
+        raise AssertionError("an output budget past the context accepted")
+    except openai.BadRequestError as e:
+        assert e.code == "context_length_exceeded", e.code
+    check_responses(client, model)
+    print("openai ok")
+
+
+def check_responses(client, model):
+    """The Responses API: what Codex and `responses.create` / `responses.stream` use."""
+    tools = [{
+        "type": "function", "name": "get_weather", "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }]
+    r = client.responses.create(
+        model=model, instructions="Be brief.", input="Say hello", max_output_tokens=8,
+        temperature=0, reasoning={"effort": "low", "summary": "auto"},
+        include=["reasoning.encrypted_content"],
+    )
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens", r
+    assert r.usage.output_tokens == 8 and r.usage.input_tokens_details.cached_tokens >= 0, r.usage
+    assert isinstance(r.output_text, str)
+    kinds = [item.type for item in r.output]
+    assert "message" in kinds, kinds
+    # Raw events, then the SDK's accumulating stream helper (which checks that every delta
+    # belongs to an item it was told about, and that items finish in order).
+    events = list(client.responses.create(model=model, input="Say hello", max_output_tokens=6,
+                                          temperature=0, stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.incomplete", events
+    with client.responses.stream(model=model, input="Say hello", max_output_tokens=6, temperature=0,
+                                 reasoning={"summary": "auto"}) as stream:
+        names = [e.type for e in stream]
+    assert names[0] == "response.created" and "response.output_item.done" in names, names
+    # A function-call round trip as input items, reasoning sent back, nothing stored.
+    history = [
+        {"role": "user", "content": "Weather in Paris?"},
+        *[item.model_dump(exclude_none=True) for item in r.output if item.type == "reasoning"],
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+         "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "18 C"},
+    ]
+    t = client.responses.create(model=model, input=history, tools=tools, max_output_tokens=6,
+                                temperature=0, store=False, parallel_tool_calls=False)
+    assert t.status in ("completed", "incomplete"), t
+    # Stored responses continue, can be read back and deleted.
+    again = client.responses.create(model=model, previous_response_id=r.id, input="And again",
+                                    max_output_tokens=4, temperature=0)
+    assert again.usage.input_tokens > r.usage.input_tokens, again.usage
+    assert client.responses.retrieve(r.id).id == r.id
+    client.responses.delete(r.id)
+    try:
+        client.responses.retrieve(r.id)
+        raise AssertionError("a deleted response came back")
     except openai.NotFoundError:
         pass
-    print("openai ok")
 
 
 def check_anthropic(base, model, key):

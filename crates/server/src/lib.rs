@@ -21,6 +21,7 @@ pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod openai;
+pub mod responses;
 pub mod scheduler;
 mod shared;
 
@@ -122,6 +123,8 @@ pub struct AppState {
     pub planning: tokio::sync::Semaphore,
     /// Ends the shutdown grace at once ([`Server::serve`]): a second Ctrl-C / SIGTERM.
     pub end_grace: tokio::sync::Notify,
+    /// Responses stored for `previous_response_id` and `GET /v1/responses/{id}`.
+    pub responses: std::sync::Mutex<responses::Store>,
 }
 
 /// Requests rendered and tokenized at once.
@@ -171,6 +174,7 @@ impl Server {
                 prompt_byte_limit,
                 planning: tokio::sync::Semaphore::new(PLANNING_SLOTS),
                 end_grace: tokio::sync::Notify::new(),
+                responses: std::sync::Mutex::new(responses::Store::default()),
             }),
             engine: Some(engine),
         }
@@ -320,6 +324,11 @@ fn router(state: Shared) -> Router {
         .route("/detokenize", post(detokenize))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .fallback(not_found)

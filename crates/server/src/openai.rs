@@ -40,11 +40,26 @@ pub struct RenderedChat {
 
 /// How the request constrains tool use.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum ToolChoice {
+pub(crate) enum ToolChoice {
     Auto,
     None,
     Required,
     Named(String),
+}
+
+impl ToolChoice {
+    /// The forced start of the answer: a required call opens it with the call tag, a named one
+    /// with its header too.
+    pub(crate) fn answer_prefix(&self, state: &AppState) -> Result<Option<Vec<u32>>, ApiError> {
+        match self {
+            ToolChoice::Required => Some("<tool_call>\n<function=".to_string()),
+            ToolChoice::Named(n) => Some(format!("<tool_call>\n<function={n}>\n")),
+            ToolChoice::Auto | ToolChoice::None => None,
+        }
+        .map(|s| state.bundle.tokenizer.encode(&s))
+        .transpose()
+        .map_err(|e| ApiError::invalid("tool_choice", e.to_string()))
+    }
 }
 
 /// Converts OpenAI messages to the template's input; errors name the field.
@@ -90,28 +105,7 @@ fn template_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
                         .ok_or_else(|| cf.missing("function"))?;
                     let ff = Fields::new(func, &func_path);
                     let name = ff.required_str("name")?;
-                    let arguments = match ff.get("arguments") {
-                        None => Value::Object(Map::new()),
-                        Some(Value::Object(o)) => Value::Object(o.clone()),
-                        Some(Value::String(s)) if s.trim().is_empty() => Value::Object(Map::new()),
-                        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-                            Ok(Value::Object(o)) => Value::Object(o),
-                            _ => {
-                                let p = ff.at("arguments");
-                                return Err(ApiError::invalid(
-                                    &p,
-                                    format!("`{p}` must be a JSON object encoded as a string"),
-                                ));
-                            }
-                        },
-                        Some(v) => {
-                            let p = ff.at("arguments");
-                            return Err(ApiError::invalid(
-                                &p,
-                                format!("`{p}` must be a JSON string, not {}", type_name(v)),
-                            ));
-                        }
-                    };
+                    let arguments = call_arguments(&ff, "arguments")?;
                     let mut call = json!({
                         "type": "function",
                         "function": {"name": name, "arguments": arguments},
@@ -139,8 +133,35 @@ fn template_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
+/// A tool call's `arguments` as the template takes them (an object): a JSON object, or one
+/// encoded as a string (as the wire carries it); absent or blank is `{}`.
+pub(crate) fn call_arguments(f: &Fields<'_>, name: &str) -> Result<Value, ApiError> {
+    match f.get(name) {
+        None => Ok(Value::Object(Map::new())),
+        Some(Value::Object(o)) => Ok(Value::Object(o.clone())),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(Value::Object(Map::new())),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(o)) => Ok(Value::Object(o)),
+            _ => {
+                let p = f.at(name);
+                Err(ApiError::invalid(
+                    &p,
+                    format!("`{p}` must be a JSON object encoded as a string"),
+                ))
+            }
+        },
+        Some(v) => {
+            let p = f.at(name);
+            Err(ApiError::invalid(
+                &p,
+                format!("`{p}` must be a JSON string, not {}", type_name(v)),
+            ))
+        }
+    }
+}
+
 /// A message `content`: a string, null, or an array of text parts, as one string.
-fn content_text(f: &Fields<'_>, name: &str) -> Result<String, ApiError> {
+pub(crate) fn content_text(f: &Fields<'_>, name: &str) -> Result<String, ApiError> {
     match f.get(name) {
         None => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
@@ -284,7 +305,7 @@ fn chat_kwargs(f: &Fields<'_>) -> Result<Map<String, Value>, ApiError> {
     Ok(kwargs)
 }
 
-fn render(
+pub(crate) fn render(
     state: &AppState,
     messages: Vec<Value>,
     tools: Vec<Value>,
@@ -315,16 +336,16 @@ fn render(
 
 /// How parsed tool calls reach the response.
 #[derive(Clone, Copy, Debug, Default)]
-struct Calls {
+pub(crate) struct Calls {
     /// `tool_choice: "none"`: a call the model writes anyway stays text.
-    as_text: bool,
+    pub as_text: bool,
     /// `parallel_tool_calls: false`: only the first call is returned.
-    first_only: bool,
+    pub first_only: bool,
 }
 
 impl Calls {
     /// Whether `e` reaches the client.
-    fn keeps(&self, e: &Event) -> bool {
+    pub(crate) fn keeps(&self, e: &Event) -> bool {
         match e {
             Event::ToolCallStart { index, .. }
             | Event::ToolCallArgs { index, .. }
@@ -407,15 +428,7 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
         None => f.usize("thinking_budget")?,
     }
     .or(state.config.default_reasoning_budget);
-    // A required call opens the answer with the call tag; a named one with its header too.
-    let answer_prefix = match &choice {
-        ToolChoice::Required => Some("<tool_call>\n<function=".to_string()),
-        ToolChoice::Named(n) => Some(format!("<tool_call>\n<function={n}>\n")),
-        ToolChoice::Auto | ToolChoice::None => None,
-    }
-    .map(|s| state.bundle.tokenizer.encode(&s))
-    .transpose()
-    .map_err(|e| ApiError::invalid("tool_choice", e.to_string()))?;
+    let answer_prefix = choice.answer_prefix(state)?;
     let opts = GenerateOptions {
         json_object,
         sampling,
