@@ -73,6 +73,11 @@ pub struct ServeArgs {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
+    /// Tests of real agents only: script the model's answers (a JSON object of tool name →
+    /// arguments: a request offering one of those tools calls it, one answering a tool result
+    /// says `Done.`).
+    #[arg(long, hide = true, value_name = "JSON")]
+    test_script_tool_calls: Option<String>,
 }
 
 /// The model id for `arg`: `qinfer-demo`, or the last path component.
@@ -125,6 +130,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         dir: args.cache_dir.clone(),
     });
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    if let Some(script) = &args.test_script_tool_calls {
+        match serde_json::from_str(script) {
+            Ok(serde_json::Value::Object(m)) => config.scripted_tool_calls = Some(m),
+            _ => anyhow::bail!(
+                "--test-script-tool-calls must be a JSON object of tool name → arguments"
+            ),
+        }
+        tracing::warn!("answers are scripted (--test-script-tool-calls): for agent tests only");
+    }
     config.default_reasoning_budget = args.max_reasoning_tokens;
     config.scheduler = SchedulerConfig {
         max_seqs: args.max_seqs.max(1),

@@ -2,11 +2,12 @@
 //! prompt, and SIGTERM shuts the server down cleanly — within the grace whatever the clients
 //! hold, and at once on a second SIGTERM.
 
-#[path = "../../server/tests/common/http.rs"]
-mod http;
+mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use common::{http, serve};
+
+use std::io::{BufReader, Write};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -67,36 +68,6 @@ fn served_greedy_chat_equals_qinfer_generate() {
     let _ = std::io::Read::read_to_string(&mut log, &mut rest);
     assert!(status.success(), "serve exited with {status}: {rest}");
     assert!(rest.contains("stopped"), "{rest}");
-}
-
-/// Starts `qinfer serve demo` with `args`; returns the child, its log and its address.
-fn serve(
-    args: &[&str],
-) -> (
-    std::process::Child,
-    BufReader<std::process::ChildStderr>,
-    std::net::SocketAddr,
-) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qinfer"))
-        .args(["serve", "demo", "--port", "0", "--threads", "2"])
-        .args(args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            log.read_line(&mut line).unwrap() > 0,
-            "serve exited before listening"
-        );
-        if let Some(rest) = line.split("address=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    (child, log, addr)
 }
 
 /// A stream that runs until the server cuts it, reading its first chunk.

@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub scheduler: SchedulerConfig,
     /// The prompt cache shared by all requests; `None` turns it off.
     pub prompt_cache: Option<CacheOptions>,
+    /// Tests of real agents only (`--test-script-tool-calls`, hidden): the model's answers are
+    /// scripted instead of sampled ([`shared::scripted_answer`]).
+    pub scripted_tool_calls: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ServerConfig {
@@ -96,6 +99,7 @@ impl ServerConfig {
                 snapshot_every: None,
                 dir: None,
             }),
+            scripted_tool_calls: None,
         }
     }
 }

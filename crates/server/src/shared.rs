@@ -224,6 +224,21 @@ pub fn submit_tracked(
     ),
     ApiError,
 > {
+    let (mut opts, mut answer_prefix) = (opts, answer_prefix);
+    if let Some(script) = &state.config.scripted_tool_calls
+        && let Some(text) = &prompt_text
+    {
+        let answer = scripted_answer(script, &opts.parser.tools, text);
+        let tok = &state.bundle.tokenizer;
+        let mut ids = tok.encode(&answer).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).with_protocol(protocol)
+        })?;
+        ids.extend(tok.token_id("<|im_end|>"));
+        // Thinking (if the prompt opens it) closes after one token; then the script.
+        opts.reasoning_budget = Some(0);
+        opts.max_tokens = opts.max_tokens.max(ids.len() + 8);
+        answer_prefix = Some(ids);
+    }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (admitted_tx, admitted_rx) = tokio::sync::oneshot::channel();
     let mut req = GenRequest::new(
@@ -261,6 +276,39 @@ pub fn submit_tracked(
         )
         .with_protocol(protocol)),
     }
+}
+
+/// The scripted answer of a request, for tests that run real agents against a random-weight
+/// model (which would never call a tool): a request whose last user turn is a tool result is
+/// answered `Done.`; one that offers a tool named in `script` calls the first such tool with
+/// the arguments given there; any other is answered `Done.`.
+pub fn scripted_answer(
+    script: &serde_json::Map<String, serde_json::Value>,
+    tools: &[qinfer_engine::parser::ToolSpec],
+    prompt_text: &str,
+) -> String {
+    let last_user = prompt_text
+        .rfind("<|im_start|>user\n")
+        .map(|i| &prompt_text[i + "<|im_start|>user\n".len()..]);
+    if last_user.is_some_and(|t| t.starts_with("<tool_response>")) {
+        return "Done.".into();
+    }
+    let Some((name, args)) = tools
+        .iter()
+        .find_map(|t| script.get(&t.name).map(|a| (&t.name, a)))
+    else {
+        return "Done.".into();
+    };
+    let mut call = format!("<tool_call>\n<function={name}>\n");
+    for (k, v) in args.as_object().into_iter().flatten() {
+        let v = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        call.push_str(&format!("<parameter={k}>\n{v}\n</parameter>\n"));
+    }
+    call.push_str("</function>\n</tool_call>");
+    call
 }
 
 /// A unique id with a protocol prefix (`chatcmpl-`, `msg_`, ...).
@@ -396,5 +444,58 @@ pub fn cache_headers(resp: &mut axum::response::Response, admission: Option<&Adm
         && let Ok(v) = axum::http::HeaderValue::from_str(miss)
     {
         headers.insert(CACHE_MISS_HEADER, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qinfer_engine::parser::ToolSpec;
+    use serde_json::json;
+
+    #[test]
+    fn system_messages_lead_or_become_user_turns_in_place() {
+        let placed = place_system_messages(vec![
+            json!({"role": "system", "content": "A"}),
+            json!({"role": "system", "content": "B"}),
+            json!({"role": "user", "content": "Q"}),
+            json!({"role": "system", "content": "C"}),
+        ]);
+        assert_eq!(
+            placed,
+            [
+                json!({"role": "system", "content": "A\n\nB"}),
+                json!({"role": "user", "content": "Q"}),
+                json!({"role": "user", "content": "C"}),
+            ]
+        );
+        let later = place_system_messages(vec![
+            json!({"role": "user", "content": "Q"}),
+            json!({"role": "system", "content": "C"}),
+        ]);
+        assert_eq!(later[1], json!({"role": "user", "content": "C"}));
+    }
+
+    #[test]
+    fn scripted_answers_call_an_offered_tool_then_say_done() {
+        let script = json!({"shell": {"cmd": "ls", "n": 2}})
+            .as_object()
+            .unwrap()
+            .clone();
+        let tools = [
+            ToolSpec::new("other", json!({"type": "object"})),
+            ToolSpec::new("shell", json!({"type": "object"})),
+        ];
+        let prompt = "<|im_start|>user\nList files<|im_end|>\n<|im_start|>assistant\n";
+        assert_eq!(
+            scripted_answer(&script, &tools, prompt),
+            "<tool_call>\n<function=shell>\n<parameter=cmd>\nls\n</parameter>\n\
+             <parameter=n>\n2\n</parameter>\n</function>\n</tool_call>"
+        );
+        let after = format!(
+            "{prompt}…<|im_end|>\n<|im_start|>user\n<tool_response>\nok\n</tool_response><|im_end|>\n"
+        );
+        assert_eq!(scripted_answer(&script, &tools, &after), "Done.");
+        assert_eq!(scripted_answer(&script, &tools[..1], prompt), "Done.");
     }
 }

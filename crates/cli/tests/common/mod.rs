@@ -1,0 +1,39 @@
+//! Helpers of the tests that run `qinfer` as a process.
+
+#![allow(dead_code)]
+
+#[path = "../../../server/tests/common/http.rs"]
+pub mod http;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+/// Starts `qinfer serve demo` with `args`; returns the child, its log and its address.
+pub fn serve(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStderr>,
+    std::net::SocketAddr,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+        .args(["serve", "demo", "--port", "0", "--threads", "2"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "serve exited before listening"
+        );
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    (child, log, addr)
+}
