@@ -4,15 +4,26 @@ Usage: python check_sdks.py BASE_URL MODEL API_KEY
 
 Exercises, per SDK: a streaming chat and a tool-call round trip (an assistant tool call in the
 history, the tool's result, and the answer); for openai also the Responses API (create, stream,
-function-call items, previous_response_id, retrieve, delete). The model behind the server may have random
+function-call items, previous_response_id, retrieve, delete) and the structured-output parse
+helpers (`chat.completions.parse`, `responses.parse` with a Pydantic model). The model behind the server may have random
 weights, so the checks are about the protocol: the SDK parses every response and event
 without error, streams end properly, usage is reported. Exits non-zero on any failure.
 """
 
 import sys
+from typing import Literal
 
 import anthropic
 import openai
+from pydantic import BaseModel, Field
+
+
+class Finding(BaseModel):
+    """A structured answer: the SDK turns it into a strict JSON Schema and parses the reply."""
+    kind: Literal["error", "warning", "note"]
+    line: int = Field(ge=1, le=9999)
+    ok: bool
+    note: str = Field(max_length=16)
 
 
 def check_openai(base, model, key):
@@ -73,6 +84,15 @@ def check_openai(base, model, key):
         raise AssertionError("an output budget past the context accepted")
     except openai.BadRequestError as e:
         assert e.code == "context_length_exceeded", e.code
+    # Structured outputs: the SDK's parse helpers send a strict JSON Schema and parse the
+    # answer into the model class (it raises if the answer does not validate).
+    for seed in range(5):
+        r = client.chat.completions.parse(
+            model=model, messages=[{"role": "user", "content": "Report one finding."}],
+            response_format=Finding, max_tokens=200, temperature=1.0, seed=seed,
+            extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+        )
+        assert isinstance(r.choices[0].message.parsed, Finding), r
     check_responses(client, model)
     print("openai ok")
 
@@ -113,6 +133,12 @@ def check_responses(client, model):
     t = client.responses.create(model=model, input=history, tools=tools, max_output_tokens=6,
                                 temperature=0, store=False, parallel_tool_calls=False)
     assert t.status in ("completed", "incomplete"), t
+    # Structured outputs through the Responses API.
+    for seed in range(5):
+        p = client.responses.parse(model=model, input="Report one finding.", text_format=Finding,
+                                   max_output_tokens=200, temperature=1.0, reasoning={"effort": "none"},
+                                   extra_body={"seed": seed})
+        assert isinstance(p.output_parsed, Finding), p
     # Stored responses continue, can be read back and deleted.
     again = client.responses.create(model=model, previous_response_id=r.id, input="And again",
                                     max_output_tokens=4, temperature=0)

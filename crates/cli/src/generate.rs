@@ -169,6 +169,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let (prompt, starts_in_reasoning) = prompt_ids(&bundle, &args)?;
     let opts = GenerateOptions {
         json_object: false,
+        json_schema: None,
         sampling,
         max_tokens: args.max_tokens,
         stop_strings: args.sampling.stop.clone(),

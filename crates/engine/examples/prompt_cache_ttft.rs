@@ -64,6 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let enc = |s: &str| bundle.tokenizer.encode(s);
     let opts = |max_tokens| GenerateOptions {
         json_object: false,
+        json_schema: None,
         sampling: SamplingParams {
             temperature: 0.0,
             ..SamplingParams::default()

@@ -23,6 +23,7 @@ use crate::json_constraint::JsonAutomaton;
 use crate::parser::{Event, Finished, OutputParser, Parsed};
 use crate::request::{EngineError, FinishReason, Flow, GenerateOptions};
 use crate::sampler::{Sampler, StopCheck, StopMatcher};
+use crate::schema::SchemaConstraint;
 use crate::tokenizer::{StreamDecoder, TokenBytes, Tokenizer};
 
 /// The log-probability of one generated token and, when asked for, of the most likely ones.
@@ -110,6 +111,8 @@ pub struct Decoder {
     answer_prefix: Option<Vec<u32>>,
     logprobs: Option<usize>,
     json: Option<JsonMode>,
+    /// The JSON Schema constraint of the answer.
+    schema: Option<SchemaConstraint>,
     sampler: Sampler,
     detok: Option<StreamDecoder>,
     matcher: Option<StopMatcher>,
@@ -150,6 +153,7 @@ impl Decoder {
             let needs = [
                 (opts.reasoning_budget.is_some(), "a reasoning budget"),
                 (opts.json_object, "JSON mode"),
+                (opts.json_schema.is_some(), "a JSON schema"),
                 (!opts.stop_strings.is_empty(), "a stop string"),
             ];
             if let Some((_, what)) = needs.into_iter().find(|(asked, _)| *asked) {
@@ -192,6 +196,15 @@ impl Decoder {
                 steer,
             }
         });
+        let schema = match &opts.json_schema {
+            Some(s) => Some(
+                tokenizer
+                    .schema_index()
+                    .and_then(|index| index.compile(s))
+                    .map_err(EngineError::Schema)?,
+            ),
+            None => None,
+        };
         let text = Text {
             detok: StreamDecoder::new(tokenizer, false),
             matcher: StopMatcher::new(&opts.stop_strings),
@@ -207,6 +220,7 @@ impl Decoder {
         );
         d.budget_close = budget_close;
         d.json = json;
+        d.schema = schema;
         Ok(d)
     }
 
@@ -224,6 +238,7 @@ impl Decoder {
         };
         Decoder {
             json: None,
+            schema: None,
             stops,
             vocab_limit,
             max_tokens: opts.max_tokens,
@@ -288,13 +303,27 @@ impl Decoder {
         let row = &logits[..logits.len().min(self.vocab_limit)];
         // The JSON constraint applies to the answer, not to reasoning.
         let constrained = self.json.is_some() && !self.in_reasoning();
-        let token = if self.forced.is_empty() {
+        let schema_on = self.schema.is_some() && !self.in_reasoning();
+        let sampled = self.forced.is_empty();
+        let token = if sampled {
             match self.json.as_ref().filter(|_| constrained) {
                 Some(json) => {
                     let budget = self.max_tokens - self.ids.len() - 1;
                     self.sampler.sample(&json.mask(row, budget))
                 }
-                None => self.sampler.sample(row),
+                None => match self.schema.as_mut().filter(|_| schema_on) {
+                    Some(schema) => match schema.mask(row) {
+                        Some(masked) => self.sampler.sample(&masked),
+                        None => {
+                            tracing::warn!(
+                                "the schema constraint failed; the answer goes on unconstrained"
+                            );
+                            self.schema = None;
+                            self.sampler.sample(row)
+                        }
+                    },
+                    None => self.sampler.sample(row),
+                },
             }
         } else {
             let t = self.forced.remove(0);
@@ -306,6 +335,20 @@ impl Decoder {
             return Step::Finished { unfed: None };
         }
         let mut json_done = None;
+        // Forced tokens (the rest of a budget's `\n</think>\n\n`) are not the answer's.
+        if schema_on
+            && sampled
+            && let Some(schema) = self.schema.as_mut()
+        {
+            if !schema.consume(token) {
+                tracing::warn!(
+                    "the schema refused a token it allowed; the answer goes on unconstrained"
+                );
+                self.schema = None;
+            } else if schema.is_done() {
+                json_done = Some(schema.end());
+            }
+        }
         if constrained && let Some(json) = self.json.as_mut() {
             // A forced token that is not JSON leaves the state as it was.
             if let Some(next) = json.automaton.accepts_bytes(&json.vocab[token as usize]) {

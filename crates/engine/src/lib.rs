@@ -37,6 +37,7 @@ pub mod prompt_cache;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;
+pub mod schema;
 pub mod session;
 pub mod template;
 pub mod tokenizer;

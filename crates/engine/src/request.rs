@@ -41,6 +41,9 @@ pub enum EngineError {
     /// has no tokenizer.
     #[error("{0} needs the model's tokenizer, and this model has none")]
     NeedsTokenizer(&'static str),
+    /// A JSON Schema that cannot be enforced (the engine's message names what).
+    #[error("the JSON schema cannot be enforced: {0}")]
+    Schema(String),
     /// The engine loop could not run the request (a forward step failed).
     #[error("{0}")]
     Failed(String),
@@ -63,6 +66,10 @@ pub struct GenerateOptions {
     /// object is steered closed before `max_tokens` runs out when the budget allows (see
     /// [`crate::json_constraint`]).
     pub json_object: bool,
+    /// Constrain the answer to a JSON value valid against this JSON Schema
+    /// ([`crate::schema`]); generation stops when the value is complete. Checked when the
+    /// decoder is made (an unsupported schema is an error naming it).
+    pub json_schema: Option<serde_json::Value>,
 }
 
 /// Why generation ended.

@@ -81,6 +81,8 @@ pub struct Tokenizer {
     inner: Arc<tokenizers::Tokenizer>,
     /// [`Tokenizer::ordinary_token_bytes`], built on first use and shared by all clones.
     ordinary_bytes: Arc<std::sync::OnceLock<TokenBytes>>,
+    /// [`Tokenizer::schema_index`], built on first use and shared by all clones.
+    schema_index: Arc<std::sync::OnceLock<Result<crate::schema::SchemaIndex, String>>>,
 }
 
 /// Every token's bytes, indexed by id (see [`Tokenizer::ordinary_token_bytes`]).
@@ -137,6 +139,7 @@ impl Tokenizer {
         Ok(Self {
             inner: Arc::new(inner),
             ordinary_bytes: Arc::default(),
+            schema_index: Arc::default(),
         })
     }
 
@@ -196,6 +199,14 @@ impl Tokenizer {
                     })
                     .collect()
             })
+            .clone()
+    }
+
+    /// The vocabulary indexed for JSON Schema constraints ([`crate::schema`]): built on first
+    /// use (a full-vocabulary pass and a token trie) and shared by every clone and request.
+    pub fn schema_index(&self) -> Result<crate::schema::SchemaIndex, String> {
+        self.schema_index
+            .get_or_init(|| crate::schema::SchemaIndex::build(self))
             .clone()
     }
 

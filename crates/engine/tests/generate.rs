@@ -38,6 +38,7 @@ fn encode(text: &str) -> Vec<u32> {
 fn options(seed: u64, max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         json_object: false,
+        json_schema: None,
         sampling: SamplingParams {
             temperature: 1.0,
             top_k: 50,

@@ -35,6 +35,7 @@ fn prompt(thinking: bool) -> Vec<u32> {
 fn options(json_object: bool, seed: Option<u64>, max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         json_object,
+        json_schema: None,
         sampling: SamplingParams {
             temperature: if seed.is_some() { 1.0 } else { 0.0 },
             top_k: 0,

@@ -41,6 +41,7 @@ fn render(messages: &Value, kwargs: Value) -> String {
 fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         json_object: false,
+        json_schema: None,
         sampling: SamplingParams {
             temperature: 0.0,
             ..SamplingParams::default()

@@ -381,6 +381,7 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
         .map_err(|e| ApiError::invalid("tool_choice", e.to_string()))?;
     let opts = GenerateOptions {
         json_object: false,
+        json_schema: None,
         sampling: shared::sampling(&f, &state.bundle.defaults)?,
         max_tokens,
         stop_strings: shared::stop_strings(&f, "stop_sequences")?,

@@ -383,7 +383,7 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     {
         return Err(ApiError::invalid("n", "only `n: 1` is supported"));
     }
-    let json_object = response_format(&f)?;
+    let format = response_format(state, &f)?;
     let rendered = render_chat(state, body)?;
     let choice = read_tool_choice(&f, &read_tools(&f)?.1)?;
     let prompt = shared::encode_prompt(state, &rendered.text)
@@ -430,7 +430,8 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     .or(state.config.default_reasoning_budget);
     let answer_prefix = choice.answer_prefix(state)?;
     let opts = GenerateOptions {
-        json_object,
+        json_object: format == shared::OutputFormat::JsonObject,
+        json_schema: format.schema(),
         sampling,
         max_tokens,
         stop_strings: shared::stop_strings(&f, "stop")?,
@@ -899,8 +900,10 @@ fn plan_completion(
             .unwrap_or(false),
         None => false,
     };
+    let format = response_format(state, &f)?;
     let opts = GenerateOptions {
-        json_object: response_format(&f)?,
+        json_object: format == shared::OutputFormat::JsonObject,
+        json_schema: format.schema(),
         sampling: shared::sampling(&f, &state.bundle.defaults)?,
         max_tokens,
         stop_strings: shared::stop_strings(&f, "stop")?,
@@ -912,23 +915,23 @@ fn plan_completion(
     Ok((prompt, text, opts, stream, include_usage))
 }
 
-/// `response_format`: `text` (or absent) is plain output, `json_object` constrains the answer
-/// to one JSON object (true); anything else is refused rather than ignored.
-fn response_format(f: &Fields) -> Result<bool, ApiError> {
+/// `response_format` (chat, completions): `text` (or absent) is plain output, `json_object`
+/// one JSON object, `json_schema` a value valid against `json_schema.schema`; anything else is
+/// refused rather than ignored.
+fn response_format(state: &AppState, f: &Fields) -> Result<shared::OutputFormat, ApiError> {
     let Some(rf) = f.object("response_format")? else {
-        return Ok(false);
+        return Ok(shared::OutputFormat::Text);
     };
-    match Fields::new(rf, "response_format").required_str("type")? {
-        "text" => Ok(false),
-        "json_object" => Ok(true),
-        kind => Err(ApiError::invalid(
-            "response_format",
-            format!(
-                "`response_format` type `{kind}` is not supported yet (only `text` and \
-                 `json_object`): qinfer constrains output to JSON syntax but not to a schema, \
-                 and ignoring the schema silently would break the client's parsing"
-            ),
-        )),
+    let rf = Fields::new(rf, "response_format");
+    match rf.required_str("type")? {
+        "json_schema" => {
+            let js = rf
+                .object("json_schema")?
+                .ok_or_else(|| rf.missing("json_schema"))?;
+            let jf = Fields::new(js, "response_format.json_schema");
+            shared::OutputFormat::from_schema(state, &jf)
+        }
+        kind => shared::OutputFormat::simple(kind, "response_format"),
     }
 }
 

@@ -448,25 +448,18 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
             Some("auto" | "concise" | "detailed")
         );
     }
-    let json_object = match f.object("text")?.map(|t| Fields::new(t, "text")) {
-        Some(tf) => match tf.object("format")? {
-            Some(fmt) => match Fields::new(fmt, "text.format").required_str("type")? {
-                "text" => false,
-                "json_object" => true,
-                kind => {
-                    return Err(ApiError::invalid(
-                        "text.format",
-                        format!(
-                            "`text.format` type `{kind}` is not supported yet (only `text` and \
-                             `json_object`): qinfer constrains output to JSON syntax but not to a \
-                             schema, and ignoring the schema silently would break the client's parsing"
-                        ),
-                    ));
+    let format = match f.object("text")? {
+        Some(t) => match Fields::new(t, "text").object("format")? {
+            Some(fmt) => {
+                let ff = Fields::new(fmt, "text.format");
+                match ff.required_str("type")? {
+                    "json_schema" => shared::OutputFormat::from_schema(state, &ff)?,
+                    kind => shared::OutputFormat::simple(kind, "text.format")?,
                 }
-            },
-            None => false,
+            }
+            None => shared::OutputFormat::Text,
         },
-        None => false,
+        None => shared::OutputFormat::Text,
     };
     let rendered = crate::openai::render(state, messages, tools, specs, &choice, kwargs)?;
     let prompt =
@@ -480,7 +473,8 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
         P,
     )?;
     let opts = GenerateOptions {
-        json_object,
+        json_object: format == shared::OutputFormat::JsonObject,
+        json_schema: format.schema(),
         sampling: shared::sampling(&f, &state.bundle.defaults)?,
         max_tokens,
         stop_strings: Vec::new(),

@@ -23,12 +23,13 @@ pub fn sampling(f: &Fields<'_>, base: &SamplingParams) -> Result<SamplingParams,
     if let Some(v) = f.f32("top_p")? {
         p.top_p = v;
     }
-    if let Some(v) = f.usize("top_k")? {
-        p.top_k = v;
-    } else if let Some(v) = f.f32("top_k")? {
-        // -1 means "off" in vLLM's API.
-        if v < 0.0 {
-            p.top_k = 0;
+    match f.get("top_k") {
+        // A negative integer (vLLM's -1) means off, as 0 does.
+        Some(serde_json::Value::Number(n)) if n.as_i64().is_some_and(|k| k < 0) => p.top_k = 0,
+        _ => {
+            if let Some(v) = f.usize("top_k")? {
+                p.top_k = v;
+            }
         }
     }
     if let Some(v) = f.f32("min_p")? {
@@ -63,6 +64,56 @@ pub fn sampling(f: &Fields<'_>, base: &SamplingParams) -> Result<SamplingParams,
         ApiError::invalid(param, text)
     })?;
     Ok(p)
+}
+
+/// What form the answer takes (chat `response_format`, Responses `text.format`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutputFormat {
+    Text,
+    /// One JSON object (syntax only).
+    JsonObject,
+    /// A JSON value valid against this schema (structured outputs).
+    JsonSchema(serde_json::Value),
+}
+
+impl OutputFormat {
+    /// `text` or `json_object` (`field` names the format object for errors).
+    pub fn simple(kind: &str, field: &str) -> Result<OutputFormat, ApiError> {
+        match kind {
+            "text" => Ok(OutputFormat::Text),
+            "json_object" => Ok(OutputFormat::JsonObject),
+            other => Err(ApiError::invalid(
+                format!("{field}.type"),
+                format!("`{field}.type` is `{other}`; expected text, json_object or json_schema"),
+            )),
+        }
+    }
+
+    /// A `json_schema` format's `schema` (`f` is the object holding `name`, `schema`,
+    /// `strict`), checked now: a schema the engine cannot enforce is a 400 naming why.
+    pub fn from_schema(state: &AppState, f: &Fields<'_>) -> Result<OutputFormat, ApiError> {
+        let schema = f.object("schema")?.ok_or_else(|| f.missing("schema"))?;
+        let schema = serde_json::Value::Object(schema.clone());
+        let invalid = |e: String| {
+            let p = f.at("schema");
+            ApiError::invalid(&p, format!("`{p}` cannot be enforced: {e}"))
+        };
+        state
+            .bundle
+            .tokenizer
+            .schema_index()
+            .and_then(|index| index.compile(&schema))
+            .map_err(invalid)?;
+        Ok(OutputFormat::JsonSchema(schema))
+    }
+
+    /// The schema to constrain the answer to, if any.
+    pub fn schema(&self) -> Option<serde_json::Value> {
+        match self {
+            OutputFormat::JsonSchema(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Texts longer than this are counted piece by piece before they are tokenized whole.

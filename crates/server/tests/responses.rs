@@ -318,8 +318,14 @@ fn bad_responses_requests_are_named_4xx() {
         ),
         (
             "text",
-            json!({"format": {"type": "json_schema", "name": "x", "schema": {}}}),
-            "text.format",
+            json!({"format": {"type": "json_schema", "name": "x",
+                "schema": {"type": "string", "pattern": "(?<=a)"}}}),
+            "text.format.schema",
+        ),
+        (
+            "text",
+            json!({"format": {"type": "xml"}}),
+            "text.format.type",
         ),
         ("tools", json!([{"type": "function"}]), "tools[0]"),
         (

@@ -1,5 +1,8 @@
 //! Test helpers shared by the crates' test suites (a dev-dependency only): [`Rng`], a seeded
-//! generator, and [`mutate_bytes`], the byte mutations of the fuzz tests.
+//! generator, [`mutate_bytes`], the byte mutations of the fuzz tests, and [`schema`], random
+//! JSON Schemas with an independent validator.
+
+pub mod schema;
 
 /// SplitMix64: deterministic, dependency-free, good enough to pick cases and mutations.
 #[derive(Clone, Debug)]

@@ -163,3 +163,29 @@ pub fn metric(body: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("metric {name} not found"))
 }
+
+/// Posts a streaming request and folds its SSE events: `f` maps each JSON event to a text
+/// delta and, maybe, a final value (a finish reason, a status); returns the concatenated
+/// deltas and the last final value.
+pub fn post_json_sse(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+    f: impl Fn(&serde_json::Value) -> (String, Option<String>),
+) -> (String, Option<String>) {
+    let r = post(addr, path, body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (mut text, mut last) = (String::new(), None);
+    for (_, data) in r.sse() {
+        if data == "[DONE]" {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+        let (delta, done) = f(&v);
+        text.push_str(&delta);
+        if done.is_some() {
+            last = done;
+        }
+    }
+    (text, last)
+}
