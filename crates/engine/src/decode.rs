@@ -293,6 +293,14 @@ impl Decoder {
             self.finish = Some(FinishReason::Length);
             return Step::Finished { unfed: None };
         }
+        if let Some(budget) = self.reasoning_budget
+            && self.forced.is_empty()
+            && self.in_reasoning()
+            && self.reasoning_tokens >= budget
+        {
+            // The budget is spent (a budget of 0 before any thinking token): close thinking.
+            self.forced = self.budget_close.clone();
+        }
         if self.forced.is_empty()
             && !self.in_reasoning()
             && let Some(prefix) = self.answer_prefix.take()
@@ -387,13 +395,6 @@ impl Decoder {
             // The object is closed: end the turn as the end-of-turn token would.
             self.finish = Some(FinishReason::Stop(end));
             return Step::Finished { unfed: Some(token) };
-        }
-        if let Some(budget) = self.reasoning_budget
-            && self.forced.is_empty()
-            && self.in_reasoning()
-            && self.reasoning_tokens >= budget
-        {
-            self.forced = self.budget_close.clone();
         }
         if self.ids.len() == self.max_tokens {
             self.finish = Some(FinishReason::Length);

@@ -102,6 +102,15 @@ fn reasoning_budget_forces_the_end_of_thinking() {
         "the answer goes on after the forced end"
     );
     assert!(!g.parsed.content.contains("</think>"));
+    // A budget of 0 allows no thinking token at all (it allowed one).
+    opts.reasoning_budget = Some(0);
+    let g = run(&prompt, &opts);
+    assert_eq!(g.ids[..close.len()], close, "thinking closes at once");
+    assert!(
+        g.parsed.reasoning.trim().is_empty(),
+        "{:?}",
+        g.parsed.reasoning
+    );
 }
 
 #[test]

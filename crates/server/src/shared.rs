@@ -354,12 +354,37 @@ pub fn scripted_answer(
     for (k, v) in args.as_object().into_iter().flatten() {
         let v = match v {
             serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
+            other => python_json(other),
         };
         call.push_str(&format!("<parameter={k}>\n{v}\n</parameter>\n"));
     }
     call.push_str("</function>\n</tool_call>");
     call
+}
+
+/// JSON as the chat template's `tojson` writes it (Python's separators `, ` and `: `), so a
+/// scripted call renders back into history exactly as it was generated.
+fn python_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(python_json).collect();
+            format!("[{}]", items.join(", "))
+        }
+        serde_json::Value::Object(o) => {
+            let items: Vec<String> = o
+                .iter()
+                .map(|(k, x)| {
+                    format!(
+                        "{}: {}",
+                        serde_json::Value::from(k.as_str()),
+                        python_json(x)
+                    )
+                })
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// A unique id with a protocol prefix (`chatcmpl-`, `msg_`, ...).

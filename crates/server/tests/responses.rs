@@ -355,3 +355,56 @@ fn bad_responses_requests_are_named_4xx() {
     let m = get(addr, "/metrics").body;
     assert_eq!(metric(&m, "qinfer_http_requests_total{class=\"5xx\"}"), 0.0);
 }
+
+/// Codex's tool loop within one request of the user: turn 1 answers with a call (scripted:
+/// the random model would never write one), turn 2 sends the whole history back — the
+/// reasoning item with its `encrypted_content`, the call, its output — with `store: false`.
+/// The history re-renders to the tokens the model saw, so turn 2 is served from the prompt
+/// cache through turn 1's prompt and answer: only the call's output is computed.
+#[test]
+fn a_codex_tool_loop_is_served_from_the_cache_through_the_last_answer() {
+    let server = TestServer::start(|c| {
+        c.scripted_tool_calls = json!({"shell": {"command": ["ls", "-la"]}})
+            .as_object()
+            .cloned();
+    });
+    let tools = json!([{"type": "function", "name": "shell", "description": "Run a command",
+        "parameters": {"type": "object", "properties": {"command": {"type": "array",
+            "items": {"type": "string"}}}, "required": ["command"]}}]);
+    let mut input = vec![
+        json!({"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Sandbox: workspace-write."}]}),
+        json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": "List the files."}]}),
+    ];
+    let body = |input: &[Value]| {
+        json!({"model": MODEL, "instructions": instructions(), "input": input, "tools": tools,
+               "include": ["reasoning.encrypted_content"], "store": false,
+               "reasoning": {"effort": "medium", "summary": "auto"}, "max_output_tokens": 200})
+    };
+    let first = post(server.addr, "/v1/responses", &body(&input)).json();
+    let call = first["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .cloned()
+        .unwrap_or_else(|| panic!("no call: {first}"));
+    assert_eq!(call["name"], "shell");
+    input.extend(output_as_input(&first));
+    input.push(
+        json!({"type": "function_call_output", "call_id": call["call_id"],
+                      "output": "Cargo.toml\nsrc\n"}),
+    );
+    let r2 = post(server.addr, "/v1/responses", &body(&input));
+    let miss = r2.header("x-qinfer-cache-miss").map(str::to_string);
+    let second = r2.json();
+    assert_eq!(second["status"], "completed", "{second}");
+    let u1 = &first["usage"];
+    let history = u1["input_tokens"].as_u64().unwrap() + u1["output_tokens"].as_u64().unwrap();
+    let cached = second["usage"]["input_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        cached, history,
+        "turn 2 cached {cached} of the {history} tokens of turn 1 (miss: {miss:?})"
+    );
+}
