@@ -215,7 +215,11 @@ fn read_tools(f: &Fields<'_>) -> Result<(Vec<Value>, Vec<ToolSpec>), ApiError> {
     Ok((tools.clone(), specs))
 }
 
-fn read_tool_choice(f: &Fields<'_>, specs: &[ToolSpec]) -> Result<ToolChoice, ApiError> {
+/// `tool_choice` (chat and Responses): `auto`, `none`, `required`, or an object naming a
+/// function (`{type: function, function: {name}}` in chat, `{type: function, name}` in
+/// Responses); other object types (`allowed_tools`, hosted tools) leave the choice to the
+/// model.
+pub(crate) fn read_tool_choice(f: &Fields<'_>, specs: &[ToolSpec]) -> Result<ToolChoice, ApiError> {
     let choice = match f.get("tool_choice") {
         None => ToolChoice::Auto,
         Some(Value::String(s)) => match s.as_str() {
@@ -231,7 +235,7 @@ fn read_tool_choice(f: &Fields<'_>, specs: &[ToolSpec]) -> Result<ToolChoice, Ap
                 ));
             }
         },
-        Some(Value::Object(o)) => {
+        Some(Value::Object(o)) if o.get("type").is_none_or(|t| t == "function") => {
             let name = o
                 .get("function")
                 .and_then(|fun| fun.get("name"))
@@ -245,6 +249,7 @@ fn read_tool_choice(f: &Fields<'_>, specs: &[ToolSpec]) -> Result<ToolChoice, Ap
                 })?;
             ToolChoice::Named(name.to_string())
         }
+        Some(Value::Object(_)) => ToolChoice::Auto,
         Some(v) => {
             return Err(ApiError::invalid(
                 "tool_choice",

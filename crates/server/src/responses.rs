@@ -35,7 +35,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, Protocol};
 use crate::json::{Fields, JsonBody, element, type_name};
-use crate::openai::{Calls, ToolChoice, call_arguments, content_text, engine_failure};
+use crate::openai::{
+    Calls, ToolChoice, call_arguments, content_text, engine_failure, read_tool_choice,
+};
 use crate::scheduler::{Out, Summary};
 use crate::shared::{self, check_model, new_id, now_secs};
 use crate::{AppState, Shared};
@@ -305,53 +307,6 @@ fn read_tools(f: &Fields<'_>) -> Result<(Vec<Value>, Vec<ToolSpec>), ApiError> {
         specs.push(spec);
     }
     Ok((for_template, specs))
-}
-
-fn read_tool_choice(f: &Fields<'_>, specs: &[ToolSpec]) -> Result<ToolChoice, ApiError> {
-    let choice = match f.get("tool_choice") {
-        None => ToolChoice::Auto,
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => ToolChoice::Auto,
-            "none" => ToolChoice::None,
-            "required" => ToolChoice::Required,
-            other => {
-                return Err(ApiError::invalid(
-                    "tool_choice",
-                    format!(
-                        "`tool_choice` is `{other}`; expected auto, none, required or an object"
-                    ),
-                ));
-            }
-        },
-        Some(Value::Object(o)) => {
-            let cf = Fields::new(o, "tool_choice");
-            match cf.required_str("type")? {
-                "function" => ToolChoice::Named(cf.required_str("name")?.to_string()),
-                // `allowed_tools` and hosted tool types: the model decides.
-                _ => ToolChoice::Auto,
-            }
-        }
-        Some(v) => {
-            return Err(ApiError::invalid(
-                "tool_choice",
-                format!(
-                    "`tool_choice` must be a string or an object, not {}",
-                    type_name(v)
-                ),
-            ));
-        }
-    };
-    match &choice {
-        ToolChoice::Required if specs.is_empty() => Err(ApiError::invalid(
-            "tool_choice",
-            "`tool_choice` is `required` but the request has no function `tools`",
-        )),
-        ToolChoice::Named(n) if !specs.iter().any(|s| &s.name == n) => Err(ApiError::invalid(
-            "tool_choice.name",
-            format!("`tool_choice.name` is `{n}`, which is not among `tools`"),
-        )),
-        _ => Ok(choice),
-    }
 }
 
 /// What the response echoes of its request.

@@ -331,7 +331,7 @@ fn bad_responses_requests_are_named_4xx() {
         (
             "tool_choice",
             json!({"type": "function", "name": "nope"}),
-            "tool_choice.name",
+            "tool_choice",
         ),
         ("tool_choice", json!("required"), "tool_choice"),
         (
