@@ -196,6 +196,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         let opts = GenerateOptions {
             json_object: false,
             json_schema: None,
+            strict_tools: false,
+            single_call: false,
             sampling: sampling.clone(),
             // An answer may use what is left of the context.
             max_tokens: args.max_tokens.min(context - ids.len()),

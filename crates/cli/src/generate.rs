@@ -170,6 +170,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let opts = GenerateOptions {
         json_object: false,
         json_schema: None,
+        strict_tools: false,
+        single_call: false,
         sampling,
         max_tokens: args.max_tokens,
         stop_strings: args.sampling.stop.clone(),

@@ -65,6 +65,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = |max_tokens| GenerateOptions {
         json_object: false,
         json_schema: None,
+        strict_tools: false,
+        single_call: false,
         sampling: SamplingParams {
             temperature: 0.0,
             ..SamplingParams::default()

@@ -109,6 +109,9 @@ pub struct Decoder {
     forced: Vec<u32>,
     /// Tokens forced once the output leaves reasoning (a required tool call's opening).
     answer_prefix: Option<Vec<u32>>,
+    /// Whether `forced` holds the answer prefix (part of the answer, which a constraint
+    /// reads) rather than the end of thinking.
+    forced_answer: bool,
     logprobs: Option<usize>,
     json: Option<JsonMode>,
     /// The JSON Schema constraint of the answer.
@@ -203,6 +206,14 @@ impl Decoder {
                     .and_then(|index| index.compile(s))
                     .map_err(EngineError::Schema)?,
             ),
+            None if opts.strict_tools && !opts.parser.tools.is_empty() => Some(
+                tokenizer
+                    .schema_index()
+                    .and_then(|index| {
+                        index.compile_tool_calls(&opts.parser.tools, opts.single_call)
+                    })
+                    .map_err(EngineError::Schema)?,
+            ),
             None => None,
         };
         let text = Text {
@@ -246,6 +257,7 @@ impl Decoder {
             budget_close: Vec::new(),
             forced: Vec::new(),
             answer_prefix: None,
+            forced_answer: false,
             logprobs,
             sampler: Sampler::new(opts.sampling.clone(), prompt),
             detok,
@@ -300,12 +312,14 @@ impl Decoder {
         {
             // The budget is spent (a budget of 0 before any thinking token): close thinking.
             self.forced = self.budget_close.clone();
+            self.forced_answer = false;
         }
         if self.forced.is_empty()
             && !self.in_reasoning()
             && let Some(prefix) = self.answer_prefix.take()
         {
             self.forced = prefix;
+            self.forced_answer = true;
         }
         // Never sample the embedding's padding rows past the tokenizer's vocabulary.
         let row = &logits[..logits.len().min(self.vocab_limit)];
@@ -313,6 +327,7 @@ impl Decoder {
         let constrained = self.json.is_some() && !self.in_reasoning();
         let schema_on = self.schema.is_some() && !self.in_reasoning();
         let sampled = self.forced.is_empty();
+        let answer_token = sampled || self.forced_answer;
         let token = if sampled {
             match self.json.as_ref().filter(|_| constrained) {
                 Some(json) => {
@@ -343,9 +358,10 @@ impl Decoder {
             return Step::Finished { unfed: None };
         }
         let mut json_done = None;
-        // Forced tokens (the rest of a budget's `\n</think>\n\n`) are not the answer's.
+        // Forced tokens closing thinking (the rest of a budget's `\n</think>\n\n`) are not
+        // the answer's; a forced answer prefix (a required call's opening) is.
         if schema_on
-            && sampled
+            && answer_token
             && let Some(schema) = self.schema.as_mut()
         {
             if !schema.consume(token) {

@@ -70,6 +70,12 @@ pub struct GenerateOptions {
     /// ([`crate::schema`]); generation stops when the value is complete. Checked when the
     /// decoder is made (an unsupported schema is an error naming it).
     pub json_schema: Option<serde_json::Value>,
+    /// Constrain tool calls in the answer to the offered tools' schemas (`parser.tools`:
+    /// a tool defined with `strict: true`): [`crate::schema::SchemaIndex::compile_tool_calls`].
+    pub strict_tools: bool,
+    /// With `strict_tools`: at most one call (`parallel_tool_calls: false`,
+    /// `disable_parallel_tool_use`), after which the answer can only end.
+    pub single_call: bool,
 }
 
 /// Why generation ended.

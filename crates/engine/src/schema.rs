@@ -1,4 +1,5 @@
-//! Structured outputs: an answer constrained to a JSON Schema, by llguidance (the grammar
+//! Structured outputs: an answer constrained to a JSON Schema, or its tool calls to the
+//! offered tools' schemas ([`SchemaIndex::compile_tool_calls`]), by llguidance (the grammar
 //! engine llama.cpp, vLLM and SGLang use). Before each token of the answer is sampled, every
 //! token that could not continue a JSON value valid against the schema is masked; when the
 //! value is complete the answer ends as the end-of-turn token would end it. Reasoning before
@@ -101,6 +102,133 @@ impl SchemaIndex {
             end: self.end,
         })
     }
+}
+
+impl SchemaIndex {
+    /// A matcher for answers whose tool calls follow `tools` exactly: any text, then calls in
+    /// the Qwen template's XML format (`<tool_call>\n<function=NAME>\n<parameter=KEY>\nVALUE
+    /// \n</parameter>\n…</function>\n</tool_call>`), each naming an offered function, with
+    /// its parameters in the schema's property order (required ones present, no others) and
+    /// each value valid against its schema: a string (its `enum`, or text within its
+    /// `minLength`/`maxLength`) as raw text, anything else as JSON written as the template's
+    /// `tojson` writes it. With `single_call`, at most one call.
+    pub fn compile_tool_calls(
+        &self,
+        tools: &[crate::parser::ToolSpec],
+        single_call: bool,
+    ) -> Result<SchemaConstraint, String> {
+        let lark = tool_call_grammar(tools, single_call)?;
+        let parser = self
+            .factory
+            .create_parser(TopLevelGrammar::from_lark(lark))
+            .map_err(|e| e.to_string())?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(e);
+        }
+        Ok(SchemaConstraint {
+            matcher,
+            end: self.end,
+        })
+    }
+}
+
+/// A Lark string literal of `s`.
+fn lark_str(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+/// The Lark grammar of answers calling `tools` (see [`SchemaIndex::compile_tool_calls`]).
+fn tool_call_grammar(
+    tools: &[crate::parser::ToolSpec],
+    single_call: bool,
+) -> Result<String, String> {
+    let calls = if single_call { "call?" } else { "call*" };
+    let mut g = format!("start: TEXT {calls}\nTEXT: /(?s:.*)/\nSEP: /\\n*/\n");
+    let fns: Vec<String> = (0..tools.len()).map(|i| format!("f{i}")).collect();
+    g.push_str(&format!(
+        "call: <tool_call> \"\\n\" ({}) \"\\n\" </tool_call> SEP\n",
+        fns.join(" | ")
+    ));
+    for (i, tool) in tools.iter().enumerate() {
+        let props = tool
+            .parameters
+            .get("properties")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let required: Vec<&str> = tool
+            .parameters
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut params = Vec::new();
+        for (j, (key, schema)) in props.iter().enumerate() {
+            let rule = format!("p{i}_{j}");
+            params.push(if required.contains(&key.as_str()) {
+                rule.clone()
+            } else {
+                format!("{rule}?")
+            });
+            let head = lark_str(&format!("<parameter={key}>\n"));
+            let string_enum = schema
+                .get("enum")
+                .and_then(Value::as_array)
+                .is_some_and(|o| !o.is_empty() && o.iter().all(Value::is_string));
+            let kind = match schema.get("type").and_then(Value::as_str) {
+                _ if string_enum => Some("string"),
+                k => k,
+            };
+            let value = match kind {
+                Some("string") => match schema.get("enum").and_then(Value::as_array) {
+                    Some(options) => {
+                        let alts: Vec<String> = options
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(|o| lark_str(&format!("{o}\n</parameter>\n")))
+                            .collect();
+                        if alts.is_empty() {
+                            return Err(format!("`{}.{key}`: an enum with no strings", tool.name));
+                        }
+                        format!("({})", alts.join(" | "))
+                    }
+                    None => {
+                        let min = schema.get("minLength").and_then(Value::as_u64).unwrap_or(0);
+                        let max = schema
+                            .get("maxLength")
+                            .and_then(Value::as_u64)
+                            .map_or(String::new(), |m| m.to_string());
+                        g.push_str(&format!(
+                            "v{i}_{j}[suffix=\"\\n</parameter>\\n\"]: /(?s:.{{{min},{max}}})/\n"
+                        ));
+                        format!("v{i}_{j}")
+                    }
+                },
+                _ => {
+                    let mut sub = schema.clone();
+                    if let Some(o) = sub.as_object_mut() {
+                        o.insert(
+                            "x-guidance".into(),
+                            json!({"whitespace_flexible": false, "item_separator": ", ",
+                                   "key_separator": ": "}),
+                        );
+                    }
+                    format!("%json {sub} {}", lark_str("\n</parameter>\n"))
+                }
+            };
+            g.push_str(&format!("{rule}: {head} {value}\n"));
+        }
+        g.push_str(&format!(
+            "f{i}: {} {} {}\n",
+            lark_str(&format!("<function={}>\n", tool.name)),
+            params.join(" "),
+            lark_str("</function>")
+        ));
+    }
+    Ok(g)
 }
 
 /// One answer's schema constraint.

@@ -39,6 +39,8 @@ fn options(seed: u64, max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         json_object: false,
         json_schema: None,
+        strict_tools: false,
+        single_call: false,
         sampling: SamplingParams {
             temperature: 1.0,
             top_k: 50,

@@ -41,6 +41,8 @@ fn options(json_object: bool, seed: Option<u64>, max_tokens: usize) -> GenerateO
     GenerateOptions {
         json_object,
         json_schema: None,
+        strict_tools: false,
+        single_call: false,
         sampling: SamplingParams {
             temperature: if seed.is_some() { 1.0 } else { 0.0 },
             top_k: 0,

@@ -42,6 +42,8 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         json_object: false,
         json_schema: None,
+        strict_tools: false,
+        single_call: false,
         sampling: SamplingParams {
             temperature: 0.0,
             ..SamplingParams::default()

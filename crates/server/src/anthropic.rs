@@ -382,6 +382,8 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
     let opts = GenerateOptions {
         json_object: false,
         json_schema: None,
+        strict_tools: shared::strict_tools(state, &f, &r.tools, r.first_call_only)?,
+        single_call: r.first_call_only,
         sampling: shared::sampling(&f, &state.bundle.defaults)?,
         max_tokens,
         stop_strings: shared::stop_strings(&f, "stop_sequences")?,

@@ -437,6 +437,8 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     let opts = GenerateOptions {
         json_object: format == shared::OutputFormat::JsonObject,
         json_schema: format.schema(),
+        strict_tools: shared::strict_tools(state, &f, &rendered.tools, calls.first_only)?,
+        single_call: calls.first_only,
         sampling,
         max_tokens,
         stop_strings: shared::stop_strings(&f, "stop")?,
@@ -909,6 +911,8 @@ fn plan_completion(
     let opts = GenerateOptions {
         json_object: format == shared::OutputFormat::JsonObject,
         json_schema: format.schema(),
+        strict_tools: false,
+        single_call: false,
         sampling: shared::sampling(&f, &state.bundle.defaults)?,
         max_tokens,
         stop_strings: shared::stop_strings(&f, "stop")?,

@@ -430,6 +430,8 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
     let opts = GenerateOptions {
         json_object: format == shared::OutputFormat::JsonObject,
         json_schema: format.schema(),
+        strict_tools: shared::strict_tools(state, &f, &rendered.tools, calls.first_only)?,
+        single_call: calls.first_only,
         sampling: shared::sampling(&f, &state.bundle.defaults)?,
         max_tokens,
         stop_strings: Vec::new(),

@@ -66,6 +66,40 @@ pub fn sampling(f: &Fields<'_>, base: &SamplingParams) -> Result<SamplingParams,
     Ok(p)
 }
 
+/// Whether any of a request's `tools` asks for strict arguments (`strict: true`, or
+/// `function.strict: true` in chat): then the tool calls of the answer are constrained to the
+/// tools' schemas (`GenerateOptions::strict_tools`).
+pub fn any_strict(tools: Option<&Vec<serde_json::Value>>) -> bool {
+    let strict = |v: Option<&serde_json::Value>| v == Some(&serde_json::Value::Bool(true));
+    tools
+        .into_iter()
+        .flatten()
+        .any(|t| strict(t.get("strict")) || strict(t.get("function").and_then(|f| f.get("strict"))))
+}
+
+/// [`any_strict`] for the request's `tools`, checked: when strict, the grammar of calls to
+/// the offered tools (`specs`) is compiled now, and one the engine cannot enforce is a 400
+/// naming `tools` and why.
+pub fn strict_tools(
+    state: &AppState,
+    f: &Fields<'_>,
+    specs: &[qinfer_engine::parser::ToolSpec],
+    single_call: bool,
+) -> Result<bool, ApiError> {
+    if !any_strict(f.array("tools")?) || specs.is_empty() {
+        return Ok(false);
+    }
+    state
+        .bundle
+        .tokenizer
+        .schema_index()
+        .and_then(|index| index.compile_tool_calls(specs, single_call))
+        .map_err(|e| {
+            ApiError::invalid("tools", format!("strict `tools` cannot be enforced: {e}"))
+        })?;
+    Ok(true)
+}
+
 /// What form the answer takes (chat `response_format`, Responses `text.format`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum OutputFormat {

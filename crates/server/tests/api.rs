@@ -55,6 +55,8 @@ fn reference(user: &str, max_tokens: usize) -> (String, String) {
     let opts = GenerateOptions {
         json_object: false,
         json_schema: None,
+        strict_tools: false,
+        single_call: false,
         sampling: greedy(),
         max_tokens,
         stop_strings: Vec::new(),
