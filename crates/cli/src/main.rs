@@ -6,6 +6,7 @@ mod bench;
 mod chat;
 mod generate;
 mod inspect;
+mod models;
 mod pull;
 mod quantize;
 mod serve;
@@ -47,8 +48,18 @@ enum Command {
     Render(text::RenderArgs),
     /// Show a model's architecture, layer pattern, parameter count, dtypes and tensor table.
     Inspect(InspectArgs),
-    /// Download a model from the Hugging Face Hub into the local cache (resumable).
+    /// Download a model from the Hugging Face Hub into the local cache (resumable):
+    /// `REPO` (safetensors), or `REPO:TAG` for one GGUF quant of a GGUF repo.
     Pull(PullArgs),
+    /// List the models in the local cache: name (REPO or REPO:TAG), format, size, last use.
+    List,
+    /// Remove a model from the local cache: a whole repo, or one GGUF quant (REPO:TAG).
+    Rm(RmArgs),
+    /// Show the models a running `qinfer serve` has loaded (via its HTTP API).
+    Ps(PsArgs),
+    /// A short summary of a model: architecture, parameters, context, weights, template
+    /// features, vision, MTP (`inspect` prints everything).
+    Show(InspectArgs),
     /// Write a model as a llama.cpp-compatible GGUF file of a given type.
     Quantize(quantize::QuantizeArgs),
     /// Serve a model over HTTP: OpenAI and Anthropic APIs, continuous batching.
@@ -64,8 +75,27 @@ struct InspectArgs {
 }
 
 #[derive(Args, Debug)]
+struct RmArgs {
+    /// REPO or REPO:TAG, as `qinfer list` names it.
+    model: String,
+}
+
+#[derive(Args, Debug)]
+struct PsArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The server's API key, if it has one (also QINFER_API_KEY).
+    #[arg(long)]
+    api_key: Option<String>,
+}
+
+#[derive(Args, Debug)]
 struct PullArgs {
-    /// Repo id, e.g. Qwen/Qwen3.6-27B.
+    /// Repo id, e.g. Qwen/Qwen3.6-27B, or REPO:TAG for one quant of a GGUF repo
+    /// (e.g. unsloth/Qwen3.6-27B-GGUF:Q4_K_M; without a tag a GGUF repo's largest quant that
+    /// fits the available memory is chosen, and said).
     repo: String,
     /// Branch, tag or commit.
     #[arg(long, default_value = "main")]
@@ -167,7 +197,39 @@ fn main() -> ExitCode {
         Command::Quantize(a) => quantize::quantize(a),
         Command::Serve(a) => serve::serve(a),
         Command::Bench(a) => bench::run(&a),
-        Command::Pull(a) => pull::pull(&pull::PullOptions::from_env(&a.repo, &a.revision, a.all))
+        Command::Show(a) => resolve_model(&a.model).and_then(|m| {
+            models::show(
+                &a.model.to_string_lossy(),
+                &m,
+                &mut std::io::stdout().lock(),
+            )
+        }),
+        Command::List => models::list(
+            &qinfer_formats::hf_cache::hub_cache_dir(),
+            &mut std::io::stdout().lock(),
+        ),
+        Command::Rm(a) => models::rm(
+            &a.model,
+            &qinfer_formats::hf_cache::hub_cache_dir(),
+            &mut std::io::stdout().lock(),
+        ),
+        Command::Ps(a) => {
+            let key = a
+                .api_key
+                .clone()
+                .or_else(|| std::env::var("QINFER_API_KEY").ok())
+                .filter(|k| !k.is_empty());
+            models::ps(
+                &format!("{}:{}", a.host, a.port),
+                key.as_deref(),
+                &mut std::io::stdout().lock(),
+            )
+        }
+        Command::Pull(a) => models::expand_short_name(&a.repo)
+            .and_then(|short| {
+                let name = short.unwrap_or_else(|| a.repo.clone());
+                pull::pull(&pull::PullOptions::from_env(&name, &a.revision, a.all))
+            })
             .and_then(|dir| {
                 writeln!(std::io::stdout().lock(), "{}", dir.display())?;
                 Ok(())
@@ -183,13 +245,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// A path as is, or a repo id resolved in the Hugging Face cache.
+/// A path as is, or a repo id (`REPO`, `REPO:TAG`) resolved in the Hugging Face cache (and
+/// its use recorded for `qinfer list`).
 pub fn resolve_model(arg: &Path) -> Result<PathBuf> {
-    let text = arg.to_string_lossy();
-    Ok(qinfer_formats::hf_cache::resolve(
-        &text,
-        &qinfer_formats::hf_cache::hub_cache_dir(),
-    )?)
+    let given = arg.to_string_lossy();
+    let expanded = if arg.exists() {
+        None
+    } else {
+        models::expand_short_name(&given)?
+    };
+    let text = expanded.as_deref().unwrap_or(&given);
+    let arg = Path::new(text);
+    let resolved =
+        qinfer_formats::hf_cache::resolve(text, &qinfer_formats::hf_cache::hub_cache_dir())?;
+    if !arg.exists() {
+        models::touch(text);
+    }
+    Ok(resolved)
 }
 
 /// Whether `path` is a GGUF file (by its magic bytes).

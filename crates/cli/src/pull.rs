@@ -42,6 +42,9 @@ fn wanted(path: &str) -> bool {
 #[derive(Debug)]
 pub struct PullOptions<'a> {
     pub repo: &'a str,
+    /// A GGUF quant tag (`REPO:TAG`): that file (all parts of a split one) and the repo's
+    /// vision projector, nothing else.
+    pub tag: Option<&'a str>,
     pub revision: &'a str,
     pub cache: PathBuf,
     pub endpoint: String,
@@ -51,10 +54,13 @@ pub struct PullOptions<'a> {
 }
 
 impl<'a> PullOptions<'a> {
-    /// Options from the environment (`HF_ENDPOINT`, `HF_TOKEN`, the HF cache variables).
-    pub fn from_env(repo: &'a str, revision: &'a str, all_files: bool) -> Self {
+    /// Options from the environment (`HF_ENDPOINT`, `HF_TOKEN`, the HF cache variables) for
+    /// `REPO` or `REPO:TAG`.
+    pub fn from_env(model: &'a str, revision: &'a str, all_files: bool) -> Self {
+        let (repo, tag) = hf_cache::split_tag(model);
         PullOptions {
             repo,
+            tag,
             revision,
             cache: hf_cache::hub_cache_dir(),
             endpoint: std::env::var("HF_ENDPOINT")
@@ -68,7 +74,8 @@ impl<'a> PullOptions<'a> {
     }
 }
 
-/// Downloads (or completes) a repo snapshot; returns its directory.
+/// Downloads (or completes) a repo snapshot; returns its directory, or with a tag the model
+/// GGUF file (its first part).
 pub fn pull(o: &PullOptions<'_>) -> Result<PathBuf> {
     if !hf_cache::is_repo_id(o.repo) {
         bail!(
@@ -101,7 +108,7 @@ pub fn pull(o: &PullOptions<'_>) -> Result<PathBuf> {
 
     // 1. The file list and the commit.
     let api = format!(
-        "{}/api/models/{}/revision/{}",
+        "{}/api/models/{}/revision/{}?blobs=true",
         o.endpoint, o.repo, o.revision
     );
     let mut resp = auth(agent.get(&api)).call().map_err(offline)?;
@@ -128,16 +135,44 @@ pub fn pull(o: &PullOptions<'_>) -> Result<PathBuf> {
     if sha.is_empty() || !sha.chars().all(|c| c.is_ascii_alphanumeric()) {
         bail!("hub answer has an invalid commit sha {sha:?}");
     }
-    let files: Vec<String> = info["siblings"]
+    let siblings = info["siblings"]
         .as_array()
-        .context("hub answer has no file list")?
+        .context("hub answer has no file list")?;
+    let listed: Vec<String> = siblings
         .iter()
         .filter_map(|s| s["rfilename"].as_str())
-        .filter(|p| o.all_files || wanted(p))
         .map(String::from)
         .collect();
+    let size_of = |name: &str| {
+        siblings
+            .iter()
+            .find(|s| s["rfilename"] == name)
+            .and_then(|s| s["lfs"]["size"].as_u64().or_else(|| s["size"].as_u64()))
+    };
+    let gguf_only = listed.iter().any(|f| hf_cache::is_model_gguf(f))
+        && !listed.iter().any(|f| f.ends_with(".safetensors"));
+    let tag = match o.tag {
+        Some(t) => Some(t.to_string()),
+        None if gguf_only && !o.all_files => Some(choose_tag(o.repo, &listed, &size_of)?),
+        None => None,
+    };
+    let files: Vec<String> = match &tag {
+        Some(t) => {
+            let mut f = hf_cache::select_tag(o.repo, &listed, t)?;
+            f.extend(hf_cache::mmproj(&listed));
+            f
+        }
+        None => listed
+            .iter()
+            .filter(|p| o.all_files || wanted(p))
+            .cloned()
+            .collect(),
+    };
     if files.is_empty() {
         bail!("{} has no model files to download", o.repo);
+    }
+    if let Some(needed) = files.iter().map(|f| size_of(f)).sum::<Option<u64>>() {
+        check_disk(&o.cache, needed)?;
     }
 
     let folder = hf_cache::repo_folder(&o.cache, o.repo);
@@ -188,7 +223,139 @@ pub fn pull(o: &PullOptions<'_>) -> Result<PathBuf> {
         std::fs::create_dir_all(&refs)?;
         std::fs::write(refs.join(o.revision.replace('/', "--")), &sha)?;
     }
-    Ok(snapshot)
+    Ok(match tag {
+        Some(_) => snapshot.join(&files[0]),
+        None => snapshot,
+    })
+}
+
+/// The memory a model may take: `QINFER_MEMORY_LIMIT` (bytes) if set, else the memory the
+/// system reports available (`MemAvailable`), if it reports it.
+fn memory_limit() -> Option<u64> {
+    if let Some(v) = std::env::var("QINFER_MEMORY_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Some(v);
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn gb(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / 1e9)
+}
+
+/// A GGUF repo pulled without a tag: the largest quant whose files fit the memory limit
+/// (with 10% to spare for the context), said on stderr; an error listing the tags when none
+/// fits or sizes are unknown.
+fn choose_tag(
+    repo: &str,
+    files: &[String],
+    size_of: &dyn Fn(&str) -> Option<u64>,
+) -> Result<String> {
+    let mut options: Vec<(String, Option<u64>)> = hf_cache::tags(files)
+        .into_iter()
+        .map(|t| {
+            let size = hf_cache::select_tag(repo, files, &t)
+                .ok()
+                .and_then(|fs| fs.iter().map(|f| size_of(f)).sum::<Option<u64>>());
+            (t, size)
+        })
+        .collect();
+    options.sort_by_key(|(_, s)| std::cmp::Reverse(s.unwrap_or(0)));
+    let listing: Vec<String> = options
+        .iter()
+        .map(|(t, s)| match s {
+            Some(s) => format!("{t} ({})", gb(*s)),
+            None => t.clone(),
+        })
+        .collect();
+    let limit = memory_limit();
+    if let Some(limit) = limit
+        && let Some((tag, Some(size))) = options
+            .iter()
+            .find(|(_, s)| s.is_some_and(|s| s.saturating_mul(10) / 9 <= limit))
+    {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "{repo} has GGUF quants {}; pulling {tag} ({}), the largest that fits the {} of              memory available (name another with {repo}:TAG)",
+            listing.join(", "),
+            gb(*size),
+            gb(limit)
+        );
+        return Ok(tag.clone());
+    }
+    bail!(
+        "{repo} is a GGUF repo: name a quant with `qinfer pull {repo}:TAG`; its tags: {}{}",
+        listing.join(", "),
+        match limit {
+            Some(l) => format!(" (none fits the {} of memory available)", gb(l)),
+            None => String::new(),
+        }
+    )
+}
+
+/// Fails if the cache's file system has less than `needed` bytes free (the whole download,
+/// checked before it starts).
+fn check_disk(cache: &Path, needed: u64) -> Result<()> {
+    std::fs::create_dir_all(cache)?;
+    let free = fs2_free(cache);
+    if let Some(free) = free
+        && free < needed
+    {
+        bail!(
+            "not enough disk space in {}: the files need {}, {} is free",
+            cache.display(),
+            gb(needed),
+            gb(free)
+        );
+    }
+    Ok(())
+}
+
+/// Free bytes on the file system holding `path` for an unprivileged user; `QINFER_DISK_FREE`
+/// (bytes) overrides it (tests, or to keep headroom).
+fn fs2_free(path: &Path) -> Option<u64> {
+    if let Some(v) = std::env::var("QINFER_DISK_FREE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Some(v);
+    }
+    free_bytes(path)
+}
+
+#[cfg(unix)]
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is writable memory of the type statvfs
+    // fills; it is read only when the call reports success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u32 on some, u64 on others).
+    #[allow(clippy::unnecessary_cast)]
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_: &Path) -> Option<u64> {
+    None
 }
 
 /// Appends to `blob.incomplete` from where it stopped.

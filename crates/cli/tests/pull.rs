@@ -64,6 +64,7 @@ fn serve(mut s: TcpStream, big: &[u8], big_sha: &str, cut: &AtomicUsize, log: &M
     }
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or(path);
     log.lock()
         .unwrap()
         .push(format!("{method} {path} {range:?}"));

@@ -1,0 +1,488 @@
+//! Getting and managing GGUF models (issue 23) against a local stand-in for the Hugging Face
+//! Hub (loopback only): `qinfer pull REPO:TAG` fetches exactly that quant (all parts of a
+//! split one) and the vision projector, resumes an interrupted download, verifies SHA-256,
+//! names the available tags for a wrong one, picks a quant that fits when none is named, and
+//! refuses when the disk is too small; `qinfer list` / `rm` round-trip; `REPO:TAG` runs; `qinfer
+//! ps` reads a running server.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+const SHA: &str = "89abcdef0123456789abcdef0123456789abcdef";
+const REPO: &str = "Org/Tiny-GGUF";
+
+fn fixture(rel: &str) -> Vec<u8> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf");
+    std::fs::read(root.join(rel)).unwrap()
+}
+
+/// The repo's files: real tiny GGUF fixtures under quant names, a split one, two projectors.
+fn files() -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("README.md".into(), b"# Tiny GGUF".to_vec()),
+        ("tiny-Q8_0.gguf".into(), fixture("tiny-dense-q8_0.gguf")),
+        (
+            "tiny-Q4_K_M.gguf".into(),
+            fixture("llama/tiny-dense-q4_k_m.gguf"),
+        ),
+        (
+            "F32/tiny-dense-f32-00001-of-00002.gguf".into(),
+            fixture("split/tiny-dense-f32-00001-of-00002.gguf"),
+        ),
+        (
+            "F32/tiny-dense-f32-00002-of-00002.gguf".into(),
+            fixture("split/tiny-dense-f32-00002-of-00002.gguf"),
+        ),
+        ("mmproj-BF16.gguf".into(), vec![7u8; 1000]),
+        ("mmproj-F16.gguf".into(), vec![9u8; 1000]),
+    ]
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+struct Hub {
+    port: u16,
+    /// Full-body GETs of `tiny-Q8_0.gguf` cut off halfway before one succeeds.
+    cut: Arc<AtomicUsize>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+fn start_hub(cut_first: usize) -> Hub {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = Arc::new(AtomicUsize::new(cut_first));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (c, l) = (cut.clone(), log.clone());
+    std::thread::spawn(move || {
+        let files = files();
+        for stream in listener.incoming().flatten() {
+            serve(stream, &files, &c, &l);
+        }
+    });
+    Hub { port, cut, log }
+}
+
+fn serve(
+    mut s: TcpStream,
+    files: &[(String, Vec<u8>)],
+    cut: &AtomicUsize,
+    log: &Mutex<Vec<String>>,
+) {
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut range: Option<usize> = None;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            range = v.trim().trim_end_matches('-').parse().ok();
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or(path).to_string();
+    log.lock()
+        .unwrap()
+        .push(format!("{method} {path} {range:?}"));
+    let send = |s: &mut TcpStream, status: &str, headers: &str, body: &[u8], len: usize| {
+        let head = format!(
+            "HTTP/1.1 {status}\r\n{headers}Content-Length: {len}\r\nConnection: close\r\n\r\n"
+        );
+        let _ = s.write_all(head.as_bytes());
+        if method != "HEAD" {
+            let _ = s.write_all(body);
+        }
+    };
+    let listing = || {
+        let siblings: Vec<serde_json::Value> = files
+            .iter()
+            .map(|(n, b)| {
+                serde_json::json!({"rfilename": n, "size": b.len(),
+                "lfs": {"sha256": sha256_hex(b), "size": b.len()}})
+            })
+            .collect();
+        serde_json::json!({"sha": SHA, "siblings": siblings}).to_string()
+    };
+    let resolve = format!("/{REPO}/resolve/{SHA}/");
+    if path == format!("/api/models/{REPO}/revision/main") {
+        let l = listing();
+        send(&mut s, "200 OK", "", l.as_bytes(), l.len());
+    } else if let Some(name) = path.strip_prefix(&resolve) {
+        match files.iter().position(|(n, _)| n == name) {
+            Some(i) => {
+                let b = &files[i].1;
+                let h = format!(
+                    "Location: /lfs/{i}\r\nX-Linked-Etag: \"{}\"\r\nX-Linked-Size: {}\r\n",
+                    sha256_hex(b),
+                    b.len()
+                );
+                send(&mut s, "302 Found", &h, b"", 0);
+            }
+            None => send(&mut s, "404 Not Found", "", b"", 0),
+        }
+    } else if let Some(i) = path
+        .strip_prefix("/lfs/")
+        .and_then(|i| i.parse::<usize>().ok())
+    {
+        let (name, b) = &files[i];
+        match range {
+            Some(from) => {
+                let h = format!(
+                    "Content-Range: bytes {from}-{}/{}\r\n",
+                    b.len() - 1,
+                    b.len()
+                );
+                send(
+                    &mut s,
+                    "206 Partial Content",
+                    &h,
+                    &b[from..],
+                    b.len() - from,
+                );
+            }
+            None if name == "tiny-Q8_0.gguf" && cut.load(Ordering::SeqCst) > 0 => {
+                cut.fetch_sub(1, Ordering::SeqCst);
+                send(&mut s, "200 OK", "", &b[..b.len() / 2], b.len());
+            }
+            None => send(&mut s, "200 OK", "", b, b.len()),
+        }
+    } else {
+        send(&mut s, "404 Not Found", "", b"", 0);
+    }
+    let _ = s.flush();
+}
+
+/// Runs `qinfer ARGS` against the hub, with `cache` as the HF cache and the last-use record.
+fn qinfer(hub: u16, cache: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qinfer"));
+    c.args(args)
+        .env("HF_ENDPOINT", format!("http://127.0.0.1:{hub}"))
+        .env("HF_HUB_CACHE", cache.join("hub"))
+        .env("XDG_CACHE_HOME", cache.join("xdg"))
+        .env("XDG_CONFIG_HOME", cache.join("no-config"))
+        .env_remove("HF_TOKEN")
+        .env_remove("QINFER_MEMORY_LIMIT")
+        .env_remove("QINFER_DISK_FREE");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The files fetched (bodies requested), by name.
+fn fetched(hub: &Hub) -> Vec<String> {
+    let names: Vec<String> = files().into_iter().map(|(n, _)| n).collect();
+    let mut got: Vec<String> = hub
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.strip_prefix("GET /lfs/"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<usize>().ok())
+        .map(|i| names[i].clone())
+        .collect();
+    got.sort();
+    got.dedup();
+    got
+}
+
+#[test]
+fn pull_by_tag_fetches_that_quant_resumes_and_runs() {
+    let hub = start_hub(1);
+    let cache = tempfile::tempdir().unwrap();
+    let tag = format!("{REPO}:q8_0");
+    let first = qinfer(hub.port, cache.path(), &["pull", &tag], &[]);
+    assert!(!first.status.success());
+    assert!(
+        text(&first).contains("run the same command again to resume"),
+        "{}",
+        text(&first)
+    );
+    let second = qinfer(hub.port, cache.path(), &["pull", &tag], &[]);
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(hub.cut.load(Ordering::SeqCst), 0);
+    assert!(
+        hub.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("GET /lfs/1 Some(")),
+        "resumed with a Range"
+    );
+    assert_eq!(fetched(&hub), ["mmproj-F16.gguf", "tiny-Q8_0.gguf"]);
+    let path = String::from_utf8_lossy(&second.stdout).trim().to_string();
+    assert!(
+        path.ends_with(&format!("snapshots/{SHA}/tiny-Q8_0.gguf")),
+        "{path}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        fixture("tiny-dense-q8_0.gguf")
+    );
+
+    // The tag runs, from the cache.
+    let run = qinfer(
+        hub.port,
+        cache.path(),
+        &[
+            "generate",
+            &tag,
+            "--ids",
+            "1,2,3",
+            "--max-tokens",
+            "2",
+            "--temperature",
+            "0",
+        ],
+        &[],
+    );
+    assert!(run.status.success(), "{}", text(&run));
+
+    // A split quant: both parts; it loads from its first part.
+    let f32 = format!("{REPO}:F32");
+    let o = qinfer(hub.port, cache.path(), &["pull", &f32], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        fetched(&hub)
+            .iter()
+            .filter(|f| f.starts_with("F32/"))
+            .count()
+            == 2
+    );
+    let run = qinfer(
+        hub.port,
+        cache.path(),
+        &[
+            "generate",
+            &f32,
+            "--ids",
+            "1,2",
+            "--max-tokens",
+            "1",
+            "--temperature",
+            "0",
+        ],
+        &[],
+    );
+    assert!(run.status.success(), "{}", text(&run));
+}
+
+#[test]
+fn wrong_or_missing_tags_and_small_disks_are_explained() {
+    let hub = start_hub(0);
+    let cache = tempfile::tempdir().unwrap();
+    let o = qinfer(
+        hub.port,
+        cache.path(),
+        &["pull", &format!("{REPO}:Q5_K_M")],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("no GGUF file tagged Q5_K_M; its tags: F32, Q4_K_M, Q8_0"),
+        "{}",
+        text(&o)
+    );
+
+    // No tag: the largest quant that fits the memory, said; none fits: the list.
+    let q4 = fixture("llama/tiny-dense-q4_k_m.gguf").len();
+    let limit = (q4 * 12 / 10).to_string();
+    let o = qinfer(
+        hub.port,
+        cache.path(),
+        &["pull", REPO],
+        &[("QINFER_MEMORY_LIMIT", &limit)],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("pulling Q4_K_M"), "{}", text(&o));
+    assert!(fetched(&hub).contains(&"tiny-Q4_K_M.gguf".to_string()));
+    let o = qinfer(
+        hub.port,
+        cache.path(),
+        &["pull", REPO],
+        &[("QINFER_MEMORY_LIMIT", "10")],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("name a quant with `qinfer pull Org/Tiny-GGUF:TAG`"),
+        "{}",
+        text(&o)
+    );
+
+    // Disk too small: refused before anything is written.
+    let o = qinfer(
+        hub.port,
+        cache.path(),
+        &["pull", &format!("{REPO}:Q8_0")],
+        &[("QINFER_DISK_FREE", "100")],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not enough disk space"), "{}", text(&o));
+    assert!(!fetched(&hub).contains(&"tiny-Q8_0.gguf".to_string()));
+}
+
+#[test]
+fn list_and_rm_round_trip() {
+    let hub = start_hub(0);
+    let cache = tempfile::tempdir().unwrap();
+    for t in ["Q8_0", "F32"] {
+        let o = qinfer(
+            hub.port,
+            cache.path(),
+            &["pull", &format!("{REPO}:{t}")],
+            &[],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let _ = qinfer(
+        hub.port,
+        cache.path(),
+        &[
+            "generate",
+            &format!("{REPO}:Q8_0"),
+            "--ids",
+            "1",
+            "--max-tokens",
+            "1",
+        ],
+        &[],
+    );
+    let list = text(&qinfer(hub.port, cache.path(), &["list"], &[]));
+    let row = |name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(str::to_string)
+    };
+    let q8 = row(&format!("{REPO}:Q8_0")).unwrap_or_else(|| panic!("{list}"));
+    assert!(q8.contains("gguf") && q8.contains("just now"), "{list}");
+    assert!(
+        row(&format!("{REPO}:F32")).unwrap().contains("never"),
+        "{list}"
+    );
+
+    // `show`: the short summary, the projector beside the GGUF found.
+    let show = text(&qinfer(
+        hub.port,
+        cache.path(),
+        &["show", &format!("{REPO}:Q8_0")],
+        &[],
+    ));
+    for want in [
+        "qwen3_5_text: 8 layers (6 Gated DeltaNet + 2 attention)",
+        "GGUF, mostly Q8_0",
+        "thinking, tools",
+        "vision        yes (mmproj-F16.gguf)",
+        "MTP           1 layer(s)",
+    ] {
+        assert!(show.contains(want), "{want}: {show}");
+    }
+
+    let blobs = cache.path().join("hub/models--Org--Tiny-GGUF/blobs");
+    let count = || std::fs::read_dir(&blobs).unwrap().count();
+    let before = count();
+    let o = qinfer(
+        hub.port,
+        cache.path(),
+        &["rm", &format!("{REPO}:Q8_0")],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(count(), before - 1, "its blob is gone, the others stay");
+    let list = text(&qinfer(hub.port, cache.path(), &["list"], &[]));
+    assert!(!list.contains(":Q8_0") && list.contains(":F32"), "{list}");
+    let o = qinfer(hub.port, cache.path(), &["rm", REPO], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&qinfer(hub.port, cache.path(), &["list"], &[])).contains("no models"));
+    let o = qinfer(hub.port, cache.path(), &["rm", "Org/Nothing"], &[]);
+    assert!(
+        !o.status.success() && text(&o).contains("not in"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn ps_reads_a_running_server() {
+    let (mut child, _log, addr) = common::serve(&["--served-model-name", "qwen-local,alias"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+        .args(["ps", "--port", &addr.port().to_string()])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("qwen-local") && out.contains("also served as: alias"),
+        "{out}"
+    );
+}
+
+#[test]
+fn show_summarises_a_checkpoint_directory() {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-dense-bf16");
+    let o = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+        .arg("show")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("(dense)") && out.contains("safetensors"),
+        "{out}"
+    );
+}
+
+/// A short name from the user's file (`$XDG_CONFIG_HOME/qinfer/models.json`) pulls and runs
+/// like the `REPO:TAG` it names.
+#[test]
+fn short_names_from_the_users_file() {
+    let hub = start_hub(0);
+    let cache = tempfile::tempdir().unwrap();
+    let config = cache.path().join("config/qinfer");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("models.json"),
+        format!(r#"{{"tiny:q8": "{REPO}:Q8_0"}}"#),
+    )
+    .unwrap();
+    let xdg = cache.path().join("config");
+    let env = [("XDG_CONFIG_HOME", xdg.to_str().unwrap())];
+    let o = qinfer(hub.port, cache.path(), &["pull", "tiny:q8"], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(fetched(&hub).contains(&"tiny-Q8_0.gguf".to_string()));
+    let o = qinfer(hub.port, cache.path(), &["show", "tiny:q8"], &env);
+    assert!(
+        o.status.success() && text(&o).contains("Q8_0"),
+        "{}",
+        text(&o)
+    );
+}
