@@ -103,6 +103,13 @@ struct PullArgs {
     /// Download every file of the repo, not only what qinfer needs.
     #[arg(long)]
     all: bool,
+    /// Convert a safetensors checkpoint to a GGUF of this type in the cache (as `qinfer
+    /// quantize` does), then remove the shards; `REPO:TYPE` then names it.
+    #[arg(long, value_parser = quantize::parse_type, value_name = "TYPE")]
+    quant: Option<qinfer_model::export::FileType>,
+    /// With --quant: keep the downloaded shards.
+    #[arg(long, requires = "quant")]
+    keep: bool,
 }
 
 /// Sampling flags shared by `generate` and `run`. Unset flags keep the command's defaults.
@@ -228,7 +235,11 @@ fn main() -> ExitCode {
         Command::Pull(a) => models::expand_short_name(&a.repo)
             .and_then(|short| {
                 let name = short.unwrap_or_else(|| a.repo.clone());
-                pull::pull(&pull::PullOptions::from_env(&name, &a.revision, a.all))
+                let o = pull::PullOptions::from_env(&name, &a.revision, a.all);
+                match a.quant {
+                    Some(ty) => pull::pull_quantized(&o, ty, a.keep),
+                    None => pull::pull(&o),
+                }
             })
             .and_then(|dir| {
                 writeln!(std::io::stdout().lock(), "{}", dir.display())?;

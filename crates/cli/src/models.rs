@@ -192,30 +192,41 @@ pub fn rm(model: &str, cache: &Path, out: &mut impl Write) -> Result<()> {
     };
     let snapshot = hf_cache::resolve(repo, cache)?;
     let parts = hf_cache::select_tag(repo, &hf_cache::files_under(&snapshot), tag)?;
-    let mut blobs = Vec::new();
-    for p in &parts {
-        let link = snapshot.join(p);
-        if let Ok(target) = std::fs::canonicalize(&link) {
-            blobs.push(target);
-        }
-        std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
-    }
-    // Blobs that no file of any snapshot still links to.
-    let kept: HashSet<PathBuf> = walk(&folder.join("snapshots"))
-        .iter()
-        .filter_map(|p| std::fs::canonicalize(p).ok())
-        .collect();
-    let mut freed = 0;
-    for b in blobs.iter().filter(|b| !kept.contains(*b)) {
-        freed += size(b);
-        std::fs::remove_file(b).with_context(|| format!("removing {}", b.display()))?;
-    }
-    remove_empty_dirs(&folder.join("snapshots"));
+    let freed = remove_files(&folder, &snapshot, &parts)?;
     writeln!(out, "removed {repo}:{tag} ({})", human_size(freed))?;
     if walk(&folder.join("snapshots")).is_empty() {
         std::fs::remove_dir_all(&folder)?;
     }
     Ok(())
+}
+
+/// Removes `files` (paths relative to `snapshot`, a snapshot of the repo in `folder`) and
+/// every blob no remaining file of any snapshot links to; returns the bytes freed.
+pub fn remove_files(folder: &Path, snapshot: &Path, files: &[String]) -> Result<u64> {
+    let blobs_dir = folder.join("blobs");
+    let mut freed = 0;
+    let mut blobs = Vec::new();
+    for p in files {
+        let file = snapshot.join(p);
+        match std::fs::canonicalize(&file) {
+            Ok(target) if target.starts_with(std::fs::canonicalize(&blobs_dir)?) => {
+                blobs.push(target)
+            }
+            // A file written in place (a `pull --quant` GGUF): its own bytes.
+            _ => freed += size(&file),
+        }
+        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+    }
+    let kept: HashSet<PathBuf> = walk(&folder.join("snapshots"))
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    for b in blobs.iter().filter(|b| !kept.contains(*b)) {
+        freed += size(b);
+        std::fs::remove_file(b).with_context(|| format!("removing {}", b.display()))?;
+    }
+    remove_empty_dirs(&folder.join("snapshots"));
+    Ok(freed)
 }
 
 /// Every file (or link) under `dir`.

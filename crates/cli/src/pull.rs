@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use qinfer_formats::hf_cache;
+use qinfer_model::export::FileType;
 use sha2::{Digest, Sha256};
 
 /// Files a model needs; others (PyTorch `.bin`, GGUF copies, ONNX…) are skipped unless
@@ -51,6 +52,8 @@ pub struct PullOptions<'a> {
     pub token: Option<String>,
     pub all_files: bool,
     pub show_progress: bool,
+    /// Disk needed beyond the download, as a fraction of it (a GGUF written afterwards).
+    pub reserve_ratio: f64,
 }
 
 impl<'a> PullOptions<'a> {
@@ -70,6 +73,7 @@ impl<'a> PullOptions<'a> {
             token: std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()),
             all_files,
             show_progress: true,
+            reserve_ratio: 0.0,
         }
     }
 }
@@ -172,7 +176,10 @@ pub fn pull(o: &PullOptions<'_>) -> Result<PathBuf> {
         bail!("{} has no model files to download", o.repo);
     }
     if let Some(needed) = files.iter().map(|f| size_of(f)).sum::<Option<u64>>() {
-        check_disk(&o.cache, needed)?;
+        check_disk(
+            &o.cache,
+            needed.saturating_add((needed as f64 * o.reserve_ratio) as u64),
+        )?;
     }
 
     let folder = hf_cache::repo_folder(&o.cache, o.repo);
@@ -227,6 +234,59 @@ pub fn pull(o: &PullOptions<'_>) -> Result<PathBuf> {
         Some(_) => snapshot.join(&files[0]),
         None => snapshot,
     })
+}
+
+/// Bits per weight of a `qinfer quantize` type, roughly (its mixture's average), for the disk
+/// a conversion needs.
+fn bits_per_weight(ty: FileType) -> f64 {
+    match ty {
+        FileType::F32 => 32.0,
+        FileType::F16 | FileType::BF16 => 16.0,
+        FileType::Q8_0 => 8.5,
+        FileType::Q6_K => 6.6,
+        FileType::Q5_K_M => 5.7,
+        FileType::Q5_0 => 5.5,
+        FileType::Q4_K_M => 4.9,
+        FileType::Q4_0 => 4.5,
+        FileType::Q3_K_M => 3.9,
+        FileType::Q2_K => 3.0,
+    }
+}
+
+/// `qinfer pull REPO --quant TYPE [--keep]`: pulls a safetensors checkpoint, writes it as a
+/// GGUF of `ty` beside it in the cache (`NAME-TYPE.gguf`, so `REPO:TYPE` names it) — the same
+/// bytes `qinfer quantize` writes — and, unless `keep`, removes the shards. The disk for both
+/// is checked before the download starts. Returns the GGUF's path.
+pub fn pull_quantized(o: &PullOptions<'_>, ty: FileType, keep: bool) -> Result<PathBuf> {
+    if o.tag.is_some() {
+        bail!(
+            "--quant converts a safetensors checkpoint; {}:TAG already names a GGUF",
+            o.repo
+        );
+    }
+    let o = PullOptions {
+        reserve_ratio: bits_per_weight(ty) / 16.0 * 1.05,
+        tag: None,
+        cache: o.cache.clone(),
+        endpoint: o.endpoint.clone(),
+        token: o.token.clone(),
+        ..*o
+    };
+    let snapshot = pull(&o)?;
+    let shards: Vec<String> = hf_cache::files_under(&snapshot)
+        .into_iter()
+        .filter(|f| f.ends_with(".safetensors"))
+        .collect();
+    if shards.is_empty() {
+        bail!("{} has no safetensors checkpoint to quantize", o.repo);
+    }
+    let name = o.repo.rsplit('/').next().unwrap_or(o.repo);
+    let out = snapshot.join(format!("{name}-{}.gguf", ty.name()));
+    crate::quantize::write_gguf(&snapshot, &out, ty)?;
+    if !keep {
+        crate::models::remove_files(&hf_cache::repo_folder(&o.cache, o.repo), &snapshot, &shards)?;
+    }
+    Ok(out)
 }
 
 /// The memory a model may take: `QINFER_MEMORY_LIMIT` (bytes) if set, else the memory the

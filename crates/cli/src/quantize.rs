@@ -9,7 +9,7 @@ use qinfer_formats::gguf::{GgufFile, Value, keys};
 use qinfer_formats::hf_config::RawConfig;
 use qinfer_formats::safetensors::Checkpoint;
 use qinfer_model::ModelConfig;
-use qinfer_model::export::{FileType, export_gguf};
+use qinfer_model::export::{Exported, FileType, export_gguf};
 use qinfer_model::loader::Loader;
 use qinfer_model::names::Naming;
 
@@ -48,7 +48,7 @@ pub struct QuantizeArgs {
     threads: Option<usize>,
 }
 
-fn parse_type(s: &str) -> Result<FileType, String> {
+pub fn parse_type(s: &str) -> Result<FileType, String> {
     FileType::from_name(s).ok_or_else(|| {
         format!(
             "unknown type {s:?}; one of: {}",
@@ -60,12 +60,18 @@ fn parse_type(s: &str) -> Result<FileType, String> {
 pub fn quantize(args: QuantizeArgs) -> Result<()> {
     qinfer_cpu::init_threads(args.threads);
     let input = crate::resolve_model(&args.input)?;
-    if args.output.exists()
-        && std::fs::canonicalize(&args.output).ok() == std::fs::canonicalize(&input).ok()
-    {
+    let written = write_gguf(&input, &args.output, args.file_type)?;
+    report(&args.output, &written)
+}
+
+/// Writes `input` (a resolved model: checkpoint directory or GGUF) as a GGUF of `file_type`
+/// at `output`, through a `.partial` file renamed when complete (a failed or interrupted
+/// write never leaves a file at `output`).
+pub fn write_gguf(input: &Path, output: &Path, file_type: FileType) -> Result<Exported> {
+    if output.exists() && std::fs::canonicalize(output).ok() == std::fs::canonicalize(input).ok() {
         bail!("the output would overwrite the input {}", input.display());
     }
-    let partial = args.output.with_extension("gguf.partial");
+    let partial = output.with_extension("gguf.partial");
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} tensors  {msg}")
@@ -76,8 +82,8 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         bar.set_position(done as u64);
         bar.set_message(name.to_string());
     };
-    let written = if crate::is_gguf(&input) {
-        let file = GgufFile::open(&input)?;
+    let written = if crate::is_gguf(input) {
+        let file = GgufFile::open(input)?;
         let config = qinfer_model::gguf::config_from_gguf(&file)?;
         let extra: Vec<(String, Value)> = file
             .metadata
@@ -91,11 +97,17 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
             Naming::Gguf,
             &config,
             extra,
-            args.file_type,
+            file_type,
             &mut progress,
         )
     } else {
-        let dir = crate::model_dir(&args.input)?;
+        if input.is_file() {
+            bail!(
+                "{}: MODEL must be a model directory (config.json + safetensors) or a GGUF file",
+                input.display()
+            );
+        }
+        let dir = input.to_path_buf();
         let raw = RawConfig::from_file(&dir.join("config.json"))?;
         let config =
             ModelConfig::from_hf(&raw).with_context(|| format!("{}/config.json", dir.display()))?;
@@ -108,7 +120,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
             Naming::Hf(prefix),
             &config,
             extra,
-            args.file_type,
+            file_type,
             &mut progress,
         )
     };
@@ -117,10 +129,15 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         Ok(w) => w,
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
-            return Err(e).with_context(|| format!("cannot write {}", args.output.display()));
+            return Err(e).with_context(|| format!("cannot write {}", output.display()));
         }
     };
-    std::fs::rename(&partial, &args.output)?;
+    std::fs::rename(&partial, output)?;
+    Ok(written)
+}
+
+/// What `qinfer quantize` prints about a written file.
+fn report(output: &Path, written: &Exported) -> Result<()> {
     let types: Vec<String> = written
         .types
         .iter()
@@ -131,7 +148,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     writeln!(
         out,
         "wrote {} ({} tensors, {:.2} MiB of tensor data; {}; MTP head: {})",
-        args.output.display(),
+        output.display(),
         written.tensors,
         written.bytes as f64 / (1u64 << 20) as f64,
         types.join(", "),

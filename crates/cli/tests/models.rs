@@ -61,15 +61,18 @@ struct Hub {
 }
 
 fn start_hub(cut_first: usize) -> Hub {
+    start_repo_hub(REPO, files(), cut_first)
+}
+
+fn start_repo_hub(repo: &'static str, files: Vec<(String, Vec<u8>)>, cut_first: usize) -> Hub {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let cut = Arc::new(AtomicUsize::new(cut_first));
     let log = Arc::new(Mutex::new(Vec::new()));
     let (c, l) = (cut.clone(), log.clone());
     std::thread::spawn(move || {
-        let files = files();
         for stream in listener.incoming().flatten() {
-            serve(stream, &files, &c, &l);
+            serve(stream, repo, &files, &c, &l);
         }
     });
     Hub { port, cut, log }
@@ -77,6 +80,7 @@ fn start_hub(cut_first: usize) -> Hub {
 
 fn serve(
     mut s: TcpStream,
+    repo: &str,
     files: &[(String, Vec<u8>)],
     cut: &AtomicUsize,
     log: &Mutex<Vec<String>>,
@@ -121,8 +125,8 @@ fn serve(
             .collect();
         serde_json::json!({"sha": SHA, "siblings": siblings}).to_string()
     };
-    let resolve = format!("/{REPO}/resolve/{SHA}/");
-    if path == format!("/api/models/{REPO}/revision/main") {
+    let resolve = format!("/{repo}/resolve/{SHA}/");
+    if path == format!("/api/models/{repo}/revision/main") {
         let l = listing();
         send(&mut s, "200 OK", "", l.as_bytes(), l.len());
     } else if let Some(name) = path.strip_prefix(&resolve) {
@@ -482,6 +486,94 @@ fn short_names_from_the_users_file() {
     let o = qinfer(hub.port, cache.path(), &["show", "tiny:q8"], &env);
     assert!(
         o.status.success() && text(&o).contains("Q8_0"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// `pull --quant` writes exactly what `qinfer quantize` writes from the same checkpoint, in
+/// the cache where `REPO:TYPE` names it, and drops the shards unless `--keep`.
+#[test]
+fn pull_quant_equals_quantize() {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-dense-bf16");
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    let hub = start_repo_hub("Org/Tiny-BF16", files, 0);
+    let cache = tempfile::tempdir().unwrap();
+    let o = qinfer(
+        hub.port,
+        cache.path(),
+        &["pull", "Org/Tiny-BF16", "--quant", "q8_0"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let pulled = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    assert!(
+        pulled.ends_with("Tiny-BF16-Q8_0.gguf"),
+        "{}",
+        pulled.display()
+    );
+    let reference = cache.path().join("reference.gguf");
+    let q = qinfer(
+        hub.port,
+        cache.path(),
+        &[
+            "quantize",
+            dir.to_str().unwrap(),
+            reference.to_str().unwrap(),
+            "--type",
+            "Q8_0",
+        ],
+        &[],
+    );
+    assert!(q.status.success(), "{}", text(&q));
+    assert!(
+        std::fs::read(&pulled).unwrap() == std::fs::read(&reference).unwrap(),
+        "the same bytes"
+    );
+    let snapshot = pulled.parent().unwrap();
+    let left = qinfer_formats::hf_cache::files_under(snapshot);
+    assert!(
+        !left.iter().any(|f| f.ends_with(".safetensors")),
+        "the shards are removed: {left:?}"
+    );
+    assert!(left.contains(&"config.json".to_string()));
+    let list = text(&qinfer(hub.port, cache.path(), &["list"], &[]));
+    assert!(
+        list.contains("Org/Tiny-BF16:Q8_0") && !list.contains("safetensors"),
+        "{list}"
+    );
+    let run = qinfer(
+        hub.port,
+        cache.path(),
+        &[
+            "generate",
+            "Org/Tiny-BF16:Q8_0",
+            "--ids",
+            "1,2",
+            "--max-tokens",
+            "1",
+        ],
+        &[],
+    );
+    assert!(run.status.success(), "{}", text(&run));
+    let o = qinfer(
+        hub.port,
+        cache.path(),
+        &["pull", "Org/Tiny-BF16", "--quant", "Q4_K_M"],
+        &[("QINFER_DISK_FREE", "1000")],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("not enough disk space"),
         "{}",
         text(&o)
     );
