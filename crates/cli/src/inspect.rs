@@ -156,7 +156,7 @@ pub fn run(dir: &Path, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-fn human_count(n: usize) -> String {
+pub(crate) fn human_count(n: usize) -> String {
     match n {
         n if n >= 1_000_000_000 => format!("{:.2} B ({n})", n as f64 / 1e9),
         n if n >= 1_000_000 => format!("{:.2} M ({n})", n as f64 / 1e6),

@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use qinfer_formats::hf_cache;
 
+use crate::inspect::human_count;
+
 /// One cached model: a repo's safetensors checkpoint, or one GGUF quant of it.
 #[derive(Debug)]
 pub struct Entry {
@@ -377,11 +379,11 @@ pub fn show(arg: &str, path: &Path, out: &mut impl Write) -> Result<()> {
                 * config.layers.len();
             format!(
                 "{} active of {} ({top_k} of {n_experts} experts per token)",
-                count(total.saturating_sub(idle)),
-                count(total)
+                human_count(total.saturating_sub(idle)),
+                human_count(total)
             )
         }
-        FeedForwardConfig::Dense { .. } => format!("{} (dense)", count(total)),
+        FeedForwardConfig::Dense { .. } => format!("{} (dense)", human_count(total)),
     };
     let mut features = Vec::new();
     if template.contains("enable_thinking") || template.contains("<think>") {
@@ -421,14 +423,6 @@ pub fn show(arg: &str, path: &Path, out: &mut impl Write) -> Result<()> {
         }
     )?;
     Ok(())
-}
-
-fn count(n: usize) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
-        n => format!("{n}"),
-    }
 }
 
 /// Short names of the family, as Ollama users type them: name → (repo, default quant tag).

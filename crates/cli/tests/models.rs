@@ -7,14 +7,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 
-use sha2::{Digest, Sha256};
+use common::hub::{self, Hub, HubFile};
 
 const SHA: &str = "89abcdef0123456789abcdef0123456789abcdef";
 const REPO: &str = "Org/Tiny-GGUF";
@@ -46,132 +43,16 @@ fn files() -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
-struct Hub {
-    port: u16,
-    /// Full-body GETs of `tiny-Q8_0.gguf` cut off halfway before one succeeds.
-    cut: Arc<AtomicUsize>,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
 fn start_hub(cut_first: usize) -> Hub {
     start_repo_hub(REPO, files(), cut_first)
 }
 
 fn start_repo_hub(repo: &'static str, files: Vec<(String, Vec<u8>)>, cut_first: usize) -> Hub {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let cut = Arc::new(AtomicUsize::new(cut_first));
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (c, l) = (cut.clone(), log.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            serve(stream, repo, &files, &c, &l);
-        }
-    });
-    Hub { port, cut, log }
-}
-
-fn serve(
-    mut s: TcpStream,
-    repo: &str,
-    files: &[(String, Vec<u8>)],
-    cut: &AtomicUsize,
-    log: &Mutex<Vec<String>>,
-) {
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut line = String::new();
-    if r.read_line(&mut line).is_err() {
-        return;
-    }
-    let mut range: Option<usize> = None;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).is_err() || h.trim().is_empty() {
-            break;
-        }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
-            range = v.trim().trim_end_matches('-').parse().ok();
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or(path).to_string();
-    log.lock()
-        .unwrap()
-        .push(format!("{method} {path} {range:?}"));
-    let send = |s: &mut TcpStream, status: &str, headers: &str, body: &[u8], len: usize| {
-        let head = format!(
-            "HTTP/1.1 {status}\r\n{headers}Content-Length: {len}\r\nConnection: close\r\n\r\n"
-        );
-        let _ = s.write_all(head.as_bytes());
-        if method != "HEAD" {
-            let _ = s.write_all(body);
-        }
-    };
-    let listing = || {
-        let siblings: Vec<serde_json::Value> = files
-            .iter()
-            .map(|(n, b)| {
-                serde_json::json!({"rfilename": n, "size": b.len(),
-                "lfs": {"sha256": sha256_hex(b), "size": b.len()}})
-            })
-            .collect();
-        serde_json::json!({"sha": SHA, "siblings": siblings}).to_string()
-    };
-    let resolve = format!("/{repo}/resolve/{SHA}/");
-    if path == format!("/api/models/{repo}/revision/main") {
-        let l = listing();
-        send(&mut s, "200 OK", "", l.as_bytes(), l.len());
-    } else if let Some(name) = path.strip_prefix(&resolve) {
-        match files.iter().position(|(n, _)| n == name) {
-            Some(i) => {
-                let b = &files[i].1;
-                let h = format!(
-                    "Location: /lfs/{i}\r\nX-Linked-Etag: \"{}\"\r\nX-Linked-Size: {}\r\n",
-                    sha256_hex(b),
-                    b.len()
-                );
-                send(&mut s, "302 Found", &h, b"", 0);
-            }
-            None => send(&mut s, "404 Not Found", "", b"", 0),
-        }
-    } else if let Some(i) = path
-        .strip_prefix("/lfs/")
-        .and_then(|i| i.parse::<usize>().ok())
-    {
-        let (name, b) = &files[i];
-        match range {
-            Some(from) => {
-                let h = format!(
-                    "Content-Range: bytes {from}-{}/{}\r\n",
-                    b.len() - 1,
-                    b.len()
-                );
-                send(
-                    &mut s,
-                    "206 Partial Content",
-                    &h,
-                    &b[from..],
-                    b.len() - from,
-                );
-            }
-            None if name == "tiny-Q8_0.gguf" && cut.load(Ordering::SeqCst) > 0 => {
-                cut.fetch_sub(1, Ordering::SeqCst);
-                send(&mut s, "200 OK", "", &b[..b.len() / 2], b.len());
-            }
-            None => send(&mut s, "200 OK", "", b, b.len()),
-        }
-    } else {
-        send(&mut s, "404 Not Found", "", b"", 0);
-    }
-    let _ = s.flush();
+    let files = files
+        .into_iter()
+        .map(|(n, b)| HubFile::lfs(&n, b))
+        .collect();
+    hub::start(repo, SHA, files, "tiny-Q8_0.gguf", cut_first)
 }
 
 /// Runs `qinfer ARGS` against the hub, with `cache` as the HF cache and the last-use record.
@@ -199,23 +80,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// The files fetched (bodies requested), by name.
-fn fetched(hub: &Hub) -> Vec<String> {
-    let names: Vec<String> = files().into_iter().map(|(n, _)| n).collect();
-    let mut got: Vec<String> = hub
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l.strip_prefix("GET /lfs/"))
-        .filter_map(|l| l.split_whitespace().next()?.parse::<usize>().ok())
-        .map(|i| names[i].clone())
-        .collect();
-    got.sort();
-    got.dedup();
-    got
-}
-
 #[test]
 fn pull_by_tag_fetches_that_quant_resumes_and_runs() {
     let hub = start_hub(1);
@@ -239,7 +103,7 @@ fn pull_by_tag_fetches_that_quant_resumes_and_runs() {
             .any(|l| l.starts_with("GET /lfs/1 Some(")),
         "resumed with a Range"
     );
-    assert_eq!(fetched(&hub), ["mmproj-F16.gguf", "tiny-Q8_0.gguf"]);
+    assert_eq!(hub.fetched(), ["mmproj-F16.gguf", "tiny-Q8_0.gguf"]);
     let path = String::from_utf8_lossy(&second.stdout).trim().to_string();
     assert!(
         path.ends_with(&format!("snapshots/{SHA}/tiny-Q8_0.gguf")),
@@ -273,7 +137,7 @@ fn pull_by_tag_fetches_that_quant_resumes_and_runs() {
     let o = qinfer(hub.port, cache.path(), &["pull", &f32], &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        fetched(&hub)
+        hub.fetched()
             .iter()
             .filter(|f| f.starts_with("F32/"))
             .count()
@@ -325,7 +189,7 @@ fn wrong_or_missing_tags_and_small_disks_are_explained() {
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("pulling Q4_K_M"), "{}", text(&o));
-    assert!(fetched(&hub).contains(&"tiny-Q4_K_M.gguf".to_string()));
+    assert!(hub.fetched().contains(&"tiny-Q4_K_M.gguf".to_string()));
     let o = qinfer(
         hub.port,
         cache.path(),
@@ -348,7 +212,7 @@ fn wrong_or_missing_tags_and_small_disks_are_explained() {
     );
     assert!(!o.status.success());
     assert!(text(&o).contains("not enough disk space"), "{}", text(&o));
-    assert!(!fetched(&hub).contains(&"tiny-Q8_0.gguf".to_string()));
+    assert!(!hub.fetched().contains(&"tiny-Q8_0.gguf".to_string()));
 }
 
 #[test]
@@ -482,7 +346,7 @@ fn short_names_from_the_users_file() {
     let env = [("XDG_CONFIG_HOME", xdg.to_str().unwrap())];
     let o = qinfer(hub.port, cache.path(), &["pull", "tiny:q8"], &env);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(fetched(&hub).contains(&"tiny-Q8_0.gguf".to_string()));
+    assert!(hub.fetched().contains(&"tiny-Q8_0.gguf".to_string()));
     let o = qinfer(hub.port, cache.path(), &["show", "tiny:q8"], &env);
     assert!(
         o.status.success() && text(&o).contains("Q8_0"),

@@ -2,129 +2,32 @@
 //! LFS redirects, resuming an interrupted download with `Range`, checksum verification, the
 //! cache layout, and the message when the hub cannot be reached.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 
-use sha2::{Digest, Sha256};
+use common::hub::{self, HubFile};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
-struct Hub {
-    port: u16,
-    /// Full-body GETs of the large file that get cut off halfway before one succeeds.
-    cut_first: Arc<AtomicUsize>,
-    requests: Arc<Mutex<Vec<String>>>,
+/// Serves `Org/Tiny`: a small `config.json`, a "large" LFS file advertised with
+/// `advertised_sha`, and a `pytorch_model.bin` qinfer does not need.
+fn start_hub(big: Vec<u8>, advertised_sha: String, cut_first: usize) -> hub::Hub {
+    let mut model = HubFile::lfs("model.safetensors", big);
+    model.advertised_sha = Some(advertised_sha);
+    let files = vec![
+        HubFile::small("config.json", br#"{"model_type":"qwen3_5_text"}"#),
+        model,
+        HubFile::lfs("pytorch_model.bin", vec![0; 10]),
+    ];
+    hub::start("Org/Tiny", SHA, files, "model.safetensors", cut_first)
 }
 
 fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
-/// Serves one repo `Org/Tiny` with a small `config.json` and a "large" LFS file.
-fn start_hub(big: Vec<u8>, advertised_sha: String, cut_first: usize) -> Hub {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let cut = Arc::new(AtomicUsize::new(cut_first));
-    let requests = Arc::new(Mutex::new(Vec::new()));
-    let (cut2, req2) = (cut.clone(), requests.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            serve(stream, &big, &advertised_sha, &cut2, &req2);
-        }
-    });
-    Hub {
-        port,
-        cut_first: cut,
-        requests,
-    }
-}
-
-fn serve(mut s: TcpStream, big: &[u8], big_sha: &str, cut: &AtomicUsize, log: &Mutex<Vec<String>>) {
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut line = String::new();
-    if r.read_line(&mut line).is_err() {
-        return;
-    }
-    let mut range: Option<usize> = None;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).is_err() || h.trim().is_empty() {
-            break;
-        }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
-            range = v.trim().trim_end_matches('-').parse().ok();
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or(path);
-    log.lock()
-        .unwrap()
-        .push(format!("{method} {path} {range:?}"));
-    let config = br#"{"model_type":"qwen3_5_text"}"#;
-    let listing = format!(
-        r#"{{"sha":"{SHA}","siblings":[{{"rfilename":"config.json"}},{{"rfilename":"model.safetensors"}},{{"rfilename":"pytorch_model.bin"}}]}}"#
-    );
-    let send = |s: &mut TcpStream, status: &str, headers: &str, body: &[u8], body_len: usize| {
-        let head = format!(
-            "HTTP/1.1 {status}\r\n{headers}Content-Length: {body_len}\r\nConnection: close\r\n\r\n"
-        );
-        let _ = s.write_all(head.as_bytes());
-        if method != "HEAD" {
-            let _ = s.write_all(body);
-        }
-    };
-    match path {
-        "/api/models/Org/Tiny/revision/main" => {
-            send(&mut s, "200 OK", "", listing.as_bytes(), listing.len())
-        }
-        p if p == format!("/Org/Tiny/resolve/{SHA}/config.json") => send(
-            &mut s,
-            "200 OK",
-            "ETag: \"cfgetag1\"\r\n",
-            config,
-            config.len(),
-        ),
-        p if p == format!("/Org/Tiny/resolve/{SHA}/model.safetensors") => {
-            let h = format!(
-                "Location: /lfs/big\r\nX-Linked-Etag: \"{big_sha}\"\r\nX-Linked-Size: {}\r\n",
-                big.len()
-            );
-            send(&mut s, "302 Found", &h, b"", 0)
-        }
-        "/lfs/big" => match range {
-            Some(from) => {
-                let h = format!(
-                    "Content-Range: bytes {from}-{}/{}\r\n",
-                    big.len() - 1,
-                    big.len()
-                );
-                send(
-                    &mut s,
-                    "206 Partial Content",
-                    &h,
-                    &big[from..],
-                    big.len() - from,
-                )
-            }
-            None if cut.load(Ordering::SeqCst) > 0 => {
-                cut.fetch_sub(1, Ordering::SeqCst);
-                // Promise the whole file, deliver half, hang up.
-                send(&mut s, "200 OK", "", &big[..big.len() / 2], big.len())
-            }
-            None => send(&mut s, "200 OK", "", big, big.len()),
-        },
-        _ => send(&mut s, "404 Not Found", "", b"", 0),
-    }
-    let _ = s.flush();
-    // Dropping both handles closes the connection (a cut-off body ends here).
+    hub::sha256_hex(b)
 }
 
 fn pull(hub_port: u16, cache: &Path) -> Output {
@@ -159,14 +62,14 @@ fn interrupted_download_resumes_and_lands_in_the_cache_layout() {
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
-    assert_eq!(hub.cut_first.load(Ordering::SeqCst), 0);
-    let log = hub.requests.lock().unwrap().join("\n");
+    assert_eq!(hub.cut.load(Ordering::SeqCst), 0);
+    let log = hub.log.lock().unwrap().join("\n");
     assert!(
-        log.contains("GET /lfs/big Some("),
+        log.contains("GET /lfs/1 Some("),
         "the second pull should resume with a Range:\n{log}"
     );
     assert!(
-        !log.contains("pytorch_model.bin"),
+        !log.contains("pytorch_model.bin") && !hub.fetched().contains(&"pytorch_model.bin".into()),
         "non-model files are skipped:\n{log}"
     );
 

@@ -89,9 +89,14 @@ impl SchemaIndex {
             }
             obj.insert("x-guidance".into(), options);
         }
+        self.constraint(TopLevelGrammar::from_json_schema(schema))
+    }
+
+    /// A matcher for `grammar`, or why it cannot be built.
+    fn constraint(&self, grammar: TopLevelGrammar) -> Result<SchemaConstraint, String> {
         let parser = self
             .factory
-            .create_parser(TopLevelGrammar::from_json_schema(schema))
+            .create_parser(grammar)
             .map_err(|e| e.to_string())?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
@@ -117,19 +122,10 @@ impl SchemaIndex {
         tools: &[crate::parser::ToolSpec],
         single_call: bool,
     ) -> Result<SchemaConstraint, String> {
-        let lark = tool_call_grammar(tools, single_call)?;
-        let parser = self
-            .factory
-            .create_parser(TopLevelGrammar::from_lark(lark))
-            .map_err(|e| e.to_string())?;
-        let matcher = Matcher::new(Ok(parser));
-        if let Some(e) = matcher.get_error() {
-            return Err(e);
-        }
-        Ok(SchemaConstraint {
-            matcher,
-            end: self.end,
-        })
+        self.constraint(TopLevelGrammar::from_lark(tool_call_grammar(
+            tools,
+            single_call,
+        )?))
     }
 }
 

@@ -4,6 +4,7 @@
 
 #[path = "../../../server/tests/common/http.rs"]
 pub mod http;
+pub mod hub;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
