@@ -48,6 +48,103 @@ pub struct BenchArgs {
     precision: String,
     #[command(flatten)]
     kv: crate::KvTypeArg,
+    /// Batched decode: N sequences generating `-n` tokens together through the engine loop,
+    /// for each N given (`-b 1,4,16`): total and per-sequence tokens/s, and for MoE the mean
+    /// distinct experts per layer per step; weight bytes read per step and per token.
+    #[arg(short = 'b', long = "batch", value_delimiter = ',', value_name = "N")]
+    batch: Vec<usize>,
+}
+
+/// One `--batch` measurement.
+#[derive(Debug, Clone)]
+struct BatchRun {
+    batch: usize,
+    total_tok_s: f64,
+    total_tok_s_std: f64,
+    per_seq_tok_s: f64,
+    /// MoE: the mean number of distinct experts a layer ran per step.
+    experts_per_layer_step: Option<f64>,
+    weight_bytes_per_step: f64,
+    weight_bytes_per_token: f64,
+}
+
+/// A sink that only counts (the bench reads nothing but the time).
+struct Quiet;
+
+impl qinfer_engine::engine::Sink for Quiet {
+    fn send(
+        &mut self,
+        _out: qinfer_engine::engine::Out,
+    ) -> Result<(), qinfer_engine::engine::Gone> {
+        Ok(())
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+/// `n` sequences (one-token prompts, pseudo-random so that they differ) generating `n_gen`
+/// tokens each, together.
+fn run_batch(model: &Qwen35, n: usize, n_gen: usize) -> f64 {
+    let prompt = qinfer_model::pseudo_random_tokens(n, model.config.vocab as u32, 0x5EED_0B47);
+    let config = qinfer_engine::engine::SchedulerConfig {
+        max_seqs: n,
+        max_queue: n,
+        max_step_tokens: usize::MAX,
+        prefill_chunk: usize::MAX,
+    };
+    let mut engine = qinfer_engine::engine::Engine::new(
+        EngineModel::ids_only(model),
+        config,
+        CacheHook::default(),
+        std::sync::Arc::default(),
+    );
+    for i in 0..n {
+        let opts = GenerateOptions {
+            max_tokens: n_gen,
+            ignore_eos: true,
+            ..GenerateOptions::default()
+        };
+        engine.submit(Request::new(vec![prompt[i]], opts, Quiet));
+    }
+    let t = Instant::now();
+    engine.run_until_idle();
+    (n * n_gen) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The `--batch` runs: the engine's decode of N sequences at once.
+fn batch_runs(args: &BenchArgs, model: &Qwen35) -> Vec<BatchRun> {
+    let n_gen = args.n_gen.max(1);
+    args.batch
+        .iter()
+        .map(|&n| {
+            let n = n.max(1);
+            let mut samples = Vec::new();
+            let mut experts = None;
+            for rep in 0..=args.repetitions {
+                let before = model.experts_touched();
+                let tok_s = run_batch(model, n, n_gen);
+                if rep > 0 {
+                    samples.push(tok_s);
+                    if let (Some((f0, e0)), Some((f1, e1))) = (before, model.experts_touched()) {
+                        experts = Some((e1 - e0) as f64 / (f1 - f0).max(1) as f64);
+                    }
+                }
+            }
+            let s = stats(&samples);
+            let per_step = weight_bytes_per_step(model, experts) as f64;
+            BatchRun {
+                batch: n,
+                total_tok_s: s.mean,
+                total_tok_s_std: s.std,
+                per_seq_tok_s: s.mean / n as f64,
+                experts_per_layer_step: experts,
+                weight_bytes_per_step: per_step,
+                weight_bytes_per_token: per_step / n as f64,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,10 +171,16 @@ fn bytes(w: &Weight) -> usize {
     w.bytes().len()
 }
 
-/// Weight bytes one decode step reads: every matrix once (the LM head included; for MoE the
-/// router, the shared expert and `top_k` average experts), norms and small vectors as `f32`.
-/// The embedding contributes one row (it is the LM head's bytes when tied).
+/// Weight bytes one decode step of one sequence reads (see [`weight_bytes_per_step`]).
 fn weight_bytes_per_token(m: &Qwen35) -> usize {
+    weight_bytes_per_step(m, None)
+}
+
+/// Weight bytes one decode step reads: every matrix once (the LM head included; for MoE the
+/// router, the shared expert and `experts` average experts per layer — `top_k` for one
+/// sequence), norms and small vectors as `f32`. The embedding contributes one row (it is the
+/// LM head's bytes when tied).
+fn weight_bytes_per_step(m: &Qwen35, experts: Option<f64>) -> usize {
     let mut n = bytes(&m.lm_head) + m.final_norm.weight.len() * 4;
     n += m.embed.row_bytes();
     for layer in &m.layers {
@@ -107,11 +210,12 @@ fn weight_bytes_per_token(m: &Qwen35) -> usize {
         n += match &layer.feed_forward {
             FeedForward::Dense(x) => mlp(x),
             FeedForward::Moe(x) => {
-                let experts: usize = x.experts.iter().map(mlp).sum();
+                let all: usize = x.experts.iter().map(mlp).sum();
+                let touched = experts.unwrap_or(x.top_k as f64);
                 bytes(&x.router)
                     + mlp(&x.shared)
                     + bytes(&x.shared_gate)
-                    + experts * x.top_k / x.experts.len().max(1)
+                    + (all as f64 * touched / x.experts.len().max(1) as f64) as usize
             }
         };
     }
@@ -213,6 +317,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
     }
+    let batches = batch_runs(args, &model);
     let weight_bytes = weight_bytes_per_token(&model);
     let state = state_bytes(&model);
     // A decode step reads every weight once and reads + writes the recurrent state.
@@ -272,6 +377,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "peak_rss_bytes": peak,
             "state_bytes_max": state_max,
             "peak_rss_limit_bytes": rss_limit as u64,
+            "batch": batches.iter().map(|b| serde_json::json!({
+                "batch": b.batch,
+                "total_tok_s": b.total_tok_s,
+                "total_tok_s_std": b.total_tok_s_std,
+                "per_seq_tok_s": b.per_seq_tok_s,
+                "experts_per_layer_step": b.experts_per_layer_step,
+                "weight_bytes_per_step": b.weight_bytes_per_step,
+                "weight_bytes_per_token": b.weight_bytes_per_token,
+            })).collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;
     } else {
@@ -312,6 +426,29 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     "--bandwidth"
                 }
             )?;
+        }
+        if !batches.is_empty() {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "| batch (tg{}) | total t/s | per sequence t/s | experts / layer / step | weights MB / step | weights MB / token |",
+                args.n_gen.max(1)
+            )?;
+            writeln!(out, "|---|---|---|---|---|---|")?;
+            for b in &batches {
+                writeln!(
+                    out,
+                    "| {} | {:.2} ± {:.2} | {:.2} | {} | {:.1} | {:.1} |",
+                    b.batch,
+                    b.total_tok_s,
+                    b.total_tok_s_std,
+                    b.per_seq_tok_s,
+                    b.experts_per_layer_step
+                        .map_or("- (dense)".to_string(), |e| format!("{e:.1}")),
+                    b.weight_bytes_per_step / 1e6,
+                    b.weight_bytes_per_token / 1e6,
+                )?;
+            }
         }
         if let Some(p) = peak {
             writeln!(

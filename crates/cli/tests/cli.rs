@@ -426,3 +426,58 @@ fn kv_type_flag_selects_the_cache_type_and_rejects_unknown_ones() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["kv_type"], "q8_0", "from the environment");
 }
+
+/// `qinfer bench -b 1,4,16`: N sequences decoding together through the engine loop, one row
+/// per N; for an MoE model the distinct experts per layer per step grow with the batch (the
+/// weights a step reads with them) while one sequence touches exactly `top_k`; a dense model
+/// reads the same weights per step whatever N, so its bytes per token fall as 1/N.
+#[test]
+fn bench_batch_reports_throughput_and_experts_touched() {
+    let run = |model: &str| -> serde_json::Value {
+        let m = fixture(&format!("gguf/{model}"));
+        let o = qinfer(&[
+            "bench",
+            m.to_str().unwrap(),
+            "-p",
+            "0",
+            "-n",
+            "8",
+            "-r",
+            "1",
+            "-b",
+            "1,4,16",
+            "--bandwidth",
+            "50",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let moe = run("tiny-moe-f32.gguf");
+    let rows = moe["batch"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let experts: Vec<f64> = rows
+        .iter()
+        .map(|r| r["experts_per_layer_step"].as_f64().unwrap())
+        .collect();
+    assert_eq!(experts[0], 2.0, "one sequence: top_k");
+    assert!(
+        experts[0] < experts[1] && experts[1] < experts[2] && experts[2] <= 8.0,
+        "{experts:?}"
+    );
+    assert!(rows[2]["weight_bytes_per_step"].as_f64() > rows[0]["weight_bytes_per_step"].as_f64());
+    for r in rows {
+        assert!(r["total_tok_s"].as_f64().unwrap() > 0.0);
+    }
+    let dense = run("tiny-dense-q8_0.gguf");
+    let rows = dense["batch"].as_array().unwrap();
+    assert!(rows.iter().all(|r| r["experts_per_layer_step"].is_null()));
+    let per_token: Vec<f64> = rows
+        .iter()
+        .map(|r| r["weight_bytes_per_token"].as_f64().unwrap())
+        .collect();
+    assert!(
+        (per_token[0] / per_token[1] - 4.0).abs() < 1e-9,
+        "{per_token:?}"
+    );
+}

@@ -461,6 +461,24 @@ impl Qwen35 {
     }
 
     /// A fresh, empty sequence for this model.
+    /// For an MoE model, the (forwards, distinct experts) its layers have run so far, summed
+    /// over layers: `experts / forwards` is the mean number of experts a layer touches per
+    /// step. `None` for a dense model.
+    pub fn experts_touched(&self) -> Option<(u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut total = None;
+        for layer in &self.layers {
+            if let FeedForward::Moe(m) = &layer.feed_forward {
+                let (f, e) = total.unwrap_or((0, 0));
+                total = Some((
+                    f + m.touched.forwards.load(Relaxed),
+                    e + m.touched.experts.load(Relaxed),
+                ));
+            }
+        }
+        total
+    }
+
     pub fn new_state(&self) -> SequenceState {
         SequenceState::new(&self.state_specs())
     }

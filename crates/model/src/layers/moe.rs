@@ -9,6 +9,9 @@
 //! Experts are SwiGLU MLPs. Checkpoints store them stacked (`experts.gate_up_proj [E, 2I, H]`,
 //! `experts.down_proj [E, H, I]`) or one tensor per expert; both load into the same views.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use qinfer_backend::{Act, Backend};
 
 use super::mlp::Mlp;
@@ -25,6 +28,17 @@ pub struct Moe {
     pub shared: Mlp,
     /// `[1, H]`.
     pub shared_gate: qinfer_tensor::Weight,
+    /// Experts touched, counted per forward (one per step): what a batch costs in weights.
+    pub touched: Arc<ExpertsTouched>,
+}
+
+/// Distinct experts a layer ran, summed over its forwards (`qinfer bench --batch`).
+#[derive(Debug, Default)]
+pub struct ExpertsTouched {
+    /// Forwards counted.
+    pub forwards: AtomicU64,
+    /// Distinct experts over those forwards.
+    pub experts: AtomicU64,
 }
 
 impl Moe {
@@ -89,6 +103,7 @@ impl Moe {
             top_k,
             shared: Mlp::load(ld, l, shared_roles, hidden, shared_inter)?,
             shared_gate: ld.matrix(id(LayerTensor::SharedExpertScalarGate), 1, hidden)?,
+            touched: Arc::default(),
         })
     }
 
@@ -104,6 +119,11 @@ impl Moe {
                 routed[e].1.push(w);
             }
         }
+        let distinct = routed.iter().filter(|(rows, _)| !rows.is_empty()).count();
+        self.touched.forwards.fetch_add(1, Ordering::Relaxed);
+        self.touched
+            .experts
+            .fetch_add(distinct as u64, Ordering::Relaxed);
         let mut out = b.zeros(x.rows(), x.cols());
         for (expert, (rows, weights)) in self.experts.iter().zip(&routed) {
             if rows.is_empty() {
