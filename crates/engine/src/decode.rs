@@ -114,7 +114,7 @@ pub struct Decoder {
     forced_answer: bool,
     logprobs: Option<usize>,
     json: Option<JsonMode>,
-    /// The JSON Schema constraint of the answer.
+    /// The answer's constraint: a JSON Schema, or the grammar of strict tool calls.
     schema: Option<SchemaConstraint>,
     sampler: Sampler,
     detok: Option<StreamDecoder>,

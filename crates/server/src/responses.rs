@@ -309,12 +309,6 @@ fn read_tools(f: &Fields<'_>) -> Result<(Vec<Value>, Vec<ToolSpec>), ApiError> {
     Ok((for_template, specs))
 }
 
-/// What the response echoes of its request.
-#[derive(Clone, Debug)]
-struct Echo {
-    fields: Map<String, Value>,
-}
-
 /// Everything a request resolves to before it is submitted.
 struct Plan {
     prompt: Vec<u32>,
@@ -326,7 +320,8 @@ struct Plan {
     store: bool,
     encrypted: bool,
     summary: bool,
-    echo: Echo,
+    /// The request fields the response object repeats (`instructions`, `tools`, …).
+    echo: Map<String, Value>,
     /// The conversation so far as template messages, without instructions.
     history: Vec<Value>,
 }
@@ -483,7 +478,7 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
         store,
         encrypted,
         summary,
-        echo: Echo { fields: echo },
+        echo,
         history,
     })
 }
@@ -549,7 +544,7 @@ impl Head {
             "incomplete_details": null,
             "usage": summary.map(usage),
         });
-        for (k, x) in &self.plan.echo.fields {
+        for (k, x) in &self.plan.echo {
             v[k] = x.clone();
         }
         if status == "incomplete" {
