@@ -231,21 +231,12 @@ pub fn remove_files(folder: &Path, snapshot: &Path, files: &[String]) -> Result<
     Ok(freed)
 }
 
-/// Every file (or link) under `dir`.
+/// Every file under `dir`, as paths.
 fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(p),
-                Ok(_) => out.push(p),
-                Err(_) => {}
-            }
-        }
-    }
-    out
+    hf_cache::files_under(dir)
+        .iter()
+        .map(|rel| dir.join(rel))
+        .collect()
 }
 
 fn remove_empty_dirs(dir: &Path) {
