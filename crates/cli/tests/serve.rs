@@ -74,17 +74,7 @@ fn served_greedy_chat_equals_qinfer_generate() {
 fn endless_stream(addr: std::net::SocketAddr) -> BufReader<std::net::TcpStream> {
     let body = json!({"model": "qinfer-demo", "messages": [{"role": "user", "content": "go"}],
         "max_tokens": 30000, "ignore_eos": true, "stream": true, "temperature": 0});
-    let s = http::send(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.to_string().as_bytes(),
-    );
-    let mut r = BufReader::new(s);
-    assert_eq!(http::read_head(&mut r).0, 200);
-    assert!(http::read_chunk(&mut r).is_some());
-    r
+    http::open_stream(addr, "/v1/chat/completions", &body)
 }
 
 fn sigterm(child: &std::process::Child) {

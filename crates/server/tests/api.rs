@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::BufReader;
 use std::time::{Duration, Instant};
 
 use common::http::{self, get, metric, post};
@@ -715,17 +714,7 @@ fn disconnect_frees_the_sequence_and_a_full_queue_gives_429() {
     });
     let addr = server.addr;
     let long = chat_body("Tell me a long story", 4000, true);
-    let s = http::send(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        long.to_string().as_bytes(),
-    );
-    let mut r = BufReader::new(s);
-    let (status, _) = http::read_head(&mut r);
-    assert_eq!(status, 200);
-    assert!(http::read_chunk(&mut r).is_some(), "the stream started");
+    let r = http::open_stream(addr, "/v1/chat/completions", &long);
     wait_for(addr, "one running sequence", |m| {
         metric(m, "qinfer_running_sequences") == 1.0
     });
@@ -879,17 +868,7 @@ fn a_default_reasoning_budget_ends_endless_thinking() {
 fn shutdown_finishes_in_flight_requests() {
     let server = TestServer::start(|_| {});
     let addr = server.addr;
-    let s = http::send(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat_body("go", 40, true).to_string().as_bytes(),
-    );
-    let mut r = BufReader::new(s);
-    let (status, _) = http::read_head(&mut r);
-    assert_eq!(status, 200);
-    assert!(http::read_chunk(&mut r).is_some());
+    let mut r = http::open_stream(addr, "/v1/chat/completions", &chat_body("go", 40, true));
     let stopper = std::thread::spawn(move || server.shutdown());
     let mut body = Vec::new();
     while let Some(c) = http::read_chunk(&mut r) {

@@ -42,19 +42,7 @@ fn shutdown_completes_within_the_grace_and_reports_cut_off_requests() {
     });
     let addr = server.addr;
     let long = chat_body("go on", 30000);
-    let open_stream = || {
-        let s = http::send(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            long.to_string().as_bytes(),
-        );
-        let mut r = BufReader::new(s);
-        assert_eq!(http::read_head(&mut r).0, 200);
-        assert!(http::read_chunk(&mut r).is_some());
-        r
-    };
+    let open_stream = || http::open_stream(addr, "/v1/chat/completions", &long);
     let mut reading = open_stream();
     let _not_reading = open_stream();
     let mut half = std::net::TcpStream::connect(addr).unwrap();

@@ -189,3 +189,16 @@ pub fn post_json_sse(
     }
     (text, last)
 }
+
+/// Posts a streaming request and reads its status (200) and first chunk; the caller reads the
+/// rest, or holds the connection open.
+pub fn open_stream(addr: SocketAddr, path: &str, body: &serde_json::Value) -> BufReader<TcpStream> {
+    let s = send(addr, "POST", path, &[], body.to_string().as_bytes());
+    let mut r = BufReader::new(s);
+    assert_eq!(read_head(&mut r).0, 200, "the stream started");
+    assert!(
+        read_chunk(&mut r).is_some(),
+        "the stream sent its first chunk"
+    );
+    r
+}
