@@ -11,6 +11,7 @@
 //! `HF_ENDPOINT` overrides the hub address (mirrors, and the tests' local server); `HF_TOKEN`
 //! is sent to it for gated models.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use qinfer_formats::hf_cache;
-use qinfer_model::export::FileType;
+use qinfer_formats::safetensors::{self, Checkpoint};
+use qinfer_model::export::{FileType, GgufExport};
+use qinfer_model::loader::Loader;
+use qinfer_model::names::Naming;
 use sha2::{Digest, Sha256};
 
 /// Files a model needs; others (PyTorch `.bin`, GGUF copies, ONNX…) are skipped unless
@@ -52,8 +56,6 @@ pub struct PullOptions<'a> {
     pub token: Option<String>,
     pub all_files: bool,
     pub show_progress: bool,
-    /// Disk needed beyond the download, as a fraction of it (a GGUF written afterwards).
-    pub reserve_ratio: f64,
 }
 
 impl<'a> PullOptions<'a> {
@@ -73,27 +75,120 @@ impl<'a> PullOptions<'a> {
             token: std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()),
             all_files,
             show_progress: true,
-            reserve_ratio: 0.0,
         }
+    }
+
+    /// A progress bar of `len` bytes (hidden unless progress is shown).
+    fn bar(&self, len: u64) -> ProgressBar {
+        if !self.show_progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:40!} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {eta:>4}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
     }
 }
 
-/// Downloads (or completes) a repo snapshot; returns its directory, or with a tag the model
-/// GGUF file (its first part).
-pub fn pull(o: &PullOptions<'_>) -> Result<PathBuf> {
-    if !hf_cache::is_repo_id(o.repo) {
-        bail!(
-            "{:?} is not a Hugging Face repo id (expected ORG/NAME, e.g. Qwen/Qwen3.6-27B)",
-            o.repo
+/// One repo at one commit on the hub: its file list, and each file fetched into the cache.
+struct Remote<'o> {
+    o: &'o PullOptions<'o>,
+    agent: ureq::Agent,
+    sha: String,
+    /// The repo's files, with their sizes where the hub gives them.
+    listed: Vec<(String, Option<u64>)>,
+    /// `models--ORG--NAME`.
+    folder: PathBuf,
+    /// `snapshots/{sha}`.
+    snapshot: PathBuf,
+}
+
+impl<'o> Remote<'o> {
+    /// Lists the repo (`GET {endpoint}/api/models/{repo}/revision/{rev}`).
+    fn open(o: &'o PullOptions<'o>) -> Result<Self> {
+        if !hf_cache::is_repo_id(o.repo) {
+            bail!(
+                "{:?} is not a Hugging Face repo id (expected ORG/NAME, e.g. Qwen/Qwen3.6-27B)",
+                o.repo
+            );
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        let mut r = Remote {
+            o,
+            agent,
+            sha: String::new(),
+            listed: Vec::new(),
+            folder: hf_cache::repo_folder(&o.cache, o.repo),
+            snapshot: PathBuf::new(),
+        };
+        let api = format!(
+            "{}/api/models/{}/revision/{}?blobs=true",
+            o.endpoint, o.repo, o.revision
         );
+        let mut resp = r.auth(r.agent.get(&api)).call().map_err(|e| r.offline(e))?;
+        match resp.status().as_u16() {
+            200 => {}
+            401 | 403 => bail!(
+                "{} is gated or private: accept its licence on the Hub and set HF_TOKEN",
+                o.repo
+            ),
+            404 => bail!(
+                "{} (revision {}) does not exist on {}",
+                o.repo,
+                o.revision,
+                o.endpoint
+            ),
+            s => bail!("{api}: HTTP {s}"),
+        }
+        let info: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?)
+            .with_context(|| format!("{api}: invalid JSON"))?;
+        let sha = info["sha"]
+            .as_str()
+            .context("hub answer has no commit sha")?
+            .to_string();
+        if sha.is_empty() || !sha.chars().all(|c| c.is_ascii_alphanumeric()) {
+            bail!("hub answer has an invalid commit sha {sha:?}");
+        }
+        r.listed = info["siblings"]
+            .as_array()
+            .context("hub answer has no file list")?
+            .iter()
+            .filter_map(|s| {
+                let name = s["rfilename"].as_str()?.to_string();
+                Some((
+                    name,
+                    s["lfs"]["size"].as_u64().or_else(|| s["size"].as_u64()),
+                ))
+            })
+            .collect();
+        r.snapshot = r.folder.join("snapshots").join(&sha);
+        r.sha = sha;
+        std::fs::create_dir_all(r.folder.join("blobs"))?;
+        Ok(r)
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_connect(Some(Duration::from_secs(20)))
-        .build()
-        .into();
-    let offline = |e: ureq::Error| {
+
+    fn names(&self) -> Vec<String> {
+        self.listed.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn size_of(&self, name: &str) -> Option<u64> {
+        self.listed
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, s)| *s)
+    }
+
+    fn offline(&self, e: ureq::Error) -> anyhow::Error {
+        let o = self.o;
         anyhow::anyhow!(
             "cannot reach {} ({e}).\nqinfer pull needs network access to the Hugging Face Hub. On an offline \
              machine, download {} elsewhere (`hf download {}`) and copy its cache folder {} into {}, or put \
@@ -104,96 +199,31 @@ pub fn pull(o: &PullOptions<'_>) -> Result<PathBuf> {
             hf_cache::repo_folder(Path::new(""), o.repo).display(),
             o.cache.display()
         )
-    };
-    let auth = |req: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &o.token {
-        Some(t) => req.header("Authorization", format!("Bearer {t}")),
-        None => req,
-    };
+    }
 
-    // 1. The file list and the commit.
-    let api = format!(
-        "{}/api/models/{}/revision/{}?blobs=true",
-        o.endpoint, o.repo, o.revision
-    );
-    let mut resp = auth(agent.get(&api)).call().map_err(offline)?;
-    match resp.status().as_u16() {
-        200 => {}
-        401 | 403 => bail!(
-            "{} is gated or private: accept its licence on the Hub and set HF_TOKEN",
-            o.repo
-        ),
-        404 => bail!(
-            "{} (revision {}) does not exist on {}",
-            o.repo,
-            o.revision,
-            o.endpoint
-        ),
-        s => bail!("{api}: HTTP {s}"),
-    }
-    let info: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?)
-        .with_context(|| format!("{api}: invalid JSON"))?;
-    let sha = info["sha"]
-        .as_str()
-        .context("hub answer has no commit sha")?
-        .to_string();
-    if sha.is_empty() || !sha.chars().all(|c| c.is_ascii_alphanumeric()) {
-        bail!("hub answer has an invalid commit sha {sha:?}");
-    }
-    let siblings = info["siblings"]
-        .as_array()
-        .context("hub answer has no file list")?;
-    let listed: Vec<String> = siblings
-        .iter()
-        .filter_map(|s| s["rfilename"].as_str())
-        .map(String::from)
-        .collect();
-    let size_of = |name: &str| {
-        siblings
-            .iter()
-            .find(|s| s["rfilename"] == name)
-            .and_then(|s| s["lfs"]["size"].as_u64().or_else(|| s["size"].as_u64()))
-    };
-    let gguf_only = listed.iter().any(|f| hf_cache::is_model_gguf(f))
-        && !listed.iter().any(|f| f.ends_with(".safetensors"));
-    let tag = match o.tag {
-        Some(t) => Some(t.to_string()),
-        None if gguf_only && !o.all_files => Some(choose_tag(o.repo, &listed, &size_of)?),
-        None => None,
-    };
-    let files: Vec<String> = match &tag {
-        Some(t) => {
-            let mut f = hf_cache::select_tag(o.repo, &listed, t)?;
-            f.extend(hf_cache::mmproj(&listed));
-            f
+    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.o.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
         }
-        None => listed
-            .iter()
-            .filter(|p| o.all_files || wanted(p))
-            .cloned()
-            .collect(),
-    };
-    if files.is_empty() {
-        bail!("{} has no model files to download", o.repo);
-    }
-    if let Some(needed) = files.iter().map(|f| size_of(f)).sum::<Option<u64>>() {
-        check_disk(
-            &o.cache,
-            needed.saturating_add((needed as f64 * o.reserve_ratio) as u64),
-        )?;
     }
 
-    let folder = hf_cache::repo_folder(&o.cache, o.repo);
-    let snapshot = folder.join("snapshots").join(&sha);
-    std::fs::create_dir_all(folder.join("blobs"))?;
-    for path in &files {
+    /// Fetches `path` into the cache (unless its blob is there): its identity from a `HEAD`
+    /// of `resolve/{sha}/{path}`, bytes appended to `blobs/{etag}.incomplete` (resumed),
+    /// checked, renamed, linked from the snapshot. Progress goes to `bar` (bytes).
+    fn fetch(&self, path: &str, bar: &ProgressBar) -> Result<()> {
         if path
             .split('/')
             .any(|part| part.is_empty() || part == "." || part == "..")
         {
             bail!("hub listed an unsafe file path {path:?}");
         }
-        let url = format!("{}/{}/resolve/{}/{}", o.endpoint, o.repo, sha, path);
-        let head = auth(agent.head(&url)).call().map_err(offline)?;
+        let o = self.o;
+        let url = format!("{}/{}/resolve/{}/{}", o.endpoint, o.repo, self.sha, path);
+        let head = self
+            .auth(self.agent.head(&url))
+            .call()
+            .map_err(|e| self.offline(e))?;
         let header = |k: &str| {
             head.headers()
                 .get(k)
@@ -217,46 +247,101 @@ pub fn pull(o: &PullOptions<'_>) -> Result<PathBuf> {
             (300..=399, Some(loc)) => loc,
             _ => url.clone(),
         };
-        let blob = folder.join("blobs").join(&etag);
-        if !blob.is_file() {
-            download(&agent, &location, &blob, size, path, o)?;
+        let blob = self.folder.join("blobs").join(&etag);
+        if blob.is_file() {
+            bar.inc(size.unwrap_or(0));
+        } else {
+            download(&self.agent, &location, &blob, size, path, o, bar)?;
             verify(&blob.with_extension("incomplete"), &etag, size, path)?;
             std::fs::rename(blob.with_extension("incomplete"), &blob)?;
         }
-        link(&snapshot.join(path), &blob)?;
+        link(&self.snapshot.join(path), &blob)
     }
-    if !o.revision.chars().all(|c| c.is_ascii_hexdigit()) || o.revision.len() != sha.len() {
-        let refs = folder.join("refs");
-        std::fs::create_dir_all(&refs)?;
-        std::fs::write(refs.join(o.revision.replace('/', "--")), &sha)?;
+
+    /// `refs/{rev}` → the commit, for a revision named by branch or tag.
+    fn record_ref(&self) -> Result<()> {
+        let rev = self.o.revision;
+        if !rev.chars().all(|c| c.is_ascii_hexdigit()) || rev.len() != self.sha.len() {
+            let refs = self.folder.join("refs");
+            std::fs::create_dir_all(&refs)?;
+            std::fs::write(refs.join(rev.replace('/', "--")), &self.sha)?;
+        }
+        Ok(())
     }
+}
+
+/// Downloads (or completes) a repo snapshot; returns its directory, or with a tag the model
+/// GGUF file (its first part).
+pub fn pull(o: &PullOptions<'_>) -> Result<PathBuf> {
+    let r = Remote::open(o)?;
+    let listed = r.names();
+    let size_of = |name: &str| r.size_of(name);
+    let gguf_only = listed.iter().any(|f| hf_cache::is_model_gguf(f))
+        && !listed.iter().any(|f| f.ends_with(".safetensors"));
+    let tag = match o.tag {
+        Some(t) => Some(t.to_string()),
+        None if gguf_only && !o.all_files => Some(choose_tag(o.repo, &listed, &size_of)?),
+        None => None,
+    };
+    let files: Vec<String> = match &tag {
+        Some(t) => {
+            let mut f = hf_cache::select_tag(o.repo, &listed, t)?;
+            f.extend(hf_cache::mmproj(&listed));
+            f
+        }
+        None => listed
+            .iter()
+            .filter(|p| o.all_files || wanted(p))
+            .cloned()
+            .collect(),
+    };
+    if files.is_empty() {
+        bail!("{} has no model files to download", o.repo);
+    }
+    if let Some(needed) = files.iter().map(|f| size_of(f)).sum::<Option<u64>>() {
+        check_disk(&o.cache, needed)?;
+    }
+    for path in &files {
+        let bar = o.bar(size_of(path).unwrap_or(0));
+        bar.set_message(path.clone());
+        r.fetch(path, &bar)?;
+        bar.finish_and_clear();
+    }
+    r.record_ref()?;
     Ok(match tag {
-        Some(_) => snapshot.join(&files[0]),
-        None => snapshot,
+        Some(_) => r.snapshot.join(&files[0]),
+        None => r.snapshot,
     })
 }
 
-/// Bits per weight of a `qinfer quantize` type, roughly (its mixture's average), for the disk
-/// a conversion needs.
-fn bits_per_weight(ty: FileType) -> f64 {
-    match ty {
-        FileType::F32 => 32.0,
-        FileType::F16 | FileType::BF16 => 16.0,
-        FileType::Q8_0 => 8.5,
-        FileType::Q6_K => 6.6,
-        FileType::Q5_K_M => 5.7,
-        FileType::Q5_0 => 5.5,
-        FileType::Q4_K_M => 4.9,
-        FileType::Q4_0 => 4.5,
-        FileType::Q3_K_M => 3.9,
-        FileType::Q2_K => 3.0,
-    }
+/// What an interrupted `pull --quant` had written, beside its `.gguf.partial` file: the
+/// commit, the file type and the tensors in the partial file (synced before this was written).
+fn journal(sha: &str, ty: FileType, written: Vec<&str>) -> serde_json::Value {
+    serde_json::json!({"sha": sha, "file_type": ty.name(), "written": written})
 }
 
-/// `qinfer pull REPO --quant TYPE [--keep]`: pulls a safetensors checkpoint, writes it as a
-/// GGUF of `ty` beside it in the cache (`NAME-TYPE.gguf`, so `REPO:TYPE` names it) — the same
-/// bytes `qinfer quantize` writes — and, unless `keep`, removes the shards. The disk for both
-/// is checked before the download starts. Returns the GGUF's path.
+/// The tensors a journal records, if it is for this commit and type.
+fn journaled(path: &Path, sha: &str, ty: FileType) -> Option<Vec<String>> {
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    if j["sha"] != sha || j["file_type"] != ty.name() {
+        return None;
+    }
+    j["written"]
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().map(String::from))
+        .collect()
+}
+
+/// `qinfer pull REPO --quant TYPE [--keep]`: converts a safetensors checkpoint into a GGUF of
+/// `ty` in the cache (`NAME-TYPE.gguf` in the snapshot, so `REPO:TYPE` names it) — the same
+/// bytes `qinfer quantize` writes from the whole checkpoint — while it downloads: shard by
+/// shard, each tensor converted as soon as the shards holding its inputs are there, each shard
+/// removed once every tensor it feeds is written (unless `keep`), so the disk holds the GGUF
+/// and a shard or two, not the whole checkpoint. The tensors written are journaled after each
+/// shard: an interrupted pull resumes without fetching the shards already converted. One
+/// progress bar counts every shard's bytes twice: downloaded, then converted. Returns the
+/// GGUF's path.
 pub fn pull_quantized(o: &PullOptions<'_>, ty: FileType, keep: bool) -> Result<PathBuf> {
     if o.tag.is_some() {
         bail!(
@@ -264,28 +349,163 @@ pub fn pull_quantized(o: &PullOptions<'_>, ty: FileType, keep: bool) -> Result<P
             o.repo
         );
     }
-    let o = PullOptions {
-        reserve_ratio: bits_per_weight(ty) / 16.0 * 1.05,
-        tag: None,
-        cache: o.cache.clone(),
-        endpoint: o.endpoint.clone(),
-        token: o.token.clone(),
-        ..*o
-    };
-    let snapshot = pull(&o)?;
-    let shards: Vec<String> = hf_cache::files_under(&snapshot)
+    let r = Remote::open(o)?;
+    let name = o.repo.rsplit('/').next().unwrap_or(o.repo);
+    let out = r.snapshot.join(format!("{name}-{}.gguf", ty.name()));
+    if out.is_file() {
+        return Ok(out);
+    }
+    let mut shards: Vec<String> = r
+        .names()
         .into_iter()
-        .filter(|f| f.ends_with(".safetensors"))
+        .filter(|f| f.ends_with(".safetensors") && !f.contains('/'))
         .collect();
+    shards.sort();
     if shards.is_empty() {
         bail!("{} has no safetensors checkpoint to quantize", o.repo);
     }
-    let name = o.repo.rsplit('/').next().unwrap_or(o.repo);
-    let out = snapshot.join(format!("{name}-{}.gguf", ty.name()));
-    crate::quantize::write_gguf(&snapshot, &out, ty)?;
-    if !keep {
-        crate::models::remove_files(&hf_cache::repo_folder(&o.cache, o.repo), &snapshot, &shards)?;
+    let small: Vec<String> = r
+        .names()
+        .into_iter()
+        .filter(|f| wanted(f) && !f.ends_with(".safetensors"))
+        .collect();
+
+    // Disk: the GGUF (estimated from the checkpoint's 16-bit weights) and, at once, the two
+    // largest shards — or all of them with --keep.
+    let sizes: Option<Vec<u64>> = shards.iter().map(|s| r.size_of(s)).collect();
+    let total: u64 = sizes.as_ref().map_or(0, |s| s.iter().sum());
+    if let Some(mut sizes) = sizes {
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let held: u64 = if keep {
+            total
+        } else {
+            sizes.iter().take(2).sum()
+        };
+        let gguf = (total as f64 * ty.bits_per_weight() / 16.0 * 1.05) as u64;
+        let small_bytes: u64 = small.iter().filter_map(|f| r.size_of(f)).sum();
+        check_disk(&o.cache, small_bytes + held + gguf)?;
     }
+    for f in &small {
+        r.fetch(f, &ProgressBar::hidden())?;
+    }
+    let snapshot = r.snapshot.clone();
+    let bar = o.bar(2 * total);
+
+    // Where each tensor lives: the shard index, or the one shard's own header.
+    let index = snapshot.join(safetensors::INDEX_FILE);
+    let weight_map: BTreeMap<String, String> = if index.is_file() {
+        safetensors::read_index(&index)?
+    } else if let [only] = shards.as_slice() {
+        bar.set_message(format!("downloading {only}"));
+        r.fetch(only, &bar)?;
+        let mut ck = Checkpoint::default();
+        ck.add_file(&snapshot.join(only))?;
+        ck.tensors
+            .keys()
+            .map(|n| (n.clone(), only.clone()))
+            .collect()
+    } else {
+        bail!(
+            "{} has {} safetensors files but no {}",
+            o.repo,
+            shards.len(),
+            safetensors::INDEX_FILE
+        );
+    };
+    if let Some(s) = weight_map.values().find(|s| !shards.contains(s)) {
+        bail!(
+            "{}: names a shard {s} the repo does not have",
+            index.display()
+        );
+    }
+
+    let (config, extra) = crate::quantize::checkpoint_metadata(&snapshot)?;
+    let present = |n: &str| weight_map.contains_key(n);
+    let naming = Naming::Hf(Loader::detect_hf_prefix(&present)?);
+    let partial = out.with_extension("gguf.partial");
+    let journal_path = out.with_extension("gguf.partial.json");
+    let resume = journaled(&journal_path, &r.sha, ty).filter(|_| partial.is_file());
+    let create = |resume: Option<&[String]>| {
+        GgufExport::create(
+            &partial,
+            &present,
+            naming,
+            &config,
+            extra.clone(),
+            ty,
+            resume,
+        )
+    };
+    let mut export = match resume.as_deref().map(|w| create(Some(w))) {
+        Some(Ok(e)) => e,
+        // A partial file with another header (written by another qinfer): start over.
+        Some(Err(_)) | None => create(None)?,
+    };
+    let needs: Vec<BTreeSet<&str>> = (0..export.len())
+        .map(|i| {
+            export
+                .inputs(i)
+                .iter()
+                .filter_map(|n| weight_map.get(n).map(String::as_str))
+                .collect()
+        })
+        .collect();
+    let pending = |export: &GgufExport, shard: &str| {
+        (0..export.len()).any(|i| !export.is_written(i) && needs[i].contains(shard))
+    };
+    let mut held: BTreeSet<&str> = BTreeSet::new();
+    for shard in &shards {
+        let size = r.size_of(shard).unwrap_or(0);
+        if !pending(&export, shard) {
+            bar.inc(2 * size);
+            continue;
+        }
+        bar.set_message(format!("downloading {shard}"));
+        if snapshot.join(shard).is_file() {
+            bar.inc(size);
+        } else {
+            r.fetch(shard, &bar)?;
+        }
+        held.insert(shard);
+        let mut ck = Checkpoint::default();
+        for h in &held {
+            ck.add_file(&snapshot.join(h))?;
+        }
+        ck.check_index(&index, &weight_map)?;
+        for i in 0..export.len() {
+            if !export.is_written(i) && needs[i].iter().all(|s| held.contains(s)) {
+                bar.set_message(format!("converting {}", export.name(i)));
+                export
+                    .write(i, &ck)
+                    .with_context(|| format!("converting {}", o.repo))?;
+            }
+        }
+        drop(ck);
+        export.sync()?;
+        let written = (0..export.len())
+            .filter(|&i| export.is_written(i))
+            .map(|i| export.name(i))
+            .collect();
+        let tmp = journal_path.with_extension("json.tmp");
+        std::fs::write(&tmp, journal(&r.sha, ty, written).to_string())?;
+        std::fs::rename(&tmp, &journal_path)?;
+        bar.inc(size);
+        for h in held.clone() {
+            if !pending(&export, h) {
+                held.remove(h);
+                if !keep {
+                    crate::models::remove_files(&r.folder, &snapshot, &[h.to_string()])?;
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    export
+        .finish()
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    std::fs::rename(&partial, &out)?;
+    let _ = std::fs::remove_file(&journal_path);
+    r.record_ref()?;
     Ok(out)
 }
 
@@ -426,6 +646,7 @@ fn download(
     size: Option<u64>,
     name: &str,
     o: &PullOptions<'_>,
+    bar: &ProgressBar,
 ) -> Result<()> {
     let part = blob.with_extension("incomplete");
     let mut have = std::fs::metadata(&part).map_or(0, |m| m.len());
@@ -449,36 +670,28 @@ fn download(
             have = 0;
             File::create(&part)?
         }
-        416 if size == Some(have) => return Ok(()),
+        416 if size == Some(have) => {
+            bar.inc(have);
+            return Ok(());
+        }
         s => bail!("downloading {name}: HTTP {s}"),
     };
-    let bar = if o.show_progress {
-        ProgressBar::new(size.unwrap_or(0))
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg:30!} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {eta:>4}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(name.to_string());
-    bar.set_position(have);
+    bar.inc(have);
+    let mut got = have;
     let mut reader = resp.into_body().into_reader();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = reader.read(&mut buf).with_context(|| {
-            format!("downloading {name}: connection lost at {} bytes; run the same command again to resume", bar.position())
+            format!("downloading {name}: connection lost at {got} bytes; run the same command again to resume")
         })?;
         if n == 0 {
             break;
         }
         file.write_all(&buf[..n])?;
+        got += n as u64;
         bar.inc(n as u64);
     }
     file.sync_all()?;
-    bar.finish_and_clear();
     Ok(())
 }
 

@@ -107,13 +107,9 @@ pub fn write_gguf(input: &Path, output: &Path, file_type: FileType) -> Result<Ex
                 input.display()
             );
         }
-        let dir = input.to_path_buf();
-        let raw = RawConfig::from_file(&dir.join("config.json"))?;
-        let config =
-            ModelConfig::from_hf(&raw).with_context(|| format!("{}/config.json", dir.display()))?;
-        let checkpoint = Checkpoint::open_dir(&dir)?;
-        let prefix = Loader::detect_hf_prefix(&checkpoint)?;
-        let extra = text_metadata(&dir, &config)?;
+        let (config, extra) = checkpoint_metadata(input)?;
+        let checkpoint = Checkpoint::open_dir(input)?;
+        let prefix = Loader::detect_hf_prefix(&|n| checkpoint.tensors.contains_key(n))?;
         export_gguf(
             &partial,
             &checkpoint,
@@ -134,6 +130,16 @@ pub fn write_gguf(input: &Path, output: &Path, file_type: FileType) -> Result<Ex
     };
     std::fs::rename(&partial, output)?;
     Ok(written)
+}
+
+/// A checkpoint directory's model configuration, and the GGUF metadata its tokenizer files
+/// give (what a GGUF written from it carries beside the model keys).
+pub fn checkpoint_metadata(dir: &Path) -> Result<(ModelConfig, Vec<(String, Value)>)> {
+    let raw = RawConfig::from_file(&dir.join("config.json"))?;
+    let config =
+        ModelConfig::from_hf(&raw).with_context(|| format!("{}/config.json", dir.display()))?;
+    let extra = text_metadata(dir, &config)?;
+    Ok((config, extra))
 }
 
 /// What `qinfer quantize` prints about a written file.

@@ -44,15 +44,22 @@ fn files() -> Vec<(String, Vec<u8>)> {
 }
 
 fn start_hub(cut_first: usize) -> Hub {
-    start_repo_hub(REPO, files(), cut_first)
+    start_repo_hub(REPO, files(), "tiny-Q8_0.gguf", cut_first)
 }
 
-fn start_repo_hub(repo: &'static str, files: Vec<(String, Vec<u8>)>, cut_first: usize) -> Hub {
+/// A hub serving `repo` with `files` (all through LFS); the first `cut_first` full downloads
+/// of `cut_file` stop halfway.
+fn start_repo_hub(
+    repo: &'static str,
+    files: Vec<(String, Vec<u8>)>,
+    cut_file: &str,
+    cut_first: usize,
+) -> Hub {
     let files = files
         .into_iter()
         .map(|(n, b)| HubFile::lfs(&n, b))
         .collect();
-    hub::start(repo, SHA, files, "tiny-Q8_0.gguf", cut_first)
+    hub::start(repo, SHA, files, cut_file, cut_first)
 }
 
 /// Runs `qinfer ARGS` against the hub, with `cache` as the HF cache and the last-use record.
@@ -355,10 +362,12 @@ fn short_names_from_the_users_file() {
     );
 }
 
-/// `pull --quant` writes exactly what `qinfer quantize` writes from the same checkpoint, in
-/// the cache where `REPO:TYPE` names it, and drops the shards unless `--keep`.
+/// `pull --quant` converts while it downloads: the first shard is converted and removed before
+/// the second has arrived; a pull cut off in the second shard resumes from its journal without
+/// fetching the first again; the result is exactly what `qinfer quantize` writes from the same
+/// checkpoint, in the cache where `REPO:TYPE` names it, with no shard left.
 #[test]
-fn pull_quant_equals_quantize() {
+fn pull_quant_streams_resumes_and_equals_quantize() {
     let dir =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-dense-bf16");
     let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
@@ -371,7 +380,11 @@ fn pull_quant_equals_quantize() {
             )
         })
         .collect();
-    let hub = start_repo_hub("Org/Tiny-BF16", files, 0);
+    let (first, second) = (
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    );
+    let hub = start_repo_hub("Org/Tiny-BF16", files, second, 1);
     let cache = tempfile::tempdir().unwrap();
     let o = qinfer(
         hub.port,
@@ -379,7 +392,49 @@ fn pull_quant_equals_quantize() {
         &["pull", "Org/Tiny-BF16", "--quant", "q8_0"],
         &[],
     );
+    assert!(
+        !o.status.success() && text(&o).contains("connection lost"),
+        "{}",
+        text(&o)
+    );
+    let snapshot = cache
+        .path()
+        .join(format!("hub/models--Org--Tiny-BF16/snapshots/{SHA}"));
+    let on_disk = qinfer_formats::hf_cache::files_under(&snapshot);
+    assert!(
+        !on_disk.contains(&first.to_string())
+            && on_disk.contains(&"Tiny-BF16-Q8_0.gguf.partial".to_string())
+            && !on_disk.contains(&"Tiny-BF16-Q8_0.gguf".to_string()),
+        "the first shard converted and removed, the GGUF unfinished: {on_disk:?}"
+    );
+    let journal =
+        std::fs::read_to_string(snapshot.join("Tiny-BF16-Q8_0.gguf.partial.json")).unwrap();
+    assert!(journal.contains("blk.0.attn_qkv.weight"), "{journal}");
+    let first_blob = cache.path().join(format!(
+        "hub/models--Org--Tiny-BF16/blobs/{}",
+        hub::sha256_hex(&std::fs::read(dir.join(first)).unwrap())
+    ));
+    assert!(!first_blob.exists(), "the first shard's blob is removed");
+
+    let o = qinfer(
+        hub.port,
+        cache.path(),
+        &["pull", "Org/Tiny-BF16", "--quant", "q8_0"],
+        &[],
+    );
     assert!(o.status.success(), "{}", text(&o));
+    let first_gets = hub
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l.strip_prefix("GET /lfs/")
+                .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+                .is_some_and(|i| hub.names[i] == first)
+        })
+        .count();
+    assert_eq!(first_gets, 1, "the first shard is downloaded once");
     let pulled = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
     assert!(
         pulled.ends_with("Tiny-BF16-Q8_0.gguf"),
@@ -404,11 +459,12 @@ fn pull_quant_equals_quantize() {
         std::fs::read(&pulled).unwrap() == std::fs::read(&reference).unwrap(),
         "the same bytes"
     );
-    let snapshot = pulled.parent().unwrap();
-    let left = qinfer_formats::hf_cache::files_under(snapshot);
+    let left = qinfer_formats::hf_cache::files_under(&snapshot);
     assert!(
-        !left.iter().any(|f| f.ends_with(".safetensors")),
-        "the shards are removed: {left:?}"
+        !left
+            .iter()
+            .any(|f| f.ends_with(".safetensors") || f.contains(".partial")),
+        "the shards and the partial file are gone: {left:?}"
     );
     assert!(left.contains(&"config.json".to_string()));
     let list = text(&qinfer(hub.port, cache.path(), &["list"], &[]));

@@ -122,34 +122,37 @@ impl Checkpoint {
 
     /// Opens a shard index and every shard it names.
     pub fn open_index(index: &Path) -> Result<Self, SafetensorsError> {
-        #[derive(Deserialize)]
-        struct Index {
-            weight_map: BTreeMap<String, String>,
+        let weight_map = read_index(index)?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut ck = Checkpoint::default();
+        let mut shards: Vec<&String> = weight_map.values().collect();
+        shards.sort();
+        shards.dedup();
+        for shard in shards {
+            ck.add_file(&dir.join(shard))?;
         }
+        ck.check_index(index, &weight_map)?;
+        Ok(ck)
+    }
+
+    /// Checks the tensors of the shards opened so far against an index (`weight_map`, read
+    /// from `index` by [`read_index`]): each tensor the index lists in an open shard is there.
+    pub fn check_index(
+        &self,
+        index: &Path,
+        weight_map: &BTreeMap<String, String>,
+    ) -> Result<(), SafetensorsError> {
         let bad = |why: String| SafetensorsError::InvalidIndex {
             path: index.to_path_buf(),
             why,
         };
-        let text = std::fs::read_to_string(index).map_err(|source| SafetensorsError::Io {
-            path: index.to_path_buf(),
-            source,
-        })?;
-        let parsed: Index = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let dir = index.parent().unwrap_or(Path::new("."));
-        let mut ck = Checkpoint::default();
-        let mut shards: Vec<&String> = parsed.weight_map.values().collect();
-        shards.sort();
-        shards.dedup();
-        for shard in shards {
-            if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
-                return Err(bad(format!(
-                    "shard name {shard:?} is not a plain file name"
-                )));
-            }
-            ck.add_file(&dir.join(shard))?;
-        }
-        for (name, shard) in &parsed.weight_map {
-            match ck.tensors.get(name) {
+        let open = |shard: &str| {
+            self.files
+                .iter()
+                .any(|f| f.file_name().is_some_and(|n| n == shard))
+        };
+        for (name, shard) in weight_map.iter().filter(|(_, s)| open(s)) {
+            match self.tensors.get(name) {
                 Some(t) if t.file.file_name().is_some_and(|f| f == shard.as_str()) => {}
                 Some(t) => {
                     return Err(bad(format!(
@@ -164,7 +167,7 @@ impl Checkpoint {
                 }
             }
         }
-        Ok(ck)
+        Ok(())
     }
 
     /// Maps one file and adds its tensors.
@@ -187,6 +190,34 @@ impl Checkpoint {
         self.files.push(path.to_path_buf());
         Ok(())
     }
+}
+
+/// A shard index (`model.safetensors.index.json`): where each tensor lives, by name. Shard
+/// names must be plain file names (beside the index).
+pub fn read_index(index: &Path) -> Result<BTreeMap<String, String>, SafetensorsError> {
+    #[derive(Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let bad = |why: String| SafetensorsError::InvalidIndex {
+        path: index.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(index).map_err(|source| SafetensorsError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if let Some(shard) = parsed
+        .weight_map
+        .values()
+        .find(|s| s.is_empty() || s.contains('/') || s.contains('\\') || s.starts_with('.'))
+    {
+        return Err(bad(format!(
+            "shard name {shard:?} is not a plain file name"
+        )));
+    }
+    Ok(parsed.weight_map)
 }
 
 #[derive(Deserialize)]

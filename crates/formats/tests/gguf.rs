@@ -388,10 +388,66 @@ fn writer_rejects_misuse() {
     assert!(msg(w.write_tensor("t", &[0; 16]).unwrap_err()).contains("before write_header"));
     w.write_header().unwrap();
     assert!(msg(w.add_metadata("late", Value::U8(1)).unwrap_err()).contains("after write_header"));
-    assert!(msg(w.write_tensor("q", &[0; 36]).unwrap_err()).contains("\"t\" is next"));
+    assert!(
+        msg(w.write_tensor("z", &[0; 4]).unwrap_err())
+            .contains("\"z\" written, but it was not declared")
+    );
     assert!(msg(w.write_tensor("t", &[0; 15]).unwrap_err()).contains("is 16 bytes, got 15"));
     w.write_tensor("t", &[0; 16]).unwrap();
+    assert!(msg(w.write_tensor("t", &[0; 16]).unwrap_err()).contains("\"t\" written twice"));
     assert!(msg(w.finish().unwrap_err()).contains("tensor \"q\" was declared but not written"));
+}
+
+/// Declares `x` (F32 [3]), `y` (Q8_0 [32, 2]) and `z` (F32 [40]) and writes the header.
+fn three_tensors(w: &mut GgufWriter) {
+    w.add_metadata("k", Value::U32(5)).unwrap();
+    w.add_tensor("x", &[3], DType::F32).unwrap();
+    w.add_tensor("y", &[32, 2], DType::Q8_0).unwrap();
+    w.add_tensor("z", &[40], DType::F32).unwrap();
+    w.write_header().unwrap();
+}
+
+/// Tensors written in any order, or some of them and the rest after reopening the file, give
+/// the bytes a sequential write gives; a reopened file must have the declared header.
+#[test]
+fn writer_takes_tensors_in_any_order_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: [(&str, Vec<u8>); 3] = [("x", vec![1; 12]), ("y", vec![2; 68]), ("z", vec![3; 160])];
+    let write = |name: &str, order: &[usize]| {
+        let p = dir.path().join(name);
+        let mut w = GgufWriter::create(&p, 32).unwrap();
+        three_tensors(&mut w);
+        for &i in order {
+            w.write_tensor(data[i].0, &data[i].1).unwrap();
+        }
+        w.finish().unwrap();
+        std::fs::read(&p).unwrap()
+    };
+    let sequential = write("a.gguf", &[0, 1, 2]);
+    assert_eq!(write("b.gguf", &[2, 0, 1]), sequential);
+    assert_eq!(write("c.gguf", &[1, 2, 0]), sequential);
+
+    // Interrupted after `z`: reopened, `z` marked, the others written.
+    let p = dir.path().join("d.gguf");
+    let mut w = GgufWriter::create(&p, 32).unwrap();
+    three_tensors(&mut w);
+    w.write_tensor("z", &data[2].1).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    let mut w = GgufWriter::reopen(&p, 32).unwrap();
+    three_tensors(&mut w);
+    w.mark_written("z").unwrap();
+    w.write_tensor("y", &data[1].1).unwrap();
+    w.write_tensor("x", &data[0].1).unwrap();
+    w.finish().unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), sequential);
+
+    // A different declaration does not match the file.
+    let mut w = GgufWriter::reopen(&p, 32).unwrap();
+    w.add_metadata("k", Value::U32(6)).unwrap();
+    w.add_tensor("x", &[3], DType::F32).unwrap();
+    let e = w.write_header().unwrap_err().to_string();
+    assert!(e.contains("does not start with the declared header"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -246,6 +246,23 @@ enum Make {
     },
 }
 
+impl Make {
+    /// The source tensors it reads, for an output of `shape`.
+    fn inputs(self, shape: &[usize]) -> Vec<TensorId> {
+        match self {
+            Make::Copy(id)
+            | Make::Norm(id)
+            | Make::TileRows { id, .. }
+            | Make::TileCols { id, .. }
+            | Make::ExpertRows { id, .. } => vec![id],
+            Make::DeltaNetA(l) => vec![TensorId::Layer(l, LayerTensor::DeltaNetALog)],
+            Make::StackExperts { block, role } => {
+                (0..shape[0]).map(|x| block.id(role(x))).collect()
+            }
+        }
+    }
+}
+
 struct Planned {
     name: String,
     /// Row-major `[.., rows, cols]`.
@@ -277,25 +294,118 @@ pub fn export_gguf(
     ft: FileType,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Exported, ExportError> {
-    let ld = Loader::new(source, naming, config.norm);
-    let plan = plan(&ld, config, ft)?;
-    let mtp = plan.iter().any(|t| t.name.contains(".nextn."));
-    let mut w = GgufWriter::create(path, 32)?;
-    for (k, v) in metadata(config, ft, mtp)?.into_iter().chain(extra) {
-        w.add_metadata(k, v)?;
+    let present = |name: &str| source.tensor(name).is_some();
+    let mut export = GgufExport::create(path, &present, naming, config, extra, ft, None)?;
+    let n = export.len();
+    for i in 0..n {
+        progress(i, n, export.name(i));
+        export.write(i, source)?;
     }
-    for t in &plan {
-        let dims: Vec<usize> = t.shape.iter().rev().copied().collect();
-        w.add_tensor(t.name.clone(), &dims, t.dtype)?;
+    progress(n, n, "");
+    export.finish()
+}
+
+/// One GGUF file being written: planned and its header written by [`GgufExport::create`],
+/// then each tensor produced from a source that holds its inputs, in any order (a checkpoint
+/// converted shard by shard as it downloads), the bytes the same whatever the order.
+pub struct GgufExport {
+    config: ModelConfig,
+    naming: Naming,
+    plan: Vec<Planned>,
+    writer: GgufWriter,
+    written: Vec<bool>,
+    mtp: bool,
+}
+
+impl std::fmt::Debug for GgufExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufExport")
+            .field("tensors", &self.plan.len())
+            .field("written", &self.written.iter().filter(|w| **w).count())
+            .finish()
     }
-    w.write_header()?;
-    let mut done = Exported {
-        mtp,
-        ..Exported::default()
-    };
-    for (i, t) in plan.iter().enumerate() {
-        progress(i, plan.len(), &t.name);
-        let values = produce(&ld, config, t)?;
+}
+
+impl GgufExport {
+    /// Plans the file for a source whose tensor names are those for which `present` holds
+    /// (the names suffice: no data is read), and writes its header at `path`. With `resume`
+    /// (the tensors an interrupted run wrote), the file at `path` is continued instead: it must
+    /// start with the same header.
+    pub fn create(
+        path: &Path,
+        present: &dyn Fn(&str) -> bool,
+        naming: Naming,
+        config: &ModelConfig,
+        extra: Vec<(String, Value)>,
+        ft: FileType,
+        resume: Option<&[String]>,
+    ) -> Result<Self, ExportError> {
+        let has = |id: TensorId| present(&id.name_in(naming));
+        let plan = plan(&has, config, ft)?;
+        let mtp = plan.iter().any(|t| t.name.contains(".nextn."));
+        let mut w = match resume {
+            Some(_) => GgufWriter::reopen(path, 32)?,
+            None => GgufWriter::create(path, 32)?,
+        };
+        for (k, v) in metadata(config, ft, mtp)?.into_iter().chain(extra) {
+            w.add_metadata(k, v)?;
+        }
+        for t in &plan {
+            let dims: Vec<usize> = t.shape.iter().rev().copied().collect();
+            w.add_tensor(t.name.clone(), &dims, t.dtype)?;
+        }
+        w.write_header()?;
+        let mut written = vec![false; plan.len()];
+        for name in resume.unwrap_or_default() {
+            w.mark_written(name)?;
+            if let Some(i) = plan.iter().position(|t| &t.name == name) {
+                written[i] = true;
+            }
+        }
+        Ok(GgufExport {
+            config: config.clone(),
+            naming,
+            plan,
+            writer: w,
+            written,
+            mtp,
+        })
+    }
+
+    /// Tensors in the file.
+    pub fn len(&self) -> usize {
+        self.plan.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plan.is_empty()
+    }
+
+    /// The file's name of tensor `i`.
+    pub fn name(&self, i: usize) -> &str {
+        &self.plan[i].name
+    }
+
+    pub fn is_written(&self, i: usize) -> bool {
+        self.written[i]
+    }
+
+    /// The source tensor names tensor `i` is made from.
+    pub fn inputs(&self, i: usize) -> Vec<String> {
+        self.plan[i]
+            .make
+            .inputs(&self.plan[i].shape)
+            .into_iter()
+            .map(|id| id.name_in(self.naming))
+            .collect()
+    }
+
+    /// Produces tensor `i` from `source` (which must hold its [`GgufExport::inputs`]),
+    /// quantizes it and writes it at its place in the file.
+    pub fn write(&mut self, i: usize, source: &dyn TensorSource) -> Result<(), ExportError> {
+        let t = &self.plan[i];
+        let ld = Loader::new(source, self.naming, self.config.norm);
+        let values = produce(&ld, &self.config, t)?;
         let cols = *t.shape.last().unwrap_or(&1);
         let bytes = qinfer_cpu::ops::quantize_rows(t.dtype, &values, cols).map_err(|source| {
             ExportError::Quantize {
@@ -303,17 +413,40 @@ pub fn export_gguf(
                 source,
             }
         })?;
-        w.write_tensor(&t.name, &bytes)?;
-        done.tensors += 1;
-        done.bytes += bytes.len() as u64;
-        *done.types.entry(t.dtype.to_string()).or_default() += 1;
+        self.writer.write_tensor(&t.name, &bytes)?;
+        self.written[i] = true;
+        Ok(())
     }
-    progress(plan.len(), plan.len(), "");
-    w.finish()?;
-    Ok(done)
+
+    /// Makes the tensors written so far durable (before a caller records them as done).
+    pub fn sync(&mut self) -> Result<(), ExportError> {
+        Ok(self.writer.sync()?)
+    }
+
+    /// Completes the file; fails if a tensor is not written.
+    pub fn finish(self) -> Result<Exported, ExportError> {
+        self.writer.finish()?;
+        let mut done = Exported {
+            mtp: self.mtp,
+            ..Exported::default()
+        };
+        for t in &self.plan {
+            let rows: usize = t.shape[..t.shape.len().saturating_sub(1)].iter().product();
+            let cols = *t.shape.last().unwrap_or(&1);
+            done.tensors += 1;
+            done.bytes += t.dtype.row_bytes(cols).map_or(0, |r| (r * rows) as u64);
+            *done.types.entry(t.dtype.to_string()).or_default() += 1;
+        }
+        Ok(done)
+    }
 }
 
-fn plan(ld: &Loader<'_>, c: &ModelConfig, ft: FileType) -> Result<Vec<Planned>, ExportError> {
+/// The file's tensors, for a source that has the tensors for which `has` holds.
+fn plan(
+    has: &dyn Fn(TensorId) -> bool,
+    c: &ModelConfig,
+    ft: FileType,
+) -> Result<Vec<Planned>, ExportError> {
     let (h, v, n) = (c.hidden, c.vocab, c.n_layers());
     let gg = |id: TensorId| match id {
         TensorId::Global(g) => names::global_in(Naming::Gguf, g),
@@ -362,9 +495,9 @@ fn plan(ld: &Loader<'_>, c: &ModelConfig, ft: FileType) -> Result<Vec<Planned>, 
         );
     }
     for (l, kind) in c.layers.iter().enumerate() {
-        plan_layer(ld, c, Block::Main(l), *kind, &mut add)?;
+        plan_layer(has, c, Block::Main(l), *kind, &mut add)?;
     }
-    if c.mtp_layers > 0 && ld.has(mtp(MtpTensor::Fc)) {
+    if c.mtp_layers > 0 && has(mtp(MtpTensor::Fc)) {
         if c.mtp_layers != 1 {
             return Err(ExportError::Unsupported(format!(
                 "{} MTP layers: GGUF export handles one",
@@ -380,7 +513,7 @@ fn plan(ld: &Loader<'_>, c: &ModelConfig, ft: FileType) -> Result<Vec<Planned>, 
             Kind::Mtp,
             Make::Copy(mtp(MtpTensor::Fc)),
         );
-        plan_layer(ld, c, Block::Mtp(n), LayerKind::Attention, &mut add)?;
+        plan_layer(has, c, Block::Mtp(n), LayerKind::Attention, &mut add)?;
         add(
             mtp(MtpTensor::FinalNorm),
             vec![h],
@@ -420,7 +553,7 @@ impl Block {
 
 /// Plans one decoder layer's tensors.
 fn plan_layer(
-    ld: &Loader<'_>,
+    has: &dyn Fn(TensorId) -> bool,
     c: &ModelConfig,
     block: Block,
     kind: LayerKind,
@@ -585,7 +718,7 @@ fn plan_layer(
                 Kind::Exact,
                 Make::Copy(id(MoeRouter)),
             );
-            let (gate, up, down) = if ld.has(id(MoeGateUpExperts)) {
+            let (gate, up, down) = if has(id(MoeGateUpExperts)) {
                 let s = id(MoeGateUpExperts);
                 (
                     Make::ExpertRows {
@@ -607,7 +740,7 @@ fn plan_layer(
                         n: h,
                     },
                 )
-            } else if ld.has(id(MoeGateExperts)) {
+            } else if has(id(MoeGateExperts)) {
                 (
                     Make::ExpertRows {
                         id: id(MoeGateExperts),

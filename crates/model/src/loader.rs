@@ -58,6 +58,17 @@ pub enum TensorId {
     Mtp { block: usize, t: MtpTensor },
 }
 
+impl TensorId {
+    /// The tensor's name in a source named by `naming`.
+    pub fn name_in(self, naming: Naming) -> String {
+        match self {
+            TensorId::Global(g) => names::global_in(naming, g),
+            TensorId::Layer(l, t) => names::layer_in(naming, l, t),
+            TensorId::Mtp { block, t } => names::mtp_in(naming, block, t),
+        }
+    }
+}
+
 /// Reads tensors of one source for the model being built.
 pub struct Loader<'a> {
     source: &'a dyn TensorSource,
@@ -85,11 +96,12 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// Detects the Hugging Face tensor prefix from where the embedding is.
-    pub fn detect_hf_prefix(source: &dyn TensorSource) -> Result<Prefix, LoadError> {
+    /// Detects the Hugging Face tensor prefix from where the embedding is, among the tensor
+    /// names for which `present` holds.
+    pub fn detect_hf_prefix(present: &dyn Fn(&str) -> bool) -> Result<Prefix, LoadError> {
         Prefix::ALL
             .into_iter()
-            .find(|p| source.tensor(&names::global(*p, Global::Embed)).is_some())
+            .find(|p| present(&names::global(*p, Global::Embed)))
             .ok_or_else(|| LoadError::MissingTensor {
                 name: format!(
                     "{} (or {})",
@@ -104,11 +116,7 @@ impl<'a> Loader<'a> {
     }
 
     pub fn name(&self, id: TensorId) -> String {
-        match id {
-            TensorId::Global(g) => names::global_in(self.naming, g),
-            TensorId::Layer(l, t) => names::layer_in(self.naming, l, t),
-            TensorId::Mtp { block, t } => names::mtp_in(self.naming, block, t),
-        }
+        id.name_in(self.naming)
     }
 
     pub fn has(&self, id: TensorId) -> bool {

@@ -281,7 +281,7 @@ impl Qwen35 {
         config: ModelConfig,
         checkpoint: &Checkpoint,
     ) -> Result<Self, LoadError> {
-        let prefix = Loader::detect_hf_prefix(checkpoint)?;
+        let prefix = Loader::detect_hf_prefix(&|n| checkpoint.tensor(n).is_some())?;
         Self::from_source(config, checkpoint, Naming::Hf(prefix))
     }
 

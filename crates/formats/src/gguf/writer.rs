@@ -4,12 +4,16 @@
 //!
 //! Order of calls: [`GgufWriter::create`] → [`GgufWriter::add_metadata`] /
 //! [`GgufWriter::add_tensor`] → [`GgufWriter::write_header`] → [`GgufWriter::write_tensor`] for
-//! every tensor in declaration order → [`GgufWriter::finish`]. The output is GGUF v3 with each
-//! tensor padded to the alignment, as gguf-py and ggml write it.
+//! every tensor → [`GgufWriter::finish`]. The output is GGUF v3 with each tensor padded to the
+//! alignment, as gguf-py and ggml write it. Every tensor's offset is fixed by the declarations,
+//! so tensors may be written in any order (a checkpoint converted shard by shard as it
+//! downloads); the bytes are the same whatever the order. [`GgufWriter::reopen`] continues an
+//! interrupted file: its header must be the one declared, and the tensors already in it are
+//! named with [`GgufWriter::mark_written`].
 
-use std::collections::HashSet;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use qinfer_tensor::DType;
@@ -38,13 +42,17 @@ pub struct GgufWriter {
     metadata: Vec<(String, Value)>,
     keys: HashSet<String>,
     tensors: Vec<Planned>,
-    names: HashSet<String>,
+    /// Declared tensors by name (index into `tensors`).
+    names: HashMap<String, usize>,
     /// Offset of the data section, once the header is written.
     data_start: Option<usize>,
-    /// Tensors written so far.
-    next: usize,
-    /// Bytes written so far.
+    /// Which declared tensors are written.
+    written: Vec<bool>,
+    /// The file position.
     pos: usize,
+    /// Continuing an existing file ([`GgufWriter::reopen`]): the header is checked, not
+    /// written.
+    reopened: bool,
 }
 
 impl GgufWriter {
@@ -53,28 +61,52 @@ impl GgufWriter {
     /// appends it (u32).
     pub fn create(path: impl AsRef<Path>, alignment: usize) -> Result<Self, GgufError> {
         let path = path.as_ref().to_path_buf();
-        if !alignment.is_power_of_two() || u32::try_from(alignment).is_err() {
-            return Err(GgufError::Writer {
-                path,
-                why: format!("alignment {alignment} is not a power of two in the u32 range"),
-            });
-        }
+        check_alignment(&path, alignment)?;
         let file = File::create(&path).map_err(|source| GgufError::Io {
             path: path.clone(),
             source,
         })?;
-        Ok(GgufWriter {
+        Ok(Self::new(path, file, alignment, false))
+    }
+
+    /// Opens an interrupted file to finish it: declare the same metadata and tensors as when it
+    /// was created; [`GgufWriter::write_header`] then checks that the file starts with exactly
+    /// that header (an error otherwise) instead of writing it.
+    pub fn reopen(path: impl AsRef<Path>, alignment: usize) -> Result<Self, GgufError> {
+        let path = path.as_ref().to_path_buf();
+        check_alignment(&path, alignment)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| GgufError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self::new(path, file, alignment, true))
+    }
+
+    fn new(path: PathBuf, file: File, alignment: usize, reopened: bool) -> Self {
+        GgufWriter {
             path,
             out: BufWriter::with_capacity(1 << 20, file),
             alignment,
             metadata: Vec::new(),
             keys: HashSet::new(),
             tensors: Vec::new(),
-            names: HashSet::new(),
+            names: HashMap::new(),
             data_start: None,
-            next: 0,
+            written: Vec::new(),
             pos: 0,
-        })
+            reopened,
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> GgufError {
+        GgufError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn usage(&self, why: String) -> GgufError {
@@ -163,13 +195,14 @@ impl GgufWriter {
             .and_then(|n| (n / block).checked_mul(block_bytes))
             .filter(|&s| s <= i64::MAX as usize)
             .ok_or_else(|| bad(format!("dims {dims:?} overflow")))?;
-        if !self.names.insert(name.clone()) {
+        if self.names.contains_key(&name) {
             return Err(GgufError::DuplicateTensor {
                 path: self.path.clone(),
                 name,
                 also: String::new(),
             });
         }
+        self.names.insert(name.clone(), self.tensors.len());
         let offset = match self.tensors.last() {
             None => 0,
             Some(t) => self.padded(t.offset + t.size)?,
@@ -195,6 +228,16 @@ impl GgufWriter {
             source,
         })?;
         self.pos += bytes.len();
+        Ok(())
+    }
+
+    fn seek(&mut self, to: usize) -> Result<(), GgufError> {
+        if self.pos != to {
+            self.out
+                .seek(SeekFrom::Start(to as u64))
+                .map_err(|e| self.io(e))?;
+            self.pos = to;
+        }
         Ok(())
     }
 
@@ -232,30 +275,59 @@ impl GgufWriter {
             head.extend_from_slice(&t.ggml_type.to_le_bytes());
             head.extend_from_slice(&(t.offset as u64).to_le_bytes());
         }
-        self.emit(&head)?;
-        let data_start = self.padded(self.pos)?;
-        self.pad_to(data_start)?;
-        self.data_start = Some(data_start);
+        if self.reopened {
+            let mut have = vec![0u8; head.len()];
+            let file = self.out.get_mut();
+            let same = file.seek(SeekFrom::Start(0)).is_ok()
+                && file.read_exact(&mut have).is_ok()
+                && have == head;
+            if !same {
+                return Err(
+                    self.usage("the existing file does not start with the declared header".into())
+                );
+            }
+            let data_start = self.padded(head.len())?;
+            self.pos = head.len();
+            self.seek(data_start)?;
+            self.data_start = Some(data_start);
+        } else {
+            self.emit(&head)?;
+            let data_start = self.padded(self.pos)?;
+            self.pad_to(data_start)?;
+            self.data_start = Some(data_start);
+        }
+        self.written = vec![false; self.tensors.len()];
         Ok(())
     }
 
-    /// Writes the data of the next declared tensor, which must be `name`, `bytes` its exact size.
-    pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<(), GgufError> {
-        let Some(data_start) = self.data_start else {
-            return Err(self.usage(format!("tensor {name:?} written before write_header")));
-        };
-        let Some(t) = self.tensors.get(self.next) else {
-            return Err(self.usage(format!(
-                "tensor {name:?} written, but all {} declared tensors are written",
-                self.tensors.len()
-            )));
-        };
-        if t.name != name {
-            return Err(self.usage(format!(
-                "tensor {name:?} written, but {:?} is next in declaration order",
-                t.name
-            )));
+    /// The declared tensor `name`, once the header is written.
+    fn declared(&self, name: &str, what: &str) -> Result<usize, GgufError> {
+        if self.data_start.is_none() {
+            return Err(self.usage(format!("tensor {name:?} {what} before write_header")));
         }
+        self.names
+            .get(name)
+            .copied()
+            .ok_or_else(|| self.usage(format!("tensor {name:?} {what}, but it was not declared")))
+    }
+
+    /// Takes `name` as already in a reopened file.
+    pub fn mark_written(&mut self, name: &str) -> Result<(), GgufError> {
+        let i = self.declared(name, "marked written")?;
+        self.written[i] = true;
+        Ok(())
+    }
+
+    /// Flushes what was written and makes it durable (before recording it elsewhere as done).
+    pub fn sync(&mut self) -> Result<(), GgufError> {
+        self.out.flush().map_err(|e| self.io(e))?;
+        self.out.get_ref().sync_data().map_err(|e| self.io(e))
+    }
+
+    /// Writes the data of the declared tensor `name`, `bytes` its exact size, at its offset.
+    pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<(), GgufError> {
+        let i = self.declared(name, "written")?;
+        let t = &self.tensors[i];
         if t.size != bytes.len() {
             return Err(self.usage(format!(
                 "tensor {name:?}: {} {:?} is {} bytes, got {}",
@@ -265,10 +337,20 @@ impl GgufWriter {
                 bytes.len()
             )));
         }
-        let start = data_start + t.offset;
-        self.pad_to(start)?;
+        if self.written[i] {
+            return Err(self.usage(format!("tensor {name:?} written twice")));
+        }
+        let start = self.data_start.unwrap_or(0) + t.offset;
+        // Between the previous tensor and this one lies only padding: write its zeros (a
+        // plain sequential file); anywhere else, seek (what is skipped reads as zeros until
+        // its own tensor is written).
+        if start >= self.pos && start - self.pos < self.alignment && !self.reopened {
+            self.pad_to(start)?;
+        } else {
+            self.seek(start)?;
+        }
         self.emit(bytes)?;
-        self.next += 1;
+        self.written[i] = true;
         Ok(())
     }
 
@@ -277,16 +359,33 @@ impl GgufWriter {
         if self.data_start.is_none() {
             self.write_header()?;
         }
-        if let Some(t) = self.tensors.get(self.next) {
-            return Err(self.usage(format!("tensor {:?} was declared but not written", t.name)));
+        if let Some(i) = self.written.iter().position(|w| !w) {
+            return Err(self.usage(format!(
+                "tensor {:?} was declared but not written",
+                self.tensors[i].name
+            )));
         }
-        let end = self.padded(self.pos)?;
-        self.pad_to(end)?;
-        self.out.flush().map_err(|source| GgufError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        let data_start = self.data_start.unwrap_or(0);
+        let end = match self.tensors.last() {
+            Some(t) => self.padded(data_start + t.offset + t.size)?,
+            None => data_start,
+        };
+        self.out.flush().map_err(|e| self.io(e))?;
+        self.out
+            .get_ref()
+            .set_len(end as u64)
+            .map_err(|e| self.io(e))
     }
+}
+
+fn check_alignment(path: &Path, alignment: usize) -> Result<(), GgufError> {
+    if !alignment.is_power_of_two() || u32::try_from(alignment).is_err() {
+        return Err(GgufError::Writer {
+            path: path.to_path_buf(),
+            why: format!("alignment {alignment} is not a power of two in the u32 range"),
+        });
+    }
+    Ok(())
 }
 
 /// Arrays must be homogeneous and not nested deeper than the reader accepts.
