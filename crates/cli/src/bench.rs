@@ -47,7 +47,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "int8")]
     precision: String,
     #[command(flatten)]
-    kv: crate::KvTypeArg,
+    model_opts: crate::ModelOptions,
     /// Batched decode: N sequences generating `-n` tokens together through the engine loop,
     /// for each N given (`-b 1,4,16`): total and per-sequence tokens/s, and for MoE the mean
     /// distinct experts per layer per step; weight bytes read per step and per token.
@@ -273,7 +273,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     .and_then(|m| m.with_backend(std::sync::Arc::new(cpu)))
     .with_context(|| format!("cannot load model {}", path.display()))?;
-    args.kv.apply(&mut model)?;
+    args.model_opts.apply(&mut model)?;
     let load_s = started.elapsed().as_secs_f64();
     let file_bytes: u64 = if path.is_file() {
         std::fs::metadata(path)?.len()

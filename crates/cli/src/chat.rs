@@ -50,7 +50,7 @@ pub struct RunArgs {
     #[arg(long)]
     threads: Option<usize>,
     #[command(flatten)]
-    kv: crate::KvTypeArg,
+    model_opts: crate::ModelOptions,
     /// Keep the conversation in FILE: resume it (messages and model state, nothing processed
     /// again) if FILE exists, and save it after every answer.
     #[arg(long, value_name = "FILE")]
@@ -63,11 +63,11 @@ Ctrl-C stops the current answer.";
 
 pub fn run(args: RunArgs) -> Result<()> {
     let bundle = match &args.model {
-        Some(m) => crate::load_bundle(m, args.threads, &args.kv)?,
+        Some(m) => crate::load_bundle(m, args.threads, &args.model_opts)?,
         None => {
             qinfer_cpu::init_threads(args.threads);
             let mut bundle = ModelBundle::demo()?;
-            args.kv.apply(&mut bundle.model)?;
+            args.model_opts.apply(&mut bundle.model)?;
             bundle
         }
     };

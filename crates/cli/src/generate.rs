@@ -32,7 +32,7 @@ pub struct LogitsArgs {
     #[arg(long)]
     threads: Option<usize>,
     #[command(flatten)]
-    kv: crate::KvTypeArg,
+    model_opts: crate::ModelOptions,
 }
 
 #[derive(Args, Debug)]
@@ -73,7 +73,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     threads: Option<usize>,
     #[command(flatten)]
-    kv: crate::KvTypeArg,
+    model_opts: crate::ModelOptions,
 }
 
 #[derive(Clone, Debug)]
@@ -99,7 +99,7 @@ fn parse_ids(s: &str) -> Result<Ids, String> {
 pub fn load_model(
     arg: &Path,
     threads: Option<usize>,
-    kv: &crate::KvTypeArg,
+    opts: &crate::ModelOptions,
 ) -> Result<(Qwen35, PathBuf)> {
     qinfer_cpu::init_threads(threads);
     let path = crate::resolve_model(arg)?;
@@ -113,12 +113,12 @@ pub fn load_model(
             .with_context(|| format!("cannot load model {}", dir.display()))?;
         (model, dir)
     };
-    kv.apply(&mut model)?;
+    opts.apply(&mut model)?;
     Ok((model, at))
 }
 
 pub fn logits(args: LogitsArgs) -> Result<()> {
-    let (model, _) = load_model(&args.model, args.threads, &args.kv)?;
+    let (model, _) = load_model(&args.model, args.threads, &args.model_opts)?;
     let ids = &args.ids.0;
     let mut state = model.new_state();
     let logits = model.forward(ids, &mut state, Rows::All)?;
@@ -165,7 +165,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             return generate_ids_only(&args, sampling);
         }
     }
-    let bundle = crate::load_bundle(&args.model, args.threads, &args.kv)?;
+    let bundle = crate::load_bundle(&args.model, args.threads, &args.model_opts)?;
     let (prompt, starts_in_reasoning) = prompt_ids(&bundle, &args)?;
     let opts = GenerateOptions {
         json_object: false,
@@ -273,7 +273,7 @@ fn report(g: &Generation) -> Result<()> {
 
 /// Token ids in, token ids out, for models without a tokenizer (the test fixtures).
 fn generate_ids_only(args: &GenerateArgs, sampling: SamplingParams) -> Result<()> {
-    let (model, dir) = load_model(&args.model, args.threads, &args.kv)?;
+    let (model, dir) = load_model(&args.model, args.threads, &args.model_opts)?;
     let eos = if args.ignore_eos {
         Vec::new()
     } else {

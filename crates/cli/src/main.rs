@@ -16,12 +16,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use qinfer_cache::KvType;
 use qinfer_engine::sampler::SamplingParams;
 use qinfer_model::Qwen35;
+use qinfer_model::config::YarnParams;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -308,9 +309,10 @@ pub fn is_demo(arg: &Path) -> bool {
 /// docs/PERFORMANCE.md ("KV cache precision"). The library itself defaults to `f32`.
 pub const DEFAULT_KV_TYPE: KvType = KvType::F16;
 
-/// `--kv-type`, shared by every command that loads a model.
-#[derive(Args, Debug, Clone, Copy)]
-pub struct KvTypeArg {
+/// How a loaded model runs, shared by every command that loads one: `--kv-type` and the
+/// rope scaling (`--rope-scaling yarn --rope-factor F [--rope-original-ctx N]`).
+#[derive(Args, Debug, Clone)]
+pub struct ModelOptions {
     /// How the attention KV cache stores its rows: f32, bf16, f16 (default) or q8_0 (per row;
     /// rows not a multiple of 32 values store bf16). Also read from QINFER_KV_TYPE.
     #[arg(
@@ -320,9 +322,24 @@ pub struct KvTypeArg {
             .try_map(|s| s.parse::<KvType>())
     )]
     kv_type: Option<KvType>,
+    /// Rope scaling, overriding the model file's: `yarn` (with --rope-factor) extends the
+    /// context to F × the native window; `none` turns a file's YaRN off.
+    #[arg(long = "rope-scaling", value_name = "TYPE", value_parser = ["yarn", "none"])]
+    rope_scaling: Option<String>,
+    /// YaRN's factor: the context becomes F × the native window (4 takes Qwen3.6's 262,144
+    /// tokens to 1,048,576).
+    #[arg(long = "rope-factor", value_name = "F", requires = "rope_scaling")]
+    rope_factor: Option<f64>,
+    /// YaRN's original (pretraining) context; default: the model's native window.
+    #[arg(
+        long = "rope-original-ctx",
+        value_name = "N",
+        requires = "rope_scaling"
+    )]
+    rope_original_ctx: Option<usize>,
 }
 
-impl KvTypeArg {
+impl ModelOptions {
     /// The flag, else `QINFER_KV_TYPE`, else [`DEFAULT_KV_TYPE`].
     pub fn resolve(&self) -> Result<KvType> {
         if let Some(t) = self.kv_type {
@@ -338,6 +355,27 @@ impl KvTypeArg {
     /// configured.
     pub fn apply(&self, model: &mut Qwen35) -> Result<()> {
         model.set_kv_type(self.resolve()?);
+        match self.rope_scaling.as_deref() {
+            None => {}
+            Some("none") => {
+                if self.rope_factor.is_some() || self.rope_original_ctx.is_some() {
+                    bail!("--rope-factor and --rope-original-ctx go with --rope-scaling yarn");
+                }
+                model.set_rope_scaling(None)?;
+            }
+            Some(_) => {
+                let Some(factor) = self.rope_factor else {
+                    bail!(
+                        "--rope-scaling yarn needs --rope-factor F (the context becomes F × the native window)"
+                    );
+                };
+                model.set_rope_scaling(Some(YarnParams {
+                    factor: Some(factor),
+                    original_ctx: self.rope_original_ctx,
+                    ..YarnParams::default()
+                }))?;
+            }
+        }
         Ok(())
     }
 }
@@ -346,7 +384,7 @@ impl KvTypeArg {
 pub fn load_bundle(
     arg: &Path,
     threads: Option<usize>,
-    kv: &KvTypeArg,
+    opts: &ModelOptions,
 ) -> Result<qinfer_engine::generate::ModelBundle> {
     qinfer_cpu::init_threads(threads);
     let mut bundle = if is_demo(arg) {
@@ -362,6 +400,6 @@ pub fn load_bundle(
                 .with_context(|| format!("cannot load model {}", dir.display()))?
         }
     };
-    kv.apply(&mut bundle.model)?;
+    opts.apply(&mut bundle.model)?;
     Ok(bundle)
 }

@@ -61,7 +61,7 @@ pub struct ServeArgs {
     #[arg(long)]
     threads: Option<usize>,
     #[command(flatten)]
-    kv: crate::KvTypeArg,
+    model_opts: crate::ModelOptions,
     /// RAM budget of the prompt cache (KV blocks + Gated DeltaNet snapshots shared by every
     /// request), GB; 0 turns the cache off.
     #[arg(long, value_name = "GB", default_value_t = 4.0)]
@@ -101,7 +101,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let bundle = Arc::new(crate::load_bundle(&args.model, args.threads, &args.kv)?);
+    let bundle = Arc::new(crate::load_bundle(
+        &args.model,
+        args.threads,
+        &args.model_opts,
+    )?);
     let mut names: Vec<String> = args
         .served_model_name
         .iter()

@@ -120,6 +120,56 @@ fn generate_json_gives_the_reference_greedy_ids() {
     }
 }
 
+/// `--rope-scaling yarn --rope-factor 4 --rope-original-ctx 64` on the plain tiny model gives
+/// transformers' greedy ids for the YaRN config (`tools/make_yarn_reference.py`); the flags
+/// are checked (yarn needs a factor; the factor needs yarn).
+#[test]
+fn rope_scaling_flags_give_transformers_yarn() {
+    let r = reference("yarn");
+    let want = r["greedy_ids"].as_array().unwrap().len().to_string();
+    let m = fixture("tiny-dense-f32");
+    let m = m.to_str().unwrap();
+    let prompt = csv(&r["greedy_prompt"]);
+    let args = [
+        "generate",
+        m,
+        "--ids",
+        &prompt,
+        "--max-tokens",
+        &want,
+        "--temperature",
+        "0",
+        "--json",
+    ];
+    let yarn = [
+        "--rope-scaling",
+        "yarn",
+        "--rope-factor",
+        "4",
+        "--rope-original-ctx",
+        "64",
+    ];
+    let o = qinfer_with(
+        &[("QINFER_MATMUL", "exact")],
+        &[&args[..], &yarn[..]].concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(got, serde_json::json!({ "ids": r["greedy_ids"] }));
+    let o = qinfer(&[&args[..], &["--rope-scaling", "yarn"]].concat());
+    assert!(
+        !o.status.success() && stderr(&o).contains("needs --rope-factor"),
+        "{}",
+        stderr(&o)
+    );
+    let o = qinfer(&[&args[..], &["--rope-factor", "4"]].concat());
+    assert!(
+        !o.status.success() && stderr(&o).contains("--rope-scaling"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// The AVX2 kernel tier, forced through `QINFER_ISA` (with and without AVX-VNNI), against the
 /// scalar reference tier on float (F32, BF16 MoE) and Q8_0 weights: the same greedy tokens, and
 /// logits equal up to `f32` summation order (the 8-bit activations are rounded identically). On

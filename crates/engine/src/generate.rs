@@ -370,6 +370,7 @@ pub fn generate(
             prompt: prompt.len(),
             max_tokens: opts.max_tokens,
             context,
+            hint: model.config.context_hint(),
         });
     }
     let arrived = Instant::now();

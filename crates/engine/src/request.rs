@@ -29,11 +29,15 @@ pub enum EngineError {
     NoTokenizer(PathBuf),
     #[error("{0}: no chat template (chat_template.jinja or tokenizer_config.json `chat_template`)")]
     NoTemplate(String),
-    #[error("prompt of {prompt} tokens + {max_tokens} new tokens exceeds the context of {context}")]
+    #[error(
+        "prompt of {prompt} tokens + {max_tokens} new tokens exceeds the context of {context}{hint}"
+    )]
     ContextOverflow {
         prompt: usize,
         max_tokens: usize,
         context: usize,
+        /// [`qinfer_model::ModelConfig::context_hint`].
+        hint: &'static str,
     },
     #[error("the prompt is empty")]
     EmptyPrompt,

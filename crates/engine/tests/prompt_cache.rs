@@ -411,6 +411,18 @@ fn a_session_file_resumes_without_reprocessing() {
     other.embed = qinfer_tensor::Weight::from_f32(vec![0.5; 64 * 64], 64, 64);
     let err = session::load(&path, &other).unwrap_err();
     assert!(err.contains("another model"), "{err}");
+    // The rope configuration is part of the key: the same weights under YaRN are another
+    // model to the session (and to the prompt cache's files, keyed the same way).
+    let mut scaled = qinfer_engine::demo::demo_model();
+    assert!(session::load(&path, &scaled).is_ok(), "the same model");
+    scaled
+        .set_rope_scaling(Some(qinfer_model::config::YarnParams {
+            factor: Some(4.0),
+            ..Default::default()
+        }))
+        .unwrap();
+    let err = session::load(&path, &scaled).unwrap_err();
+    assert!(err.contains("another model"), "{err}");
 }
 
 /// A re-rendered history keeps the exact ids the model generated, even where re-tokenizing

@@ -61,6 +61,8 @@ pub struct RawTextConfig {
     pub vocab_size: Option<usize>,
     pub rms_norm_eps: Option<f64>,
     pub max_position_embeddings: Option<usize>,
+    /// The pretraining context of a YaRN config, when kept outside `rope_parameters`.
+    pub original_max_position_embeddings: Option<usize>,
     pub rope_parameters: Option<RawRope>,
     /// Older configs keep rope fields at this level instead of in `rope_parameters`.
     pub rope_theta: Option<f64>,
@@ -89,6 +91,12 @@ pub struct RawRope {
     pub mrope_interleaved: Option<bool>,
     pub factor: Option<f64>,
     pub original_max_position_embeddings: Option<usize>,
+    pub beta_fast: Option<f64>,
+    pub beta_slow: Option<f64>,
+    pub attention_factor: Option<f64>,
+    pub mscale: Option<f64>,
+    pub mscale_all_dim: Option<f64>,
+    pub truncate: Option<bool>,
 }
 
 impl RawConfig {

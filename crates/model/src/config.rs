@@ -8,7 +8,7 @@
 
 use qinfer_backend::VHeadOrder;
 use qinfer_formats::gguf::keys::{self, Arch};
-use qinfer_formats::hf_config::{RawConfig, RawTextConfig};
+use qinfer_formats::hf_config::{RawConfig, RawRope, RawTextConfig};
 
 use crate::error::ConfigError;
 
@@ -92,6 +92,110 @@ pub struct RopeConfig {
     pub mrope_section: [usize; 3],
     /// Interleaved (`i mod 3`) rather than contiguous assignment of frequencies to streams.
     pub mrope_interleaved: bool,
+    /// YaRN context extension, when configured (`rope_type: "yarn"`, or `--rope-scaling yarn`).
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN (arXiv 2309.00071) as transformers computes it (`_compute_yarn_parameters`):
+/// frequencies blended between interpolated (÷ `factor`) and original by a linear ramp over the
+/// dims whose wavelength lies between `beta_fast` and `beta_slow` rotations of the original
+/// context, and cos/sin scaled by `attention_factor`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Yarn {
+    pub factor: f64,
+    /// The pretraining context (`original_max_position_embeddings`): the native window.
+    pub original_ctx: usize,
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    /// What cos and sin are multiplied by.
+    pub attention_factor: f64,
+    /// Whether the correction range is rounded outwards to whole dims (transformers'
+    /// `truncate`, default true).
+    pub truncate: bool,
+}
+
+/// YaRN parameters as configs spell them; absent ones take transformers' defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct YarnParams {
+    pub factor: Option<f64>,
+    pub original_ctx: Option<usize>,
+    pub beta_fast: Option<f64>,
+    pub beta_slow: Option<f64>,
+    pub attention_factor: Option<f64>,
+    pub mscale: Option<f64>,
+    pub mscale_all_dim: Option<f64>,
+    pub truncate: Option<bool>,
+}
+
+impl Yarn {
+    /// Resolves `p` as transformers does: `factor` defaults to `max_positions /
+    /// original_ctx`, `original_ctx` to `max_positions`, the betas to 32 and 1, and
+    /// `attention_factor` to `0.1·ln(factor) + 1` (or the `mscale` / `mscale_all_dim` ratio of
+    /// such terms when both are given). The one validation of YaRN parameters.
+    pub fn resolve(p: YarnParams, max_positions: usize) -> Result<Yarn, ConfigError> {
+        let original_ctx = p.original_ctx.unwrap_or(max_positions);
+        if original_ctx == 0 {
+            return Err(ConfigError::Invalid {
+                field: "original_max_position_embeddings",
+                why: "0".into(),
+            });
+        }
+        let factor = p
+            .factor
+            .unwrap_or(max_positions as f64 / original_ctx as f64);
+        if !(factor.is_finite() && factor >= 1.0) {
+            return Err(ConfigError::Invalid {
+                field: "rope_parameters.factor",
+                why: format!("{factor} is not a finite number of at least 1"),
+            });
+        }
+        let mscale = Yarn::mscale;
+        let attention_factor = match (p.attention_factor, p.mscale, p.mscale_all_dim) {
+            (Some(a), _, _) => a,
+            (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                mscale(factor, m) / mscale(factor, all)
+            }
+            _ => mscale(factor, 1.0),
+        };
+        // transformers reads the betas with `or`: 0 means the default too.
+        let beta_fast = p.beta_fast.filter(|&b| b != 0.0).unwrap_or(32.0);
+        let beta_slow = p.beta_slow.filter(|&b| b != 0.0).unwrap_or(1.0);
+        for (v, field) in [
+            (attention_factor, "rope_parameters.attention_factor"),
+            (beta_fast, "rope_parameters.beta_fast"),
+            (beta_slow, "rope_parameters.beta_slow"),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    why: format!("{v} is not a finite positive number"),
+                });
+            }
+        }
+        Ok(Yarn {
+            factor,
+            original_ctx,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+            truncate: p.truncate.unwrap_or(true),
+        })
+    }
+
+    /// YaRN's attention scale for a context `scale` times longer: `0.1·m·ln(scale) + 1`
+    /// (1 when not longer); transformers' `get_mscale`.
+    pub fn mscale(scale: f64, m: f64) -> f64 {
+        if scale <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * scale.ln() + 1.0
+        }
+    }
+
+    /// The context YaRN extends to: `factor × original_ctx`.
+    pub fn extended_ctx(&self) -> usize {
+        (self.factor * self.original_ctx as f64).min(u32::MAX as f64) as usize
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,7 +415,10 @@ impl ModelConfig {
             rope,
             feed_forward,
             tie_embeddings: tie,
-            max_positions: req(t.max_position_embeddings, "max_position_embeddings")?,
+            max_positions: context_limit(
+                req(t.max_position_embeddings, "max_position_embeddings")?,
+                rope.yarn,
+            ),
             mtp_layers: t.mtp_num_hidden_layers.unwrap_or(0),
             norm: NormConvention::ZeroCentred,
         };
@@ -326,6 +433,49 @@ impl ModelConfig {
 
     pub fn is_moe(&self) -> bool {
         matches!(self.feed_forward, FeedForwardConfig::Moe { .. })
+    }
+
+    /// The context the model was pretrained for: YaRN's original context when YaRN is on,
+    /// else [`ModelConfig::max_positions`].
+    pub fn native_ctx(&self) -> usize {
+        self.rope.yarn.map_or(self.max_positions, |y| {
+            y.original_ctx.min(self.max_positions)
+        })
+    }
+
+    /// What a context-overflow message adds: how to extend the window with YaRN when it is
+    /// off, nothing when it is on.
+    pub fn context_hint(&self) -> &'static str {
+        match self.rope.yarn {
+            Some(_) => "",
+            None => {
+                "; the native window extends with YaRN: `--rope-scaling yarn --rope-factor F` \
+                 (F × the window; 4 takes Qwen3.6's 262,144 to ~1M)"
+            }
+        }
+    }
+
+    /// Switches YaRN on with `p` (its original context defaulting to the native window) or,
+    /// with `None`, off; the context limit follows (`factor ×` the native window, or the
+    /// native window).
+    pub fn set_rope_scaling(&mut self, p: Option<YarnParams>) -> Result<(), ConfigError> {
+        let native = self.native_ctx();
+        match p {
+            None => {
+                self.rope.yarn = None;
+                self.max_positions = native;
+            }
+            Some(p) => {
+                let p = YarnParams {
+                    original_ctx: p.original_ctx.or(Some(native)),
+                    ..p
+                };
+                let yarn = Yarn::resolve(p, native)?;
+                self.rope.yarn = Some(yarn);
+                self.max_positions = context_limit(yarn.original_ctx, Some(yarn));
+            }
+        }
+        Ok(())
     }
 
     /// Parameters of the text model implied by the shapes (LM head counted once when tied;
@@ -512,6 +662,43 @@ impl ModelConfig {
                 intermediate: get_max(Arch::FeedForwardLength)?,
             }
         };
+        // llama.cpp's rope scaling keys; its `attn_factor` multiplies YaRN's own
+        // `0.1·ln(factor) + 1`, which transformers' `attention_factor` replaces.
+        let optf = |k: Arch| md.f64(&key(k)).map_err(|e| bad(&key(k), e));
+        let scaling = md
+            .string(&key(Arch::RopeScalingType))
+            .map_err(|e| bad(&key(Arch::RopeScalingType), e))?;
+        let yarn = match scaling.as_deref() {
+            None | Some("none") => None,
+            Some("yarn") => {
+                let mut y = Yarn::resolve(
+                    YarnParams {
+                        factor: optf(Arch::RopeScalingFactor)?,
+                        original_ctx: opt(Arch::RopeScalingOriginalContext)?.map(|v| v as usize),
+                        beta_fast: optf(Arch::RopeScalingYarnBetaFast)?,
+                        beta_slow: optf(Arch::RopeScalingYarnBetaSlow)?,
+                        ..YarnParams::default()
+                    },
+                    get(Arch::ContextLength)?,
+                )?;
+                if let Some(a) = optf(Arch::RopeScalingAttnFactor)? {
+                    if !(a.is_finite() && a > 0.0) {
+                        return Err(bad(
+                            &key(Arch::RopeScalingAttnFactor),
+                            format!("{a} is not a finite positive number"),
+                        ));
+                    }
+                    y.attention_factor = a * Yarn::mscale(y.factor, 1.0);
+                }
+                Some(y)
+            }
+            Some(other) => {
+                return Err(ConfigError::Unsupported {
+                    field: "rope.scaling.type",
+                    why: format!("{other:?} (\"none\" and \"yarn\" are implemented)"),
+                });
+            }
+        };
         let c = ModelConfig {
             model_type: if moe {
                 "qwen3_5_moe_text"
@@ -531,10 +718,11 @@ impl ModelConfig {
                 rotary_dim,
                 mrope_section,
                 mrope_interleaved: true,
+                yarn,
             },
             feed_forward,
             tie_embeddings: tied,
-            max_positions: get(Arch::ContextLength)?,
+            max_positions: context_limit(get(Arch::ContextLength)?, yarn),
             mtp_layers: nextn,
             norm: NormConvention::Plain,
         };
@@ -755,29 +943,53 @@ fn layer_kinds(t: &RawTextConfig, n_layers: usize) -> Result<Vec<LayerKind>, Con
         .collect())
 }
 
+/// The context a model accepts: its configured maximum, or what YaRN extends the pretraining
+/// context to if that is more.
+fn context_limit(max_positions: usize, yarn: Option<Yarn>) -> usize {
+    yarn.map_or(max_positions, |y| max_positions.max(y.extended_ctx()))
+}
+
 fn rope(t: &RawTextConfig, head_dim: usize) -> Result<RopeConfig, ConfigError> {
     let p = t.rope_parameters.as_ref();
-    let rope_type = p.and_then(|p| p.rope_type.clone().or_else(|| p.legacy_type.clone()));
-    match rope_type.as_deref() {
-        None | Some("default") => {}
-        Some(other) => {
+    let scaling = t.rope_scaling.as_ref();
+    let ty =
+        |r: Option<&RawRope>| r.and_then(|r| r.rope_type.clone().or_else(|| r.legacy_type.clone()));
+    let yarn = match (ty(p).as_deref(), ty(scaling).as_deref()) {
+        (None | Some("default"), None | Some("default")) => None,
+        (Some("yarn"), _) | (None | Some("default"), Some("yarn")) => {
+            // transformers merges a legacy `rope_scaling` into `rope_parameters`.
+            let get =
+                |f: fn(&RawRope) -> Option<f64>| p.and_then(f).or_else(|| scaling.and_then(f));
+            let max = req(t.max_position_embeddings, "max_position_embeddings")?;
+            Some(Yarn::resolve(
+                YarnParams {
+                    factor: get(|r| r.factor),
+                    original_ctx: t.original_max_position_embeddings.or_else(|| {
+                        p.and_then(|r| r.original_max_position_embeddings)
+                            .or_else(|| scaling.and_then(|r| r.original_max_position_embeddings))
+                    }),
+                    beta_fast: get(|r| r.beta_fast),
+                    beta_slow: get(|r| r.beta_slow),
+                    attention_factor: get(|r| r.attention_factor),
+                    mscale: get(|r| r.mscale),
+                    mscale_all_dim: get(|r| r.mscale_all_dim),
+                    truncate: p
+                        .and_then(|r| r.truncate)
+                        .or_else(|| scaling.and_then(|r| r.truncate)),
+                },
+                max,
+            )?)
+        }
+        (a, b) => {
             return Err(ConfigError::Unsupported {
                 field: "rope_parameters.rope_type",
-                why: format!("{other:?} (only \"default\" is implemented)"),
+                why: format!(
+                    "{:?} (\"default\" and \"yarn\" are implemented)",
+                    a.filter(|t| *t != "default").or(b).unwrap_or_default()
+                ),
             });
         }
-    }
-    if let Some(s) = &t.rope_scaling
-        && s.rope_type
-            .as_deref()
-            .or(s.legacy_type.as_deref())
-            .is_some_and(|ty| ty != "default")
-    {
-        return Err(ConfigError::Unsupported {
-            field: "rope_scaling",
-            why: "scaled RoPE (YaRN)".into(),
-        });
-    }
+    };
     let theta = p
         .and_then(|p| p.rope_theta)
         .or(t.rope_theta)
@@ -834,6 +1046,7 @@ fn rope(t: &RawTextConfig, head_dim: usize) -> Result<RopeConfig, ConfigError> {
         mrope_section,
         // transformers always interleaves (it never reads this key); follow it when absent.
         mrope_interleaved: p.and_then(|p| p.mrope_interleaved).unwrap_or(true),
+        yarn,
     })
 }
 
@@ -907,9 +1120,16 @@ mod tests {
             (
                 with(
                     "rope_parameters",
-                    r#"{"rope_type":"yarn","rope_theta":1e7,"partial_rotary_factor":0.25,"mrope_section":[2,1,1]}"#,
+                    r#"{"rope_type":"longrope","rope_theta":1e7,"partial_rotary_factor":0.25,"mrope_section":[2,1,1]}"#,
                 ),
-                "not supported",
+                "\"longrope\" (\"default\" and \"yarn\" are implemented) is not supported",
+            ),
+            (
+                with(
+                    "rope_parameters",
+                    r#"{"rope_type":"yarn","factor":0.5,"rope_theta":1e7,"partial_rotary_factor":0.25,"mrope_section":[2,1,1]}"#,
+                ),
+                "`rope_parameters.factor`: 0.5 is not a finite number of at least 1",
             ),
             (
                 with("partial_rotary_factor", "0.3").replace("\"partial_rotary_factor\":0.25,", ""),
@@ -921,6 +1141,53 @@ mod tests {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(want), "want {want:?} in {err:?}");
         }
+    }
+
+    /// YaRN as transformers reads it: from `rope_parameters`, from a legacy `rope_scaling`
+    /// block, with the defaults it applies (betas 32 / 1, attention factor `0.1·ln f + 1`,
+    /// original context = `max_position_embeddings`) and an explicit `attention_factor` or the
+    /// `mscale` ratio; the context limit becomes `factor ×` the original.
+    #[test]
+    fn yarn_configs_resolve_like_transformers() {
+        let rope = |extra: &str| {
+            format!(
+                r#"{{"rope_type":"yarn","rope_theta":1e7,"partial_rotary_factor":0.25,"mrope_section":[2,1,1]{extra}}}"#
+            )
+        };
+        let c = parse(&with("rope_parameters", &rope(r#","factor":4"#))).unwrap();
+        let y = c.rope.yarn.unwrap();
+        assert_eq!(
+            (y.factor, y.original_ctx, y.beta_fast, y.beta_slow),
+            (4.0, 4096, 32.0, 1.0)
+        );
+        assert!((y.attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-15);
+        assert_eq!((c.max_positions, c.native_ctx()), (16384, 4096));
+        let c = parse(&with(
+            "rope_parameters",
+            &rope(r#","factor":2,"original_max_position_embeddings":1024,"beta_fast":16,"attention_factor":1.5,"truncate":false"#),
+        ))
+        .unwrap();
+        let y = c.rope.yarn.unwrap();
+        assert_eq!(
+            (y.original_ctx, y.beta_fast, y.attention_factor, y.truncate),
+            (1024, 16.0, 1.5, false)
+        );
+        assert_eq!((c.max_positions, c.native_ctx()), (4096, 1024));
+        let y = parse(&with(
+            "rope_parameters",
+            &rope(r#","factor":4,"mscale":1,"mscale_all_dim":1"#),
+        ))
+        .unwrap()
+        .rope
+        .yarn
+        .unwrap();
+        assert_eq!(y.attention_factor, 1.0);
+        let legacy = with(
+            "rope_scaling",
+            r#"{"type":"yarn","factor":4,"original_max_position_embeddings":2048}"#,
+        );
+        let y = parse(&legacy).unwrap().rope.yarn.unwrap();
+        assert_eq!((y.factor, y.original_ctx), (4.0, 2048));
     }
 
     /// Hardening: dimensions that would overflow what is computed from them (`num_attention_heads

@@ -57,11 +57,15 @@ pub enum LoadError {
 pub enum ForwardError {
     #[error("token id {id} at index {index} is outside the vocabulary of {vocab}")]
     TokenOutOfRange { id: u32, index: usize, vocab: usize },
-    #[error("{needed} positions exceed the context of {limit} (already {used} in this sequence)")]
+    #[error(
+        "{needed} positions exceed the context of {limit} (already {used} in this sequence){hint}"
+    )]
     ContextOverflow {
         used: usize,
         needed: usize,
         limit: usize,
+        /// [`crate::ModelConfig::context_hint`].
+        hint: &'static str,
     },
     #[error("empty input: a forward step needs at least one token")]
     Empty,

@@ -948,6 +948,32 @@ fn metadata(c: &ModelConfig, ft: FileType, mtp: bool) -> Result<Vec<(String, Val
     if mtp {
         md.push((k(Arch::NextnPredictLayers), u(1)));
     }
+    if let Some(y) = c.rope.yarn {
+        if !y.truncate {
+            return Err(ExportError::Unsupported(
+                "YaRN with `truncate: false` has no GGUF key".into(),
+            ));
+        }
+        // llama.cpp's `attn_factor` multiplies YaRN's own `0.1·ln(factor) + 1`.
+        let own = crate::config::Yarn::mscale(y.factor, 1.0);
+        md.extend([
+            (k(Arch::RopeScalingType), Value::String("yarn".into())),
+            (k(Arch::RopeScalingFactor), Value::F32(y.factor as f32)),
+            (k(Arch::RopeScalingOriginalContext), u(y.original_ctx)),
+            (
+                k(Arch::RopeScalingAttnFactor),
+                Value::F32((y.attention_factor / own) as f32),
+            ),
+            (
+                k(Arch::RopeScalingYarnBetaFast),
+                Value::F32(y.beta_fast as f32),
+            ),
+            (
+                k(Arch::RopeScalingYarnBetaSlow),
+                Value::F32(y.beta_slow as f32),
+            ),
+        ]);
+    }
     if d.k_head_dim != d.v_head_dim {
         return Err(ExportError::Unsupported(
             "GGUF qwen35 assumes equal DeltaNet key and value head dims".into(),

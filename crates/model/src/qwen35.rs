@@ -21,8 +21,8 @@ use qinfer_formats::hf_config::RawConfig;
 use qinfer_formats::safetensors::Checkpoint;
 use qinfer_tensor::{DType, Mat, Weight};
 
-use crate::config::{FeedForwardConfig, LayerKind, ModelConfig};
-use crate::error::{ForwardError, LoadError};
+use crate::config::{FeedForwardConfig, LayerKind, ModelConfig, YarnParams};
+use crate::error::{ConfigError, ForwardError, LoadError};
 pub use crate::layers::gated_deltanet::DeltaNetPath;
 use crate::layers::{
     attention::Attention,
@@ -428,6 +428,16 @@ impl Qwen35 {
     /// effect for states made after the call ([`Qwen35::new_state`]).
     pub fn set_kv_type(&mut self, kv_type: KvType) {
         self.kv_type = kv_type;
+    }
+
+    /// Switches YaRN on (`Some`, unset parameters defaulted by
+    /// [`ModelConfig::set_rope_scaling`]) or off, whatever the model file said; the context
+    /// limit follows. States made before the call hold positions of the old rotation: make new
+    /// ones.
+    pub fn set_rope_scaling(&mut self, p: Option<YarnParams>) -> Result<(), ConfigError> {
+        self.config.set_rope_scaling(p)?;
+        self.rope = Rope::new(&self.config.rope);
+        Ok(())
     }
 
     /// The KV type asked for; a layer whose rows it cannot store (Q8_0 needs a multiple of
@@ -877,6 +887,7 @@ impl Qwen35 {
                 used: start,
                 needed: t,
                 limit: c.max_positions,
+                hint: c.context_hint(),
             });
         }
         self.check_layout(span.state)

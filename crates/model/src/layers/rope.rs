@@ -7,7 +7,7 @@
 //! equal the token position, so this reduces to ordinary partial RoPE; the streams exist so
 //! image tokens can be added without touching this file.
 
-use crate::config::RopeConfig;
+use crate::config::{RopeConfig, Yarn};
 
 /// Position of a token in the three mRoPE streams `(t, h, w)`.
 pub type Position3 = [u32; 3];
@@ -29,19 +29,57 @@ pub struct RopeAngles {
 
 #[derive(Clone, Debug)]
 pub struct Rope {
-    /// `θ^(−2i / rotary_dim)`, `[rotary_dim / 2]`, computed in `f32` as the reference does.
+    /// `θ^(−2i / rotary_dim)`, `[rotary_dim / 2]`, computed in `f32` as the reference does
+    /// (blended with its interpolation under YaRN).
     inv_freq: Vec<f32>,
     /// Stream (0 = t, 1 = h, 2 = w) of each frequency.
     stream: Vec<usize>,
+    /// YaRN's multiplier of cos and sin (none without YaRN: the angles stay bit-identical).
+    scale: Option<f32>,
+}
+
+/// YaRN's frequencies, in transformers' order of `f32` operations (`_compute_yarn_parameters`):
+/// `inv = interp·(1 − e) + extrap·e` with `e = 1 − ramp`, the ramp linear over the correction
+/// range of dims (computed in `f64`, as Python does) and clamped to [0, 1].
+fn yarn_inv_freq(c: &RopeConfig, y: &Yarn) -> Vec<f32> {
+    let dim = c.rotary_dim;
+    let base = c.theta;
+    let correction_dim = |rotations: f64| {
+        dim as f64 * (y.original_ctx as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+            / (2.0 * base.ln())
+    };
+    let (mut low, mut high) = (correction_dim(y.beta_fast), correction_dim(y.beta_slow));
+    if y.truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, mut high) = (low.max(0.0), high.min((dim - 1) as f64));
+    if low == high {
+        high += 0.001;
+    }
+    let (theta, factor) = (base as f32, y.factor as f32);
+    let (low32, span) = (low as f32, (high - low) as f32);
+    (0..dim / 2)
+        .map(|i| {
+            let pos_freq = theta.powf((2 * i) as f32 / dim as f32);
+            let extrapolation = 1.0 / pos_freq;
+            let interpolation = 1.0 / (factor * pos_freq);
+            let ramp = ((i as f32 - low32) / span).clamp(0.0, 1.0);
+            let e = 1.0 - ramp;
+            interpolation * (1.0 - e) + extrapolation * e
+        })
+        .collect()
 }
 
 impl Rope {
     pub fn new(c: &RopeConfig) -> Self {
         let half = c.rotary_dim / 2;
         let theta = c.theta as f32;
-        let inv_freq = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / c.rotary_dim as f32))
-            .collect();
+        let inv_freq = match &c.yarn {
+            Some(y) => yarn_inv_freq(c, y),
+            None => (0..half)
+                .map(|i| 1.0 / theta.powf((2 * i) as f32 / c.rotary_dim as f32))
+                .collect(),
+        };
         let [_, sh, sw] = c.mrope_section;
         let stream = (0..half)
             .map(|i| {
@@ -63,7 +101,21 @@ impl Rope {
                 }
             })
             .collect();
-        Rope { inv_freq, stream }
+        Rope {
+            inv_freq,
+            stream,
+            scale: c.yarn.map(|y| y.attention_factor as f32),
+        }
+    }
+
+    /// The inverse frequencies, `[rotary_dim / 2]`.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    /// YaRN's multiplier of cos and sin (`None` without YaRN).
+    pub fn scale(&self) -> Option<f32> {
+        self.scale
     }
 
     /// The angles of every row of a step, at each of `positions` (computed once per step
@@ -90,7 +142,10 @@ impl Rope {
             .zip(&self.stream)
             .map(|(f, &s)| {
                 let a = pos[s] as f32 * f;
-                (a.cos(), a.sin())
+                match self.scale {
+                    Some(m) => (a.cos() * m, a.sin() * m),
+                    None => (a.cos(), a.sin()),
+                }
             })
             .unzip()
     }
@@ -106,6 +161,7 @@ mod tests {
             rotary_dim: 64,
             mrope_section: [11, 11, 10],
             mrope_interleaved: interleaved,
+            yarn: None,
         }
     }
 
