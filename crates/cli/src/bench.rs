@@ -3,7 +3,9 @@
 //! Each repetition prefills `-p` random tokens into a fresh sequence (one engine step, logits
 //! of the last position only), then separately generates `-n` tokens one at a time from a
 //! fresh sequence (greedy, no stop, each step computing the full LM head), as `llama-bench`'s
-//! `pp` and `tg` tests do. Both run through the engine loop that serves every other command. Reported: mean ± standard deviation of tokens/s over `-r` repetitions (after
+//! `pp` and `tg` tests do. With `-d N` (several: `-d 0,4096,16384`) both tests start from a
+//! sequence already holding `N` tokens of context (prefilled once per depth, untimed, and
+//! copied for each repetition), as `llama-bench -d` does. Both run through the engine loop that serves every other command. Reported: mean ± standard deviation of tokens/s over `-r` repetitions (after
 //! one untimed warm-up of each test), the bytes a decode step reads, the bandwidth that
 //! implies, its share of the machine's read bandwidth (measured at start with the same threads
 //! unless `--bandwidth` gives it), and the pool's synchronisation points per generated token.
@@ -14,7 +16,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use qinfer_engine::engine::{CacheHook, Ended, EngineModel, Request, Summary};
+use qinfer_cache::SequenceState;
+use qinfer_engine::engine::{CacheHook, Ended, EngineModel, Request, Start, Summary};
 use qinfer_engine::generate::{Flow, GenerateOptions, run_one};
 use qinfer_model::Qwen35;
 use qinfer_model::qwen35::{FeedForward, Mixer};
@@ -48,6 +51,10 @@ pub struct BenchArgs {
     precision: String,
     #[command(flatten)]
     model_opts: crate::ModelOptions,
+    /// Context depths: pp and tg measured after N tokens already in the sequence, for each N
+    /// given (`-d 0,4096,16384`; default 0).
+    #[arg(short = 'd', long = "n-depth", value_delimiter = ',', value_name = "N")]
+    depth: Vec<usize>,
     /// Batched decode: N sequences generating `-n` tokens together through the engine loop,
     /// for each N given (`-b 1,4,16`): total and per-sequence tokens/s, and for MoE the mean
     /// distinct experts per layer per step; weight bytes read per step and per token.
@@ -234,20 +241,122 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Prefills `prompt` into a fresh sequence, then generates `n` tokens greedily with no stop,
-/// through the engine loop.
-fn run_greedy(model: &Qwen35, prompt: Vec<u32>, n: usize) -> Result<(Ended, Summary)> {
+/// Prefills `prompt` after the `context` (tokens and the state holding them; none: a fresh
+/// sequence), then generates `n` tokens greedily with no stop, through the engine loop.
+fn run_greedy(
+    model: &Qwen35,
+    context: Option<&(Vec<u32>, SequenceState)>,
+    prompt: &[u32],
+    n: usize,
+) -> Result<(Ended, Summary)> {
     let opts = GenerateOptions {
         max_tokens: n,
         ignore_eos: true,
         ..GenerateOptions::default()
     };
+    let request = match context {
+        None => Request::new(prompt.to_vec(), opts, ()),
+        Some((tokens, state)) => {
+            let mut r = Request::new([&tokens[..], prompt].concat(), opts, ());
+            r.start = Some(Start {
+                state: state.clone(),
+                cached: tokens.len(),
+            });
+            r
+        }
+    };
     Ok(run_one(
         EngineModel::ids_only(model),
         CacheHook::default(),
-        Request::new(prompt, opts, ()),
+        request,
         &mut |_| Flow::Continue,
     )?)
+}
+
+/// `depth` tokens of context and the state holding them (none for depth 0).
+fn context_at(model: &Qwen35, depth: usize) -> Result<Option<(Vec<u32>, SequenceState)>> {
+    if depth == 0 {
+        return Ok(None);
+    }
+    let tokens = qinfer_model::pseudo_random_tokens(depth, model.config.vocab as u32, 0xD3E9_7A11);
+    let mut request = Request::new(
+        tokens.clone(),
+        GenerateOptions {
+            max_tokens: 0,
+            ignore_eos: true,
+            ..GenerateOptions::default()
+        },
+        (),
+    );
+    request.start = Some(Start {
+        state: model.new_state(),
+        cached: 0,
+    });
+    let (ended, _) = run_one(
+        EngineModel::ids_only(model),
+        CacheHook::default(),
+        request,
+        &mut |_| Flow::Continue,
+    )?;
+    let back = ended
+        .sequence
+        .context("the depth prefill did not hand its sequence back")?;
+    anyhow::ensure!(
+        back.tokens == tokens && back.state.pos() == depth,
+        "the depth prefill holds {} of {depth} tokens",
+        back.state.pos()
+    );
+    Ok(Some((tokens, back.state)))
+}
+
+/// The pp and tg tests at one depth.
+#[derive(Debug, Default)]
+struct DepthRun {
+    depth: usize,
+    pp: Vec<f64>,
+    tg: Vec<f64>,
+    /// Pool synchronisation points per generated token.
+    regions_per_token: f64,
+    /// The largest sequence state a test held.
+    state_max: usize,
+}
+
+fn depth_run(args: &BenchArgs, model: &Qwen35, prompt: &[u32], depth: usize) -> Result<DepthRun> {
+    let context = context_at(model, depth)?;
+    let context = context.as_ref();
+    let mut run = DepthRun {
+        depth,
+        ..DepthRun::default()
+    };
+    if args.n_prompt > 0 {
+        for rep in 0..=args.repetitions {
+            let t = Instant::now();
+            let (ended, _) = run_greedy(model, context, prompt, 0)?;
+            let secs = t.elapsed().as_secs_f64();
+            run.state_max = run.state_max.max(ended.state_bytes);
+            if rep > 0 {
+                run.pp.push(args.n_prompt as f64 / secs);
+            }
+        }
+    }
+    if args.n_gen > 0 {
+        let first = prompt.first().copied().unwrap_or(1);
+        for rep in 0..=args.repetitions {
+            let regions = qinfer_cpu::pool::regions();
+            let t = Instant::now();
+            // The one-token prompt's step produces the first of the `n_gen` tokens, so the
+            // test runs `n_gen` one-token steps.
+            let (ended, _) = run_greedy(model, context, &[first], args.n_gen)?;
+            let secs = t.elapsed().as_secs_f64();
+            run.state_max = run.state_max.max(ended.state_bytes);
+            if rep > 0 {
+                run.tg.push(args.n_gen as f64 / secs);
+                run.regions_per_token =
+                    (qinfer_cpu::pool::regions() - regions) as f64 / args.n_gen as f64;
+            }
+        }
+    }
+    Ok(run)
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -284,46 +393,37 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // A fixed pseudo-random prompt, the same on every run.
     let prompt = qinfer_model::pseudo_random_tokens(args.n_prompt, vocab, 0x9E37_79B9);
 
+    let depths = if args.depth.is_empty() {
+        vec![0]
+    } else {
+        args.depth.clone()
+    };
+    if let Some(&d) = depths
+        .iter()
+        .find(|&&d| d.saturating_add(args.n_prompt.max(args.n_gen)) > model.config.max_positions)
+    {
+        anyhow::bail!(
+            "-d {d} with -p {} / -n {} exceeds the model's context of {} tokens{}",
+            args.n_prompt,
+            args.n_gen,
+            model.config.max_positions,
+            model.config.context_hint()
+        );
+    }
+    let runs: Vec<DepthRun> = depths
+        .iter()
+        .map(|&d| depth_run(args, &model, &prompt, d))
+        .collect::<Result<_>>()?;
     // The largest sequence state (KV cache + DeltaNet state) any test held.
-    let mut state_max = 0usize;
-    let mut pp = Vec::new();
-    if args.n_prompt > 0 {
-        for rep in 0..=args.repetitions {
-            let t = Instant::now();
-            let (ended, _) = run_greedy(&model, prompt.clone(), 0)?;
-            let secs = t.elapsed().as_secs_f64();
-            state_max = state_max.max(ended.state_bytes);
-            if rep > 0 {
-                pp.push(args.n_prompt as f64 / secs);
-            }
-        }
-    }
-    let mut tg = Vec::new();
-    let mut regions_per_token = 0.0;
-    if args.n_gen > 0 {
-        let first = prompt.first().copied().unwrap_or(1);
-        for rep in 0..=args.repetitions {
-            let regions = qinfer_cpu::pool::regions();
-            let t = Instant::now();
-            // The one-token prompt's step produces the first of the `n_gen` tokens, so the
-            // test runs `n_gen` one-token steps.
-            let (ended, _) = run_greedy(&model, vec![first], args.n_gen)?;
-            let secs = t.elapsed().as_secs_f64();
-            state_max = state_max.max(ended.state_bytes);
-            if rep > 0 {
-                tg.push(args.n_gen as f64 / secs);
-                regions_per_token =
-                    (qinfer_cpu::pool::regions() - regions) as f64 / args.n_gen as f64;
-            }
-        }
-    }
+    let state_max = runs.iter().map(|r| r.state_max).max().unwrap_or(0);
+    let (pp, tg, regions_per_token) = (&runs[0].pp, &runs[0].tg, runs[0].regions_per_token);
     let batches = batch_runs(args, &model);
     let weight_bytes = weight_bytes_per_token(&model);
     let state = state_bytes(&model);
     // A decode step reads every weight once and reads + writes the recurrent state.
     let bytes_per_token = weight_bytes + 2 * state;
-    let pp_s = stats(&pp);
-    let tg_s = stats(&tg);
+    let pp_s = stats(pp);
+    let tg_s = stats(tg);
     let gbs = tg_s.mean * bytes_per_token as f64 / 1e9;
     // Before the bandwidth probe, whose buffer is not the model's.
     let peak = peak_rss_bytes();
@@ -359,6 +459,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "load_s": load_s,
             "n_prompt": args.n_prompt,
             "n_gen": args.n_gen,
+            "n_depth": runs[0].depth,
             "repetitions": args.repetitions,
             "pp_tok_s": pp_s.mean,
             "pp_tok_s_std": pp_s.std,
@@ -377,6 +478,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "peak_rss_bytes": peak,
             "state_bytes_max": state_max,
             "peak_rss_limit_bytes": rss_limit as u64,
+            "depths": runs.iter().map(|r| {
+                let (p, t) = (stats(&r.pp), stats(&r.tg));
+                serde_json::json!({
+                    "n_depth": r.depth,
+                    "pp_tok_s": p.mean,
+                    "pp_tok_s_std": p.std,
+                    "pp_samples": r.pp,
+                    "tg_tok_s": t.mean,
+                    "tg_tok_s_std": t.std,
+                    "tg_samples": r.tg,
+                    "state_bytes_max": r.state_max,
+                })
+            }).collect::<Vec<_>>(),
             "batch": batches.iter().map(|b| serde_json::json!({
                 "batch": b.batch,
                 "total_tok_s": b.total_tok_s,
@@ -400,19 +514,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         )?;
         writeln!(out, "| test | t/s |")?;
         writeln!(out, "|---|---|")?;
-        if args.n_prompt > 0 {
-            writeln!(
-                out,
-                "| pp{} | {:.2} ± {:.2} |",
-                args.n_prompt, pp_s.mean, pp_s.std
-            )?;
+        for r in &runs {
+            let at = match r.depth {
+                0 => String::new(),
+                d => format!(" @ d{d}"),
+            };
+            let (p, t) = (stats(&r.pp), stats(&r.tg));
+            if args.n_prompt > 0 {
+                writeln!(
+                    out,
+                    "| pp{}{at} | {:.2} ± {:.2} |",
+                    args.n_prompt, p.mean, p.std
+                )?;
+            }
+            if args.n_gen > 0 {
+                writeln!(
+                    out,
+                    "| tg{}{at} | {:.2} ± {:.2} |",
+                    args.n_gen, t.mean, t.std
+                )?;
+            }
         }
         if args.n_gen > 0 {
-            writeln!(
-                out,
-                "| tg{} | {:.2} ± {:.2} |",
-                args.n_gen, tg_s.mean, tg_s.std
-            )?;
             writeln!(
                 out,
                 "decode reads {:.1} MB/token ({:.1} MB weights + 2 × {:.1} MB state): {gbs:.1} GB/s, {:.0}% of {limit:.1} GB/s ({}); {regions_per_token:.0} sync points/token",

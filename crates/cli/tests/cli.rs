@@ -477,6 +477,57 @@ fn kv_type_flag_selects_the_cache_type_and_rejects_unknown_ones() {
     assert_eq!(v["kv_type"], "q8_0", "from the environment");
 }
 
+/// `qinfer bench -d 0,100`: pp and tg measured after N tokens of context, one JSON entry and
+/// one table row per depth (the sequence at depth 100 holds more state); a depth the context
+/// cannot hold is refused naming the limit.
+#[test]
+fn bench_depth_measures_at_each_context_depth() {
+    let m = fixture("tiny-dense-f32");
+    let m = m.to_str().unwrap();
+    let base = [
+        "bench",
+        m,
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--bandwidth",
+        "50",
+    ];
+    let o = qinfer(&[&base[..], &["-d", "0,100", "--json"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let d = v["depths"].as_array().unwrap();
+    assert_eq!(d.len(), 2);
+    assert_eq!(
+        (d[0]["n_depth"].as_u64(), d[1]["n_depth"].as_u64()),
+        (Some(0), Some(100))
+    );
+    for x in d {
+        assert!(x["pp_tok_s"].as_f64().unwrap() > 0.0 && x["tg_tok_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(x["pp_samples"].as_array().unwrap().len(), 1);
+    }
+    assert!(d[1]["state_bytes_max"].as_u64() > d[0]["state_bytes_max"].as_u64());
+    assert_eq!(
+        v["tg_tok_s"], d[0]["tg_tok_s"],
+        "the top-level figures are the first depth's"
+    );
+    let o = qinfer(&[&base[..], &["-d", "100"]].concat());
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("| pp8 @ d100 |") && table.contains("| tg4 @ d100 |"),
+        "{table}"
+    );
+    let o = qinfer(&[&base[..], &["-d", "4090"]].concat());
+    assert!(
+        !o.status.success() && stderr(&o).contains("exceeds the model's context of 4096"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// `qinfer bench -b 1,4,16`: N sequences decoding together through the engine loop, one row
 /// per N; for an MoE model the distinct experts per layer per step grow with the batch (the
 /// weights a step reads with them) while one sequence touches exactly `top_k`; a dense model
