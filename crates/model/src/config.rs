@@ -693,10 +693,10 @@ impl ModelConfig {
                 Some(y)
             }
             Some(other) => {
-                return Err(ConfigError::Unsupported {
-                    field: "rope.scaling.type",
-                    why: format!("{other:?} (\"none\" and \"yarn\" are implemented)"),
-                });
+                return Err(bad(
+                    &key(Arch::RopeScalingType),
+                    format!("{other:?} is not supported (\"none\" and \"yarn\" are)"),
+                ));
             }
         };
         let c = ModelConfig {

@@ -12,6 +12,13 @@
 //! plus the `M × D` accumulators whatever the context length, and blocks past a tile's last
 //! visible key are never read. Tasks run latest tile first, as later rows see more keys.
 //!
+//! Keys are also cut into chunks of [`CHUNK`] positions aligned to position 0; each chunk's
+//! recurrence starts afresh and the chunks' `(m, l, o)` are merged in order
+//! ([`Partial::merge`]). A prefill tile runs its chunks in turn; when there are few tasks (a
+//! decode step: one query row, `Hkv` tasks) every chunk of every task becomes its own pool
+//! task and the merges follow, so decode at depth uses every thread. The cache's segments are
+//! located per key block (no per-position table).
+//!
 //! # Stored types
 //! The cache may hold its rows as `f32`, BF16, F16 or Q8_0 ([`KvRows`]). `f32` rows are read
 //! in place. Rows of another type are decoded, one block of keys and one kv head at a time,
@@ -21,9 +28,10 @@
 //!
 //! # Bit-for-bit invariance
 //! Every query vector goes through the same operations in the same order whatever tile or
-//! call it lands in and however many threads run: its dot products, its block partition
-//! (fixed by absolute key position), its running `m` and `l`, and each output element's
-//! accumulation over keys in order. A tile's rows that see fewer keys than the tile's last row
+//! call it lands in, however many threads run and whether its chunks run in turn or apart:
+//! its dot products, its block and chunk partitions (fixed by absolute key position), its
+//! running `m` and `l`, each output element's accumulation over keys in order, and the merges
+//! in chunk order. A tile's rows that see fewer keys than the tile's last row
 //! get `p = 0` for the keys they must not see; adding `0·v` leaves the accumulator unchanged
 //! up to the sign of a zero, which the final `+ 0.0` normalises. So a prefill split into
 //! several calls, a decode step and a batched step give identical bits.
@@ -85,11 +93,103 @@ pub fn causal_attention_blocks(
 /// Key positions per block of the online softmax, aligned to position 0.
 pub(crate) const BLOCK: usize = 64;
 
+/// Key positions per chunk, aligned to position 0: each query vector's keys are split at
+/// multiples of `CHUNK`, each chunk's online softmax starts afresh, and the chunks' partial
+/// results are merged in order (see [`Partial::merge`]). A decode step spreads one query's
+/// chunks over the pool; a prefill tile runs its chunks in turn: the arithmetic is the same.
+pub(crate) const CHUNK: usize = 8 * BLOCK;
+
 /// Query rows per pool task (times the query heads of one kv head).
 const TILE: usize = 16;
 
+/// One segment of the cache: rows `start..start + rows` of the sequence.
+#[derive(Clone, Copy)]
+pub(crate) struct Seg<'a> {
+    k: KvRows<'a>,
+    v: KvRows<'a>,
+    start: usize,
+    rows: usize,
+}
+
+/// A chunk's unnormalised online-softmax state for `M` query vectors: running maximum `m`,
+/// sum `l` and accumulator `o` (`[M, D]`). A vector that saw no key of the chunk has `l = 0`.
+pub(crate) struct Partial {
+    pub(crate) m: Vec<f32>,
+    pub(crate) l: Vec<f32>,
+    pub(crate) o: Vec<f32>,
+}
+
+impl Partial {
+    fn new(vectors: usize, d: usize) -> Self {
+        Partial {
+            m: vec![f32::NEG_INFINITY; vectors],
+            l: vec![0.0; vectors],
+            o: vec![0.0; vectors * d],
+        }
+    }
+
+    /// Back to no keys seen.
+    pub(crate) fn reset(&mut self) {
+        self.m.fill(f32::NEG_INFINITY);
+        self.l.fill(0.0);
+        self.o.fill(0.0);
+    }
+
+    /// Folds the next chunk's state in, vector by vector: `m' = max(m, m_c)`,
+    /// `l' = l·e^(m−m') + l_c·e^(m_c−m')`, `o' = o·e^(m−m') + o_c·e^(m_c−m')`. A vector the
+    /// chunk did not reach is left as it is.
+    fn merge(&mut self, next: &Partial, d: usize) {
+        for v in 0..self.m.len() {
+            if next.l[v] == 0.0 {
+                continue;
+            }
+            let o = &mut self.o[v * d..(v + 1) * d];
+            let oc = &next.o[v * d..(v + 1) * d];
+            if self.l[v] == 0.0 {
+                o.copy_from_slice(oc);
+                (self.m[v], self.l[v]) = (next.m[v], next.l[v]);
+                continue;
+            }
+            let m = self.m[v].max(next.m[v]);
+            let (a, b) = ((self.m[v] - m).exp(), (next.m[v] - m).exp());
+            self.l[v] = self.l[v] * a + next.l[v] * b;
+            self.m[v] = m;
+            for (x, &y) in o.iter_mut().zip(oc) {
+                *x = *x * a + y * b;
+            }
+        }
+    }
+
+    /// `o / l`, vector by vector, into `out` (`[M, D]`).
+    fn normalise_into(&self, out: &mut [f32], d: usize) {
+        for ((o, a), &l) in out
+            .chunks_exact_mut(d)
+            .zip(self.o.chunks_exact(d))
+            .zip(&self.l)
+        {
+            let inv = 1.0 / l;
+            for (x, &y) in o.iter_mut().zip(a) {
+                *x = y * inv + 0.0;
+            }
+        }
+    }
+}
+
 /// [`causal_attention_blocks`] on a given instruction set.
 fn attention_with(isa: Isa, q: &Mat, kv: &[KvSegment<'_>], shape: AttentionShape) -> Mat {
+    attention_split(isa, q, kv, shape, None)
+}
+
+/// [`attention_with`], spreading each task's chunks over the pool or not (`split`; by default
+/// when there are fewer tasks than twice the threads, as in a decode step). The bits are the
+/// same either way.
+fn attention_split(
+    isa: Isa,
+    q: &Mat,
+    kv: &[KvSegment<'_>],
+    shape: AttentionShape,
+    split: Option<bool>,
+) -> Mat {
     let AttentionShape {
         n_heads,
         n_kv_heads,
@@ -102,17 +202,25 @@ fn attention_with(isa: Isa, q: &Mat, kv: &[KvSegment<'_>], shape: AttentionShape
         n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
         "attention: head grouping"
     );
-    // Key position j: its segment and row there.
-    let mut keys: Vec<(KvRows<'_>, KvRows<'_>, usize)> = Vec::new();
+    let mut segs: Vec<Seg<'_>> = Vec::with_capacity(kv.len());
+    let mut s = 0usize;
     for &(k, v) in kv {
         let rows = k.rows(kv_width);
         assert!(
             rows.is_some() && rows == v.rows(kv_width),
             "attention: kv shape"
         );
-        keys.extend((0..rows.unwrap_or(0)).map(|r| (k, v, r)));
+        let rows = rows.unwrap_or(0);
+        if rows > 0 {
+            segs.push(Seg {
+                k,
+                v,
+                start: s,
+                rows,
+            });
+        }
+        s += rows;
     }
-    let s = keys.len();
     assert!(s >= q.rows, "attention: fewer keys than queries");
 
     let mut out = Mat::zeros(q.rows, n_heads * d);
@@ -120,78 +228,138 @@ fn attention_with(isa: Isa, q: &Mat, kv: &[KvSegment<'_>], shape: AttentionShape
     let group = n_heads / n_kv_heads;
     let fast = isa == Isa::Avx512 && d.is_multiple_of(16);
     let tiles = q.rows.div_ceil(TILE);
-    let dst = SharedMut::new(&mut out.data);
-    parallel_for(tiles * n_kv_heads, &|c| {
+    let task = |c: usize, lo: usize| {
         // Latest tile first: it sees the most keys.
         let t0 = (tiles - 1 - c / n_kv_heads) * TILE;
-        let task = Task {
+        Task {
             q,
-            keys: &keys,
+            segs: &segs,
             shape,
             past: s - q.rows,
             t0,
             n: TILE.min(q.rows - t0),
             kvh: c % n_kv_heads,
-        };
-        // [n, group·D]: row i holds query heads kvh·group.. of query row t0 + i.
-        let mut o = vec![0.0f32; task.n * group * d];
+            lo,
+            hi: lo + CHUNK,
+        }
+    };
+    // One chunk of one task, afresh, into `part`.
+    let run = |t: &Task<'_>, part: &mut Partial| {
+        part.reset();
         #[cfg(target_arch = "x86_64")]
         if fast {
             // SAFETY: `Isa::Avx512` comes from `isa()` (or a test that checked the features),
             // and `D` is a multiple of 16.
-            unsafe { avx512::attend(&task, &mut o) };
+            unsafe { avx512::attend(t, part) };
         }
         if !cfg!(target_arch = "x86_64") || !fast {
-            attend_portable(&task, &mut o);
+            attend_portable(t, part);
         }
+    };
+    let dst = SharedMut::new(&mut out.data);
+    let write = |c: usize, total: &Partial| {
+        let t = task(c, 0);
+        let mut o = vec![0.0f32; t.n * group * d];
+        total.normalise_into(&mut o, d);
         for (i, oi) in o.chunks_exact(group * d).enumerate() {
-            let at = (t0 + i) * width + task.kvh * group * d;
+            let at = (t.t0 + i) * width + t.kvh * group * d;
             // SAFETY: tasks cover disjoint (row, kv head) ranges of `out`, which outlives the
             // region.
             unsafe { dst.slice(at, group * d) }.copy_from_slice(oi);
         }
-    });
+    };
+    let chunks = s.div_ceil(CHUNK);
+    let split = split.unwrap_or(tiles * n_kv_heads < 2 * crate::threads::threads());
+    if chunks > 1 && split {
+        // Few tasks (a decode step): every chunk of every task in parallel, then the merges.
+        let parts: Vec<std::sync::Mutex<Option<Partial>>> = (0..tiles * n_kv_heads * chunks)
+            .map(|_| std::sync::Mutex::new(None))
+            .collect();
+        parallel_for(parts.len(), &|i| {
+            let t = task(i / chunks, (i % chunks) * CHUNK);
+            if t.lo < t.visible(t.n - 1) {
+                let mut part = Partial::new(t.n * group, d);
+                run(&t, &mut part);
+                *parts[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(part);
+            }
+        });
+        parallel_for(tiles * n_kv_heads, &|c| {
+            let t = task(c, 0);
+            let mut total = Partial::new(t.n * group, d);
+            for part in &parts[c * chunks..(c + 1) * chunks] {
+                if let Some(p) = part.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    total.merge(p, d);
+                }
+            }
+            write(c, &total);
+        });
+    } else {
+        parallel_for(tiles * n_kv_heads, &|c| {
+            let t = task(c, 0);
+            let span = t.visible_all(t.n - 1);
+            let mut total = Partial::new(t.n * group, d);
+            let mut part = Partial::new(t.n * group, d);
+            for lo in (0..span).step_by(CHUNK) {
+                run(&task(c, lo), &mut part);
+                total.merge(&part, d);
+            }
+            write(c, &total);
+        });
+    }
     out
 }
 
-/// One pool task: query rows `t0..t0 + n`, the query heads of kv head `kvh`. Its query vector
-/// `m` is query head `kvh·group + m % group` of row `t0 + m / group`.
+/// One pool task: query rows `t0..t0 + n`, the query heads of kv head `kvh`, over the keys of
+/// one chunk `lo..hi`. Its query vector `m` is query head `kvh·group + m % group` of row
+/// `t0 + m / group`.
 pub(crate) struct Task<'a> {
     q: &'a Mat,
-    /// `(k segment, v segment, row)` of every key position.
-    keys: &'a [(KvRows<'a>, KvRows<'a>, usize)],
+    segs: &'a [Seg<'a>],
     shape: AttentionShape,
     /// Positions before the first query row.
     past: usize,
     t0: usize,
     n: usize,
     kvh: usize,
+    /// The chunk's first key position (a multiple of [`CHUNK`]).
+    lo: usize,
+    /// One past its last.
+    hi: usize,
 }
 
 /// The `[BLOCK, D]` keys and values of kv head `kvh` for the rows of one key block that are
-/// not stored as `f32` (row `j` of the block at `j·D`).
-pub(crate) struct Decoded {
+/// not stored as `f32` (row `j` of the block at `j·D`), and where each row of the block lives.
+pub(crate) struct Decoded<'a> {
     k: Vec<f32>,
     v: Vec<f32>,
+    /// `(k rows, v rows, row)` of each position of the block.
+    rows: Vec<(KvRows<'a>, KvRows<'a>, usize)>,
 }
 
-impl Decoded {
+impl<'a> Decoded<'a> {
     pub(crate) fn new(d: usize) -> Self {
         Decoded {
             k: vec![0.0; BLOCK * d],
             v: vec![0.0; BLOCK * d],
+            rows: Vec::with_capacity(BLOCK),
         }
     }
 }
 
-impl Task<'_> {
+impl<'a> Task<'a> {
     fn group(&self) -> usize {
         self.shape.n_heads / self.shape.n_kv_heads
     }
 
-    /// Keys `0..visible(i)` are visible to row `i` of the tile.
-    fn visible(&self, i: usize) -> usize {
+    /// Keys `0..visible_all(i)` are visible to row `i` of the tile.
+    fn visible_all(&self, i: usize) -> usize {
         self.past + self.t0 + i + 1
+    }
+
+    /// Keys `lo..visible(i)` of this chunk are visible to row `i` (none when `visible(i) ≤
+    /// lo`).
+    fn visible(&self, i: usize) -> usize {
+        self.visible_all(i).min(self.hi)
     }
 
     fn query(&self, m: usize) -> &[f32] {
@@ -200,35 +368,45 @@ impl Task<'_> {
         &self.q.row(self.t0 + m / g)[h * d..(h + 1) * d]
     }
 
-    /// Decodes the rows `b0..b0 + nk` not stored as `f32` into `dec` (the others are read in
-    /// place by [`Task::kv_row`]).
-    fn decode_block(&self, b0: usize, nk: usize, dec: &mut Decoded) {
+    /// Locates the rows `b0..b0 + nk` in the cache's segments and decodes those not stored as
+    /// `f32` into `dec` (the others are read in place by [`Task::kv_row`]).
+    fn decode_block(&self, b0: usize, nk: usize, dec: &mut Decoded<'a>) {
         let d = self.shape.head_dim;
         let width = self.shape.n_kv_heads * d;
+        let mut si = self.segs.partition_point(|s| s.start + s.rows <= b0);
+        dec.rows.clear();
         for j in 0..nk {
-            let (k, v, r) = self.keys[b0 + j];
-            if !matches!(k, KvRows::F32(_)) {
-                k.decode(r, width, self.kvh * d, &mut dec.k[j * d..(j + 1) * d]);
+            let p = b0 + j;
+            while self.segs[si].start + self.segs[si].rows <= p {
+                si += 1;
             }
-            if !matches!(v, KvRows::F32(_)) {
-                v.decode(r, width, self.kvh * d, &mut dec.v[j * d..(j + 1) * d]);
+            let seg = self.segs[si];
+            let r = p - seg.start;
+            dec.rows.push((seg.k, seg.v, r));
+            if !matches!(seg.k, KvRows::F32(_)) {
+                seg.k
+                    .decode(r, width, self.kvh * d, &mut dec.k[j * d..(j + 1) * d]);
+            }
+            if !matches!(seg.v, KvRows::F32(_)) {
+                seg.v
+                    .decode(r, width, self.kvh * d, &mut dec.v[j * d..(j + 1) * d]);
             }
         }
     }
 
-    /// Key and value of kv head `kvh` at position `b0 + j`: in place for `f32` rows, else
-    /// from `dec` filled by [`Task::decode_block`] for the block at `b0`.
-    fn kv_row<'s>(&'s self, b0: usize, j: usize, dec: &'s Decoded) -> (&'s [f32], &'s [f32]) {
-        (self.key(b0, j, dec), self.value(b0, j, dec))
+    /// Key and value of kv head `kvh` at block row `j`: in place for `f32` rows, else from
+    /// `dec` filled by [`Task::decode_block`] for the block.
+    fn kv_row<'s>(&'s self, j: usize, dec: &'s Decoded<'a>) -> (&'s [f32], &'s [f32]) {
+        (self.key(j, dec), self.value(j, dec))
     }
 
-    fn key<'s>(&'s self, b0: usize, j: usize, dec: &'s Decoded) -> &'s [f32] {
-        let (k, _, r) = self.keys[b0 + j];
+    fn key<'s>(&'s self, j: usize, dec: &'s Decoded<'a>) -> &'s [f32] {
+        let (k, _, r) = dec.rows[j];
         self.head_of(k, r, j, &dec.k)
     }
 
-    fn value<'s>(&'s self, b0: usize, j: usize, dec: &'s Decoded) -> &'s [f32] {
-        let (_, v, r) = self.keys[b0 + j];
+    fn value<'s>(&'s self, j: usize, dec: &'s Decoded<'a>) -> &'s [f32] {
+        let (_, v, r) = dec.rows[j];
         self.head_of(v, r, j, &dec.v)
     }
 
@@ -245,18 +423,17 @@ impl Task<'_> {
     }
 }
 
-/// The online-softmax recurrence of the module docs, one query vector at a time per key block
-/// (the block's keys and values stay in cache across the task's vectors). `out` (`[M, D]`,
-/// zeroed) receives the normalised outputs.
-fn attend_portable(t: &Task<'_>, out: &mut [f32]) {
+/// The online-softmax recurrence of the module docs over the task's chunk, one query vector
+/// at a time per key block (the block's keys and values stay in cache across the task's
+/// vectors), into `part` (reset).
+fn attend_portable(t: &Task<'_>, part: &mut Partial) {
     let (d, g, scale) = (t.shape.head_dim, t.group(), t.shape.scale);
     let vectors = t.n * g;
-    let mut m = vec![f32::NEG_INFINITY; vectors];
-    let mut l = vec![0.0f32; vectors];
+    let (m, l) = (&mut part.m, &mut part.l);
     let mut p = [0.0f32; BLOCK];
     let mut dec = Decoded::new(d);
     let span = t.visible(t.n - 1);
-    for b0 in (0..span).step_by(BLOCK) {
+    for b0 in (t.lo..span).step_by(BLOCK) {
         let nk = (span - b0).min(BLOCK);
         t.decode_block(b0, nk, &mut dec);
         for v in 0..vectors {
@@ -267,7 +444,7 @@ fn attend_portable(t: &Task<'_>, out: &mut [f32]) {
             let q = t.query(v);
             let p = &mut p[..seen];
             for (j, pj) in p.iter_mut().enumerate() {
-                *pj = dot(q, t.key(b0, j, &dec)) * scale;
+                *pj = dot(q, t.key(j, &dec)) * scale;
             }
             let m_new = p.iter().copied().fold(m[v], f32::max);
             let alpha = (m[v] - m_new).exp();
@@ -278,21 +455,15 @@ fn attend_portable(t: &Task<'_>, out: &mut [f32]) {
             }
             l[v] = l[v] * alpha + sum;
             m[v] = m_new;
-            let o = &mut out[v * d..(v + 1) * d];
+            let o = &mut part.o[v * d..(v + 1) * d];
             for x in o.iter_mut() {
                 *x *= alpha;
             }
             for (j, &pj) in p.iter().enumerate() {
-                for (x, &vj) in o.iter_mut().zip(t.value(b0, j, &dec)) {
+                for (x, &vj) in o.iter_mut().zip(t.value(j, &dec)) {
                     *x += pj * vj;
                 }
             }
-        }
-    }
-    for (o, &l) in out.chunks_exact_mut(d).zip(&l) {
-        let inv = 1.0 / l;
-        for x in o {
-            *x = *x * inv + 0.0;
         }
     }
 }
@@ -354,13 +525,16 @@ mod tests {
     /// Head dim 3 and 20 take the portable tier on every CPU; the others the fast one where
     /// there is one: several key blocks and tiles, history before the queries, query heads
     /// per kv head 1, 3 (vectors padded to four) and 4, a head dim with a 48-column tail.
-    const CASES: [Case; 6] = [
+    const CASES: [Case; 8] = [
         Case::new(4, 2, 3, 11, 5),
         Case::new(4, 1, 20, 70, 40),
         Case::new(8, 2, 64, 200, 130),
         Case::new(6, 2, 48, 150, 150),
         Case::new(2, 2, 16, 70, 1),
         Case::new(4, 1, 32, 129, 65),
+        // Past one chunk of keys: merged chunk results, prefill rows spanning chunks.
+        Case::new(4, 2, 32, 1100, 600),
+        Case::new(2, 1, 20, 1030, 3),
     ];
 
     /// The naive definition in `f64`: every score, one softmax over the visible keys.
@@ -523,6 +697,28 @@ mod tests {
                         "{isa:?}"
                     );
                 }
+            }
+        }
+    }
+
+    /// A task's chunks spread over the pool (a decode step) or run in turn give the same bits,
+    /// for one query row and for many.
+    #[test]
+    fn split_chunks_equal_chunks_in_turn() {
+        for case in &CASES[6..] {
+            let (q, k, v) = case.data();
+            let kvw = case.shape.n_kv_heads * case.shape.head_dim;
+            for isa in isas() {
+                let segs = f32_segs(&k, &v);
+                let a = attention_split(isa, &q, &segs, case.shape, Some(true));
+                let b = attention_split(isa, &q, &segs, case.shape, Some(false));
+                assert_eq!(bits(&a), bits(&b), "{isa:?} D={}", case.shape.head_dim);
+                let last = Mat::from_vec(q.row(case.t - 1).to_vec(), 1, q.cols);
+                let end = case.s * kvw;
+                let segs = f32_segs(&k[..end], &v[..end]);
+                let a = attention_split(isa, &last, &segs, case.shape, Some(true));
+                let b = attention_split(isa, &last, &segs, case.shape, Some(false));
+                assert_eq!(bits(&a), bits(&b), "{isa:?} one row");
             }
         }
     }

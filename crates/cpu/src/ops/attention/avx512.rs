@@ -13,20 +13,20 @@
 
 use std::arch::x86_64::*;
 
-use super::{BLOCK, Decoded, Task};
+use super::{BLOCK, Decoded, Partial, Task};
 use crate::kernels::vmath;
 
-/// Writes task `t`'s normalised outputs to `out` (`[M, D]`).
+/// Runs task `t`'s chunk into `part` (reset; `[M, D]` accumulators, unnormalised).
 ///
 /// # Safety
 /// The CPU must have AVX-512 F/VL/BW/DQ and FMA; `D` must be a multiple of 16.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,fma")]
-pub(super) unsafe fn attend(t: &Task<'_>, out: &mut [f32]) {
+pub(super) unsafe fn attend(t: &Task<'_>, part: &mut Partial) {
     let d = t.shape.head_dim;
     let g = t.group();
     let vectors = t.n * g;
     let padded = vectors.next_multiple_of(4);
-    assert!(d.is_multiple_of(16) && out.len() == vectors * d);
+    assert!(d.is_multiple_of(16) && part.o.len() == vectors * d);
     let zero = vec![0.0f32; d];
     let q: Vec<*const f32> = (0..padded)
         .map(|v| if v < vectors { t.query(v) } else { &zero }.as_ptr())
@@ -52,12 +52,12 @@ pub(super) unsafe fn attend(t: &Task<'_>, out: &mut [f32]) {
     };
     // Rows of the current block not stored as `f32`, decoded.
     let mut dec = Decoded::new(d);
-    for b0 in (0..span).step_by(BLOCK) {
+    for b0 in (t.lo..span).step_by(BLOCK) {
         let nk = (span - b0).min(BLOCK);
         t.decode_block(b0, nk, &mut dec);
         for j in 0..BLOCK {
             (kp[j], vp[j]) = if j < nk {
-                let (k, v) = t.kv_row(b0, j, &dec);
+                let (k, v) = t.kv_row(j, &dec);
                 (k.as_ptr(), v.as_ptr())
             } else {
                 (zero.as_ptr(), zero.as_ptr())
@@ -122,12 +122,9 @@ pub(super) unsafe fn attend(t: &Task<'_>, out: &mut [f32]) {
             }
         }
     }
-    for ((o, a), &l) in out.chunks_exact_mut(d).zip(acc.chunks_exact(d)).zip(&l) {
-        let inv = 1.0 / l;
-        for (x, &y) in o.iter_mut().zip(a) {
-            *x = y * inv + 0.0;
-        }
-    }
+    part.o.copy_from_slice(&acc[..vectors * d]);
+    part.m.copy_from_slice(&m[..vectors]);
+    part.l.copy_from_slice(&l[..vectors]);
 }
 
 /// The 16 dot products `q[r]·k[c]` (`r, c < 4`) of `d`-float rows, as lanes `4r + c`.
