@@ -72,6 +72,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     };
     bundle.template()?;
+    // The model's context if one sequence of it fits the memory, else the largest that does.
+    let limit = bundle.model.config.max_positions;
+    let plan = qinfer_engine::plan::MemoryPlan::new(&bundle.model, limit, 1, 0, 512);
+    let (context, cut) =
+        qinfer_engine::plan::choose_ctx(&plan, qinfer_engine::plan::available_memory(), limit);
+    if cut {
+        writeln!(
+            std::io::stderr(),
+            "context: {context} tokens, the most that fits the memory (the model's is {limit}; see `qinfer fit`)"
+        )?;
+    }
     let sampling = args.sampling.apply(bundle.defaults.clone())?;
     let color = std::io::stdout().is_terminal();
     let (dim, reset) = if color {
@@ -183,7 +194,6 @@ pub fn run(args: RunArgs) -> Result<()> {
             writeln!(out, "{dim}prompt: {prompt:?}{reset}")?;
         }
         let ids = bundle.tokenizer.encode(&prompt)?;
-        let context = bundle.model.config.max_positions;
         if ids.len() >= context {
             writeln!(
                 out,

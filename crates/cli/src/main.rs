@@ -4,6 +4,7 @@
 
 mod bench;
 mod chat;
+mod fit;
 mod generate;
 mod inspect;
 mod models;
@@ -67,6 +68,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Measure prompt-processing and generation speed (tokens/s, bandwidth), like llama-bench.
     Bench(bench::BenchArgs),
+    /// The memory a model needs at a context (weights, KV cache, DeltaNet state, prompt
+    /// cache, activations) against this machine's, and the largest context that fits.
+    Fit(fit::FitArgs),
 }
 
 #[derive(Args, Debug)]
@@ -205,6 +209,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => quantize::quantize(a),
         Command::Serve(a) => serve::serve(a),
         Command::Bench(a) => bench::run(&a),
+        Command::Fit(a) => fit::fit(a),
         Command::Show(a) => resolve_model(&a.model).and_then(|m| {
             models::show(
                 &a.model.to_string_lossy(),

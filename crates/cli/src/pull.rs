@@ -509,27 +509,6 @@ pub fn pull_quantized(o: &PullOptions<'_>, ty: FileType, keep: bool) -> Result<P
     Ok(out)
 }
 
-/// The memory a model may take: `QINFER_MEMORY_LIMIT` (bytes) if set, else the memory the
-/// system reports available (`MemAvailable`), if it reports it.
-fn memory_limit() -> Option<u64> {
-    if let Some(v) = std::env::var("QINFER_MEMORY_LIMIT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        return Some(v);
-    }
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 fn gb(bytes: u64) -> String {
     format!("{:.1} GB", bytes as f64 / 1e9)
 }
@@ -559,7 +538,7 @@ fn choose_tag(
             None => t.clone(),
         })
         .collect();
-    let limit = memory_limit();
+    let limit = qinfer_engine::plan::available_memory();
     if let Some(limit) = limit
         && let Some((tag, Some(size))) = options
             .iter()

@@ -124,8 +124,35 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .clone()
         .or_else(|| std::env::var("QINFER_API_KEY").ok())
         .filter(|k| !k.is_empty());
-    if let Some(ctx) = args.ctx {
-        config.ctx = ctx;
+    match args.ctx {
+        Some(ctx) => config.ctx = ctx,
+        None => {
+            // The model's context if it fits the memory with --max-seqs sequences and the
+            // prompt cache, else the largest that does.
+            let limit = bundle.model.config.max_positions;
+            let plan = qinfer_engine::plan::MemoryPlan::new(
+                &bundle.model,
+                limit,
+                args.max_seqs,
+                (args.cache_ram.max(0.0) * 1e9) as u64,
+                args.step_tokens.max(1),
+            );
+            let available = qinfer_engine::plan::available_memory();
+            let (ctx, cut) = qinfer_engine::plan::choose_ctx(&plan, available, limit);
+            if cut {
+                tracing::warn!(
+                    ctx,
+                    model_ctx = limit,
+                    max_seqs = args.max_seqs,
+                    available_bytes = available,
+                    "the model's context does not fit the memory for --max-seqs sequences: \
+                     serving the largest that does (see `qinfer fit`; --ctx sets it)"
+                );
+            } else {
+                tracing::info!(ctx, "context: the model's, which fits the memory");
+            }
+            config.ctx = ctx;
+        }
     }
     config.body_limit = args.body_limit_mib.max(1) * 1024 * 1024;
     config.prompt_cache = (args.cache_ram > 0.0).then(|| CacheOptions {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{http, serve};
+use common::{http, serve, serve_startup};
 
 use std::io::{BufReader, Write};
 use std::process::Command;
@@ -142,4 +142,83 @@ fn sigterm_completes_within_the_grace_whatever_clients_hold() {
         );
         drop(half);
     }
+}
+
+/// `qinfer fit`: the KV bytes per token are the attention layers' K and V rows from
+/// config.json's shape, the total is the sum of the parts, and the largest context that fits a
+/// memory limit is exactly the one whose plan it is. `serve` without `--ctx` plans the same way
+/// (for its `--max-seqs` and `--cache-ram`) and serves the largest context that fits, saying so.
+#[test]
+fn fit_plans_memory_and_serve_chooses_a_context_that_fits() {
+    let qinfer = |args: &[&str], env: &[(&str, &str)]| -> Value {
+        let o = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny-dense-f32");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let t = &cfg["text_config"];
+    let n = |k: &str| t[k].as_u64().unwrap();
+    let attention_layers = n("num_hidden_layers") / n("full_attention_interval");
+    let kv_width = n("num_key_value_heads") * n("head_dim");
+    let m = dir.to_str().unwrap();
+    for (kv, bytes) in [("f32", 4), ("f16", 2)] {
+        let p = qinfer(&["fit", m, "--json", "--kv-type", kv, "--ctx", "1000"], &[]);
+        assert_eq!(
+            p["kv_bytes_per_token"].as_u64().unwrap(),
+            attention_layers * 2 * kv_width * bytes
+        );
+        assert_eq!(
+            p["kv_bytes_per_seq"].as_u64().unwrap(),
+            1000 * p["kv_bytes_per_token"].as_u64().unwrap()
+        );
+        let parts: u64 = [
+            "weights_bytes",
+            "kv_bytes_per_seq",
+            "state_bytes_per_seq",
+            "cache_bytes",
+            "activation_bytes",
+            "runtime_bytes",
+        ]
+        .iter()
+        .map(|k| p[k].as_u64().unwrap())
+        .sum();
+        assert_eq!(p["total_bytes"].as_u64().unwrap(), parts);
+    }
+    let p = qinfer(&["fit", m, "--json", "--ctx", "1000"], &[]);
+    let limit = p["total_bytes"].to_string();
+    let q = qinfer(&["fit", m, "--json"], &[("QINFER_MEMORY_LIMIT", &limit)]);
+    assert_eq!(q["max_ctx"], 1000, "{q}");
+    assert_eq!(q["fits"], false, "the model's whole context does not fit");
+
+    let p = qinfer(
+        &[
+            "fit",
+            "demo",
+            "--json",
+            "--ctx",
+            "300",
+            "--max-seqs",
+            "2",
+            "--cache-ram",
+            "0",
+        ],
+        &[],
+    );
+    let limit = p["total_bytes"].to_string();
+    let (mut child, _log, addr, startup) = serve_startup(
+        &["--max-seqs", "2", "--cache-ram", "0"],
+        &[("QINFER_MEMORY_LIMIT", &limit)],
+    );
+    let models = http::get(addr, "/v1/models").json();
+    assert_eq!(models["data"][0]["max_model_len"], 300, "{models}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(startup.contains("does not fit the memory"), "{startup}");
 }

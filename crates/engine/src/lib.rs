@@ -33,6 +33,7 @@ pub mod generate;
 pub mod gguf_text;
 pub mod json_constraint;
 pub mod parser;
+pub mod plan;
 pub mod prompt_cache;
 pub mod request;
 pub mod sampler;

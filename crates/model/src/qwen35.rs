@@ -419,6 +419,49 @@ impl Qwen35 {
         ws
     }
 
+    /// Bytes of every weight as held: each matrix once (a tied LM head is the embedding's
+    /// bytes), norms and the other vectors in `f32`.
+    pub fn weight_bytes(&self) -> usize {
+        let w = |w: &Weight| w.bytes().len();
+        let mlp = |m: &Mlp| w(&m.gate) + w(&m.up) + w(&m.down);
+        let tied = std::ptr::eq(self.embed.bytes().as_ptr(), self.lm_head.bytes().as_ptr());
+        let mut n = w(&self.embed) + if tied { 0 } else { w(&self.lm_head) };
+        n += self.final_norm.weight.len() * 4;
+        for layer in &self.layers {
+            n += (layer.input_norm.weight.len() + layer.post_attention_norm.weight.len()) * 4;
+            n += match &layer.mixer {
+                Mixer::DeltaNet(d) => {
+                    w(&d.qkv)
+                        + w(&d.z)
+                        + w(&d.b)
+                        + w(&d.a)
+                        + w(&d.out)
+                        + 4 * (d.conv_taps.len()
+                            + d.dt_bias.len()
+                            + d.a_neg.len()
+                            + d.norm.weight.len())
+                }
+                Mixer::Attention(a) => {
+                    w(&a.q)
+                        + w(&a.k)
+                        + w(&a.v)
+                        + w(&a.o)
+                        + 4 * (a.q_norm.weight.len() + a.k_norm.weight.len())
+                }
+            };
+            n += match &layer.feed_forward {
+                FeedForward::Dense(m) => mlp(m),
+                FeedForward::Moe(m) => {
+                    w(&m.router)
+                        + w(&m.shared_gate)
+                        + mlp(&m.shared)
+                        + m.experts.iter().map(mlp).sum::<usize>()
+                }
+            };
+        }
+        n
+    }
+
     /// Chooses the form of the delta rule (default [`DeltaNetPath::Auto`]).
     pub fn set_deltanet_path(&mut self, path: DeltaNetPath) {
         self.deltanet_path = path;

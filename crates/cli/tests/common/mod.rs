@@ -17,24 +17,53 @@ pub fn serve(
     BufReader<std::process::ChildStderr>,
     std::net::SocketAddr,
 ) {
+    serve_env(args, &[])
+}
+
+/// [`serve`] with environment variables.
+pub fn serve_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStderr>,
+    std::net::SocketAddr,
+) {
+    let (child, log, addr, _) = serve_startup(args, env);
+    (child, log, addr)
+}
+
+/// [`serve_env`], with what the server logged up to its `listening` line.
+pub fn serve_startup(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStderr>,
+    std::net::SocketAddr,
+    String,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qinfer"))
         .args(["serve", "demo", "--port", "0", "--threads", "2"])
         .args(args)
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let mut log = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
+    let mut startup = String::new();
     let addr = loop {
         line.clear();
         assert!(
             log.read_line(&mut line).unwrap() > 0,
-            "serve exited before listening"
+            "serve exited before listening: {startup}"
         );
+        startup.push_str(&line);
         if let Some(rest) = line.split("address=").nth(1) {
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }
     };
-    (child, log, addr)
+    (child, log, addr, startup)
 }

@@ -1,0 +1,141 @@
+//! `qinfer fit MODEL`: the memory plan of a model at a context, against this machine's memory
+//! ([`qinfer_engine::plan`]).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use qinfer_engine::plan::{MemoryPlan, available_memory};
+
+#[derive(Args, Debug)]
+pub struct FitArgs {
+    /// Model directory, GGUF file, or a Hugging Face repo id in the local cache.
+    model: PathBuf,
+    /// Context per sequence (default: the model's, YaRN included).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Sequences held at once (`serve --max-seqs`).
+    #[arg(long, default_value_t = 1)]
+    max_seqs: usize,
+    /// The prompt cache's RAM budget, GB (`serve --cache-ram`; `run` has none).
+    #[arg(long, value_name = "GB", default_value_t = 0.0)]
+    cache_ram: f64,
+    /// Positions per engine step (`serve --step-tokens`).
+    #[arg(long, default_value_t = 512)]
+    step_tokens: usize,
+    #[command(flatten)]
+    model_opts: crate::ModelOptions,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+pub fn fit(args: FitArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.cache_ram.is_finite() && args.cache_ram >= 0.0,
+        "--cache-ram must be a number of GB, not {}",
+        args.cache_ram
+    );
+    let model = if crate::is_demo(&args.model) {
+        let mut model = qinfer_engine::demo::demo_model();
+        args.model_opts.apply(&mut model)?;
+        model
+    } else {
+        crate::generate::load_model(&args.model, None, &args.model_opts)?.0
+    };
+    let model = &model;
+    let limit = model.config.max_positions;
+    let ctx = args.ctx.unwrap_or(limit);
+    if ctx > limit {
+        anyhow::bail!(
+            "--ctx {ctx} exceeds the model's context of {limit} tokens{}",
+            model.config.context_hint()
+        );
+    }
+    let plan = MemoryPlan::new(
+        model,
+        ctx,
+        args.max_seqs,
+        (args.cache_ram * 1e9) as u64,
+        args.step_tokens.max(1),
+    );
+    let available = available_memory();
+    let max_ctx = available.map(|a| plan.max_ctx(a, limit));
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "ctx": ctx,
+            "max_seqs": plan.max_seqs,
+            "kv_type": model.kv_type().name(),
+            "weights_bytes": plan.weights,
+            "kv_bytes_per_token": plan.kv_per_token,
+            "kv_bytes_per_seq": plan.kv_per_seq(),
+            "state_bytes_per_seq": plan.state_per_seq,
+            "cache_bytes": plan.cache_budget,
+            "activation_bytes": plan.activations,
+            "runtime_bytes": plan.runtime,
+            "total_bytes": plan.total(),
+            "available_bytes": available,
+            "fits": available.map(|a| plan.total() <= a),
+            "max_ctx": max_ctx,
+            "model_ctx": limit,
+        });
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    let kv = model.kv_type().name();
+    writeln!(
+        out,
+        "memory plan at {ctx} tokens × {} sequence(s), {kv} KV cache",
+        plan.max_seqs
+    )?;
+    writeln!(out, "  weights                {:>12}", gib(plan.weights))?;
+    writeln!(
+        out,
+        "  KV cache / sequence    {:>12}  ({} bytes/token)",
+        gib(plan.kv_per_seq()),
+        plan.kv_per_token
+    )?;
+    writeln!(
+        out,
+        "  DeltaNet / sequence    {:>12}",
+        gib(plan.state_per_seq)
+    )?;
+    writeln!(
+        out,
+        "  prompt cache           {:>12}",
+        gib(plan.cache_budget)
+    )?;
+    writeln!(
+        out,
+        "  activations            {:>12}",
+        gib(plan.activations)
+    )?;
+    writeln!(out, "  runtime                {:>12}", gib(plan.runtime))?;
+    writeln!(out, "  total                  {:>12}", gib(plan.total()))?;
+    match (available, max_ctx) {
+        (Some(a), Some(m)) => {
+            writeln!(
+                out,
+                "available memory {} (MemAvailable, or QINFER_MEMORY_LIMIT): {}",
+                gib(a),
+                if plan.total() <= a {
+                    "fits"
+                } else {
+                    "does NOT fit"
+                }
+            )?;
+            writeln!(
+                out,
+                "largest context that fits: {m} tokens (the model's: {limit})"
+            )?;
+        }
+        _ => writeln!(out, "available memory unknown (set QINFER_MEMORY_LIMIT)")?,
+    }
+    Ok(())
+}
