@@ -20,7 +20,7 @@ use qinfer_cache::SequenceState;
 use qinfer_engine::engine::{CacheHook, Ended, EngineModel, Request, Start, Summary};
 use qinfer_engine::generate::{Flow, GenerateOptions, run_one};
 use qinfer_model::Qwen35;
-use qinfer_model::qwen35::{FeedForward, Mixer};
+use qinfer_model::qwen35::FeedForward;
 use qinfer_tensor::Weight;
 
 #[derive(Args, Debug)]
@@ -188,45 +188,18 @@ fn weight_bytes_per_token(m: &Qwen35) -> usize {
 /// sequence), norms and small vectors as `f32`. The embedding contributes one row (it is the
 /// LM head's bytes when tied).
 fn weight_bytes_per_step(m: &Qwen35, experts: Option<f64>) -> usize {
-    let mut n = bytes(&m.lm_head) + m.final_norm.weight.len() * 4;
-    n += m.embed.row_bytes();
-    for layer in &m.layers {
-        n += (layer.input_norm.weight.len() + layer.post_attention_norm.weight.len()) * 4;
-        n += match &layer.mixer {
-            Mixer::DeltaNet(d) => {
-                bytes(&d.qkv)
-                    + bytes(&d.z)
-                    + bytes(&d.b)
-                    + bytes(&d.a)
-                    + bytes(&d.out)
-                    + 4 * (d.conv_taps.len()
-                        + d.dt_bias.len()
-                        + d.a_neg.len()
-                        + d.norm.weight.len())
-            }
-            Mixer::Attention(a) => {
-                bytes(&a.q)
-                    + bytes(&a.k)
-                    + bytes(&a.v)
-                    + bytes(&a.o)
-                    + 4 * (a.q_norm.weight.len() + a.k_norm.weight.len())
-            }
-        };
-        let mlp =
-            |x: &qinfer_model::layers::mlp::Mlp| bytes(&x.gate) + bytes(&x.up) + bytes(&x.down);
-        n += match &layer.feed_forward {
-            FeedForward::Dense(x) => mlp(x),
-            FeedForward::Moe(x) => {
-                let all: usize = x.experts.iter().map(mlp).sum();
-                let touched = experts.unwrap_or(x.top_k as f64);
-                bytes(&x.router)
-                    + mlp(&x.shared)
-                    + bytes(&x.shared_gate)
-                    + (all as f64 * touched / x.experts.len().max(1) as f64) as usize
-            }
-        };
-    }
-    n
+    let top_k = m.layers.iter().find_map(|l| match &l.feed_forward {
+        FeedForward::Moe(x) => Some(x.top_k as f64),
+        FeedForward::Dense(_) => None,
+    });
+    let held = m.measure(&|w| bytes(w), 4, experts.or(top_k));
+    // `measure` counts the embedding whole and a tied LM head not again.
+    let embed = if m.config.tie_embeddings {
+        0
+    } else {
+        bytes(&m.embed)
+    };
+    held - embed + m.embed.row_bytes()
 }
 
 /// Bytes of the DeltaNet recurrent and conv state, which a decode step reads and writes.

@@ -212,7 +212,7 @@ fn fit_plans_memory_and_serve_chooses_a_context_that_fits() {
         &[],
     );
     let limit = p["total_bytes"].to_string();
-    let (mut child, _log, addr, startup) = serve_startup(
+    let ((mut child, _log, addr), startup) = serve_startup(
         &["--max-seqs", "2", "--cache-ram", "0"],
         &[("QINFER_MEMORY_LIMIT", &limit)],
     );

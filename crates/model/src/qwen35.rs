@@ -419,49 +419,6 @@ impl Qwen35 {
         ws
     }
 
-    /// Bytes of every weight as held: each matrix once (a tied LM head is the embedding's
-    /// bytes), norms and the other vectors in `f32`.
-    pub fn weight_bytes(&self) -> usize {
-        let w = |w: &Weight| w.bytes().len();
-        let mlp = |m: &Mlp| w(&m.gate) + w(&m.up) + w(&m.down);
-        let tied = std::ptr::eq(self.embed.bytes().as_ptr(), self.lm_head.bytes().as_ptr());
-        let mut n = w(&self.embed) + if tied { 0 } else { w(&self.lm_head) };
-        n += self.final_norm.weight.len() * 4;
-        for layer in &self.layers {
-            n += (layer.input_norm.weight.len() + layer.post_attention_norm.weight.len()) * 4;
-            n += match &layer.mixer {
-                Mixer::DeltaNet(d) => {
-                    w(&d.qkv)
-                        + w(&d.z)
-                        + w(&d.b)
-                        + w(&d.a)
-                        + w(&d.out)
-                        + 4 * (d.conv_taps.len()
-                            + d.dt_bias.len()
-                            + d.a_neg.len()
-                            + d.norm.weight.len())
-                }
-                Mixer::Attention(a) => {
-                    w(&a.q)
-                        + w(&a.k)
-                        + w(&a.v)
-                        + w(&a.o)
-                        + 4 * (a.q_norm.weight.len() + a.k_norm.weight.len())
-                }
-            };
-            n += match &layer.feed_forward {
-                FeedForward::Dense(m) => mlp(m),
-                FeedForward::Moe(m) => {
-                    w(&m.router)
-                        + w(&m.shared_gate)
-                        + mlp(&m.shared)
-                        + m.experts.iter().map(mlp).sum::<usize>()
-                }
-            };
-        }
-        n
-    }
-
     /// Chooses the form of the delta rule (default [`DeltaNetPath::Auto`]).
     pub fn set_deltanet_path(&mut self, path: DeltaNetPath) {
         self.deltanet_path = path;
@@ -955,15 +912,33 @@ impl Qwen35 {
 
     /// Number of parameters of the text model (the LM head counted once when tied).
     pub fn parameter_count(&self) -> usize {
+        self.measure(&|w| w.rows() * w.cols(), 1, None)
+    }
+
+    /// Bytes of every weight as held: each matrix once (a tied LM head is the embedding's
+    /// bytes), norms and the other vectors in `f32`.
+    pub fn weight_bytes(&self) -> usize {
+        self.measure(&|w| w.bytes().len(), 4, None)
+    }
+
+    /// The weights summed by `matrix` (each matrix) and `vector` units per vector element
+    /// (norms, conv taps, biases). With `experts = Some(e)`, each MoE layer counts its routed
+    /// experts as `e` average ones instead of all of them (a decode step's reads).
+    pub fn measure(
+        &self,
+        matrix: &dyn Fn(&Weight) -> usize,
+        vector: usize,
+        experts: Option<f64>,
+    ) -> usize {
         let c = &self.config;
-        let mut n = self.embed.rows() * self.embed.cols() + c.hidden;
+        let m = matrix;
+        let mut n = m(&self.embed) + self.final_norm.weight.len() * vector;
         if !c.tie_embeddings {
-            n += self.lm_head.rows() * self.lm_head.cols();
+            n += m(&self.lm_head);
         }
-        let m = |w: &Weight| w.rows() * w.cols();
         let mlp = |x: &Mlp| m(&x.gate) + m(&x.up) + m(&x.down);
         for layer in &self.layers {
-            n += layer.input_norm.weight.len() + layer.post_attention_norm.weight.len();
+            n += (layer.input_norm.weight.len() + layer.post_attention_norm.weight.len()) * vector;
             n += match &layer.mixer {
                 Mixer::DeltaNet(d) => {
                     m(&d.qkv)
@@ -971,27 +946,29 @@ impl Qwen35 {
                         + m(&d.b)
                         + m(&d.a)
                         + m(&d.out)
-                        + d.conv_taps.len()
-                        + d.dt_bias.len()
-                        + d.a_neg.len()
-                        + d.norm.weight.len()
+                        + (d.conv_taps.len()
+                            + d.dt_bias.len()
+                            + d.a_neg.len()
+                            + d.norm.weight.len())
+                            * vector
                 }
                 Mixer::Attention(a) => {
                     m(&a.q)
                         + m(&a.k)
                         + m(&a.v)
                         + m(&a.o)
-                        + a.q_norm.weight.len()
-                        + a.k_norm.weight.len()
+                        + (a.q_norm.weight.len() + a.k_norm.weight.len()) * vector
                 }
             };
             n += match &layer.feed_forward {
                 FeedForward::Dense(x) => mlp(x),
                 FeedForward::Moe(x) => {
-                    m(&x.router)
-                        + x.experts.iter().map(mlp).sum::<usize>()
-                        + mlp(&x.shared)
-                        + m(&x.shared_gate)
+                    let all: usize = x.experts.iter().map(mlp).sum();
+                    let routed = match experts {
+                        Some(e) => (all as f64 * e / x.experts.len().max(1) as f64) as usize,
+                        None => all,
+                    };
+                    m(&x.router) + routed + mlp(&x.shared) + m(&x.shared_gate)
                 }
             };
         }

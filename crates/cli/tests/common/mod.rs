@@ -9,40 +9,25 @@ pub mod hub;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-/// Starts `qinfer serve demo` with `args`; returns the child, its log and its address.
-pub fn serve(
-    args: &[&str],
-) -> (
+/// A running `qinfer serve`: the child, its log (after the `listening` line) and its address.
+pub type Served = (
     std::process::Child,
     BufReader<std::process::ChildStderr>,
     std::net::SocketAddr,
-) {
+);
+
+/// Starts `qinfer serve demo` with `args`.
+pub fn serve(args: &[&str]) -> Served {
     serve_env(args, &[])
 }
 
 /// [`serve`] with environment variables.
-pub fn serve_env(
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (
-    std::process::Child,
-    BufReader<std::process::ChildStderr>,
-    std::net::SocketAddr,
-) {
-    let (child, log, addr, _) = serve_startup(args, env);
-    (child, log, addr)
+pub fn serve_env(args: &[&str], env: &[(&str, &str)]) -> Served {
+    serve_startup(args, env).0
 }
 
-/// [`serve_env`], with what the server logged up to its `listening` line.
-pub fn serve_startup(
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (
-    std::process::Child,
-    BufReader<std::process::ChildStderr>,
-    std::net::SocketAddr,
-    String,
-) {
+/// [`serve_env`], and what the server logged up to its `listening` line.
+pub fn serve_startup(args: &[&str], env: &[(&str, &str)]) -> (Served, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qinfer"))
         .args(["serve", "demo", "--port", "0", "--threads", "2"])
         .args(args)
@@ -65,5 +50,5 @@ pub fn serve_startup(
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }
     };
-    (child, log, addr, startup)
+    ((child, log, addr), startup)
 }
