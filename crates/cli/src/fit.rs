@@ -4,14 +4,19 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use qinfer_engine::plan::{MemoryPlan, available_memory};
 
 #[derive(Args, Debug)]
 pub struct FitArgs {
-    /// Model directory, GGUF file, or a Hugging Face repo id in the local cache.
+    /// Model directory, GGUF file, or a Hugging Face repo id in the local cache; with
+    /// --weights, a config.json (or a directory holding one) alone: a model not downloaded.
     model: PathBuf,
+    /// Plan from the configuration alone, its weights taken as this `qinfer quantize` type
+    /// (its average bits per weight × the parameter count), e.g. Q4_K_M.
+    #[arg(long, value_parser = crate::quantize::parse_type, value_name = "TYPE")]
+    weights: Option<qinfer_model::export::FileType>,
     /// Context per sequence (default: the model's, YaRN included).
     #[arg(long)]
     ctx: Option<usize>,
@@ -41,24 +46,44 @@ pub fn fit(args: FitArgs) -> Result<()> {
         "--cache-ram must be a number of GB, not {}",
         args.cache_ram
     );
-    let model = if crate::is_demo(&args.model) {
-        let mut model = qinfer_engine::demo::demo_model();
-        args.model_opts.apply(&mut model)?;
-        model
-    } else {
-        crate::generate::load_model(&args.model, None, &args.model_opts)?.0
+    let (config, kv_type, weights) = match args.weights {
+        Some(ty) => {
+            let path = if args.model.is_dir() {
+                args.model.join("config.json")
+            } else {
+                args.model.clone()
+            };
+            let raw = qinfer_formats::hf_config::RawConfig::from_file(&path)?;
+            let mut config = qinfer_model::ModelConfig::from_hf(&raw)
+                .with_context(|| path.display().to_string())?;
+            args.model_opts.apply_config(&mut config)?;
+            let weights = config.parameter_count() as f64 * ty.bits_per_weight() / 8.0;
+            (config, args.model_opts.resolve()?, weights as u64)
+        }
+        None => {
+            let model = if crate::is_demo(&args.model) {
+                let mut model = qinfer_engine::demo::demo_model();
+                args.model_opts.apply(&mut model)?;
+                model
+            } else {
+                crate::generate::load_model(&args.model, None, &args.model_opts)?.0
+            };
+            let w = model.weight_bytes() as u64;
+            (model.config.clone(), model.kv_type(), w)
+        }
     };
-    let model = &model;
-    let limit = model.config.max_positions;
+    let limit = config.max_positions;
     let ctx = args.ctx.unwrap_or(limit);
     if ctx > limit {
         anyhow::bail!(
             "--ctx {ctx} exceeds the model's context of {limit} tokens{}",
-            model.config.context_hint()
+            config.context_hint()
         );
     }
-    let plan = MemoryPlan::new(
-        model,
+    let plan = MemoryPlan::for_config(
+        &config,
+        kv_type,
+        weights,
         ctx,
         args.max_seqs,
         (args.cache_ram * 1e9) as u64,
@@ -71,7 +96,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
         let v = serde_json::json!({
             "ctx": ctx,
             "max_seqs": plan.max_seqs,
-            "kv_type": model.kv_type().name(),
+            "kv_type": kv_type.for_width(config.attention.n_kv_heads * config.attention.head_dim).name(),
             "weights_bytes": plan.weights,
             "kv_bytes_per_token": plan.kv_per_token,
             "kv_bytes_per_seq": plan.kv_per_seq(),
@@ -88,7 +113,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
         writeln!(out, "{v}")?;
         return Ok(());
     }
-    let kv = model.kv_type().name();
+    let kv = kv_type.name();
     writeln!(
         out,
         "memory plan at {ctx} tokens × {} sequence(s), {kv} KV cache",

@@ -360,13 +360,29 @@ impl ModelOptions {
     /// configured.
     pub fn apply(&self, model: &mut Qwen35) -> Result<()> {
         model.set_kv_type(self.resolve()?);
-        match self.rope_scaling.as_deref() {
-            None => {}
+        if let Some(p) = self.rope_scaling()? {
+            model.set_rope_scaling(p)?;
+        }
+        Ok(())
+    }
+
+    /// [`ModelOptions::apply`] to a configuration alone (`qinfer fit --weights`).
+    pub fn apply_config(&self, config: &mut qinfer_model::ModelConfig) -> Result<()> {
+        if let Some(p) = self.rope_scaling()? {
+            config.set_rope_scaling(p)?;
+        }
+        Ok(())
+    }
+
+    /// The rope scaling asked for: none (`Ok(None)`: keep the file's), off, or YaRN.
+    fn rope_scaling(&self) -> Result<Option<Option<YarnParams>>> {
+        Ok(match self.rope_scaling.as_deref() {
+            None => None,
             Some("none") => {
                 if self.rope_factor.is_some() || self.rope_original_ctx.is_some() {
                     bail!("--rope-factor and --rope-original-ctx go with --rope-scaling yarn");
                 }
-                model.set_rope_scaling(None)?;
+                Some(None)
             }
             Some(_) => {
                 let Some(factor) = self.rope_factor else {
@@ -374,14 +390,13 @@ impl ModelOptions {
                         "--rope-scaling yarn needs --rope-factor F (the context becomes F × the native window)"
                     );
                 };
-                model.set_rope_scaling(Some(YarnParams {
+                Some(Some(YarnParams {
                     factor: Some(factor),
                     original_ctx: self.rope_original_ctx,
                     ..YarnParams::default()
-                }))?;
+                }))
             }
-        }
-        Ok(())
+        })
     }
 }
 

@@ -222,3 +222,47 @@ fn fit_plans_memory_and_serve_chooses_a_context_that_fits() {
     child.wait().unwrap();
     assert!(startup.contains("does not fit the memory"), "{startup}");
 }
+
+/// `qinfer fit --weights TYPE` plans a model from its config.json alone: for Qwen3.6-27B
+/// (config from ../shared/spec/qwen35-architecture.md §1.2) the KV cache is 128 KiB per token
+/// in f32 (16 attention layers × K and V × 4 heads × 256), the Q4_K_M weights about the
+/// 16.5 GB `qinfer quantize --help` lists, and YaRN ×4 makes the context 1,048,576.
+#[test]
+fn fit_plans_a_model_from_its_config_alone() {
+    let cfg = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/configs/qwen3.6-27b.json");
+    let fit = |extra: &[&str]| -> Value {
+        let o = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+            .args([
+                "fit",
+                cfg.to_str().unwrap(),
+                "--weights",
+                "Q4_K_M",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let p = fit(&["--kv-type", "f32"]);
+    assert_eq!(p["kv_bytes_per_token"], 128 * 1024);
+    assert_eq!(p["ctx"], 262_144);
+    let w = p["weights_bytes"].as_f64().unwrap();
+    assert!((w / 16.5e9 - 1.0).abs() < 0.01, "{w}");
+    let p = fit(&[
+        "--kv-type",
+        "q8_0",
+        "--rope-scaling",
+        "yarn",
+        "--rope-factor",
+        "4",
+    ]);
+    assert_eq!(p["ctx"], 1_048_576);
+    assert_eq!(
+        p["kv_bytes_per_token"],
+        16 * 2 * 32 * 34,
+        "Q8_0: 34 bytes per 32 values"
+    );
+}

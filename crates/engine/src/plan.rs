@@ -9,9 +9,9 @@
 //! program, its tokenizer and the allocator's retained memory (measured: see
 //! docs/PERFORMANCE.md, "Memory plan").
 
-use qinfer_cache::LayerSpec;
-use qinfer_model::Qwen35;
+use qinfer_cache::{KvType, LayerSpec};
 use qinfer_model::config::FeedForwardConfig;
+use qinfer_model::{ModelConfig, Qwen35};
 
 /// The process without the model: code, the tokenizer's tables, allocator slack (bytes).
 /// Measured: `qinfer bench` of the Qwen3.5-0.8B shape (Q4_K_M GGUF) peaks 45 MB above its
@@ -48,8 +48,30 @@ impl MemoryPlan {
         cache_budget: u64,
         step_tokens: usize,
     ) -> Self {
+        Self::for_config(
+            &model.config,
+            model.kv_type(),
+            model.weight_bytes() as u64,
+            ctx,
+            max_seqs,
+            cache_budget,
+            step_tokens,
+        )
+    }
+
+    /// The plan for a model described by `config` whose weights take `weights` bytes (a model
+    /// not loaded: `qinfer fit --config`).
+    pub fn for_config(
+        config: &ModelConfig,
+        kv_type: KvType,
+        weights: u64,
+        ctx: usize,
+        max_seqs: usize,
+        cache_budget: u64,
+        step_tokens: usize,
+    ) -> Self {
         let (mut kv_per_token, mut state_per_seq) = (0u64, 0u64);
-        for spec in model.state_specs() {
+        for spec in config.state_specs(kv_type) {
             match spec {
                 LayerSpec::Attention { kv_width, kv_type } => {
                     kv_per_token += 2 * kv_type.row_bytes(kv_width) as u64
@@ -65,13 +87,13 @@ impl MemoryPlan {
             }
         }
         MemoryPlan {
-            weights: model.weight_bytes() as u64,
+            weights,
             kv_per_token,
             state_per_seq,
             ctx,
             max_seqs: max_seqs.max(1),
             cache_budget,
-            activations: activation_bytes(model, step_tokens),
+            activations: activation_bytes(config, step_tokens),
             runtime: RUNTIME,
         }
     }
@@ -114,8 +136,7 @@ impl MemoryPlan {
 /// projection (attention q·gate, k, v or DeltaNet qkv, z, b, a), the feed-forward's gate, up
 /// and product (MoE: the routed experts' and the shared one's), in `f32` plus their 8-bit
 /// copies; and the logits of one position.
-fn activation_bytes(model: &Qwen35, step_tokens: usize) -> u64 {
-    let c = &model.config;
+fn activation_bytes(c: &ModelConfig, step_tokens: usize) -> u64 {
     let a = c.attention;
     let d = c.deltanet;
     let q_rows = a.n_heads * a.head_dim * if a.output_gate { 2 } else { 1 };

@@ -11,6 +11,7 @@ use qinfer_formats::gguf::keys::{self, Arch};
 use qinfer_formats::hf_config::{RawConfig, RawRope, RawTextConfig};
 
 use crate::error::ConfigError;
+use qinfer_cache::{KvType, LayerSpec};
 
 /// Token mixer of a decoder layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,6 +434,30 @@ impl ModelConfig {
 
     pub fn is_moe(&self) -> bool {
         matches!(self.feed_forward, FeedForwardConfig::Moe { .. })
+    }
+
+    /// What each layer keeps per sequence, with KV rows stored as `kv_type` where a layer's
+    /// width allows it ([`KvType::for_width`] otherwise).
+    pub fn state_specs(&self, kv_type: KvType) -> Vec<LayerSpec> {
+        self.layers
+            .iter()
+            .map(|k| match k {
+                LayerKind::Attention => {
+                    let kv_width = self.attention.n_kv_heads * self.attention.head_dim;
+                    LayerSpec::Attention {
+                        kv_width,
+                        kv_type: kv_type.for_width(kv_width),
+                    }
+                }
+                LayerKind::DeltaNet => LayerSpec::DeltaNet {
+                    conv_channels: self.deltanet.conv_dim(),
+                    conv_kernel: self.deltanet.conv_kernel,
+                    recurrent_len: self.deltanet.n_v_heads
+                        * self.deltanet.k_head_dim
+                        * self.deltanet.v_head_dim,
+                },
+            })
+            .collect()
     }
 
     /// The context the model was pretrained for: YaRN's original context when YaRN is on,

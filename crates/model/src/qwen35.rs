@@ -448,26 +448,7 @@ impl Qwen35 {
 
     /// What each layer keeps per sequence.
     pub fn state_specs(&self) -> Vec<LayerSpec> {
-        let c = &self.config;
-        c.layers
-            .iter()
-            .map(|k| match k {
-                LayerKind::Attention => {
-                    let kv_width = c.attention.n_kv_heads * c.attention.head_dim;
-                    LayerSpec::Attention {
-                        kv_width,
-                        kv_type: self.kv_type.for_width(kv_width),
-                    }
-                }
-                LayerKind::DeltaNet => LayerSpec::DeltaNet {
-                    conv_channels: c.deltanet.conv_dim(),
-                    conv_kernel: c.deltanet.conv_kernel,
-                    recurrent_len: c.deltanet.n_v_heads
-                        * c.deltanet.k_head_dim
-                        * c.deltanet.v_head_dim,
-                },
-            })
-            .collect()
+        self.config.state_specs(self.kv_type)
     }
 
     /// A fresh, empty sequence for this model.
