@@ -346,7 +346,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "--bandwidth must be a positive number of GB/s, not {b}"
         );
     }
-    let path = &args.model;
+    args.model_opts.fetch(&args.model)?;
+    let path = &crate::resolve_model(&args.model)?;
     let started = Instant::now();
     let mut model = if crate::is_gguf(path) {
         Qwen35::load_gguf(path)

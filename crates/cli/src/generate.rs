@@ -102,6 +102,7 @@ pub fn load_model(
     opts: &crate::ModelOptions,
 ) -> Result<(Qwen35, PathBuf)> {
     qinfer_cpu::init_threads(threads);
+    opts.fetch(arg)?;
     let path = crate::resolve_model(arg)?;
     let (mut model, at) = if crate::is_gguf(&path) {
         let model = Qwen35::load_gguf(&path)
@@ -153,6 +154,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     // `generate` is greedy unless asked otherwise (reproducible by default).
     let sampling = args.sampling.apply(SamplingParams::default())?;
     if !crate::is_demo(&args.model) {
+        args.model_opts.fetch(&args.model)?;
         let path = crate::resolve_model(&args.model)?;
         let has_tokenizer = if crate::is_gguf(&path) {
             qinfer_formats::gguf::GgufFile::open(&path)?

@@ -342,6 +342,10 @@ pub struct ModelOptions {
         requires = "rope_scaling"
     )]
     rope_original_ctx: Option<usize>,
+    /// Download MODEL first, as `qinfer pull` does (a repo id, REPO:TAG or a short name; what
+    /// the cache already holds is only checked), then run it.
+    #[arg(long)]
+    pull: bool,
 }
 
 impl ModelOptions {
@@ -363,6 +367,23 @@ impl ModelOptions {
         if let Some(p) = self.rope_scaling()? {
             model.set_rope_scaling(p)?;
         }
+        Ok(())
+    }
+
+    /// With `--pull`, downloads `arg` into the cache unless it is a local path or the demo.
+    pub fn fetch(&self, arg: &Path) -> Result<()> {
+        // Once per process: a command may resolve its model more than once.
+        static PULLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !self.pull
+            || arg.exists()
+            || is_demo(arg)
+            || PULLED.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let given = arg.to_string_lossy();
+        let name = models::expand_short_name(&given)?.unwrap_or_else(|| given.to_string());
+        pull::pull(&pull::PullOptions::from_env(&name, "main", false))?;
         Ok(())
     }
 
@@ -407,6 +428,7 @@ pub fn load_bundle(
     opts: &ModelOptions,
 ) -> Result<qinfer_engine::generate::ModelBundle> {
     qinfer_cpu::init_threads(threads);
+    opts.fetch(arg)?;
     let mut bundle = if is_demo(arg) {
         qinfer_engine::generate::ModelBundle::demo()?
     } else {

@@ -87,6 +87,55 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// `run`/`serve`/`generate REPO:TAG --pull` download the quant first (as `qinfer pull`), then
+/// run it; without `--pull` a model not in the cache is an error naming the command.
+#[test]
+fn pull_flag_downloads_then_runs() {
+    let hub = start_hub(0);
+    let cache = tempfile::tempdir().unwrap();
+    let tag = format!("{REPO}:Q8_0");
+    let args = [
+        "generate",
+        &tag,
+        "--ids",
+        "1,2,3",
+        "--max-tokens",
+        "2",
+        "--json",
+    ];
+    let o = qinfer(hub.port, cache.path(), &args, &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        hub.fetched().is_empty(),
+        "nothing downloaded without --pull"
+    );
+    let o = qinfer(
+        hub.port,
+        cache.path(),
+        &[&args[..], &["--pull"]].concat(),
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(hub.fetched(), ["mmproj-F16.gguf", "tiny-Q8_0.gguf"]);
+    let ids: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ids["ids"].as_array().map(Vec::len), Some(2), "{ids}");
+    // Already in the cache: --pull only checks it, and the bytes are not fetched again.
+    let before = hub.log.lock().unwrap().len();
+    let o = qinfer(
+        hub.port,
+        cache.path(),
+        &[&args[..], &["--pull"]].concat(),
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !hub.log.lock().unwrap()[before..]
+            .iter()
+            .any(|l| l.starts_with("GET /lfs/")),
+        "no file downloaded twice"
+    );
+}
+
 #[test]
 fn pull_by_tag_fetches_that_quant_resumes_and_runs() {
     let hub = start_hub(1);
