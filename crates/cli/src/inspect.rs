@@ -81,6 +81,18 @@ pub fn run(dir: &Path, out: &mut impl Write) -> Result<()> {
             ""
         }
     )?;
+    if let Some(y) = r.yarn {
+        writeln!(
+            out,
+            "yarn          factor {} over {} tokens (context {}), beta {}/{}, attention factor {:.4}",
+            y.factor,
+            y.original_ctx,
+            config.max_positions,
+            y.beta_fast,
+            y.beta_slow,
+            y.attention_factor
+        )?;
+    }
     match config.feed_forward {
         FeedForwardConfig::Dense { intermediate } => {
             writeln!(out, "ffn           dense SwiGLU {intermediate}")?
@@ -98,8 +110,17 @@ pub fn run(dir: &Path, out: &mut impl Write) -> Result<()> {
     writeln!(out, "tied lm head  {}", config.tie_embeddings)?;
     writeln!(
         out,
-        "parameters    {} (text model)",
-        human_count(model.parameter_count())
+        "parameters    {} (text model){}",
+        human_count(model.parameter_count()),
+        match config.feed_forward {
+            FeedForwardConfig::Moe {
+                n_experts, top_k, ..
+            } => format!(
+                "; {} active per token ({top_k} of {n_experts} experts)",
+                human_count(config.active_parameter_count())
+            ),
+            FeedForwardConfig::Dense { .. } => String::new(),
+        }
     )?;
     writeln!(
         out,

@@ -358,22 +358,12 @@ pub fn show(arg: &str, path: &Path, out: &mut impl Write) -> Result<()> {
     let total = config.parameter_count();
     let params = match config.feed_forward {
         FeedForwardConfig::Moe {
-            n_experts,
-            top_k,
-            expert_intermediate,
-            ..
-        } => {
-            let idle = n_experts.saturating_sub(top_k)
-                * 3
-                * config.hidden
-                * expert_intermediate
-                * config.layers.len();
-            format!(
-                "{} active of {} ({top_k} of {n_experts} experts per token)",
-                human_count(total.saturating_sub(idle)),
-                human_count(total)
-            )
-        }
+            n_experts, top_k, ..
+        } => format!(
+            "{} active of {} ({top_k} of {n_experts} experts per token)",
+            human_count(config.active_parameter_count()),
+            human_count(total)
+        ),
         FeedForwardConfig::Dense { .. } => format!("{} (dense)", human_count(total)),
     };
     let mut features = Vec::new();

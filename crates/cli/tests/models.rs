@@ -385,6 +385,51 @@ fn show_summarises_a_checkpoint_directory() {
     );
 }
 
+/// `inspect` and `show` give an MoE model's total and active parameters: the active ones leave
+/// out the idle routed experts (`(n_experts − top_k) × 3 × hidden × expert_intermediate` per
+/// layer, from config.json).
+#[test]
+fn inspect_and_show_count_active_parameters() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-moe-bf16");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let n = |k: &str| {
+        cfg[k]
+            .as_u64()
+            .or_else(|| cfg["text_config"][k].as_u64())
+            .unwrap()
+    };
+    let idle = (n("num_experts") - n("num_experts_per_tok"))
+        * 3
+        * n("hidden_size")
+        * n("moe_intermediate_size")
+        * n("num_hidden_layers");
+    let run = |cmd: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+            .args([cmd, dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    let inspect = run("inspect");
+    let line = inspect
+        .lines()
+        .find(|l| l.starts_with("parameters"))
+        .unwrap();
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(nums[0] - nums[1], idle, "{line}");
+    assert!(line.contains("2 of 8 experts"), "{line}");
+    let show = run("show");
+    assert!(
+        show.contains(&format!("{} active of {}", nums[1], nums[0])),
+        "{show}"
+    );
+}
+
 /// A short name from the user's file (`$XDG_CONFIG_HOME/qinfer/models.json`) pulls and runs
 /// like the `REPO:TAG` it names.
 #[test]

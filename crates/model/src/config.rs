@@ -503,6 +503,27 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Parameters one token uses: all of them for a dense model; for an MoE model, all but
+    /// the `n_experts − top_k` idle routed experts of every layer.
+    pub fn active_parameter_count(&self) -> usize {
+        let total = self.parameter_count();
+        match self.feed_forward {
+            FeedForwardConfig::Moe {
+                n_experts,
+                top_k,
+                expert_intermediate,
+                ..
+            } => total.saturating_sub(
+                n_experts.saturating_sub(top_k)
+                    * 3
+                    * self.hidden
+                    * expert_intermediate
+                    * self.layers.len(),
+            ),
+            FeedForwardConfig::Dense { .. } => total,
+        }
+    }
+
     /// Parameters of the text model implied by the shapes (LM head counted once when tied;
     /// MTP and vision excluded).
     pub fn parameter_count(&self) -> usize {
