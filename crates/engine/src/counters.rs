@@ -1,5 +1,6 @@
-//! What the engine loop counts: plain atomics (and two latency histograms) that the loop bumps
-//! and a reader (the server's `/metrics`) loads at any time. No exposition format here.
+//! What the engine loop counts: plain atomics (two latency histograms, and for an MoE model
+//! the experts each layer touches per step) that the loop bumps and a reader (the server's
+//! `/metrics`) loads at any time. No exposition format here.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,25 +11,45 @@ pub const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// A cumulative latency histogram over [`BUCKETS`].
-#[derive(Clone, Debug, Default)]
+/// Bucket upper bounds of the experts a layer touches in one step (MoE models).
+pub const EXPERT_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// A cumulative histogram over `bounds`.
+#[derive(Clone, Debug)]
 pub struct Histogram {
-    /// Observations at or below each bound of [`BUCKETS`].
-    pub counts: [u64; BUCKETS.len()],
+    pub bounds: &'static [f64],
+    /// Observations at or below each bound.
+    pub counts: Vec<u64>,
     pub count: u64,
-    /// Seconds, summed.
+    /// The observed values, summed.
     pub sum: f64,
 }
 
 impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        for (bound, count) in BUCKETS.iter().zip(&mut self.counts) {
-            if seconds <= *bound {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
+    fn observe(&mut self, value: f64) {
+        for (bound, count) in self.bounds.iter().zip(&mut self.counts) {
+            if value <= *bound {
                 *count += 1;
             }
         }
         self.count += 1;
-        self.sum += seconds;
+        self.sum += value;
+    }
+}
+
+/// Latency histograms start empty over [`BUCKETS`].
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new(&BUCKETS)
     }
 }
 
@@ -55,6 +76,8 @@ pub struct Counters {
     pub state_bytes: AtomicU64,
     ttft: Mutex<Histogram>,
     itl: Mutex<Histogram>,
+    /// MoE: the mean number of distinct experts a layer ran, per step (none for dense).
+    experts: Mutex<Option<Histogram>>,
 }
 
 impl Counters {
@@ -64,6 +87,24 @@ impl Counters {
 
     pub fn observe_itl(&self, d: Duration) {
         lock(&self.itl).observe(d.as_secs_f64());
+    }
+
+    /// One step of an MoE model ran `experts` distinct experts per layer, on average.
+    pub fn observe_experts(&self, experts: f64) {
+        let mut h = self
+            .experts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        h.get_or_insert_with(|| Histogram::new(&EXPERT_BUCKETS))
+            .observe(experts);
+    }
+
+    /// Experts per layer per step, once an MoE step has run.
+    pub fn experts(&self) -> Option<Histogram> {
+        self.experts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Time to first token: from a request's arrival to its first generated token.

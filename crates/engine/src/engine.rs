@@ -670,7 +670,15 @@ impl<'a, S: Sink> Engine<'a, S> {
                 step_tokens += span.input.len();
                 spans.push(span);
             }
-            model.step(&mut spans)
+            let before = model.experts_touched();
+            let result = model.step(&mut spans);
+            if let (Some((f0, e0)), Some((f1, e1))) = (before, model.experts_touched())
+                && f1 > f0
+            {
+                self.counters
+                    .observe_experts((e1 - e0) as f64 / (f1 - f0) as f64);
+            }
+            result
         };
         Counters::add(&self.counters.steps, 1);
         Counters::add(&self.counters.step_tokens, step_tokens);

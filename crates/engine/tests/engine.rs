@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock};
 
 use qinfer_engine::counters::Counters;
 use qinfer_engine::engine::{
-    CacheHook, Ended, Engine, Gone, Out, Request, SchedulerConfig, Sink, Start, Summary,
+    CacheHook, Ended, Engine, EngineModel, Gone, Out, Request, SchedulerConfig, Sink, Start,
+    Summary,
 };
 use qinfer_engine::generate::{
     FinishReason, Flow, GenerateOptions, ModelBundle, Sequence, generate, run_one,
@@ -294,4 +295,63 @@ fn the_engine_runs_a_model_on_another_backend() {
         sinks.iter().map(ids).collect::<Vec<_>>()
     };
     assert_eq!(run(&reference), run(&cpu));
+}
+
+/// A sink that keeps nothing.
+struct Nothing;
+
+impl Sink for Nothing {
+    fn send(&mut self, _out: Out) -> Result<(), Gone> {
+        Ok(())
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+/// For an MoE model the loop records, per step, the mean number of distinct experts a layer
+/// ran: one observation per step, between `top_k` (one sequence) and the expert count; a
+/// dense model records none.
+#[test]
+fn moe_steps_record_the_experts_they_touch() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny-moe-f32");
+    let model = qinfer_model::Qwen35::load_dir(&dir).unwrap();
+    let counters = Arc::new(Counters::default());
+    let mut e = Engine::new(
+        EngineModel::ids_only(&model),
+        SchedulerConfig {
+            max_seqs: 4,
+            ..SchedulerConfig::lone()
+        },
+        CacheHook::default(),
+        counters.clone(),
+    );
+    for p in [3u32, 77, 150, 301] {
+        let opts = GenerateOptions {
+            max_tokens: 4,
+            ignore_eos: true,
+            ..GenerateOptions::default()
+        };
+        e.submit(Request::new(vec![p], opts, Nothing));
+    }
+    e.run_until_idle();
+    let h = counters.experts().expect("an MoE model records experts");
+    let steps = counters.steps.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(h.count, steps);
+    let mean = h.sum / h.count as f64;
+    assert!((2.0..=8.0).contains(&mean), "{mean}");
+    assert!(
+        mean > 2.0,
+        "four sequences together touch more than top-2: {mean}"
+    );
+    assert_eq!(h.counts.last(), Some(&h.count), "all at most 512");
+
+    let (mut dense, c) = engine(SchedulerConfig::lone());
+    dense.submit(
+        Request::new(vec![5], GenerateOptions::default(), Nothing).with_sink(Collect::default()),
+    );
+    dense.run_until_idle();
+    assert!(c.experts().is_none());
 }

@@ -8,11 +8,11 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use qinfer_engine::counters::{BUCKETS, Counters, Histogram};
+use qinfer_engine::counters::{Counters, Histogram};
 
 fn render_histogram(h: &Histogram, out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (bound, count) in BUCKETS.iter().zip(&h.counts) {
+    for (bound, count) in h.bounds.iter().zip(&h.counts) {
         let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
     }
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
@@ -148,6 +148,14 @@ impl Metrics {
             "qinfer_inter_token_latency_seconds",
             "Between consecutive generated tokens of one sequence.",
         );
+        if let Some(h) = e.experts() {
+            render_histogram(
+                &h,
+                &mut out,
+                "qinfer_moe_experts_per_layer_step",
+                "MoE: distinct experts a layer ran in one engine step (mean over layers).",
+            );
+        }
         out
     }
 }
@@ -209,4 +217,31 @@ pub fn render_prompt_cache(s: &qinfer_cache::CacheStats) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The experts histogram is rendered once an MoE step recorded one, in Prometheus's
+    /// cumulative buckets; a dense model's metrics do not name it.
+    #[test]
+    fn experts_histogram_appears_for_moe_steps() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("qinfer_moe_experts_per_layer_step"));
+        m.engine.observe_experts(3.0);
+        m.engine.observe_experts(8.0);
+        let text = m.render();
+        for line in [
+            "# TYPE qinfer_moe_experts_per_layer_step histogram",
+            "qinfer_moe_experts_per_layer_step_bucket{le=\"2\"} 0",
+            "qinfer_moe_experts_per_layer_step_bucket{le=\"4\"} 1",
+            "qinfer_moe_experts_per_layer_step_bucket{le=\"8\"} 2",
+            "qinfer_moe_experts_per_layer_step_bucket{le=\"+Inf\"} 2",
+            "qinfer_moe_experts_per_layer_step_sum 11",
+            "qinfer_moe_experts_per_layer_step_count 2",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+    }
 }
