@@ -109,25 +109,23 @@ fn pull_flag_downloads_then_runs() {
         hub.fetched().is_empty(),
         "nothing downloaded without --pull"
     );
-    let o = qinfer(
-        hub.port,
-        cache.path(),
-        &[&args[..], &["--pull"]].concat(),
-        &[],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    let pulled = || {
+        let o = qinfer(
+            hub.port,
+            cache.path(),
+            &[&args[..], &["--pull"]].concat(),
+            &[],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        o
+    };
+    let o = pulled();
     assert_eq!(hub.fetched(), ["mmproj-F16.gguf", "tiny-Q8_0.gguf"]);
     let ids: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(ids["ids"].as_array().map(Vec::len), Some(2), "{ids}");
     // Already in the cache: --pull only checks it, and the bytes are not fetched again.
     let before = hub.log.lock().unwrap().len();
-    let o = qinfer(
-        hub.port,
-        cache.path(),
-        &[&args[..], &["--pull"]].concat(),
-        &[],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    pulled();
     assert!(
         !hub.log.lock().unwrap()[before..]
             .iter()
