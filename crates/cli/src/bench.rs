@@ -20,7 +20,7 @@ use qinfer_cache::SequenceState;
 use qinfer_engine::engine::{CacheHook, Ended, EngineModel, Request, Start, Summary};
 use qinfer_engine::generate::{Flow, GenerateOptions, run_one};
 use qinfer_model::Qwen35;
-use qinfer_model::qwen35::FeedForward;
+use qinfer_model::config::FeedForwardConfig;
 use qinfer_tensor::Weight;
 
 #[derive(Args, Debug)]
@@ -188,10 +188,10 @@ fn weight_bytes_per_token(m: &Qwen35) -> usize {
 /// sequence), norms and small vectors as `f32`. The embedding contributes one row (it is the
 /// LM head's bytes when tied).
 fn weight_bytes_per_step(m: &Qwen35, experts: Option<f64>) -> usize {
-    let top_k = m.layers.iter().find_map(|l| match &l.feed_forward {
-        FeedForward::Moe(x) => Some(x.top_k as f64),
-        FeedForward::Dense(_) => None,
-    });
+    let top_k = match m.config.feed_forward {
+        FeedForwardConfig::Moe { top_k, .. } => Some(top_k as f64),
+        FeedForwardConfig::Dense { .. } => None,
+    };
     let held = m.measure(&|w| bytes(w), 4, experts.or(top_k));
     // `measure` counts the embedding whole and a tied LM head not again.
     let embed = if m.config.tie_embeddings {
@@ -252,25 +252,8 @@ fn context_at(model: &Qwen35, depth: usize) -> Result<Option<(Vec<u32>, Sequence
         return Ok(None);
     }
     let tokens = qinfer_model::pseudo_random_tokens(depth, model.config.vocab as u32, 0xD3E9_7A11);
-    let mut request = Request::new(
-        tokens.clone(),
-        GenerateOptions {
-            max_tokens: 0,
-            ignore_eos: true,
-            ..GenerateOptions::default()
-        },
-        (),
-    );
-    request.start = Some(Start {
-        state: model.new_state(),
-        cached: 0,
-    });
-    let (ended, _) = run_one(
-        EngineModel::ids_only(model),
-        CacheHook::default(),
-        request,
-        &mut |_| Flow::Continue,
-    )?;
+    // A request that brings an empty state of its own hands its sequence back.
+    let (ended, _) = run_greedy(model, Some(&(Vec::new(), model.new_state())), &tokens, 0)?;
     let back = ended
         .sequence
         .context("the depth prefill did not hand its sequence back")?;

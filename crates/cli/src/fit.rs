@@ -91,12 +91,16 @@ pub fn fit(args: FitArgs) -> Result<()> {
     );
     let available = available_memory();
     let max_ctx = available.map(|a| plan.max_ctx(a, limit));
+    // As stored: a type a layer's rows cannot hold falls back (`KvType::for_width`).
+    let kv = kv_type
+        .for_width(config.attention.n_kv_heads * config.attention.head_dim)
+        .name();
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
             "ctx": ctx,
             "max_seqs": plan.max_seqs,
-            "kv_type": kv_type.for_width(config.attention.n_kv_heads * config.attention.head_dim).name(),
+            "kv_type": kv,
             "weights_bytes": plan.weights,
             "kv_bytes_per_token": plan.kv_per_token,
             "kv_bytes_per_seq": plan.kv_per_seq(),
@@ -113,7 +117,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
         writeln!(out, "{v}")?;
         return Ok(());
     }
-    let kv = kv_type.name();
+
     writeln!(
         out,
         "memory plan at {ctx} tokens × {} sequence(s), {kv} KV cache",

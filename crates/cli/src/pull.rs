@@ -393,11 +393,14 @@ pub fn pull_quantized(o: &PullOptions<'_>, ty: FileType, keep: bool) -> Result<P
 
     // Where each tensor lives: the shard index, or the one shard's own header.
     let index = snapshot.join(safetensors::INDEX_FILE);
+    // A shard downloaded (and counted on the bar) before the loop below.
+    let mut fetched: Option<&str> = None;
     let weight_map: BTreeMap<String, String> = if index.is_file() {
         safetensors::read_index(&index)?
     } else if let [only] = shards.as_slice() {
         bar.set_message(format!("downloading {only}"));
         r.fetch(only, &bar)?;
+        fetched = Some(only);
         let mut ck = Checkpoint::default();
         ck.add_file(&snapshot.join(only))?;
         ck.tensors
@@ -461,7 +464,9 @@ pub fn pull_quantized(o: &PullOptions<'_>, ty: FileType, keep: bool) -> Result<P
             continue;
         }
         bar.set_message(format!("downloading {shard}"));
-        if snapshot.join(shard).is_file() {
+        if fetched == Some(shard.as_str()) {
+            // Counted when it was downloaded.
+        } else if snapshot.join(shard).is_file() {
             bar.inc(size);
         } else {
             r.fetch(shard, &bar)?;

@@ -366,17 +366,22 @@ fn ps_reads_a_running_server() {
     );
 }
 
+/// `qinfer CMD DIR` on a local model (no hub); its output, which must be a success.
+fn local(cmd: &str, dir: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+        .arg(cmd)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    text(&o)
+}
+
 #[test]
 fn show_summarises_a_checkpoint_directory() {
     let dir =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-dense-bf16");
-    let o = Command::new(env!("CARGO_BIN_EXE_qinfer"))
-        .arg("show")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let out = text(&o);
+    let out = local("show", &dir);
     assert!(
         out.contains("(dense)") && out.contains("safetensors"),
         "{out}"
@@ -402,15 +407,7 @@ fn inspect_and_show_count_active_parameters() {
         * n("hidden_size")
         * n("moe_intermediate_size")
         * n("num_hidden_layers");
-    let run = |cmd: &str| {
-        let o = Command::new(env!("CARGO_BIN_EXE_qinfer"))
-            .args([cmd, dir.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-        text(&o)
-    };
-    let inspect = run("inspect");
+    let inspect = local("inspect", &dir);
     let line = inspect
         .lines()
         .find(|l| l.starts_with("parameters"))
@@ -421,7 +418,7 @@ fn inspect_and_show_count_active_parameters() {
         .collect();
     assert_eq!(nums[0] - nums[1], idle, "{line}");
     assert!(line.contains("2 of 8 experts"), "{line}");
-    let show = run("show");
+    let show = local("show", &dir);
     assert!(
         show.contains(&format!("{} active of {}", nums[1], nums[0])),
         "{show}"

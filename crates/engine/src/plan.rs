@@ -103,13 +103,17 @@ impl MemoryPlan {
         self.kv_per_token.saturating_mul(self.ctx as u64)
     }
 
-    /// Everything but the per-sequence memory.
+    /// Everything but the per-sequence memory (saturating: the cache budget comes from the
+    /// command line).
     fn fixed(&self) -> u64 {
-        self.weights + self.cache_budget + self.activations + self.runtime
+        self.weights
+            .saturating_add(self.cache_budget)
+            .saturating_add(self.activations)
+            .saturating_add(self.runtime)
     }
 
     pub fn total(&self) -> u64 {
-        let per_seq = self.kv_per_seq() + self.state_per_seq;
+        let per_seq = self.kv_per_seq().saturating_add(self.state_per_seq);
         self.fixed()
             .saturating_add(per_seq.saturating_mul(self.max_seqs as u64))
     }
@@ -120,11 +124,11 @@ impl MemoryPlan {
         let seqs = self.max_seqs as u64;
         let Some(left) = available
             .checked_sub(self.fixed())
-            .and_then(|l| l.checked_sub(self.state_per_seq * seqs))
+            .and_then(|l| l.checked_sub(self.state_per_seq.saturating_mul(seqs)))
         else {
             return 0;
         };
-        let per_position = self.kv_per_token * seqs;
+        let per_position = self.kv_per_token.saturating_mul(seqs);
         if per_position == 0 {
             return limit;
         }

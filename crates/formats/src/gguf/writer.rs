@@ -223,10 +223,7 @@ impl GgufWriter {
     }
 
     fn emit(&mut self, bytes: &[u8]) -> Result<(), GgufError> {
-        self.out.write_all(bytes).map_err(|source| GgufError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.out.write_all(bytes).map_err(|e| self.io(e))?;
         self.pos += bytes.len();
         Ok(())
     }
