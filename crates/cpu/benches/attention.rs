@@ -1,7 +1,7 @@
 //! Criterion benches of causal attention at the Qwen3.5-0.8B shape (8 query heads, 2 kv heads,
 //! head dim 256), through the engine's pool: a 512-token prefill over the prompt's own keys, a
 //! 512-token chunk after a 1536-token history (2K context), a 64-token chunk ending at 8K, and
-//! one decode step over 4K and 8K caches. Keys and values sit in 64-token blocks as the paged
+//! one decode step over 4K and 8K caches, and a 512-token chunk after 16K (`f16`, the CLI's default). Keys and values sit in 64-token blocks as the paged
 //! cache holds them, in `f32`; the 2K chunk and the 8K decode step also over `f16` and `q8_0`
 //! rows (`--kv-type`). Throughput is in query rows ("elements").
 //!
@@ -83,7 +83,7 @@ fn case_kv(c: &mut Criterion, name: &str, s: usize, t: usize, kv: Kv) {
         .zip(v.blocks(kv_width))
         .collect();
     let mut g = c.benchmark_group("attention");
-    g.sample_size(20);
+    g.sample_size(if s > 8192 { 10 } else { 20 });
     g.throughput(Throughput::Elements(t as u64));
     g.bench_function(name, |b| {
         b.iter(|| black_box(causal_attention_blocks(cpu, &q, &blocks, SHAPE)))
@@ -102,6 +102,7 @@ fn attention(c: &mut Criterion) {
     case_kv(c, "prefill_512_after_1536_q8_0", 2048, 512, Kv::Q8_0);
     case_kv(c, "decode_8k_f16", 8192, 1, Kv::F16);
     case_kv(c, "decode_8k_q8_0", 8192, 1, Kv::Q8_0);
+    case_kv(c, "prefill_512_after_16k_f16", 16384 + 512, 512, Kv::F16);
 }
 
 criterion_group!(benches, attention);

@@ -21,10 +21,14 @@
 //!
 //! # Stored types
 //! The cache may hold its rows as `f32`, BF16, F16 or Q8_0 ([`KvRows`]). `f32` rows are read
-//! in place. Rows of another type are decoded, one block of keys and one kv head at a time,
-//! into an `[BLOCK, D]` `f32` scratch the task owns, and the same `f32` code runs on it: so a
-//! typed cache gives exactly the bits of `f32` attention over its decoded rows, and never
-//! holds more than a block of them in `f32`.
+//! in place. Rows of another type are widened, one block of keys and one kv head at a time,
+//! into an `[BLOCK, D]` `f32` panel the task owns (as a GEMM packs its operands), and the same
+//! `f32` code runs on it: so a typed cache gives exactly the bits of `f32` attention over its
+//! decoded rows, and never holds more than a block of them in `f32`. The AVX-512 tier reads
+//! the stored rows itself (F16C, BF16 shifts, Q8_0 int8 conversion, 16 values per
+//! instruction); the portable tier through [`KvRows::decode`]. A task of [`TILE`] query rows
+//! widens each block once for its `TILE · Hq/Hkv` query vectors, so the cache is streamed
+//! from memory and widened once per `TILE` rows of a prefill.
 //!
 //! # Bit-for-bit invariance
 //! Every query vector goes through the same operations in the same order whatever tile or
@@ -99,8 +103,12 @@ pub(crate) const BLOCK: usize = 64;
 /// chunks over the pool; a prefill tile runs its chunks in turn: the arithmetic is the same.
 pub(crate) const CHUNK: usize = 8 * BLOCK;
 
-/// Query rows per pool task (times the query heads of one kv head).
-const TILE: usize = 16;
+/// Query rows per pool task (times the query heads of one kv head). At depth each task
+/// streams its kv head's whole cache, so a larger tile reads it fewer times: 64 rows (256
+/// query vectors at the 0.8B shape; accumulators and queries 256 KB each, inside a 1 MB L2):
+/// a 512-row chunk after 16K keys (f16 KV, 2 threads) took 494 / 443 / 376 ms with 16 / 32 /
+/// 64 rows per task; 128 gained nothing more.
+const TILE: usize = 64;
 
 /// One segment of the cache: rows `start..start + rows` of the sequence.
 #[derive(Clone, Copy)]
@@ -368,11 +376,9 @@ impl<'a> Task<'a> {
         &self.q.row(self.t0 + m / g)[h * d..(h + 1) * d]
     }
 
-    /// Locates the rows `b0..b0 + nk` in the cache's segments and decodes those not stored as
-    /// `f32` into `dec` (the others are read in place by [`Task::kv_row`]).
-    fn decode_block(&self, b0: usize, nk: usize, dec: &mut Decoded<'a>) {
-        let d = self.shape.head_dim;
-        let width = self.shape.n_kv_heads * d;
+    /// Locates the rows `b0..b0 + nk` in the cache's segments: `dec.rows[j]` for position
+    /// `b0 + j` (nothing decoded).
+    fn locate_block(&self, b0: usize, nk: usize, dec: &mut Decoded<'a>) {
         let mut si = self.segs.partition_point(|s| s.start + s.rows <= b0);
         dec.rows.clear();
         for j in 0..nk {
@@ -381,23 +387,30 @@ impl<'a> Task<'a> {
                 si += 1;
             }
             let seg = self.segs[si];
-            let r = p - seg.start;
-            dec.rows.push((seg.k, seg.v, r));
-            if !matches!(seg.k, KvRows::F32(_)) {
-                seg.k
-                    .decode(r, width, self.kvh * d, &mut dec.k[j * d..(j + 1) * d]);
+            dec.rows.push((seg.k, seg.v, p - seg.start));
+        }
+    }
+
+    /// [`Task::locate_block`], then decodes the rows not stored as `f32` into `dec` (the
+    /// others are read in place by [`Task::key`] and [`Task::value`]).
+    fn decode_block(&self, b0: usize, nk: usize, dec: &mut Decoded<'a>) {
+        let d = self.shape.head_dim;
+        let width = self.shape.n_kv_heads * d;
+        self.locate_block(b0, nk, dec);
+        for (j, &(k, v, r)) in dec.rows.iter().enumerate() {
+            if !matches!(k, KvRows::F32(_)) {
+                k.decode(r, width, self.kvh * d, &mut dec.k[j * d..(j + 1) * d]);
             }
-            if !matches!(seg.v, KvRows::F32(_)) {
-                seg.v
-                    .decode(r, width, self.kvh * d, &mut dec.v[j * d..(j + 1) * d]);
+            if !matches!(v, KvRows::F32(_)) {
+                v.decode(r, width, self.kvh * d, &mut dec.v[j * d..(j + 1) * d]);
             }
         }
     }
 
-    /// Key and value of kv head `kvh` at block row `j`: in place for `f32` rows, else from
-    /// `dec` filled by [`Task::decode_block`] for the block.
-    fn kv_row<'s>(&'s self, j: usize, dec: &'s Decoded<'a>) -> (&'s [f32], &'s [f32]) {
-        (self.key(j, dec), self.value(j, dec))
+    /// Where kv head `kvh` of row `r` starts, in values (rows `Hkv·D` wide).
+    fn head_at(&self, r: usize) -> usize {
+        let d = self.shape.head_dim;
+        r * self.shape.n_kv_heads * d + self.kvh * d
     }
 
     fn key<'s>(&'s self, j: usize, dec: &'s Decoded<'a>) -> &'s [f32] {

@@ -13,6 +13,10 @@
 
 use std::arch::x86_64::*;
 
+use half::{bf16, f16};
+use qinfer_cache::KvRows;
+use qinfer_quant::q8_0::{self, BlockQ8_0};
+
 use super::{BLOCK, Decoded, Partial, Task};
 use crate::kernels::vmath;
 
@@ -54,14 +58,16 @@ pub(super) unsafe fn attend(t: &Task<'_>, part: &mut Partial) {
     let mut dec = Decoded::new(d);
     for b0 in (t.lo..span).step_by(BLOCK) {
         let nk = (span - b0).min(BLOCK);
-        t.decode_block(b0, nk, &mut dec);
+        t.locate_block(b0, nk, &mut dec);
         for j in 0..BLOCK {
-            (kp[j], vp[j]) = if j < nk {
-                let (k, v) = t.kv_row(j, &dec);
-                (k.as_ptr(), v.as_ptr())
-            } else {
-                (zero.as_ptr(), zero.as_ptr())
-            };
+            if j >= nk {
+                (kp[j], vp[j]) = (zero.as_ptr(), zero.as_ptr());
+                continue;
+            }
+            let (k, v, r) = dec.rows[j];
+            let at = t.head_at(r);
+            kp[j] = widen(Src::of(k, at), &mut dec.k[j * d..(j + 1) * d]);
+            vp[j] = widen(Src::of(v, at), &mut dec.v[j * d..(j + 1) * d]);
         }
         for r0 in (0..padded).step_by(4) {
             let keys = seen(&visible[r0..r0 + 4], b0);
@@ -125,6 +131,81 @@ pub(super) unsafe fn attend(t: &Task<'_>, part: &mut Partial) {
     part.o.copy_from_slice(&acc[..vectors * d]);
     part.m.copy_from_slice(&m[..vectors]);
     part.l.copy_from_slice(&l[..vectors]);
+}
+
+/// Where one kv head of one cached row starts, in its stored type.
+#[derive(Clone, Copy)]
+enum Src {
+    F32(*const f32),
+    F16(*const f16),
+    Bf16(*const bf16),
+    /// The row's blocks from the one holding the head's first value, which is value `first`
+    /// of that block.
+    Q8 {
+        blocks: *const BlockQ8_0,
+        first: usize,
+    },
+}
+
+impl Src {
+    /// The head starting at value `at` of `rows`.
+    ///
+    /// # Panics
+    /// If `at` is past the rows' end.
+    fn of(rows: KvRows<'_>, at: usize) -> Src {
+        match rows {
+            KvRows::F32(x) => Src::F32(x[at..].as_ptr()),
+            KvRows::F16(x) => Src::F16(x[at..].as_ptr()),
+            KvRows::Bf16(x) => Src::Bf16(x[at..].as_ptr()),
+            KvRows::Q8_0(x) => Src::Q8 {
+                blocks: x[at / q8_0::BLOCK..].as_ptr(),
+                first: at % q8_0::BLOCK,
+            },
+        }
+    }
+
+    /// Values `x..x + 16` of the head as `f32`, exactly as [`KvRows::decode`] gives them.
+    ///
+    /// # Safety
+    /// The head must have `x + 16` values; for Q8_0, `first + x` a multiple of 16.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn load16(self, x: usize) -> __m512 {
+        // SAFETY: the caller's bounds.
+        unsafe {
+            match self {
+                Src::F32(p) => _mm512_loadu_ps(p.add(x)),
+                Src::F16(p) => _mm512_cvtph_ps(_mm256_loadu_si256(p.add(x).cast())),
+                Src::Bf16(p) => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(
+                    _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.add(x).cast())),
+                )),
+                Src::Q8 { blocks, first } => {
+                    let e = first + x;
+                    let b = &*blocks.add(e / q8_0::BLOCK);
+                    let qs = _mm_loadu_si128(b.qs.as_ptr().add(e % q8_0::BLOCK).cast());
+                    _mm512_mul_ps(
+                        _mm512_set1_ps(b.d.to_f32()),
+                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(qs)),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// The head's values as `f32`: in place, or widened into `row`.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn widen(src: Src, row: &mut [f32]) -> *const f32 {
+    match src {
+        Src::F32(p) => p,
+        src => {
+            for x in (0..row.len()).step_by(16) {
+                // SAFETY: the head holds `row.len()` values, a multiple of 16.
+                unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(x), src.load16(x)) };
+            }
+            row.as_ptr()
+        }
+    }
 }
 
 /// The 16 dot products `q[r]·k[c]` (`r, c < 4`) of `d`-float rows, as lanes `4r + c`.
