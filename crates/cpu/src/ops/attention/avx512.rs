@@ -59,15 +59,21 @@ pub(super) unsafe fn attend(t: &Task<'_>, part: &mut Partial) {
     for b0 in (t.lo..span).step_by(BLOCK) {
         let nk = (span - b0).min(BLOCK);
         t.locate_block(b0, nk, &mut dec);
+        let srcs: Vec<(Src, Src)> = dec.rows[..nk]
+            .iter()
+            .map(|&(k, v, r)| (Src::of(k, t.head_at(r)), Src::of(v, t.head_at(r))))
+            .collect();
         for j in 0..BLOCK {
             if j >= nk {
                 (kp[j], vp[j]) = (zero.as_ptr(), zero.as_ptr());
                 continue;
             }
-            let (k, v, r) = dec.rows[j];
-            let at = t.head_at(r);
-            kp[j] = widen(Src::of(k, at), &mut dec.k[j * d..(j + 1) * d]);
-            vp[j] = widen(Src::of(v, at), &mut dec.v[j * d..(j + 1) * d]);
+            if let Some(&(k, v)) = srcs.get(j + AHEAD) {
+                k.prefetch(d);
+                v.prefetch(d);
+            }
+            kp[j] = widen(srcs[j].0, &mut dec.k[j * d..(j + 1) * d]);
+            vp[j] = widen(srcs[j].1, &mut dec.v[j * d..(j + 1) * d]);
         }
         for r0 in (0..padded).step_by(4) {
             let keys = seen(&visible[r0..r0 + 4], b0);
@@ -147,7 +153,27 @@ enum Src {
     },
 }
 
+/// Rows fetched ahead of the one being widened.
+const AHEAD: usize = 4;
+
 impl Src {
+    /// Asks for the cache lines of the head's `d` values.
+    fn prefetch(self, d: usize) {
+        let (p, bytes) = match self {
+            Src::F32(p) => (p.cast::<i8>(), 4 * d),
+            Src::F16(p) => (p.cast(), 2 * d),
+            Src::Bf16(p) => (p.cast(), 2 * d),
+            Src::Q8 { blocks, .. } => (
+                blocks.cast(),
+                (d / q8_0::BLOCK + 1) * size_of::<BlockQ8_0>(),
+            ),
+        };
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: prefetching is a hint; it never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+        }
+    }
+
     /// The head starting at value `at` of `rows`.
     ///
     /// # Panics
