@@ -47,6 +47,8 @@ pub(super) unsafe fn attend(t: &Task<'_>, part: &mut Partial) {
     // Key and value rows of the current block; keys past its end read zeros.
     let mut kp = [zero.as_ptr(); BLOCK];
     let mut vp = [zero.as_ptr(); BLOCK];
+    // The block's rows as stored (the first `nk`).
+    let mut srcs = [(Src::F32(zero.as_ptr()), Src::F32(zero.as_ptr())); BLOCK];
     let span = t.visible(t.n - 1);
     let scale = _mm512_set1_ps(t.shape.scale);
     // Keys of the block at `b0` that any of the four vectors from `r0` sees.
@@ -59,16 +61,15 @@ pub(super) unsafe fn attend(t: &Task<'_>, part: &mut Partial) {
     for b0 in (t.lo..span).step_by(BLOCK) {
         let nk = (span - b0).min(BLOCK);
         t.locate_block(b0, nk, &mut dec);
-        let srcs: Vec<(Src, Src)> = dec.rows[..nk]
-            .iter()
-            .map(|&(k, v, r)| (Src::of(k, t.head_at(r)), Src::of(v, t.head_at(r))))
-            .collect();
+        for (src, &(k, v, r)) in srcs.iter_mut().zip(&dec.rows) {
+            *src = (Src::of(k, t.head_at(r)), Src::of(v, t.head_at(r)));
+        }
         for j in 0..BLOCK {
             if j >= nk {
                 (kp[j], vp[j]) = (zero.as_ptr(), zero.as_ptr());
                 continue;
             }
-            if let Some(&(k, v)) = srcs.get(j + AHEAD) {
+            if let Some(&(k, v)) = srcs[..nk].get(j + AHEAD) {
                 k.prefetch(d);
                 v.prefetch(d);
             }
