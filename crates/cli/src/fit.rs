@@ -31,9 +31,28 @@ pub struct FitArgs {
     step_tokens: usize,
     #[command(flatten)]
     model_opts: crate::ModelOptions,
+    /// Where the model would run: its memory is the one planned against. `cpu` (host
+    /// memory) is the only device of this build; a GPU backend adds its own.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// A device `fit` plans for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Device {
+    /// Host memory (`MemAvailable`, or `QINFER_MEMORY_LIMIT`).
+    Cpu,
+}
+
+impl Device {
+    fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+        }
+    }
 }
 
 fn gib(b: u64) -> String {
@@ -98,6 +117,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
+            "device": args.device.name(),
             "ctx": ctx,
             "max_seqs": plan.max_seqs,
             "kv_type": kv,
@@ -120,8 +140,9 @@ pub fn fit(args: FitArgs) -> Result<()> {
 
     writeln!(
         out,
-        "memory plan at {ctx} tokens × {} sequence(s), {kv} KV cache",
-        plan.max_seqs
+        "memory plan at {ctx} tokens × {} sequence(s), {kv} KV cache, on {}",
+        plan.max_seqs,
+        args.device.name()
     )?;
     writeln!(out, "  weights                {:>12}", gib(plan.weights))?;
     writeln!(

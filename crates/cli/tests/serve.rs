@@ -192,6 +192,24 @@ fn fit_plans_memory_and_serve_chooses_a_context_that_fits() {
         assert_eq!(p["total_bytes"].as_u64().unwrap(), parts);
     }
     let p = qinfer(&["fit", m, "--json", "--ctx", "1000"], &[]);
+    assert_eq!(p["device"], "cpu");
+    let cpu = qinfer(
+        &["fit", m, "--json", "--ctx", "1000", "--device", "cpu"],
+        &[],
+    );
+    assert_eq!(
+        (&cpu["device"], &cpu["total_bytes"]),
+        (&p["device"], &p["total_bytes"])
+    );
+    let gpu = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+        .args(["fit", m, "--device", "gpu"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&gpu.stderr);
+    assert!(
+        !gpu.status.success() && err.contains("--device") && err.contains("cpu"),
+        "{err}"
+    );
     let limit = p["total_bytes"].to_string();
     let q = qinfer(&["fit", m, "--json"], &[("QINFER_MEMORY_LIMIT", &limit)]);
     assert_eq!(q["max_ctx"], 1000, "{q}");
