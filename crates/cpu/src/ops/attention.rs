@@ -376,18 +376,18 @@ impl<'a> Task<'a> {
         &self.q.row(self.t0 + m / g)[h * d..(h + 1) * d]
     }
 
-    /// Locates the rows `b0..b0 + nk` in the cache's segments: `dec.rows[j]` for position
+    /// Locates the rows `b0..b0 + nk` in the cache's segments: `rows[j]` for position
     /// `b0 + j` (nothing decoded).
-    fn locate_block(&self, b0: usize, nk: usize, dec: &mut Decoded<'a>) {
+    fn locate_block(&self, b0: usize, nk: usize, rows: &mut Vec<(KvRows<'a>, KvRows<'a>, usize)>) {
         let mut si = self.segs.partition_point(|s| s.start + s.rows <= b0);
-        dec.rows.clear();
+        rows.clear();
         for j in 0..nk {
             let p = b0 + j;
             while self.segs[si].start + self.segs[si].rows <= p {
                 si += 1;
             }
             let seg = self.segs[si];
-            dec.rows.push((seg.k, seg.v, p - seg.start));
+            rows.push((seg.k, seg.v, p - seg.start));
         }
     }
 
@@ -396,7 +396,7 @@ impl<'a> Task<'a> {
     fn decode_block(&self, b0: usize, nk: usize, dec: &mut Decoded<'a>) {
         let d = self.shape.head_dim;
         let width = self.shape.n_kv_heads * d;
-        self.locate_block(b0, nk, dec);
+        self.locate_block(b0, nk, &mut dec.rows);
         for (j, &(k, v, r)) in dec.rows.iter().enumerate() {
             if !matches!(k, KvRows::F32(_)) {
                 k.decode(r, width, self.kvh * d, &mut dec.k[j * d..(j + 1) * d]);

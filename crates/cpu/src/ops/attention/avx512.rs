@@ -47,8 +47,11 @@ pub(super) unsafe fn attend(t: &Task<'_>, part: &mut Partial) {
     // Key and value rows of the current block; keys past its end read zeros.
     let mut kp = [zero.as_ptr(); BLOCK];
     let mut vp = [zero.as_ptr(); BLOCK];
-    // The block's rows as stored (the first `nk`).
-    let mut srcs = [(Src::F32(zero.as_ptr()), Src::F32(zero.as_ptr())); BLOCK];
+    // The block's rows as stored (the first `nk`), and the next block's (the first `next_nk`),
+    // fetched into L2 while this block is widened so that its reads overlap this block's sums.
+    let none = (Src::F32(zero.as_ptr()), Src::F32(zero.as_ptr()));
+    let mut srcs = [none; BLOCK];
+    let mut next = [none; BLOCK];
     let span = t.visible(t.n - 1);
     let scale = _mm512_set1_ps(t.shape.scale);
     // Keys of the block at `b0` that any of the four vectors from `r0` sees.
@@ -58,20 +61,32 @@ pub(super) unsafe fn attend(t: &Task<'_>, part: &mut Partial) {
     };
     // Rows of the current block not stored as `f32`, decoded.
     let mut dec = Decoded::new(d);
-    for b0 in (t.lo..span).step_by(BLOCK) {
-        let nk = (span - b0).min(BLOCK);
-        t.locate_block(b0, nk, &mut dec);
-        for (src, &(k, v, r)) in srcs.iter_mut().zip(&dec.rows) {
+    // The rows of the block at `b0` as stored, into `out`; returns how many there are.
+    let mut locate = |b0: usize, out: &mut [(Src, Src); BLOCK]| {
+        let nk = span.saturating_sub(b0).min(BLOCK);
+        t.locate_block(b0, nk, &mut dec.rows);
+        for (src, &(k, v, r)) in out.iter_mut().zip(&dec.rows) {
             *src = (Src::of(k, t.head_at(r)), Src::of(v, t.head_at(r)));
         }
+        nk
+    };
+    let mut next_nk = locate(t.lo, &mut next);
+    for b0 in (t.lo..span).step_by(BLOCK) {
+        let nk = next_nk;
+        srcs[..nk].copy_from_slice(&next[..nk]);
+        next_nk = locate(b0 + BLOCK, &mut next);
         for j in 0..BLOCK {
             if j >= nk {
                 (kp[j], vp[j]) = (zero.as_ptr(), zero.as_ptr());
                 continue;
             }
             if let Some(&(k, v)) = srcs[..nk].get(j + AHEAD) {
-                k.prefetch(d);
-                v.prefetch(d);
+                k.prefetch::<_MM_HINT_T0>(d);
+                v.prefetch::<_MM_HINT_T0>(d);
+            }
+            if let Some(&(k, v)) = next[..next_nk].get(j) {
+                k.prefetch::<_MM_HINT_T1>(d);
+                v.prefetch::<_MM_HINT_T1>(d);
             }
             kp[j] = widen(srcs[j].0, &mut dec.k[j * d..(j + 1) * d]);
             vp[j] = widen(srcs[j].1, &mut dec.v[j * d..(j + 1) * d]);
@@ -158,8 +173,8 @@ enum Src {
 const AHEAD: usize = 4;
 
 impl Src {
-    /// Asks for the cache lines of the head's `d` values.
-    fn prefetch(self, d: usize) {
+    /// Asks for the cache lines of the head's `d` values, into the cache level `HINT` names.
+    fn prefetch<const HINT: i32>(self, d: usize) {
         let (p, bytes) = match self {
             Src::F32(p) => (p.cast::<i8>(), 4 * d),
             Src::F16(p) => (p.cast(), 2 * d),
@@ -171,7 +186,7 @@ impl Src {
         };
         for off in (0..bytes).step_by(64) {
             // SAFETY: prefetching is a hint; it never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+            unsafe { _mm_prefetch::<HINT>(p.wrapping_add(off)) };
         }
     }
 
@@ -210,8 +225,10 @@ impl Src {
                     let e = first + x;
                     let b = &*blocks.add(e / q8_0::BLOCK);
                     let qs = _mm_loadu_si128(b.qs.as_ptr().add(e % q8_0::BLOCK).cast());
+                    // The scale widened in a register (exact, as `f16::to_f32`), not by a
+                    // call per 16 values.
                     _mm512_mul_ps(
-                        _mm512_set1_ps(b.d.to_f32()),
+                        _mm512_cvtph_ps(_mm256_set1_epi16(b.d.to_bits() as i16)),
                         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(qs)),
                     )
                 }
