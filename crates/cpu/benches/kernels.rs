@@ -1,6 +1,9 @@
 //! Criterion benches of the matmul kernels: decode (one token, bandwidth-bound; throughput in
 //! weight bytes) and prefill-style (64 tokens, compute-bound; throughput in multiply-adds as
-//! "elements"), for every weight type with a fast path, through the engine's pool.
+//! "elements"), for every weight type with a fast path, through the engine's pool; and one
+//! routed expert of the 35B-A3B (gate + up `[1024, 2048]`, down `[2048, 512]`, Q4_K) against
+//! the few tokens a prefill step routes to it (512 tokens × top 8 / 256 experts = 16 on
+//! average), throughput in multiply-adds.
 //!
 //! `cargo bench -p qinfer-cpu --bench kernels [-- FILTER]`
 //!
@@ -61,5 +64,25 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, kernels);
+/// One routed expert's matmuls (gate and up together, then down) for `t` tokens.
+fn expert(c: &mut Criterion) {
+    let cpu = qinfer_cpu::Cpu::from_env();
+    qinfer_cpu::init_threads(None);
+    let (h, i) = (2048, 512);
+    let gate_up = weight(DType::Q4_K, 2 * i, h);
+    let down = weight(DType::Q4_K, h, i);
+    let mut g = c.benchmark_group("expert/Q4_K");
+    g.sample_size(20);
+    for t in [1, 4, 8, 12, 16, 24, 32, 48] {
+        let x = Mat::from_vec(noise(t * h, 97), t, h);
+        let y = Mat::from_vec(noise(t * i, 96), t, i);
+        g.throughput(Throughput::Elements((t * 3 * h * i) as u64));
+        g.bench_function(format!("t{t}"), |b| {
+            b.iter(|| black_box((matmul(cpu, &x, &gate_up), matmul(cpu, &y, &down))))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, expert);
 criterion_main!(benches);
