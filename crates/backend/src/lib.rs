@@ -184,6 +184,20 @@ pub struct DeltaInputs<'a> {
     pub beta: &'a Act,
 }
 
+/// One SwiGLU feed-forward of [`Backend::mlps`]: `W_down (silu(W_gate x) ⊙ W_up x)` over the
+/// rows of `x` it names (`None`: every row) — a dense layer's MLP, an MoE layer's shared
+/// expert, or one routed expert and the rows routed to it.
+#[derive(Clone, Copy, Debug)]
+pub struct MlpJob<'a> {
+    /// `[I, H]`.
+    pub gate: &'a Weight,
+    /// `[I, H]`.
+    pub up: &'a Weight,
+    /// `[H, I]`.
+    pub down: &'a Weight,
+    pub rows: Option<&'a [usize]>,
+}
+
 /// The form of the delta rule: both give the same state and outputs up to rounding; only
 /// `Recurrent` gives, position by position, the bits of one-position steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,6 +312,24 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// `out[rows[i]] += weights[i] · src[i]`, for `i` in order (MoE experts and the gated
     /// shared expert adding their rows).
     fn scatter_add(&self, out: &mut Act, src: &Act, rows: &[usize], weights: &[f32]);
+    /// Each job's feed-forward ([`MlpJob`]) → `[its rows, H]`, in job order. The results are
+    /// those of [`Backend::gather`], [`Backend::matmul_many`] (gate, up), [`Backend::swiglu`]
+    /// and [`Backend::matmul`] (down) per job, which is this default; a backend may run the
+    /// jobs together (an MoE layer's experts in one pass) if the bits stay the same.
+    fn mlps(&self, x: &Act, jobs: &[MlpJob<'_>]) -> Vec<Act> {
+        jobs.iter()
+            .map(|j| {
+                let gathered = j.rows.map(|r| self.gather(x, r));
+                let xi = gathered.as_ref().unwrap_or(x);
+                let [mut gate, up]: [Act; 2] = self
+                    .matmul_many(xi, &[j.gate, j.up])
+                    .try_into()
+                    .expect("two weights, two outputs");
+                self.swiglu(&mut gate, &up);
+                self.matmul(&gate, j.down)
+            })
+            .collect()
+    }
     /// `x *= s`.
     fn scale(&self, x: &mut Act, s: f32);
     /// `x ← x ⊙ sigmoid(gate)` (the attention output gate).

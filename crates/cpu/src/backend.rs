@@ -4,7 +4,9 @@
 
 use std::ops::Range;
 
-use qinfer_backend::{Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape};
+use qinfer_backend::{
+    Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, MlpJob,
+};
 use qinfer_cache::{KvCache, KvSegment, StateBuf};
 use qinfer_tensor::{DType, Mat, Weight};
 
@@ -126,6 +128,44 @@ impl Backend for Cpu {
 
     fn matmul_many(&self, x: &Act, ws: &[&Weight]) -> Vec<Act> {
         ops::matmul_many(*self, host(x), ws)
+            .into_iter()
+            .map(act)
+            .collect()
+    }
+
+    /// The jobs' gate and up matmuls in one parallel region, then their down matmuls in
+    /// another (an MoE layer's experts: two synchronisations, not two per expert); each
+    /// `(token, row)` result is the kernels' for that pair alone, so the bits are the default
+    /// method's.
+    fn mlps(&self, x: &Act, jobs: &[MlpJob<'_>]) -> Vec<Act> {
+        let x = host(x);
+        let gathered: Vec<Option<Mat>> = jobs
+            .iter()
+            .map(|j| {
+                j.rows.map(|rows| {
+                    let mut g = Mat::zeros(rows.len(), x.cols);
+                    for (dst, &r) in g.rows_iter_mut().zip(rows) {
+                        dst.copy_from_slice(x.row(r));
+                    }
+                    g
+                })
+            })
+            .collect();
+        let inputs: Vec<&Mat> = gathered.iter().map(|g| g.as_ref().unwrap_or(x)).collect();
+        let gate_up: Vec<(&Mat, &Weight)> = jobs
+            .iter()
+            .zip(&inputs)
+            .flat_map(|(j, &xi)| [(xi, j.gate), (xi, j.up)])
+            .collect();
+        let mut gu = ops::matmul_jobs(*self, &gate_up).into_iter();
+        let mut hidden = Vec::with_capacity(jobs.len());
+        while let (Some(mut gate), Some(up)) = (gu.next(), gu.next()) {
+            ops::swiglu(*self, &mut gate.data, &up.data);
+            hidden.push(gate);
+        }
+        let down: Vec<(&Mat, &Weight)> =
+            hidden.iter().zip(jobs).map(|(h, j)| (h, j.down)).collect();
+        ops::matmul_jobs(*self, &down)
             .into_iter()
             .map(act)
             .collect()

@@ -40,34 +40,71 @@ pub fn matmul(cpu: Cpu, x: &Mat, w: &Weight) -> Mat {
 /// # Panics
 /// If `x.cols` differs from a weight's `cols()`.
 pub fn matmul_many(cpu: Cpu, x: &Mat, ws: &[&Weight]) -> Vec<Mat> {
-    for w in ws {
+    let jobs: Vec<(&Mat, &Weight)> = ws.iter().map(|&w| (x, w)).collect();
+    matmul_jobs(cpu, &jobs)
+}
+
+/// `xᵢ Wᵢᵀ` for every job `(xᵢ, Wᵢ)`, in one parallel region: the matmuls of an MoE layer's
+/// experts, each on its own rows, cost one synchronisation instead of one per expert. Each
+/// `(token, row)` result is the kernel's for that pair whatever else the call holds (the
+/// kernels are batch-invariant), so the bits equal separate [`matmul`] calls.
+///
+/// # Panics
+/// If a job's `x.cols` differs from its weight's `cols()`.
+pub fn matmul_jobs(cpu: Cpu, jobs: &[(&Mat, &Weight)]) -> Vec<Mat> {
+    for (x, w) in jobs {
         assert_eq!(
             x.cols,
             w.cols(),
             "matmul: input width does not match the weight"
         );
     }
-    let t = x.rows;
-    let mut outs: Vec<Mat> = ws.iter().map(|w| Mat::zeros(t, w.rows())).collect();
-    if t == 0 || ws.is_empty() {
+    let mut outs: Vec<Mat> = jobs
+        .iter()
+        .map(|(x, w)| Mat::zeros(x.rows, w.rows()))
+        .collect();
+    let live: Vec<usize> = (0..jobs.len())
+        .filter(|&i| jobs[i].0.rows > 0 && jobs[i].1.rows() > 0)
+        .collect();
+    if live.is_empty() {
         return outs;
     }
     let (isa, precision) = (cpu.isa(), cpu.precision());
-    let plans: Vec<Plan<'_>> = ws.iter().map(|w| Plan::new(x, w, isa, precision)).collect();
-    // Chunks of each weight's rows, all weights in one list.
-    let total: usize = ws.iter().map(|w| w.rows()).sum();
-    let per_thread = if t == 1 {
+    let plans: Vec<Option<Plan<'_>>> = (0..jobs.len())
+        .map(|i| {
+            let (x, w) = jobs[i];
+            (x.rows > 0).then(|| Plan::new(x, w, isa, precision))
+        })
+        .collect();
+    // Chunks of each weight's rows, all jobs in one list. Weights that share their input
+    // (projections) are shared out as one matrix of all their rows; jobs on different inputs
+    // (experts) are each chunked as a lone matmul would be, so that many small jobs still
+    // spread evenly over the threads.
+    let decode = live.iter().all(|&i| jobs[i].0.rows == 1);
+    let per_thread = if decode {
         DECODE_CHUNKS_PER_THREAD
     } else {
         CHUNKS_PER_THREAD
     };
-    let target = (total / MIN_ROWS_PER_CHUNK).clamp(1, crate::threads() * per_thread);
-    let rows_per_chunk = total.div_ceil(target).max(1);
+    let rows_per_chunk = |total: usize| {
+        let target = (total / MIN_ROWS_PER_CHUNK).clamp(1, crate::threads() * per_thread);
+        total.div_ceil(target).max(1)
+    };
+    let one_input = live
+        .iter()
+        .all(|&i| std::ptr::eq(jobs[i].0, jobs[live[0]].0));
+    let all_rows = rows_per_chunk(live.iter().map(|&i| jobs[i].1.rows()).sum());
     let mut chunks = Vec::new();
-    for (i, w) in ws.iter().enumerate() {
+    for &i in &live {
+        let n = jobs[i].1.rows();
+        let rows_per_chunk = if one_input {
+            all_rows
+        } else {
+            rows_per_chunk(n)
+        };
         let mut r = 0;
-        while r < w.rows() {
-            let end = (r + rows_per_chunk).min(w.rows());
+        while r < n {
+            let end = (r + rows_per_chunk).min(n);
             chunks.push((i, r..end));
             r = end;
         }
@@ -78,7 +115,8 @@ pub fn matmul_many(cpu: Cpu, x: &Mat, ws: &[&Weight]) -> Vec<Mat> {
         .collect();
     parallel_for(chunks.len(), &|c| {
         let (i, rows) = chunks[c].clone();
-        let (plan, dst, n) = (&plans[i], dsts[i], ws[i].rows());
+        let Some(plan) = &plans[i] else { return };
+        let (dst, n, t) = (dsts[i], jobs[i].1.rows(), jobs[i].0.rows);
         plan.compute(rows, t, |tok, r, v| {
             // SAFETY: elements (tok, r .. r + v.len()) of output i belong to this chunk only,
             // and the outputs outlive the region.

@@ -17,7 +17,7 @@ pub use delta_rule::{
 pub use elementwise::{add_assign, sigmoid, silu, softmax, softplus, swiglu};
 pub(crate) use matmul::dot;
 pub use matmul::{
-    embedding, matmul, matmul_many, matmul_ref, quantize_rows, weight_dtype_supported,
+    embedding, matmul, matmul_jobs, matmul_many, matmul_ref, quantize_rows, weight_dtype_supported,
 };
 pub use norm::{gated_rms_norm, l2_norm, rms_norm};
 pub use rope::rope_neox;

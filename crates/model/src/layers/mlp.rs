@@ -1,6 +1,6 @@
 //! SwiGLU feed-forward: `W_down (silu(W_gate x) ⊙ W_up x)`.
 
-use qinfer_backend::{Act, Backend};
+use qinfer_backend::{Act, Backend, MlpJob};
 use qinfer_tensor::Weight;
 
 use crate::error::LoadError;
@@ -37,12 +37,18 @@ impl Mlp {
 
     /// `[T, H] → [T, H]`.
     pub fn forward(&self, b: &dyn Backend, x: &Act) -> Act {
-        // [T, I] each
-        let [mut gate, up]: [Act; 2] = b
-            .matmul_many(x, &[&self.gate, &self.up])
-            .try_into()
-            .expect("two weights, two outputs");
-        b.swiglu(&mut gate, &up);
-        b.matmul(&gate, &self.down)
+        b.mlps(x, &[self.job(None)])
+            .pop()
+            .expect("one job, one output")
+    }
+
+    /// This MLP over the given rows of its input (`None`: all), for [`Backend::mlps`].
+    pub fn job<'a>(&'a self, rows: Option<&'a [usize]>) -> MlpJob<'a> {
+        MlpJob {
+            gate: &self.gate,
+            up: &self.up,
+            down: &self.down,
+            rows,
+        }
     }
 }

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use qinfer_backend::{Act, Backend};
+use qinfer_backend::{Act, Backend, MlpJob};
 
 use super::mlp::Mlp;
 use crate::error::LoadError;
@@ -124,15 +124,23 @@ impl Moe {
         self.touched
             .experts
             .fetch_add(distinct as u64, Ordering::Relaxed);
+        // The touched experts, each on its rows, and the shared expert on all, in one call
+        // (a backend may run them together); added back in expert order, then the shared.
+        let touched: Vec<usize> = (0..routed.len())
+            .filter(|&e| !routed[e].0.is_empty())
+            .collect();
+        let mut jobs: Vec<MlpJob<'_>> = touched
+            .iter()
+            .map(|&e| self.experts[e].job(Some(&routed[e].0)))
+            .collect();
+        jobs.push(self.shared.job(None));
+        let mut ys = b.mlps(x, &jobs);
+        let shared = ys.pop().expect("the shared expert's output");
         let mut out = b.zeros(x.rows(), x.cols());
-        for (expert, (rows, weights)) in self.experts.iter().zip(&routed) {
-            if rows.is_empty() {
-                continue;
-            }
-            let ye = expert.forward(b, &b.gather(x, rows));
-            b.scatter_add(&mut out, &ye, rows, weights);
+        for (&e, ye) in touched.iter().zip(&ys) {
+            let (rows, weights) = &routed[e];
+            b.scatter_add(&mut out, ye, rows, weights);
         }
-        let shared = self.shared.forward(b, x);
         let gate = b.matmul(x, &self.shared_gate); // [T, 1]
         b.add_gated(&mut out, &shared, &gate);
         out
