@@ -193,6 +193,15 @@ impl QuantActs {
         }
     }
 
+    /// The number of activation rows.
+    pub fn rows(&self) -> usize {
+        let (blocks, per_row) = match self {
+            QuantActs::Q8_0 { blocks, per_row } => (blocks.len(), *per_row),
+            QuantActs::Q8K { blocks, per_row } => (blocks.len(), *per_row),
+        };
+        blocks.checked_div(per_row).unwrap_or(0)
+    }
+
     /// Row `t` as Q8_0 blocks.
     pub fn q8_0_row(&self, t: usize) -> &[BlockQ8_0] {
         match self {

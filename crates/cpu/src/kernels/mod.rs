@@ -281,6 +281,11 @@ pub(crate) const MAX_TOKENS: usize = 8;
 /// rows 38.8, 2048 rows 38.4; one row after another, the old order, 29.3).
 const X4_CHUNK: usize = 8192;
 
+/// Fewest activation rows for which Q4_K/Q5_K rows go four at a time through
+/// `avx512::q45_k_x4n` (one routed expert of the 35B-A3B, gate + up + down, `cargo bench -p
+/// qinfer-cpu --bench kernels -- expert`: 8 tokens 341 → 293 µs, 4 tokens 149 → 161 µs).
+const X4N_MIN_TOKENS: usize = 6;
+
 /// Most weight rows one [`Plan::dot_rows`] call handles.
 pub(crate) const MAX_ROWS: usize = bf16::ROWS;
 
@@ -551,6 +556,13 @@ impl Plan<'_> {
     pub(crate) fn rows_per_call(&self) -> usize {
         match (&self.acts, self.isa) {
             (Acts::Bf16(a), Isa::Avx512) if a.rows() > 1 => bf16::ROWS,
+            (Acts::Int { fmt, q }, Isa::Avx512)
+                if cfg!(target_arch = "x86_64")
+                    && q.rows() >= X4N_MIN_TOKENS
+                    && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K) =>
+            {
+                4
+            }
             _ => 1,
         }
     }
@@ -565,6 +577,45 @@ impl Plan<'_> {
                     &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
                 });
                 avx512_bf16(&rows[..out.len()], a, t0, g, out);
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Acts::Int { fmt, q }, Isa::Avx512)
+                if out.len() == 4
+                    && g >= X4N_MIN_TOKENS
+                    && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K) =>
+            {
+                let w: [&[u8]; 4] = std::array::from_fn(|j| {
+                    let r = r0 + j;
+                    &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
+                });
+                let five = *fmt == IntFmt::Q5K;
+                macro_rules! go {
+                    ($n:literal) => {{
+                        let a: [&[act::BlockQ8K]; $n] = std::array::from_fn(|i| q.q8_k_row(t0 + i));
+                        // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
+                        let y = unsafe {
+                            if five {
+                                avx512::q45_k_x4n::<$n, true>(w, a)
+                            } else {
+                                avx512::q45_k_x4n::<$n, false>(w, a)
+                            }
+                        };
+                        for (o, yj) in out.iter_mut().zip(y) {
+                            o[..$n].copy_from_slice(&yj);
+                        }
+                    }};
+                }
+                match g {
+                    1 => go!(1),
+                    2 => go!(2),
+                    3 => go!(3),
+                    4 => go!(4),
+                    5 => go!(5),
+                    6 => go!(6),
+                    7 => go!(7),
+                    8 => go!(8),
+                    n => unreachable!("kernels take 1..={MAX_TOKENS} rows, not {n}"),
+                }
             }
             _ => {
                 for (j, o) in out.iter_mut().enumerate() {

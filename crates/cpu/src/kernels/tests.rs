@@ -154,9 +154,10 @@ fn simd_tiers_match_reference_tier() {
 }
 
 /// Q4_K, Q5_K, Q6_K and Q8_0 follow the reference tier's arithmetic exactly (per-block exact
-/// integers, scaled and added in block order), in the row kernels (1–8 rows per call) and in
-/// the GEMM kernel (16 rows or more, tiles of up to 4 weight rows × 48 tokens) and the
-/// four-rows-one-token kernels (`*_x4`, reached through `Plan::compute`): every output is
+/// integers, scaled and added in block order), in the row kernels (1–8 rows per call), the
+/// GEMM kernel (12 rows or more, tiles of up to 4 weight rows × 48 tokens), the
+/// four-rows-one-token kernels (`*_x4`) and the four-rows-several-tokens kernel
+/// (`q45_k_x4n`, 6–8 tokens; the last two reached through `Plan::compute`): every output is
 /// bit-identical to the reference, so a token's result does not depend on the batch it is in.
 #[test]
 fn exact_formats_are_bit_identical_to_the_reference_at_every_batch_size() {
@@ -172,6 +173,9 @@ fn exact_formats_are_bit_identical_to_the_reference_at_every_batch_size() {
             (53, 9, 256),
             (1, 37, 512),
             (2, 37, 256),
+            (6, 4, 256),
+            (11, 9, 512),
+            (12, 5, 256),
         ] {
             let w = weight(dtype, n, k, 13);
             let x = Mat::from_vec(noise(t * k, 17), t, k);
