@@ -285,6 +285,8 @@ const X4_CHUNK: usize = 8192;
 /// `avx512::q45_k_x4n` (one routed expert of the 35B-A3B, gate + up + down, `cargo bench -p
 /// qinfer-cpu --bench kernels -- expert`: 8 tokens 341 → 293 µs, 4 tokens 149 → 161 µs).
 const X4N_MIN_TOKENS: usize = 6;
+// `Plan::dot_rows` instantiates `q45_k_x4n` for exactly these token counts.
+const _: () = assert!(X4N_MIN_TOKENS == 6 && MAX_TOKENS == 8);
 
 /// Most weight rows one [`Plan::dot_rows`] call handles.
 pub(crate) const MAX_ROWS: usize = bf16::ROWS;
@@ -606,15 +608,10 @@ impl Plan<'_> {
                     }};
                 }
                 match g {
-                    1 => go!(1),
-                    2 => go!(2),
-                    3 => go!(3),
-                    4 => go!(4),
-                    5 => go!(5),
                     6 => go!(6),
                     7 => go!(7),
                     8 => go!(8),
-                    n => unreachable!("kernels take 1..={MAX_TOKENS} rows, not {n}"),
+                    n => unreachable!("q45_k_x4n takes 6..={MAX_TOKENS} rows here, not {n}"),
                 }
             }
             _ => {
