@@ -28,6 +28,15 @@ fn act(m: Mat) -> Act {
     Act::from_host(m)
 }
 
+/// Rows `rows` of `a`, in that order (`Backend::gather`, and the experts' inputs in `mlps`).
+fn gather_rows(a: &Mat, rows: &[usize]) -> Mat {
+    let mut out = Mat::zeros(rows.len(), a.cols);
+    for (dst, &r) in out.rows_iter_mut().zip(rows) {
+        dst.copy_from_slice(a.row(r));
+    }
+    out
+}
+
 impl Backend for Cpu {
     fn describe(&self) -> String {
         let isa = match self.isa() {
@@ -81,12 +90,7 @@ impl Backend for Cpu {
     }
 
     fn gather(&self, a: &Act, rows: &[usize]) -> Act {
-        let a = host(a);
-        let mut out = Mat::zeros(rows.len(), a.cols);
-        for (dst, &r) in out.rows_iter_mut().zip(rows) {
-            dst.copy_from_slice(a.row(r));
-        }
-        act(out)
+        act(gather_rows(host(a), rows))
     }
 
     fn stack(&self, parts: &[Act]) -> Act {
@@ -141,15 +145,7 @@ impl Backend for Cpu {
         let x = host(x);
         let gathered: Vec<Option<Mat>> = jobs
             .iter()
-            .map(|j| {
-                j.rows.map(|rows| {
-                    let mut g = Mat::zeros(rows.len(), x.cols);
-                    for (dst, &r) in g.rows_iter_mut().zip(rows) {
-                        dst.copy_from_slice(x.row(r));
-                    }
-                    g
-                })
-            })
+            .map(|j| j.rows.map(|rows| gather_rows(x, rows)))
             .collect();
         let inputs: Vec<&Mat> = gathered.iter().map(|g| g.as_ref().unwrap_or(x)).collect();
         let gate_up: Vec<(&Mat, &Weight)> = jobs

@@ -63,19 +63,16 @@ pub fn matmul_jobs(cpu: Cpu, jobs: &[(&Mat, &Weight)]) -> Vec<Mat> {
         .iter()
         .map(|(x, w)| Mat::zeros(x.rows, w.rows()))
         .collect();
-    let live: Vec<usize> = (0..jobs.len())
-        .filter(|&i| jobs[i].0.rows > 0 && jobs[i].1.rows() > 0)
+    let (isa, precision) = (cpu.isa(), cpu.precision());
+    // A plan for every job with work (no rows or no outputs: nothing to prepare).
+    let plans: Vec<Option<Plan<'_>>> = jobs
+        .iter()
+        .map(|&(x, w)| (x.rows > 0 && w.rows() > 0).then(|| Plan::new(x, w, isa, precision)))
         .collect();
+    let live: Vec<usize> = (0..jobs.len()).filter(|&i| plans[i].is_some()).collect();
     if live.is_empty() {
         return outs;
     }
-    let (isa, precision) = (cpu.isa(), cpu.precision());
-    let plans: Vec<Option<Plan<'_>>> = (0..jobs.len())
-        .map(|i| {
-            let (x, w) = jobs[i];
-            (x.rows > 0).then(|| Plan::new(x, w, isa, precision))
-        })
-        .collect();
     // Chunks of each weight's rows, all jobs in one list. Weights that share their input
     // (projections) are shared out as one matrix of all their rows; jobs on different inputs
     // (experts) are each chunked as a lone matmul would be, so that many small jobs still

@@ -119,16 +119,15 @@ impl Moe {
                 routed[e].1.push(w);
             }
         }
-        let distinct = routed.iter().filter(|(rows, _)| !rows.is_empty()).count();
-        self.touched.forwards.fetch_add(1, Ordering::Relaxed);
-        self.touched
-            .experts
-            .fetch_add(distinct as u64, Ordering::Relaxed);
-        // The touched experts, each on its rows, and the shared expert on all, in one call
-        // (a backend may run them together); added back in expert order, then the shared.
         let touched: Vec<usize> = (0..routed.len())
             .filter(|&e| !routed[e].0.is_empty())
             .collect();
+        self.touched.forwards.fetch_add(1, Ordering::Relaxed);
+        self.touched
+            .experts
+            .fetch_add(touched.len() as u64, Ordering::Relaxed);
+        // The touched experts, each on its rows, and the shared expert on all, in one call
+        // (a backend may run them together); added back in expert order, then the shared.
         let mut jobs: Vec<MlpJob<'_>> = touched
             .iter()
             .map(|&e| self.experts[e].job(Some(&routed[e].0)))
