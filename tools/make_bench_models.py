@@ -203,6 +203,8 @@ def bf16_bytes(x: np.ndarray) -> bytes:
 
 
 def main() -> None:
+    if len(sys.argv) != 3 or sys.argv[1] not in SHAPES:
+        sys.exit(f"usage: make_bench_models.py {{{','.join(SHAPES)}}} OUT_DIR")
     name, out = sys.argv[1], Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
     cfg = config(name)
