@@ -19,6 +19,7 @@ use clap::Args;
 use qinfer_cache::SequenceState;
 use qinfer_engine::engine::{CacheHook, Ended, EngineModel, Request, Start, Summary};
 use qinfer_engine::generate::{Flow, GenerateOptions, run_one};
+use qinfer_engine::speculative::{DraftConfig, DraftStats};
 use qinfer_model::Qwen35;
 use qinfer_model::config::FeedForwardConfig;
 use qinfer_tensor::Weight;
@@ -215,12 +216,14 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// Prefills `prompt` after the `context` (tokens and the state holding them; none: a fresh
-/// sequence), then generates `n` tokens greedily with no stop, through the engine loop.
+/// sequence), then generates `n` tokens greedily with no stop, through the engine loop
+/// (drafting with the MTP head as `draft` says).
 fn run_greedy(
     model: &Qwen35,
     context: Option<&(Vec<u32>, SequenceState)>,
     prompt: &[u32],
     n: usize,
+    draft: DraftConfig,
 ) -> Result<(Ended, Summary)> {
     let opts = GenerateOptions {
         max_tokens: n,
@@ -238,12 +241,11 @@ fn run_greedy(
             r
         }
     };
-    Ok(run_one(
-        EngineModel::ids_only(model),
-        CacheHook::default(),
-        request,
-        &mut |_| Flow::Continue,
-    )?)
+    let mut em = EngineModel::ids_only(model);
+    em.draft = draft;
+    Ok(run_one(em, CacheHook::default(), request, &mut |_| {
+        Flow::Continue
+    })?)
 }
 
 /// `depth` tokens of context and the state holding them (none for depth 0).
@@ -253,7 +255,13 @@ fn context_at(model: &Qwen35, depth: usize) -> Result<Option<(Vec<u32>, Sequence
     }
     let tokens = qinfer_model::pseudo_random_tokens(depth, model.config.vocab as u32, 0xD3E9_7A11);
     // A request that brings an empty state of its own hands its sequence back.
-    let (ended, _) = run_greedy(model, Some(&(Vec::new(), model.new_state())), &tokens, 0)?;
+    let (ended, _) = run_greedy(
+        model,
+        Some(&(Vec::new(), model.new_state())),
+        &tokens,
+        0,
+        DraftConfig::none(),
+    )?;
     let back = ended
         .sequence
         .context("the depth prefill did not hand its sequence back")?;
@@ -275,6 +283,9 @@ struct DepthRun {
     regions_per_token: f64,
     /// The largest sequence state a test held.
     state_max: usize,
+    /// `--draft mtp`: tg with drafts, and what the drafts did.
+    tg_draft: Vec<f64>,
+    drafts: DraftStats,
 }
 
 fn depth_run(args: &BenchArgs, model: &Qwen35, prompt: &[u32], depth: usize) -> Result<DepthRun> {
@@ -287,7 +298,7 @@ fn depth_run(args: &BenchArgs, model: &Qwen35, prompt: &[u32], depth: usize) -> 
     if args.n_prompt > 0 {
         for rep in 0..=args.repetitions {
             let t = Instant::now();
-            let (ended, _) = run_greedy(model, context, prompt, 0)?;
+            let (ended, _) = run_greedy(model, context, prompt, 0, DraftConfig::none())?;
             let secs = t.elapsed().as_secs_f64();
             run.state_max = run.state_max.max(ended.state_bytes);
             if rep > 0 {
@@ -302,7 +313,7 @@ fn depth_run(args: &BenchArgs, model: &Qwen35, prompt: &[u32], depth: usize) -> 
             let t = Instant::now();
             // The one-token prompt's step produces the first of the `n_gen` tokens, so the
             // test runs `n_gen` one-token steps.
-            let (ended, _) = run_greedy(model, context, &[first], args.n_gen)?;
+            let (ended, _) = run_greedy(model, context, &[first], args.n_gen, DraftConfig::none())?;
             let secs = t.elapsed().as_secs_f64();
             run.state_max = run.state_max.max(ended.state_bytes);
             if rep > 0 {
@@ -310,9 +321,74 @@ fn depth_run(args: &BenchArgs, model: &Qwen35, prompt: &[u32], depth: usize) -> 
                 run.regions_per_token =
                     (qinfer_cpu::pool::regions() - regions) as f64 / args.n_gen as f64;
             }
+            if drafting(args, model) {
+                let t = Instant::now();
+                let (ended, summary) = run_greedy(
+                    model,
+                    context,
+                    &[first],
+                    args.n_gen,
+                    args.model_opts.draft(),
+                )?;
+                let secs = t.elapsed().as_secs_f64();
+                anyhow::ensure!(
+                    ended.ids.len() == args.n_gen,
+                    "the drafted run made {} of {} tokens",
+                    ended.ids.len(),
+                    args.n_gen
+                );
+                if rep > 0 {
+                    run.tg_draft.push(args.n_gen as f64 / secs);
+                    run.drafts.merge(&summary.drafts);
+                }
+            }
         }
     }
     Ok(run)
+}
+
+/// Whether the tg tests also run with MTP drafts (`--draft mtp` on a model with the head).
+fn drafting(args: &BenchArgs, model: &Qwen35) -> bool {
+    args.model_opts.draft_mode() == Some("mtp") && model.has_mtp()
+}
+
+/// Cost of a verification step of `k + 1` tokens (per-position states kept, then rewound to
+/// one accepted token) relative to a one-token decode step, for `k = 1..=4`: the median over
+/// `reps` of each, after a 64-token context. What speculative decoding's speed-up rests on.
+fn verify_costs(model: &Qwen35, reps: usize) -> Result<Vec<(usize, f64)>> {
+    let vocab = model.config.vocab as u32;
+    let context = qinfer_model::pseudo_random_tokens(64, vocab, 0x7E51_F1ED);
+    let mut state = model.new_state();
+    model.forward(&context, &mut state, qinfer_model::Rows::None)?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let tokens = qinfer_model::pseudo_random_tokens(5, vocab, 0x5EED);
+    let mut one = Vec::new();
+    for _ in 0..reps.max(3) {
+        let mut s = state.clone();
+        let t = Instant::now();
+        model.forward(&tokens[..1], &mut s, qinfer_model::Rows::Last)?;
+        one.push(t.elapsed().as_secs_f64());
+    }
+    let one = median(one);
+    let mut out = Vec::new();
+    for k in 1..=4 {
+        let mut times = Vec::new();
+        for _ in 0..reps.max(3) {
+            let mut s = state.clone();
+            let pos = s.pos();
+            let t = Instant::now();
+            model.step(&mut [qinfer_model::Span::tokens(&tokens[..k + 1], &mut s)
+                .logits(qinfer_model::Rows::All)
+                .keep_states(true)])?;
+            model.rewind(&mut s, pos + 1)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        out.push((k, median(times) / one));
+    }
+    Ok(out)
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -330,9 +406,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     args.model_opts.fetch(&args.model)?;
-    let path = &crate::resolve_model(&args.model)?;
+    let demo = crate::is_demo(&args.model);
+    let path = &if demo {
+        args.model.clone()
+    } else {
+        crate::resolve_model(&args.model)?
+    };
     let started = Instant::now();
-    let mut model = if crate::is_gguf(path) {
+    let mut model = if demo {
+        Ok(qinfer_engine::demo::demo_model())
+    } else if crate::is_gguf(path) {
         Qwen35::load_gguf(path)
     } else {
         Qwen35::load_dir(path)
@@ -375,6 +458,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let state_max = runs.iter().map(|r| r.state_max).max().unwrap_or(0);
     let (pp, tg, regions_per_token) = (&runs[0].pp, &runs[0].tg, runs[0].regions_per_token);
     let batches = batch_runs(args, &model);
+    let verify = if args.model_opts.draft_mode() == Some("mtp") {
+        verify_costs(&model, args.repetitions.max(5))?
+    } else {
+        Vec::new()
+    };
+    let draft_run = drafting(args, &model).then(|| {
+        let r = &runs[0];
+        let (plain, with) = (stats(&r.tg), stats(&r.tg_draft));
+        (plain, with, r.drafts.clone())
+    });
     let weight_bytes = weight_bytes_per_token(&model);
     let state = state_bytes(&model);
     // A decode step reads every weight once and reads + writes the recurrent state.
@@ -404,6 +497,42 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .unwrap_or(model.kv_type());
     let mut out = std::io::stdout().lock();
     if args.json {
+        let draft_json = draft_run.as_ref().map(|(plain, with, d)| {
+            serde_json::json!({
+                "tg_tok_s_plain": plain.mean,
+                "tg_tok_s_draft": with.mean,
+                "tg_tok_s_draft_std": with.std,
+                "speedup": with.mean / plain.mean,
+                "acceptance": d.acceptance(),
+                "accepted_per_step": d.accepted as f64 / d.steps.max(1) as f64,
+                "verification_steps": d.steps,
+                "drafted": d.drafted,
+                "accepted": d.accepted,
+                "acceptance_per_depth": d.reached.iter().zip(&d.accepted_at)
+                    .map(|(r, a)| *a as f64 / (*r).max(1) as f64).collect::<Vec<_>>(),
+                "reached_per_depth": d.reached,
+            })
+        });
+        let batch_json = batches
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "batch": b.batch,
+                    "total_tok_s": b.total_tok_s,
+                    "total_tok_s_std": b.total_tok_s_std,
+                    "per_seq_tok_s": b.per_seq_tok_s,
+                    "experts_per_layer_step": b.experts_per_layer_step,
+                    "weight_bytes_per_step": b.weight_bytes_per_step,
+                    "weight_bytes_per_token": b.weight_bytes_per_token,
+                })
+            })
+            .collect::<Vec<_>>();
+        let verify_json = verify
+            .iter()
+            .map(
+                |(k, c)| serde_json::json!({"drafts": k, "tokens": k + 1, "relative_to_decode": c}),
+            )
+            .collect::<Vec<_>>();
         let v = serde_json::json!({
             "model": path.display().to_string(),
             "dtype": model.dtype().to_string(),
@@ -448,15 +577,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     "state_bytes_max": r.state_max,
                 })
             }).collect::<Vec<_>>(),
-            "batch": batches.iter().map(|b| serde_json::json!({
-                "batch": b.batch,
-                "total_tok_s": b.total_tok_s,
-                "total_tok_s_std": b.total_tok_s_std,
-                "per_seq_tok_s": b.per_seq_tok_s,
-                "experts_per_layer_step": b.experts_per_layer_step,
-                "weight_bytes_per_step": b.weight_bytes_per_step,
-                "weight_bytes_per_token": b.weight_bytes_per_token,
-            })).collect::<Vec<_>>(),
+            "draft": draft_json,
+            "verify_cost": verify_json,
+            "batch": batch_json,
         });
         writeln!(out, "{v}")?;
     } else {
@@ -505,6 +628,47 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 } else {
                     "--bandwidth"
                 }
+            )?;
+        }
+        if let Some((plain, with, d)) = &draft_run {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "| tg{} draft mtp | {:.2} ± {:.2} | ×{:.2} against tg without drafts ({:.2}) |",
+                args.n_gen,
+                with.mean,
+                with.std,
+                with.mean / plain.mean,
+                plain.mean
+            )?;
+            let per_depth: Vec<String> = d
+                .reached
+                .iter()
+                .zip(&d.accepted_at)
+                .enumerate()
+                .filter(|(_, (r, _))| **r > 0)
+                .map(|(m, (r, a))| format!("{}: {:.2} ({r})", m + 1, *a as f64 / *r as f64))
+                .collect();
+            writeln!(
+                out,
+                "drafts: {} drafted, {} accepted ({:.1}%), {:.2} accepted per verification step ({} steps); acceptance per draft position (steps reaching it): {}",
+                d.drafted,
+                d.accepted,
+                d.acceptance() * 100.0,
+                d.accepted as f64 / d.steps.max(1) as f64,
+                d.steps,
+                per_depth.join(", ")
+            )?;
+        }
+        if !verify.is_empty() {
+            let v: Vec<String> = verify
+                .iter()
+                .map(|(k, c)| format!("{} tokens ×{c:.2}", k + 1))
+                .collect();
+            writeln!(
+                out,
+                "verification step cost relative to a 1-token decode step: {}",
+                v.join(", ")
             )?;
         }
         if !batches.is_empty() {

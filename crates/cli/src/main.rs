@@ -346,6 +346,15 @@ pub struct ModelOptions {
     /// the cache already holds is only checked), then run it.
     #[arg(long)]
     pull: bool,
+    /// Speculative decoding: `mtp` drafts tokens with the model's multi-token-prediction head
+    /// and verifies them in one step (the output is unchanged); `none` decodes one token per
+    /// step. Default: `mtp` when the model has an MTP head.
+    #[arg(long, value_name = "MODE", value_parser = ["mtp", "none"])]
+    draft: Option<String>,
+    /// Most draft tokens per step (1 to 15; default 3). The engine drafts fewer, or none, while
+    /// the measured acceptance says more would not pay.
+    #[arg(long = "draft-max", value_name = "K", value_parser = clap::value_parser!(u8).range(1..=15))]
+    draft_max: Option<u8>,
 }
 
 impl ModelOptions {
@@ -358,6 +367,22 @@ impl ModelOptions {
             Ok(v) if !v.is_empty() => v.parse().context("QINFER_KV_TYPE"),
             _ => Ok(DEFAULT_KV_TYPE),
         }
+    }
+
+    /// `--draft`, as given.
+    pub fn draft_mode(&self) -> Option<&str> {
+        self.draft.as_deref()
+    }
+
+    /// The speculative-decoding settings asked for (`--draft`, `--draft-max`).
+    pub fn draft(&self) -> qinfer_engine::speculative::DraftConfig {
+        let mut d = qinfer_engine::speculative::DraftConfig::default();
+        if self.draft.as_deref() == Some("none") {
+            d = qinfer_engine::speculative::DraftConfig::none();
+        } else if let Some(k) = self.draft_max {
+            d.max = usize::from(k);
+        }
+        d
     }
 
     /// Sets the model's options from the command line: the one place a loaded model is
@@ -443,5 +468,12 @@ pub fn load_bundle(
         }
     };
     opts.apply(&mut bundle.model)?;
+    bundle.draft = opts.draft();
+    if opts.draft.as_deref() == Some("mtp") && !bundle.model.has_mtp() {
+        bail!(
+            "--draft mtp: {} has no MTP head (its file carries no mtp.* / nextn tensors)",
+            arg.display()
+        );
+    }
     Ok(bundle)
 }

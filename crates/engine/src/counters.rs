@@ -65,6 +65,10 @@ pub struct Counters {
     /// Prompt tokens actually computed (prefill), cache on or off.
     pub processed_prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
+    /// Speculative decoding: draft tokens proposed by the MTP head, and those the model's
+    /// own choice confirmed (each accepted draft is a token that cost no decode step).
+    pub drafted_tokens: AtomicU64,
+    pub accepted_tokens: AtomicU64,
     /// Steps run and the tokens they carried.
     pub steps: AtomicU64,
     pub step_tokens: AtomicU64,

@@ -44,6 +44,7 @@ use crate::decode::{Decoder, Step, TokenLogprob};
 use crate::parser::{Event, Finished, Parsed};
 use crate::prompt_cache::PromptCache;
 use crate::request::{EngineError, FinishReason, Flow, GenerateOptions};
+use crate::speculative::{DraftConfig, DraftStats, Drafter, PREFILL_WINDOW, ProposeItem, propose};
 use crate::tokenizer::Tokenizer;
 
 /// Limits of the engine.
@@ -93,6 +94,8 @@ pub struct EngineModel<'a> {
     pub tokenizer: Option<&'a Tokenizer>,
     /// Ids that end generation unless a request sets `ignore_eos`.
     pub stop_ids: &'a [u32],
+    /// Speculative decoding with the model's MTP head (when it has one).
+    pub draft: DraftConfig,
 }
 
 impl<'a> EngineModel<'a> {
@@ -102,6 +105,7 @@ impl<'a> EngineModel<'a> {
             model,
             tokenizer: None,
             stop_ids: &[],
+            draft: DraftConfig::default(),
         }
     }
 }
@@ -204,6 +208,8 @@ pub struct Summary {
     pub prefill_time: Duration,
     /// From the end of the prompt to the end.
     pub decode_time: Duration,
+    /// Speculative decoding ([`crate::speculative`]): what the drafts did for this request.
+    pub drafts: DraftStats,
 }
 
 /// What a finished request produced, handed to [`Sink::ended`] just before [`Out::Done`].
@@ -338,6 +344,10 @@ struct Running<S> {
     decoder: Decoder,
     /// The last sampled token, to be fed next step.
     pending: Option<u32>,
+    /// The MTP draft model's state, when the sequence drafts.
+    drafter: Option<Drafter>,
+    /// What a decode step feeds: the pending token, then the drafts.
+    feed: Vec<u32>,
     /// The sequence goes back to the request at the end (it came with its own state).
     hand_back: bool,
     /// Only feeding `pending` is left (a hand-back sequence whose decoder has finished).
@@ -599,6 +609,11 @@ impl<'a, S: Sink> Engine<'a, S> {
                 prompt_text: req.prompt_text,
                 decoder,
                 pending: None,
+                drafter: (m.draft.mtp && m.draft.max > 0 && m.model.has_mtp()).then(|| {
+                    let max = m.draft.max.min(DraftConfig::LIMIT);
+                    Drafter::new(m.model, cached_tokens, max)
+                }),
+                feed: Vec::new(),
                 hand_back,
                 ending: false,
                 prompt_end: None,
@@ -614,7 +629,11 @@ impl<'a, S: Sink> Engine<'a, S> {
         let c = &self.counters;
         c.running
             .store(self.running.len() as u64, Ordering::Relaxed);
-        let bytes: usize = self.running.iter().map(|s| s.state.bytes()).sum();
+        let bytes: usize = self
+            .running
+            .iter()
+            .map(|s| s.state.bytes() + s.drafter.as_ref().map_or(0, Drafter::bytes))
+            .sum();
         c.state_bytes.store(bytes as u64, Ordering::Relaxed);
     }
 
@@ -650,23 +669,41 @@ impl<'a, S: Sink> Engine<'a, S> {
             let mut spans: Vec<Span<'_>> = Vec::with_capacity(plan.len());
             for (s, work) in self.running.iter_mut().zip(&planned) {
                 let Some(work) = work else { continue };
-                let span =
-                    match *work {
-                        // Prompt chunks take the chunked delta rule whatever their length, as a
-                        // lone prefill does, so a prompt's numbers do not depend on its cuts.
-                        Work::Prefill { end } => {
-                            let last = end == s.prompt.len();
-                            Span::tokens(&s.prompt[s.tokens.len()..end], &mut s.state)
-                                .logits(if last { Rows::Last } else { Rows::None })
-                                .delta_rule(DeltaNetPath::Chunked)
+                let span = match *work {
+                    // Prompt chunks take the chunked delta rule whatever their length, as a
+                    // lone prefill does, so a prompt's numbers do not depend on its cuts.
+                    Work::Prefill { end } => {
+                        let last = end == s.prompt.len();
+                        let hidden = match s.drafter {
+                            Some(_) => Rows::Tail(PREFILL_WINDOW),
+                            None => Rows::None,
+                        };
+                        Span::tokens(&s.prompt[s.tokens.len()..end], &mut s.state)
+                            .logits(if last { Rows::Last } else { Rows::None })
+                            .hidden(hidden)
+                            .delta_rule(DeltaNetPath::Chunked)
+                    }
+                    Work::Decode => {
+                        s.feed.clear();
+                        s.feed.push(s.pending.expect("planned decode"));
+                        let mut hidden = Rows::None;
+                        if let Some(d) = &s.drafter
+                            && !s.ending
+                        {
+                            s.feed.extend_from_slice(&d.drafts);
+                            hidden = Rows::All;
                         }
-                        Work::Decode => {
-                            let ending = s.ending;
-                            let token = s.pending.as_ref().expect("planned decode");
-                            Span::tokens(std::slice::from_ref(token), &mut s.state)
-                                .logits(if ending { Rows::None } else { Rows::Last })
-                        }
-                    };
+                        let logits = match (s.ending, s.feed.len()) {
+                            (true, _) => Rows::None,
+                            (false, 1) => Rows::Last,
+                            (false, _) => Rows::All,
+                        };
+                        Span::tokens(&s.feed, &mut s.state)
+                            .logits(logits)
+                            .hidden(hidden)
+                            .keep_states(s.feed.len() > 1)
+                    }
+                };
                 step_tokens += span.input.len();
                 spans.push(span);
             }
@@ -692,63 +729,71 @@ impl<'a, S: Sink> Engine<'a, S> {
             }
         };
         let mut done = Vec::new();
+        let mut failed = Vec::new();
         let now = Instant::now();
         for (&(i, work), row) in plan.iter().zip(rows) {
             let s = &mut self.running[i];
+            let fed_before = s.tokens.len();
             match work {
                 Work::Prefill { end } => {
-                    let start = s.tokens.len();
-                    s.tokens.extend_from_slice(&s.prompt[start..end]);
-                    Counters::add(&self.counters.processed_prompt_tokens, end - start);
+                    s.tokens.extend_from_slice(&s.prompt[fed_before..end]);
+                    Counters::add(&self.counters.processed_prompt_tokens, end - fed_before);
                     self.cache
-                        .prefilled(&s.tokens, &s.state, end - start, s.prompt.len());
+                        .prefilled(&s.tokens, &s.state, end - fed_before, s.prompt.len());
                     if end == s.prompt.len() {
                         s.prefilled = Some(now);
                         if s.hand_back {
                             s.prompt_end = Some(s.state.snapshot());
                         }
                     }
+                    if let (Some(d), Some(h)) = (&mut s.drafter, &row.hidden) {
+                        d.push_hidden(h, end);
+                    }
                 }
-                Work::Decode => {
+                Work::Decode if s.ending => {
                     let t = s.pending.take().expect("planned decode");
                     s.tokens.push(t);
                 }
+                Work::Decode => {}
             }
             if s.ending {
                 done.push(i);
                 continue;
             }
-            let Some(row) = row.logits else { continue };
-            let before = s.decoder.logprobs_out.len();
-            let text_before = s.decoder.text.len();
-            let mut events = Vec::new();
-            let mut step = s.decoder.step(&row.data, &mut |e| {
-                events.push(e.clone());
-                Flow::Continue
-            });
-            let emitted = match step {
-                Step::Feed(_) | Step::Finished { unfed: Some(_) } => true,
-                Step::Finished { unfed: None } => false,
+            let Some(logits) = row.logits else { continue };
+            // Walk the logit rows as plain decode steps would, while the decoder's pick is
+            // the draft fed after that row.
+            let drafts = if work == Work::Decode {
+                s.feed.len() - 1
+            } else {
+                0
             };
-            if emitted {
-                Counters::add(&self.counters.generated_tokens, 1);
-                match s.last_token {
-                    None => self.counters.observe_ttft(now - s.arrived),
-                    Some(t) => self.counters.observe_itl(now - t),
+            let mut accepted = 0;
+            let mut step = Step::Finished { unfed: None };
+            for r in 0..logits.rows {
+                step = Self::decode_row(&self.counters, s, logits.row(r), now);
+                match step {
+                    Step::Feed(t) if r < drafts && t == s.feed[r + 1] => accepted += 1,
+                    _ => break,
                 }
-                s.last_token = Some(now);
-                let logprob = s.decoder.logprobs_out.get(before).cloned();
-                let text = s.decoder.text[text_before..].to_string();
-                let sent = s.sink.send(Out::Token {
-                    text,
-                    events,
-                    logprob,
-                });
-                if sent.is_err() {
-                    Counters::add(&self.counters.cancelled, 1);
-                    s.decoder.cancel();
-                    if let Step::Feed(t) = step {
-                        step = Step::Finished { unfed: Some(t) };
+            }
+            if work == Work::Decode {
+                s.pending = None;
+                let keep = 1 + accepted;
+                s.tokens.extend_from_slice(&s.feed[..keep]);
+                if keep < s.feed.len()
+                    && let Err(e) = model.rewind(&mut s.state, fed_before + keep)
+                {
+                    tracing::error!(error = %e, "rewind after verification failed");
+                    failed.push(i);
+                    continue;
+                }
+                if let Some(d) = &mut s.drafter {
+                    d.observe(drafts, accepted);
+                    Counters::add(&self.counters.drafted_tokens, drafts);
+                    Counters::add(&self.counters.accepted_tokens, accepted);
+                    if let Some(h) = &row.hidden {
+                        d.push_hidden(&h.rows_range(0, keep), fed_before + keep);
                     }
                 }
             }
@@ -761,11 +806,92 @@ impl<'a, S: Sink> Engine<'a, S> {
                 Step::Finished { .. } => done.push(i),
             }
         }
+        self.draft(&done);
+        if !failed.is_empty() {
+            done.retain(|i| !failed.contains(i));
+            self.remove_failed(&failed, "the sequence state could not be rewound");
+        }
         // Remove finished sequences, highest index first so indices stay valid.
         done.sort_unstable_by(|a, b| b.cmp(a));
         for i in done {
             let s = self.running.swap_remove(i);
             self.finish(s);
+        }
+    }
+
+    /// One logit row through a sequence's decoder, as one decode step: the token it picks is
+    /// reported to the sink (a receiver gone cancels the sequence).
+    fn decode_row(counters: &Counters, s: &mut Running<S>, row: &[f32], now: Instant) -> Step {
+        let before = s.decoder.logprobs_out.len();
+        let text_before = s.decoder.text.len();
+        let mut events = Vec::new();
+        let mut step = s.decoder.step(row, &mut |e| {
+            events.push(e.clone());
+            Flow::Continue
+        });
+        let emitted = match step {
+            Step::Feed(_) | Step::Finished { unfed: Some(_) } => true,
+            Step::Finished { unfed: None } => false,
+        };
+        if emitted {
+            Counters::add(&counters.generated_tokens, 1);
+            match s.last_token {
+                None => counters.observe_ttft(now - s.arrived),
+                Some(t) => counters.observe_itl(now - t),
+            }
+            s.last_token = Some(now);
+            let logprob = s.decoder.logprobs_out.get(before).cloned();
+            let text = s.decoder.text[text_before..].to_string();
+            let sent = s.sink.send(Out::Token {
+                text,
+                events,
+                logprob,
+            });
+            if sent.is_err() {
+                Counters::add(&counters.cancelled, 1);
+                s.decoder.cancel();
+                if let Step::Feed(t) = step {
+                    step = Step::Finished { unfed: Some(t) };
+                }
+            }
+        }
+        step
+    }
+
+    /// The MTP head's part of a step: every drafting sequence's new positions through it,
+    /// and drafts for those decoding next (`done`: sequences that just ended).
+    fn draft(&mut self, done: &[usize]) {
+        let model = self.model.model;
+        let mut items = Vec::new();
+        let mut owners = Vec::new();
+        for (i, s) in self.running.iter_mut().enumerate() {
+            let Some(drafter) = s.drafter.as_mut() else {
+                continue;
+            };
+            if done.contains(&i) || s.ending {
+                drafter.drafts.clear();
+                continue;
+            }
+            let fed = s.tokens.len();
+            items.push(ProposeItem {
+                drafter,
+                fed: &s.tokens,
+                unfed_prompt: &s.prompt[fed.min(s.prompt.len())..],
+                pending: s.pending,
+                draft: s.pending.is_some(),
+            });
+            owners.push(i);
+        }
+        if items.is_empty() {
+            return;
+        }
+        if let Err(e) = propose(model, &mut items) {
+            // Drafting is an optimisation: a failure turns it off for these sequences.
+            tracing::error!(error = %e, "MTP drafting failed; drafting off");
+            drop(items);
+            for i in owners {
+                self.running[i].drafter = None;
+            }
         }
     }
 
@@ -798,6 +924,11 @@ impl<'a, S: Sink> Engine<'a, S> {
             reasoning_tokens: s.decoder.reasoning_tokens,
             prefill_time: prefilled.saturating_duration_since(s.arrived),
             decode_time: now - prefilled,
+            drafts: s
+                .drafter
+                .as_ref()
+                .map(|d| d.stats.clone())
+                .unwrap_or_default(),
         };
         // The ids the model saw for this prompt + answer, when they spell exactly its text.
         // (A sequence that ended at its token budget never fed its last token: its state ends

@@ -25,6 +25,7 @@ use crate::parser::{Event, Parsed, ToolCall};
 use crate::prompt_cache::PromptCache;
 pub use crate::request::{EngineError, FinishReason, Flow, GenerateOptions};
 use crate::sampler::SamplingParams;
+use crate::speculative::DraftConfig;
 use crate::template::{ChatTemplate, special_tokens_from_config};
 use crate::tokenizer::Tokenizer;
 
@@ -40,8 +41,10 @@ pub struct ModelBundle {
     /// Token ids that end generation (`generation_config.json` `eos_token_id`, plus
     /// `<|im_end|>` and `<|endoftext|>` when the vocabulary has them).
     pub stop_ids: Vec<u32>,
-    /// The built-in demo model (random weights).
+    /// The built-in demo model.
     pub is_demo: bool,
+    /// Speculative decoding with the model's MTP head (`--draft`, `--draft-max`).
+    pub draft: DraftConfig,
 }
 
 impl ModelBundle {
@@ -67,6 +70,7 @@ impl ModelBundle {
             defaults,
             stop_ids,
             is_demo: false,
+            draft: DraftConfig::default(),
         })
     }
 
@@ -120,6 +124,7 @@ impl ModelBundle {
             defaults,
             stop_ids,
             is_demo: false,
+            draft: DraftConfig::default(),
         })
     }
 
@@ -140,6 +145,7 @@ impl ModelBundle {
             defaults: SamplingParams::preset("thinking")?,
             stop_ids,
             is_demo: true,
+            draft: DraftConfig::default(),
         })
     }
 
@@ -162,6 +168,7 @@ impl ModelBundle {
             model: &self.model,
             tokenizer: Some(&self.tokenizer),
             stop_ids: &self.stop_ids,
+            draft: self.draft,
         }
     }
 

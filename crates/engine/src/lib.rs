@@ -40,5 +40,6 @@ pub mod sampler;
 pub mod scheduler;
 pub mod schema;
 pub mod session;
+pub mod speculative;
 pub mod template;
 pub mod tokenizer;

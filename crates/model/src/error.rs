@@ -79,4 +79,6 @@ pub enum ForwardError {
     TooManyKept { got: usize, max: usize },
     #[error(transparent)]
     Rewind(#[from] qinfer_cache::RewindError),
+    #[error("the model has no MTP head")]
+    NoMtpHead,
 }

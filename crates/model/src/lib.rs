@@ -23,12 +23,14 @@ pub mod export;
 pub mod gguf;
 pub mod layers;
 pub mod loader;
+pub mod mtp;
 pub mod names;
 pub mod qwen35;
 
 pub use config::{FeedForwardConfig, LayerKind, ModelConfig, NormConvention};
 pub use error::{ConfigError, ForwardError, LoadError};
 pub use layers::rope::{Position3, text_position};
+pub use mtp::{MtpOutput, MtpSpan};
 pub use qwen35::{
     DeltaNetPath, MAX_KEPT_POSITIONS, MAX_PIECE_TOKENS, Qwen35, Rows, Span, SpanInput, SpanOutput,
     TracePoint,

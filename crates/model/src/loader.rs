@@ -5,7 +5,7 @@
 //!
 //! Tensors come from any [`TensorSource`]: a safetensors checkpoint, or a GGUF file.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 
 use qinfer_formats::safetensors::{Checkpoint, StDType};
@@ -75,6 +75,9 @@ pub struct Loader<'a> {
     naming: Naming,
     norm: NormConvention,
     used: RefCell<BTreeSet<String>>,
+    /// While set ([`Loader::mtp_layer`]): layer tensors are the MTP block's (stored as block
+    /// `n`), whatever layer index a layer's loader asks for.
+    mtp_block: Cell<Option<usize>>,
 }
 
 impl std::fmt::Debug for Loader<'_> {
@@ -93,7 +96,17 @@ impl<'a> Loader<'a> {
             naming,
             norm,
             used: RefCell::default(),
+            mtp_block: Cell::new(None),
         }
+    }
+
+    /// Runs `load` with every layer tensor read from the MTP block (stored as block
+    /// `block`): the MTP head's decoder layer loads with the main layers' own code.
+    pub fn mtp_layer<T>(&self, block: usize, load: impl FnOnce(&Self) -> T) -> T {
+        self.mtp_block.set(Some(block));
+        let out = load(self);
+        self.mtp_block.set(None);
+        out
     }
 
     /// Detects the Hugging Face tensor prefix from where the embedding is, among the tensor
@@ -116,6 +129,13 @@ impl<'a> Loader<'a> {
     }
 
     pub fn name(&self, id: TensorId) -> String {
+        let id = match (id, self.mtp_block.get()) {
+            (TensorId::Layer(_, t), Some(block)) => TensorId::Mtp {
+                block,
+                t: MtpTensor::Layer(t),
+            },
+            _ => id,
+        };
         id.name_in(self.naming)
     }
 

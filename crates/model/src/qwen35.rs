@@ -33,7 +33,8 @@ use crate::layers::{
     rope::{Position3, Rope, text_position},
 };
 use crate::loader::{Loader, TensorId, TensorSource};
-use crate::names::{self, Global, LayerTensor, Naming};
+use crate::mtp::MtpHead;
+use crate::names::{self, Global, LayerTensor, MtpTensor, Naming};
 
 /// Token mixer of one layer.
 #[derive(Clone, Debug)]
@@ -50,7 +51,7 @@ pub enum FeedForward {
 }
 
 impl FeedForward {
-    fn forward(&self, b: &dyn Backend, x: &Act) -> Act {
+    pub(crate) fn forward(&self, b: &dyn Backend, x: &Act) -> Act {
         match self {
             FeedForward::Dense(m) => m.forward(b, x),
             FeedForward::Moe(m) => m.forward(b, x),
@@ -90,15 +91,18 @@ pub enum Rows {
     Last,
     /// Every position of the span: `[T, ·]`.
     All,
+    /// The last `n` positions (all of them if the span is shorter): `[min(n, T), ·]`.
+    Tail(usize),
 }
 
 impl Rows {
     /// The positions `0..t` this selects.
-    fn range(self, t: usize) -> std::ops::Range<usize> {
+    pub(crate) fn range(self, t: usize) -> std::ops::Range<usize> {
         match self {
             Rows::None => t..t,
             Rows::Last => t.saturating_sub(1)..t,
             Rows::All => 0..t,
+            Rows::Tail(n) => t.saturating_sub(n)..t,
         }
     }
 }
@@ -253,7 +257,9 @@ pub struct Qwen35 {
     /// `[V, H]`; shares the embedding's bytes when tied.
     pub lm_head: Weight,
     pub extras: ExtraTensors,
-    rope: Rope,
+    /// The multi-token-prediction head, when the checkpoint has one ([`crate::mtp`]).
+    pub mtp: Option<MtpHead>,
+    pub(crate) rope: Rope,
     deltanet_path: DeltaNetPath,
     kv_type: KvType,
     /// Where every op of the forward pass runs ([`Qwen35::with_backend`]).
@@ -349,6 +355,16 @@ impl Qwen35 {
             });
         }
         let final_norm = RmsNorm::load(&ld, TensorId::Global(Global::FinalNorm), h, eps)?;
+        let block = config.n_layers();
+        let mtp = if config.mtp_layers > 0
+            && ld.has(TensorId::Mtp {
+                block,
+                t: MtpTensor::Fc,
+            }) {
+            Some(MtpHead::load(&ld, &config, block)?)
+        } else {
+            None
+        };
         let mut extras = ExtraTensors::default();
         for name in ld.unused() {
             match names::extra_in(naming, &name, config.n_layers()) {
@@ -365,6 +381,7 @@ impl Qwen35 {
             final_norm,
             lm_head,
             extras,
+            mtp,
             rope,
             deltanet_path: DeltaNetPath::Auto,
             kv_type: KvType::default(),
@@ -397,6 +414,9 @@ impl Qwen35 {
         let mut ws = vec![&mut self.embed, &mut self.lm_head];
         fn mlp(m: &mut Mlp) -> [&mut Weight; 3] {
             [&mut m.gate, &mut m.up, &mut m.down]
+        }
+        if let Some(m) = &mut self.mtp {
+            ws.extend(m.weights_mut());
         }
         for layer in &mut self.layers {
             match &mut layer.mixer {

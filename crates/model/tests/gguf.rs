@@ -54,14 +54,15 @@ fn f32_gguf_matches_transformers() {
     }
 }
 
-/// The GGUF model is the safetensors model: same logits up to rounding, MTP tensors listed.
+/// The GGUF model is the safetensors model: same logits up to rounding, the MTP head loaded
+/// from llama.cpp's `blk.{n}.nextn.*` layout (its logits: `mtp.rs`).
 #[test]
 fn gguf_and_safetensors_agree() {
     let (a, b) = (load_gguf("tiny-dense-f32.gguf"), load("tiny-dense-f32"));
     assert_eq!(a.config.layers, b.config.layers);
     assert_eq!(a.parameter_count(), b.parameter_count());
     assert!(
-        !a.extras.mtp.is_empty() && a.extras.unknown.is_empty(),
+        a.has_mtp() && b.has_mtp() && a.extras.mtp.is_empty() && a.extras.unknown.is_empty(),
         "{:?}",
         a.extras.unknown
     );

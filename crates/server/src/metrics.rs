@@ -58,7 +58,7 @@ impl Metrics {
             get(&self.requests_client_error),
             get(&self.requests_server_error),
         );
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "qinfer_generation_requests_total",
                 "Generation requests accepted by the scheduler.",
@@ -93,6 +93,16 @@ impl Metrics {
                 "qinfer_generation_tokens_total",
                 "Tokens generated.",
                 &e.generated_tokens,
+            ),
+            (
+                "qinfer_draft_tokens_total",
+                "Speculative decoding: draft tokens proposed by the MTP head and verified.",
+                &e.drafted_tokens,
+            ),
+            (
+                "qinfer_draft_accepted_tokens_total",
+                "Speculative decoding: draft tokens the model's own choice confirmed.",
+                &e.accepted_tokens,
             ),
             (
                 "qinfer_engine_steps_total",

@@ -511,7 +511,11 @@ pub(crate) fn usage(s: &Summary) -> Value {
         "completion_tokens": s.completion_tokens,
         "total_tokens": s.prompt_tokens + s.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": s.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": s.reasoning_tokens},
+        "completion_tokens_details": {
+            "reasoning_tokens": s.reasoning_tokens,
+            "accepted_prediction_tokens": s.drafts.accepted,
+            "rejected_prediction_tokens": s.drafts.drafted - s.drafts.accepted,
+        },
     })
 }
 
@@ -1006,6 +1010,7 @@ pub(crate) mod tests {
             reasoning_tokens: 2,
             prefill_time: std::time::Duration::ZERO,
             decode_time: std::time::Duration::ZERO,
+            drafts: Default::default(),
         }))
         .unwrap();
         rx

@@ -152,6 +152,38 @@ impl Weight {
         &self.bytes()[r * rb..(r + 1) * rb]
     }
 
+    /// Columns `[start, start + n)` of every row as a weight of its own (a copy), for a
+    /// projection of a concatenation split into one matmul per part. `None` when the cut is
+    /// not on a block boundary of the storage type, or out of range.
+    pub fn cols_range(&self, start: usize, n: usize) -> Option<Weight> {
+        let end = start.checked_add(n).filter(|&e| e <= self.cols)?;
+        let block = self.dtype.block_size();
+        if !start.is_multiple_of(block) || !end.is_multiple_of(block) {
+            return None;
+        }
+        let skip = self.dtype.row_bytes(start)?;
+        let take = self.dtype.row_bytes(n)?;
+        let mut bytes = Vec::with_capacity(take.checked_mul(self.rows)?);
+        for r in 0..self.rows {
+            bytes.extend_from_slice(&self.row(r)[skip..skip + take]);
+        }
+        Weight::new(self.dtype, self.rows, n, ByteView::from_vec(bytes)).ok()
+    }
+
+    /// The rows `rows` (in that order) as a weight of their own (a copy): a sub-vocabulary
+    /// of an LM head. `None` if a row is out of range.
+    pub fn gather_rows(&self, rows: &[u32]) -> Option<Weight> {
+        let rb = self.row_bytes();
+        let mut bytes = Vec::with_capacity(rb.checked_mul(rows.len())?);
+        for &r in rows {
+            if r as usize >= self.rows {
+                return None;
+            }
+            bytes.extend_from_slice(self.row(r as usize));
+        }
+        Weight::new(self.dtype, rows.len(), self.cols, ByteView::from_vec(bytes)).ok()
+    }
+
     /// Rows `[start, start + n)` as a weight of their own (no copy). Used to split fused
     /// projections and stacked experts, before a backend prepares them: the slice carries no
     /// backend copy.

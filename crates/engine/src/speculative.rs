@@ -1,0 +1,362 @@
+//! Speculative decoding with the model's MTP head as the draft model.
+//!
+//! A decoding sequence feeds its pending token followed by `k` drafts in one step (keeping
+//! per-position states), and the decoder then walks the `k + 1` logit rows exactly as it
+//! would walk `k + 1` plain decode steps: it picks each token from the model's own logits
+//! (greedy, or sampled with its own random stream), and the walk goes on only while its pick
+//! equals the draft that was fed there. So the output is the plain decoder's, token for
+//! token — greedy or sampled with a seed, constraints, penalties and stop strings included —
+//! and the drafts only decide how many of those tokens one step yields. The state is then
+//! rewound to the last accepted position ([`Qwen35::rewind`]: no recomputation).
+//!
+//! The MTP head sees every position once its next token is known: prompt positions as the
+//! prompt is prefilled (the last [`PREFILL_WINDOW`] of each chunk), generated positions as
+//! they are accepted. Its KV rows for drafted slots are dropped after drafting.
+//!
+//! Draft depth adapts per sequence: draft position `m` is used while the measured chance
+//! that drafts `1..=m` are all accepted stays above [`DRAFT_COST`], the cost of one more
+//! drafted and verified token relative to a decode step; below it at `m = 1`, drafting is
+//! off, with a one-token probe every [`PROBE_EVERY`] steps to notice when it pays again.
+
+use qinfer_cache::SequenceState;
+use qinfer_model::{MtpSpan, Qwen35, Rows};
+use qinfer_tensor::Mat;
+
+/// Whether and how far to draft.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DraftConfig {
+    /// Draft with the MTP head (when the model has one).
+    pub mtp: bool,
+    /// Most drafts per step (`--draft-max`).
+    pub max: usize,
+}
+
+impl Default for DraftConfig {
+    fn default() -> Self {
+        DraftConfig { mtp: true, max: 3 }
+    }
+}
+
+impl DraftConfig {
+    /// No drafting.
+    pub fn none() -> Self {
+        DraftConfig { mtp: false, max: 0 }
+    }
+
+    /// Most drafts a step may carry: [`qinfer_model::MAX_KEPT_POSITIONS`] − 1.
+    pub const LIMIT: usize = qinfer_model::MAX_KEPT_POSITIONS - 1;
+}
+
+/// Prompt positions per prefill chunk the MTP head sees (the chunk's last ones). Keeps the
+/// hidden rows a long prompt returns bounded; the head's attention then covers the end of a
+/// long prompt, which is what drafting the answer needs most.
+pub const PREFILL_WINDOW: usize = 1024;
+
+/// Cost of one more drafted-and-verified token relative to a plain decode step (an MTP block
+/// forward over the draft vocabulary plus one more row in the verification step).
+pub const DRAFT_COST: f64 = 0.2;
+
+/// With drafting off, a one-token draft every this many steps re-measures acceptance.
+pub const PROBE_EVERY: u32 = 16;
+
+/// Weight of the latest observation in the acceptance averages.
+const EMA: f64 = 0.1;
+
+/// What a sequence's drafts did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DraftStats {
+    /// Verification steps that carried drafts.
+    pub steps: usize,
+    /// Draft tokens fed, and those accepted.
+    pub drafted: usize,
+    pub accepted: usize,
+    /// Per draft position `m` (0-based): how often a step drafted that deep, and how often
+    /// draft `m + 1` was accepted when drafts `1..=m` were (the per-depth acceptance is
+    /// `accepted / reached`).
+    pub reached: Vec<usize>,
+    pub accepted_at: Vec<usize>,
+}
+
+impl DraftStats {
+    /// Accepted drafts per drafted token.
+    pub fn acceptance(&self) -> f64 {
+        self.accepted as f64 / self.drafted.max(1) as f64
+    }
+
+    /// Adds another sequence's (or run's) counts.
+    pub fn merge(&mut self, o: &DraftStats) {
+        self.steps += o.steps;
+        self.drafted += o.drafted;
+        self.accepted += o.accepted;
+        for (v, o) in [
+            (&mut self.reached, &o.reached),
+            (&mut self.accepted_at, &o.accepted_at),
+        ] {
+            if v.len() < o.len() {
+                v.resize(o.len(), 0);
+            }
+            for (a, b) in v.iter_mut().zip(o) {
+                *a += b;
+            }
+        }
+    }
+}
+
+/// A sequence's draft model state.
+#[derive(Debug)]
+pub struct Drafter {
+    /// The MTP head's KV rows: one per slot with known inputs.
+    state: SequenceState,
+    /// Trunk hidden rows (`[·, H]` flattened) of positions `hidden_start..`, not yet seen by
+    /// the MTP head (their next token was not known when they came).
+    hidden: Vec<f32>,
+    hidden_start: usize,
+    /// The drafts to feed after the pending token in the next step.
+    pub drafts: Vec<u32>,
+    /// `accept[m]`: measured chance that draft `m + 1` is accepted when drafts `1..=m` were.
+    accept: Vec<f64>,
+    /// Steps since the last draft, while drafting is off.
+    idle: u32,
+    pub stats: DraftStats,
+}
+
+impl Drafter {
+    /// A drafter for a sequence whose state holds its first `start` positions (a prompt-cache
+    /// hit): the MTP head starts seeing positions there.
+    pub fn new(model: &Qwen35, start: usize, max: usize) -> Self {
+        Drafter {
+            state: model.new_mtp_state(),
+            hidden: Vec::new(),
+            hidden_start: start,
+            drafts: Vec::new(),
+            accept: vec![0.7; max],
+            idle: 0,
+            stats: DraftStats {
+                reached: vec![0; max],
+                accepted_at: vec![0; max],
+                ..DraftStats::default()
+            },
+        }
+    }
+
+    /// Bytes held (MTP KV rows and buffered hidden rows).
+    pub fn bytes(&self) -> usize {
+        self.state.bytes() + self.hidden.len() * 4
+    }
+
+    /// Hidden rows `[R, H]` of the trunk for positions `end − R .. end` (the tail of what a
+    /// step computed). Rows before them that never got hidden rows are skipped.
+    pub fn push_hidden(&mut self, rows: &Mat, end: usize) {
+        let first = end - rows.rows;
+        let buffered_end = self.hidden_start + self.hidden.len() / rows.cols.max(1);
+        if first != buffered_end {
+            // A gap (a long chunk's head beyond the window): start over at `first`.
+            self.hidden.clear();
+            self.hidden_start = first;
+        }
+        self.hidden.extend_from_slice(&rows.data);
+    }
+
+    /// Records the verification of the last drafts: `accepted` of `drafted` matched.
+    pub fn observe(&mut self, drafted: usize, accepted: usize) {
+        if drafted == 0 {
+            return;
+        }
+        let st = &mut self.stats;
+        st.steps += 1;
+        st.drafted += drafted;
+        st.accepted += accepted;
+        for m in 0..drafted.min(accepted + 1) {
+            let hit = m < accepted;
+            st.reached[m] += 1;
+            st.accepted_at[m] += usize::from(hit);
+            self.accept[m] += EMA * (f64::from(u8::from(hit)) - self.accept[m]);
+        }
+    }
+
+    /// Drafts to make now: the longest depth whose drafts are all accepted with a chance
+    /// above [`DRAFT_COST`]; while that is none, one every [`PROBE_EVERY`] steps.
+    fn depth(&mut self) -> usize {
+        let mut chance = 1.0;
+        let mut k = 0;
+        for a in &self.accept {
+            chance *= a;
+            if chance < DRAFT_COST {
+                break;
+            }
+            k += 1;
+        }
+        if k == 0 && !self.accept.is_empty() {
+            self.idle += 1;
+            if self.idle >= PROBE_EVERY {
+                self.idle = 0;
+                return 1;
+            }
+        }
+        k
+    }
+}
+
+/// One sequence's part of [`propose`]. The tokens known so far (positions `0..len`): the fed
+/// ones, then the prompt tokens not yet fed, then the pending token.
+#[derive(Debug)]
+pub struct ProposeItem<'a> {
+    pub drafter: &'a mut Drafter,
+    pub fed: &'a [u32],
+    pub unfed_prompt: &'a [u32],
+    pub pending: Option<u32>,
+    /// Draft for the position after the last known token (the sequence is decoding).
+    pub draft: bool,
+}
+
+impl ProposeItem<'_> {
+    fn known(&self) -> usize {
+        self.fed.len() + self.unfed_prompt.len() + usize::from(self.pending.is_some())
+    }
+
+    fn token(&self, i: usize) -> u32 {
+        let (a, b) = (self.fed.len(), self.fed.len() + self.unfed_prompt.len());
+        match i {
+            i if i < a => self.fed[i],
+            i if i < b => self.unfed_prompt[i - a],
+            _ => self.pending.expect("inside the known tokens"),
+        }
+    }
+}
+
+/// Runs the MTP head over every buffered position whose next token is known, then drafts for
+/// the sequences that want drafts (one batched MTP step per draft depth).
+pub fn propose(model: &Qwen35, items: &mut [ProposeItem<'_>]) -> Result<(), String> {
+    let h = model.config.hidden;
+    // Slots with known inputs, one span per sequence with some.
+    let mut ready: Vec<(usize, Mat, Vec<u32>, usize)> = Vec::new();
+    for (n, it) in items.iter_mut().enumerate() {
+        it.drafter.drafts.clear();
+        let (rows, start) = (it.drafter.hidden.len() / h, it.drafter.hidden_start);
+        let usable = rows.min(it.known().saturating_sub(start + 1));
+        if usable == 0 {
+            continue;
+        }
+        let tokens: Vec<u32> = (start + 1..start + 1 + usable)
+            .map(|i| it.token(i))
+            .collect();
+        let d = &mut *it.drafter;
+        let hidden = Mat::from_vec(d.hidden[..usable * h].to_vec(), usable, h);
+        ready.push((n, hidden, tokens, start));
+        d.hidden.drain(..usable * h);
+        d.hidden_start += usable;
+    }
+    // Depth per sequence (only those whose last slot is the decoding position).
+    let depths: Vec<usize> = items
+        .iter_mut()
+        .map(|it| {
+            let last_seen =
+                it.drafter.hidden.is_empty() && it.drafter.hidden_start + 1 == it.known();
+            if it.draft && last_seen {
+                it.drafter.depth()
+            } else {
+                0
+            }
+        })
+        .collect();
+    // Rows the MTP state holds with true inputs, to cut back to after drafting.
+    let mut outs: Vec<Option<(Mat, u32, usize)>> = (0..items.len()).map(|_| None).collect();
+    if !ready.is_empty() {
+        let mut states: Vec<Option<&mut SequenceState>> = items
+            .iter_mut()
+            .map(|it| Some(&mut it.drafter.state))
+            .collect();
+        let mut spans = Vec::with_capacity(ready.len());
+        for (n, hidden, tokens, start) in &ready {
+            spans.push(MtpSpan {
+                hidden,
+                tokens,
+                start: *start,
+                state: states[*n].take().expect("one span per sequence"),
+                logits: if depths[*n] > 0 {
+                    Rows::Last
+                } else {
+                    Rows::None
+                },
+                draft_vocab: true,
+            });
+        }
+        let results = model.mtp_step(&mut spans).map_err(|e| e.to_string())?;
+        drop(spans);
+        for ((n, _, tokens, start), r) in ready.iter().zip(results) {
+            if let Some(logits) = r.logits {
+                let token = model.draft_token(argmax(logits.row(0)));
+                outs[*n] = Some((r.hidden, token, start + tokens.len()));
+            }
+        }
+    }
+    let committed: Vec<usize> = items.iter().map(|it| kv_rows(&it.drafter.state)).collect();
+    for (n, o) in outs.iter().enumerate() {
+        if let Some((_, t, _)) = o {
+            items[n].drafter.drafts.push(*t);
+        }
+    }
+    // Further drafts: each sequence's own output as the next slot's hidden state.
+    let max_depth = depths.iter().copied().max().unwrap_or(0);
+    for m in 1..max_depth {
+        let live: Vec<usize> = (0..items.len())
+            .filter(|&n| depths[n] > m && outs[n].is_some())
+            .collect();
+        if live.is_empty() {
+            break;
+        }
+        let inputs: Vec<(Mat, [u32; 1], usize)> = live
+            .iter()
+            .map(|&n| {
+                let (hidden, token, pos) = outs[n].take().expect("live");
+                (hidden, [token], pos)
+            })
+            .collect();
+        let mut states: Vec<Option<&mut SequenceState>> = items
+            .iter_mut()
+            .map(|it| Some(&mut it.drafter.state))
+            .collect();
+        let mut spans: Vec<MtpSpan<'_>> = live
+            .iter()
+            .zip(&inputs)
+            .map(|(&n, (hidden, token, pos))| MtpSpan {
+                hidden,
+                tokens: token,
+                start: *pos,
+                state: states[n].take().expect("one span per sequence"),
+                logits: Rows::Last,
+                draft_vocab: true,
+            })
+            .collect();
+        let results = model.mtp_step(&mut spans).map_err(|e| e.to_string())?;
+        drop(spans);
+        for ((&n, (_, _, pos)), r) in live.iter().zip(&inputs).zip(results) {
+            let logits = r.logits.expect("asked for logits");
+            let token = model.draft_token(argmax(logits.row(0)));
+            items[n].drafter.drafts.push(token);
+            outs[n] = Some((r.hidden, token, pos + 1));
+        }
+    }
+    for (it, rows) in items.iter_mut().zip(committed) {
+        model.mtp_truncate(&mut it.drafter.state, rows);
+    }
+    Ok(())
+}
+
+fn kv_rows(state: &SequenceState) -> usize {
+    match &state.layers()[0] {
+        qinfer_cache::LayerState::Attention(kv) => kv.len(),
+        qinfer_cache::LayerState::DeltaNet(_) => 0,
+    }
+}
+
+/// Index of the largest value (lowest index on ties).
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
