@@ -88,7 +88,7 @@ pub fn write_gguf(input: &Path, output: &Path, file_type: FileType) -> Result<Ex
         let extra: Vec<(String, Value)> = file
             .metadata
             .iter()
-            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .filter(|(k, _)| k.starts_with("tokenizer.") || k == qinfer_model::mtp::DRAFT_VOCAB_KEY)
             .cloned()
             .collect();
         export_gguf(
@@ -138,7 +138,13 @@ pub fn checkpoint_metadata(dir: &Path) -> Result<(ModelConfig, Vec<(String, Valu
     let raw = RawConfig::from_file(&dir.join("config.json"))?;
     let config =
         ModelConfig::from_hf(&raw).with_context(|| format!("{}/config.json", dir.display()))?;
-    let extra = text_metadata(dir, &config)?;
+    let mut extra = text_metadata(dir, &config)?;
+    if let Some(ids) = qinfer_model::mtp::draft_vocab_from_dir(dir)? {
+        extra.push((
+            qinfer_model::mtp::DRAFT_VOCAB_KEY.into(),
+            Value::Array(ids.into_iter().map(Value::U32).collect()),
+        ));
+    }
     Ok((config, extra))
 }
 

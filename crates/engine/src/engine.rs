@@ -691,6 +691,9 @@ impl<'a, S: Sink> Engine<'a, S> {
                             && !s.ending
                         {
                             s.feed.extend_from_slice(&d.drafts);
+                            // Drafts never push a step past the context.
+                            let room = model.config.max_positions.saturating_sub(s.tokens.len());
+                            s.feed.truncate(room.max(1));
                             hidden = Rows::All;
                         }
                         let logits = match (s.ending, s.feed.len()) {

@@ -360,3 +360,55 @@ fn argmax(row: &[f32]) -> usize {
     }
     best
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drafter(max: usize) -> Drafter {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-dense-f32");
+        let model = Qwen35::load_dir(&dir).unwrap();
+        Drafter::new(&model, 0, max)
+    }
+
+    #[test]
+    fn depth_follows_measured_acceptance_and_probes_when_off() {
+        let mut d = drafter(4);
+        assert_eq!(d.depth(), 4, "optimistic start: 0.7^4 > {DRAFT_COST}");
+        for _ in 0..60 {
+            d.observe(4, 4);
+        }
+        assert_eq!(d.depth(), 4);
+        // Draft 1 always accepted, draft 2 never: depth 2 at most, then 1.
+        for _ in 0..60 {
+            d.observe(4, 1);
+        }
+        assert_eq!(d.depth(), 1);
+        for _ in 0..60 {
+            d.observe(1, 0);
+        }
+        // Off, with a one-draft probe every PROBE_EVERY steps.
+        let depths: Vec<usize> = (0..2 * PROBE_EVERY).map(|_| d.depth()).collect();
+        assert_eq!(depths.iter().filter(|&&k| k == 1).count(), 2);
+        assert!(depths.iter().all(|&k| k <= 1));
+        let st = &d.stats;
+        assert_eq!(st.steps, 180);
+        assert_eq!(st.reached[0], 180);
+        assert_eq!(st.accepted_at[0], 120);
+        assert_eq!(st.reached[1], 120);
+        assert_eq!(st.accepted_at[1], 60);
+    }
+
+    #[test]
+    fn hidden_rows_after_a_gap_start_over() {
+        let mut d = drafter(2);
+        let h = Mat::zeros(3, 64);
+        d.push_hidden(&h, 3);
+        assert_eq!((d.hidden_start, d.hidden.len()), (0, 3 * 64));
+        d.push_hidden(&h, 6);
+        assert_eq!((d.hidden_start, d.hidden.len()), (0, 6 * 64));
+        d.push_hidden(&h, 20);
+        assert_eq!((d.hidden_start, d.hidden.len()), (17, 3 * 64));
+    }
+}

@@ -166,3 +166,24 @@ fn a_batch_of_16_with_drafts_equals_plain_sequential_decoding() {
     assert_eq!(batched, plain);
     assert!(c.drafted_tokens.load(Relaxed) > 0);
 }
+
+/// Through the device seam: on the reference backend (plain Rust, f64 sums) drafting changes
+/// nothing either, and the drafts the MTP head makes there are those the CPU backend makes.
+#[test]
+fn mtp_drafting_on_the_reference_backend() {
+    let cpu = Qwen35::load_dir(&fixture("tiny-dense-f32")).unwrap();
+    let reference = cpu
+        .clone()
+        .with_backend(Arc::new(qinfer_backend::reference::Reference))
+        .unwrap();
+    lossless(&reference);
+    let reqs = requests(3, cpu.config.vocab as u32);
+    let draft = DraftConfig { mtp: true, max: 2 };
+    let (a, ca) = run(&reference, draft, 3, &reqs);
+    let (b, cb) = run(&cpu, draft, 3, &reqs);
+    assert_eq!(a, b);
+    assert_eq!(
+        ca.drafted_tokens.load(Relaxed),
+        cb.drafted_tokens.load(Relaxed)
+    );
+}

@@ -50,6 +50,11 @@ pub enum LoadError {
     },
     #[error("tensor {name} has type {dtype}, which qinfer cannot compute with (yet)")]
     DType { name: String, dtype: String },
+    #[error("draft vocabulary ({source_name}): {problem}")]
+    DraftVocab {
+        source_name: String,
+        problem: String,
+    },
 }
 
 /// A forward step was asked to do something impossible. The sequence state is unchanged.

@@ -100,7 +100,11 @@ impl Qwen35 {
                 .map_or_else(String::new, |p| p.display().to_string()),
             cause,
         })?;
-        Self::from_source(config, file, Naming::Gguf)
+        let mut model = Self::from_source(config, file, Naming::Gguf)?;
+        if let Some(ids) = crate::mtp::draft_vocab_from_gguf(file)? {
+            model.set_draft_vocab(&ids)?;
+        }
+        Ok(model)
     }
 }
 

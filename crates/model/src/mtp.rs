@@ -140,6 +140,55 @@ impl MtpHead {
     }
 }
 
+/// GGUF metadata key of the draft vocabulary (an array of token ids, most likely first).
+pub const DRAFT_VOCAB_KEY: &str = "qinfer.draft_vocab";
+/// The draft vocabulary beside a Hugging Face checkpoint: a JSON array of token ids.
+pub const DRAFT_VOCAB_FILE: &str = "draft_vocab.json";
+
+/// Reads a model directory's [`DRAFT_VOCAB_FILE`], if there is one.
+pub fn draft_vocab_from_dir(dir: &std::path::Path) -> Result<Option<Vec<u32>>, LoadError> {
+    let path = dir.join(DRAFT_VOCAB_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(LoadError::DraftVocab {
+                source_name: path.display().to_string(),
+                problem: e.to_string(),
+            });
+        }
+    };
+    serde_json::from_str::<Vec<u32>>(&text)
+        .map(Some)
+        .map_err(|e| LoadError::DraftVocab {
+            source_name: path.display().to_string(),
+            problem: format!("not a JSON array of token ids: {e}"),
+        })
+}
+
+/// Reads a GGUF file's [`DRAFT_VOCAB_KEY`], if present.
+pub fn draft_vocab_from_gguf(
+    file: &qinfer_formats::gguf::GgufFile,
+) -> Result<Option<Vec<u32>>, LoadError> {
+    let Some(v) = file.get(DRAFT_VOCAB_KEY) else {
+        return Ok(None);
+    };
+    let bad = || LoadError::DraftVocab {
+        source_name: DRAFT_VOCAB_KEY.into(),
+        problem: "not an array of token ids".into(),
+    };
+    v.as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|x| {
+            x.as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(bad)
+        })
+        .collect::<Result<Vec<u32>, _>>()
+        .map(Some)
+}
+
 /// One sequence's part of a [`Qwen35::mtp_step`]: slots `start..start + T`.
 #[derive(Debug)]
 pub struct MtpSpan<'a> {
@@ -202,15 +251,22 @@ impl Qwen35 {
             return Ok(());
         }
         let vocab = self.config.vocab;
-        let bad = || LoadError::Shape {
-            name: "draft vocabulary (token ids inside the vocabulary)".into(),
-            expected: vec![vocab],
-            got: vec![ids.len()],
+        let bad = |problem: String| LoadError::DraftVocab {
+            source_name: "given".into(),
+            problem,
         };
         if ids.is_empty() {
-            return Err(bad());
+            return Err(bad("no token ids".into()));
         }
-        let w = self.lm_head.gather_rows(ids).ok_or_else(bad)?;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(bad(format!(
+                "token id {id} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let w = self
+            .lm_head
+            .gather_rows(ids)
+            .ok_or_else(|| bad("rows outside the LM head".into()))?;
         let w = self.backend().prepare(w)?;
         if let Some(mtp) = self.mtp.as_mut() {
             mtp.draft = Some((w, ids.to_vec()));

@@ -279,7 +279,11 @@ impl Qwen35 {
             cause,
         })?;
         let checkpoint = Checkpoint::open_dir(dir)?;
-        Self::from_checkpoint(config, &checkpoint)
+        let mut model = Self::from_checkpoint(config, &checkpoint)?;
+        if let Some(ids) = crate::mtp::draft_vocab_from_dir(dir)? {
+            model.set_draft_vocab(&ids)?;
+        }
+        Ok(model)
     }
 
     /// Builds the model from a validated config and an opened safetensors checkpoint.
