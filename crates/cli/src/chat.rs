@@ -252,9 +252,13 @@ pub fn run(args: RunArgs) -> Result<()> {
                     FinishReason::Length => " max tokens reached;",
                     _ => "",
                 };
+                let drafts = match g.drafts.drafted {
+                    0 => String::new(),
+                    n => format!("; {} of {n} drafts accepted", g.drafts.accepted),
+                };
                 writeln!(
                     out,
-                    "\n{dim}[{note} {} tokens, {:.1} tok/s; prompt {} tokens, {} reused]{reset}",
+                    "\n{dim}[{note} {} tokens, {:.1} tok/s; prompt {} tokens, {} reused{drafts}]{reset}",
                     g.ids.len(),
                     g.decode_tokens_per_second(),
                     g.prompt_tokens,

@@ -284,3 +284,72 @@ fn fit_plans_a_model_from_its_config_alone() {
         "Q8_0: 34 bytes per 32 values"
     );
 }
+
+/// Sixteen concurrent chats (greedy and seeded) through a server that drafts with the demo's
+/// MTP head answer exactly what a server with `--draft none` answers; the drafting server's
+/// `/metrics` and `usage` count the drafts, most of them accepted.
+#[test]
+fn served_concurrent_chats_with_mtp_drafts_equal_plain_decoding() {
+    let topics = ["list", "dictionary", "module", "class"];
+    let bodies: Vec<Value> = (0..16)
+        .map(|i| {
+            json!({
+                "model": "qinfer-demo",
+                "messages": [{"role": "user", "content": format!("What is a {} in Python? ({i})", topics[i % 4])}],
+                "max_tokens": 24,
+                "temperature": if i % 2 == 0 { 0.0 } else { 0.7 },
+                "seed": i,
+                "chat_template_kwargs": {"enable_thinking": false},
+            })
+        })
+        .collect();
+    let run = |args: &[&str]| {
+        let (mut child, _log, addr) = serve(args);
+        let handles: Vec<_> = bodies
+            .iter()
+            .cloned()
+            .map(|b| std::thread::spawn(move || http::post(addr, "/v1/chat/completions", &b)))
+            .collect();
+        let replies: Vec<Value> = handles
+            .into_iter()
+            .map(|h| {
+                let r = h.join().unwrap();
+                assert_eq!(r.status, 200, "{}", r.body);
+                r.json()
+            })
+            .collect();
+        let metrics = http::get(addr, "/metrics").body;
+        let _ = child.kill();
+        let _ = child.wait();
+        (replies, metrics)
+    };
+    let (plain, _) = run(&["--draft", "none"]);
+    let (drafted, metrics) = run(&["--draft", "mtp", "--draft-max", "3"]);
+    let content = |v: &Value| v["choices"][0]["message"]["content"].clone();
+    for (i, (a, b)) in plain.iter().zip(&drafted).enumerate() {
+        assert_eq!(content(a), content(b), "request {i}");
+    }
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (made, accepted) = (
+        counter("qinfer_draft_tokens_total"),
+        counter("qinfer_draft_accepted_tokens_total"),
+    );
+    assert!(made > 0 && accepted > 0, "{accepted} of {made}");
+    let usage: u64 = drafted
+        .iter()
+        .map(|v| {
+            v["usage"]["completion_tokens_details"]["accepted_prediction_tokens"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(usage, accepted);
+}

@@ -44,7 +44,9 @@ use crate::decode::{Decoder, Step, TokenLogprob};
 use crate::parser::{Event, Finished, Parsed};
 use crate::prompt_cache::PromptCache;
 use crate::request::{EngineError, FinishReason, Flow, GenerateOptions};
-use crate::speculative::{DraftConfig, DraftStats, Drafter, PREFILL_WINDOW, ProposeItem, propose};
+use crate::speculative::{
+    DraftConfig, DraftStats, Drafter, PREFILL_WINDOW, ProposeItem, StepTimes, propose,
+};
 use crate::tokenizer::Tokenizer;
 
 /// Limits of the engine.
@@ -422,6 +424,8 @@ pub struct Engine<'a, S> {
     queue: VecDeque<Request<S>>,
     running: Vec<Running<S>>,
     cache: CacheHook,
+    /// Measured costs of speculative steps.
+    times: StepTimes,
 }
 
 impl<S> std::fmt::Debug for Engine<'_, S> {
@@ -448,6 +452,7 @@ impl<'a, S: Sink> Engine<'a, S> {
             queue: VecDeque::new(),
             running: Vec::new(),
             cache,
+            times: StepTimes::default(),
         }
     }
 
@@ -711,7 +716,15 @@ impl<'a, S: Sink> Engine<'a, S> {
                 spans.push(span);
             }
             let before = model.experts_touched();
+            let started = Instant::now();
             let result = model.step(&mut spans);
+            // A lone decode step times what feeding 1 + drafts tokens costs.
+            if let ([(_, Work::Decode)], [span]) = (&plan[..], &spans[..])
+                && span.logits != Rows::None
+            {
+                self.times
+                    .observe_step(span.input.len(), started.elapsed().as_secs_f64());
+            }
             if let (Some((f0, e0)), Some((f1, e1))) = (before, model.experts_touched())
                 && f1 > f0
             {
@@ -888,7 +901,16 @@ impl<'a, S: Sink> Engine<'a, S> {
         if items.is_empty() {
             return;
         }
-        if let Err(e) = propose(model, &mut items) {
+        let started = Instant::now();
+        let result = propose(model, &mut items, &self.times);
+        if let [item] = &items[..] {
+            let made = item.drafter.drafts.len();
+            if made > 0 {
+                self.times
+                    .observe_draft(started.elapsed().as_secs_f64() / made as f64);
+            }
+        }
+        if let Err(e) = result {
             // Drafting is an optimisation: a failure turns it off for these sequences.
             tracing::error!(error = %e, "MTP drafting failed; drafting off");
             drop(items);

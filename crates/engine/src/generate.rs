@@ -142,7 +142,8 @@ impl ModelBundle {
             model: crate::demo::demo_model(),
             tokenizer,
             template: Some(template),
-            defaults: SamplingParams::preset("thinking")?,
+            // A small model: Qwen's lower-temperature preset without a presence penalty.
+            defaults: SamplingParams::preset("thinking-coding")?,
             stop_ids,
             is_demo: true,
             draft: DraftConfig::default(),
@@ -343,6 +344,8 @@ pub struct Generation {
     pub reasoning_tokens: usize,
     pub prefill_time: Duration,
     pub decode_time: Duration,
+    /// What MTP drafts did (all zero when the sequence did not draft).
+    pub drafts: crate::speculative::DraftStats,
 }
 
 impl Generation {
@@ -422,6 +425,7 @@ pub fn generate(
         reasoning_tokens: summary.reasoning_tokens,
         prefill_time: summary.prefill_time,
         decode_time: summary.decode_time,
+        drafts: summary.drafts,
     })
 }
 

@@ -13,10 +13,13 @@
 //! prompt is prefilled (the last [`PREFILL_WINDOW`] of each chunk), generated positions as
 //! they are accepted. Its KV rows for drafted slots are dropped after drafting.
 //!
-//! Draft depth adapts per sequence: draft position `m` is used while the measured chance
-//! that drafts `1..=m` are all accepted stays above [`DRAFT_COST`], the cost of one more
-//! drafted and verified token relative to a decode step; below it at `m = 1`, drafting is
-//! off, with a one-token probe every [`PROBE_EVERY`] steps to notice when it pays again.
+//! Draft depth adapts per sequence: the depth `k` that maximises the expected tokens per step
+//! (`1 + Σ_{m≤k} Π_{i≤m} a_i`, from the measured acceptance `a_i` at each draft position)
+//! over the step's cost relative to a plain decode step — measured ([`StepTimes`]: lone
+//! decode steps timed by the tokens they feed, and the MTP head's time per draft), or
+//! `1 + DRAFT_COST · k` until measured. When no depth beats a plain step, drafting is off,
+//! with a one-token probe every [`PROBE_EVERY`] steps; every [`PLAIN_EVERY`] steps one plain
+//! step keeps the baseline timing fresh.
 
 use qinfer_cache::SequenceState;
 use qinfer_model::{MtpSpan, Qwen35, Rows};
@@ -58,6 +61,44 @@ pub const DRAFT_COST: f64 = 0.2;
 
 /// With drafting off, a one-token draft every this many steps re-measures acceptance.
 pub const PROBE_EVERY: u32 = 16;
+
+/// One plain (draft-free) decode step every this many steps, to time the baseline.
+pub const PLAIN_EVERY: u32 = 64;
+
+/// Measured costs of speculative steps (seconds, moving averages): lone decode steps by the
+/// tokens they fed (`1 + drafts`), and the MTP head's time per draft token. Only steps that
+/// ran one decoding sequence and nothing else are timed (a batch's step time is not one
+/// sequence's cost).
+#[derive(Clone, Debug, Default)]
+pub struct StepTimes {
+    step: [Option<f64>; DraftConfig::LIMIT + 2],
+    draft: Option<f64>,
+}
+
+impl StepTimes {
+    /// A lone decode step that fed `tokens` took `secs`.
+    pub fn observe_step(&mut self, tokens: usize, secs: f64) {
+        if let Some(t) = self.step.get_mut(tokens) {
+            *t = Some(t.map_or(secs, |t| t + TIME_EMA * (secs - t)));
+        }
+    }
+
+    /// Drafting took `secs` per draft token (a lone sequence's).
+    pub fn observe_draft(&mut self, secs: f64) {
+        self.draft = Some(self.draft.map_or(secs, |t| t + TIME_EMA * (secs - t)));
+    }
+
+    /// Cost of a step with `k` drafts (drafting included) relative to a plain step; `None`
+    /// before a plain step was timed.
+    fn cost(&self, k: usize) -> Option<f64> {
+        let one = self.step[1]?;
+        let verify = self.step[k + 1].unwrap_or(one * (1.0 + DRAFT_COST * k as f64));
+        Some((verify + k as f64 * self.draft.unwrap_or(0.0)) / one)
+    }
+}
+
+/// Weight of the latest observation in the step-time averages.
+const TIME_EMA: f64 = 0.2;
 
 /// Weight of the latest observation in the acceptance averages.
 const EMA: f64 = 0.1;
@@ -117,6 +158,8 @@ pub struct Drafter {
     accept: Vec<f64>,
     /// Steps since the last draft, while drafting is off.
     idle: u32,
+    /// Steps since the last plain one.
+    since_plain: u32,
     pub stats: DraftStats,
 }
 
@@ -131,6 +174,7 @@ impl Drafter {
             drafts: Vec::new(),
             accept: vec![0.7; max],
             idle: 0,
+            since_plain: 0,
             stats: DraftStats {
                 reached: vec![0; max],
                 accepted_at: vec![0; max],
@@ -174,17 +218,24 @@ impl Drafter {
         }
     }
 
-    /// Drafts to make now: the longest depth whose drafts are all accepted with a chance
-    /// above [`DRAFT_COST`]; while that is none, one every [`PROBE_EVERY`] steps.
-    fn depth(&mut self) -> usize {
-        let mut chance = 1.0;
-        let mut k = 0;
-        for a in &self.accept {
+    /// Drafts to make now: the depth with the most expected tokens per unit of cost (see the
+    /// module's notes); while that is none, one every [`PROBE_EVERY`] steps.
+    fn depth(&mut self, times: &StepTimes) -> usize {
+        self.since_plain += 1;
+        if self.since_plain >= PLAIN_EVERY {
+            self.since_plain = 0;
+            return 0;
+        }
+        let (mut chance, mut expected) = (1.0, 1.0);
+        let (mut best, mut k) = (1.0, 0);
+        for (m, a) in self.accept.iter().enumerate() {
             chance *= a;
-            if chance < DRAFT_COST {
-                break;
+            expected += chance;
+            let depth = m + 1;
+            let cost = times.cost(depth).unwrap_or(1.0 + DRAFT_COST * depth as f64);
+            if expected / cost > best {
+                (best, k) = (expected / cost, depth);
             }
-            k += 1;
         }
         if k == 0 && !self.accept.is_empty() {
             self.idle += 1;
@@ -226,7 +277,11 @@ impl ProposeItem<'_> {
 
 /// Runs the MTP head over every buffered position whose next token is known, then drafts for
 /// the sequences that want drafts (one batched MTP step per draft depth).
-pub fn propose(model: &Qwen35, items: &mut [ProposeItem<'_>]) -> Result<(), String> {
+pub fn propose(
+    model: &Qwen35,
+    items: &mut [ProposeItem<'_>],
+    times: &StepTimes,
+) -> Result<(), String> {
     let h = model.config.hidden;
     // Slots with known inputs, one span per sequence with some.
     let mut ready: Vec<(usize, Mat, Vec<u32>, usize)> = Vec::new();
@@ -253,7 +308,7 @@ pub fn propose(model: &Qwen35, items: &mut [ProposeItem<'_>]) -> Result<(), Stri
             let last_seen =
                 it.drafter.hidden.is_empty() && it.drafter.hidden_start + 1 == it.known();
             if it.draft && last_seen {
-                it.drafter.depth()
+                it.drafter.depth(times)
             } else {
                 0
             }
@@ -375,21 +430,24 @@ mod tests {
     #[test]
     fn depth_follows_measured_acceptance_and_probes_when_off() {
         let mut d = drafter(4);
-        assert_eq!(d.depth(), 4, "optimistic start: 0.7^4 > {DRAFT_COST}");
+        let t = StepTimes::default();
+        // Optimistic start (0.7 per position), unmeasured cost 1 + 0.2 k: depth 3 is best
+        // (2.53 tokens for 1.6 steps' cost).
+        assert_eq!(d.depth(&t), 3);
         for _ in 0..60 {
             d.observe(4, 4);
         }
-        assert_eq!(d.depth(), 4);
+        assert_eq!(d.depth(&t), 4);
         // Draft 1 always accepted, draft 2 never: depth 2 at most, then 1.
         for _ in 0..60 {
             d.observe(4, 1);
         }
-        assert_eq!(d.depth(), 1);
+        assert_eq!(d.depth(&t), 1);
         for _ in 0..60 {
             d.observe(1, 0);
         }
         // Off, with a one-draft probe every PROBE_EVERY steps.
-        let depths: Vec<usize> = (0..2 * PROBE_EVERY).map(|_| d.depth()).collect();
+        let depths: Vec<usize> = (0..2 * PROBE_EVERY).map(|_| d.depth(&t)).collect();
         assert_eq!(depths.iter().filter(|&&k| k == 1).count(), 2);
         assert!(depths.iter().all(|&k| k <= 1));
         let st = &d.stats;
@@ -398,6 +456,27 @@ mod tests {
         assert_eq!(st.accepted_at[0], 120);
         assert_eq!(st.reached[1], 120);
         assert_eq!(st.accepted_at[1], 60);
+    }
+
+    /// Measured costs decide: verification as dear as plain steps per token turns drafting
+    /// off even at 70 % acceptance; nearly free verification drafts deep.
+    #[test]
+    fn depth_follows_measured_step_costs() {
+        let mut dear = StepTimes::default();
+        let mut cheap = StepTimes::default();
+        for n in 1..=5 {
+            dear.observe_step(n, 0.01 * n as f64);
+            cheap.observe_step(n, 0.01 + 0.0005 * n as f64);
+        }
+        dear.observe_draft(0.002);
+        cheap.observe_draft(0.0005);
+        let mut d = drafter(4);
+        assert_eq!(d.depth(&dear), 0);
+        let mut d = drafter(4);
+        assert_eq!(d.depth(&cheap), 4);
+        // Every PLAIN_EVERY steps, one plain step to time the baseline.
+        let ks: Vec<usize> = (1..PLAIN_EVERY).map(|_| d.depth(&cheap)).collect();
+        assert_eq!(ks.iter().filter(|&&k| k == 0).count(), 1);
     }
 
     #[test]

@@ -921,9 +921,14 @@ impl Qwen35 {
     }
 
     /// Bytes of every weight as held: each matrix once (a tied LM head is the embedding's
-    /// bytes), norms and the other vectors in `f32`.
+    /// bytes), norms and the other vectors in `f32`; the MTP head's matrices (and its draft
+    /// vocabulary's copy of LM-head rows) included.
     pub fn weight_bytes(&self) -> usize {
-        self.measure(&|w| w.bytes().len(), 4, None)
+        let mtp: usize = self.mtp.as_ref().map_or(0, |m| {
+            let mut m = m.clone();
+            m.weights_mut().iter().map(|w| w.bytes().len()).sum()
+        });
+        self.measure(&|w| w.bytes().len(), 4, None) + mtp
     }
 
     /// The weights summed by `matrix` (each matrix) and `vector` units per vector element
