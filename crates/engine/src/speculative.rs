@@ -222,7 +222,8 @@ impl Drafter {
     /// module's notes); while that is none, one every [`PROBE_EVERY`] steps.
     fn depth(&mut self, times: &StepTimes) -> usize {
         self.since_plain += 1;
-        if self.since_plain >= PLAIN_EVERY {
+        if self.since_plain >= PLAIN_EVERY || times.step[1].is_none() && self.since_plain == 1 {
+            // A plain step times the baseline (the first one, when nothing was timed yet).
             self.since_plain = 0;
             return 0;
         }
@@ -430,7 +431,10 @@ mod tests {
     #[test]
     fn depth_follows_measured_acceptance_and_probes_when_off() {
         let mut d = drafter(4);
-        let t = StepTimes::default();
+        let mut t = StepTimes::default();
+        // Nothing timed yet: a plain step first.
+        assert_eq!(d.depth(&t), 0);
+        t.observe_step(1, 0.01);
         // Optimistic start (0.7 per position), unmeasured cost 1 + 0.2 k: depth 3 is best
         // (2.53 tokens for 1.6 steps' cost).
         assert_eq!(d.depth(&t), 3);
@@ -473,6 +477,7 @@ mod tests {
         let mut d = drafter(4);
         assert_eq!(d.depth(&dear), 0);
         let mut d = drafter(4);
+        assert_eq!(d.depth(&cheap), 4);
         assert_eq!(d.depth(&cheap), 4);
         // Every PLAIN_EVERY steps, one plain step to time the baseline.
         let ks: Vec<usize> = (1..PLAIN_EVERY).map(|_| d.depth(&cheap)).collect();

@@ -653,6 +653,53 @@ pub unsafe fn q8_0_x4(w: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
     unsafe { std::mem::transmute::<__m128, [f32; 4]>(y) }
 }
 
+/// Q8_0: four weight rows against `N` activation rows (a verification step's few tokens),
+/// each output bit for bit what [`q8_0_x4`] (and so [`q8_0`]) gives for that row and token:
+/// per token, the four rows' block sums share one `vphaddd` tree and are scaled and added in
+/// block order in the lanes of one vector. Each weight block is loaded and its magnitudes
+/// taken once for the `N` tokens; the `N` per-token chains are independent.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q8_0_x4n<const N: usize>(w: [&[u8]; 4], a: [&[BlockQ8_0]; N]) -> [[f32; N]; 4] {
+    let nb = w[0].len() / 34;
+    let zero = _mm256_setzero_si256();
+    let mut y = [_mm_setzero_ps(); N];
+    for b in 0..nb {
+        // SAFETY: block `b` of each row lies inside it; activation blocks match in number.
+        unsafe {
+            let blk: [*const u8; 4] = std::array::from_fn(|j| w[j].as_ptr().add(b * 34));
+            for p in blk {
+                prefetch_ahead::<1>(p);
+            }
+            let v: [__m256i; 4] = std::array::from_fn(|j| _mm256_loadu_si256(blk[j].add(2).cast()));
+            let wa: [__m256i; 4] = std::array::from_fn(|j| _mm256_abs_epi8(v[j]));
+            let d = f16x4(blk, 0);
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let av = _mm256_loadu_si256(ab.qs.as_ptr().cast());
+                let p: [__m256i; 4] = std::array::from_fn(|j| {
+                    _mm256_dpbusd_epi32(zero, wa[j], _mm256_sign_epi8(av, v[j]))
+                });
+                let h =
+                    _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+                let i = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+                y[t] = _mm_add_ps(
+                    y[t],
+                    _mm_mul_ps(_mm_mul_ps(d, _mm_set1_ps(ab.d)), _mm_cvtepi32_ps(i)),
+                );
+            }
+        }
+    }
+    let mut out = [[0.0f32; N]; 4];
+    for (t, yt) in y.iter().enumerate() {
+        // SAFETY: `__m128` and `[f32; 4]` have the same size.
+        let r = unsafe { std::mem::transmute::<__m128, [f32; 4]>(*yt) };
+        for (j, o) in out.iter_mut().enumerate() {
+            o[t] = r[j];
+        }
+    }
+    out
+}
+
 /// Q4_0 against Q8_0 activations: `Σ q·a − 8·Σ a` per block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 pub unsafe fn q4_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {

@@ -565,6 +565,13 @@ impl Plan<'_> {
             {
                 4
             }
+            (
+                Acts::Int {
+                    fmt: IntFmt::Q8_0,
+                    q,
+                },
+                Isa::Avx512,
+            ) if cfg!(target_arch = "x86_64") && q.rows() >= 2 => 4,
             _ => 1,
         }
     }
@@ -612,6 +619,40 @@ impl Plan<'_> {
                     7 => go!(7),
                     8 => go!(8),
                     n => unreachable!("q45_k_x4n takes 6..={MAX_TOKENS} rows here, not {n}"),
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            (
+                Acts::Int {
+                    fmt: IntFmt::Q8_0,
+                    q,
+                },
+                Isa::Avx512,
+            ) if out.len() == 4 && g >= 2 => {
+                let w: [&[u8]; 4] = std::array::from_fn(|j| {
+                    let r = r0 + j;
+                    &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
+                });
+                macro_rules! go {
+                    ($n:literal) => {{
+                        let a: [&[act::BlockQ8_0]; $n] =
+                            std::array::from_fn(|i| q.q8_0_row(t0 + i));
+                        // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
+                        let y = unsafe { avx512::q8_0_x4n::<$n>(w, a) };
+                        for (o, yj) in out.iter_mut().zip(y) {
+                            o[..$n].copy_from_slice(&yj);
+                        }
+                    }};
+                }
+                match g {
+                    2 => go!(2),
+                    3 => go!(3),
+                    4 => go!(4),
+                    5 => go!(5),
+                    6 => go!(6),
+                    7 => go!(7),
+                    8 => go!(8),
+                    n => unreachable!("q8_0_x4n takes 2..={MAX_TOKENS} rows here, not {n}"),
                 }
             }
             _ => {
