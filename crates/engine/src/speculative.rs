@@ -160,6 +160,8 @@ pub struct Drafter {
     idle: u32,
     /// Steps since the last plain one.
     since_plain: u32,
+    /// Decode steps so far (the first is plain when no plain step was ever timed).
+    steps: u32,
     pub stats: DraftStats,
 }
 
@@ -175,6 +177,7 @@ impl Drafter {
             accept: vec![0.7; max],
             idle: 0,
             since_plain: 0,
+            steps: 0,
             stats: DraftStats {
                 reached: vec![0; max],
                 accepted_at: vec![0; max],
@@ -222,7 +225,8 @@ impl Drafter {
     /// module's notes); while that is none, one every [`PROBE_EVERY`] steps.
     fn depth(&mut self, times: &StepTimes) -> usize {
         self.since_plain += 1;
-        if self.since_plain >= PLAIN_EVERY || times.step[1].is_none() && self.since_plain == 1 {
+        self.steps = self.steps.saturating_add(1);
+        if self.since_plain >= PLAIN_EVERY || times.step[1].is_none() && self.steps == 1 {
             // A plain step times the baseline (the first one, when nothing was timed yet).
             self.since_plain = 0;
             return 0;
@@ -482,6 +486,16 @@ mod tests {
         // Every PLAIN_EVERY steps, one plain step to time the baseline.
         let ks: Vec<usize> = (1..PLAIN_EVERY).map(|_| d.depth(&cheap)).collect();
         assert_eq!(ks.iter().filter(|&&k| k == 0).count(), 1);
+    }
+
+    /// In a batch no step is a lone one, so plain steps are never timed: only a sequence's
+    /// first step is plain, then the unmeasured cost model drafts.
+    #[test]
+    fn untimed_batches_still_draft() {
+        let mut d = drafter(3);
+        let t = StepTimes::default();
+        let ks: Vec<usize> = (0..5).map(|_| d.depth(&t)).collect();
+        assert_eq!(ks, [0, 3, 3, 3, 3]);
     }
 
     #[test]

@@ -135,7 +135,9 @@ impl GemmActs {
                 let (bytes, d): (&[i8], f32) = match fmt {
                     GemmFmt::Q8_0 => {
                         let blk = &q.q8_0_row(tok)[b];
-                        a.sums[at] = 128 * blk.sum;
+                        // Wrapping: a block of non-finite activations (a damaged state) may
+                        // carry any sum; its outputs are NaN-tainted either way, never a panic.
+                        a.sums[at] = blk.sum.wrapping_mul(128);
                         (&blk.qs, blk.d)
                     }
                     GemmFmt::Q4K | GemmFmt::Q5K | GemmFmt::Q6K => {
