@@ -18,11 +18,11 @@ use qinfer_cache::{KvCache, LayerSpec, LayerState, SequenceState};
 use qinfer_tensor::{Mat, Weight};
 
 use crate::error::{ForwardError, LoadError};
-use crate::layers::{attention::Attention, mlp::Mlp, moe::Moe, norm::RmsNorm};
+use crate::layers::{attention::Attention, norm::RmsNorm};
 use crate::loader::{Loader, TensorId};
 use crate::names::{LayerTensor, MtpTensor};
 use crate::qwen35::{FeedForward, Qwen35, Rows};
-use crate::{FeedForwardConfig, ModelConfig, text_position};
+use crate::{ModelConfig, text_position};
 
 /// The loaded MTP head.
 #[derive(Clone, Debug)]
@@ -64,33 +64,7 @@ impl MtpHead {
         let layer = |t| TensorId::Layer(block, t);
         let (input_norm, attention, post_attention_norm, feed_forward) =
             ld.mtp_layer(block, |ld| -> Result<_, LoadError> {
-                let ff = match c.feed_forward {
-                    FeedForwardConfig::Dense { intermediate } => FeedForward::Dense(Mlp::load(
-                        ld,
-                        block,
-                        [
-                            LayerTensor::MlpGate,
-                            LayerTensor::MlpUp,
-                            LayerTensor::MlpDown,
-                        ],
-                        h,
-                        intermediate,
-                    )?),
-                    FeedForwardConfig::Moe {
-                        n_experts,
-                        top_k,
-                        expert_intermediate,
-                        shared_intermediate,
-                    } => FeedForward::Moe(Moe::load(
-                        ld,
-                        block,
-                        h,
-                        n_experts,
-                        top_k,
-                        expert_intermediate,
-                        shared_intermediate,
-                    )?),
-                };
+                let ff = FeedForward::load(ld, block, c)?;
                 Ok((
                     RmsNorm::load(ld, layer(LayerTensor::InputNorm), h, eps)?,
                     Attention::load(ld, block, c.attention, h, eps)?,

@@ -51,6 +51,39 @@ pub enum FeedForward {
 }
 
 impl FeedForward {
+    /// Layer `l`'s feed-forward block as `c` configures it (a layer index the loader maps,
+    /// as for the MTP block's layer).
+    pub(crate) fn load(ld: &Loader<'_>, l: usize, c: &ModelConfig) -> Result<Self, LoadError> {
+        let h = c.hidden;
+        Ok(match c.feed_forward {
+            FeedForwardConfig::Dense { intermediate } => FeedForward::Dense(Mlp::load(
+                ld,
+                l,
+                [
+                    LayerTensor::MlpGate,
+                    LayerTensor::MlpUp,
+                    LayerTensor::MlpDown,
+                ],
+                h,
+                intermediate,
+            )?),
+            FeedForwardConfig::Moe {
+                n_experts,
+                top_k,
+                expert_intermediate,
+                shared_intermediate,
+            } => FeedForward::Moe(Moe::load(
+                ld,
+                l,
+                h,
+                n_experts,
+                top_k,
+                expert_intermediate,
+                shared_intermediate,
+            )?),
+        })
+    }
+
     pub(crate) fn forward(&self, b: &dyn Backend, x: &Act) -> Act {
         match self {
             FeedForward::Dense(m) => m.forward(b, x),
@@ -319,33 +352,7 @@ impl Qwen35 {
                     Mixer::Attention(Attention::load(&ld, l, config.attention, h, eps)?)
                 }
             };
-            let feed_forward = match config.feed_forward {
-                FeedForwardConfig::Dense { intermediate } => FeedForward::Dense(Mlp::load(
-                    &ld,
-                    l,
-                    [
-                        LayerTensor::MlpGate,
-                        LayerTensor::MlpUp,
-                        LayerTensor::MlpDown,
-                    ],
-                    h,
-                    intermediate,
-                )?),
-                FeedForwardConfig::Moe {
-                    n_experts,
-                    top_k,
-                    expert_intermediate,
-                    shared_intermediate,
-                } => FeedForward::Moe(Moe::load(
-                    &ld,
-                    l,
-                    h,
-                    n_experts,
-                    top_k,
-                    expert_intermediate,
-                    shared_intermediate,
-                )?),
-            };
+            let feed_forward = FeedForward::load(&ld, l, &config)?;
             layers.push(Layer {
                 input_norm: RmsNorm::load(&ld, TensorId::Layer(l, LayerTensor::InputNorm), h, eps)?,
                 mixer,
