@@ -285,9 +285,10 @@ fn fit_plans_a_model_from_its_config_alone() {
     );
 }
 
-/// Sixteen concurrent chats (greedy and seeded) through a server that drafts with the demo's
-/// MTP head answer exactly what a server with `--draft none` answers; the drafting server's
-/// `/metrics` and `usage` count the drafts, most of them accepted.
+/// A lone chat, then sixteen concurrent chats (greedy and seeded), through a server that
+/// drafts with the demo's MTP head answer exactly what a server with `--draft none` answers;
+/// the drafting server's `/metrics` and `usage` count the drafts (the lone chat's at least:
+/// by default a sequence drafts while it decodes alone).
 #[test]
 fn served_concurrent_chats_with_mtp_drafts_equal_plain_decoding() {
     let topics = ["list", "dictionary", "module", "class"];
@@ -305,19 +306,19 @@ fn served_concurrent_chats_with_mtp_drafts_equal_plain_decoding() {
         .collect();
     let run = |args: &[&str]| {
         let (mut child, _log, addr) = serve(args);
+        let lone = http::post(addr, "/v1/chat/completions", &bodies[0]);
+        assert_eq!(lone.status, 200, "{}", lone.body);
         let handles: Vec<_> = bodies
             .iter()
             .cloned()
             .map(|b| std::thread::spawn(move || http::post(addr, "/v1/chat/completions", &b)))
             .collect();
-        let replies: Vec<Value> = handles
-            .into_iter()
-            .map(|h| {
-                let r = h.join().unwrap();
-                assert_eq!(r.status, 200, "{}", r.body);
-                r.json()
-            })
-            .collect();
+        let mut replies: Vec<Value> = vec![lone.json()];
+        replies.extend(handles.into_iter().map(|h| {
+            let r = h.join().unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.json()
+        }));
         let metrics = http::get(addr, "/metrics").body;
         let _ = child.kill();
         let _ = child.wait();
@@ -343,6 +344,11 @@ fn served_concurrent_chats_with_mtp_drafts_equal_plain_decoding() {
         counter("qinfer_draft_accepted_tokens_total"),
     );
     assert!(made > 0 && accepted > 0, "{accepted} of {made}");
+    let lone = &drafted[0]["usage"]["completion_tokens_details"];
+    assert!(
+        lone["accepted_prediction_tokens"].as_u64().unwrap() > 0,
+        "{lone}"
+    );
     let usage: u64 = drafted
         .iter()
         .map(|v| {

@@ -902,7 +902,7 @@ impl<'a, S: Sink> Engine<'a, S> {
             return;
         }
         let started = Instant::now();
-        let result = propose(model, &mut items, &self.times);
+        let result = propose(model, &mut items, &self.times, self.model.draft.in_batches);
         if let [item] = &items[..] {
             let made = item.drafter.drafts.len();
             if made > 0 {

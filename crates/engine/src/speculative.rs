@@ -32,18 +32,40 @@ pub struct DraftConfig {
     pub mtp: bool,
     /// Most drafts per step (`--draft-max`).
     pub max: usize,
+    /// Draft also while other sequences decode in the same step. Off by default: on the CPU
+    /// a batched step is already compute-bound in its matmuls and its cost is not measured
+    /// per sequence, and drafting there cost throughput (docs/PERFORMANCE.md, "Ninth
+    /// session"); a sequence drafts whenever it decodes alone.
+    pub in_batches: bool,
 }
 
 impl Default for DraftConfig {
     fn default() -> Self {
-        DraftConfig { mtp: true, max: 3 }
+        DraftConfig {
+            mtp: true,
+            max: 3,
+            in_batches: false,
+        }
     }
 }
 
 impl DraftConfig {
     /// No drafting.
     pub fn none() -> Self {
-        DraftConfig { mtp: false, max: 0 }
+        DraftConfig {
+            mtp: false,
+            max: 0,
+            in_batches: false,
+        }
+    }
+
+    /// Drafting up to `max` tokens, in batches too (tests of batched verification).
+    pub fn mtp(max: usize, in_batches: bool) -> Self {
+        DraftConfig {
+            mtp: true,
+            max,
+            in_batches,
+        }
     }
 
     /// Most drafts a step may carry: [`qinfer_model::MAX_KEPT_POSITIONS`] − 1.
@@ -286,8 +308,32 @@ pub fn propose(
     model: &Qwen35,
     items: &mut [ProposeItem<'_>],
     times: &StepTimes,
+    in_batches: bool,
 ) -> Result<(), String> {
+    let decoding = items.iter().filter(|it| it.draft).count();
+    let may_draft = in_batches || decoding <= 1;
     let h = model.config.hidden;
+    // Depth per decoding sequence. A decoding sequence that drafts nothing this step also
+    // skips the MTP head: its new rows are dropped (the head's context gets a gap, which
+    // costs acceptance later, not correctness), so a sequence not drafting pays nothing.
+    // Prompt rows always go through (the head needs the prompt).
+    let depths: Vec<usize> = items
+        .iter_mut()
+        .map(|it| {
+            if !it.draft {
+                return 0;
+            }
+            let k = if may_draft {
+                it.drafter.depth(times)
+            } else {
+                0
+            };
+            if k == 0 {
+                it.drafter.hidden.clear();
+            }
+            k
+        })
+        .collect();
     // Slots with known inputs, one span per sequence with some.
     let mut ready: Vec<(usize, Mat, Vec<u32>, usize)> = Vec::new();
     for (n, it) in items.iter_mut().enumerate() {
@@ -306,17 +352,14 @@ pub fn propose(
         d.hidden.drain(..usable * h);
         d.hidden_start += usable;
     }
-    // Depth per sequence (only those whose last slot is the decoding position).
-    let depths: Vec<usize> = items
-        .iter_mut()
-        .map(|it| {
+    // Drafts only from the slot of the decoding position itself.
+    let depths: Vec<usize> = depths
+        .iter()
+        .zip(items.iter())
+        .map(|(&k, it)| {
             let last_seen =
                 it.drafter.hidden.is_empty() && it.drafter.hidden_start + 1 == it.known();
-            if it.draft && last_seen {
-                it.drafter.depth(times)
-            } else {
-                0
-            }
+            if last_seen { k } else { 0 }
         })
         .collect();
     // Rows the MTP state holds with true inputs, to cut back to after drafting.

@@ -205,7 +205,7 @@ fn demo_drafts_are_accepted_and_change_nothing() {
     };
     let (plain, _) = run(DraftConfig::none());
     for k in [1, 3] {
-        let (spec, c) = run(DraftConfig { mtp: true, max: k });
+        let (spec, c) = run(DraftConfig::mtp(k, true));
         assert_eq!(spec, plain, "draft depth {k}");
         let drafted = c.drafted_tokens.load(std::sync::atomic::Ordering::Relaxed);
         let accepted = c.accepted_tokens.load(std::sync::atomic::Ordering::Relaxed);

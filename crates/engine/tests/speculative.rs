@@ -112,7 +112,7 @@ fn lossless(model: &Qwen35) {
     let (plain, c) = run(model, DraftConfig::none(), 1, &reqs);
     assert_eq!(c.drafted_tokens.load(Relaxed), 0);
     for k in 1..=4 {
-        let (spec, c) = run(model, DraftConfig { mtp: true, max: k }, 1, &reqs);
+        let (spec, c) = run(model, DraftConfig::mtp(k, true), 1, &reqs);
         assert_eq!(spec, plain, "draft depth {k}");
         assert!(c.drafted_tokens.load(Relaxed) > 0, "depth {k} drafted");
     }
@@ -162,7 +162,7 @@ fn a_batch_of_16_with_drafts_equals_plain_sequential_decoding() {
     let model = Qwen35::load_dir(&fixture("tiny-dense-f32")).unwrap();
     let reqs = requests(16, model.config.vocab as u32);
     let (plain, _) = run(&model, DraftConfig::none(), 1, &reqs);
-    let (batched, c) = run(&model, DraftConfig { mtp: true, max: 3 }, 16, &reqs);
+    let (batched, c) = run(&model, DraftConfig::mtp(3, true), 16, &reqs);
     assert_eq!(batched, plain);
     assert!(c.drafted_tokens.load(Relaxed) > 0);
 }
@@ -178,7 +178,7 @@ fn mtp_drafting_on_the_reference_backend() {
         .unwrap();
     lossless(&reference);
     let reqs = requests(3, cpu.config.vocab as u32);
-    let draft = DraftConfig { mtp: true, max: 2 };
+    let draft = DraftConfig::mtp(2, true);
     let (a, ca) = run(&reference, draft, 3, &reqs);
     let (b, cb) = run(&cpu, draft, 3, &reqs);
     assert_eq!(a, b);
