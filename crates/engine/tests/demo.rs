@@ -7,13 +7,14 @@
 //! transformers' float32 differ by float rounding only (~1e-4 on logits), so the mean
 //! negative log-likelihood of a window agrees to 1e-3 nats (perplexity to 0.1 %).
 
-use std::cell::RefCell;
+mod common;
+
+use common::Collect;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 
 use qinfer_engine::counters::Counters;
-use qinfer_engine::engine::{CacheHook, Ended, Engine, Gone, Out, Request, SchedulerConfig, Sink};
+use qinfer_engine::engine::{CacheHook, Engine, Request, SchedulerConfig};
 use qinfer_engine::generate::{GenerateOptions, ModelBundle};
 use qinfer_engine::sampler::SamplingParams;
 use qinfer_engine::speculative::DraftConfig;
@@ -125,26 +126,6 @@ fn demo_greedy_answer_equals_transformers() {
     assert_eq!(got, want, "{}", r["greedy_text"]);
 }
 
-#[derive(Clone, Default)]
-struct Collect(Rc<RefCell<Option<Ended>>>);
-
-impl Sink for Collect {
-    fn send(&mut self, out: Out) -> Result<(), Gone> {
-        if let Out::Failed(m) = out {
-            panic!("request failed: {m}");
-        }
-        Ok(())
-    }
-
-    fn is_closed(&self) -> bool {
-        false
-    }
-
-    fn ended(&mut self, ended: Ended) {
-        *self.0.borrow_mut() = Some(ended);
-    }
-}
-
 /// Chat requests on the demo, greedy and seeded, four at a time: with drafts the ids are
 /// those without, and most drafts are accepted (the path where verification keeps tokens).
 #[test]
@@ -197,10 +178,7 @@ fn demo_drafts_are_accepted_and_change_nothing() {
             })
             .collect();
         e.run_until_idle();
-        let out: Vec<Vec<u32>> = sinks
-            .iter()
-            .map(|s| s.0.borrow().as_ref().unwrap().ids.clone())
-            .collect();
+        let out: Vec<Vec<u32>> = sinks.iter().map(Collect::ids).collect();
         (out, counters)
     };
     let (plain, _) = run(DraftConfig::none());

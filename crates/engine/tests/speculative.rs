@@ -4,16 +4,15 @@
 //! does), alone and in a batch of 16 concurrent requests; on safetensors (F32, BF16) and on a
 //! Q8_0 GGUF written by `qinfer quantize`'s exporter (MTP head included).
 
-use std::cell::RefCell;
+mod common;
+
+use common::Collect;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use qinfer_engine::counters::Counters;
-use qinfer_engine::engine::{
-    CacheHook, Ended, Engine, EngineModel, Gone, Out, Request, SchedulerConfig, Sink,
-};
+use qinfer_engine::engine::{CacheHook, Engine, EngineModel, Request, SchedulerConfig};
 use qinfer_engine::generate::GenerateOptions;
 use qinfer_engine::sampler::SamplingParams;
 use qinfer_engine::speculative::DraftConfig;
@@ -23,26 +22,6 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures")
         .join(name)
-}
-
-#[derive(Clone, Default)]
-struct Collect(Rc<RefCell<Option<Ended>>>);
-
-impl Sink for Collect {
-    fn send(&mut self, out: Out) -> Result<(), Gone> {
-        if let Out::Failed(m) = out {
-            panic!("request failed: {m}");
-        }
-        Ok(())
-    }
-
-    fn is_closed(&self) -> bool {
-        false
-    }
-
-    fn ended(&mut self, ended: Ended) {
-        *self.0.borrow_mut() = Some(ended);
-    }
 }
 
 fn options(seed: Option<u64>, max_tokens: usize) -> GenerateOptions {
@@ -88,10 +67,7 @@ fn run(
         })
         .collect();
     e.run_until_idle();
-    let ids = sinks
-        .iter()
-        .map(|c| c.0.borrow().as_ref().expect("ended").ids.clone())
-        .collect();
+    let ids = sinks.iter().map(Collect::ids).collect();
     (ids, counters)
 }
 

@@ -274,18 +274,7 @@ impl Qwen35 {
                     hidden: c.hidden,
                 });
             }
-            if let Some((index, &id)) = s
-                .tokens
-                .iter()
-                .enumerate()
-                .find(|(_, id)| **id as usize >= c.vocab)
-            {
-                return Err(ForwardError::TokenOutOfRange {
-                    id,
-                    index,
-                    vocab: c.vocab,
-                });
-            }
+            self.check_tokens(s.tokens)?;
             if s.start.checked_add(t).is_none_or(|e| e > c.max_positions) {
                 return Err(ForwardError::ContextOverflow {
                     used: s.start,

@@ -857,19 +857,7 @@ impl Qwen35 {
             return Err(ForwardError::Empty);
         }
         match span.input {
-            SpanInput::Tokens(tokens) => {
-                if let Some((index, &id)) = tokens
-                    .iter()
-                    .enumerate()
-                    .find(|(_, id)| **id as usize >= c.vocab)
-                {
-                    return Err(ForwardError::TokenOutOfRange {
-                        id,
-                        index,
-                        vocab: c.vocab,
-                    });
-                }
-            }
+            SpanInput::Tokens(tokens) => self.check_tokens(tokens)?,
             SpanInput::Embeddings(m) => {
                 if m.cols != c.hidden || !m.is_whole() {
                     return Err(ForwardError::EmbeddingWidth {
@@ -903,6 +891,19 @@ impl Qwen35 {
             });
         }
         self.check_layout(span.state)
+    }
+
+    /// Every token id inside the vocabulary.
+    pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<(), ForwardError> {
+        let vocab = self.config.vocab;
+        match tokens
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id as usize >= vocab)
+        {
+            Some((index, &id)) => Err(ForwardError::TokenOutOfRange { id, index, vocab }),
+            None => Ok(()),
+        }
     }
 
     /// Whether `state` has this model's layers, kind by kind.
