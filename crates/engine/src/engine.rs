@@ -822,7 +822,8 @@ impl<'a, S: Sink> Engine<'a, S> {
                 Step::Finished { .. } => done.push(i),
             }
         }
-        self.draft(&done);
+        let ended: Vec<usize> = done.iter().chain(&failed).copied().collect();
+        self.draft(&ended);
         if !failed.is_empty() {
             done.retain(|i| !failed.contains(i));
             self.remove_failed(&failed, "the sequence state could not be rewound");
@@ -875,8 +876,8 @@ impl<'a, S: Sink> Engine<'a, S> {
     }
 
     /// The MTP head's part of a step: every drafting sequence's new positions through it,
-    /// and drafts for those decoding next (`done`: sequences that just ended).
-    fn draft(&mut self, done: &[usize]) {
+    /// and drafts for those decoding next (`ended`: sequences that just ended or failed).
+    fn draft(&mut self, ended: &[usize]) {
         let model = self.model.model;
         let mut items = Vec::new();
         let mut owners = Vec::new();
@@ -884,7 +885,7 @@ impl<'a, S: Sink> Engine<'a, S> {
             let Some(drafter) = s.drafter.as_mut() else {
                 continue;
             };
-            if done.contains(&i) || s.ending {
+            if ended.contains(&i) || s.ending {
                 drafter.drafts.clear();
                 continue;
             }

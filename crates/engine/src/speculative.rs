@@ -25,6 +25,8 @@ use qinfer_cache::SequenceState;
 use qinfer_model::{MtpSpan, Qwen35, Rows};
 use qinfer_tensor::Mat;
 
+use crate::sampler::argmax;
+
 /// Whether and how far to draft.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DraftConfig {
@@ -364,41 +366,28 @@ pub fn propose(
         .collect();
     // Rows the MTP state holds with true inputs, to cut back to after drafting.
     let mut outs: Vec<Option<(Mat, u32, usize)>> = (0..items.len()).map(|_| None).collect();
-    if !ready.is_empty() {
-        let mut states: Vec<Option<&mut SequenceState>> = items
-            .iter_mut()
-            .map(|it| Some(&mut it.drafter.state))
-            .collect();
-        let mut spans = Vec::with_capacity(ready.len());
-        for (n, hidden, tokens, start) in &ready {
-            spans.push(MtpSpan {
-                hidden,
-                tokens,
-                start: *start,
-                state: states[*n].take().expect("one span per sequence"),
-                logits: if depths[*n] > 0 {
-                    Rows::Last
-                } else {
-                    Rows::None
-                },
-                draft_vocab: true,
-            });
-        }
-        let results = model.mtp_step(&mut spans).map_err(|e| e.to_string())?;
-        drop(spans);
-        for ((n, _, tokens, start), r) in ready.iter().zip(results) {
-            if let Some(logits) = r.logits {
-                let token = model.draft_token(argmax(logits.row(0)));
-                outs[*n] = Some((r.hidden, token, start + tokens.len()));
-            }
+    let inputs: Vec<MtpInput<'_>> = ready
+        .iter()
+        .map(|(n, hidden, tokens, start)| MtpInput {
+            seq: *n,
+            hidden,
+            tokens,
+            start: *start,
+            logits: if depths[*n] > 0 {
+                Rows::Last
+            } else {
+                Rows::None
+            },
+        })
+        .collect();
+    for (input, r) in inputs.iter().zip(mtp_pass(model, items, &inputs)?) {
+        if let Some(logits) = r.logits {
+            let token = model.draft_token(argmax(logits.row(0)) as usize);
+            items[input.seq].drafter.drafts.push(token);
+            outs[input.seq] = Some((r.hidden, token, input.start + input.tokens.len()));
         }
     }
     let committed: Vec<usize> = items.iter().map(|it| kv_rows(&it.drafter.state)).collect();
-    for (n, o) in outs.iter().enumerate() {
-        if let Some((_, t, _)) = o {
-            items[n].drafter.drafts.push(*t);
-        }
-    }
     // Further drafts: each sequence's own output as the next slot's hidden state.
     let max_depth = depths.iter().copied().max().unwrap_or(0);
     for m in 1..max_depth {
@@ -408,36 +397,29 @@ pub fn propose(
         if live.is_empty() {
             break;
         }
-        let inputs: Vec<(Mat, [u32; 1], usize)> = live
+        let slots: Vec<(Mat, [u32; 1], usize)> = live
             .iter()
             .map(|&n| {
                 let (hidden, token, pos) = outs[n].take().expect("live");
                 (hidden, [token], pos)
             })
             .collect();
-        let mut states: Vec<Option<&mut SequenceState>> = items
-            .iter_mut()
-            .map(|it| Some(&mut it.drafter.state))
-            .collect();
-        let mut spans: Vec<MtpSpan<'_>> = live
+        let inputs: Vec<MtpInput<'_>> = live
             .iter()
-            .zip(&inputs)
-            .map(|(&n, (hidden, token, pos))| MtpSpan {
+            .zip(&slots)
+            .map(|(&n, (hidden, token, pos))| MtpInput {
+                seq: n,
                 hidden,
                 tokens: token,
                 start: *pos,
-                state: states[n].take().expect("one span per sequence"),
                 logits: Rows::Last,
-                draft_vocab: true,
             })
             .collect();
-        let results = model.mtp_step(&mut spans).map_err(|e| e.to_string())?;
-        drop(spans);
-        for ((&n, (_, _, pos)), r) in live.iter().zip(&inputs).zip(results) {
+        for (input, r) in inputs.iter().zip(mtp_pass(model, items, &inputs)?) {
             let logits = r.logits.expect("asked for logits");
-            let token = model.draft_token(argmax(logits.row(0)));
-            items[n].drafter.drafts.push(token);
-            outs[n] = Some((r.hidden, token, pos + 1));
+            let token = model.draft_token(argmax(logits.row(0)) as usize);
+            items[input.seq].drafter.drafts.push(token);
+            outs[input.seq] = Some((r.hidden, token, input.start + 1));
         }
     }
     for (it, rows) in items.iter_mut().zip(committed) {
@@ -453,15 +435,42 @@ fn kv_rows(state: &SequenceState) -> usize {
     }
 }
 
-/// Index of the largest value (lowest index on ties).
-fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
+/// One sequence's slots in an [`mtp_pass`].
+struct MtpInput<'a> {
+    /// Index of the sequence in the items.
+    seq: usize,
+    hidden: &'a Mat,
+    tokens: &'a [u32],
+    start: usize,
+    logits: Rows,
+}
+
+/// One batched MTP step over `inputs` (at most one per sequence), each against its
+/// sequence's MTP state, over the draft vocabulary.
+fn mtp_pass(
+    model: &Qwen35,
+    items: &mut [ProposeItem<'_>],
+    inputs: &[MtpInput<'_>],
+) -> Result<Vec<qinfer_model::MtpOutput>, String> {
+    if inputs.is_empty() {
+        return Ok(Vec::new());
     }
-    best
+    let mut states: Vec<Option<&mut SequenceState>> = items
+        .iter_mut()
+        .map(|it| Some(&mut it.drafter.state))
+        .collect();
+    let mut spans: Vec<MtpSpan<'_>> = inputs
+        .iter()
+        .map(|i| MtpSpan {
+            hidden: i.hidden,
+            tokens: i.tokens,
+            start: i.start,
+            state: states[i.seq].take().expect("one span per sequence"),
+            logits: i.logits,
+            draft_vocab: true,
+        })
+        .collect();
+    model.mtp_step(&mut spans).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

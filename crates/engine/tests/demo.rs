@@ -9,12 +9,10 @@
 
 mod common;
 
-use common::Collect;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use qinfer_engine::counters::Counters;
-use qinfer_engine::engine::{CacheHook, Engine, Request, SchedulerConfig};
+use qinfer_engine::engine::SchedulerConfig;
 use qinfer_engine::generate::{GenerateOptions, ModelBundle};
 use qinfer_engine::sampler::SamplingParams;
 use qinfer_engine::speculative::DraftConfig;
@@ -116,10 +114,7 @@ fn demo_greedy_answer_equals_transformers() {
     let mut logits = model.forward(&prompt, &mut state, Rows::Last).unwrap();
     let mut got = Vec::new();
     while got.len() < want.len() {
-        let row = logits.row(0);
-        let next = (0..row.len())
-            .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-            .unwrap() as u32;
+        let next = qinfer_engine::sampler::argmax(logits.row(0));
         got.push(next);
         logits = model.forward(&[next], &mut state, Rows::Last).unwrap();
     }
@@ -157,29 +152,13 @@ fn demo_drafts_are_accepted_and_change_nothing() {
         })
         .collect();
     let run = |draft: DraftConfig| {
-        let counters = Arc::new(Counters::default());
         let mut em = bundle.engine_model();
         em.draft = draft;
-        let mut e = Engine::new(
-            em,
-            SchedulerConfig {
-                max_seqs: 4,
-                ..SchedulerConfig::default()
-            },
-            CacheHook::default(),
-            counters.clone(),
-        );
-        let sinks: Vec<Collect> = requests
-            .iter()
-            .map(|(p, o)| {
-                let s = Collect::default();
-                e.submit(Request::new(p.clone(), o.clone(), s.clone()));
-                s
-            })
-            .collect();
-        e.run_until_idle();
-        let out: Vec<Vec<u32>> = sinks.iter().map(Collect::ids).collect();
-        (out, counters)
+        let config = SchedulerConfig {
+            max_seqs: 4,
+            ..SchedulerConfig::default()
+        };
+        common::run(em, config, &requests)
     };
     let (plain, _) = run(DraftConfig::none());
     for k in [1, 3] {

@@ -6,13 +6,12 @@
 
 mod common;
 
-use common::Collect;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use qinfer_engine::counters::Counters;
-use qinfer_engine::engine::{CacheHook, Engine, EngineModel, Request, SchedulerConfig};
+use qinfer_engine::engine::{EngineModel, SchedulerConfig};
 use qinfer_engine::generate::GenerateOptions;
 use qinfer_engine::sampler::SamplingParams;
 use qinfer_engine::speculative::DraftConfig;
@@ -39,36 +38,21 @@ fn options(seed: Option<u64>, max_tokens: usize) -> GenerateOptions {
 
 /// Runs `requests` together (`max_seqs` at a time) and returns each one's output ids and the
 /// engine's counters.
+/// Runs `requests` together (`max_seqs` at a time, prompts in chunks of 16) with `draft`.
 fn run(
     model: &Qwen35,
     draft: DraftConfig,
     max_seqs: usize,
     requests: &[(Vec<u32>, GenerateOptions)],
 ) -> (Vec<Vec<u32>>, Arc<Counters>) {
-    let counters = Arc::new(Counters::default());
     let mut em = EngineModel::ids_only(model);
     em.draft = draft;
-    let mut e = Engine::new(
-        em,
-        SchedulerConfig {
-            max_seqs,
-            prefill_chunk: 16,
-            ..SchedulerConfig::default()
-        },
-        CacheHook::default(),
-        counters.clone(),
-    );
-    let sinks: Vec<Collect> = requests
-        .iter()
-        .map(|(p, o)| {
-            let sink = Collect::default();
-            e.submit(Request::new(p.clone(), o.clone(), sink.clone()));
-            sink
-        })
-        .collect();
-    e.run_until_idle();
-    let ids = sinks.iter().map(Collect::ids).collect();
-    (ids, counters)
+    let config = SchedulerConfig {
+        max_seqs,
+        prefill_chunk: 16,
+        ..SchedulerConfig::default()
+    };
+    common::run(em, config, requests)
 }
 
 fn requests(n: usize, vocab: u32) -> Vec<(Vec<u32>, GenerateOptions)> {

@@ -14,14 +14,15 @@
 //! per slot whose inputs are known; drafted slots past them are dropped again
 //! ([`Qwen35::mtp_truncate`]) once the trunk has verified the drafts.
 
-use qinfer_cache::{KvCache, LayerSpec, LayerState, SequenceState};
+use qinfer_backend::Act;
+use qinfer_cache::{LayerSpec, LayerState, SequenceState};
 use qinfer_tensor::{Mat, Weight};
 
 use crate::error::{ForwardError, LoadError};
 use crate::layers::{attention::Attention, norm::RmsNorm};
 use crate::loader::{Loader, TensorId};
 use crate::names::{LayerTensor, MtpTensor};
-use crate::qwen35::{FeedForward, Qwen35, Rows};
+use crate::qwen35::{FeedForward, Qwen35, Rows, per_part};
 use crate::{ModelConfig, text_position};
 
 /// The loaded MTP head.
@@ -97,16 +98,7 @@ impl MtpHead {
             &mut a.v,
             &mut a.o,
         ];
-        match &mut self.feed_forward {
-            FeedForward::Dense(m) => ws.extend([&mut m.gate, &mut m.up, &mut m.down]),
-            FeedForward::Moe(m) => {
-                ws.extend([&mut m.router, &mut m.shared_gate]);
-                ws.extend([&mut m.shared.gate, &mut m.shared.up, &mut m.shared.down]);
-                for e in &mut m.experts {
-                    ws.extend([&mut e.gate, &mut e.up, &mut e.down]);
-                }
-            }
-        }
+        ws.extend(self.feed_forward.weights_mut());
         if let Some((w, _)) = &mut self.draft {
             ws.push(w);
         }
@@ -275,14 +267,7 @@ impl Qwen35 {
                 });
             }
             self.check_tokens(s.tokens)?;
-            if s.start.checked_add(t).is_none_or(|e| e > c.max_positions) {
-                return Err(ForwardError::ContextOverflow {
-                    used: s.start,
-                    needed: t,
-                    limit: c.max_positions,
-                    hint: c.context_hint(),
-                });
-            }
+            self.check_room(s.start, t)?;
             if s.state.layers().len() != 1
                 || !matches!(s.state.layers()[0], LayerState::Attention(_))
             {
@@ -291,78 +276,90 @@ impl Qwen35 {
         }
         let be = self.backend();
         let mut bounds = Vec::with_capacity(spans.len());
-        let (mut ids, mut hidden, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ids, mut positions) = (Vec::new(), Vec::new());
         for s in spans.iter() {
             let lo = ids.len();
             ids.extend_from_slice(s.tokens);
-            hidden.push(be.upload(s.hidden.clone()));
             positions.extend((0..s.tokens.len()).map(|i| text_position(s.start + i)));
             bounds.push(lo..ids.len());
         }
         let mut e = be.embed(&self.embed, &ids);
         mtp.embed_norm.forward(be, &mut e);
-        let mut hh = if hidden.len() == 1 {
-            hidden.pop().expect("one span")
-        } else {
-            be.stack(&hidden)
-        };
+        let mut hh = per_part(be, &bounds, |i, _| be.upload(spans[i].hidden.clone()));
         mtp.hidden_norm.forward(be, &mut hh);
         let mut x = be.matmul(&e, &mtp.fc_embed);
         be.add(&mut x, &be.matmul(&hh, &mtp.fc_hidden));
         let h = mtp.input_norm.apply(be, &x);
         let angles = self.rope.angles_of(&positions);
         let p = mtp.attention.project(be, &h, &angles);
-        let mut segs = Vec::with_capacity(spans.len());
-        for (s, b) in spans.iter_mut().zip(&bounds) {
-            let LayerState::Attention(kv) = s.state.layer_mut(0) else {
+        let o = per_part(be, &bounds, |i, rows| {
+            let LayerState::Attention(kv) = spans[i].state.layer_mut(0) else {
                 unreachable!("checked above")
             };
-            let kv: &mut KvCache = kv;
-            let cut = |m: &qinfer_backend::Act| be.rows(m, b.clone());
-            segs.push(if bounds.len() == 1 {
-                mtp.attention.attend(be, &p.q, &p.k, &p.v, kv)
-            } else {
-                mtp.attention
-                    .attend(be, &cut(&p.q), &cut(&p.k), &cut(&p.v), kv)
-            });
-        }
-        let o = if segs.len() == 1 {
-            segs.pop().expect("one segment")
-        } else {
-            be.stack(&segs)
-        };
+            match rows {
+                None => mtp.attention.attend(be, &p.q, &p.k, &p.v, kv),
+                Some(b) => {
+                    let cut = |m: &Act| be.rows(m, b.clone());
+                    mtp.attention
+                        .attend(be, &cut(&p.q), &cut(&p.k), &cut(&p.v), kv)
+                }
+            }
+        });
         be.add(&mut x, &mtp.attention.output(be, p.gate, o));
         let h = mtp.post_attention_norm.apply(be, &x);
         be.add(&mut x, &mtp.feed_forward.forward(be, &h));
-        // Rows to norm: every span's last row, plus the rows that want logits.
-        let mut outs = Vec::with_capacity(spans.len());
+        // One final norm over every row some span wants (its logit rows, and its last row for
+        // the next slot's hidden state), then one matmul per head over the logit rows, as the
+        // trunk's head does.
+        let mut picks = Vec::new();
+        let mut wanted = Vec::with_capacity(spans.len()); // (logit rows in `picks`, last row)
         for (s, b) in spans.iter().zip(&bounds) {
             let want = s.logits.range(b.len());
-            let mut rows: Vec<usize> = want.clone().map(|i| b.start + i).collect();
+            let lo = picks.len();
+            picks.extend(want.clone().map(|i| b.start + i));
             if want.end != b.len() || want.is_empty() {
-                rows.push(b.end - 1);
+                picks.push(b.end - 1);
             }
-            let mut normed = be.gather(&x, &rows);
-            mtp.norm.forward(be, &mut normed);
-            let logits = (!want.is_empty()).then(|| {
-                let head = match (&mtp.draft, s.draft_vocab) {
-                    (Some((w, _)), true) => w,
-                    _ => &self.lm_head,
-                };
-                let sel = if rows.len() == want.len() {
-                    normed.clone()
-                } else {
-                    be.rows(&normed, 0..want.len())
-                };
-                be.download(be.matmul(&sel, head))
-            });
-            let host = be.download(normed);
-            let last = host.rows - 1;
-            outs.push(MtpOutput {
-                logits,
-                hidden: Mat::from_vec(host.row(last).to_vec(), 1, c.hidden),
-            });
+            wanted.push((lo..lo + want.len(), picks.len() - 1));
         }
+        let mut normed = be.gather(&x, &picks);
+        mtp.norm.forward(be, &mut normed);
+        let host = be.download(normed.clone());
+        let mut logits: Vec<Option<Mat>> = vec![None; spans.len()];
+        let draft_head = |s: &MtpSpan<'_>| s.draft_vocab && mtp.draft.is_some();
+        for draft in [true, false] {
+            let members: Vec<usize> = (0..spans.len())
+                .filter(|&n| !wanted[n].0.is_empty() && draft_head(&spans[n]) == draft)
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            let rows: Vec<usize> = members.iter().flat_map(|&n| wanted[n].0.clone()).collect();
+            let head = match (&mtp.draft, draft) {
+                (Some((w, _)), true) => w,
+                _ => &self.lm_head,
+            };
+            let sel = if rows.len() == picks.len() {
+                normed.clone()
+            } else {
+                be.gather(&normed, &rows)
+            };
+            let out = be.download(be.matmul(&sel, head));
+            let mut at = 0;
+            for n in members {
+                let r = wanted[n].0.len();
+                logits[n] = Some(out.rows_range(at, at + r));
+                at += r;
+            }
+        }
+        let outs = wanted
+            .iter()
+            .zip(logits)
+            .map(|((_, last), logits)| MtpOutput {
+                logits,
+                hidden: Mat::from_vec(host.row(*last).to_vec(), 1, c.hidden),
+            })
+            .collect();
         Ok(outs)
     }
 }

@@ -84,6 +84,24 @@ impl FeedForward {
         })
     }
 
+    /// Every weight matrix of the block.
+    pub(crate) fn weights_mut(&mut self) -> Vec<&mut Weight> {
+        fn mlp(m: &mut Mlp) -> [&mut Weight; 3] {
+            [&mut m.gate, &mut m.up, &mut m.down]
+        }
+        match self {
+            FeedForward::Dense(m) => mlp(m).into(),
+            FeedForward::Moe(m) => {
+                let mut ws = vec![&mut m.router, &mut m.shared_gate];
+                ws.extend(mlp(&mut m.shared));
+                for e in &mut m.experts {
+                    ws.extend(mlp(e));
+                }
+                ws
+            }
+        }
+    }
+
     pub(crate) fn forward(&self, b: &dyn Backend, x: &Act) -> Act {
         match self {
             FeedForward::Dense(m) => m.forward(b, x),
@@ -423,9 +441,6 @@ impl Qwen35 {
     /// Every weight matrix (the LM head even when it shares the embedding's bytes).
     fn weights_mut(&mut self) -> Vec<&mut Weight> {
         let mut ws = vec![&mut self.embed, &mut self.lm_head];
-        fn mlp(m: &mut Mlp) -> [&mut Weight; 3] {
-            [&mut m.gate, &mut m.up, &mut m.down]
-        }
         if let Some(m) = &mut self.mtp {
             ws.extend(m.weights_mut());
         }
@@ -436,16 +451,7 @@ impl Qwen35 {
                 }
                 Mixer::Attention(a) => ws.extend([&mut a.q, &mut a.k, &mut a.v, &mut a.o]),
             }
-            match &mut layer.feed_forward {
-                FeedForward::Dense(m) => ws.extend(mlp(m)),
-                FeedForward::Moe(m) => {
-                    ws.extend([&mut m.router, &mut m.shared_gate]);
-                    ws.extend(mlp(&mut m.shared));
-                    for e in &mut m.experts {
-                        ws.extend(mlp(e));
-                    }
-                }
-            }
+            ws.extend(layer.feed_forward.weights_mut());
         }
         ws
     }
@@ -881,7 +887,13 @@ impl Qwen35 {
                 max: MAX_KEPT_POSITIONS,
             });
         }
-        let start = span.state.pos();
+        self.check_room(span.state.pos(), t)?;
+        self.check_layout(span.state)
+    }
+
+    /// Whether `t` more positions after `start` fit the context.
+    pub(crate) fn check_room(&self, start: usize, t: usize) -> Result<(), ForwardError> {
+        let c = &self.config;
         if start.checked_add(t).is_none_or(|end| end > c.max_positions) {
             return Err(ForwardError::ContextOverflow {
                 used: start,
@@ -890,7 +902,7 @@ impl Qwen35 {
                 hint: c.context_hint(),
             });
         }
-        self.check_layout(span.state)
+        Ok(())
     }
 
     /// Every token id inside the vocabulary.
@@ -1020,7 +1032,7 @@ struct Part {
 /// The rows `f(part, rows)` computes for each part of a pass (`rows`: the part's rows of the
 /// stacked `[ΣT, ·]`, `None` when one part holds them all), stacked in part order. A lone part's
 /// result is returned as it is, not copied.
-fn per_part(
+pub(crate) fn per_part(
     be: &dyn Backend,
     bounds: &[std::ops::Range<usize>],
     mut f: impl FnMut(usize, Option<&std::ops::Range<usize>>) -> Act,

@@ -61,16 +61,20 @@ pub fn max_diff(a: &[f32], b: &[f32], cols: usize) -> (f32, usize, usize) {
     worst
 }
 
+/// Index of the largest logit, lowest id on ties.
+pub fn argmax(row: &[f32]) -> u32 {
+    (0..row.len())
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+        .unwrap() as u32
+}
+
 /// Greedy decoding: prefill, then `n` tokens one at a time (argmax, lowest id on ties).
 pub fn greedy(model: &Qwen35, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut state = model.new_state();
     let mut logits = model.forward(prompt, &mut state, Rows::Last).unwrap();
     let mut out = Vec::new();
     while out.len() < n {
-        let row = logits.row(0);
-        let next = (0..row.len())
-            .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-            .unwrap() as u32;
+        let next = argmax(logits.row(0));
         out.push(next);
         if out.len() < n {
             logits = model.forward(&[next], &mut state, Rows::Last).unwrap();

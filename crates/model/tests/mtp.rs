@@ -12,12 +12,6 @@ use qinfer_tensor::Mat;
 
 const TOL: f32 = 1e-3;
 
-fn argmax(row: &[f32]) -> u32 {
-    (0..row.len())
-        .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-        .unwrap() as u32
-}
-
 /// Logits of the reference's n + 1 MTP slots, computed the way the engine drafts: the
 /// prompt's slots and the first draft slot in one MTP step, the second draft slot in another.
 fn mtp_logits(model: &Qwen35, prompt: &[u32]) -> (Vec<f32>, [u32; 2]) {

@@ -4,8 +4,13 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
-use qinfer_engine::engine::{Ended, Gone, Out, Sink};
+use qinfer_engine::counters::Counters;
+use qinfer_engine::engine::{
+    CacheHook, Ended, Engine, EngineModel, Gone, Out, Request, SchedulerConfig, Sink,
+};
+use qinfer_engine::generate::GenerateOptions;
 
 /// A sink that keeps what a request ended with (and fails the test on a failed request).
 #[derive(Clone, Default)]
@@ -33,4 +38,25 @@ impl Sink for Collect {
     fn ended(&mut self, ended: Ended) {
         *self.0.borrow_mut() = Some(ended);
     }
+}
+
+/// Runs `requests` together through an engine on `model` with `config`; returns each one's
+/// output ids and the engine's counters.
+pub fn run(
+    model: EngineModel<'_>,
+    config: SchedulerConfig,
+    requests: &[(Vec<u32>, GenerateOptions)],
+) -> (Vec<Vec<u32>>, Arc<Counters>) {
+    let counters = Arc::new(Counters::default());
+    let mut e = Engine::new(model, config, CacheHook::default(), counters.clone());
+    let sinks: Vec<Collect> = requests
+        .iter()
+        .map(|(p, o)| {
+            let sink = Collect::default();
+            e.submit(Request::new(p.clone(), o.clone(), sink.clone()));
+            sink
+        })
+        .collect();
+    e.run_until_idle();
+    (sinks.iter().map(Collect::ids).collect(), counters)
 }
