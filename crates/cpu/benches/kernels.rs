@@ -84,5 +84,31 @@ fn expert(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, expert);
+/// A speculative verification step's matmuls: `t = 1..=5` tokens against the built-in demo's
+/// LM head (Q8_0 `[248320, 256]`, most of its decode bytes) and a real-shape Q8_0 and Q4_K
+/// `[4096, 4096]`; throughput in weight bytes, so `t` tokens at the `t = 1` figure cost one
+/// decode step.
+fn verify(c: &mut Criterion) {
+    let cpu = qinfer_cpu::Cpu::from_env();
+    qinfer_cpu::init_threads(None);
+    for (dtype, n, k) in [
+        (DType::Q8_0, 248_320, 256),
+        (DType::Q8_0, 4096, 4096),
+        (DType::Q4_K, 4096, 4096),
+    ] {
+        let w = weight(dtype, n, k);
+        let mut g = c.benchmark_group(format!("verify/{dtype}/{n}x{k}"));
+        g.sample_size(20);
+        g.throughput(Throughput::Bytes(w.bytes().len() as u64));
+        for t in 1..=5 {
+            let x = Mat::from_vec(noise(t * k, 95), t, k);
+            g.bench_function(format!("t{t}"), |b| {
+                b.iter(|| black_box(matmul(cpu, &x, &w)))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, kernels, expert, verify);
 criterion_main!(benches);

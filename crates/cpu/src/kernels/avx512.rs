@@ -700,6 +700,120 @@ pub unsafe fn q8_0_x4n<const N: usize>(w: [&[u8]; 4], a: [&[BlockQ8_0]; N]) -> [
     out
 }
 
+/// Weight rows a [`q8_0_x16n`] call takes.
+pub const X16_ROWS: usize = 16;
+
+/// The weight row (index into its `w`) whose sums [`q8_0_x16n`] leaves in each lane (its
+/// transpose swaps rows 4–7 and 8–11).
+pub const X16_ROW_OF_LANE: [usize; X16_ROWS] =
+    [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15];
+
+/// Q8_0: sixteen weight rows against `N` activation rows (a verification step's few tokens),
+/// each output bit for bit what [`q8_0`] gives for that row and token: `out[t][lane]` is
+/// row `w[X16_ROW_OF_LANE[lane]]` against token `t`.
+///
+/// The lanes are the weight rows: each block of the sixteen rows is transposed once (four
+/// bytes of each row per 32-bit lane, 24 shuffles) and offset to unsigned (`q + 128`), so for
+/// every token a block costs eight `vpdpbusd` against broadcast activation bytes, with no
+/// horizontal sum. The offset comes back out exactly: the accumulator starts at
+/// `−128 · Σ a` (the activation block's sum). Then `p = (d_w·d_a)·I` and `y += p` in block
+/// order, in each lane, as every other Q8_0 kernel rounds. The transpose is paid once per
+/// block for the `N` tokens, so this pays from two tokens on (one token keeps [`q8_0_x4`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q8_0_x16n<const N: usize>(
+    w: [&[u8]; X16_ROWS],
+    a: [&[BlockQ8_0]; N],
+) -> [[f32; X16_ROWS]; N] {
+    let nb = w[0].len() / 34;
+    assert!(w.iter().all(|r| r.len() == w[0].len()) && a.iter().all(|r| r.len() >= nb));
+    // Each lane's row start, as a byte offset from row 0's (the scales are gathered by it).
+    let base = w[0].as_ptr();
+    let off: [i64; X16_ROWS] =
+        std::array::from_fn(|l| (w[X16_ROW_OF_LANE[l]].as_ptr() as i64).wrapping_sub(base as i64));
+    // SAFETY: eight `i64` are readable at each half.
+    let (off_lo, off_hi) = unsafe {
+        (
+            _mm512_loadu_si512(off.as_ptr().cast()),
+            _mm512_loadu_si512(off.as_ptr().add(8).cast()),
+        )
+    };
+    let flip = _mm512_set1_epi8(-128);
+    let mut y = [_mm512_setzero_ps(); N];
+    for b in 0..nb {
+        // SAFETY: block `b` of each of the sixteen rows lies inside it (equal lengths, asserted
+        // above): 34 bytes from `b · 34`, of which the gathers read the first four (the scale
+        // and two quants); the activation rows have `nb` blocks.
+        unsafe {
+            let blk: [*const u8; X16_ROWS] = std::array::from_fn(|i| w[i].as_ptr().add(b * 34));
+            for p in blk {
+                prefetch_ahead::<1>(p);
+            }
+            let z: [__m512i; 8] = std::array::from_fn(|i| {
+                let lo = _mm256_loadu_si256(blk[i].add(2).cast());
+                let hi = _mm256_loadu_si256(blk[i + 8].add(2).cast());
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+            });
+            // Rows i and i + 1 interleaved by 32-bit lanes, then rows i .. i + 4 by 64-bit
+            // lanes, then the 128-bit lanes gathered by byte offset.
+            let lo32 = |p: __m512i, q: __m512i| _mm512_unpacklo_epi32(p, q);
+            let hi32 = |p: __m512i, q: __m512i| _mm512_unpackhi_epi32(p, q);
+            let t = [
+                lo32(z[0], z[1]),
+                hi32(z[0], z[1]),
+                lo32(z[2], z[3]),
+                hi32(z[2], z[3]),
+                lo32(z[4], z[5]),
+                hi32(z[4], z[5]),
+                lo32(z[6], z[7]),
+                hi32(z[6], z[7]),
+            ];
+            let u = [
+                _mm512_unpacklo_epi64(t[0], t[2]),
+                _mm512_unpackhi_epi64(t[0], t[2]),
+                _mm512_unpacklo_epi64(t[1], t[3]),
+                _mm512_unpackhi_epi64(t[1], t[3]),
+                _mm512_unpacklo_epi64(t[4], t[6]),
+                _mm512_unpackhi_epi64(t[4], t[6]),
+                _mm512_unpacklo_epi64(t[5], t[7]),
+                _mm512_unpackhi_epi64(t[5], t[7]),
+            ];
+            // `q[k]`: bytes 4k .. 4k + 4 of every row (lane order `X16_ROW_OF_LANE`), unsigned.
+            let mut q = [_mm512_setzero_si512(); 8];
+            for k in 0..4 {
+                q[k] = _mm512_xor_si512(_mm512_shuffle_i32x4::<0x88>(u[k], u[k + 4]), flip);
+                q[k + 4] = _mm512_xor_si512(_mm512_shuffle_i32x4::<0xDD>(u[k], u[k + 4]), flip);
+            }
+            let at = _mm512_set1_epi64((b * 34) as i64);
+            let h_lo = _mm512_i64gather_epi32::<1>(_mm512_add_epi64(off_lo, at), base.cast());
+            let h_hi = _mm512_i64gather_epi32::<1>(_mm512_add_epi64(off_hi, at), base.cast());
+            let h = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h_lo), h_hi);
+            let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let qs = ab.qs.as_ptr().cast::<i32>();
+                // (Wrapping: a non-finite activation leaves a meaningless sum, not a panic.)
+                let mut acc = _mm512_set1_epi32(ab.sum.wrapping_mul(-128));
+                for (k, qk) in q.iter().enumerate() {
+                    acc = _mm512_dpbusd_epi32(
+                        acc,
+                        *qk,
+                        _mm512_set1_epi32(qs.add(k).read_unaligned()),
+                    );
+                }
+                y[t] = _mm512_add_ps(
+                    y[t],
+                    _mm512_mul_ps(
+                        _mm512_mul_ps(dw, _mm512_set1_ps(ab.d)),
+                        _mm512_cvtepi32_ps(acc),
+                    ),
+                );
+            }
+        }
+    }
+    // SAFETY: `__m512` and `[f32; 16]` have the same size.
+    y.map(|yt| unsafe { std::mem::transmute::<__m512, [f32; X16_ROWS]>(yt) })
+}
+
 /// Q4_0 against Q8_0 activations: `Σ q·a − 8·Σ a` per block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 pub unsafe fn q4_0<const N: usize>(w: &[u8], a: [&[BlockQ8_0]; N]) -> [f32; N] {

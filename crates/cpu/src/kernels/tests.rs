@@ -156,8 +156,9 @@ fn simd_tiers_match_reference_tier() {
 /// Q4_K, Q5_K, Q6_K and Q8_0 follow the reference tier's arithmetic exactly (per-block exact
 /// integers, scaled and added in block order), in the row kernels (1–8 rows per call), the
 /// GEMM kernel (12 rows or more, tiles of up to 4 weight rows × 48 tokens), the
-/// four-rows-one-token kernels (`*_x4`) and the four-rows-several-tokens kernel
-/// (`q45_k_x4n`, 6–8 tokens; the last two reached through `Plan::compute`): every output is
+/// four-rows-one-token kernels (`*_x4`), the four-rows-several-tokens kernels (`q45_k_x4n`,
+/// 6–8 tokens; `q8_0_x4n`) and Q8_0's sixteen-rows kernel (`q8_0_x16n`, 2–11 tokens; the
+/// last three reached through `Plan::compute`): every output is
 /// bit-identical to the reference, so a token's result does not depend on the batch it is in.
 #[test]
 fn exact_formats_are_bit_identical_to_the_reference_at_every_batch_size() {
@@ -176,6 +177,10 @@ fn exact_formats_are_bit_identical_to_the_reference_at_every_batch_size() {
             (6, 4, 256),
             (11, 9, 512),
             (12, 5, 256),
+            // Q8_0's sixteen-rows kernel: whole calls from four quarters, leftovers, and
+            // two groups of tokens.
+            (5, 200, 256),
+            (11, 70, 512),
         ] {
             let w = weight(dtype, n, k, 13);
             let x = Mat::from_vec(noise(t * k, 17), t, k);
@@ -373,7 +378,7 @@ fn bf16_products_match_the_reference() {
             }
         }
         let plan = Plan::new(&x, &w, Isa::Avx512, MatmulPrecision::Int8);
-        assert_eq!(plan.rows_per_call(), if t > 1 { MAX_ROWS } else { 1 });
+        assert_eq!(plan.rows_per_call(), if t > 1 { bf16::ROWS } else { 1 });
         let first = run_rows(&plan, n, t, 1, 1);
         for (group, rows) in (1..=MAX_TOKENS).flat_map(|g| (0..=MAX_ROWS).map(move |r| (g, r))) {
             let got = if rows == 0 {
