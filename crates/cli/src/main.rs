@@ -351,7 +351,7 @@ pub struct ModelOptions {
     /// step. Default: `mtp` when the model has an MTP head.
     #[arg(long, value_name = "MODE", value_parser = ["mtp", "none"])]
     draft: Option<String>,
-    /// Most draft tokens per step (1 to 15; default 3). The engine drafts fewer, or none, while
+    /// Most draft tokens per step (1 to 15; default 5). The engine drafts fewer, or none, while
     /// the measured acceptance says more would not pay.
     #[arg(long = "draft-max", value_name = "K", value_parser = clap::value_parser!(u8).range(1..=15))]
     draft_max: Option<u8>,

@@ -45,7 +45,7 @@ impl Default for DraftConfig {
     fn default() -> Self {
         DraftConfig {
             mtp: true,
-            max: 3,
+            max: 5,
             in_batches: false,
         }
     }
