@@ -147,3 +147,37 @@ fn mtp_drafting_on_the_reference_backend() {
         cb.drafted_tokens.load(Relaxed)
     );
 }
+
+/// Sampling with drafts over many seeds on the 320-token fixture (temperature 1): the tokens
+/// of every seed are plain sampling's, so the distribution of sampled tokens is plain
+/// sampling's exactly (each draw after a draft is the draw plain decoding makes at that
+/// position, from the request's own random stream; an accepted draft is a draw that came out
+/// equal to it). Random weights seldom sample their greedy draft (2 of 2,044 drafts here are
+/// accepted; the trained demo's test, `demo.rs`, is where most are), so the test asserts only
+/// that some were, and that position 3 spreads over the vocabulary (sampling, not greedy).
+#[test]
+fn sampled_tokens_over_many_seeds_are_plain_samplings() {
+    let model = Qwen35::load_dir(&fixture("tiny-dense-f32")).unwrap();
+    let vocab = model.config.vocab as u32;
+    let prompt = qinfer_model::pseudo_random_tokens(9, vocab, 5);
+    let reqs: Vec<(Vec<u32>, GenerateOptions)> = (0..128u64)
+        .map(|seed| {
+            let mut opts = options(Some(seed), 10);
+            opts.sampling.temperature = 1.0;
+            (prompt.clone(), opts)
+        })
+        .collect();
+    let (plain, _) = run(&model, DraftConfig::none(), 16, &reqs);
+    let (spec, c) = run(&model, DraftConfig::mtp(2, true), 16, &reqs);
+    for (seed, (s, p)) in spec.iter().zip(&plain).enumerate() {
+        assert_eq!(s, p, "seed {seed}");
+    }
+    let accepted = c.accepted_tokens.load(Relaxed);
+    assert!(accepted > 0, "no draft accepted at temperature 1");
+    let distinct: std::collections::BTreeSet<u32> = spec.iter().map(|ids| ids[3]).collect();
+    assert!(
+        distinct.len() > 8,
+        "position 3 took {} values",
+        distinct.len()
+    );
+}
