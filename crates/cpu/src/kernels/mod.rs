@@ -275,6 +275,24 @@ pub(crate) struct Plan<'a> {
 /// Most activation rows one kernel call handles (the weight row is unpacked once for them).
 pub(crate) const MAX_TOKENS: usize = 8;
 
+/// `$go!(N)` for `N = $g`, a token count in `1..=MAX_TOKENS` (the kernels take it as a const
+/// generic).
+macro_rules! for_token_count {
+    ($g:expr, $go:ident) => {
+        match $g {
+            1 => $go!(1),
+            2 => $go!(2),
+            3 => $go!(3),
+            4 => $go!(4),
+            5 => $go!(5),
+            6 => $go!(6),
+            7 => $go!(7),
+            8 => $go!(8),
+            n => unreachable!("{n} tokens: kernels take 1..={MAX_TOKENS}"),
+        }
+    };
+}
+
 /// Most weight rows [`Plan::compute`] takes at a time for one token with the `*_x4` kernels:
 /// four sequential streams of up to 2048 rows. Longer streams read faster (one thread, a
 /// 71 MB Q8_0 matrix with rows of 1024: streams of 16 rows 20.7 GB/s, 64 rows 33.9, 512
@@ -513,17 +531,7 @@ impl<'a> Plan<'a> {
                             }
                         }};
                     }
-                    match g {
-                        1 => go!(1),
-                        2 => go!(2),
-                        3 => go!(3),
-                        4 => go!(4),
-                        5 => go!(5),
-                        6 => go!(6),
-                        7 => go!(7),
-                        8 => go!(8),
-                        n => unreachable!("q8_0_x16n takes 1..={MAX_TOKENS} rows here, not {n}"),
-                    }
+                    for_token_count!(g, go);
                 }
                 // The rows the quarters leave.
                 let mut k = 4 * quarter;
@@ -766,16 +774,7 @@ impl Plan<'_> {
                         }
                     }};
                 }
-                match g {
-                    2 => go!(2),
-                    3 => go!(3),
-                    4 => go!(4),
-                    5 => go!(5),
-                    6 => go!(6),
-                    7 => go!(7),
-                    8 => go!(8),
-                    n => unreachable!("q8_0_x4n takes 2..={MAX_TOKENS} rows here, not {n}"),
-                }
+                for_token_count!(g, go);
             }
             _ => {
                 for (j, o) in out.iter_mut().enumerate() {
