@@ -424,10 +424,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     .with_context(|| format!("cannot load model {}", path.display()))?;
     args.model_opts.apply(&mut model)?;
     let load_s = started.elapsed().as_secs_f64();
-    let file_bytes: u64 = if path.is_file() {
+    // The model's size as read: the GGUF file, a checkpoint directory's safetensors files, or
+    // (the built-in demo, unpacked in memory) its weights as held.
+    let file_bytes: u64 = if demo {
+        model.weight_bytes() as u64
+    } else if path.is_file() {
         std::fs::metadata(path)?.len()
     } else {
-        0
+        let mut total = 0u64;
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            if entry.path().extension().is_some_and(|e| e == "safetensors") {
+                total = total.saturating_add(entry.metadata()?.len());
+            }
+        }
+        total
     };
     let vocab = model.config.vocab as u32;
     // A fixed pseudo-random prompt, the same on every run.

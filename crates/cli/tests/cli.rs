@@ -510,6 +510,15 @@ fn bench_depth_measures_at_each_context_depth() {
         assert_eq!(x["pp_samples"].as_array().unwrap().len(), 1);
     }
     assert!(d[1]["state_bytes_max"].as_u64() > d[0]["state_bytes_max"].as_u64());
+    // A checkpoint directory's size is its safetensors files'.
+    let safetensors: u64 = std::fs::read_dir(m)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(safetensors > 0);
+    assert_eq!(v["file_bytes"].as_u64(), Some(safetensors));
     assert_eq!(
         v["tg_tok_s"], d[0]["tg_tok_s"],
         "the top-level figures are the first depth's"
