@@ -300,11 +300,16 @@ macro_rules! for_token_count {
 const X4_CHUNK: usize = 8192;
 
 /// Fewest activation rows for which Q4_K/Q5_K rows go four at a time through
-/// `avx512::q45_k_x4n` (one routed expert of the 35B-A3B, gate + up + down, `cargo bench -p
-/// qinfer-cpu --bench kernels -- expert`: 8 tokens 341 → 293 µs, 4 tokens 149 → 161 µs).
-const X4N_MIN_TOKENS: usize = 6;
-// `Plan::dot_rows` instantiates `q45_k_x4n` for exactly these token counts.
-const _: () = assert!(X4N_MIN_TOKENS == 6 && MAX_TOKENS == 8);
+/// `avx512::q45_k_x4n`, one row from each quarter of a chunk ([`Plan::compute_q45_x4n`]).
+/// `cargo bench -p qinfer-cpu --bench kernels -- verify/Q4_K/65536x2048` (a 75 MB matrix
+/// streamed from memory), three alternating rounds, GB/s at 2 / 3 / 4 / 5 tokens: per-row
+/// kernels 15.0 / 10.7 / 10.4 / 7.4, 11.6 / 10.5 / 7.3 / 6.2, 10.5 / 10.1 / 7.5 / 6.5;
+/// four rows in four streams 18.9 / 11.8 / 10.6 / 8.3, 16.4 / 10.6 / 8.7 / 6.3,
+/// 15.8 / 11.5 / 10.9 / 9.2. One routed expert of the 35B-A3B (`-- expert`, in cache), 4
+/// tokens, four alternating rounds: 230 / 221 / 242 / 184 µs → 157 / 211 / 185 / 211 µs.
+/// (Four adjacent rows per call, the order before, were slower than the per-row kernels
+/// below 6 tokens: 4 tokens 149 → 161 µs on that expert.)
+const X4N_MIN_TOKENS: usize = 2;
 
 /// Most weight rows one [`Plan::dot_rows`] call handles (Q8_0's rows-in-lanes kernel).
 pub(crate) const MAX_ROWS: usize = 16;
@@ -390,6 +395,11 @@ impl<'a> Plan<'a> {
         #[cfg(target_arch = "x86_64")]
         if self.has_x16n() {
             self.compute_x16n(rows, t, store);
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.has_q45_x4n() {
+            self.compute_q45_x4n(rows, t, store);
             return;
         }
         let per_call = self.rows_per_call();
@@ -484,56 +494,48 @@ impl<'a> Plan<'a> {
         self.rows_per_call() == MAX_ROWS
     }
 
-    /// [`Plan::compute`] with `avx512::q8_0_x16n`. As in [`Plan::compute_x4`], the rows of a
-    /// call come from the four quarters of a chunk of [`X4_CHUNK`] rows, four adjacent rows
-    /// from each, so that the weights are read as four sequential streams (sixteen adjacent
-    /// rows per call read a 4 KB window block by block, which the hardware prefetchers do not
-    /// follow: 5.5 GB/s against 23 for one token).
-    #[cfg(target_arch = "x86_64")]
-    fn compute_x16n(
+    /// Whether the plan takes Q4_K/Q5_K rows four at a time against several activation rows
+    /// (`avx512::q45_k_x4n`).
+    fn has_q45_x4n(&self) -> bool {
+        matches!(
+            self.acts,
+            Acts::Int {
+                fmt: IntFmt::Q4K | IntFmt::Q5K,
+                ..
+            }
+        ) && self.rows_per_call() == 4
+    }
+
+    /// [`Plan::compute`] through a kernel that takes `4 · adjacent` weight rows per call:
+    /// `adjacent` adjacent rows from each of the four quarters of a chunk of [`X4_CHUNK`] rows,
+    /// so that the weights are read as four sequential streams, as [`Plan::compute_x4`] reads
+    /// them for one token (sixteen adjacent Q8_0 rows per call read a 4 KB window block by
+    /// block, which the hardware prefetchers do not follow: 5.5 GB/s against 17–20 in four
+    /// streams). `call(r, quarter, i, t0, g, buf, chunk)` runs the kernel on rows
+    /// `r + s · quarter + i + j` (`s < 4`, `j < adjacent`) against activation rows
+    /// `t0 .. t0 + g` and writes row `k`'s result for token `tok` to `buf[tok · chunk + k]`
+    /// (`k` relative to `r`); the rows the quarters leave go through [`Plan::dot_rows`].
+    fn compute_streams(
         &self,
         rows: std::ops::Range<usize>,
         t: usize,
+        adjacent: usize,
+        mut call: impl FnMut(usize, usize, usize, usize, usize, &mut [f32], usize),
         mut store: impl FnMut(usize, usize, &[f32]),
     ) {
-        let Acts::Int { q, .. } = &self.acts else {
-            unreachable!("compute_x16n runs only where has_x16n holds")
-        };
-        let rb = self.row_bytes;
         let chunk = X4_CHUNK.min(rows.len());
         let mut buf = vec![0.0f32; t * chunk];
         let mut r = rows.start;
         while r < rows.end {
             let len = X4_CHUNK.min(rows.end - r);
-            // Rows per quarter, a multiple of four.
-            let quarter = len / 16 * 4;
+            // Rows per quarter, a multiple of `adjacent`.
+            let quarter = len / (4 * adjacent) * adjacent;
             let mut t0 = 0;
             while t0 < t {
                 let g = MAX_TOKENS.min(t - t0);
-                for i in (0..quarter).step_by(4) {
-                    let idx: [usize; avx512::X16_ROWS] =
-                        std::array::from_fn(|j| (j / 4) * quarter + i + j % 4);
-                    let w = idx.map(|k| &self.bytes[(r + k) * rb..(r + k + 1) * rb]);
-                    macro_rules! go {
-                        ($n:literal) => {{
-                            let a: [&[act::BlockQ8_0]; $n] =
-                                std::array::from_fn(|i| q.q8_0_row(t0 + i));
-                            // SAFETY: `Isa::Avx512` is only chosen when the CPU has its
-                            // features.
-                            let y = unsafe { avx512::q8_0_x16n::<$n>(w, a) };
-                            // Each four lanes are four adjacent rows of one quarter.
-                            for (tok, yt) in (t0..).zip(&y) {
-                                for (lanes, v) in yt.chunks_exact(4).enumerate() {
-                                    let k = idx[avx512::X16_ROW_OF_LANE[4 * lanes]];
-                                    let at = tok * chunk + k;
-                                    buf[at..at + 4].copy_from_slice(v);
-                                }
-                            }
-                        }};
-                    }
-                    for_token_count!(g, go);
+                for i in (0..quarter).step_by(adjacent) {
+                    call(r, quarter, i, t0, g, &mut buf, chunk);
                 }
-                // The rows the quarters leave.
                 let mut k = 4 * quarter;
                 while k < len {
                     let n = MAX_ROWS.min(len - k);
@@ -553,6 +555,92 @@ impl<'a> Plan<'a> {
             }
             r += len;
         }
+    }
+
+    /// [`Plan::compute`] with `avx512::q8_0_x16n` (four adjacent rows from each quarter).
+    #[cfg(target_arch = "x86_64")]
+    fn compute_x16n(
+        &self,
+        rows: std::ops::Range<usize>,
+        t: usize,
+        store: impl FnMut(usize, usize, &[f32]),
+    ) {
+        let Acts::Int { q, .. } = &self.acts else {
+            unreachable!("compute_x16n runs only where has_x16n holds")
+        };
+        let rb = self.row_bytes;
+        let call = |r: usize,
+                    quarter: usize,
+                    i: usize,
+                    t0: usize,
+                    g: usize,
+                    buf: &mut [f32],
+                    chunk: usize| {
+            let idx: [usize; avx512::X16_ROWS] =
+                std::array::from_fn(|j| (j / 4) * quarter + i + j % 4);
+            let w = idx.map(|k| &self.bytes[(r + k) * rb..(r + k + 1) * rb]);
+            macro_rules! go {
+                ($n:literal) => {{
+                    let a: [&[act::BlockQ8_0]; $n] = std::array::from_fn(|i| q.q8_0_row(t0 + i));
+                    // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
+                    let y = unsafe { avx512::q8_0_x16n::<$n>(w, a) };
+                    // Each four lanes are four adjacent rows of one quarter.
+                    for (tok, yt) in (t0..).zip(&y) {
+                        for (lanes, v) in yt.chunks_exact(4).enumerate() {
+                            let k = idx[avx512::X16_ROW_OF_LANE[4 * lanes]];
+                            let at = tok * chunk + k;
+                            buf[at..at + 4].copy_from_slice(v);
+                        }
+                    }
+                }};
+            }
+            for_token_count!(g, go);
+        };
+        self.compute_streams(rows, t, 4, call, store);
+    }
+
+    /// [`Plan::compute`] with `avx512::q45_k_x4n` (one row from each quarter).
+    #[cfg(target_arch = "x86_64")]
+    fn compute_q45_x4n(
+        &self,
+        rows: std::ops::Range<usize>,
+        t: usize,
+        store: impl FnMut(usize, usize, &[f32]),
+    ) {
+        let Acts::Int { fmt, q } = &self.acts else {
+            unreachable!("compute_q45_x4n runs only for Q4_K/Q5_K plans")
+        };
+        let (rb, five) = (self.row_bytes, *fmt == IntFmt::Q5K);
+        let call = |r: usize,
+                    quarter: usize,
+                    i: usize,
+                    t0: usize,
+                    g: usize,
+                    buf: &mut [f32],
+                    chunk: usize| {
+            let idx: [usize; 4] = std::array::from_fn(|s| s * quarter + i);
+            let w = idx.map(|k| &self.bytes[(r + k) * rb..(r + k + 1) * rb]);
+            macro_rules! go {
+                ($n:literal) => {{
+                    let a: [&[act::BlockQ8K]; $n] = std::array::from_fn(|i| q.q8_k_row(t0 + i));
+                    // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
+                    let y = unsafe {
+                        if five {
+                            avx512::q45_k_x4n::<$n, true>(w, a)
+                        } else {
+                            avx512::q45_k_x4n::<$n, false>(w, a)
+                        }
+                    };
+                    for (k, yk) in idx.iter().zip(y) {
+                        for (tok, v) in (t0..).zip(yk) {
+                            buf[tok * chunk + k] = v;
+                        }
+                    }
+                }};
+            }
+            for_token_count!(g, go);
+        };
+        self.compute_streams(rows, t, 1, call, store);
     }
 
     /// Rows `rows` of W against activation row 0 with the `*_x4` kernel ([`Plan::has_x4`]).
@@ -718,12 +806,7 @@ impl Plan<'_> {
                         }
                     }};
                 }
-                match g {
-                    6 => go!(6),
-                    7 => go!(7),
-                    8 => go!(8),
-                    n => unreachable!("q45_k_x4n takes 6..={MAX_TOKENS} rows here, not {n}"),
-                }
+                for_token_count!(g, go);
             }
             #[cfg(target_arch = "x86_64")]
             (
