@@ -96,6 +96,7 @@ fn verify(c: &mut Criterion) {
         (DType::Q8_0, 4096, 4096),
         (DType::Q4_K, 4096, 4096),
         (DType::Q4_K, 65536, 2048),
+        (DType::Q6_K, 32768, 2048),
     ] {
         let w = weight(dtype, n, k);
         let mut g = c.benchmark_group(format!("verify/{dtype}/{n}x{k}"));

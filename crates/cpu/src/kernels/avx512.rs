@@ -469,6 +469,50 @@ pub unsafe fn q6_k_x4(w: [&[u8]; 4], a: &[BlockQ8K]) -> [f32; 4] {
     unsafe { std::mem::transmute::<__m128, [f32; 4]>(y) }
 }
 
+/// Q6_K: four weight rows against `N` activation rows, each output bit for bit what
+/// [`q6_k`] gives for that row and token: each block of the four rows is unpacked once for
+/// the `N` tokens, and each token's four rows finish through one [`hsum_4x2`] tree as in
+/// [`q6_k_x4`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q6_k_x4n<const N: usize>(w: [&[u8]; 4], a: [&[BlockQ8K]; N]) -> [[f32; N]; 4] {
+    let nb = w[0].len() / 210;
+    let mut y = [_mm_setzero_ps(); N];
+    // Per token, the four rows' folded block sums and scale-weighted activation sums.
+    let mut s = [[_mm256_setzero_si256(); 4]; N];
+    let mut o = [[_mm256_setzero_si256(); 4]; N];
+    for b in 0..nb {
+        // SAFETY: as in `q45_k`, for each of the four rows (all of `nb` blocks) and each of
+        // the `N` activation rows.
+        unsafe {
+            let blk: [*const u8; 4] = std::array::from_fn(|j| w[j].as_ptr().add(b * 210));
+            for j in 0..4 {
+                prefetch_ahead::<4>(blk[j]);
+                let u = q6_unpack(blk[j]);
+                for t in 0..N {
+                    let ab = a[t].get_unchecked(b);
+                    s[t][j] = fold256(scaled_dot(&u.wq, &u.scales, &q8k_regs(ab)));
+                    let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+                    o[t][j] = _mm256_madd_epi16(bs, u.sc256);
+                }
+            }
+            let d = f16x4(blk, 208);
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let so = hsum_4x2(s[t], o[t]);
+                let i = _mm_sub_epi32(
+                    _mm256_castsi256_si128(so),
+                    _mm_slli_epi32::<5>(_mm256_extracti128_si256::<1>(so)),
+                );
+                let p = _mm_mul_ps(_mm_mul_ps(d, _mm_set1_ps(ab.d)), _mm_cvtepi32_ps(i));
+                y[t] = _mm_add_ps(y[t], p);
+            }
+        }
+    }
+    // SAFETY: `__m128` and `[f32; 4]` have the same size.
+    let y: [[f32; 4]; N] = y.map(|v| unsafe { std::mem::transmute::<__m128, [f32; 4]>(v) });
+    std::array::from_fn(|j| std::array::from_fn(|t| y[t][j]))
+}
+
 /// IQ4_XS against Q8_K activations.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 pub unsafe fn iq4_xs<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {

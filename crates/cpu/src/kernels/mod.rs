@@ -299,8 +299,9 @@ macro_rules! for_token_count {
 /// rows 38.8, 2048 rows 38.4; one row after another, the old order, 29.3).
 const X4_CHUNK: usize = 8192;
 
-/// Fewest activation rows for which Q4_K/Q5_K rows go four at a time through
-/// `avx512::q45_k_x4n`, one row from each quarter of a chunk ([`Plan::compute_q45_x4n`]).
+/// Fewest activation rows for which Q4_K/Q5_K/Q6_K rows go four at a time through
+/// `avx512::q45_k_x4n` / `avx512::q6_k_x4n`, one row from each quarter of a chunk
+/// ([`Plan::compute_k_x4n`]).
 /// `cargo bench -p qinfer-cpu --bench kernels -- verify/Q4_K/65536x2048` (a 75 MB matrix
 /// streamed from memory), three alternating rounds, GB/s at 2 / 3 / 4 / 5 tokens: per-row
 /// kernels 15.0 / 10.7 / 10.4 / 7.4, 11.6 / 10.5 / 7.3 / 6.2, 10.5 / 10.1 / 7.5 / 6.5;
@@ -308,7 +309,10 @@ const X4_CHUNK: usize = 8192;
 /// 15.8 / 11.5 / 10.9 / 9.2. One routed expert of the 35B-A3B (`-- expert`, in cache), 4
 /// tokens, four alternating rounds: 230 / 221 / 242 / 184 µs → 157 / 211 / 185 / 211 µs.
 /// (Four adjacent rows per call, the order before, were slower than the per-row kernels
-/// below 6 tokens: 4 tokens 149 → 161 µs on that expert.)
+/// below 6 tokens: 4 tokens 149 → 161 µs on that expert.) Q6_K (`-- verify/Q6_K`, 55 MB),
+/// three rounds, 2 / 3 / 4 / 5 tokens: per-row 17.7 / 10.4 / 10.2 / 6.4, 13.0 / 8.7 / 8.2 /
+/// 7.8, 12.9 / 11.6 / 7.6 / 7.8; four rows 13.7 / 17.1 / 12.3 / 9.1, 14.2 / 14.7 / 10.2 /
+/// 8.6, 14.2 / 14.1 / 11.5 / 8.9.
 const X4N_MIN_TOKENS: usize = 2;
 
 /// Most weight rows one [`Plan::dot_rows`] call handles (Q8_0's rows-in-lanes kernel).
@@ -398,8 +402,8 @@ impl<'a> Plan<'a> {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if self.has_q45_x4n() {
-            self.compute_q45_x4n(rows, t, store);
+        if self.has_k_x4n() {
+            self.compute_k_x4n(rows, t, store);
             return;
         }
         let per_call = self.rows_per_call();
@@ -494,16 +498,45 @@ impl<'a> Plan<'a> {
         self.rows_per_call() == MAX_ROWS
     }
 
-    /// Whether the plan takes Q4_K/Q5_K rows four at a time against several activation rows
-    /// (`avx512::q45_k_x4n`).
-    fn has_q45_x4n(&self) -> bool {
+    /// Whether the plan takes K-quant rows four at a time against several activation rows
+    /// (`avx512::q45_k_x4n`, `avx512::q6_k_x4n`).
+    fn has_k_x4n(&self) -> bool {
         matches!(
             self.acts,
             Acts::Int {
-                fmt: IntFmt::Q4K | IntFmt::Q5K,
+                fmt: IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K,
                 ..
             }
         ) && self.rows_per_call() == 4
+    }
+
+    /// Four Q4_K/Q5_K/Q6_K rows `w` against activation rows `t0 .. t0 + g`
+    /// (`avx512::q45_k_x4n`, `avx512::q6_k_x4n`): `out[j][i]` for row `j`, token `t0 + i`.
+    #[cfg(target_arch = "x86_64")]
+    fn k_x4n(&self, w: [&[u8]; 4], t0: usize, g: usize) -> [[f32; MAX_TOKENS]; 4] {
+        let Acts::Int { fmt, q } = &self.acts else {
+            unreachable!("k_x4n runs only for K-quant plans")
+        };
+        let mut out = [[0.0f32; MAX_TOKENS]; 4];
+        macro_rules! go {
+            ($n:literal) => {{
+                let a: [&[act::BlockQ8K]; $n] = std::array::from_fn(|i| q.q8_k_row(t0 + i));
+                // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
+                let y = unsafe {
+                    match fmt {
+                        IntFmt::Q4K => avx512::q45_k_x4n::<$n, false>(w, a),
+                        IntFmt::Q5K => avx512::q45_k_x4n::<$n, true>(w, a),
+                        IntFmt::Q6K => avx512::q6_k_x4n::<$n>(w, a),
+                        _ => unreachable!("k_x4n runs only for K-quant plans"),
+                    }
+                };
+                for (o, yj) in out.iter_mut().zip(y) {
+                    o[..$n].copy_from_slice(&yj);
+                }
+            }};
+        }
+        for_token_count!(g, go);
+        out
     }
 
     /// [`Plan::compute`] through a kernel that takes `4 · adjacent` weight rows per call:
@@ -599,18 +632,16 @@ impl<'a> Plan<'a> {
         self.compute_streams(rows, t, 4, call, store);
     }
 
-    /// [`Plan::compute`] with `avx512::q45_k_x4n` (one row from each quarter).
+    /// [`Plan::compute`] with the four-row K-quant kernels ([`Plan::k_x4n`]), one row from
+    /// each quarter.
     #[cfg(target_arch = "x86_64")]
-    fn compute_q45_x4n(
+    fn compute_k_x4n(
         &self,
         rows: std::ops::Range<usize>,
         t: usize,
         store: impl FnMut(usize, usize, &[f32]),
     ) {
-        let Acts::Int { fmt, q } = &self.acts else {
-            unreachable!("compute_q45_x4n runs only for Q4_K/Q5_K plans")
-        };
-        let (rb, five) = (self.row_bytes, *fmt == IntFmt::Q5K);
+        let rb = self.row_bytes;
         let call = |r: usize,
                     quarter: usize,
                     i: usize,
@@ -619,26 +650,16 @@ impl<'a> Plan<'a> {
                     buf: &mut [f32],
                     chunk: usize| {
             let idx: [usize; 4] = std::array::from_fn(|s| s * quarter + i);
-            let w = idx.map(|k| &self.bytes[(r + k) * rb..(r + k + 1) * rb]);
-            macro_rules! go {
-                ($n:literal) => {{
-                    let a: [&[act::BlockQ8K]; $n] = std::array::from_fn(|i| q.q8_k_row(t0 + i));
-                    // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
-                    let y = unsafe {
-                        if five {
-                            avx512::q45_k_x4n::<$n, true>(w, a)
-                        } else {
-                            avx512::q45_k_x4n::<$n, false>(w, a)
-                        }
-                    };
-                    for (k, yk) in idx.iter().zip(y) {
-                        for (tok, v) in (t0..).zip(yk) {
-                            buf[tok * chunk + k] = v;
-                        }
-                    }
-                }};
+            let y = self.k_x4n(
+                idx.map(|k| &self.bytes[(r + k) * rb..(r + k + 1) * rb]),
+                t0,
+                g,
+            );
+            for (k, yk) in idx.iter().zip(y) {
+                for (tok, v) in (t0..).zip(&yk[..g]) {
+                    buf[tok * chunk + k] = *v;
+                }
             }
-            for_token_count!(g, go);
         };
         self.compute_streams(rows, t, 1, call, store);
     }
@@ -751,7 +772,7 @@ impl Plan<'_> {
             (Acts::Int { fmt, q }, Isa::Avx512)
                 if cfg!(target_arch = "x86_64")
                     && q.rows() >= X4N_MIN_TOKENS
-                    && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K) =>
+                    && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K) =>
             {
                 4
             }
@@ -780,33 +801,18 @@ impl Plan<'_> {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            (Acts::Int { fmt, q }, Isa::Avx512)
+            (Acts::Int { fmt, .. }, Isa::Avx512)
                 if out.len() == 4
                     && g >= X4N_MIN_TOKENS
-                    && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K) =>
+                    && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K) =>
             {
                 let w: [&[u8]; 4] = std::array::from_fn(|j| {
                     let r = r0 + j;
                     &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
                 });
-                let five = *fmt == IntFmt::Q5K;
-                macro_rules! go {
-                    ($n:literal) => {{
-                        let a: [&[act::BlockQ8K]; $n] = std::array::from_fn(|i| q.q8_k_row(t0 + i));
-                        // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
-                        let y = unsafe {
-                            if five {
-                                avx512::q45_k_x4n::<$n, true>(w, a)
-                            } else {
-                                avx512::q45_k_x4n::<$n, false>(w, a)
-                            }
-                        };
-                        for (o, yj) in out.iter_mut().zip(y) {
-                            o[..$n].copy_from_slice(&yj);
-                        }
-                    }};
+                for (o, y) in out.iter_mut().zip(self.k_x4n(w, t0, g)) {
+                    o[..g].copy_from_slice(&y[..g]);
                 }
-                for_token_count!(g, go);
             }
             #[cfg(target_arch = "x86_64")]
             (

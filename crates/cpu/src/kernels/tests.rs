@@ -157,7 +157,7 @@ fn simd_tiers_match_reference_tier() {
 /// integers, scaled and added in block order), in the row kernels (1–8 rows per call), the
 /// GEMM kernel (12 rows or more, tiles of up to 4 weight rows × 48 tokens), the
 /// four-rows-one-token kernels (`*_x4`), the four-rows-several-tokens kernels (`q45_k_x4n`,
-/// 2–11 tokens; `q8_0_x4n`) and Q8_0's sixteen-rows kernel (`q8_0_x16n`, 2–11 tokens; the
+/// `q6_k_x4n`, 2–11 tokens; `q8_0_x4n`) and Q8_0's sixteen-rows kernel (`q8_0_x16n`, 2–11 tokens; the
 /// last three reached through `Plan::compute`): every output is
 /// bit-identical to the reference, so a token's result does not depend on the batch it is in.
 #[test]
