@@ -320,6 +320,35 @@ pub(crate) const MAX_ROWS: usize = 16;
 #[cfg(target_arch = "x86_64")]
 const _: () = assert!(MAX_ROWS == avx512::X16_ROWS && MAX_ROWS >= bf16::ROWS);
 
+/// One kernel call of [`Plan::compute_streams`]: chunk rows [`StreamCall::row`] against
+/// activation rows `t0 .. t0 + g`.
+#[cfg(target_arch = "x86_64")]
+struct StreamCall {
+    /// The chunk's first row.
+    r: usize,
+    /// Rows per quarter of the chunk.
+    quarter: usize,
+    /// The call's first row within each quarter.
+    i: usize,
+    t0: usize,
+    g: usize,
+    /// The chunk's rows (the stride of the result buffer).
+    chunk: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl StreamCall {
+    /// Row `j` of quarter `s` of this call, relative to the chunk's first row.
+    fn row(&self, s: usize, j: usize) -> usize {
+        s * self.quarter + self.i + j
+    }
+
+    /// Where the result of chunk row `k` for activation row `t0 + i` goes in the buffer.
+    fn at(&self, i: usize, k: usize) -> usize {
+        (self.t0 + i) * self.chunk + k
+    }
+}
+
 impl<'a> Plan<'a> {
     pub(crate) fn new(x: &'a Mat, w: &'a Weight, isa: Isa, precision: MatmulPrecision) -> Self {
         let fmt = IntFmt::of(w.dtype()).filter(|_| precision == MatmulPrecision::Int8);
@@ -544,16 +573,16 @@ impl<'a> Plan<'a> {
     /// so that the weights are read as four sequential streams, as [`Plan::compute_x4`] reads
     /// them for one token (sixteen adjacent Q8_0 rows per call read a 4 KB window block by
     /// block, which the hardware prefetchers do not follow: 5.5 GB/s against 17–20 in four
-    /// streams). `call(r, quarter, i, t0, g, buf, chunk)` runs the kernel on rows
-    /// `r + s · quarter + i + j` (`s < 4`, `j < adjacent`) against activation rows
-    /// `t0 .. t0 + g` and writes row `k`'s result for token `tok` to `buf[tok · chunk + k]`
-    /// (`k` relative to `r`); the rows the quarters leave go through [`Plan::dot_rows`].
+    /// streams). `call(c, buf)` runs the kernel on the rows of [`StreamCall`] `c` and writes
+    /// each result to `buf` at [`StreamCall::at`]; the rows the quarters leave go through
+    /// [`Plan::dot_rows`].
+    #[cfg(target_arch = "x86_64")]
     fn compute_streams(
         &self,
         rows: std::ops::Range<usize>,
         t: usize,
         adjacent: usize,
-        mut call: impl FnMut(usize, usize, usize, usize, usize, &mut [f32], usize),
+        mut call: impl FnMut(&StreamCall, &mut [f32]),
         mut store: impl FnMut(usize, usize, &[f32]),
     ) {
         let chunk = X4_CHUNK.min(rows.len());
@@ -567,7 +596,15 @@ impl<'a> Plan<'a> {
             while t0 < t {
                 let g = MAX_TOKENS.min(t - t0);
                 for i in (0..quarter).step_by(adjacent) {
-                    call(r, quarter, i, t0, g, &mut buf, chunk);
+                    let c = StreamCall {
+                        r,
+                        quarter,
+                        i,
+                        t0,
+                        g,
+                        chunk,
+                    };
+                    call(&c, &mut buf);
                 }
                 let mut k = 4 * quarter;
                 while k < len {
@@ -602,32 +639,24 @@ impl<'a> Plan<'a> {
             unreachable!("compute_x16n runs only where has_x16n holds")
         };
         let rb = self.row_bytes;
-        let call = |r: usize,
-                    quarter: usize,
-                    i: usize,
-                    t0: usize,
-                    g: usize,
-                    buf: &mut [f32],
-                    chunk: usize| {
-            let idx: [usize; avx512::X16_ROWS] =
-                std::array::from_fn(|j| (j / 4) * quarter + i + j % 4);
-            let w = idx.map(|k| &self.bytes[(r + k) * rb..(r + k + 1) * rb]);
+        let call = |c: &StreamCall, buf: &mut [f32]| {
+            let idx: [usize; avx512::X16_ROWS] = std::array::from_fn(|j| c.row(j / 4, j % 4));
+            let w = idx.map(|k| &self.bytes[(c.r + k) * rb..(c.r + k + 1) * rb]);
             macro_rules! go {
                 ($n:literal) => {{
-                    let a: [&[act::BlockQ8_0]; $n] = std::array::from_fn(|i| q.q8_0_row(t0 + i));
+                    let a: [&[act::BlockQ8_0]; $n] = std::array::from_fn(|i| q.q8_0_row(c.t0 + i));
                     // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
                     let y = unsafe { avx512::q8_0_x16n::<$n>(w, a) };
                     // Each four lanes are four adjacent rows of one quarter.
-                    for (tok, yt) in (t0..).zip(&y) {
+                    for (i, yt) in y.iter().enumerate() {
                         for (lanes, v) in yt.chunks_exact(4).enumerate() {
-                            let k = idx[avx512::X16_ROW_OF_LANE[4 * lanes]];
-                            let at = tok * chunk + k;
+                            let at = c.at(i, idx[avx512::X16_ROW_OF_LANE[4 * lanes]]);
                             buf[at..at + 4].copy_from_slice(v);
                         }
                     }
                 }};
             }
-            for_token_count!(g, go);
+            for_token_count!(c.g, go);
         };
         self.compute_streams(rows, t, 4, call, store);
     }
@@ -642,22 +671,12 @@ impl<'a> Plan<'a> {
         store: impl FnMut(usize, usize, &[f32]),
     ) {
         let rb = self.row_bytes;
-        let call = |r: usize,
-                    quarter: usize,
-                    i: usize,
-                    t0: usize,
-                    g: usize,
-                    buf: &mut [f32],
-                    chunk: usize| {
-            let idx: [usize; 4] = std::array::from_fn(|s| s * quarter + i);
-            let y = self.k_x4n(
-                idx.map(|k| &self.bytes[(r + k) * rb..(r + k + 1) * rb]),
-                t0,
-                g,
-            );
-            for (k, yk) in idx.iter().zip(y) {
-                for (tok, v) in (t0..).zip(&yk[..g]) {
-                    buf[tok * chunk + k] = *v;
+        let call = |c: &StreamCall, buf: &mut [f32]| {
+            let idx: [usize; 4] = std::array::from_fn(|s| c.row(s, 0));
+            let w = idx.map(|k| &self.bytes[(c.r + k) * rb..(c.r + k + 1) * rb]);
+            for (k, yk) in idx.iter().zip(self.k_x4n(w, c.t0, c.g)) {
+                for (i, v) in yk[..c.g].iter().enumerate() {
+                    buf[c.at(i, *k)] = *v;
                 }
             }
         };
