@@ -408,9 +408,8 @@ impl<'a> Plan<'a> {
         const ROW_TILE: usize = 16;
         #[cfg(target_arch = "x86_64")]
         if let Acts::Gemm(a) = &self.acts {
-            let rb = self.row_bytes;
             // SAFETY: GEMM plans are only made when `isa()` confirmed AVX-512.
-            unsafe { gemm::gemm(a, rows, |r| &self.bytes[r * rb..(r + 1) * rb], store) };
+            unsafe { gemm::gemm(a, rows, |r| self.row(r), store) };
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -519,6 +518,11 @@ impl<'a> Plan<'a> {
             store(0, r, &buf[..len]);
             r += len;
         }
+    }
+
+    /// The bytes of weight row `r`.
+    fn row(&self, r: usize) -> &'a [u8] {
+        &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
     /// Whether the plan takes Q8_0 rows sixteen at a time against several activation rows
@@ -638,10 +642,9 @@ impl<'a> Plan<'a> {
         let Acts::Int { q, .. } = &self.acts else {
             unreachable!("compute_x16n runs only where has_x16n holds")
         };
-        let rb = self.row_bytes;
         let call = |c: &StreamCall, buf: &mut [f32]| {
             let idx: [usize; avx512::X16_ROWS] = std::array::from_fn(|j| c.row(j / 4, j % 4));
-            let w = idx.map(|k| &self.bytes[(c.r + k) * rb..(c.r + k + 1) * rb]);
+            let w = idx.map(|k| self.row(c.r + k));
             macro_rules! go {
                 ($n:literal) => {{
                     let a: [&[act::BlockQ8_0]; $n] = std::array::from_fn(|i| q.q8_0_row(c.t0 + i));
@@ -670,10 +673,9 @@ impl<'a> Plan<'a> {
         t: usize,
         store: impl FnMut(usize, usize, &[f32]),
     ) {
-        let rb = self.row_bytes;
         let call = |c: &StreamCall, buf: &mut [f32]| {
             let idx: [usize; 4] = std::array::from_fn(|s| c.row(s, 0));
-            let w = idx.map(|k| &self.bytes[(c.r + k) * rb..(c.r + k + 1) * rb]);
+            let w = idx.map(|k| self.row(c.r + k));
             for (k, yk) in idx.iter().zip(self.k_x4n(w, c.t0, c.g)) {
                 for (i, v) in yk[..c.g].iter().enumerate() {
                     buf[c.at(i, *k)] = *v;
@@ -686,7 +688,7 @@ impl<'a> Plan<'a> {
     /// Rows `rows` of W against activation row 0 with the `*_x4` kernel ([`Plan::has_x4`]).
     #[cfg(target_arch = "x86_64")]
     fn dot4(&self, rows: [usize; 4]) -> [f32; 4] {
-        let w = rows.map(|r| &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]);
+        let w = rows.map(|r| self.row(r));
         if let Acts::Bf16(a) = &self.acts {
             // SAFETY: BF16 plans at `Isa::Avx512` are only made when the CPU has AVX-512 BF16.
             let y = unsafe { bf16::dot_avx512::<4, 1>(w, [a.row(0)], a.lead()) };
@@ -716,7 +718,7 @@ impl<'a> Plan<'a> {
     /// for GEMM plans: [`Plan::compute`] handles those).
     #[inline]
     pub(crate) fn dot(&self, r: usize, t0: usize, out: &mut [f32]) {
-        let row = &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes];
+        let row = self.row(r);
         match &self.acts {
             #[cfg(target_arch = "x86_64")]
             Acts::Gemm(_) => unreachable!("GEMM plans run through Plan::compute"),
@@ -813,8 +815,7 @@ impl Plan<'_> {
             (Acts::Bf16(a), Isa::Avx512) => {
                 for (c, out) in out.chunks_mut(bf16::ROWS).enumerate() {
                     let rows: [&[u8]; bf16::ROWS] = std::array::from_fn(|j| {
-                        let r = r0 + c * bf16::ROWS + j.min(out.len() - 1);
-                        &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
+                        self.row(r0 + c * bf16::ROWS + j.min(out.len() - 1))
                     });
                     avx512_bf16(&rows[..out.len()], a, t0, g, out);
                 }
@@ -825,10 +826,7 @@ impl Plan<'_> {
                     && g >= X4N_MIN_TOKENS
                     && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K) =>
             {
-                let w: [&[u8]; 4] = std::array::from_fn(|j| {
-                    let r = r0 + j;
-                    &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
-                });
+                let w: [&[u8]; 4] = std::array::from_fn(|j| self.row(r0 + j));
                 for (o, y) in out.iter_mut().zip(self.k_x4n(w, t0, g)) {
                     o[..g].copy_from_slice(&y[..g]);
                 }
@@ -841,7 +839,6 @@ impl Plan<'_> {
                 },
                 Isa::Avx512,
             ) if g >= 2 => {
-                let rb = self.row_bytes;
                 macro_rules! go {
                     ($n:literal) => {{
                         let a: [&[act::BlockQ8_0]; $n] =
@@ -853,9 +850,8 @@ impl Plan<'_> {
                             let r = r0 + j;
                             let left = out.len() - j;
                             if left >= avx512::X16_ROWS {
-                                let w: [&[u8]; avx512::X16_ROWS] = std::array::from_fn(|i| {
-                                    &self.bytes[(r + i) * rb..(r + i + 1) * rb]
-                                });
+                                let w: [&[u8]; avx512::X16_ROWS] =
+                                    std::array::from_fn(|i| self.row(r + i));
                                 // SAFETY: `Isa::Avx512` is only chosen when the CPU has its
                                 // features.
                                 let y = unsafe { avx512::q8_0_x16n::<$n>(w, a) };
@@ -866,9 +862,7 @@ impl Plan<'_> {
                                 }
                                 j += avx512::X16_ROWS;
                             } else if left >= 4 {
-                                let w: [&[u8]; 4] = std::array::from_fn(|i| {
-                                    &self.bytes[(r + i) * rb..(r + i + 1) * rb]
-                                });
+                                let w: [&[u8]; 4] = std::array::from_fn(|i| self.row(r + i));
                                 // SAFETY: as above.
                                 let y = unsafe { avx512::q8_0_x4n::<$n>(w, a) };
                                 for (o, yj) in out[j..].iter_mut().zip(y) {
