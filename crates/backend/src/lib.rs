@@ -198,6 +198,15 @@ pub struct MlpJob<'a> {
     pub rows: Option<&'a [usize]>,
 }
 
+/// The two forms of GELU checkpoints name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gelu {
+    /// `x · Φ(x)` with the exact normal CDF, `½ x (1 + erf(x / √2))` (PyTorch `gelu`).
+    Erf,
+    /// `½ x (1 + tanh(√(2/π) (x + 0.044715 x³)))` (PyTorch `gelu_pytorch_tanh`).
+    Tanh,
+}
+
 /// The form of the delta rule: both give the same state and outputs up to rounding; only
 /// `Recurrent` gives, position by position, the bits of one-position steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -336,12 +345,22 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn sigmoid_mul(&self, x: &mut Act, gate: &Act);
     /// SwiGLU: `gate ← silu(gate) ⊙ up`.
     fn swiglu(&self, gate: &mut Act, up: &Act);
+    /// `x[t] += b` for every row `t` (`b.len()` = the width): a linear layer's bias.
+    fn add_bias(&self, x: &mut Act, b: &[f32]);
+    /// GELU of every element, in the given form.
+    fn gelu(&self, x: &mut Act, form: Gelu);
+    /// The same numbers, row-major, seen as `[rows, cols]` (`rows · cols` must equal the
+    /// element count): a merge of neighbouring rows into one wider row, or the reverse.
+    fn reshape(&self, a: Act, rows: usize, cols: usize) -> Act;
 
     // --- Norms and rotary embedding ---
 
     /// RMSNorm of every `w.len()`-wide group of every row (rows, or heads within rows):
     /// `x / sqrt(mean(x²) + eps) · w`.
     fn rms_norm(&self, x: &mut Act, w: &[f32], eps: f32);
+    /// LayerNorm of every row (`w.len()` = `b.len()` = the width): `(x − mean(x)) /
+    /// sqrt(var(x) + eps) · w + b`, the variance the biased one (divided by the width).
+    fn layer_norm(&self, x: &mut Act, w: &[f32], b: &[f32], eps: f32);
     /// `x / sqrt(Σx² + eps)` over every `width`-wide group.
     fn l2_norm(&self, x: &mut Act, width: usize, eps: f32);
     /// Per `w.len()`-wide group: `x / sqrt(mean(x²) + eps) · w · silu(z)`.
@@ -358,6 +377,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// at the cache's last `T` positions over all of its rows: `[T, Hq·D]`. Same bits
     /// whatever the split of a sequence into steps.
     fn attend(&self, q: &Act, k: &Act, v: &Act, kv: &mut KvCache, shape: AttentionShape) -> Act;
+
+    /// Bidirectional attention of one segment (an image's patches): `softmax(q kᵀ · scale) v`
+    /// for every row of `q` `[T, Hq·D]` over every row of `k`, `v` `[T, Hkv·D]`, no mask and no
+    /// cache: `[T, Hq·D]`.
+    fn attend_all(&self, q: &Act, k: &Act, v: &Act, shape: AttentionShape) -> Act;
 
     // --- Mixture of experts ---
 

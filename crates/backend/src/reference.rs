@@ -11,7 +11,7 @@ use std::ops::Range;
 use qinfer_cache::{KvCache, StateBuf};
 use qinfer_tensor::{DType, Mat, Weight};
 
-use crate::{Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape};
+use crate::{Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, Gelu};
 
 /// The reference backend (no settings: `f32` activations everywhere, `f64` sums).
 #[derive(Clone, Copy, Debug, Default)]
@@ -221,8 +221,57 @@ impl Backend for Reference {
             .for_each(|(g, &u)| *g = silu(*g) * u);
     }
 
+    fn add_bias(&self, x: &mut Act, b: &[f32]) {
+        let x = host_mut(x);
+        assert_eq!(x.cols, b.len(), "add_bias: width disagrees");
+        for row in x.rows_iter_mut() {
+            row.iter_mut().zip(b).for_each(|(v, &b)| *v += b);
+        }
+    }
+
+    fn gelu(&self, x: &mut Act, form: Gelu) {
+        for v in host_mut(x).data.iter_mut() {
+            let a = *v as f64;
+            let y = match form {
+                Gelu::Erf => 0.5 * a * (1.0 + libm::erf(a / std::f64::consts::SQRT_2)),
+                Gelu::Tanh => {
+                    let c = (2.0 / std::f64::consts::PI).sqrt();
+                    0.5 * a * (1.0 + (c * (a + 0.044715 * a * a * a)).tanh())
+                }
+            };
+            *v = y as f32;
+        }
+    }
+
+    fn reshape(&self, a: Act, rows: usize, cols: usize) -> Act {
+        let a = self.download(a);
+        assert_eq!(
+            a.data.len(),
+            rows * cols,
+            "reshape: element count disagrees"
+        );
+        Act::from_host(Mat::from_vec(a.data, rows, cols))
+    }
+
     fn rms_norm(&self, x: &mut Act, w: &[f32], eps: f32) {
         rms_groups(&mut host_mut(x).data, w, eps, None);
+    }
+
+    fn layer_norm(&self, x: &mut Act, w: &[f32], b: &[f32], eps: f32) {
+        let x = host_mut(x);
+        assert!(
+            x.cols == w.len() && x.cols == b.len(),
+            "layer_norm: width disagrees"
+        );
+        let n = x.cols as f64;
+        for row in x.rows_iter_mut() {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let inv = 1.0 / (var + eps as f64).sqrt();
+            for (i, v) in row.iter_mut().enumerate() {
+                *v = ((*v as f64 - mean) * inv * w[i] as f64 + b[i] as f64) as f32;
+            }
+        }
     }
 
     fn l2_norm(&self, x: &mut Act, width: usize, eps: f32) {
@@ -297,6 +346,41 @@ impl Backend for Reference {
                     let o: f64 = (0..visible)
                         .map(|j| p[j] * values[j][kh * d + c] as f64)
                         .sum();
+                    out.row_mut(ti)[h * d + c] = (o / sum) as f32;
+                }
+            }
+        }
+        Act::from_host(out)
+    }
+
+    fn attend_all(&self, q: &Act, k: &Act, v: &Act, shape: AttentionShape) -> Act {
+        let (q, k, v) = (host(q), host(k), host(v));
+        let (d, hq, hkv) = (shape.head_dim, shape.n_heads, shape.n_kv_heads);
+        assert!(
+            q.cols == hq * d && k.cols == hkv * d && v.cols == hkv * d && k.rows == v.rows,
+            "attend_all: shapes disagree"
+        );
+        let s = k.rows;
+        let mut out = Mat::zeros(q.rows, hq * d);
+        for ti in 0..q.rows {
+            for h in 0..hq {
+                let kh = h / (hq / hkv);
+                let qh = &q.row(ti)[h * d..(h + 1) * d];
+                let scores: Vec<f64> = (0..s)
+                    .map(|j| {
+                        let kj = &k.row(j)[kh * d..(kh + 1) * d];
+                        qh.iter()
+                            .zip(kj)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
+                            * shape.scale as f64
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = p.iter().sum();
+                for c in 0..d {
+                    let o: f64 = (0..s).map(|j| p[j] * v.row(j)[kh * d + c] as f64).sum();
                     out.row_mut(ti)[h * d + c] = (o / sum) as f32;
                 }
             }

@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use qinfer_backend::{
-    Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, MlpJob,
+    Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, Gelu, MlpJob,
 };
 use qinfer_cache::{KvCache, KvSegment, StateBuf};
 use qinfer_tensor::{DType, Mat, Weight};
@@ -202,6 +202,32 @@ impl Backend for Cpu {
 
     fn swiglu(&self, gate: &mut Act, up: &Act) {
         ops::swiglu(*self, &mut host_mut(gate).data, &host(up).data);
+    }
+
+    fn add_bias(&self, x: &mut Act, b: &[f32]) {
+        ops::add_bias(host_mut(x), b);
+    }
+
+    fn gelu(&self, x: &mut Act, form: Gelu) {
+        ops::gelu(*self, &mut host_mut(x).data, form);
+    }
+
+    fn reshape(&self, a: Act, rows: usize, cols: usize) -> Act {
+        let m = self.download(a);
+        assert_eq!(
+            m.data.len(),
+            rows * cols,
+            "reshape: element count disagrees"
+        );
+        act(Mat::from_vec(m.data, rows, cols))
+    }
+
+    fn layer_norm(&self, x: &mut Act, w: &[f32], b: &[f32], eps: f32) {
+        ops::layer_norm(host_mut(x), w, b, eps);
+    }
+
+    fn attend_all(&self, q: &Act, k: &Act, v: &Act, shape: AttentionShape) -> Act {
+        act(ops::full_attention(*self, host(q), host(k), host(v), shape))
     }
 
     fn rms_norm(&self, x: &mut Act, w: &[f32], eps: f32) {

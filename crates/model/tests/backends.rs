@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::*;
 use qinfer_backend::reference::Reference;
 use qinfer_backend::{
-    Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, PrepareError,
+    Act, AttentionShape, Backend, DeltaForm, DeltaInputs, DeltaRuleShape, Gelu, PrepareError,
 };
 use qinfer_cache::{DeviceBuffer, KvBlock, KvCache, KvData, LayerState, SequenceState, StateBuf};
 use qinfer_model::{Qwen35, Rows, Span};
@@ -382,6 +382,26 @@ impl Backend for Staged {
 
     fn swiglu(&self, gate: &mut Act, up: &Act) {
         self.in_place(gate, |h| Reference.swiglu(h, &local(up)));
+    }
+
+    fn add_bias(&self, x: &mut Act, b: &[f32]) {
+        self.in_place(x, |h| Reference.add_bias(h, b));
+    }
+
+    fn gelu(&self, x: &mut Act, form: Gelu) {
+        self.in_place(x, |h| Reference.gelu(h, form));
+    }
+
+    fn reshape(&self, a: Act, rows: usize, cols: usize) -> Act {
+        back(Reference.reshape(local(&a), rows, cols))
+    }
+
+    fn layer_norm(&self, x: &mut Act, w: &[f32], b: &[f32], eps: f32) {
+        self.in_place(x, |h| Reference.layer_norm(h, w, b, eps));
+    }
+
+    fn attend_all(&self, q: &Act, k: &Act, v: &Act, shape: AttentionShape) -> Act {
+        back(Reference.attend_all(&local(q), &local(k), &local(v), shape))
     }
 
     fn rms_norm(&self, x: &mut Act, w: &[f32], eps: f32) {

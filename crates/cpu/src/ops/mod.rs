@@ -4,6 +4,7 @@ mod attention;
 mod conv;
 mod delta_rule;
 mod elementwise;
+mod encoder;
 mod matmul;
 mod norm;
 mod rope;
@@ -15,6 +16,7 @@ pub use delta_rule::{
     gated_delta_rule_recurrent,
 };
 pub use elementwise::{add_assign, sigmoid, silu, softmax, softplus, swiglu};
+pub use encoder::{add_bias, full_attention, gelu, layer_norm};
 pub(crate) use matmul::dot;
 pub use matmul::{
     embedding, matmul, matmul_jobs, matmul_many, matmul_ref, quantize_rows, weight_dtype_supported,
