@@ -10,7 +10,7 @@ they are written out here in plain code and agree with transformers to float32 p
 GDN uses the token-by-token recurrent form only (transformers uses the chunked form for
 prefill), so agreement also shows the two forms match.
 
-    python tools/check_fixtures_numpy.py tests/fixtures/tiny-*
+    python tools/check_fixtures_numpy.py tests/fixtures/tiny-{dense,moe}-*
 """
 
 from __future__ import annotations
