@@ -31,7 +31,13 @@ pub enum ConfigFileError {
 pub struct RawConfig {
     pub architectures: Option<Vec<String>>,
     pub text_config: Option<RawTextConfig>,
-    pub vision_config: Option<serde_json::Value>,
+    pub vision_config: Option<RawVisionConfig>,
+    /// The token the chat template writes once per image (`<|image_pad|>`), expanded to one
+    /// per merged patch.
+    pub image_token_id: Option<u32>,
+    pub video_token_id: Option<u32>,
+    pub vision_start_token_id: Option<u32>,
+    pub vision_end_token_id: Option<u32>,
     /// Top-level fields: the text fields of a text-only config, and `model_type`,
     /// `tie_word_embeddings` of a multimodal one.
     #[serde(flatten)]
@@ -77,6 +83,25 @@ pub struct RawTextConfig {
     pub norm_topk_prob: Option<bool>,
     pub mlp_only_layers: Option<Vec<usize>>,
     pub eos_token_id: Option<serde_json::Value>,
+}
+
+/// `vision_config` of a multimodal checkpoint (`qwen3_5_vision`).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawVisionConfig {
+    pub model_type: Option<String>,
+    pub depth: Option<usize>,
+    pub hidden_size: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub num_heads: Option<usize>,
+    pub in_channels: Option<usize>,
+    pub patch_size: Option<usize>,
+    pub temporal_patch_size: Option<usize>,
+    pub spatial_merge_size: Option<usize>,
+    pub out_hidden_size: Option<usize>,
+    pub num_position_embeddings: Option<usize>,
+    pub hidden_act: Option<String>,
+    pub deepstack_visual_indexes: Option<Vec<usize>>,
+    pub rope_parameters: Option<RawRope>,
 }
 
 /// `rope_parameters` (or legacy `rope_scaling`).

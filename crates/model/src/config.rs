@@ -11,6 +11,7 @@ use qinfer_formats::gguf::keys::{self, Arch};
 use qinfer_formats::hf_config::{RawConfig, RawRope, RawTextConfig};
 
 use crate::error::ConfigError;
+use crate::vision::VisionConfig;
 use qinfer_cache::{KvType, LayerSpec};
 
 /// Token mixer of a decoder layer.
@@ -230,6 +231,9 @@ pub struct ModelConfig {
     pub max_positions: usize,
     pub mtp_layers: usize,
     pub norm: NormConvention,
+    /// The vision tower's configuration, or why the file's `vision_config` cannot be used
+    /// (the model then runs text only); `None`: no `vision_config`.
+    pub vision: Option<Result<VisionConfig, String>>,
 }
 
 const EXPECTED: &str =
@@ -276,7 +280,11 @@ impl ModelConfig {
             .tie_word_embeddings
             .or(text.tie_word_embeddings)
             .unwrap_or(false);
-        Self::from_text(text, form, moe, tie)
+        let mut c = Self::from_text(text, form, moe, tie)?;
+        c.vision = VisionConfig::from_hf(raw, c.hidden, c.vocab)
+            .map_err(|e| e.to_string())
+            .transpose();
+        Ok(c)
     }
 
     fn from_text(
@@ -422,6 +430,7 @@ impl ModelConfig {
             ),
             mtp_layers: t.mtp_num_hidden_layers.unwrap_or(0),
             norm: NormConvention::ZeroCentred,
+            vision: None,
         };
         c.check()?;
         Ok(c)
@@ -771,6 +780,7 @@ impl ModelConfig {
             max_positions: context_limit(get(Arch::ContextLength)?, yarn),
             mtp_layers: nextn,
             norm: NormConvention::Plain,
+            vision: None,
         };
         c.check()?;
         // After the bounds: the product cannot overflow.
@@ -889,7 +899,7 @@ impl ModelConfig {
 /// low enough that every size computed from them (weight shapes, state sizes, parameter counts)
 /// fits a 64-bit `usize` without overflow. A file that claims more is refused naming the field
 /// before anything is allocated for it.
-pub const LIMITS: [(&str, usize); 17] = [
+pub const LIMITS: [(&str, usize); 27] = [
     ("hidden_size", 1 << 16),
     ("vocab_size", 1 << 22),
     ("num_hidden_layers", 1024),
@@ -907,6 +917,16 @@ pub const LIMITS: [(&str, usize); 17] = [
     ("moe_intermediate_size", 1 << 20),
     ("shared_expert_intermediate_size", 1 << 20),
     ("mtp_num_hidden_layers", 64),
+    ("vision_config.depth", 1024),
+    ("vision_config.hidden_size", 1 << 16),
+    ("vision_config.intermediate_size", 1 << 20),
+    ("vision_config.num_heads", 1024),
+    ("vision_config.in_channels", 16),
+    ("vision_config.patch_size", 1024),
+    ("vision_config.temporal_patch_size", 64),
+    ("vision_config.spatial_merge_size", 64),
+    ("vision_config.out_hidden_size", 1 << 16),
+    ("vision_config.num_position_embeddings", 1 << 24),
 ];
 
 /// The sum of the mRoPE sections (`None` past `usize`: values come from files).
@@ -915,7 +935,7 @@ fn section_sum(sections: &[usize; 3]) -> Option<usize> {
 }
 
 /// `v` is at most the field's [`LIMITS`] entry.
-fn within(v: usize, field: &'static str) -> Result<(), ConfigError> {
+pub(crate) fn within(v: usize, field: &'static str) -> Result<(), ConfigError> {
     let max = LIMITS
         .iter()
         .find(|(f, _)| *f == field)
@@ -942,7 +962,7 @@ fn req<T>(v: Option<T>, field: &'static str) -> Result<T, ConfigError> {
     v.ok_or(ConfigError::Missing(field))
 }
 
-fn positive(v: usize, field: &'static str) -> Result<(), ConfigError> {
+pub(crate) fn positive(v: usize, field: &'static str) -> Result<(), ConfigError> {
     if v == 0 {
         return Err(ConfigError::Invalid {
             field,

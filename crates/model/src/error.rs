@@ -78,6 +78,11 @@ pub enum ForwardError {
     StateMismatch,
     #[error("embedding rows are {got} wide, the model's hidden size is {hidden}")]
     EmbeddingWidth { got: usize, hidden: usize },
+    #[error(
+        "{rows} supplied rows for {at} spliced positions of a {len}-token span (positions must \
+         ascend within the span)"
+    )]
+    Splice { rows: usize, at: usize, len: usize },
     #[error("{got} positions given for {rows} input rows")]
     PositionCount { got: usize, rows: usize },
     #[error("a step may keep per-position states for at most {max} positions, not {got}")]

@@ -452,13 +452,14 @@ fn plan(
         TensorId::Global(g) => names::global_in(Naming::Gguf, g),
         TensorId::Layer(l, t) => names::gguf_layer(l, t),
         TensorId::Mtp { block, t } => names::mtp_in(Naming::Gguf, block, t),
+        TensorId::Vision(t) => names::vision(t),
     };
     let mtp = |t| TensorId::Mtp { block: n, t };
     let mut out = Vec::new();
     let mut add = |id: TensorId, shape: Vec<usize>, kind: Kind, make: Make| {
         let layer = match id {
             TensorId::Layer(l, _) => Some(l),
-            TensorId::Global(_) | TensorId::Mtp { .. } => None,
+            TensorId::Global(_) | TensorId::Mtp { .. } | TensorId::Vision(_) => None,
         };
         let kind = match (shape.len(), id, kind) {
             (1, _, _) | (_, _, Kind::Exact) => Kind::Exact,

@@ -10,6 +10,8 @@
 //! * [`qwen35`]: binds them into the forward pass.
 //! * [`export`]: writing llama.cpp-compatible GGUF files (`qinfer quantize`).
 //! * [`gguf`]: llama.cpp `qwen35` / `qwen35moe` GGUF files through the same code.
+//! * [`vision`]: the vision tower (images to embeddings) and the mRoPE positions of a prompt
+//!   with images.
 //!
 //! Architecture invariant: model code never touches SIMD, threads, file formats or the numbers
 //! of an activation; it calls the op vocabulary of the [`qinfer_backend::Backend`] the model
@@ -26,6 +28,7 @@ pub mod loader;
 pub mod mtp;
 pub mod names;
 pub mod qwen35;
+pub mod vision;
 
 pub use config::{FeedForwardConfig, LayerKind, ModelConfig, NormConvention};
 pub use error::{ConfigError, ForwardError, LoadError};
@@ -35,6 +38,7 @@ pub use qwen35::{
     DeltaNetPath, MAX_KEPT_POSITIONS, MAX_PIECE_TOKENS, Qwen35, Rows, Span, SpanInput, SpanOutput,
     TracePoint,
 };
+pub use vision::{ImagePlacement, VisionConfig, VisionError, VisionTower, mrope_positions};
 
 /// `n` token ids drawn by xorshift32 from `seed` (nonzero), each below `vocab`: a fixed prompt
 /// that is the same on every run, for `qinfer bench` and tests whose outcome must not depend on

@@ -13,7 +13,7 @@ use qinfer_tensor::{ByteView, DType, Weight};
 
 use crate::config::NormConvention;
 use crate::error::LoadError;
-use crate::names::{self, Global, LayerTensor, MtpTensor, Naming, Prefix};
+use crate::names::{self, Global, LayerTensor, MtpTensor, Naming, Prefix, VisionTensor};
 
 /// One tensor as a source presents it.
 #[derive(Clone, Debug)]
@@ -55,7 +55,12 @@ impl TensorSource for Checkpoint {
 pub enum TensorId {
     Global(Global),
     Layer(usize, LayerTensor),
-    Mtp { block: usize, t: MtpTensor },
+    Mtp {
+        block: usize,
+        t: MtpTensor,
+    },
+    /// The vision tower's (Hugging Face names in every naming: a GGUF holds no tower).
+    Vision(VisionTensor),
 }
 
 impl TensorId {
@@ -65,6 +70,7 @@ impl TensorId {
             TensorId::Global(g) => names::global_in(naming, g),
             TensorId::Layer(l, t) => names::layer_in(naming, l, t),
             TensorId::Mtp { block, t } => names::mtp_in(naming, block, t),
+            TensorId::Vision(t) => names::vision(t),
         }
     }
 }
@@ -191,6 +197,23 @@ impl<'a> Loader<'a> {
         Weight::new(dtype, rows, cols, view.data).map_err(|e| LoadError::Shape {
             name: format!("{name} ({e})"),
             expected: vec![rows, cols],
+            got: view.shape,
+        })
+    }
+
+    /// A tensor stored with shape `shape` (e.g. a convolution kernel) seen as the
+    /// `[rows, cols]` matrix of its row-major bytes, zero-copy.
+    pub fn matrix_shaped(
+        &self,
+        id: TensorId,
+        rows: usize,
+        cols: usize,
+        shape: &[usize],
+    ) -> Result<Weight, LoadError> {
+        let (name, view, dtype) = self.entry(id, &[shape])?;
+        Weight::new(dtype, rows, cols, view.data).map_err(|e| LoadError::Shape {
+            name: format!("{name} ({e})"),
+            expected: shape.to_vec(),
             got: view.shape,
         })
     }

@@ -237,6 +237,74 @@ pub fn gguf_layer(l: usize, t: LayerTensor) -> String {
     format!("blk.{l}.{suffix}")
 }
 
+/// Tensors of a vision-tower block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VisionBlockTensor {
+    Norm1Weight,
+    Norm1Bias,
+    Norm2Weight,
+    Norm2Bias,
+    QkvWeight,
+    QkvBias,
+    ProjWeight,
+    ProjBias,
+    Fc1Weight,
+    Fc1Bias,
+    Fc2Weight,
+    Fc2Bias,
+}
+
+/// Tensors of the vision tower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VisionTensor {
+    /// The patch embedding's `Conv3d` kernel, `[hidden, C, Tp, p, p]`.
+    PatchWeight,
+    PatchBias,
+    /// The learned position table, `[side², hidden]`.
+    PosEmbed,
+    Block(usize, VisionBlockTensor),
+    MergerNormWeight,
+    MergerNormBias,
+    MergerFc1Weight,
+    MergerFc1Bias,
+    MergerFc2Weight,
+    MergerFc2Bias,
+}
+
+/// Hugging Face name of a vision-tower tensor (`model.visual.*`).
+pub fn vision(t: VisionTensor) -> String {
+    use VisionBlockTensor as B;
+    let suffix = match t {
+        VisionTensor::PatchWeight => "patch_embed.proj.weight".to_string(),
+        VisionTensor::PatchBias => "patch_embed.proj.bias".to_string(),
+        VisionTensor::PosEmbed => "pos_embed.weight".to_string(),
+        VisionTensor::MergerNormWeight => "merger.norm.weight".to_string(),
+        VisionTensor::MergerNormBias => "merger.norm.bias".to_string(),
+        VisionTensor::MergerFc1Weight => "merger.linear_fc1.weight".to_string(),
+        VisionTensor::MergerFc1Bias => "merger.linear_fc1.bias".to_string(),
+        VisionTensor::MergerFc2Weight => "merger.linear_fc2.weight".to_string(),
+        VisionTensor::MergerFc2Bias => "merger.linear_fc2.bias".to_string(),
+        VisionTensor::Block(i, b) => {
+            let part = match b {
+                B::Norm1Weight => "norm1.weight",
+                B::Norm1Bias => "norm1.bias",
+                B::Norm2Weight => "norm2.weight",
+                B::Norm2Bias => "norm2.bias",
+                B::QkvWeight => "attn.qkv.weight",
+                B::QkvBias => "attn.qkv.bias",
+                B::ProjWeight => "attn.proj.weight",
+                B::ProjBias => "attn.proj.bias",
+                B::Fc1Weight => "mlp.linear_fc1.weight",
+                B::Fc1Bias => "mlp.linear_fc1.bias",
+                B::Fc2Weight => "mlp.linear_fc2.weight",
+                B::Fc2Bias => "mlp.linear_fc2.bias",
+            };
+            format!("blocks.{i}.{part}")
+        }
+    };
+    format!("model.visual.{suffix}")
+}
+
 /// Groups of tensors that are recognised but not used by the text model yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Extra {
@@ -331,6 +399,9 @@ mod tests {
             Some(Extra::Vision)
         );
         assert_eq!(extra("model.norm.weight"), None);
+        let qkv = vision(VisionTensor::Block(3, VisionBlockTensor::QkvBias));
+        assert_eq!(qkv, "model.visual.blocks.3.attn.qkv.bias");
+        assert_eq!(extra(&qkv), Some(Extra::Vision));
         assert_eq!(global_in(Naming::Gguf, Global::Embed), "token_embd.weight");
         assert_eq!(
             layer_in(Naming::Gguf, 3, LayerTensor::AttnQNorm),

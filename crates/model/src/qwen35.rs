@@ -12,6 +12,7 @@
 //! [`SequenceState`], passed `&mut` into [`Qwen35::step`] inside a [`Span`] with the span's
 //! inputs (token ids or embedding rows) and, optionally, explicit mRoPE positions.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,7 +35,8 @@ use crate::layers::{
 };
 use crate::loader::{Loader, TensorId, TensorSource};
 use crate::mtp::MtpHead;
-use crate::names::{self, Global, LayerTensor, MtpTensor, Naming};
+use crate::names::{self, Global, LayerTensor, MtpTensor, Naming, VisionTensor};
+use crate::vision::{VisionError, VisionTower};
 
 /// Token mixer of one layer.
 #[derive(Clone, Debug)]
@@ -166,6 +168,14 @@ pub enum SpanInput<'a> {
     /// Embedding rows `[T, H]` supplied by the caller (an image encoder's output): used as
     /// they are, in place of a table lookup.
     Embeddings(&'a Mat),
+    /// Token ids whose rows `at` (ascending) take the caller's `rows` (`[at.len(), H]`, in
+    /// order) instead of their table rows: a prompt whose image-pad tokens stand for an
+    /// image's embeddings.
+    Spliced {
+        tokens: &'a [u32],
+        at: &'a [usize],
+        rows: &'a Mat,
+    },
 }
 
 impl SpanInput<'_> {
@@ -174,6 +184,7 @@ impl SpanInput<'_> {
         match self {
             SpanInput::Tokens(t) => t.len(),
             SpanInput::Embeddings(m) => m.rows,
+            SpanInput::Spliced { tokens, .. } => tokens.len(),
         }
     }
 
@@ -310,6 +321,9 @@ pub struct Qwen35 {
     pub extras: ExtraTensors,
     /// The multi-token-prediction head, when the checkpoint has one ([`crate::mtp`]).
     pub mtp: Option<MtpHead>,
+    /// The vision tower, when the checkpoint has one and its config is usable
+    /// ([`crate::vision`]).
+    pub vision: Option<VisionTower>,
     pub(crate) rope: Rope,
     deltanet_path: DeltaNetPath,
     kv_type: KvType,
@@ -394,6 +408,12 @@ impl Qwen35 {
         } else {
             None
         };
+        let vision = match &config.vision {
+            Some(Ok(vc)) if ld.has(TensorId::Vision(VisionTensor::PatchWeight)) => {
+                Some(VisionTower::load(&ld, vc.clone())?)
+            }
+            _ => None,
+        };
         let mut extras = ExtraTensors::default();
         for name in ld.unused() {
             match names::extra_in(naming, &name, config.n_layers()) {
@@ -411,6 +431,7 @@ impl Qwen35 {
             lm_head,
             extras,
             mtp,
+            vision,
             rope,
             deltanet_path: DeltaNetPath::Auto,
             kv_type: KvType::default(),
@@ -443,6 +464,9 @@ impl Qwen35 {
         let mut ws = vec![&mut self.embed, &mut self.lm_head];
         if let Some(m) = &mut self.mtp {
             ws.extend(m.weights_mut());
+        }
+        if let Some(v) = &mut self.vision {
+            ws.extend(v.weights_mut());
         }
         for layer in &mut self.layers {
             match &mut layer.mixer {
@@ -689,6 +713,9 @@ impl Qwen35 {
             match spans[part.span].input {
                 SpanInput::Tokens(ids) => be.embed(&self.embed, &ids[part.rows.clone()]),
                 SpanInput::Embeddings(m) => be.upload(m.rows_range(part.rows.start, part.rows.end)),
+                SpanInput::Spliced { tokens, at, rows } => {
+                    self.spliced_rows(tokens, at, rows, part.rows.clone())
+                }
             }
         }); // [ΣT, H]
         report(TracePoint::Embeddings, &x);
@@ -857,18 +884,22 @@ impl Qwen35 {
 
     /// The checks a span must pass before any state is touched.
     fn check_span(&self, span: &Span<'_>) -> Result<(), ForwardError> {
-        let c = &self.config;
         let t = span.input.len();
         if t == 0 {
             return Err(ForwardError::Empty);
         }
         match span.input {
             SpanInput::Tokens(tokens) => self.check_tokens(tokens)?,
-            SpanInput::Embeddings(m) => {
-                if m.cols != c.hidden || !m.is_whole() {
-                    return Err(ForwardError::EmbeddingWidth {
-                        got: m.cols,
-                        hidden: c.hidden,
+            SpanInput::Embeddings(m) => self.check_rows(m)?,
+            SpanInput::Spliced { tokens, at, rows } => {
+                self.check_tokens(tokens)?;
+                self.check_rows(rows)?;
+                let ascending = at.windows(2).all(|w| w[0] < w[1]);
+                if at.len() != rows.rows || !ascending || at.last().is_some_and(|&r| r >= t) {
+                    return Err(ForwardError::Splice {
+                        rows: rows.rows,
+                        at: at.len(),
+                        len: t,
                     });
                 }
             }
@@ -889,6 +920,52 @@ impl Qwen35 {
         }
         self.check_room(span.state.pos(), t)?;
         self.check_layout(span.state)
+    }
+
+    /// Supplied embedding rows must be whole rows of the hidden width.
+    fn check_rows(&self, m: &Mat) -> Result<(), ForwardError> {
+        if m.cols != self.config.hidden || !m.is_whole() {
+            return Err(ForwardError::EmbeddingWidth {
+                got: m.cols,
+                hidden: self.config.hidden,
+            });
+        }
+        Ok(())
+    }
+
+    /// The input rows `range` of a [`SpanInput::Spliced`] span: runs of table rows and of
+    /// supplied rows, stacked in order.
+    fn spliced_rows(&self, tokens: &[u32], at: &[usize], rows: &Mat, range: Range<usize>) -> Act {
+        let be = &*self.backend;
+        let mut parts = Vec::new();
+        let mut i = range.start;
+        let mut j = at.partition_point(|&r| r < range.start);
+        while i < range.end {
+            if at.get(j) == Some(&i) {
+                let first = j;
+                while i < range.end && at.get(j) == Some(&i) {
+                    i += 1;
+                    j += 1;
+                }
+                parts.push(be.upload(rows.rows_range(first, j)));
+            } else {
+                let end = at.get(j).map_or(range.end, |&r| r.min(range.end));
+                parts.push(be.embed(&self.embed, &tokens[i..end]));
+                i = end;
+            }
+        }
+        if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            be.stack(&parts)
+        }
+    }
+
+    /// The merged embeddings of one image (or video) for [`SpanInput::Spliced`]: `pixels`
+    /// `[t·h·w, C·Tp·p·p]` are its patches in the processor's order, `grid` = `(t, h, w)`.
+    pub fn encode_image(&self, pixels: &Mat, grid: [usize; 3]) -> Result<Mat, VisionError> {
+        let tower = self.vision.as_ref().ok_or(VisionError::NoTower)?;
+        tower.encode(&*self.backend, pixels, grid)
     }
 
     /// Whether `t` more positions after `start` fit the context.
