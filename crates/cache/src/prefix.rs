@@ -25,9 +25,9 @@
 //! depends on is never evicted before it. Sequences in flight hold their own `Arc`s, so
 //! eviction never changes a running sequence; it only means a later prompt recomputes more.
 //!
-//! Keys are [`KeyElem`]s rather than bare token ids so that images can become part of the key:
-//! an image position will carry the image's content hash, and two prompts will match only if
-//! their images are the same bytes.
+//! Keys are [`KeyElem`]s rather than bare token ids so that images are part of the key: an
+//! image's positions carry the image's content hash, and two prompts match only if their
+//! images are the same pixels.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -44,7 +44,9 @@ use crate::{
 pub enum KeyElem {
     /// A text token id.
     Token(u32),
-    // Images will add a variant carrying the image's content hash and the patch index.
+    /// Position `index` of an image's tokens, the image known by a hash of its content: two
+    /// prompts match here only if their images are the same pixels.
+    Image { hash: u64, index: u32 },
 }
 
 /// The key of a text-only prompt.
@@ -587,6 +589,11 @@ impl PrefixCache {
                         w.u8(0);
                         w.u32(*t);
                     }
+                    KeyElem::Image { hash, index } => {
+                        w.u8(1);
+                        w.u64(*hash);
+                        w.u32(*index);
+                    }
                 }
             }
             for piece in &n.kv {
@@ -672,6 +679,10 @@ impl PrefixCache {
             for _ in 0..n {
                 key.push(match r.u8()? {
                     0 => KeyElem::Token(r.u32()?),
+                    1 => KeyElem::Image {
+                        hash: r.u64()?,
+                        index: r.u32()?,
+                    },
                     t => return Err(format!("unknown key element {t}")),
                 });
             }

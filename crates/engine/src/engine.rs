@@ -36,11 +36,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use qinfer_cache::{SequenceState, Snapshot};
-use qinfer_model::{DeltaNetPath, Qwen35, Rows, Span};
+use qinfer_cache::{KeyElem, SequenceState, Snapshot};
+use qinfer_model::{DeltaNetPath, Position3, Qwen35, Rows, Span, SpanInput};
+use qinfer_tensor::Mat;
 
 use crate::counters::Counters;
 use crate::decode::{Decoder, Step, TokenLogprob};
+use crate::images::{PromptImage, Spliced};
 use crate::parser::{Event, Finished, Parsed};
 use crate::prompt_cache::PromptCache;
 use crate::request::{EngineError, FinishReason, Flow, GenerateOptions};
@@ -128,6 +130,9 @@ pub struct Request<S> {
     pub arrived: Instant,
     /// The caller's own starting state; `None`: the prompt cache (or a fresh state).
     pub start: Option<Start>,
+    /// The prompt's images, in order, each at its run of image-pad tokens
+    /// ([`crate::images::expand_image_pads`]); encoded when the request is admitted.
+    pub images: Vec<PromptImage>,
     /// Where the engine reports.
     pub sink: S,
 }
@@ -143,6 +148,7 @@ impl<S> Request<S> {
             prompt_text: None,
             arrived: Instant::now(),
             start: None,
+            images: Vec::new(),
             sink,
         }
     }
@@ -157,6 +163,7 @@ impl<S> Request<S> {
             prompt_text: self.prompt_text,
             arrived: self.arrived,
             start: self.start,
+            images: self.images,
             sink,
         }
     }
@@ -275,11 +282,12 @@ impl CacheHook {
         CacheHook { cache }
     }
 
-    /// The initial state for `prompt` and how many of its tokens it already covers.
-    pub fn admit(&self, model: &Qwen35, prompt: &[u32]) -> Admitted {
+    /// The initial state for a prompt of key `key` and how many of its positions it already
+    /// covers.
+    pub fn admit(&self, model: &Qwen35, key: &[KeyElem]) -> Admitted {
         match &self.cache {
             Some(c) => {
-                let found = c.admit(prompt);
+                let found = c.admit_key(key);
                 Admitted {
                     state: found.state,
                     cached_tokens: found.cached,
@@ -307,23 +315,30 @@ impl CacheHook {
             .copied()
     }
 
-    /// A prompt chunk ended at `tokens.len()`: stores the state there if it is a snapshot
-    /// point or the prompt's end; counts the tokens computed.
-    fn prefilled(&self, tokens: &[u32], state: &SequenceState, computed: usize, prompt_len: usize) {
+    /// A prompt chunk ended at `key.len()`: stores the state there if it is a snapshot point
+    /// or the prompt's end; counts the tokens computed.
+    fn prefilled(
+        &self,
+        key: &[KeyElem],
+        state: &SequenceState,
+        computed: usize,
+        prompt_len: usize,
+    ) {
         let Some(c) = &self.cache else { return };
         c.record_processed(computed);
-        let end = tokens.len();
+        let end = key.len();
         let start = end - computed;
         if end == prompt_len || c.snapshot_points(start, prompt_len).contains(&end) {
-            c.complete(tokens, state);
+            c.complete_key(key, state);
         }
     }
 
-    /// Takes in a finished (or cancelled) sequence: its tokens and the state holding them.
-    pub fn release(&self, tokens: &[u32], state: &SequenceState) {
-        debug_assert_eq!(tokens.len(), state.pos());
+    /// Takes in a finished (or cancelled) sequence: the key of its positions and the state
+    /// holding them.
+    pub fn release(&self, key: &[KeyElem], state: &SequenceState) {
+        debug_assert_eq!(key.len(), state.pos());
         if let Some(c) = &self.cache {
-            c.complete(tokens, state);
+            c.complete_key(key, state);
         }
     }
 
@@ -337,6 +352,13 @@ impl CacheHook {
 
 struct Running<S> {
     prompt: Vec<u32>,
+    /// The prompt's images (embeddings, positions, key), when it has any.
+    images: Option<Spliced>,
+    /// This step's image rows (relative indices, embeddings) and mRoPE positions, for a
+    /// sequence with images.
+    step_at: Vec<usize>,
+    step_rows: Mat,
+    step_positions: Vec<Position3>,
     /// Tokens in `state`.
     tokens: Vec<u32>,
     state: SequenceState,
@@ -577,6 +599,17 @@ impl<'a, S: Sink> Engine<'a, S> {
                     continue;
                 }
             };
+            let mut images = if req.images.is_empty() {
+                None
+            } else {
+                match Spliced::prepare(m.model, &req.prompt, &req.images) {
+                    Ok(sp) => Some(sp),
+                    Err(e) => {
+                        let _ = req.sink.send(Out::Failed(e));
+                        continue;
+                    }
+                }
+            };
             let hand_back = req.start.is_some();
             let (state, cached_tokens, miss) = match req.start.take() {
                 Some(Start { state, cached }) => {
@@ -592,11 +625,18 @@ impl<'a, S: Sink> Engine<'a, S> {
                     (state, cached, None)
                 }
                 None => {
-                    let a = self.cache.admit(m.model, &req.prompt);
+                    let key = key_of(images.as_ref(), &req.prompt);
+                    let a = self.cache.admit(m.model, &key);
                     let cached = a.cached_tokens.min(req.prompt.len() - 1);
                     (a.state, cached, a.miss)
                 }
             };
+            if let Some(sp) = images.as_mut()
+                && let Err(e) = sp.encode(m.model, &req.images, cached_tokens)
+            {
+                let _ = req.sink.send(Out::Failed(e));
+                continue;
+            }
             req.sink.admitted(&Admission {
                 cached_tokens,
                 miss: miss.clone(),
@@ -605,8 +645,14 @@ impl<'a, S: Sink> Engine<'a, S> {
             Counters::add(&self.counters.prompt_tokens, req.prompt.len());
             Counters::add(&self.counters.cached_prompt_tokens, cached_tokens);
             let tokens = req.prompt[..cached_tokens].to_vec();
+            // MTP drafts take text positions: a prompt with images decodes without them.
+            let drafts = m.draft.mtp && m.draft.max > 0 && m.model.has_mtp() && images.is_none();
             self.running.push(Running {
                 prompt: req.prompt,
+                images,
+                step_at: Vec::new(),
+                step_rows: Mat::zeros(0, 0),
+                step_positions: Vec::new(),
                 tokens,
                 state,
                 cached_tokens,
@@ -614,7 +660,7 @@ impl<'a, S: Sink> Engine<'a, S> {
                 prompt_text: req.prompt_text,
                 decoder,
                 pending: None,
-                drafter: (m.draft.mtp && m.draft.max > 0 && m.model.has_mtp()).then(|| {
+                drafter: drafts.then(|| {
                     let max = m.draft.max.min(DraftConfig::LIMIT);
                     Drafter::new(m.model, cached_tokens, max)
                 }),
@@ -683,8 +729,23 @@ impl<'a, S: Sink> Engine<'a, S> {
                             Some(_) => Rows::Tail(PREFILL_WINDOW),
                             None => Rows::None,
                         };
-                        Span::tokens(&s.prompt[s.tokens.len()..end], &mut s.state)
-                            .logits(if last { Rows::Last } else { Rows::None })
+                        let fed = s.tokens.len();
+                        let span = match &s.images {
+                            None => Span::tokens(&s.prompt[fed..end], &mut s.state),
+                            Some(sp) => {
+                                (s.step_at, s.step_rows) = sp.slice(fed..end);
+                                Span {
+                                    input: SpanInput::Spliced {
+                                        tokens: &s.prompt[fed..end],
+                                        at: &s.step_at,
+                                        rows: &s.step_rows,
+                                    },
+                                    ..Span::tokens(&[], &mut s.state)
+                                }
+                                .positions(&sp.positions[fed..end])
+                            }
+                        };
+                        span.logits(if last { Rows::Last } else { Rows::None })
                             .hidden(hidden)
                             .delta_rule(DeltaNetPath::Chunked)
                     }
@@ -706,8 +767,12 @@ impl<'a, S: Sink> Engine<'a, S> {
                             (false, 1) => Rows::Last,
                             (false, _) => Rows::All,
                         };
-                        Span::tokens(&s.feed, &mut s.state)
-                            .logits(logits)
+                        let mut span = Span::tokens(&s.feed, &mut s.state);
+                        if let Some(sp) = &s.images {
+                            s.step_positions = sp.after(s.tokens.len(), s.feed.len());
+                            span = span.positions(&s.step_positions);
+                        }
+                        span.logits(logits)
                             .hidden(hidden)
                             .keep_states(s.feed.len() > 1)
                     }
@@ -754,8 +819,9 @@ impl<'a, S: Sink> Engine<'a, S> {
                 Work::Prefill { end } => {
                     s.tokens.extend_from_slice(&s.prompt[fed_before..end]);
                     Counters::add(&self.counters.processed_prompt_tokens, end - fed_before);
+                    let key = key_of(s.images.as_ref(), &s.tokens);
                     self.cache
-                        .prefilled(&s.tokens, &s.state, end - fed_before, s.prompt.len());
+                        .prefilled(&key, &s.state, end - fed_before, s.prompt.len());
                     if end == s.prompt.len() {
                         s.prefilled = Some(now);
                         if s.hand_back {
@@ -960,6 +1026,7 @@ impl<'a, S: Sink> Engine<'a, S> {
         // (A sequence that ended at its token budget never fed its last token: its state ends
         // one token short, and the next turn computes that token again.)
         if let Some(prompt_text) = s.prompt_text.take()
+            && s.images.is_none()
             && let Some(tokenizer) = self.model.tokenizer
             && matches!(summary.finish, FinishReason::Stop(_) | FinishReason::Length)
             && tokenizer
@@ -970,7 +1037,8 @@ impl<'a, S: Sink> Engine<'a, S> {
             ids.extend(&s.decoder.ids);
             self.cache.remember(prompt_text + &s.decoder.text, ids);
         }
-        self.cache.release(&s.tokens, &s.state);
+        self.cache
+            .release(&key_of(s.images.as_ref(), &s.tokens), &s.state);
         let state_bytes = s.state.bytes();
         let sequence = s.hand_back.then(|| HandBack {
             tokens: std::mem::take(&mut s.tokens),
@@ -993,8 +1061,17 @@ impl<'a, S: Sink> Engine<'a, S> {
         for i in indices {
             let mut s = self.running.swap_remove(i);
             let _ = s.sink.send(Out::Failed(message.to_string()));
-            self.cache.release(&s.tokens, &s.state);
+            self.cache
+                .release(&key_of(s.images.as_ref(), &s.tokens), &s.state);
         }
+    }
+}
+
+/// The prompt-cache key of a sequence's first `tokens.len()` positions.
+fn key_of(images: Option<&Spliced>, tokens: &[u32]) -> Vec<KeyElem> {
+    match images {
+        Some(sp) => sp.key(tokens),
+        None => qinfer_cache::prefix::token_key(tokens),
     }
 }
 

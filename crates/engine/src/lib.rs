@@ -31,6 +31,7 @@ pub mod demo;
 pub mod engine;
 pub mod generate;
 pub mod gguf_text;
+pub mod images;
 pub mod json_constraint;
 pub mod parser;
 pub mod plan;

@@ -31,6 +31,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use qinfer_cache::KeyElem;
 use qinfer_cache::persist::{self, PersistError};
 use qinfer_cache::prefix::token_key;
 use qinfer_cache::{BLOCK_TOKENS, CacheConfig, CacheStats, LayerSpec, Lookup, PrefixCache};
@@ -116,13 +117,23 @@ impl PromptCache {
     /// prompt tokens it covers (at most `prompt.len() - 1`), with the miss reason if cached
     /// tokens will be recomputed.
     pub fn admit(&self, prompt: &[u32]) -> Lookup {
-        self.lock().lookup(&token_key(prompt))
+        self.admit_key(&token_key(prompt))
+    }
+
+    /// [`PromptCache::admit`] for a prompt's key (images in it: [`KeyElem::Image`]).
+    pub fn admit_key(&self, key: &[KeyElem]) -> Lookup {
+        self.lock().lookup(key)
     }
 
     /// Stores `state` (which holds exactly `tokens`): its KV blocks and a snapshot at its end.
     /// Called at the end of a prompt and of every answer.
     pub fn complete(&self, tokens: &[u32], state: &qinfer_cache::SequenceState) {
-        self.lock().insert(&token_key(tokens), state, true);
+        self.complete_key(&token_key(tokens), state);
+    }
+
+    /// [`PromptCache::complete`] for a key.
+    pub fn complete_key(&self, key: &[KeyElem], state: &qinfer_cache::SequenceState) {
+        self.lock().insert(key, state, true);
     }
 
     /// Remembers that `text` (a prompt and the answer generated after it) is the tokens `ids`

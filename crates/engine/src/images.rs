@@ -1,0 +1,239 @@
+//! Images in a prompt: what a request brings ([`PromptImage`]: an image's patches and where its
+//! pad tokens sit), how a rendered prompt's single `<|image_pad|>` per image becomes one pad
+//! per merged patch ([`expand_image_pads`]), and what the engine keeps while the prompt runs
+//! ([`Spliced`]: the encoded embeddings, every position's mRoPE triple, the decode offset, the
+//! prompt-cache key).
+
+use std::sync::Arc;
+
+use qinfer_cache::KeyElem;
+use qinfer_model::{ImagePlacement, Position3, Qwen35, mrope_positions};
+use qinfer_tensor::Mat;
+use sha2::{Digest, Sha256};
+
+/// One image of a prompt, preprocessed.
+#[derive(Clone, Debug)]
+pub struct PromptImage {
+    /// Index in the prompt ids of its first pad token.
+    pub start: usize,
+    /// `(t, h, w)` in patches.
+    pub grid: [usize; 3],
+    /// `[t·h·w, C·Tp·p·p]`, in the processor's order.
+    pub pixels: Arc<Mat>,
+    /// Content hash of the patches and grid: the prompt cache's key for the image.
+    pub hash: u64,
+}
+
+impl PromptImage {
+    pub fn new(start: usize, grid: [usize; 3], pixels: Mat) -> Self {
+        let mut h = Sha256::new();
+        for g in grid {
+            h.update((g as u64).to_le_bytes());
+        }
+        for v in &pixels.data {
+            h.update(v.to_le_bytes());
+        }
+        let digest = h.finalize();
+        let hash = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+        PromptImage {
+            start,
+            grid,
+            pixels: Arc::new(pixels),
+            hash,
+        }
+    }
+}
+
+/// `ids` with the `i`-th lone `pad` token (one per image, as the chat template writes it)
+/// repeated `counts[i]` times, and the index of each image's first pad in the result.
+///
+/// # Errors
+/// When the prompt has another number of pad tokens than images.
+pub fn expand_image_pads(
+    ids: &[u32],
+    pad: u32,
+    counts: &[usize],
+) -> Result<(Vec<u32>, Vec<usize>), String> {
+    let found = ids.iter().filter(|&&t| t == pad).count();
+    if found != counts.len() {
+        return Err(format!(
+            "the prompt has {found} image placeholders for {} images",
+            counts.len()
+        ));
+    }
+    let extra: usize = counts.iter().sum::<usize>().saturating_sub(found);
+    let mut out = Vec::with_capacity(ids.len() + extra);
+    let mut starts = Vec::with_capacity(counts.len());
+    let mut next = counts.iter();
+    for &t in ids {
+        if t == pad {
+            let n = *next.next().expect("counted above");
+            starts.push(out.len());
+            out.extend(std::iter::repeat_n(pad, n));
+        } else {
+            out.push(t);
+        }
+    }
+    Ok((out, starts))
+}
+
+/// A running prompt's images: embeddings, positions, key.
+#[derive(Debug)]
+pub(crate) struct Spliced {
+    /// Prompt indices of every image token, ascending.
+    at: Vec<usize>,
+    /// `[at.len(), H]`: the embedding of each.
+    rows: Mat,
+    /// The mRoPE position of every prompt index.
+    pub(crate) positions: Vec<Position3>,
+    /// Positions after the prompt are `index + delta`.
+    pub(crate) delta: i64,
+    /// `(index, key)` of every image token.
+    keys: Vec<(usize, KeyElem)>,
+}
+
+impl Spliced {
+    /// Checks that every image's pad tokens are where the request says and computes the
+    /// prompt's positions and key; [`Spliced::encode`] then makes the embeddings.
+    pub(crate) fn prepare(
+        model: &Qwen35,
+        prompt: &[u32],
+        images: &[PromptImage],
+    ) -> Result<Self, String> {
+        let tower = model
+            .vision
+            .as_ref()
+            .ok_or("this model has no vision tower: it cannot take images")?;
+        let vc = &tower.config;
+        let mut placements = Vec::with_capacity(images.len());
+        let mut at = Vec::new();
+        let mut keys = Vec::new();
+        for (i, img) in images.iter().enumerate() {
+            let n = vc.tokens_for(img.grid);
+            let end = img.start.checked_add(n).filter(|&e| e <= prompt.len());
+            let Some(end) = end else {
+                return Err(format!("image {} does not fit the prompt", i + 1));
+            };
+            if prompt[img.start..end].iter().any(|&t| t != vc.image_token)
+                || at.last().is_some_and(|&l| l >= img.start)
+            {
+                return Err(format!(
+                    "image {} needs {n} image tokens at prompt index {}",
+                    i + 1,
+                    img.start
+                ));
+            }
+            for (k, p) in (img.start..end).enumerate() {
+                at.push(p);
+                keys.push((
+                    p,
+                    KeyElem::Image {
+                        hash: img.hash,
+                        index: u32::try_from(k).unwrap_or(u32::MAX),
+                    },
+                ));
+            }
+            placements.push(ImagePlacement {
+                start: img.start,
+                grid: img.grid,
+            });
+        }
+        let (positions, delta) = mrope_positions(prompt.len(), &placements, vc.merge)
+            .ok_or("the images' positions do not fit the prompt")?;
+        let rows = Mat::zeros(at.len(), model.config.hidden);
+        Ok(Spliced {
+            at,
+            rows,
+            positions,
+            delta,
+            keys,
+        })
+    }
+
+    /// Encodes, on the model's backend, the images with a position at or after `from` (the
+    /// positions a state resumed at `from` still has to compute); the rows of the others stay
+    /// unused.
+    pub(crate) fn encode(
+        &mut self,
+        model: &Qwen35,
+        images: &[PromptImage],
+        from: usize,
+    ) -> Result<(), String> {
+        let Some(tower) = model.vision.as_ref() else {
+            return Err("this model has no vision tower: it cannot take images".into());
+        };
+        let cols = self.rows.cols;
+        let mut row = 0;
+        for img in images {
+            let tokens = tower.config.tokens_for(img.grid);
+            if img.start + tokens > from {
+                let m = model
+                    .encode_image(&img.pixels, img.grid)
+                    .map_err(|e| e.to_string())?;
+                if m.rows != tokens {
+                    return Err(format!(
+                        "the vision tower made {} rows for an image of {tokens} tokens",
+                        m.rows
+                    ));
+                }
+                self.rows.data[row * cols..(row + tokens) * cols].copy_from_slice(&m.data);
+            }
+            row += tokens;
+        }
+        Ok(())
+    }
+
+    /// The prompt-cache key of the first `tokens.len()` prompt positions.
+    pub(crate) fn key(&self, tokens: &[u32]) -> Vec<KeyElem> {
+        let mut key: Vec<KeyElem> = tokens.iter().map(|&t| KeyElem::Token(t)).collect();
+        for &(i, k) in &self.keys {
+            if let Some(e) = key.get_mut(i) {
+                *e = k;
+            }
+        }
+        key
+    }
+
+    /// The image rows inside prompt indices `range`: their indices relative to its start and
+    /// their embeddings.
+    pub(crate) fn slice(&self, range: std::ops::Range<usize>) -> (Vec<usize>, Mat) {
+        let lo = self.at.partition_point(|&p| p < range.start);
+        let hi = self.at.partition_point(|&p| p < range.end);
+        let at = self.at[lo..hi].iter().map(|p| p - range.start).collect();
+        (at, self.rows.rows_range(lo, hi))
+    }
+
+    /// The mRoPE positions of `n` tokens fed after `fed` positions.
+    pub(crate) fn after(&self, fed: usize, n: usize) -> Vec<Position3> {
+        (fed..fed + n)
+            .map(|i| {
+                let p = u32::try_from((i as i64 + self.delta).max(0)).unwrap_or(u32::MAX);
+                [p, p, p]
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pads_expand_per_image() {
+        let (ids, starts) = expand_image_pads(&[1, 9, 2, 9, 3], 9, &[2, 3]).unwrap();
+        assert_eq!(ids, vec![1, 9, 9, 2, 9, 9, 9, 3]);
+        assert_eq!(starts, vec![1, 4]);
+        assert!(expand_image_pads(&[1, 9], 9, &[2, 3]).is_err());
+    }
+
+    #[test]
+    fn the_same_pixels_hash_alike_and_others_not() {
+        let a = PromptImage::new(0, [1, 2, 2], Mat::zeros(4, 3));
+        let b = PromptImage::new(5, [1, 2, 2], Mat::zeros(4, 3));
+        let mut m = Mat::zeros(4, 3);
+        m.data[7] = 1.0;
+        let c = PromptImage::new(0, [1, 2, 2], m);
+        assert_eq!(a.hash, b.hash);
+        assert_ne!(a.hash, c.hash);
+    }
+}
