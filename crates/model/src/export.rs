@@ -452,7 +452,7 @@ fn plan(
         TensorId::Global(g) => names::global_in(Naming::Gguf, g),
         TensorId::Layer(l, t) => names::gguf_layer(l, t),
         TensorId::Mtp { block, t } => names::mtp_in(Naming::Gguf, block, t),
-        TensorId::Vision(t) => names::vision(t),
+        TensorId::Vision(t) => names::vision_in(Naming::Gguf, t),
     };
     let mtp = |t| TensorId::Mtp { block: n, t };
     let mut out = Vec::new();

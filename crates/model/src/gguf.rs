@@ -5,13 +5,14 @@
 
 use std::path::Path;
 
-use qinfer_formats::gguf::{GgufFile, Value};
+use qinfer_formats::gguf::{GgufFile, Value, keys};
 
-use crate::config::{Metadata, ModelConfig};
+use crate::config::{Metadata, ModelConfig, NormConvention};
 use crate::error::LoadError;
-use crate::loader::{TensorSource, TensorView};
-use crate::names::{self, Global, Naming};
+use crate::loader::{Loader, TensorSource, TensorView};
+use crate::names::{self, Global, Naming, VisionTensor};
 use crate::qwen35::Qwen35;
+use crate::vision::{VisionConfig, VisionTower};
 
 /// GGUF metadata seen through the model's [`Metadata`] trait.
 struct GgufMetadata<'a>(&'a GgufFile);
@@ -106,6 +107,64 @@ impl Qwen35 {
         }
         Ok(model)
     }
+}
+
+impl Qwen35 {
+    /// Takes the vision tower of a llama.cpp `mmproj` file made for this model (replacing any
+    /// it has); `image_token` is the id its tokenizer gives `<|image_pad|>`.
+    pub fn load_mmproj(&mut self, file: &GgufFile, image_token: u32) -> Result<(), LoadError> {
+        let path = file
+            .files
+            .first()
+            .map_or_else(String::new, |p| p.display().to_string());
+        let config_error = |cause| LoadError::Config {
+            path: path.clone(),
+            cause,
+        };
+        if image_token as usize >= self.config.vocab {
+            return Err(config_error(crate::ConfigError::Invalid {
+                field: "image_token_id",
+                why: format!(
+                    "{image_token} is outside the vocabulary of {}",
+                    self.config.vocab
+                ),
+            }));
+        }
+        let second = names::vision_in(Naming::Gguf, VisionTensor::PatchWeightT1);
+        let temporal = if GgufFile::tensor(file, &second).is_some() {
+            2
+        } else {
+            1
+        };
+        let config = VisionConfig::from_mmproj(
+            &GgufMetadata(file),
+            self.config.hidden,
+            image_token,
+            temporal,
+        )
+        .map_err(config_error)?;
+        let ld = Loader::new(file, Naming::Gguf, NormConvention::Plain);
+        let mut tower = VisionTower::load(&ld, config)?;
+        for w in tower.weights_mut() {
+            *w = self.backend().prepare(w.clone())?;
+        }
+        self.vision = Some(tower);
+        Ok(())
+    }
+}
+
+/// The image normalisation an `mmproj` file states (`(mean, std)` per channel), if it does.
+pub fn mmproj_image_norm(file: &GgufFile) -> Option<([f32; 3], [f32; 3])> {
+    let three = |key: &str| -> Option<[f32; 3]> {
+        let v = file.get(key)?.as_array()?;
+        let xs: Vec<f32> = v
+            .iter()
+            .filter_map(|x| x.as_f64())
+            .map(|x| x as f32)
+            .collect();
+        xs.try_into().ok()
+    };
+    Some((three(keys::CLIP_IMAGE_MEAN)?, three(keys::CLIP_IMAGE_STD)?))
 }
 
 /// The validated config of an opened GGUF file.

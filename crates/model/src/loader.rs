@@ -59,7 +59,7 @@ pub enum TensorId {
         block: usize,
         t: MtpTensor,
     },
-    /// The vision tower's (Hugging Face names in every naming: a GGUF holds no tower).
+    /// The vision tower's (GGUF: an `mmproj` file's names).
     Vision(VisionTensor),
 }
 
@@ -70,7 +70,7 @@ impl TensorId {
             TensorId::Global(g) => names::global_in(naming, g),
             TensorId::Layer(l, t) => names::layer_in(naming, l, t),
             TensorId::Mtp { block, t } => names::mtp_in(naming, block, t),
-            TensorId::Vision(t) => names::vision(t),
+            TensorId::Vision(t) => names::vision_in(naming, t),
         }
     }
 }

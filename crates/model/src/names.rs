@@ -269,13 +269,61 @@ pub enum VisionTensor {
     MergerFc1Bias,
     MergerFc2Weight,
     MergerFc2Bias,
+    /// The second temporal half of the patch kernel, `[hidden, C, p, p]`: llama.cpp's `mmproj`
+    /// files store the `Conv3d` kernel as one `Conv2d` kernel per frame (this and
+    /// [`VisionTensor::PatchWeight`], which then holds the first frame's).
+    PatchWeightT1,
+}
+
+/// Name of a vision-tower tensor under `naming` (GGUF: llama.cpp's `mmproj` names).
+pub fn vision_in(naming: Naming, t: VisionTensor) -> String {
+    match naming {
+        Naming::Hf(_) => vision(t),
+        Naming::Gguf => mmproj(t),
+    }
+}
+
+/// llama.cpp `mmproj` name of a vision-tower tensor (`clip.projector_type` `qwen3vl_merger`).
+fn mmproj(t: VisionTensor) -> String {
+    use VisionBlockTensor as B;
+    match t {
+        VisionTensor::PatchWeight => "v.patch_embd.weight".to_string(),
+        VisionTensor::PatchWeightT1 => "v.patch_embd.weight.1".to_string(),
+        VisionTensor::PatchBias => "v.patch_embd.bias".to_string(),
+        VisionTensor::PosEmbed => "v.position_embd.weight".to_string(),
+        VisionTensor::MergerNormWeight => "v.post_ln.weight".to_string(),
+        VisionTensor::MergerNormBias => "v.post_ln.bias".to_string(),
+        VisionTensor::MergerFc1Weight => "mm.0.weight".to_string(),
+        VisionTensor::MergerFc1Bias => "mm.0.bias".to_string(),
+        VisionTensor::MergerFc2Weight => "mm.2.weight".to_string(),
+        VisionTensor::MergerFc2Bias => "mm.2.bias".to_string(),
+        VisionTensor::Block(i, b) => {
+            let part = match b {
+                B::Norm1Weight => "ln1.weight",
+                B::Norm1Bias => "ln1.bias",
+                B::Norm2Weight => "ln2.weight",
+                B::Norm2Bias => "ln2.bias",
+                B::QkvWeight => "attn_qkv.weight",
+                B::QkvBias => "attn_qkv.bias",
+                B::ProjWeight => "attn_out.weight",
+                B::ProjBias => "attn_out.bias",
+                B::Fc1Weight => "ffn_up.weight",
+                B::Fc1Bias => "ffn_up.bias",
+                B::Fc2Weight => "ffn_down.weight",
+                B::Fc2Bias => "ffn_down.bias",
+            };
+            format!("v.blk.{i}.{part}")
+        }
+    }
 }
 
 /// Hugging Face name of a vision-tower tensor (`model.visual.*`).
 pub fn vision(t: VisionTensor) -> String {
     use VisionBlockTensor as B;
     let suffix = match t {
-        VisionTensor::PatchWeight => "patch_embed.proj.weight".to_string(),
+        VisionTensor::PatchWeight | VisionTensor::PatchWeightT1 => {
+            "patch_embed.proj.weight".to_string()
+        }
         VisionTensor::PatchBias => "patch_embed.proj.bias".to_string(),
         VisionTensor::PosEmbed => "pos_embed.weight".to_string(),
         VisionTensor::MergerNormWeight => "merger.norm.weight".to_string(),

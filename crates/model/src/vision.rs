@@ -21,14 +21,21 @@ use qinfer_backend::{AttentionShape, Backend, Gelu};
 use qinfer_formats::hf_config::RawConfig;
 use qinfer_tensor::{Mat, Weight};
 
-use crate::config::{positive, within};
+use qinfer_formats::gguf::keys;
+
+use crate::config::{Metadata, positive, within};
 use crate::error::{ConfigError, LoadError};
 use crate::layers::rope::Position3;
 use crate::loader::{Loader, TensorId};
-use crate::names::{VisionBlockTensor, VisionTensor};
+use crate::names::{Naming, VisionBlockTensor, VisionTensor};
 
-/// LayerNorm epsilon of every norm of the tower (fixed in the reference, not configured).
-const LN_EPS: f32 = 1e-6;
+/// LayerNorm epsilon of every norm of the tower in Hugging Face checkpoints (fixed in the
+/// reference, not configured; `mmproj` files state theirs).
+const HF_LN_EPS: f32 = 1e-6;
+
+/// The rotary base of the tower when a file does not state it (llama.cpp's `mmproj` files
+/// never do; the reference's default).
+const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 
 /// The vision tower's hyper-parameters and the prompt tokens that stand for images, validated.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +54,7 @@ pub struct VisionConfig {
     pub pos_side: usize,
     pub act: Gelu,
     pub rope_theta: f64,
+    pub ln_eps: f32,
     /// `<|image_pad|>`: one per merged patch in the prompt.
     pub image_token: u32,
     pub vision_start_token: Option<u32>,
@@ -84,15 +92,6 @@ impl VisionConfig {
             "vision_config.num_position_embeddings",
         )?;
         let invalid = |field: &'static str, why: String| ConfigError::Invalid { field, why };
-        if !hidden.is_multiple_of(heads) || !(hidden / heads).is_multiple_of(4) {
-            return Err(invalid(
-                "vision_config.num_heads",
-                format!(
-                    "hidden size {hidden} / {heads} heads is not a head width divisible by 4 \
-                     (2-D rotary embedding)"
-                ),
-            ));
-        }
         if out_hidden != text_hidden {
             return Err(invalid(
                 "vision_config.out_hidden_size",
@@ -141,7 +140,9 @@ impl VisionConfig {
                 why: format!("{t:?} (the tower's rotary embedding is axial)"),
             });
         }
-        let rope_theta = rope.and_then(|r| r.rope_theta).unwrap_or(10_000.0);
+        let rope_theta = rope
+            .and_then(|r| r.rope_theta)
+            .unwrap_or(DEFAULT_ROPE_THETA);
         if !(rope_theta.is_finite() && rope_theta > 1.0) {
             return Err(invalid(
                 "vision_config.rope_parameters.rope_theta",
@@ -159,23 +160,149 @@ impl VisionConfig {
         };
         let image_token = token(raw.image_token_id, "image_token_id")?
             .ok_or(ConfigError::Missing("image_token_id"))?;
-        Ok(Some(VisionConfig {
-            depth,
-            hidden,
-            intermediate,
-            heads,
-            in_channels,
+        Ok(Some(
+            VisionConfig {
+                depth,
+                hidden,
+                intermediate,
+                heads,
+                in_channels,
+                patch,
+                temporal_patch,
+                merge,
+                out_hidden,
+                pos_side,
+                act,
+                rope_theta,
+                ln_eps: HF_LN_EPS,
+                image_token,
+                vision_start_token: token(raw.vision_start_token_id, "vision_start_token_id")?,
+                vision_end_token: token(raw.vision_end_token_id, "vision_end_token_id")?,
+            }
+            .checked()?,
+        ))
+    }
+
+    /// The tower of a llama.cpp `mmproj` file (`clip.projector_type` `qwen3vl_merger`), for a
+    /// language model of width `text_hidden` whose tokenizer writes images as `image_token`;
+    /// `temporal_patch` is the number of per-frame patch kernels the file holds.
+    pub fn from_mmproj(
+        md: &dyn Metadata,
+        text_hidden: usize,
+        image_token: u32,
+        temporal_patch: usize,
+    ) -> Result<Self, ConfigError> {
+        let bad = |key: &str, why: String| ConfigError::InvalidKey {
+            key: key.to_string(),
+            why,
+        };
+        let num = |key: &str| -> Result<usize, ConfigError> {
+            let v = md
+                .u64(key)
+                .map_err(|e| bad(key, e))?
+                .ok_or_else(|| ConfigError::MissingKey(key.to_string()))?;
+            usize::try_from(v).map_err(|_| bad(key, format!("{v} is too large")))
+        };
+        match md
+            .string(keys::ARCHITECTURE)
+            .map_err(|e| bad(keys::ARCHITECTURE, e))?
+        {
+            Some(a) if a == keys::CLIP_ARCH => {}
+            other => {
+                return Err(bad(
+                    keys::ARCHITECTURE,
+                    format!("{other:?}: not an mmproj file (`clip`)"),
+                ));
+            }
+        }
+        match md
+            .string(keys::CLIP_PROJECTOR_TYPE)
+            .map_err(|e| bad(keys::CLIP_PROJECTOR_TYPE, e))?
+            .as_deref()
+        {
+            Some("qwen3vl_merger") => {}
+            other => {
+                return Err(bad(
+                    keys::CLIP_PROJECTOR_TYPE,
+                    format!("{other:?}: qinfer reads Qwen3.5/3.6 towers (`qwen3vl_merger`)"),
+                ));
+            }
+        }
+        let patch = num(keys::CLIP_PATCH)?;
+        let image_size = num(keys::CLIP_IMAGE_SIZE)?;
+        let ln_eps = md
+            .f64(keys::CLIP_LN_EPS)
+            .map_err(|e| bad(keys::CLIP_LN_EPS, e))?
+            .unwrap_or(HF_LN_EPS as f64) as f32;
+        if !(ln_eps.is_finite() && ln_eps > 0.0 && ln_eps < 1.0) {
+            return Err(bad(keys::CLIP_LN_EPS, format!("{ln_eps} is not in (0, 1)")));
+        }
+        if patch == 0 || !image_size.is_multiple_of(patch) {
+            return Err(bad(
+                keys::CLIP_IMAGE_SIZE,
+                format!("{image_size} is not a multiple of the patch size {patch}"),
+            ));
+        }
+        let c = VisionConfig {
+            depth: num(keys::CLIP_BLOCKS)?,
+            hidden: num(keys::CLIP_HIDDEN)?,
+            intermediate: num(keys::CLIP_FFN)?,
+            heads: num(keys::CLIP_HEADS)?,
+            in_channels: 3,
             patch,
             temporal_patch,
-            merge,
-            out_hidden,
-            pos_side,
-            act,
-            rope_theta,
+            merge: num(keys::CLIP_MERGE)?,
+            out_hidden: num(keys::CLIP_PROJECTION)?,
+            pos_side: image_size / patch,
+            act: Gelu::Tanh,
+            rope_theta: DEFAULT_ROPE_THETA,
+            ln_eps,
             image_token,
-            vision_start_token: token(raw.vision_start_token_id, "vision_start_token_id")?,
-            vision_end_token: token(raw.vision_end_token_id, "vision_end_token_id")?,
-        }))
+            vision_start_token: None,
+            vision_end_token: None,
+        }
+        .checked()?;
+        if c.out_hidden != text_hidden {
+            return Err(bad(
+                keys::CLIP_PROJECTION,
+                format!(
+                    "{} ≠ the language model's hidden size {text_hidden}: this mmproj file is \
+                     for another model",
+                    c.out_hidden
+                ),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Every dimension positive and within [`crate::config::LIMITS`], the heads' width
+    /// divisible by 4 (2-D rotary embedding).
+    fn checked(self) -> Result<Self, ConfigError> {
+        for (v, f) in [
+            (self.depth, "vision_config.depth"),
+            (self.hidden, "vision_config.hidden_size"),
+            (self.intermediate, "vision_config.intermediate_size"),
+            (self.heads, "vision_config.num_heads"),
+            (self.patch, "vision_config.patch_size"),
+            (self.temporal_patch, "vision_config.temporal_patch_size"),
+            (self.merge, "vision_config.spatial_merge_size"),
+            (self.out_hidden, "vision_config.out_hidden_size"),
+            (self.pos_side, "vision_config.num_position_embeddings"),
+        ] {
+            positive(v, f)?;
+            within(v, f)?;
+        }
+        let (h, n) = (self.hidden, self.heads);
+        if !h.is_multiple_of(n) || !(h / n).is_multiple_of(4) {
+            return Err(ConfigError::Invalid {
+                field: "vision_config.num_heads",
+                why: format!(
+                    "hidden size {h} / {n} heads is not a head width divisible by 4 (2-D \
+                     rotary embedding)"
+                ),
+            });
+        }
+        Ok(self)
     }
 
     pub fn head_dim(&self) -> usize {
@@ -240,12 +367,22 @@ impl Clone for VisionBlock {
     }
 }
 
+/// The patch embedding's kernel as the file stores it.
+#[derive(Clone, Debug)]
+enum PatchKernel {
+    /// `[hidden, C·Tp·p·p]`: the `Conv3d` kernel (Hugging Face).
+    Fused(Weight),
+    /// One `[hidden, C·p·p]` kernel per frame (llama.cpp `mmproj`): the embedding is the sum
+    /// of each frame's values against its kernel.
+    Frames(Vec<Weight>),
+}
+
 /// The loaded tower.
 #[derive(Clone, Debug)]
 pub struct VisionTower {
     pub config: VisionConfig,
-    /// `[hidden, C·Tp·p·p]`.
-    patch: (Weight, Vec<f32>),
+    patch: PatchKernel,
+    patch_bias: Vec<f32>,
     /// `[side², hidden]`.
     pos: Weight,
     blocks: Vec<VisionBlock>,
@@ -271,13 +408,33 @@ impl VisionTower {
         let norm = |w: VisionTensor, b: VisionTensor, n: usize| {
             Ok::<_, LoadError>((ld.f32s(id(w), &[&[n]])?, ld.f32s(id(b), &[&[n]])?))
         };
-        let patch_w = ld.matrix_shaped(
-            id(VisionTensor::PatchWeight),
-            h,
-            c.patch_values(),
-            &[h, c.in_channels, c.temporal_patch, c.patch, c.patch],
-        )?;
-        let patch = (patch_w, ld.f32s(id(VisionTensor::PatchBias), &[&[h]])?);
+        let patch = match ld.naming() {
+            Naming::Hf(_) => PatchKernel::Fused(ld.matrix_shaped(
+                id(VisionTensor::PatchWeight),
+                h,
+                c.patch_values(),
+                &[h, c.in_channels, c.temporal_patch, c.patch, c.patch],
+            )?),
+            Naming::Gguf => {
+                let frame = c.in_channels * c.patch * c.patch;
+                let shape = [h, c.in_channels, c.patch, c.patch];
+                let kernels = [VisionTensor::PatchWeight, VisionTensor::PatchWeightT1];
+                if c.temporal_patch > kernels.len() {
+                    return Err(LoadError::Shape {
+                        name: ld.name(id(VisionTensor::PatchWeight)),
+                        expected: vec![kernels.len()],
+                        got: vec![c.temporal_patch],
+                    });
+                }
+                PatchKernel::Frames(
+                    kernels[..c.temporal_patch]
+                        .iter()
+                        .map(|&k| ld.matrix_shaped(id(k), h, frame, &shape))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+        };
+        let patch_bias = ld.f32s(id(VisionTensor::PatchBias), &[&[h]])?;
         let pos = ld.matrix(id(VisionTensor::PosEmbed), c.pos_side * c.pos_side, h)?;
         let mut blocks = Vec::with_capacity(c.depth);
         for i in 0..c.depth {
@@ -317,6 +474,7 @@ impl VisionTower {
         Ok(VisionTower {
             config,
             patch,
+            patch_bias,
             pos,
             blocks,
             merger_norm,
@@ -328,12 +486,15 @@ impl VisionTower {
 
     /// Every weight matrix, for the backend to prepare.
     pub(crate) fn weights_mut(&mut self) -> Vec<&mut Weight> {
-        let mut ws = vec![
-            &mut self.patch.0,
+        let mut ws: Vec<&mut Weight> = match &mut self.patch {
+            PatchKernel::Fused(w) => vec![w],
+            PatchKernel::Frames(ws) => ws.iter_mut().collect(),
+        };
+        ws.extend([
             &mut self.pos,
             &mut self.merger_fc1.0,
             &mut self.merger_fc2.0,
-        ];
+        ]);
         for b in &mut self.blocks {
             ws.extend([&mut b.qkv.0, &mut b.proj.0, &mut b.fc1.0, &mut b.fc2.0]);
         }
@@ -401,8 +562,30 @@ impl VisionTower {
         let coords = self.patch_coords(gh, gw);
 
         // Patch embedding and the resampled position table.
-        let mut x = be.matmul(&be.upload(pixels.clone()), &self.patch.0);
-        be.add_bias(&mut x, &self.patch.1);
+        let mut x = match &self.patch {
+            PatchKernel::Fused(w) => be.matmul(&be.upload(pixels.clone()), w),
+            PatchKernel::Frames(ws) => {
+                // Frame `t`'s values of every channel: columns `(c·Tp + t)·p²` onwards.
+                let p2 = c.patch * c.patch;
+                let mut sum: Option<qinfer_backend::Act> = None;
+                for (t, w) in ws.iter().enumerate() {
+                    let mut frame = Mat::zeros(n, c.in_channels * p2);
+                    for (dst, src) in frame.rows_iter_mut().zip(pixels.rows_iter()) {
+                        for ch in 0..c.in_channels {
+                            let from = (ch * c.temporal_patch + t) * p2;
+                            dst[ch * p2..(ch + 1) * p2].copy_from_slice(&src[from..from + p2]);
+                        }
+                    }
+                    let y = be.matmul(&be.upload(frame), w);
+                    match &mut sum {
+                        None => sum = Some(y),
+                        Some(s) => be.add(s, &y),
+                    }
+                }
+                sum.expect("at least one frame kernel")
+            }
+        };
+        be.add_bias(&mut x, &self.patch_bias);
         let mut taps: [(Vec<u32>, Vec<f32>); 4] = Default::default();
         for i in 0..n {
             let (r, col) = coords[i % frame];
@@ -450,7 +633,7 @@ impl VisionTower {
         };
         for b in &self.blocks {
             let mut h = x.clone();
-            be.layer_norm(&mut h, &b.norm1.0, &b.norm1.1, LN_EPS);
+            be.layer_norm(&mut h, &b.norm1.0, &b.norm1.1, c.ln_eps);
             let mut qkv = be.matmul(&h, &b.qkv.0);
             be.add_bias(&mut qkv, &b.qkv.1);
             let mut q = be.cols(&qkv, 0, c.hidden);
@@ -479,7 +662,7 @@ impl VisionTower {
             be.add_bias(&mut o, &b.proj.1);
             be.add(&mut x, &o);
             let mut h = x.clone();
-            be.layer_norm(&mut h, &b.norm2.0, &b.norm2.1, LN_EPS);
+            be.layer_norm(&mut h, &b.norm2.0, &b.norm2.1, c.ln_eps);
             let mut f = be.matmul(&h, &b.fc1.0);
             be.add_bias(&mut f, &b.fc1.1);
             be.gelu(&mut f, c.act);
@@ -487,7 +670,7 @@ impl VisionTower {
             be.add_bias(&mut f, &b.fc2.1);
             be.add(&mut x, &f);
         }
-        be.layer_norm(&mut x, &self.merger_norm.0, &self.merger_norm.1, LN_EPS);
+        be.layer_norm(&mut x, &self.merger_norm.0, &self.merger_norm.1, c.ln_eps);
         let x = be.reshape(x, n / (m * m), c.hidden * m * m);
         let mut y = be.matmul(&x, &self.merger_fc1.0);
         be.add_bias(&mut y, &self.merger_fc1.1);

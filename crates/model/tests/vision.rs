@@ -246,3 +246,30 @@ fn bad_splices_are_refused() {
     assert!(model.encode_image(&narrow, [1, 2, 2]).is_err());
     assert!(model.encode_image(&narrow, [1, 3, 2]).is_err());
 }
+
+/// The same tower read from llama.cpp's `mmproj` GGUF of the fixture
+/// (`tools/make_mmproj_fixture.sh`: llama.cpp's own converter, F32): the patch kernel comes as
+/// one kernel per frame, every other tensor as in the checkpoint. Encoder outputs and the
+/// logits of the two-image prompt meet the same tolerances against transformers.
+#[test]
+fn the_tower_from_an_mmproj_gguf_matches_transformers() {
+    let mut model = load_exact(VL);
+    let image_token = model.vision.as_ref().unwrap().config.image_token;
+    model.vision = None;
+    let file =
+        qinfer_formats::gguf::GgufFile::open(fixture(VL).join("mmproj-tiny-vl-f32.gguf")).unwrap();
+    model.load_mmproj(&file, image_token).unwrap();
+    check_tower(&model, "mmproj");
+    let p = prompt(&model, "prompt_two");
+    let want = mat("logits_two.npy");
+    let got = logits(&model, &p, false);
+    let (d, row, col) = max_diff(&got.data, &want.data, want.cols);
+    assert!(d < LOGIT_TOL, "mmproj logits: {d} at ({row}, {col})");
+    // A text model's own GGUF is not an mmproj file; an out-of-vocabulary pad id is refused.
+    let text =
+        qinfer_formats::gguf::GgufFile::open(fixture("gguf").join("tiny-dense-f32.gguf")).unwrap();
+    let err = model.load_mmproj(&text, image_token).unwrap_err();
+    assert!(err.to_string().contains("mmproj"), "{err}");
+    let err = model.load_mmproj(&file, 100_000).unwrap_err();
+    assert!(err.to_string().contains("vocabulary"), "{err}");
+}

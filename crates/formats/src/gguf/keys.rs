@@ -31,6 +31,21 @@ pub const TOKENIZER_BOS_ID: &str = "tokenizer.ggml.bos_token_id";
 pub const TOKENIZER_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
 pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
 
+// A vision tower in llama.cpp's `mmproj` files (`general.architecture` = `clip`).
+pub const CLIP_ARCH: &str = "clip";
+pub const CLIP_PROJECTOR_TYPE: &str = "clip.projector_type";
+pub const CLIP_HIDDEN: &str = "clip.vision.embedding_length";
+pub const CLIP_FFN: &str = "clip.vision.feed_forward_length";
+pub const CLIP_BLOCKS: &str = "clip.vision.block_count";
+pub const CLIP_HEADS: &str = "clip.vision.attention.head_count";
+pub const CLIP_LN_EPS: &str = "clip.vision.attention.layer_norm_epsilon";
+pub const CLIP_PATCH: &str = "clip.vision.patch_size";
+pub const CLIP_IMAGE_SIZE: &str = "clip.vision.image_size";
+pub const CLIP_MERGE: &str = "clip.vision.spatial_merge_size";
+pub const CLIP_PROJECTION: &str = "clip.vision.projection_dim";
+pub const CLIP_IMAGE_MEAN: &str = "clip.vision.image_mean";
+pub const CLIP_IMAGE_STD: &str = "clip.vision.image_std";
+
 /// Keys scoped by the architecture: `{arch}.{suffix}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
