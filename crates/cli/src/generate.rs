@@ -8,8 +8,9 @@ use clap::Args;
 use qinfer_engine::engine::{CacheHook, EngineModel, Request};
 use qinfer_engine::generate::{
     FinishReason, Flow, GenerateOptions, Generation, ModelBundle, Sequence,
-    generate as run_generation, run_one,
+    generate_with_images as run_generation, run_one,
 };
+use qinfer_engine::images::{PromptImage, place_images, read_image};
 use qinfer_engine::parser::ParserOptions;
 use qinfer_engine::sampler::SamplingParams;
 use qinfer_formats::gguf::keys;
@@ -48,6 +49,11 @@ pub struct GenerateArgs {
     /// Render --prompt as a user message through the model's chat template.
     #[arg(long, requires = "prompt")]
     chat: bool,
+    /// An image for the prompt (PNG, JPEG, WebP or GIF; repeat for several). With --chat the
+    /// images come first in the user message; a raw --prompt must hold one
+    /// `<|vision_start|><|image_pad|><|vision_end|>` per image.
+    #[arg(long = "image", value_name = "PATH", requires = "prompt")]
+    images: Vec<PathBuf>,
     /// System message (with --chat).
     #[arg(long, requires = "chat")]
     system: Option<String>,
@@ -169,6 +175,11 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     }
     let bundle = crate::load_bundle(&args.model, args.threads, &args.model_opts)?;
     let (prompt, starts_in_reasoning) = prompt_ids(&bundle, &args)?;
+    let (prompt, images) = if args.images.is_empty() {
+        (prompt, Vec::new())
+    } else {
+        with_images(&bundle, &prompt, &args.images)?
+    };
     let opts = GenerateOptions {
         json_object: false,
         json_schema: None,
@@ -188,7 +199,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let mut seq = Sequence::new(&bundle.model);
     let mut stdout = std::io::stdout().lock();
     let stream = !args.json;
-    let result = run_generation(&bundle, &mut seq, &prompt, &opts, &mut |e| {
+    let result = run_generation(&bundle, &mut seq, &prompt, &images, &opts, &mut |e| {
         if stream {
             let text = match e {
                 qinfer_engine::parser::Event::Reasoning(t)
@@ -222,7 +233,13 @@ fn prompt_ids(bundle: &ModelBundle, args: &GenerateArgs) -> Result<(Vec<u32>, bo
         if let Some(system) = &args.system {
             messages.push(serde_json::json!({"role": "system", "content": system}));
         }
-        messages.push(serde_json::json!({"role": "user", "content": prompt}));
+        let mut content: Vec<serde_json::Value> = args
+            .images
+            .iter()
+            .map(|_| serde_json::json!({"type": "image"}))
+            .collect();
+        content.push(serde_json::json!({"type": "text", "text": prompt}));
+        messages.push(serde_json::json!({"role": "user", "content": content}));
         let mut kwargs = serde_json::Map::new();
         kwargs.insert("enable_thinking".into(), (!args.no_think).into());
         bundle
@@ -241,6 +258,27 @@ fn prompt_ids(bundle: &ModelBundle, args: &GenerateArgs) -> Result<(Vec<u32>, bo
         bail!("the prompt encodes to no tokens");
     }
     Ok((ids, text.ends_with("<think>\n")))
+}
+
+/// Reads `paths` as the prompt's images and places them at its image-pad tokens.
+pub fn with_images(
+    bundle: &ModelBundle,
+    ids: &[u32],
+    paths: &[PathBuf],
+) -> Result<(Vec<u32>, Vec<PromptImage>)> {
+    let opts = bundle.images.as_ref().with_context(|| {
+        format!(
+            "{} has no vision tower: it cannot take images (for a GGUF model, give its \
+             mmproj file with --mmproj)",
+            bundle.name
+        )
+    })?;
+    let mut read = Vec::with_capacity(paths.len());
+    for p in paths {
+        let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+        read.push(read_image(&bytes, opts).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?);
+    }
+    place_images(&bundle.model, ids, read).map_err(|e| anyhow::anyhow!(e))
 }
 
 pub fn generation_json(g: &Generation) -> serde_json::Value {

@@ -355,6 +355,10 @@ pub struct ModelOptions {
     /// the measured acceptance says more would not pay.
     #[arg(long = "draft-max", value_name = "K", value_parser = clap::value_parser!(u8).range(1..=15))]
     draft_max: Option<u8>,
+    /// A llama.cpp `mmproj` GGUF with the model's vision tower (for a GGUF model; an
+    /// `mmproj*.gguf` beside the model file is found without this flag).
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<PathBuf>,
 }
 
 impl ModelOptions {
@@ -467,6 +471,11 @@ pub fn load_bundle(
                 .with_context(|| format!("cannot load model {}", dir.display()))?
         }
     };
+    if let Some(path) = &opts.mmproj {
+        bundle
+            .attach_mmproj(path)
+            .with_context(|| format!("cannot load the vision tower {}", path.display()))?;
+    }
     opts.apply(&mut bundle.model)?;
     bundle.draft = opts.draft();
     if opts.draft.as_deref() == Some("mtp") && !bundle.model.has_mtp() {

@@ -591,3 +591,44 @@ fn bench_batch_reports_throughput_and_experts_touched() {
         "{per_token:?}"
     );
 }
+
+/// `qinfer generate --image` with the demo (whose random vision tower takes images like a
+/// real one): the 100×60 image is resized up to the processor's minimum area (352×224: 22×14
+/// patches, 77 merged tokens), two images twice that, and what is not an image gets a clear
+/// error.
+#[test]
+fn generate_takes_images() {
+    let image = fixture("tiny-vl-f32").join("image_a.png");
+    let image = image.to_str().unwrap();
+    let base = [
+        "generate",
+        "demo",
+        "--chat",
+        "--prompt",
+        "What is this?",
+        "--max-tokens",
+        "2",
+    ];
+    let prompt_tokens = |o: &Output| -> usize {
+        let e = stderr(o);
+        let at = e.find("prompt ").unwrap_or_else(|| panic!("{e}")) + "prompt ".len();
+        e[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    let plain = qinfer(&base);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let one = qinfer(&[&base[..], &["--image", image]].concat());
+    assert!(one.status.success(), "{}", stderr(&one));
+    let two = qinfer(&[&base[..], &["--image", image, "--image", image]].concat());
+    assert!(two.status.success(), "{}", stderr(&two));
+    // Each image: <|vision_start|>, 77 pads, <|vision_end|>.
+    assert_eq!(prompt_tokens(&one), prompt_tokens(&plain) + 79);
+    assert_eq!(prompt_tokens(&two), prompt_tokens(&plain) + 2 * 79);
+    let toml = fixture("../../Cargo.toml");
+    let bad = qinfer(&[&base[..], &["--image", toml.to_str().unwrap()]].concat());
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("not a recognised image"),
+        "{}",
+        stderr(&bad)
+    );
+}

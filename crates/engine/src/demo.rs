@@ -21,8 +21,11 @@ use std::path::PathBuf;
 use qinfer_formats::gguf::GgufFile;
 use qinfer_formats::hf_config::RawConfig;
 use qinfer_formats::safetensors::{Checkpoint, StDType, TensorEntry};
-use qinfer_model::names::{self, Global, LayerTensor, Prefix};
-use qinfer_model::{ModelConfig, Qwen35};
+use qinfer_model::loader::Loader;
+use qinfer_model::names::{
+    self, Global, LayerTensor, Naming, Prefix, VisionBlockTensor, VisionTensor,
+};
+use qinfer_model::{ModelConfig, NormConvention, Qwen35, VisionConfig, VisionTower};
 use qinfer_tensor::{ByteView, DType};
 
 use crate::sampler::SplitMix64;
@@ -85,6 +88,113 @@ pub fn random_model(config_json: &str) -> Result<Qwen35, String> {
     }
     let checkpoint = demo_checkpoint(&config);
     Qwen35::from_checkpoint(config, &checkpoint).map_err(|e| e.to_string())
+}
+
+/// The vision tower the demo bundle carries (`ModelBundle::demo`): random, untrained, small
+/// (2 blocks of width 64, patch 16, merge 2, a 16×16 position table), with the real
+/// vocabulary's image tokens. It makes the image path of every interface work with the demo —
+/// images are accepted, placed and cached as with a real model — though what it "sees" means
+/// nothing.
+pub const DEMO_VISION_CONFIG: &str = r#"{
+  "image_token_id": 248056,
+  "video_token_id": 248057,
+  "vision_start_token_id": 248053,
+  "vision_end_token_id": 248054,
+  "vision_config": {
+    "model_type": "qwen3_5_vision",
+    "depth": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_heads": 4,
+    "in_channels": 3,
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "spatial_merge_size": 2,
+    "out_hidden_size": OUT_HIDDEN,
+    "num_position_embeddings": 256,
+    "hidden_act": "gelu_pytorch_tanh",
+    "rope_parameters": {"rope_type": "axial", "rope_theta": 10000.0}
+  }
+}"#;
+
+/// A seeded random vision tower of [`DEMO_VISION_CONFIG`] for a model of width `hidden` and
+/// `vocab` tokens.
+pub fn demo_vision_tower(hidden: usize, vocab: usize) -> Result<VisionTower, String> {
+    let json = DEMO_VISION_CONFIG.replace("OUT_HIDDEN", &hidden.to_string());
+    let raw = RawConfig::from_json(&json).map_err(|e| e.to_string())?;
+    let vc = VisionConfig::from_hf(&raw, hidden, vocab)
+        .map_err(|e| e.to_string())?
+        .ok_or("no vision_config")?;
+    let (h, f, m) = (vc.hidden, vc.intermediate, vc.hidden * vc.merge * vc.merge);
+    let scaled = |cols: usize| Init::Scaled(1.0 / (cols as f32).sqrt());
+    let mut tensors = vec![
+        (
+            names::vision(VisionTensor::PatchWeight),
+            vec![h, vc.in_channels, vc.temporal_patch, vc.patch, vc.patch],
+            scaled(vc.patch_values()),
+        ),
+        (
+            names::vision(VisionTensor::PatchBias),
+            vec![h],
+            Init::Constant(0.0),
+        ),
+        (
+            names::vision(VisionTensor::PosEmbed),
+            vec![vc.pos_side * vc.pos_side, h],
+            Init::Scaled(0.02),
+        ),
+    ];
+    let mut vector =
+        |t: VisionTensor, n: usize, init: Init| tensors.push((names::vision(t), vec![n], init));
+    vector(VisionTensor::MergerNormWeight, h, Init::Constant(1.0));
+    vector(VisionTensor::MergerNormBias, h, Init::Constant(0.0));
+    vector(VisionTensor::MergerFc1Bias, m, Init::Constant(0.0));
+    vector(VisionTensor::MergerFc2Bias, hidden, Init::Constant(0.0));
+    for i in 0..vc.depth {
+        use VisionBlockTensor as B;
+        let b = |t: B| VisionTensor::Block(i, t);
+        for (t, n, init) in [
+            (B::Norm1Weight, h, Init::Constant(1.0)),
+            (B::Norm1Bias, h, Init::Constant(0.0)),
+            (B::Norm2Weight, h, Init::Constant(1.0)),
+            (B::Norm2Bias, h, Init::Constant(0.0)),
+            (B::QkvBias, 3 * h, Init::Constant(0.0)),
+            (B::ProjBias, h, Init::Constant(0.0)),
+            (B::Fc1Bias, f, Init::Constant(0.0)),
+            (B::Fc2Bias, h, Init::Constant(0.0)),
+        ] {
+            vector(b(t), n, init);
+        }
+    }
+    for i in 0..vc.depth {
+        use VisionBlockTensor as B;
+        let b = |t: B| names::vision(VisionTensor::Block(i, t));
+        for (t, rows, cols) in [
+            (B::QkvWeight, 3 * h, h),
+            (B::ProjWeight, h, h),
+            (B::Fc1Weight, f, h),
+            (B::Fc2Weight, h, f),
+        ] {
+            tensors.push((b(t), vec![rows, cols], scaled(cols)));
+        }
+    }
+    tensors.push((
+        names::vision(VisionTensor::MergerFc1Weight),
+        vec![m, m],
+        scaled(m),
+    ));
+    tensors.push((
+        names::vision(VisionTensor::MergerFc2Weight),
+        vec![hidden, m],
+        scaled(m),
+    ));
+    let checkpoint = checkpoint_of(tensors, 0x5649_5349_4F4E_u64);
+    let ld = Loader::new(
+        &checkpoint,
+        Naming::Hf(Prefix::Model),
+        NormConvention::Plain,
+    );
+    VisionTower::load(&ld, vc).map_err(|e| e.to_string())
 }
 
 /// Every tensor the text model needs, with seeded values scaled like a trained model's
@@ -181,7 +291,12 @@ fn demo_checkpoint(c: &ModelConfig) -> Checkpoint {
             }
         }
     }
-    let mut rng = SplitMix64(0x5157_454E_3335_u64);
+    checkpoint_of(tensors, 0x5157_454E_3335_u64)
+}
+
+/// A BF16 checkpoint in memory of `(name, shape, init)` tensors, values drawn from `seed`.
+fn checkpoint_of(tensors: Vec<(String, Vec<usize>, Init)>, seed: u64) -> Checkpoint {
+    let mut rng = SplitMix64(seed);
     let mut map = BTreeMap::new();
     for (name, shape, init) in tensors {
         let n: usize = shape.iter().product();

@@ -13,13 +13,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qinfer_cache::{Miss, SequenceState, Snapshot};
+use qinfer_cache::{KeyElem, Miss, SequenceState, Snapshot};
 use qinfer_formats::gguf::keys;
 use qinfer_model::Qwen35;
 
 use crate::engine::{
     CacheHook, Ended, Engine, EngineModel, Gone, Out, Request, SchedulerConfig, Sink, Start,
     Summary,
+};
+use crate::images::{
+    DecodeLimits, ImageOptions, PreprocessConfig, PromptImage, image_keys, overlay_key,
 };
 use crate::parser::{Event, Parsed, ToolCall};
 use crate::prompt_cache::PromptCache;
@@ -45,6 +48,9 @@ pub struct ModelBundle {
     pub is_demo: bool,
     /// Speculative decoding with the model's MTP head (`--draft`, `--draft-max`).
     pub draft: DraftConfig,
+    /// How images are read, when the model has a vision tower (`preprocessor_config.json`,
+    /// or the Qwen processor's defaults).
+    pub images: Option<ImageOptions>,
 }
 
 impl ModelBundle {
@@ -62,6 +68,22 @@ impl ModelBundle {
         let defaults = SamplingParams::from_generation_config(&gen_path)?;
         let mut stop_ids = SamplingParams::eos_ids_from_generation_config(&gen_path)?;
         add_chat_stops(&tokenizer, &mut stop_ids);
+        let images = match model.vision {
+            None => None,
+            Some(_) => {
+                let pre = dir.join("preprocessor_config.json");
+                let preprocess = if pre.is_file() {
+                    PreprocessConfig::from_file(&pre)
+                        .map_err(|e| EngineError::Image(format!("{}: {e}", pre.display())))?
+                } else {
+                    PreprocessConfig::qwen35()
+                };
+                Some(ImageOptions {
+                    preprocess,
+                    limits: DecodeLimits::default(),
+                })
+            }
+        };
         Ok(ModelBundle {
             name: dir.display().to_string(),
             model,
@@ -71,6 +93,7 @@ impl ModelBundle {
             stop_ids,
             is_demo: false,
             draft: DraftConfig::default(),
+            images,
         })
     }
 
@@ -116,7 +139,7 @@ impl ModelBundle {
         } else {
             SamplingParams::preset("thinking")?
         };
-        Ok(ModelBundle {
+        let mut bundle = ModelBundle {
             name: path.display().to_string(),
             model,
             tokenizer,
@@ -125,7 +148,52 @@ impl ModelBundle {
             stop_ids,
             is_demo: false,
             draft: DraftConfig::default(),
-        })
+            images: None,
+        };
+        // A llama.cpp-style `mmproj*.gguf` beside the model brings its vision tower.
+        let beside: Vec<_> = path
+            .parent()
+            .and_then(|d| std::fs::read_dir(d).ok())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("mmproj") && n.ends_with(".gguf"))
+            })
+            .collect();
+        if let [mmproj] = &beside[..] {
+            bundle.attach_mmproj(mmproj)?;
+        }
+        Ok(bundle)
+    }
+
+    /// Gives the model the vision tower of a llama.cpp `mmproj` GGUF file (`--mmproj`).
+    pub fn attach_mmproj(&mut self, path: &Path) -> Result<(), EngineError> {
+        let image_token = self.tokenizer.token_id("<|image_pad|>").ok_or_else(|| {
+            EngineError::Image(format!(
+                "{}: the model's tokenizer has no <|image_pad|> token",
+                path.display()
+            ))
+        })?;
+        let file =
+            qinfer_formats::gguf::GgufFile::open(path).map_err(|e| EngineError::Load(e.into()))?;
+        self.model.load_mmproj(&file, image_token)?;
+        let mut preprocess = PreprocessConfig::qwen35();
+        if let Some((mean, std)) = qinfer_model::gguf::mmproj_image_norm(&file) {
+            preprocess.mean = mean;
+            preprocess.std = std;
+        }
+        let c = &self.model.vision.as_ref().expect("just loaded").config;
+        preprocess.patch_size = c.patch;
+        preprocess.merge_size = c.merge;
+        preprocess.temporal_patch_size = c.temporal_patch;
+        self.images = Some(ImageOptions {
+            preprocess,
+            limits: DecodeLimits::default(),
+        });
+        Ok(())
     }
 
     /// The built-in demo model with the real Qwen3.5/3.6 tokenizer and the Qwen3.6 template.
@@ -137,9 +205,13 @@ impl ModelBundle {
             .with_special_tokens(special_tokens_from_config(&config));
         let mut stop_ids = Vec::new();
         add_chat_stops(&tokenizer, &mut stop_ids);
+        let mut model = crate::demo::demo_model();
+        let tower = crate::demo::demo_vision_tower(model.config.hidden, model.config.vocab)
+            .map_err(EngineError::Image)?;
+        model.attach_vision(tower)?;
         Ok(ModelBundle {
             name: crate::demo::DEMO_NAME.to_string(),
-            model: crate::demo::demo_model(),
+            model,
             tokenizer,
             template: Some(template),
             // A small model: Qwen's lower-temperature preset without a presence penalty.
@@ -147,6 +219,10 @@ impl ModelBundle {
             stop_ids,
             is_demo: true,
             draft: DraftConfig::default(),
+            images: Some(ImageOptions {
+                preprocess: PreprocessConfig::qwen35(),
+                limits: DecodeLimits::default(),
+            }),
         })
     }
 
@@ -211,6 +287,9 @@ pub struct Sequence {
     pub state: SequenceState,
     /// Tokens processed into `state`, in order.
     pub tokens: Vec<u32>,
+    /// `(index, key)` of the image tokens among `tokens` (an image-pad token is the same id
+    /// whatever the image: the key says which).
+    image_keys: Vec<(usize, KeyElem)>,
     /// `(position, snapshot)` at the ends of recent prompts, oldest first; every position is
     /// within `tokens`.
     marks: Vec<(usize, Snapshot)>,
@@ -226,6 +305,7 @@ impl Sequence {
         Sequence {
             state: model.new_state(),
             tokens: Vec::new(),
+            image_keys: Vec::new(),
             marks: Vec::new(),
             cache: None,
         }
@@ -245,6 +325,7 @@ impl Sequence {
         Sequence {
             state,
             tokens,
+            image_keys: Vec::new(),
             marks: Vec::new(),
             cache: None,
         }
@@ -277,8 +358,13 @@ impl Sequence {
     /// Rewinds to the longest reusable prefix of `prompt`, from this sequence or the shared
     /// cache; returns how many of its tokens are already in the state and, when tokens the
     /// cache had seen are computed again, why.
-    fn resume(&mut self, model: &Qwen35, prompt: &[u32]) -> (usize, Option<Miss>) {
-        let local = self.reuse(model, prompt);
+    fn resume(
+        &mut self,
+        model: &Qwen35,
+        prompt: &[u32],
+        images: &[(usize, KeyElem)],
+    ) -> (usize, Option<Miss>) {
+        let local = self.reuse_keyed(model, prompt, images);
         let Some(cache) = self.cache.clone() else {
             return (local, None);
         };
@@ -286,12 +372,17 @@ impl Sequence {
             // Nothing to gain, or the prompt extends this very sequence.
             return (local, None);
         }
-        let found = cache.admit(prompt);
+        let found = cache.admit_key(&overlay_key(prompt, images));
         if found.cached <= local {
             return (local, None);
         }
         self.state = found.state;
         self.tokens = prompt[..found.cached].to_vec();
+        self.image_keys = images
+            .iter()
+            .copied()
+            .filter(|(i, _)| *i < found.cached)
+            .collect();
         self.marks.clear();
         (found.cached, found.miss)
     }
@@ -300,10 +391,29 @@ impl Sequence {
     /// already in the state. Always leaves at least one token to process, since the logits of
     /// the prompt's last position are needed.
     pub fn reuse(&mut self, model: &Qwen35, prompt: &[u32]) -> usize {
+        self.reuse_keyed(model, prompt, &[])
+    }
+
+    /// [`Sequence::reuse`] for a prompt whose image tokens are `images` (`(index, key)`): a
+    /// prefix is reusable only if its images are the same too.
+    fn reuse_keyed(
+        &mut self,
+        model: &Qwen35,
+        prompt: &[u32],
+        images: &[(usize, KeyElem)],
+    ) -> usize {
+        let held = std::mem::take(&mut self.image_keys);
+        let within = |keys: &[(usize, KeyElem)], n: usize| -> Vec<(usize, KeyElem)> {
+            keys.iter().copied().filter(|(i, _)| *i < n).collect()
+        };
         let extends = |n: usize, tokens: &[u32]| {
-            n < prompt.len() && n <= tokens.len() && prompt[..n] == tokens[..n]
+            n < prompt.len()
+                && n <= tokens.len()
+                && prompt[..n] == tokens[..n]
+                && within(images, n) == within(&held, n)
         };
         if !self.tokens.is_empty() && extends(self.tokens.len(), &self.tokens) {
+            self.image_keys = held;
             return self.tokens.len();
         }
         let best = self
@@ -317,6 +427,7 @@ impl Sequence {
             let n = self.marks[i].0;
             if self.state.restore(&self.marks[i].1).is_ok() {
                 self.tokens.truncate(n);
+                self.image_keys = within(&held, n);
                 self.marks.retain(|(m, _)| *m <= n);
                 return n;
             }
@@ -369,7 +480,22 @@ pub fn generate(
     opts: &GenerateOptions,
     on_event: &mut dyn FnMut(&Event) -> Flow,
 ) -> Result<Generation, EngineError> {
+    generate_with_images(bundle, seq, prompt, &[], opts, on_event)
+}
+
+/// [`generate`] for a prompt with images, each at its run of image-pad tokens
+/// ([`crate::images::expand_image_pads`]). A sequence reuses a prefix only where its images
+/// are the same ones.
+pub fn generate_with_images(
+    bundle: &ModelBundle,
+    seq: &mut Sequence,
+    prompt: &[u32],
+    images: &[PromptImage],
+    opts: &GenerateOptions,
+    on_event: &mut dyn FnMut(&Event) -> Flow,
+) -> Result<Generation, EngineError> {
     opts.sampling.validate()?;
+    let keys = image_keys(&bundle.model, images).map_err(EngineError::Image)?;
     let model = &bundle.model;
     if prompt.is_empty() {
         return Err(EngineError::EmptyPrompt);
@@ -384,11 +510,12 @@ pub fn generate(
         });
     }
     let arrived = Instant::now();
-    let (reused, cache_miss) = seq.resume(model, prompt);
+    let (reused, cache_miss) = seq.resume(model, prompt, &keys);
     // The state travels with the request and comes back at its end; meanwhile the sequence
     // holds an empty placeholder.
     let state = std::mem::replace(&mut seq.state, SequenceState::from_layers(Vec::new(), 0));
     let mut request = Request::new(prompt.to_vec(), opts.clone(), ());
+    request.images = images.to_vec();
     request.arrived = arrived;
     request.start = Some(Start {
         state,
@@ -408,6 +535,10 @@ pub fn generate(
         Some(kept) => {
             seq.state = kept.state;
             seq.tokens = kept.tokens;
+            seq.image_keys = keys
+                .into_iter()
+                .filter(|(i, _)| *i < seq.tokens.len())
+                .collect();
             if let Some(snapshot) = kept.prompt_end {
                 seq.push_mark(snapshot);
             }

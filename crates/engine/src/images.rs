@@ -11,6 +11,76 @@ use qinfer_model::{ImagePlacement, Position3, Qwen35, mrope_positions};
 use qinfer_tensor::Mat;
 use sha2::{Digest, Sha256};
 
+pub use qinfer_vision::{DecodeLimits, PreprocessConfig};
+
+/// How a model's images are read: the processor's settings and the decoder's size limits.
+#[derive(Clone, Debug)]
+pub struct ImageOptions {
+    pub preprocess: PreprocessConfig,
+    pub limits: DecodeLimits,
+}
+
+/// An image decoded and preprocessed for the tower: its patches and grid.
+#[derive(Clone, Debug)]
+pub struct ReadImage {
+    /// `[t·h·w, C·Tp·p·p]`, in the processor's order.
+    pub pixels: Mat,
+    /// `(t, h, w)` in patches.
+    pub grid: [usize; 3],
+}
+
+/// Decodes and preprocesses an image file's bytes (PNG, JPEG, WebP, GIF). The error says what
+/// is wrong with the image, for the person who sent it.
+pub fn read_image(bytes: &[u8], opts: &ImageOptions) -> Result<ReadImage, String> {
+    let img = qinfer_vision::decode(bytes, &opts.limits).map_err(|e| e.to_string())?;
+    let p = qinfer_vision::preprocess(&img, &opts.preprocess).map_err(|e| e.to_string())?;
+    Ok(ReadImage {
+        pixels: p.pixels,
+        grid: p.grid,
+    })
+}
+
+/// The prompt `ids` (one image-pad token per image, as the chat template writes them) with
+/// each image's pad repeated once per merged patch, and the images placed there.
+pub fn place_images(
+    model: &Qwen35,
+    ids: &[u32],
+    images: Vec<ReadImage>,
+) -> Result<(Vec<u32>, Vec<PromptImage>), String> {
+    let tower = model
+        .vision
+        .as_ref()
+        .ok_or("this model has no vision tower: it cannot take images")?;
+    let c = &tower.config;
+    let mut counts = Vec::with_capacity(images.len());
+    for img in &images {
+        let [t, h, w] = img.grid;
+        if img.pixels.cols != c.patch_values()
+            || !h.is_multiple_of(c.merge)
+            || !w.is_multiple_of(c.merge)
+            || t == 0
+        {
+            return Err(format!(
+                "the image processor's settings do not fit the vision tower (patch rows of {} \
+                 values, grid {:?}; the tower takes {} values and merges {}×{})",
+                img.pixels.cols,
+                img.grid,
+                c.patch_values(),
+                c.merge,
+                c.merge
+            ));
+        }
+        counts.push(c.tokens_for(img.grid));
+    }
+    let (expanded, starts) = expand_image_pads(ids, c.image_token, &counts)?;
+    let placed = images
+        .into_iter()
+        .zip(starts)
+        .map(|(img, start)| PromptImage::new(start, img.grid, img.pixels))
+        .collect();
+    Ok((expanded, placed))
+}
+
 /// One image of a prompt, preprocessed.
 #[derive(Clone, Debug)]
 pub struct PromptImage {
@@ -75,6 +145,43 @@ pub fn expand_image_pads(
         }
     }
     Ok((out, starts))
+}
+
+/// The prompt-cache key elements of `images` placed in a prompt for `model`: `(index, key)`
+/// of every image token, ascending.
+pub fn image_keys(model: &Qwen35, images: &[PromptImage]) -> Result<Vec<(usize, KeyElem)>, String> {
+    if images.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tower = model
+        .vision
+        .as_ref()
+        .ok_or("this model has no vision tower: it cannot take images")?;
+    let mut out = Vec::new();
+    for img in images {
+        let n = tower.config.tokens_for(img.grid);
+        for k in 0..n {
+            out.push((
+                img.start + k,
+                KeyElem::Image {
+                    hash: img.hash,
+                    index: u32::try_from(k).unwrap_or(u32::MAX),
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The key of `tokens` with image positions overlaid.
+pub fn overlay_key(tokens: &[u32], images: &[(usize, KeyElem)]) -> Vec<KeyElem> {
+    let mut key: Vec<KeyElem> = tokens.iter().map(|&t| KeyElem::Token(t)).collect();
+    for &(i, k) in images {
+        if let Some(e) = key.get_mut(i) {
+            *e = k;
+        }
+    }
+    key
 }
 
 /// A running prompt's images: embeddings, positions, key.
@@ -185,13 +292,7 @@ impl Spliced {
 
     /// The prompt-cache key of the first `tokens.len()` prompt positions.
     pub(crate) fn key(&self, tokens: &[u32]) -> Vec<KeyElem> {
-        let mut key: Vec<KeyElem> = tokens.iter().map(|&t| KeyElem::Token(t)).collect();
-        for &(i, k) in &self.keys {
-            if let Some(e) = key.get_mut(i) {
-                *e = k;
-            }
-        }
-        key
+        overlay_key(tokens, &self.keys)
     }
 
     /// The image rows inside prompt indices `range`: their indices relative to its start and

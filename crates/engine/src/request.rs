@@ -51,6 +51,9 @@ pub enum EngineError {
     /// The engine loop could not run the request (a forward step failed).
     #[error("{0}")]
     Failed(String),
+    /// An image the request brings cannot be used (unreadable, too large, no vision tower).
+    #[error("{0}")]
+    Image(String),
 }
 
 /// What ends a generation besides the token budget.

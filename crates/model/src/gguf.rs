@@ -144,12 +144,7 @@ impl Qwen35 {
         )
         .map_err(config_error)?;
         let ld = Loader::new(file, Naming::Gguf, NormConvention::Plain);
-        let mut tower = VisionTower::load(&ld, config)?;
-        for w in tower.weights_mut() {
-            *w = self.backend().prepare(w.clone())?;
-        }
-        self.vision = Some(tower);
-        Ok(())
+        self.attach_vision(VisionTower::load(&ld, config)?)
     }
 }
 

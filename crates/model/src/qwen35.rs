@@ -961,6 +961,23 @@ impl Qwen35 {
         }
     }
 
+    /// Gives the model `tower` (replacing any it has), its weights handed to the model's
+    /// backend.
+    pub fn attach_vision(&mut self, mut tower: VisionTower) -> Result<(), LoadError> {
+        if tower.config.out_hidden != self.config.hidden {
+            return Err(LoadError::Shape {
+                name: "vision tower output".into(),
+                expected: vec![self.config.hidden],
+                got: vec![tower.config.out_hidden],
+            });
+        }
+        for w in tower.weights_mut() {
+            *w = self.backend.prepare(w.clone())?;
+        }
+        self.vision = Some(tower);
+        Ok(())
+    }
+
     /// The merged embeddings of one image (or video) for [`SpanInput::Spliced`]: `pixels`
     /// `[t·h·w, C·Tp·p·p]` are its patches in the processor's order, `grid` = `(t, h, w)`.
     pub fn encode_image(&self, pixels: &Mat, grid: [usize; 3]) -> Result<Mat, VisionError> {
