@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Largest request body, MiB.
     #[arg(long, default_value_t = 32)]
     body_limit_mib: usize,
+    /// Do not fetch images given as http(s) URLs (only inline `data:` / base64 images are
+    /// accepted; a URL gets a 400).
+    #[arg(long)]
+    no_image_urls: bool,
     /// Seconds in-flight requests may run after Ctrl-C / SIGTERM before they are cancelled.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
@@ -119,6 +123,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let mut config = ServerConfig::for_bundle(&bundle, name.clone());
     config.aliases = names[1..].to_vec();
     config.strict_model_name = args.strict_model_name;
+    config.image_urls = !args.no_image_urls;
     config.api_key = args
         .api_key
         .clone()

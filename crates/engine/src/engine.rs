@@ -1026,14 +1026,18 @@ impl<'a, S: Sink> Engine<'a, S> {
         // (A sequence that ended at its token budget never fed its last token: its state ends
         // one token short, and the next turn computes that token again.)
         if let Some(prompt_text) = s.prompt_text.take()
-            && s.images.is_none()
             && let Some(tokenizer) = self.model.tokenizer
             && matches!(summary.finish, FinishReason::Stop(_) | FinishReason::Length)
             && tokenizer
                 .decode(&s.decoder.ids, false)
                 .is_ok_and(|t| t == s.decoder.text)
         {
-            let mut ids = s.prompt.clone();
+            // With images: as the template wrote them (one pad each), which is what the text
+            // tokenizes to; a later turn's prompt expands them again.
+            let mut ids = match &s.images {
+                Some(sp) => sp.collapse(&s.prompt),
+                None => s.prompt.clone(),
+            };
             ids.extend(&s.decoder.ids);
             self.cache.remember(prompt_text + &s.decoder.text, ids);
         }

@@ -197,6 +197,8 @@ pub(crate) struct Spliced {
     pub(crate) delta: i64,
     /// `(index, key)` of every image token.
     keys: Vec<(usize, KeyElem)>,
+    /// Index of each image's first token.
+    starts: Vec<usize>,
 }
 
 impl Spliced {
@@ -248,7 +250,9 @@ impl Spliced {
         let (positions, delta) = mrope_positions(prompt.len(), &placements, vc.merge)
             .ok_or("the images' positions do not fit the prompt")?;
         let rows = Mat::zeros(at.len(), model.config.hidden);
+        let starts = images.iter().map(|i| i.start).collect();
         Ok(Spliced {
+            starts,
             at,
             rows,
             positions,
@@ -288,6 +292,19 @@ impl Spliced {
             row += tokens;
         }
         Ok(())
+    }
+
+    /// The prompt as the chat template wrote it: each image's run of pad tokens back to one
+    /// (what tokenizing the rendered text gives, so the prompt cache can remember it).
+    pub(crate) fn collapse(&self, prompt: &[u32]) -> Vec<u32> {
+        prompt
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                self.at.binary_search(i).is_err() || self.starts.binary_search(i).is_ok()
+            })
+            .map(|(_, &t)| t)
+            .collect()
     }
 
     /// The prompt-cache key of the first `tokens.len()` prompt positions.

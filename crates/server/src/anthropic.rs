@@ -26,16 +26,20 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, Protocol};
+use crate::images;
 use crate::json::{Fields, JsonBody, element, type_name};
 use crate::scheduler::{Out, Summary};
 use crate::shared::{self, check_model, new_id};
 use crate::{AppState, Shared};
+use qinfer_engine::images::PromptImage;
 
 const P: Protocol = Protocol::Anthropic;
 
 /// The request rendered to a prompt, with what the parser needs.
 struct Rendered {
     prompt: Vec<u32>,
+    /// The prompt's images, placed at its image tokens.
+    images: Vec<PromptImage>,
     /// The rendered prompt `prompt` encodes.
     text: String,
     starts_in_reasoning: bool,
@@ -84,8 +88,51 @@ fn blocks_text(v: &Value, path: &str) -> Result<String, ApiError> {
     }
 }
 
-/// Anthropic messages → the template's messages.
-fn template_messages(system: Option<&Value>, messages: &[Value]) -> Result<Vec<Value>, ApiError> {
+/// A `tool_result`'s content for the template: a string or text blocks, or (with `image`
+/// blocks, as agents send screenshots) the list of its text and image items.
+fn tool_result_content(
+    v: &Value,
+    path: &str,
+    images: &mut Vec<images::Pending>,
+) -> Result<Value, ApiError> {
+    let Value::Array(blocks) = v else {
+        return blocks_text(v, path).map(Value::from);
+    };
+    let mut items = Vec::with_capacity(blocks.len());
+    let mut text = String::new();
+    for (i, b) in blocks.iter().enumerate() {
+        let bp = format!("{path}[{i}]");
+        let bf = Fields::new(element(b, &bp)?, &bp);
+        match bf.required_str("type")? {
+            "text" => {
+                let t = bf.required_str("text")?;
+                text.push_str(t);
+                items.push(images::text_item(t));
+            }
+            "image" => {
+                images.push(images::anthropic_block(&bf)?);
+                items.push(images::template_item());
+            }
+            other => {
+                let p = bf.at("type");
+                return Err(ApiError::invalid(
+                    &p,
+                    format!(
+                        "`{p}` is `{other}`; only `text` and `image` blocks are supported here"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(images::content_value(items, text))
+}
+
+/// Anthropic messages → the template's messages, collecting their images in order.
+fn template_messages(
+    system: Option<&Value>,
+    messages: &[Value],
+    images: &mut Vec<images::Pending>,
+) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
     if let Some(s) = system {
         let text = blocks_text(s, "system")?;
@@ -137,6 +184,8 @@ fn template_messages(system: Option<&Value>, messages: &[Value]) -> Result<Vec<V
             }
         };
         let mut text = String::new();
+        // The user's text and image items in order (a plain string when there is no image).
+        let mut items = Vec::new();
         let mut thinking = String::new();
         let mut calls = Vec::new();
         let mut results = Vec::new();
@@ -144,7 +193,15 @@ fn template_messages(system: Option<&Value>, messages: &[Value]) -> Result<Vec<V
             let bp = format!("{path}.content[{j}]");
             let bf = Fields::new(element(b, &bp)?, &bp);
             match (role, bf.required_str("type")?) {
-                (_, "text") => text.push_str(bf.required_str("text")?),
+                (_, "text") => {
+                    let t = bf.required_str("text")?;
+                    text.push_str(t);
+                    items.push(images::text_item(t));
+                }
+                ("user", "image") => {
+                    images.push(images::anthropic_block(&bf)?);
+                    items.push(images::template_item());
+                }
                 ("assistant", "thinking") => thinking.push_str(bf.required_str("thinking")?),
                 ("assistant", "redacted_thinking") => {}
                 ("assistant", "tool_use") => {
@@ -169,8 +226,8 @@ fn template_messages(system: Option<&Value>, messages: &[Value]) -> Result<Vec<V
                 }
                 ("user", "tool_result") => {
                     let content = match bf.get("content") {
-                        Some(c) => blocks_text(c, &bf.at("content"))?,
-                        None => String::new(),
+                        Some(c) => tool_result_content(c, &bf.at("content"), images)?,
+                        None => Value::from(""),
                     };
                     let mut msg = json!({"role": "tool", "content": content});
                     if let Some(id) = bf.str("tool_use_id")? {
@@ -184,7 +241,7 @@ fn template_messages(system: Option<&Value>, messages: &[Value]) -> Result<Vec<V
                         &p,
                         format!(
                             "`{p}` is `{other}`, which a {role} message cannot carry here \
-                             (text-only model: text, thinking, tool_use, tool_result)"
+                             (text, image, thinking, tool_use, tool_result)"
                         ),
                     ));
                 }
@@ -201,8 +258,9 @@ fn template_messages(system: Option<&Value>, messages: &[Value]) -> Result<Vec<V
             out.push(msg);
         } else {
             out.extend(results);
-            if !text.is_empty() {
-                out.push(json!({"role": "user", "content": text}));
+            let content = images::content_value(items, text);
+            if content != "" {
+                out.push(json!({"role": "user", "content": content}));
             }
         }
     }
@@ -251,7 +309,8 @@ fn render(state: &AppState, body: &Map<String, Value>) -> Result<Rendered, ApiEr
             "`messages` must not be empty",
         ));
     }
-    let messages = template_messages(f.get("system"), messages)?;
+    let mut pending = Vec::new();
+    let messages = template_messages(f.get("system"), messages, &mut pending)?;
     let (tools, specs) = read_tools(&f)?;
     let mut offer = !specs.is_empty();
     let mut answer_prefix = None;
@@ -325,7 +384,10 @@ fn render(state: &AppState, body: &Map<String, Value>) -> Result<Rendered, ApiEr
         })
         .map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
     let prompt = shared::encode_prompt(state, &text).map_err(|e| e.into_api("messages", P))?;
+    let read = images::read_all(state, pending).map_err(|e| e.with_protocol(P))?;
+    let (prompt, images) = images::place(state, prompt, read).map_err(|e| e.with_protocol(P))?;
     Ok(Rendered {
+        images,
         prompt,
         starts_in_reasoning: text.ends_with("<think>\n"),
         text,
@@ -351,6 +413,7 @@ pub async fn count_tokens(State(state): State<Shared>, JsonBody(body): JsonBody)
 
 struct Plan {
     prompt: Vec<u32>,
+    images: Vec<PromptImage>,
     /// The rendered prompt the ids encode.
     text: String,
     opts: GenerateOptions,
@@ -399,6 +462,7 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
     Ok(Plan {
         first_call_only,
         prompt: r.prompt,
+        images: r.images,
         text: r.text,
         opts,
         answer_prefix,
@@ -416,6 +480,7 @@ pub async fn messages(State(state): State<Shared>, JsonBody(body): JsonBody) -> 
     let (rx, admitted) = match shared::submit_tracked(
         &state,
         plan.prompt,
+        plan.images,
         Some(plan.text),
         plan.opts,
         None,

@@ -18,6 +18,7 @@
 
 pub mod anthropic;
 pub mod error;
+mod images;
 pub mod json;
 pub mod metrics;
 pub mod openai;
@@ -75,6 +76,9 @@ pub struct ServerConfig {
     pub scheduler: SchedulerConfig,
     /// The prompt cache shared by all requests; `None` turns it off.
     pub prompt_cache: Option<CacheOptions>,
+    /// Fetch images given as http(s) URLs (`--no-image-urls` turns it off: only inline
+    /// images are accepted).
+    pub image_urls: bool,
     /// Tests of real agents only (`--test-script-tool-calls`, hidden): the model's answers are
     /// scripted instead of sampled ([`shared::scripted_answer`]).
     pub scripted_tool_calls: Option<serde_json::Map<String, serde_json::Value>>,
@@ -99,6 +103,7 @@ impl ServerConfig {
                 snapshot_every: None,
                 dir: None,
             }),
+            image_urls: true,
             scripted_tool_calls: None,
         }
     }
@@ -501,11 +506,12 @@ async fn model_by_id(
 async fn tokenize(State(state): State<Shared>, JsonBody(body): JsonBody) -> Response {
     let run = move |state: Shared| -> Result<serde_json::Value, ApiError> {
         let f = Fields::new(&body, "");
-        let text = if f.get("messages").is_some() {
-            openai::render_chat(&state, &body)?.text
+        let (text, pending) = if f.get("messages").is_some() {
+            let r = openai::render_chat(&state, &body)?;
+            (r.text, r.images)
         } else {
             match f.str("prompt")? {
-                Some(t) => t.to_string(),
+                Some(t) => (t.to_string(), Vec::new()),
                 None => return Err(f.missing("prompt")),
             }
         };
@@ -516,7 +522,18 @@ async fn tokenize(State(state): State<Shared>, JsonBody(body): JsonBody) -> Resp
             .tokenizer
             .encode(&text)
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
-        Ok(json!({"count": tokens.len(), "tokens": tokens, "max_model_len": state.config.ctx}))
+        // Each image counts as the tokens it becomes.
+        let read = images::read_all(&state, pending)?;
+        let (tokens, placed) = images::place(&state, tokens, read)?;
+        Ok(json!({
+            "count": tokens.len(),
+            "tokens": tokens,
+            "image_tokens": placed
+                .iter()
+                .map(|i| state.bundle.model.vision.as_ref().map_or(0, |t| t.config.tokens_for(i.grid)))
+                .sum::<usize>(),
+            "max_model_len": state.config.ctx
+        }))
     };
     match shared::off_runtime(&state, run).await {
         Ok(v) => axum::Json(v).into_response(),

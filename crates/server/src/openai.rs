@@ -18,12 +18,14 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use qinfer_engine::decode::TokenLogprob;
 use qinfer_engine::generate::{FinishReason, GenerateOptions};
+use qinfer_engine::images::PromptImage;
 use qinfer_engine::parser::{Event, ParserOptions, ToolSpec};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, Protocol};
+use crate::images;
 use crate::json::{Fields, JsonBody, element, type_name};
 use crate::scheduler::{Out, Summary};
 use crate::shared::{self, check_model, new_id, now_secs};
@@ -36,6 +38,8 @@ pub struct RenderedChat {
     /// The prompt ends inside an opened think block.
     pub starts_in_reasoning: bool,
     pub tools: Vec<ToolSpec>,
+    /// The messages' images, in the order the template placed them.
+    pub images: Vec<images::Pending>,
 }
 
 /// How the request constrains tool use.
@@ -62,8 +66,12 @@ impl ToolChoice {
     }
 }
 
-/// Converts OpenAI messages to the template's input; errors name the field.
-fn template_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
+/// Converts OpenAI messages to the template's input, collecting their images in order; errors
+/// name the field.
+fn template_messages(
+    messages: &[Value],
+    images: &mut Vec<images::Pending>,
+) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let path = format!("messages[{i}]");
@@ -85,7 +93,10 @@ fn template_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
         };
         let mut msg = Map::new();
         msg.insert("role".into(), role.into());
-        msg.insert("content".into(), content_text(&f, "content")?.into());
+        msg.insert(
+            "content".into(),
+            content_with_images(&f, "content", role, images)?,
+        );
         if role == "assistant" {
             let reasoning = match f.str("reasoning_content")? {
                 Some(r) => Some(r),
@@ -160,6 +171,51 @@ pub(crate) fn call_arguments(f: &Fields<'_>, name: &str) -> Result<Value, ApiErr
     }
 }
 
+/// A message `content` for the template: a string, or (when it has images) the list of its
+/// text and image items; the images are added to `images`. System messages take no images.
+fn content_with_images(
+    f: &Fields<'_>,
+    name: &str,
+    role: &str,
+    images: &mut Vec<images::Pending>,
+) -> Result<Value, ApiError> {
+    let Some(Value::Array(parts)) = f.get(name) else {
+        return content_text(f, name).map(Value::from);
+    };
+    let mut items = Vec::with_capacity(parts.len());
+    let mut text = String::new();
+    for (j, part) in parts.iter().enumerate() {
+        let ppath = format!("{}[{j}]", f.at(name));
+        let pf = Fields::new(element(part, &ppath)?, &ppath);
+        match pf.required_str("type")? {
+            "text" | "input_text" | "output_text" => {
+                let t = pf.required_str("text")?;
+                text.push_str(t);
+                items.push(images::text_item(t));
+            }
+            "image_url" | "input_image" if role != "system" => {
+                images.push(images::openai_part(&pf)?);
+                items.push(images::template_item());
+            }
+            other => {
+                let p = pf.at("type");
+                return Err(ApiError::invalid(
+                    &p,
+                    format!(
+                        "`{p}` is `{other}`: a {role} message takes `text` parts{}",
+                        if role == "system" {
+                            ""
+                        } else {
+                            " and `image_url` parts"
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(images::content_value(items, text))
+}
+
 /// A message `content`: a string, null, or an array of text parts, as one string.
 pub(crate) fn content_text(f: &Fields<'_>, name: &str) -> Result<String, ApiError> {
     match f.get(name) {
@@ -178,10 +234,7 @@ pub(crate) fn content_text(f: &Fields<'_>, name: &str) -> Result<String, ApiErro
                         let p = pf.at("type");
                         return Err(ApiError::invalid(
                             &p,
-                            format!(
-                                "`{p}` is `{other}`: this server serves a text-only model and \
-                                 accepts only `text` parts"
-                            ),
+                            format!("`{p}` is `{other}`: only `text` parts are accepted here"),
                         ));
                     }
                 }
@@ -283,11 +336,14 @@ pub fn render_chat(state: &AppState, body: &Map<String, Value>) -> Result<Render
             "`messages` must not be empty",
         ));
     }
-    let messages = shared::place_system_messages(template_messages(messages)?);
+    let mut images = Vec::new();
+    let messages = shared::place_system_messages(template_messages(messages, &mut images)?);
     let (tools, specs) = read_tools(&f)?;
     let choice = read_tool_choice(&f, &specs)?;
     let kwargs = chat_kwargs(&f)?;
-    render(state, messages, tools, specs, &choice, kwargs)
+    let mut rendered = render(state, messages, tools, specs, &choice, kwargs)?;
+    rendered.images = images;
+    Ok(rendered)
 }
 
 /// `chat_template_kwargs` (and the top-level `enable_thinking` some clients send).
@@ -336,6 +392,7 @@ pub(crate) fn render(
         starts_in_reasoning: text.ends_with("<think>\n"),
         text,
         tools: if offer { specs } else { Vec::new() },
+        images: Vec::new(),
     })
 }
 
@@ -363,6 +420,7 @@ impl Calls {
 /// Everything a chat request resolves to before it is submitted.
 struct ChatPlan {
     prompt: Vec<u32>,
+    images: Vec<PromptImage>,
     /// The rendered prompt the ids encode.
     prompt_text: String,
     opts: GenerateOptions,
@@ -393,6 +451,8 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     let choice = read_tool_choice(&f, &read_tools(&f)?.1)?;
     let prompt = shared::encode_prompt(state, &rendered.text)
         .map_err(|e| e.into_api("messages", Protocol::OpenAi))?;
+    let read = images::read_all(state, rendered.images)?;
+    let (prompt, images) = images::place(state, prompt, read)?;
     let requested = match f.usize("max_completion_tokens")? {
         Some(n) => Some((n, "max_completion_tokens")),
         None => f.usize("max_tokens")?.map(|n| (n, "max_tokens")),
@@ -452,6 +512,7 @@ fn plan_chat(state: &AppState, body: &Map<String, Value>) -> Result<ChatPlan, Ap
     };
     Ok(ChatPlan {
         prompt,
+        images,
         prompt_text: rendered.text,
         opts,
         logprobs,
@@ -471,6 +532,7 @@ pub async fn chat_completions(State(state): State<Shared>, JsonBody(body): JsonB
     let (rx, admitted) = match shared::submit_tracked(
         &state,
         plan.prompt,
+        plan.images,
         Some(plan.prompt_text),
         plan.opts,
         plan.logprobs,
@@ -744,6 +806,7 @@ pub async fn completions(State(state): State<Shared>, JsonBody(body): JsonBody) 
     let (rx, admitted) = match shared::submit_tracked(
         &state,
         prompt,
+        Vec::new(),
         Some(text),
         opts,
         None,

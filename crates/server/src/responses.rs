@@ -493,6 +493,7 @@ pub async fn create(State(state): State<Shared>, JsonBody(body): JsonBody) -> Re
     let (rx, admitted) = match shared::submit_tracked(
         &state,
         std::mem::take(&mut plan.prompt),
+        Vec::new(),
         Some(std::mem::take(&mut plan.text)),
         std::mem::take(&mut plan.opts),
         None,

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::StatusCode;
 use qinfer_engine::generate::GenerateOptions;
+use qinfer_engine::images::PromptImage;
 use qinfer_engine::sampler::SamplingParams;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -297,6 +298,7 @@ pub fn max_tokens(
 pub fn submit_tracked(
     state: &AppState,
     prompt: Vec<u32>,
+    images: Vec<PromptImage>,
     prompt_text: Option<String>,
     opts: GenerateOptions,
     logprobs: Option<usize>,
@@ -337,6 +339,7 @@ pub fn submit_tracked(
     req.logprobs = logprobs;
     req.answer_prefix = answer_prefix;
     req.prompt_text = prompt_text;
+    req.images = images;
     match state.scheduler.submit(req) {
         Ok(()) => Ok((rx, admitted_rx)),
         Err(SubmitError::QueueFull) => {

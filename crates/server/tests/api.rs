@@ -503,7 +503,7 @@ fn invalid_requests_get_shaped_4xx() {
             json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
         ),
         400,
-        Some("messages[0].content[0].type"),
+        Some("messages[0].content[0].image_url"),
     );
     openai(&with("model", "gpt-9".into()), 404, Some("model"));
     openai(
@@ -578,7 +578,7 @@ fn invalid_requests_get_shaped_4xx() {
             "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}),
         ),
         400,
-        "messages[0].content[0].type",
+        "messages[0].content[0].source.type",
     );
     anthropic(
         &post(
