@@ -7,10 +7,13 @@ history, the tool's result, and the answer); for openai also the Responses API (
 function-call items, previous_response_id, retrieve, delete) and the structured-output parse
 helpers (`chat.completions.parse`, `responses.parse` with a Pydantic model). The model behind the server may have random
 weights, so the checks are about the protocol: the SDK parses every response and event
-without error, streams end properly, usage is reported. Exits non-zero on any failure.
+without error, streams end properly, usage is reported. Images go through both SDKs
+(`check_images`). Exits non-zero on any failure.
 """
 
+import base64
 import sys
+from pathlib import Path
 from typing import Literal
 
 import anthropic
@@ -199,10 +202,64 @@ def check_anthropic(base, model, key):
     print("anthropic ok")
 
 
+def image_b64():
+    """A committed fixture image (100x60 PNG), base64."""
+    path = Path(__file__).resolve().parent.parent.parent / "tests/fixtures/tiny-vl-f32/image_a.png"
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def check_images(base, model, key):
+    """An image through each SDK as its documentation shows it (OpenAI `image_url` data URL,
+    Anthropic base64 `image` block); a second turn about the same image resumes from the prompt
+    cache past it."""
+    data = image_b64()
+    oa = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    content = [
+        {"type": "text", "text": "What is in this image?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
+    ]
+    kwargs = {"chat_template_kwargs": {"preserve_thinking": True}}
+    first = oa.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
+                                       max_tokens=4, temperature=0, extra_body=kwargs)
+    plain = oa.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is in this image?"}],
+        max_tokens=4, temperature=0)
+    # 77 image tokens and the vision start/end tokens.
+    assert first.usage.prompt_tokens == plain.usage.prompt_tokens + 79, (first.usage, plain.usage)
+    m = first.choices[0].message
+    turn = [
+        {"role": "user", "content": content},
+        {"role": "assistant", "content": m.content or "", "reasoning_content": getattr(m, "reasoning_content", None)},
+        {"role": "user", "content": "And the colours?"},
+    ]
+    second = oa.chat.completions.create(model=model, messages=turn, max_tokens=2, temperature=0,
+                                        extra_body=kwargs)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= first.usage.prompt_tokens, (cached, first.usage)
+    an = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+    r = an.messages.create(model=model, max_tokens=4, extra_body={"temperature": 0}, messages=[{
+        "role": "user",
+        "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}},
+            {"type": "text", "text": "Describe this image."},
+        ],
+    }])
+    assert r.usage.input_tokens > 79, r.usage
+    try:
+        an.messages.create(model=model, max_tokens=4, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "aGVsbG8="}},
+        ]}])
+        raise AssertionError("a non-image accepted")
+    except anthropic.BadRequestError as e:
+        assert "not a recognised image" in str(e), e
+    print("images ok")
+
+
 def main():
     base, model, key = sys.argv[1], sys.argv[2], sys.argv[3]
     check_openai(base, model, key)
     check_anthropic(base, model, key)
+    check_images(base, model, key)
 
 
 if __name__ == "__main__":

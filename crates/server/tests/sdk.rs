@@ -40,7 +40,9 @@ fn official_python_sdks_complete_a_streaming_chat_and_a_tool_call() {
         out.status
     );
     assert!(
-        stdout.contains("openai ok") && stdout.contains("anthropic ok"),
+        stdout.contains("openai ok")
+            && stdout.contains("anthropic ok")
+            && stdout.contains("images ok"),
         "{stdout}"
     );
 }
