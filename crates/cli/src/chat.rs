@@ -4,7 +4,9 @@
 //! `/nothink` switch thinking, `/reset` starts over, a line ending in `\` (or a `"""` block)
 //! continues onto the next line, and Ctrl-C stops the current answer (not the program).
 //! Past turns keep their reasoning (`preserve_thinking`), so each turn's prompt extends the
-//! previous one and only the new tokens are processed.
+//! previous one and only the new tokens are processed. `/image PATH` (or a line that is just
+//! the path of an image file) attaches an image to the next message, for a model with a
+//! vision tower.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -13,8 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 use clap::Args;
 use qinfer_engine::generate::{
-    FinishReason, Flow, GenerateOptions, ModelBundle, Sequence, generate,
+    FinishReason, Flow, GenerateOptions, ModelBundle, Sequence, generate_with_images,
 };
+use qinfer_engine::images::{ReadImage, place_images, read_image};
 use qinfer_engine::parser::{Event, ParserOptions};
 use qinfer_engine::session;
 use qinfer_engine::template::RenderRequest;
@@ -58,6 +61,7 @@ pub struct RunArgs {
 }
 
 const HELP: &str = "/think, /nothink  thinking on or off\n/reset            start a new conversation\n\
+/image PATH       attach an image to the next message (or type the file's path on its own line)\n\
 /exit             quit (or Ctrl-D)\nEnd a line with \\ to continue it; \"\"\" starts and ends a multi-line block.\n\
 Ctrl-C stops the current answer.";
 
@@ -114,6 +118,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut editor = DefaultEditor::new()?;
     let mut thinking = !args.no_think;
     let mut messages: Vec<serde_json::Value> = Vec::new();
+    // Every image of the conversation, in the order the messages show them, and those attached
+    // to the next message.
+    let mut images: Vec<ReadImage> = Vec::new();
+    let mut attached: Vec<ReadImage> = Vec::new();
     let mut seq = Sequence::new(&bundle.model);
     if let Some(path) = args.session.as_deref().filter(|p| p.exists()) {
         let saved = session::load(path, &bundle.model).map_err(anyhow::Error::msg)?;
@@ -163,9 +171,32 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
             "/reset" => {
                 messages.clear();
+                images.clear();
+                attached.clear();
                 seq.reset(&bundle.model);
                 save(&messages, &seq, thinking)?;
                 writeln!(out, "{dim}new conversation{reset}")?;
+                continue;
+            }
+            t if t.starts_with("/image ") || is_image_path(t) => {
+                let path = t.strip_prefix("/image ").unwrap_or(t).trim();
+                let _ = editor.add_history_entry(trimmed);
+                match attach(&bundle, path, args.session.is_some()) {
+                    Ok(img) => {
+                        let [_, h, w] = img.grid;
+                        writeln!(
+                            out,
+                            "{dim}attached {path}: {} tokens ({h}×{w} patches){reset}",
+                            bundle
+                                .model
+                                .vision
+                                .as_ref()
+                                .map_or(0, |v| v.config.tokens_for(img.grid))
+                        )?;
+                        attached.push(img);
+                    }
+                    Err(e) => writeln!(out, "{e}")?,
+                }
                 continue;
             }
             t if t.starts_with('/') && !t.contains(' ') => {
@@ -175,7 +206,18 @@ pub fn run(args: RunArgs) -> Result<()> {
             _ => {}
         }
         let _ = editor.add_history_entry(trimmed);
-        messages.push(serde_json::json!({"role": "user", "content": input}));
+        let new_images = attached.len();
+        if attached.is_empty() {
+            messages.push(serde_json::json!({"role": "user", "content": input}));
+        } else {
+            let mut content: Vec<serde_json::Value> = attached
+                .iter()
+                .map(|_| serde_json::json!({"type": "image"}))
+                .collect();
+            content.push(serde_json::json!({"type": "text", "text": input}));
+            messages.push(serde_json::json!({"role": "user", "content": content}));
+            images.append(&mut attached);
+        }
         let mut all = Vec::new();
         if let Some(s) = &args.system {
             all.push(serde_json::json!({"role": "system", "content": s}));
@@ -194,6 +236,20 @@ pub fn run(args: RunArgs) -> Result<()> {
             writeln!(out, "{dim}prompt: {prompt:?}{reset}")?;
         }
         let ids = bundle.tokenizer.encode(&prompt)?;
+        let placed = if images.is_empty() {
+            Ok((ids, Vec::new()))
+        } else {
+            place_images(&bundle.model, &ids, images.clone())
+        };
+        let (ids, placed) = match placed {
+            Ok(p) => p,
+            Err(e) => {
+                writeln!(out, "{e}")?;
+                messages.pop();
+                images.truncate(images.len() - new_images);
+                continue;
+            }
+        };
         if ids.len() >= context {
             writeln!(
                 out,
@@ -201,6 +257,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 ids.len()
             )?;
             messages.pop();
+            images.truncate(images.len() - new_images);
             continue;
         }
         let opts = GenerateOptions {
@@ -222,7 +279,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         };
         INTERRUPTED.store(false, Ordering::SeqCst);
         let mut in_reasoning = false;
-        let result = generate(&bundle, &mut seq, &ids, &opts, &mut |e| {
+        let result = generate_with_images(&bundle, &mut seq, &ids, &placed, &opts, &mut |e| {
             let (text, reasoning) = match e {
                 Event::Reasoning(t) => (t.as_str(), true),
                 Event::Content(t) => (t.as_str(), false),
@@ -274,10 +331,44 @@ pub fn run(args: RunArgs) -> Result<()> {
             Err(e) => {
                 writeln!(out, "\nerror: {e}")?;
                 messages.pop();
+                images.truncate(images.len() - new_images);
             }
         }
     }
     Ok(())
+}
+
+/// Whether a line is just the path of an existing image file (as a terminal pastes a dragged
+/// file).
+fn is_image_path(line: &str) -> bool {
+    let p = std::path::Path::new(line.trim_matches(|c| c == '\'' || c == '"'));
+    let image = p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["png", "jpg", "jpeg", "webp", "gif"]
+            .iter()
+            .any(|x| e.eq_ignore_ascii_case(x))
+    });
+    image && !line.contains('\n') && p.is_file()
+}
+
+/// Reads an image for the next message.
+fn attach(bundle: &ModelBundle, path: &str, session: bool) -> Result<ReadImage, String> {
+    let path = path.trim_matches(|c| c == '\'' || c == '"');
+    let Some(opts) = bundle.images.as_ref() else {
+        return Err(format!(
+            "{} has no vision tower: it cannot take images (for a GGUF model, give its mmproj \
+             file with --mmproj)",
+            bundle.name
+        ));
+    };
+    if session {
+        return Err(
+            "images are not kept in session files yet: run without --session to \
+                    send images"
+                .into(),
+        );
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    read_image(&bytes, opts).map_err(|e| format!("{path}: {e}"))
 }
 
 /// One user message: a line, lines joined by a trailing `\`, or a `"""` block. `None` at EOF.

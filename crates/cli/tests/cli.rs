@@ -632,3 +632,50 @@ fn generate_takes_images() {
         stderr(&bad)
     );
 }
+
+/// `qinfer run` (demo, input piped): `/image PATH` and a bare image path attach images to the
+/// next message, the second turn reuses the first turn's state past its image, and a file that
+/// is not an image is refused with a message while the chat goes on.
+#[test]
+fn run_attaches_images() {
+    use std::io::Write as _;
+    let a = fixture("tiny-vl-f32").join("image_a.png");
+    let b = fixture("tiny-vl-f32").join("image_b.png");
+    let toml = fixture("../../Cargo.toml");
+    let input = format!(
+        "/image {}\nWhat is it?\n{}\nAnd this one?\n/image {}\n",
+        a.display(),
+        b.display(),
+        toml.display()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+        .args(["run", "--max-tokens", "4"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(out.contains("image_a.png: 77 tokens"), "{out}");
+    assert!(out.contains("image_b.png: 65 tokens"), "{out}");
+    assert!(out.contains("not a recognised image"), "{out}");
+    let reused: Vec<usize> = out
+        .lines()
+        .filter_map(|l| l.split("tokens, ").nth(2))
+        .filter_map(|r| r.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(reused.len(), 2, "{out}");
+    assert!(
+        reused[1] > 80,
+        "the second turn reused {}: {out}",
+        reused[1]
+    );
+}
