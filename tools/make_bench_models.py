@@ -17,7 +17,13 @@ of 512, the experts fused and stacked as the official checkpoints store them, un
 layers read (8 experts + the shared one): the speed per layer of the real model, a fifth of its
 depth.
 
-usage: make_bench_models.py {0.8b,4b,35b-a3b} OUT_DIR   (python with numpy; torch + transformers
+`0.8b-vl` is the 0.8B text model as a multimodal checkpoint (`Qwen3_5ForConditionalGeneration`)
+with the Qwen3.6-27B's vision tower (depth 27, width 1152, 16 heads, MLP 4304, patch 16, merge 2,
+a 48×48 position table; 0.46 B parameters, its merger projecting to the 0.8B's width 1024 instead
+of 5120) and the Qwen processor's `preprocessor_config.json`: the encoder's cost per image at the
+27B's shape (`qinfer bench DIR --image FILE`).
+
+usage: make_bench_models.py {0.8b,4b,35b-a3b,0.8b-vl} OUT_DIR   (python with numpy; torch + transformers
                                                          5.23 optional, for the cross-check)
 """
 
@@ -41,9 +47,58 @@ SHAPES = {
 }
 # MoE shapes: routed experts, experts per token.
 MOE = {"35b-a3b": (256, 8)}
+# Multimodal variants: the text shape they extend.
+VL = {"0.8b-vl": "0.8b"}
+# The Qwen3.6-27B's vision tower (spec §1.3); `out_hidden_size` is set to the text width.
+VISION = {
+    "depth": 27,
+    "hidden_size": 1152,
+    "hidden_act": "gelu_pytorch_tanh",
+    "intermediate_size": 4304,
+    "num_heads": 16,
+    "in_channels": 3,
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "spatial_merge_size": 2,
+    "num_position_embeddings": 2304,
+    "model_type": "qwen3_5_vision",
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "axial"},
+}
+PREPROCESSOR = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "do_resize": True,
+    "do_rescale": True,
+    "do_normalize": True,
+    "do_convert_rgb": True,
+    "resample": 3,
+    "rescale_factor": 1 / 255,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "size": {"shortest_edge": 65536, "longest_edge": 16777216},
+}
 
 
 def config(name: str) -> dict:
+    if name in VL:
+        text = config(VL[name])
+        text.pop("architectures")
+        text.pop("torch_dtype")
+        vision = dict(VISION, out_hidden_size=text["hidden_size"])
+        return {
+            "architectures": ["Qwen3_5ForConditionalGeneration"],
+            "model_type": "qwen3_5",
+            "image_token_id": 248056,
+            "video_token_id": 248057,
+            "vision_start_token_id": 248053,
+            "vision_end_token_id": 248054,
+            "tie_word_embeddings": text["tie_word_embeddings"],
+            "torch_dtype": "bfloat16",
+            "text_config": text,
+            "vision_config": vision,
+        }
     hidden, layers, heads, kv, nk, nv, ffn = SHAPES[name]
     cfg = {
         "architectures": ["Qwen3_5ForCausalLM"],
@@ -102,9 +157,50 @@ def config(name: str) -> dict:
     return cfg
 
 
+def vision_tensors(v: dict) -> list:
+    """(name, shape) of every tensor of the vision tower `model.visual.*` for `vision_config` v."""
+    h, f, m = v["hidden_size"], v["intermediate_size"], v["spatial_merge_size"]
+    c, t, p = v["in_channels"], v["temporal_patch_size"], v["patch_size"]
+    out = [
+        ("model.visual.patch_embed.proj.weight", (h, c, t, p, p)),
+        ("model.visual.patch_embed.proj.bias", (h,)),
+        ("model.visual.pos_embed.weight", (v["num_position_embeddings"], h)),
+    ]
+    for i in range(v["depth"]):
+        b = f"model.visual.blocks.{i}."
+        out += [
+            (b + "norm1.weight", (h,)),
+            (b + "norm1.bias", (h,)),
+            (b + "norm2.weight", (h,)),
+            (b + "norm2.bias", (h,)),
+            (b + "attn.qkv.weight", (3 * h, h)),
+            (b + "attn.qkv.bias", (3 * h,)),
+            (b + "attn.proj.weight", (h, h)),
+            (b + "attn.proj.bias", (h,)),
+            (b + "mlp.linear_fc1.weight", (f, h)),
+            (b + "mlp.linear_fc1.bias", (f,)),
+            (b + "mlp.linear_fc2.weight", (h, f)),
+            (b + "mlp.linear_fc2.bias", (h,)),
+        ]
+    mh = h * m * m
+    out += [
+        ("model.visual.merger.norm.weight", (h,)),
+        ("model.visual.merger.norm.bias", (h,)),
+        ("model.visual.merger.linear_fc1.weight", (mh, mh)),
+        ("model.visual.merger.linear_fc1.bias", (mh,)),
+        ("model.visual.merger.linear_fc2.weight", (v["out_hidden_size"], mh)),
+        ("model.visual.merger.linear_fc2.bias", (v["out_hidden_size"],)),
+    ]
+    return out
+
+
 def tensors(cfg: dict) -> list:
     """(name, shape) of every tensor of Qwen3_5ForCausalLM / Qwen3_5MoeForCausalLM for `cfg` (the
-    LM head only when untied)."""
+    LM head only when untied); for a multimodal config, Qwen3_5ForConditionalGeneration's."""
+    if "text_config" in cfg:
+        text = [(k.replace("model.", "model.language_model.", 1) if k.startswith("model.") else k, s)
+                for k, s in tensors(cfg["text_config"])]
+        return text + vision_tensors(cfg["vision_config"])
     h = cfg["hidden_size"]
     nk, nv = cfg["linear_num_key_heads"], cfg["linear_num_value_heads"]
     dk, dv = cfg["linear_key_head_dim"], cfg["linear_value_head_dim"]
@@ -165,6 +261,22 @@ def tensors(cfg: dict) -> list:
 
 def check_with_transformers(cfg: dict, ours: list) -> None:
     """Our tensor list against transformers' own, where torch and transformers are installed."""
+    if "text_config" in cfg:
+        try:
+            import torch
+            import transformers
+        except ImportError:
+            print("torch/transformers not installed: tensor list not cross-checked")
+            return
+        with torch.device("meta"):
+            model = transformers.Qwen3_5ForConditionalGeneration(
+                transformers.Qwen3_5Config(**{k: v for k, v in cfg.items() if k != "architectures"})
+            )
+        tied = cfg["tie_word_embeddings"]
+        theirs = [(k, tuple(v.shape)) for k, v in model.state_dict().items()
+                  if not (tied and k == "lm_head.weight")]
+        assert sorted(theirs) == sorted(ours), "tensor list differs from transformers'"
+        return
     try:
         import torch
         import transformers
@@ -183,6 +295,14 @@ def check_with_transformers(cfg: dict, ours: list) -> None:
 
 def values(name: str, shape: tuple, rng: np.random.Generator) -> np.ndarray:
     n = int(np.prod(shape))
+    if name.startswith("model.visual."):
+        if "norm" in name and name.endswith("weight"):
+            return np.ones(n, np.float32)  # LayerNorm: plain multiplier
+        if name.endswith("bias"):
+            return np.zeros(n, np.float32)
+        if "pos_embed" in name:
+            return rng.standard_normal(n, np.float32) * np.float32(0.02)
+        return rng.standard_normal(n, np.float32) * np.float32(1.0 / np.sqrt(np.prod(shape[1:])))
     if name.endswith("A_log"):
         return np.log(rng.uniform(1.0, 16.0, n)).astype(np.float32)
     if name.endswith("dt_bias"):
@@ -203,8 +323,8 @@ def bf16_bytes(x: np.ndarray) -> bytes:
 
 
 def main() -> None:
-    if len(sys.argv) != 3 or sys.argv[1] not in SHAPES:
-        sys.exit(f"usage: make_bench_models.py {{{','.join(SHAPES)}}} OUT_DIR")
+    if len(sys.argv) != 3 or sys.argv[1] not in {**SHAPES, **VL}:
+        sys.exit(f"usage: make_bench_models.py {{{','.join([*SHAPES, *VL])}}} OUT_DIR")
     name, out = sys.argv[1], Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
     cfg = config(name)
@@ -213,6 +333,8 @@ def main() -> None:
     with gzip.open(REPO / "assets/qwen3.5-tokenizer/tokenizer.json.gz", "rb") as f:
         (out / "tokenizer.json").write_bytes(f.read())
     shutil.copy(REPO / "assets/qwen3.5-tokenizer/tokenizer_config.json", out)
+    if name in VL:
+        (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2))
 
     names = tensors(cfg)
     check_with_transformers(cfg, names)

@@ -61,6 +61,75 @@ pub struct BenchArgs {
     /// distinct experts per layer per step; weight bytes read per step and per token.
     #[arg(short = 'b', long = "batch", value_delimiter = ',', value_name = "N")]
     batch: Vec<usize>,
+    /// Images (PNG, JPEG, WebP or GIF) for the vision tower, each `-r` times after one warm-up:
+    /// reading + preprocessing and encoding time per image, and the tokens it becomes (a model
+    /// directory with a tower; its `preprocessor_config.json`, or the Qwen defaults).
+    #[arg(long = "image", value_name = "FILE")]
+    images: Vec<PathBuf>,
+}
+
+/// One `--image` measurement.
+#[derive(Debug)]
+struct ImageRun {
+    path: PathBuf,
+    /// `(t, h, w)` in patches after the processor's resize.
+    grid: [usize; 3],
+    tokens: usize,
+    /// Seconds per repetition: decode + resize + normalise + patchify, and the tower.
+    preprocess: Vec<f64>,
+    encode: Vec<f64>,
+}
+
+/// Times each `--image` through the processor and the tower.
+fn image_runs(args: &BenchArgs, model: &Qwen35, path: &std::path::Path) -> Result<Vec<ImageRun>> {
+    if args.images.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tower = model.vision.as_ref().with_context(|| {
+        format!(
+            "--image: {} has no vision tower (a model directory whose config has one)",
+            path.display()
+        )
+    })?;
+    let pre = path.join("preprocessor_config.json");
+    let preprocess = if pre.is_file() {
+        qinfer_vision::PreprocessConfig::from_file(&pre)?
+    } else {
+        qinfer_vision::PreprocessConfig::qwen35()
+    };
+    let opts = qinfer_engine::images::ImageOptions {
+        preprocess,
+        limits: qinfer_vision::DecodeLimits::default(),
+    };
+    let mut out = Vec::new();
+    for file in &args.images {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let (mut pre_s, mut enc_s) = (Vec::new(), Vec::new());
+        let mut grid = [0; 3];
+        for rep in 0..=args.repetitions.max(1) {
+            let t0 = Instant::now();
+            let img = qinfer_engine::images::read_image(&bytes, &opts)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let t1 = Instant::now();
+            let rows = model.encode_image(&img.pixels, img.grid)?;
+            let t2 = Instant::now();
+            std::hint::black_box(rows);
+            grid = img.grid;
+            if rep > 0 {
+                pre_s.push((t1 - t0).as_secs_f64());
+                enc_s.push((t2 - t1).as_secs_f64());
+            }
+        }
+        out.push(ImageRun {
+            path: file.clone(),
+            grid,
+            tokens: tower.config.tokens_for(grid),
+            preprocess: pre_s,
+            encode: enc_s,
+        });
+    }
+    Ok(out)
 }
 
 /// One `--batch` measurement.
@@ -469,6 +538,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let state_max = runs.iter().map(|r| r.state_max).max().unwrap_or(0);
     let (pp, tg, regions_per_token) = (&runs[0].pp, &runs[0].tg, runs[0].regions_per_token);
     let batches = batch_runs(args, &model);
+    let image_runs = image_runs(args, &model, path)?;
     let verify = if args.model_opts.draft_mode() == Some("mtp") {
         verify_costs(&model, args.repetitions.max(5))?
     } else {
@@ -544,6 +614,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 |(k, c)| serde_json::json!({"drafts": k, "tokens": k + 1, "relative_to_decode": c}),
             )
             .collect::<Vec<_>>();
+        let images_json = image_runs
+            .iter()
+            .map(|r| {
+                let (p, e) = (stats(&r.preprocess), stats(&r.encode));
+                serde_json::json!({
+                    "image": r.path.display().to_string(),
+                    "grid_thw": r.grid,
+                    "tokens": r.tokens,
+                    "preprocess_s": p.mean,
+                    "preprocess_s_std": p.std,
+                    "encode_s": e.mean,
+                    "encode_s_std": e.std,
+                    "encode_samples": r.encode,
+                })
+            })
+            .collect::<Vec<_>>();
         let v = serde_json::json!({
             "model": path.display().to_string(),
             "dtype": model.dtype().to_string(),
@@ -591,6 +677,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "draft": draft_json,
             "verify_cost": verify_json,
             "batch": batch_json,
+            "images": images_json,
         });
         writeln!(out, "{v}")?;
     } else {
@@ -702,6 +789,29 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         .map_or("- (dense)".to_string(), |e| format!("{e:.1}")),
                     b.weight_bytes_per_step / 1e6,
                     b.weight_bytes_per_token / 1e6,
+                )?;
+            }
+        }
+        if !image_runs.is_empty() {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "| image | patches (h × w) | tokens | read + preprocess ms | encode ms |"
+            )?;
+            writeln!(out, "|---|---|---|---|---|")?;
+            for r in &image_runs {
+                let (p, e) = (stats(&r.preprocess), stats(&r.encode));
+                writeln!(
+                    out,
+                    "| {} | {} × {} | {} | {:.1} ± {:.1} | {:.1} ± {:.1} |",
+                    r.path.display(),
+                    r.grid[1],
+                    r.grid[2],
+                    r.tokens,
+                    p.mean * 1e3,
+                    p.std * 1e3,
+                    e.mean * 1e3,
+                    e.std * 1e3,
                 )?;
             }
         }
