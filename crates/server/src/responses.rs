@@ -34,6 +34,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, Protocol};
+use crate::images;
 use crate::json::{Fields, JsonBody, element, type_name};
 use crate::openai::{
     Calls, ToolChoice, call_arguments, content_text, engine_failure, read_tool_choice,
@@ -41,6 +42,7 @@ use crate::openai::{
 use crate::scheduler::{Out, Summary};
 use crate::shared::{self, check_model, new_id, now_secs};
 use crate::{AppState, Shared};
+use qinfer_engine::images::PromptImage;
 
 const P: Protocol = Protocol::OpenAi;
 
@@ -187,8 +189,12 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, ApiError> {
                         ));
                     }
                 };
-                let text = content_text(&f, "content")?;
-                let mut msg = json!({"role": role, "content": text});
+                let content = if role == "user" {
+                    images::content_with_image_urls(&f, "content")?
+                } else {
+                    content_text(&f, "content")?.into()
+                };
+                let mut msg = json!({"role": role, "content": content});
                 if role == "assistant"
                     && let Some(r) = reasoning.take()
                 {
@@ -312,6 +318,8 @@ fn read_tools(f: &Fields<'_>) -> Result<(Vec<Value>, Vec<ToolSpec>), ApiError> {
 /// Everything a request resolves to before it is submitted.
 struct Plan {
     prompt: Vec<u32>,
+    /// The prompt's images, placed at its image tokens.
+    images: Vec<PromptImage>,
     text: String,
     opts: GenerateOptions,
     answer_prefix: Option<Vec<u32>>,
@@ -411,9 +419,14 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
         },
         None => shared::OutputFormat::Text,
     };
+    // Images (this turn's and a stored conversation's) ride in the messages as URLs; the
+    // template renders each as its pad tokens, in the same order.
+    let pending = images::pending_in(&messages)?;
     let rendered = crate::openai::render(state, messages, tools, specs, &choice, kwargs)?;
     let prompt =
         shared::encode_prompt(state, &rendered.text).map_err(|e| e.into_api("input", P))?;
+    let read = images::read_all(state, pending).map_err(|e| e.with_protocol(P))?;
+    let (prompt, images) = images::place(state, prompt, read).map_err(|e| e.with_protocol(P))?;
     let max_tokens = shared::max_tokens(
         state,
         prompt.len(),
@@ -471,6 +484,7 @@ fn plan(state: &AppState, body: &Map<String, Value>) -> Result<Plan, ApiError> {
     Ok(Plan {
         answer_prefix: choice.answer_prefix(state)?,
         prompt,
+        images,
         text: rendered.text,
         opts,
         calls,
@@ -493,7 +507,7 @@ pub async fn create(State(state): State<Shared>, JsonBody(body): JsonBody) -> Re
     let (rx, admitted) = match shared::submit_tracked(
         &state,
         std::mem::take(&mut plan.prompt),
-        Vec::new(),
+        std::mem::take(&mut plan.images),
         Some(std::mem::take(&mut plan.text)),
         std::mem::take(&mut plan.opts),
         None,

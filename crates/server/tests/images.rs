@@ -297,3 +297,46 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !c
 }
+
+/// The Responses API (what Codex speaks): an `input_image` part, and a stored conversation
+/// that carries its image into the next turn (`previous_response_id`).
+#[test]
+fn responses_take_images_and_keep_them_in_stored_conversations() {
+    let server = TestServer::start(|_| {});
+    let a = data_url(&png("image_a.png"));
+    let first = post(
+        server.addr,
+        "/v1/responses",
+        &json!({
+            "model": MODEL,
+            "max_output_tokens": 2,
+            "temperature": 0,
+            "input": [{"role": "user", "content": [
+                {"type": "input_text", "text": "What is in this picture?"},
+                {"type": "input_image", "image_url": a}
+            ]}],
+        }),
+    );
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
+    let plain = post(
+        server.addr,
+        "/v1/responses",
+        &json!({"model": MODEL, "max_output_tokens": 2, "input": "What is in this picture?"}),
+    )
+    .json();
+    let input = |v: &Value| v["usage"]["input_tokens"].as_u64().unwrap();
+    assert_eq!(input(&first), input(&plain) + IMAGE_A_TOKENS);
+    let second = post(
+        server.addr,
+        "/v1/responses",
+        &json!({
+            "model": MODEL,
+            "max_output_tokens": 2,
+            "previous_response_id": first["id"],
+            "input": "And the colours?",
+        }),
+    );
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert!(input(&second.json()) > input(&first), "{}", second.body);
+}

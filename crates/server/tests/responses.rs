@@ -286,7 +286,7 @@ fn bad_responses_requests_are_named_4xx() {
         (
             "input",
             json!([{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]),
-            "input[0].content[0].type",
+            "input[0].content[0].image_url",
         ),
         (
             "input",
