@@ -122,9 +122,21 @@ pub fn run(dir: &Path, out: &mut impl Write) -> Result<()> {
             FeedForwardConfig::Dense { .. } => String::new(),
         }
     )?;
+    match (&model.vision, &config.vision) {
+        (Some(t), _) => {
+            let v = &t.config;
+            writeln!(
+                out,
+                "vision        tower of {} blocks × {}, {} heads, patch {}, {}×{} merge → {}; image token {}",
+                v.depth, v.hidden, v.heads, v.patch, v.merge, v.merge, v.out_hidden, v.image_token
+            )?;
+        }
+        (None, Some(Err(why))) => writeln!(out, "vision        not loaded: {why}")?,
+        (None, _) => {}
+    }
     writeln!(
         out,
-        "extras        {} MTP tensors, {} vision tensors (recognised, not used yet){}",
+        "extras        {} MTP tensors, {} vision tensors not used{}",
         model.extras.mtp.len(),
         model.extras.vision.len(),
         if model.extras.unknown.is_empty() {
