@@ -260,11 +260,16 @@ fn the_tower_from_an_mmproj_gguf_matches_transformers() {
         qinfer_formats::gguf::GgufFile::open(fixture(VL).join("mmproj-tiny-vl-f32.gguf")).unwrap();
     model.load_mmproj(&file, image_token).unwrap();
     check_tower(&model, "mmproj");
-    let p = prompt(&model, "prompt_two");
-    let want = mat("logits_two.npy");
-    let got = logits(&model, &p, false);
-    let (d, row, col) = max_diff(&got.data, &want.data, want.cols);
-    assert!(d < LOGIT_TOL, "mmproj logits: {d} at ({row}, {col})");
+    for (key, file) in [
+        ("prompt_one", "logits_one.npy"),
+        ("prompt_two", "logits_two.npy"),
+    ] {
+        let p = prompt(&model, key);
+        let want = mat(file);
+        let got = logits(&model, &p, false);
+        let (d, row, col) = max_diff(&got.data, &want.data, want.cols);
+        assert!(d < LOGIT_TOL, "mmproj {key}: {d} at ({row}, {col})");
+    }
     // A text model's own GGUF is not an mmproj file; an out-of-vocabulary pad id is refused.
     let text =
         qinfer_formats::gguf::GgufFile::open(fixture("gguf").join("tiny-dense-f32.gguf")).unwrap();
