@@ -1,4 +1,6 @@
-//! `qinfer quantize IN OUT --type TYPE`: write a model as a llama.cpp-compatible GGUF file.
+//! `qinfer quantize IN OUT --type TYPE`: write a model as a llama.cpp-compatible GGUF file —
+//! and, for a multimodal checkpoint, its vision tower as a llama.cpp `mmproj` file beside it
+//! (`mmproj-<OUT's stem>.gguf`, which `qinfer` picks up when it loads OUT).
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +11,7 @@ use qinfer_formats::gguf::{GgufFile, Value, keys};
 use qinfer_formats::hf_config::RawConfig;
 use qinfer_formats::safetensors::Checkpoint;
 use qinfer_model::ModelConfig;
-use qinfer_model::export::{Exported, FileType, export_gguf};
+use qinfer_model::export::{Exported, FileType, GgufExport, ImageNorm, export_gguf};
 use qinfer_model::loader::Loader;
 use qinfer_model::names::Naming;
 
@@ -31,7 +33,10 @@ Types (size of Qwen3.6-27B's text model, 26.9 B parameters, approximate):
 Norms, DeltaNet A / dt / conv and the MoE router always stay F32; ssm_alpha / ssm_beta are
 Q8_0 in the K mixtures. The MTP head (speculative decoding), when the input has it, is written
 too and never below Q8_0. Rows that are not whole 256-value blocks fall back (Q4_K→Q5_0,
-Q5_K→Q5_1, Q6_K→Q8_0, Q2_K/Q3_K→IQ4_NL), as llama.cpp does.";
+Q5_K→Q5_1, Q6_K→Q8_0, Q2_K/Q3_K→IQ4_NL), as llama.cpp does.
+The vision tower of a multimodal checkpoint goes to mmproj-<OUTPUT's stem>.gguf beside OUTPUT
+(llama.cpp's mmproj layout): F32 with --type F32, else F16 weights with F32 norms, biases and
+position table, as llama.cpp writes them. --no-mmproj skips it.";
 
 #[derive(Args, Debug)]
 #[command(after_help = TYPES_HELP)]
@@ -46,6 +51,9 @@ pub struct QuantizeArgs {
     /// Worker threads (default: all CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// Do not write the vision tower of a multimodal checkpoint (mmproj-<OUTPUT's stem>.gguf).
+    #[arg(long)]
+    no_mmproj: bool,
 }
 
 pub fn parse_type(s: &str) -> Result<FileType, String> {
@@ -60,18 +68,62 @@ pub fn parse_type(s: &str) -> Result<FileType, String> {
 pub fn quantize(args: QuantizeArgs) -> Result<()> {
     qinfer_cpu::init_threads(args.threads);
     let input = crate::resolve_model(&args.input)?;
-    let written = write_gguf(&input, &args.output, args.file_type)?;
-    report(&args.output, &written)
+    let mmproj = (!args.no_mmproj).then(|| mmproj_path(&args.output));
+    let written = write_gguf(&input, &args.output, args.file_type, mmproj.as_deref())?;
+    report(&args.output, &written.model)?;
+    match (&mmproj, &written.mmproj) {
+        (Some(path), Some(tower)) => report_mmproj(path, tower)?,
+        _ => {
+            let stale = mmproj_path(&args.output);
+            if stale.exists() {
+                note(&format!(
+                    "{} (not written now) is beside the output: loading it picks up that \
+                     vision tower",
+                    stale.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where the vision tower of a model written at `output` goes: `mmproj-<stem>.gguf` beside it,
+/// the one `mmproj*.gguf` that loading `output` picks up.
+pub fn mmproj_path(output: &Path) -> PathBuf {
+    let stem = output.file_stem().unwrap_or_default().to_string_lossy();
+    output.with_file_name(format!("mmproj-{stem}.gguf"))
+}
+
+/// What [`write_gguf`] wrote.
+#[derive(Debug)]
+pub struct Written {
+    pub model: Exported,
+    /// The vision tower's `mmproj` file, when asked for and the input has a tower.
+    pub mmproj: Option<Exported>,
 }
 
 /// Writes `input` (a resolved model: checkpoint directory or GGUF) as a GGUF of `file_type`
-/// at `output`, through a `.partial` file renamed when complete (a failed or interrupted
-/// write never leaves a file at `output`).
-pub fn write_gguf(input: &Path, output: &Path, file_type: FileType) -> Result<Exported> {
-    if output.exists() && std::fs::canonicalize(output).ok() == std::fs::canonicalize(input).ok() {
-        bail!("the output would overwrite the input {}", input.display());
+/// at `output` and, when `mmproj` is given and the input is a checkpoint with a vision tower,
+/// the tower as a llama.cpp `mmproj` file there. Each goes through a `.partial` file renamed
+/// when both are complete (a failed or interrupted write never leaves a file at either path).
+pub fn write_gguf(
+    input: &Path,
+    output: &Path,
+    file_type: FileType,
+    mmproj: Option<&Path>,
+) -> Result<Written> {
+    for out in std::iter::once(output).chain(mmproj) {
+        if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(input).ok() {
+            bail!("the output would overwrite the input {}", input.display());
+        }
     }
     let partial = output.with_extension("gguf.partial");
+    let mmproj_partial = mmproj.map(|p| p.with_extension("gguf.partial"));
+    let remove_partials = || {
+        for p in std::iter::once(&partial).chain(&mmproj_partial) {
+            let _ = std::fs::remove_file(p);
+        }
+    };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} tensors  {msg}")
@@ -100,6 +152,11 @@ pub fn write_gguf(input: &Path, output: &Path, file_type: FileType) -> Result<Ex
             file_type,
             &mut progress,
         )
+        .map(|model| Written {
+            model,
+            mmproj: None,
+        })
+        .with_context(|| format!("cannot write {}", output.display()))
     } else {
         if input.is_file() {
             bail!(
@@ -107,29 +164,137 @@ pub fn write_gguf(input: &Path, output: &Path, file_type: FileType) -> Result<Ex
                 input.display()
             );
         }
-        let (config, extra) = checkpoint_metadata(input)?;
-        let checkpoint = Checkpoint::open_dir(input)?;
-        let prefix = Loader::detect_hf_prefix(&|n| checkpoint.tensors.contains_key(n))?;
-        export_gguf(
-            &partial,
-            &checkpoint,
-            Naming::Hf(prefix),
-            &config,
-            extra,
-            file_type,
-            &mut progress,
-        )
+        let mmproj = mmproj.zip(mmproj_partial.as_deref());
+        export_checkpoint(input, (output, &partial), mmproj, file_type, &mut progress)
     };
     bar.finish_and_clear();
     let written = match written {
         Ok(w) => w,
         Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e).with_context(|| format!("cannot write {}", output.display()));
+            remove_partials();
+            return Err(e);
         }
     };
     std::fs::rename(&partial, output)?;
+    if let (Some(from), Some(to)) = (&mmproj_partial, mmproj)
+        && written.mmproj.is_some()
+    {
+        std::fs::rename(from, to)?;
+        warn_other_mmproj(to);
+    }
     Ok(written)
+}
+
+/// Writes the checkpoint directory `input` as the model file (`output`: its final path and the
+/// partial file written) and, when `mmproj` (likewise) is given and the checkpoint has a vision
+/// tower, the tower's `mmproj` file.
+fn export_checkpoint(
+    input: &Path,
+    (output, partial): (&Path, &Path),
+    mmproj: Option<(&Path, &Path)>,
+    file_type: FileType,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Written> {
+    let (config, extra) = checkpoint_metadata(input)?;
+    let checkpoint = Checkpoint::open_dir(input)?;
+    let present = |n: &str| checkpoint.tensors.contains_key(n);
+    let naming = Naming::Hf(Loader::detect_hf_prefix(&present)?);
+    // The tower's file is planned (its header written) first: a tower the format cannot hold
+    // stops the command before the model is written.
+    let tower = match (mmproj, &config.vision) {
+        (Some((path, tower_partial)), Some(Ok(_))) => {
+            let context = || {
+                format!(
+                    "cannot write the vision tower to {} (--no-mmproj skips it)",
+                    path.display()
+                )
+            };
+            let norm = image_norm(input).with_context(context)?;
+            GgufExport::create_mmproj(
+                tower_partial,
+                &present,
+                naming,
+                &config,
+                norm,
+                file_type,
+                None,
+            )
+            .with_context(context)?
+            .map(|t| (path, t))
+        }
+        (Some(_), Some(Err(why))) => {
+            note(&format!(
+                "the checkpoint's vision tower is not written: its vision_config cannot be \
+                 used ({why})"
+            ));
+            None
+        }
+        _ => None,
+    };
+    let model = export_gguf(
+        partial,
+        &checkpoint,
+        naming,
+        &config,
+        extra,
+        file_type,
+        progress,
+    )
+    .with_context(|| format!("cannot write {}", output.display()))?;
+    let mmproj = tower
+        .map(|(path, t)| {
+            t.write_all(&checkpoint, progress)
+                .with_context(|| format!("cannot write {}", path.display()))
+        })
+        .transpose()?;
+    Ok(Written { model, mmproj })
+}
+
+/// The image normalisation of a checkpoint's processor (`preprocessor_config.json`, else
+/// Qwen3.5/3.6's), for its `mmproj` file.
+fn image_norm(dir: &Path) -> Result<ImageNorm> {
+    let pre = dir.join("preprocessor_config.json");
+    let config = if pre.is_file() {
+        qinfer_vision::PreprocessConfig::from_file(&pre)
+            .with_context(|| pre.display().to_string())?
+    } else {
+        qinfer_vision::PreprocessConfig::qwen35()
+    };
+    Ok((config.mean, config.std))
+}
+
+/// Loading a model picks up the `mmproj*.gguf` beside it only when it is the only one: says
+/// so when `written` has company.
+fn warn_other_mmproj(written: &Path) {
+    let dir = match written.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let others = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("mmproj") && n.ends_with(".gguf"))
+                && p.file_name() != written.file_name()
+        })
+        .count();
+    if others > 0 {
+        note(&format!(
+            "{} holds {others} other mmproj*.gguf file(s); loading a model there picks up a \
+             vision tower only when it is the one mmproj file (else pass --mmproj {})",
+            dir.display(),
+            written.display()
+        ));
+    }
+}
+
+/// A line for the user on stderr (stdout reports what was written).
+fn note(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "note: {message}");
 }
 
 /// A checkpoint directory's model configuration, and the GGUF metadata its tokenizer files
@@ -169,6 +334,26 @@ fn report(output: &Path, written: &Exported) -> Result<()> {
         } else {
             "not in the input"
         }
+    )?;
+    Ok(())
+}
+
+/// What `qinfer quantize` prints about a written `mmproj` file.
+fn report_mmproj(path: &Path, written: &Exported) -> Result<()> {
+    let types: Vec<String> = written
+        .types
+        .iter()
+        .map(|(t, n)| format!("{t}: {n}"))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    writeln!(
+        out,
+        "wrote {} (vision tower, {} tensors, {:.2} MiB of tensor data; {})",
+        path.display(),
+        written.tensors,
+        written.bytes as f64 / (1u64 << 20) as f64,
+        types.join(", "),
     )?;
     Ok(())
 }

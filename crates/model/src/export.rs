@@ -25,11 +25,21 @@
 //! * the MTP head (when the source has it; written as block `n_layers` with llama.cpp's `nextn`
 //!   names, `block_count = n_layers + 1`, `nextn_predict_layers = 1`): its matrices stay at the
 //!   file's type if that is Q8_0 or better, else Q8_0 — low-bit MTP heads ruin draft acceptance.
+//!
+//! The vision tower of a multimodal checkpoint goes to a second file, as llama.cpp splits it: an
+//! `mmproj` GGUF (`general.architecture` `clip`, `clip.projector_type` `qwen3vl_merger`,
+//! [`GgufExport::create_mmproj`]) with llama.cpp's converter's layout — the `Conv3d` patch kernel
+//! `[h, C, 2, p, p]` split along its temporal axis into one `[h, C, p, p]` kernel per frame,
+//! every other tensor as is. Its types follow llama.cpp's `mmproj` files rather than `--type`:
+//! a vision tower is small beside the language model and sensitive to rounding, so llama.cpp
+//! never quantizes it below F16. With `F32` everything stays F32 (tensor data then identical to
+//! `convert_hf_to_gguf.py --mmproj --outtype f32`); with any other type the weight matrices and
+//! patch kernels are F16 and the norms, biases and position table F32 (`--outtype f16`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use qinfer_backend::VHeadOrder;
+use qinfer_backend::{Gelu, VHeadOrder};
 use qinfer_formats::gguf::keys::{self, Arch};
 use qinfer_formats::gguf::{GgufWriter, Value};
 use qinfer_tensor::DType;
@@ -37,7 +47,8 @@ use qinfer_tensor::DType;
 use crate::config::{FeedForwardConfig, LayerKind, ModelConfig};
 use crate::error::LoadError;
 use crate::loader::{Loader, TensorId, TensorSource};
-use crate::names::{self, Global, LayerTensor, MtpTensor, Naming};
+use crate::names::{self, Global, LayerTensor, MtpTensor, Naming, VisionBlockTensor, VisionTensor};
+use crate::vision::{DEFAULT_ROPE_THETA, VisionConfig};
 
 /// Why a model could not be exported.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +134,15 @@ impl FileType {
             FileType::Q5_K_M => 17,
             FileType::Q6_K => 18,
             FileType::BF16 => 32,
+        }
+    }
+
+    /// The type of the `mmproj` file written beside a file of this type: F32 stays F32, every
+    /// other type gives F16 (llama.cpp's default for vision towers; see the module docs).
+    pub fn mmproj(self) -> FileType {
+        match self {
+            FileType::F32 => FileType::F32,
+            _ => FileType::F16,
         }
     }
 
@@ -244,6 +264,8 @@ enum Make {
         block: Block,
         role: fn(usize) -> LayerTensor,
     },
+    /// Frame `frame` of the vision tower's `[h, C, frames, p, p]` patch kernel, `[h, C, p, p]`.
+    PatchFrame { frame: usize, frames: usize },
 }
 
 impl Make {
@@ -259,6 +281,7 @@ impl Make {
             Make::StackExperts { block, role } => {
                 (0..shape[0]).map(|x| block.id(role(x))).collect()
             }
+            Make::PatchFrame { .. } => vec![TensorId::Vision(VisionTensor::PatchWeight)],
         }
     }
 }
@@ -295,15 +318,11 @@ pub fn export_gguf(
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Exported, ExportError> {
     let present = |name: &str| source.tensor(name).is_some();
-    let mut export = GgufExport::create(path, &present, naming, config, extra, ft, None)?;
-    let n = export.len();
-    for i in 0..n {
-        progress(i, n, export.name(i));
-        export.write(i, source)?;
-    }
-    progress(n, n, "");
-    export.finish()
+    GgufExport::create(path, &present, naming, config, extra, ft, None)?.write_all(source, progress)
 }
+
+/// The image normalisation of a vision tower's inputs: `(mean, std)` per channel (R, G, B).
+pub type ImageNorm = ([f32; 3], [f32; 3]);
 
 /// One GGUF file being written: planned and its header written by [`GgufExport::create`],
 /// then each tensor produced from a source that holds its inputs, in any order (a checkpoint
@@ -343,11 +362,55 @@ impl GgufExport {
         let has = |id: TensorId| present(&id.name_in(naming));
         let plan = plan(&has, config, ft)?;
         let mtp = plan.iter().any(|t| t.name.contains(".nextn."));
+        let metadata = metadata(config, ft, mtp)?
+            .into_iter()
+            .chain(extra)
+            .collect();
+        Self::start(path, naming, config, plan, metadata, mtp, resume)
+    }
+
+    /// Plans the `mmproj` file of the vision tower (llama.cpp's layout and types, see the
+    /// module docs) that goes beside a model file of type `ft`, for a source whose tensor names
+    /// are those for which `present` holds, and writes its header at `path` (`resume` as for
+    /// [`GgufExport::create`]). `Ok(None)`, with nothing written, when the model has no tower:
+    /// no usable `vision_config`, or no patch kernel in the source — what loading the model
+    /// would give. `image_norm` is the processor's normalisation, which the file records.
+    pub fn create_mmproj(
+        path: &Path,
+        present: &dyn Fn(&str) -> bool,
+        naming: Naming,
+        config: &ModelConfig,
+        image_norm: ImageNorm,
+        ft: FileType,
+        resume: Option<&[String]>,
+    ) -> Result<Option<Self>, ExportError> {
+        let Some(Ok(vision)) = &config.vision else {
+            return Ok(None);
+        };
+        if !present(&TensorId::Vision(VisionTensor::PatchWeight).name_in(naming)) {
+            return Ok(None);
+        }
+        let ft = ft.mmproj();
+        let plan = plan_mmproj(vision, ft)?;
+        let metadata = mmproj_metadata(vision, ft, image_norm);
+        Self::start(path, naming, config, plan, metadata, false, resume).map(Some)
+    }
+
+    /// Writes (or, with `resume`, checks) the header of a planned file.
+    fn start(
+        path: &Path,
+        naming: Naming,
+        config: &ModelConfig,
+        plan: Vec<Planned>,
+        metadata: Vec<(String, Value)>,
+        mtp: bool,
+        resume: Option<&[String]>,
+    ) -> Result<Self, ExportError> {
         let mut w = match resume {
             Some(_) => GgufWriter::reopen(path, 32)?,
             None => GgufWriter::create(path, 32)?,
         };
-        for (k, v) in metadata(config, ft, mtp)?.into_iter().chain(extra) {
+        for (k, v) in metadata {
             w.add_metadata(k, v)?;
         }
         for t in &plan {
@@ -416,6 +479,22 @@ impl GgufExport {
         self.writer.write_tensor(&t.name, &bytes)?;
         self.written[i] = true;
         Ok(())
+    }
+
+    /// Produces and writes every tensor from `source` (which holds them all), then completes
+    /// the file; `progress(done, total, name)` is called before each tensor.
+    pub fn write_all(
+        mut self,
+        source: &dyn TensorSource,
+        progress: &mut dyn FnMut(usize, usize, &str),
+    ) -> Result<Exported, ExportError> {
+        let n = self.len();
+        for i in 0..n {
+            progress(i, n, self.name(i));
+            self.write(i, source)?;
+        }
+        progress(n, n, "");
+        self.finish()
     }
 
     /// Makes the tensors written so far durable (before a caller records them as done).
@@ -810,6 +889,99 @@ fn plan_layer(
     Ok(())
 }
 
+/// The `mmproj` file's tensors for the tower `v`, in a file of type `ft` (F32 or F16).
+fn plan_mmproj(v: &VisionConfig, ft: FileType) -> Result<Vec<Planned>, ExportError> {
+    // What a `qwen3vl_merger` file cannot state, and its readers (ours and llama.cpp's) assume.
+    let unsupported = |why: String| Err(ExportError::Unsupported(format!("mmproj: {why}")));
+    if v.act != Gelu::Tanh {
+        return unsupported(format!(
+            "the tower's GELU is {:?}; the file format implies the tanh approximation",
+            v.act
+        ));
+    }
+    if v.rope_theta != DEFAULT_ROPE_THETA {
+        return unsupported(format!(
+            "the tower's rotary base is {}; the file format implies {DEFAULT_ROPE_THETA}",
+            v.rope_theta
+        ));
+    }
+    let frames = [VisionTensor::PatchWeight, VisionTensor::PatchWeightT1];
+    if v.temporal_patch > frames.len() {
+        return unsupported(format!(
+            "{} frames per patch; the file format holds at most {} frame kernels",
+            v.temporal_patch,
+            frames.len()
+        ));
+    }
+    let matrix = match ft {
+        FileType::F32 => DType::F32,
+        _ => DType::F16,
+    };
+    let (h, c, p) = (v.hidden, v.in_channels, v.patch);
+    let merged = h * v.merge * v.merge;
+    // (source tensor, planned), the source's Hugging Face name giving the order below.
+    let mut out: Vec<(VisionTensor, Planned)> = Vec::new();
+    let mut add = |source: VisionTensor, t: VisionTensor, shape: Vec<usize>, dtype, make| {
+        let name = names::vision_in(Naming::Gguf, t);
+        let planned = Planned {
+            name,
+            shape,
+            dtype,
+            make,
+        };
+        out.push((source, planned));
+    };
+    // A tensor as is: matrices in the file's type, vectors (norms, biases) F32.
+    let mut copy = |t: VisionTensor, shape: Vec<usize>| {
+        let dtype = if shape.len() > 1 { matrix } else { DType::F32 };
+        add(t, t, shape, dtype, Make::Copy(TensorId::Vision(t)));
+    };
+    for i in 0..v.depth {
+        use VisionBlockTensor as B;
+        let b = |t: B| VisionTensor::Block(i, t);
+        for (w, bias, rows, cols) in [
+            (B::QkvWeight, B::QkvBias, 3 * h, h),
+            (B::ProjWeight, B::ProjBias, h, h),
+            (B::Fc1Weight, B::Fc1Bias, v.intermediate, h),
+            (B::Fc2Weight, B::Fc2Bias, h, v.intermediate),
+        ] {
+            copy(b(w), vec![rows, cols]);
+            copy(b(bias), vec![rows]);
+        }
+        for t in [B::Norm1Weight, B::Norm1Bias, B::Norm2Weight, B::Norm2Bias] {
+            copy(b(t), vec![h]);
+        }
+    }
+    copy(VisionTensor::MergerNormWeight, vec![h]);
+    copy(VisionTensor::MergerNormBias, vec![h]);
+    copy(VisionTensor::MergerFc1Weight, vec![merged, merged]);
+    copy(VisionTensor::MergerFc1Bias, vec![merged]);
+    copy(VisionTensor::MergerFc2Weight, vec![v.out_hidden, merged]);
+    copy(VisionTensor::MergerFc2Bias, vec![v.out_hidden]);
+    copy(VisionTensor::PatchBias, vec![h]);
+    // The `Conv3d` kernel `[h, C, Tp, p, p]` as one `[h, C, p, p]` kernel per frame.
+    for (frame, &t) in frames[..v.temporal_patch].iter().enumerate() {
+        let make = Make::PatchFrame {
+            frame,
+            frames: v.temporal_patch,
+        };
+        add(VisionTensor::PatchWeight, t, vec![h, c, p, p], matrix, make);
+    }
+    // llama.cpp keeps position tables F32 whatever the type.
+    let pos = VisionTensor::PosEmbed;
+    add(
+        pos,
+        pos,
+        vec![v.pos_side * v.pos_side, h],
+        DType::F32,
+        Make::Copy(TensorId::Vision(pos)),
+    );
+    // llama.cpp's converter writes the tensors in the checkpoint's (name) order; the sort is
+    // stable, so the frame kernels stay in frame order.
+    out.sort_by_cached_key(|(source, _)| names::vision(*source));
+    Ok(out.into_iter().map(|(_, t)| t).collect())
+}
+
 /// GGUF value head `g` holds source (grouped) head `perm(g)`; identity for tiled sources.
 fn source_head(c: &ModelConfig, g: usize) -> usize {
     let d = c.deltanet;
@@ -884,6 +1056,21 @@ fn produce(ld: &Loader<'_>, c: &ModelConfig, t: &Planned) -> Result<Vec<f32>, Ex
             let mut out = Vec::new();
             for x in 0..t.shape[0] {
                 out.extend(fetch(block.id(role(x)), &t.shape[1..])?);
+            }
+            out
+        }
+        Make::PatchFrame { frame, frames } => {
+            let [h, ch, p, q] = t.shape[..] else {
+                unreachable!("a frame kernel is planned as [h, C, p, p]")
+            };
+            let id = TensorId::Vision(VisionTensor::PatchWeight);
+            let src = fetch(id, &[h, ch, frames, p, q])?;
+            // [h, C, Tp, p, p] -> frame `frame`'s [h, C, p, p].
+            let pp = p * q;
+            let mut out = Vec::with_capacity(h * ch * pp);
+            for hc in 0..h * ch {
+                let from = (hc * frames + frame) * pp;
+                out.extend_from_slice(&src[from..from + pp]);
             }
             out
         }
@@ -1002,6 +1189,47 @@ fn metadata(c: &ModelConfig, ft: FileType, mtp: bool) -> Result<Vec<(String, Val
     Ok(md)
 }
 
+/// llama.cpp's metadata for an `mmproj` file of type `ft` holding the tower `v`, in the
+/// converter's order. The layer-norm epsilon is the tower's own (llama.cpp's converter writes the
+/// text model's `rms_norm_eps`, equal to it in every Qwen3.5/3.6 checkpoint).
+fn mmproj_metadata(v: &VisionConfig, ft: FileType, (mean, std): ImageNorm) -> Vec<(String, Value)> {
+    let u = |x: usize| Value::U32(x as u32);
+    let rgb = |x: [f32; 3]| Value::Array(x.map(Value::F32).to_vec());
+    let s = |x: &str| Value::String(x.into());
+    [
+        (keys::ARCHITECTURE, s(keys::CLIP_ARCH)),
+        (keys::TYPE, s(keys::MMPROJ_TYPE)),
+        (
+            keys::NAME,
+            Value::String(format!("qinfer export ({}) vision tower", ft.name())),
+        ),
+        (keys::FILE_TYPE, Value::U32(ft.llama_ftype())),
+        (keys::CLIP_HAS_VISION, Value::Bool(true)),
+        (keys::CLIP_PROJECTION, u(v.out_hidden)),
+        (keys::CLIP_IMAGE_SIZE, u(v.pos_side * v.patch)),
+        (keys::CLIP_PATCH, u(v.patch)),
+        (keys::CLIP_HIDDEN, u(v.hidden)),
+        (keys::CLIP_FFN, u(v.intermediate)),
+        (keys::CLIP_BLOCKS, u(v.depth)),
+        (keys::CLIP_HEADS, u(v.heads)),
+        (keys::CLIP_IMAGE_MEAN, rgb(mean)),
+        (keys::CLIP_IMAGE_STD, rgb(std)),
+        (keys::CLIP_PROJECTOR_TYPE, s(keys::CLIP_PROJECTOR_QWEN3VL)),
+        (keys::CLIP_USE_GELU, Value::Bool(true)),
+        (keys::CLIP_MERGE, u(v.merge)),
+        (keys::CLIP_LN_EPS, Value::F32(v.ln_eps)),
+        // Qwen3.5/3.6 towers have no deep-stack mergers (`VisionConfig::from_hf` refuses them).
+        (
+            keys::CLIP_DEEPSTACK,
+            Value::Array(vec![Value::Bool(false); v.depth]),
+        ),
+        (keys::QUANTIZATION_VERSION, Value::U32(2)),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1059,5 +1287,59 @@ mod tests {
         }
         assert_eq!(fallback(DType::Q8_0, 48), DType::F16);
         assert_eq!(FileType::from_name("q4_k_m"), Some(FileType::Q4_K_M));
+    }
+
+    /// The `mmproj` file's types: all F32 for F32, else F16 matrices and frame kernels with F32
+    /// vectors and position table; what its format cannot state is refused.
+    #[test]
+    fn mmproj_policy() {
+        let v = VisionConfig {
+            depth: 1,
+            hidden: 8,
+            intermediate: 16,
+            heads: 2,
+            in_channels: 3,
+            patch: 2,
+            temporal_patch: 2,
+            merge: 2,
+            out_hidden: 4,
+            pos_side: 3,
+            act: Gelu::Tanh,
+            rope_theta: DEFAULT_ROPE_THETA,
+            ln_eps: 1e-6,
+            image_token: 0,
+            vision_start_token: None,
+            vision_end_token: None,
+        };
+        let pos = names::vision_in(Naming::Gguf, VisionTensor::PosEmbed);
+        let f32 = plan_mmproj(&v, FileType::F32.mmproj()).unwrap();
+        assert!(f32.iter().all(|t| t.dtype == DType::F32));
+        let q = plan_mmproj(&v, FileType::Q4_K_M.mmproj()).unwrap();
+        assert_eq!(
+            q.len(),
+            12 + 6 + 4,
+            "a block, the merger, patch bias and kernels, pos"
+        );
+        for t in &q {
+            let matrix = t.shape.len() > 1 && t.name != pos;
+            let want = if matrix { DType::F16 } else { DType::F32 };
+            assert_eq!(t.dtype, want, "{}", t.name);
+        }
+        for bad in [
+            VisionConfig {
+                act: Gelu::Erf,
+                ..v.clone()
+            },
+            VisionConfig {
+                temporal_patch: 3,
+                ..v.clone()
+            },
+            VisionConfig {
+                rope_theta: 1e6,
+                ..v.clone()
+            },
+        ] {
+            assert!(plan_mmproj(&bad, FileType::F16).is_err(), "{bad:?}");
+        }
     }
 }

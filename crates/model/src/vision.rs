@@ -35,7 +35,7 @@ const HF_LN_EPS: f32 = 1e-6;
 
 /// The rotary base of the tower when a file does not state it (llama.cpp's `mmproj` files
 /// never do; the reference's default).
-const DEFAULT_ROPE_THETA: f64 = 10_000.0;
+pub(crate) const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 
 /// The vision tower's hyper-parameters and the prompt tokens that stand for images, validated.
 #[derive(Clone, Debug, PartialEq)]
@@ -220,11 +220,14 @@ impl VisionConfig {
             .map_err(|e| bad(keys::CLIP_PROJECTOR_TYPE, e))?
             .as_deref()
         {
-            Some("qwen3vl_merger") => {}
+            Some(p) if p == keys::CLIP_PROJECTOR_QWEN3VL => {}
             other => {
                 return Err(bad(
                     keys::CLIP_PROJECTOR_TYPE,
-                    format!("{other:?}: qinfer reads Qwen3.5/3.6 towers (`qwen3vl_merger`)"),
+                    format!(
+                        "{other:?}: qinfer reads Qwen3.5/3.6 towers (`{}`)",
+                        keys::CLIP_PROJECTOR_QWEN3VL
+                    ),
                 ));
             }
         }

@@ -5,6 +5,8 @@
 /// `general.architecture`: `qwen35` or `qwen35moe`.
 pub const ARCHITECTURE: &str = "general.architecture";
 pub const NAME: &str = "general.name";
+/// What a file holds beside a model (`mmproj` for a vision tower); absent in model files.
+pub const TYPE: &str = "general.type";
 /// llama.cpp's `LLAMA_FTYPE_*` of the file.
 pub const FILE_TYPE: &str = "general.file_type";
 pub const QUANTIZATION_VERSION: &str = "general.quantization_version";
@@ -33,7 +35,15 @@ pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
 
 // A vision tower in llama.cpp's `mmproj` files (`general.architecture` = `clip`).
 pub const CLIP_ARCH: &str = "clip";
+/// `general.type` of an `mmproj` file.
+pub const MMPROJ_TYPE: &str = "mmproj";
 pub const CLIP_PROJECTOR_TYPE: &str = "clip.projector_type";
+/// `clip.projector_type` of a Qwen3-VL / Qwen3.5 / Qwen3.6 tower.
+pub const CLIP_PROJECTOR_QWEN3VL: &str = "qwen3vl_merger";
+pub const CLIP_HAS_VISION: &str = "clip.has_vision_encoder";
+pub const CLIP_USE_GELU: &str = "clip.use_gelu";
+/// One bool per block: whether it feeds Qwen3-VL's deep-stack mergers.
+pub const CLIP_DEEPSTACK: &str = "clip.vision.is_deepstack_layers";
 pub const CLIP_HIDDEN: &str = "clip.vision.embedding_length";
 pub const CLIP_FFN: &str = "clip.vision.feed_forward_length";
 pub const CLIP_BLOCKS: &str = "clip.vision.block_count";
