@@ -68,6 +68,43 @@ fn rms_groups(x: &mut [f32], w: &[f32], eps: f32, gate: Option<&[f32]>) {
     }
 }
 
+/// One query row's attention over keys and values `0..visible` (rows `[Hkv·D]` each), every
+/// query head against its kv head: scores in `f64`, softmax from the maximum, the weighted sum
+/// of values divided by the sum of weights.
+fn attention_row<'a>(
+    q: &[f32],
+    out: &mut [f32],
+    shape: AttentionShape,
+    visible: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+) {
+    let (d, hq, hkv) = (shape.head_dim, shape.n_heads, shape.n_kv_heads);
+    for h in 0..hq {
+        let kh = h / (hq / hkv);
+        let qh = &q[h * d..(h + 1) * d];
+        let scores: Vec<f64> = (0..visible)
+            .map(|j| {
+                let kj = &key(j)[kh * d..(kh + 1) * d];
+                qh.iter()
+                    .zip(kj)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>()
+                    * shape.scale as f64
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = p.iter().sum();
+        for c in 0..d {
+            let o: f64 = (0..visible)
+                .map(|j| p[j] * value(j)[kh * d + c] as f64)
+                .sum();
+            out[h * d + c] = (o / sum) as f32;
+        }
+    }
+}
+
 impl Backend for Reference {
     fn describe(&self) -> String {
         "reference".into()
@@ -325,30 +362,16 @@ impl Backend for Reference {
         let (s, t) = (keys.len(), q.rows);
         let mut out = Mat::zeros(t, hq * d);
         for ti in 0..t {
+            // Causal: query `ti` sees the keys up to its own position.
             let visible = s - t + ti + 1;
-            for h in 0..hq {
-                let kh = h / (hq / hkv);
-                let qh = &q.row(ti)[h * d..(h + 1) * d];
-                let scores: Vec<f64> = (0..visible)
-                    .map(|j| {
-                        let kj = &keys[j][kh * d..(kh + 1) * d];
-                        qh.iter()
-                            .zip(kj)
-                            .map(|(&a, &b)| a as f64 * b as f64)
-                            .sum::<f64>()
-                            * shape.scale as f64
-                    })
-                    .collect();
-                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let sum: f64 = p.iter().sum();
-                for c in 0..d {
-                    let o: f64 = (0..visible)
-                        .map(|j| p[j] * values[j][kh * d + c] as f64)
-                        .sum();
-                    out.row_mut(ti)[h * d + c] = (o / sum) as f32;
-                }
-            }
+            attention_row(
+                q.row(ti),
+                out.row_mut(ti),
+                shape,
+                visible,
+                |j| &keys[j],
+                |j| &values[j],
+            );
         }
         Act::from_host(out)
     }
@@ -360,30 +383,16 @@ impl Backend for Reference {
             q.cols == hq * d && k.cols == hkv * d && v.cols == hkv * d && k.rows == v.rows,
             "attend_all: shapes disagree"
         );
-        let s = k.rows;
         let mut out = Mat::zeros(q.rows, hq * d);
         for ti in 0..q.rows {
-            for h in 0..hq {
-                let kh = h / (hq / hkv);
-                let qh = &q.row(ti)[h * d..(h + 1) * d];
-                let scores: Vec<f64> = (0..s)
-                    .map(|j| {
-                        let kj = &k.row(j)[kh * d..(kh + 1) * d];
-                        qh.iter()
-                            .zip(kj)
-                            .map(|(&a, &b)| a as f64 * b as f64)
-                            .sum::<f64>()
-                            * shape.scale as f64
-                    })
-                    .collect();
-                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let sum: f64 = p.iter().sum();
-                for c in 0..d {
-                    let o: f64 = (0..s).map(|j| p[j] * v.row(j)[kh * d + c] as f64).sum();
-                    out.row_mut(ti)[h * d + c] = (o / sum) as f32;
-                }
-            }
+            attention_row(
+                q.row(ti),
+                out.row_mut(ti),
+                shape,
+                k.rows,
+                |j| k.row(j),
+                |j| v.row(j),
+            );
         }
         Act::from_host(out)
     }

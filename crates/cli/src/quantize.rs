@@ -70,9 +70,9 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     let input = crate::resolve_model(&args.input)?;
     let mmproj = (!args.no_mmproj).then(|| mmproj_path(&args.output));
     let written = write_gguf(&input, &args.output, args.file_type, mmproj.as_deref())?;
-    report(&args.output, &written.model)?;
+    report(&args.output, &written.model, "", Some(written.model.mtp))?;
     match (&mmproj, &written.mmproj) {
-        (Some(path), Some(tower)) => report_mmproj(path, tower)?,
+        (Some(path), Some(tower)) => report(path, tower, "vision tower, ", None)?,
         _ => {
             let stale = mmproj_path(&args.output);
             if stale.exists() {
@@ -253,13 +253,8 @@ fn export_checkpoint(
 /// The image normalisation of a checkpoint's processor (`preprocessor_config.json`, else
 /// Qwen3.5/3.6's), for its `mmproj` file.
 fn image_norm(dir: &Path) -> Result<ImageNorm> {
-    let pre = dir.join("preprocessor_config.json");
-    let config = if pre.is_file() {
-        qinfer_vision::PreprocessConfig::from_file(&pre)
-            .with_context(|| pre.display().to_string())?
-    } else {
-        qinfer_vision::PreprocessConfig::qwen35()
-    };
+    let config =
+        qinfer_engine::images::preprocess_config_in(dir).map_err(|e| anyhow::anyhow!(e))?;
     Ok((config.mean, config.std))
 }
 
@@ -270,16 +265,9 @@ fn warn_other_mmproj(written: &Path) {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let others = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("mmproj") && n.ends_with(".gguf"))
-                && p.file_name() != written.file_name()
-        })
+    let others = qinfer_engine::images::mmproj_files_beside(written)
+        .iter()
+        .filter(|p| p.file_name() != written.file_name())
         .count();
     if others > 0 {
         note(&format!(
@@ -313,44 +301,25 @@ pub fn checkpoint_metadata(dir: &Path) -> Result<(ModelConfig, Vec<(String, Valu
     Ok((config, extra))
 }
 
-/// What `qinfer quantize` prints about a written file.
-fn report(output: &Path, written: &Exported) -> Result<()> {
+/// What `qinfer quantize` prints about a written file (`what`: after the path, e.g. "vision
+/// tower, "), and the MTP head's fate for a model file.
+fn report(output: &Path, written: &Exported, what: &str, mtp: Option<bool>) -> Result<()> {
     let types: Vec<String> = written
         .types
         .iter()
         .map(|(t, n)| format!("{t}: {n}"))
         .collect();
+    let mtp = match mtp {
+        Some(true) => "; MTP head: written",
+        Some(false) => "; MTP head: not in the input",
+        None => "",
+    };
     let mut out = std::io::stdout().lock();
     use std::io::Write;
     writeln!(
         out,
-        "wrote {} ({} tensors, {:.2} MiB of tensor data; {}; MTP head: {})",
+        "wrote {} ({what}{} tensors, {:.2} MiB of tensor data; {}{mtp})",
         output.display(),
-        written.tensors,
-        written.bytes as f64 / (1u64 << 20) as f64,
-        types.join(", "),
-        if written.mtp {
-            "written"
-        } else {
-            "not in the input"
-        }
-    )?;
-    Ok(())
-}
-
-/// What `qinfer quantize` prints about a written `mmproj` file.
-fn report_mmproj(path: &Path, written: &Exported) -> Result<()> {
-    let types: Vec<String> = written
-        .types
-        .iter()
-        .map(|(t, n)| format!("{t}: {n}"))
-        .collect();
-    let mut out = std::io::stdout().lock();
-    use std::io::Write;
-    writeln!(
-        out,
-        "wrote {} (vision tower, {} tensors, {:.2} MiB of tensor data; {})",
-        path.display(),
         written.tensors,
         written.bytes as f64 / (1u64 << 20) as f64,
         types.join(", "),

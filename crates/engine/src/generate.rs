@@ -22,7 +22,8 @@ use crate::engine::{
     Summary,
 };
 use crate::images::{
-    DecodeLimits, ImageOptions, PreprocessConfig, PromptImage, image_keys, overlay_key,
+    DecodeLimits, ImageOptions, PreprocessConfig, PromptImage, image_keys, mmproj_files_beside,
+    overlay_key, preprocess_config_in,
 };
 use crate::parser::{Event, Parsed, ToolCall};
 use crate::prompt_cache::PromptCache;
@@ -70,19 +71,10 @@ impl ModelBundle {
         add_chat_stops(&tokenizer, &mut stop_ids);
         let images = match model.vision {
             None => None,
-            Some(_) => {
-                let pre = dir.join("preprocessor_config.json");
-                let preprocess = if pre.is_file() {
-                    PreprocessConfig::from_file(&pre)
-                        .map_err(|e| EngineError::Image(format!("{}: {e}", pre.display())))?
-                } else {
-                    PreprocessConfig::qwen35()
-                };
-                Some(ImageOptions {
-                    preprocess,
-                    limits: DecodeLimits::default(),
-                })
-            }
+            Some(_) => Some(ImageOptions {
+                preprocess: preprocess_config_in(dir).map_err(EngineError::Image)?,
+                limits: DecodeLimits::default(),
+            }),
         };
         Ok(ModelBundle {
             name: dir.display().to_string(),
@@ -150,21 +142,12 @@ impl ModelBundle {
             draft: DraftConfig::default(),
             images: None,
         };
-        // A llama.cpp-style `mmproj*.gguf` beside the model brings its vision tower.
-        let beside: Vec<_> = path
-            .parent()
-            .and_then(|d| std::fs::read_dir(d).ok())
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("mmproj") && n.ends_with(".gguf"))
-            })
-            .collect();
-        if let [mmproj] = &beside[..] {
-            bundle.attach_mmproj(mmproj)?;
+        // A llama.cpp-style `mmproj*.gguf` beside the model brings its vision tower; one that
+        // does not fit leaves the model text-only (`--mmproj` names one and then must load).
+        if let [mmproj] = &mmproj_files_beside(path)[..]
+            && let Err(e) = bundle.attach_mmproj(mmproj)
+        {
+            tracing::warn!(mmproj = %mmproj.display(), error = %e, "vision tower not loaded");
         }
         Ok(bundle)
     }

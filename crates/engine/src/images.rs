@@ -20,6 +20,36 @@ pub struct ImageOptions {
     pub limits: DecodeLimits,
 }
 
+/// The processor settings of a Hugging Face model directory: its `preprocessor_config.json`,
+/// else Qwen3.5/3.6's.
+pub fn preprocess_config_in(dir: &std::path::Path) -> Result<PreprocessConfig, String> {
+    let pre = dir.join("preprocessor_config.json");
+    if pre.is_file() {
+        PreprocessConfig::from_file(&pre).map_err(|e| format!("{}: {e}", pre.display()))
+    } else {
+        Ok(PreprocessConfig::qwen35())
+    }
+}
+
+/// The llama.cpp-style `mmproj*.gguf` files in the directory of `model` (a GGUF file): a
+/// model there takes its vision tower from the one such file, when there is exactly one.
+pub fn mmproj_files_beside(model: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let dir = match model.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("mmproj") && n.ends_with(".gguf"))
+        })
+        .collect()
+}
+
 /// An image decoded and preprocessed for the tower: its patches and grid.
 #[derive(Clone, Debug)]
 pub struct ReadImage {

@@ -120,15 +120,21 @@ fn positions_are_those_of_get_rope_index() {
     }
 }
 
-/// Every position's logits of `prompt`, the images spliced in, in one step or (`pieces`)
-/// a step per piece of 5 rows.
-fn logits(model: &Qwen35, p: &Prompt, pieces: bool) -> Mat {
+/// The prompt indices of every image token and their rows, for [`SpanInput::Spliced`].
+fn spliced(model: &Qwen35, p: &Prompt) -> (Vec<usize>, Mat) {
     let at: Vec<usize> = p.images.iter().flat_map(|(s, m)| *s..s + m.rows).collect();
     let rows = Mat::from_vec(
         p.images.iter().flat_map(|(_, m)| m.data.clone()).collect(),
         at.len(),
         model.config.hidden,
     );
+    (at, rows)
+}
+
+/// Every position's logits of `prompt`, the images spliced in, in one step or (`pieces`)
+/// a step per piece of 5 rows.
+fn logits(model: &Qwen35, p: &Prompt, pieces: bool) -> Mat {
+    let (at, rows) = spliced(model, p);
     let mut state = model.new_state();
     let step = if pieces { 5 } else { p.ids.len() };
     let mut out = Vec::new();
@@ -185,12 +191,7 @@ fn greedy_decoding_after_two_images_matches_transformers() {
     let want_logits = mat("greedy_logits_two.npy");
     let all = logits(&model, &p, false);
     // Decode from a state that took the prompt with its images.
-    let at: Vec<usize> = p.images.iter().flat_map(|(s, m)| *s..s + m.rows).collect();
-    let rows = Mat::from_vec(
-        p.images.iter().flat_map(|(_, m)| m.data.clone()).collect(),
-        at.len(),
-        model.config.hidden,
-    );
+    let (at, rows) = spliced(&model, &p);
     let mut state = model.new_state();
     let mut spans = [Span {
         input: SpanInput::Spliced {

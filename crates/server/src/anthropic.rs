@@ -50,81 +50,68 @@ struct Rendered {
     first_call_only: bool,
 }
 
-/// Text of a `system` field or a `tool_result` content: a string or text blocks.
-fn blocks_text(v: &Value, path: &str) -> Result<String, ApiError> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(blocks) => {
-            let mut text = String::new();
-            for (i, b) in blocks.iter().enumerate() {
-                let bp = format!("{path}[{i}]");
-                let bf = Fields::new(element(b, &bp)?, &bp);
-                match bf.required_str("type")? {
-                    "text" => {
-                        if !text.is_empty() {
-                            text.push('\n');
-                        }
-                        text.push_str(bf.required_str("text")?);
-                    }
-                    other => {
-                        let p = bf.at("type");
-                        return Err(ApiError::invalid(
-                            &p,
-                            format!("`{p}` is `{other}`; only `text` blocks are supported here"),
-                        ));
-                    }
-                }
-            }
-            Ok(text)
-        }
-        Value::Null => Ok(String::new()),
-        other => Err(ApiError::invalid(
-            path,
-            format!(
-                "`{path}` must be a string or an array of blocks, not {}",
-                type_name(other)
-            ),
-        )),
-    }
-}
-
-/// A `tool_result`'s content for the template: a string or text blocks, or (with `image`
-/// blocks, as agents send screenshots) the list of its text and image items.
-fn tool_result_content(
+/// A `system` field or a `tool_result` content for the template: a string, or blocks — text
+/// (joined by newlines) and, where `images` takes them, `image` blocks (agents send
+/// screenshots so) — as one string, or with images as the list of its text and image items.
+fn block_content(
     v: &Value,
     path: &str,
-    images: &mut Vec<images::Pending>,
+    mut images: Option<&mut Vec<images::Pending>>,
 ) -> Result<Value, ApiError> {
-    let Value::Array(blocks) = v else {
-        return blocks_text(v, path).map(Value::from);
+    let blocks = match v {
+        Value::String(s) => return Ok(Value::from(s.as_str())),
+        Value::Null => return Ok(Value::from("")),
+        Value::Array(blocks) => blocks,
+        other => {
+            return Err(ApiError::invalid(
+                path,
+                format!(
+                    "`{path}` must be a string or an array of blocks, not {}",
+                    type_name(other)
+                ),
+            ));
+        }
     };
     let mut items = Vec::with_capacity(blocks.len());
     let mut text = String::new();
     for (i, b) in blocks.iter().enumerate() {
         let bp = format!("{path}[{i}]");
         let bf = Fields::new(element(b, &bp)?, &bp);
-        match bf.required_str("type")? {
-            "text" => {
+        match (bf.required_str("type")?, images.as_deref_mut()) {
+            ("text", _) => {
                 let t = bf.required_str("text")?;
-                text.push_str(t);
-                items.push(images::text_item(t));
+                let joined = if text.is_empty() {
+                    t.to_string()
+                } else {
+                    format!("\n{t}")
+                };
+                text.push_str(&joined);
+                items.push(images::text_item(&joined));
             }
-            "image" => {
-                images.push(images::anthropic_block(&bf)?);
+            ("image", Some(list)) => {
+                list.push(images::anthropic_block(&bf)?);
                 items.push(images::template_item());
             }
-            other => {
+            (other, list) => {
                 let p = bf.at("type");
+                let supported = match list {
+                    Some(_) => "only `text` and `image` blocks are supported here",
+                    None => "only `text` blocks are supported here",
+                };
                 return Err(ApiError::invalid(
                     &p,
-                    format!(
-                        "`{p}` is `{other}`; only `text` and `image` blocks are supported here"
-                    ),
+                    format!("`{p}` is `{other}`; {supported}"),
                 ));
             }
         }
     }
     Ok(images::content_value(items, text))
+}
+
+/// Text of a `system` field: a string or text blocks.
+fn blocks_text(v: &Value, path: &str) -> Result<String, ApiError> {
+    let v = block_content(v, path, None)?;
+    Ok(v.as_str().unwrap_or_default().to_string())
 }
 
 /// Anthropic messages → the template's messages, collecting their images in order.
@@ -226,7 +213,7 @@ fn template_messages(
                 }
                 ("user", "tool_result") => {
                     let content = match bf.get("content") {
-                        Some(c) => tool_result_content(c, &bf.at("content"), images)?,
+                        Some(c) => block_content(c, &bf.at("content"), Some(images))?,
                         None => Value::from(""),
                     };
                     let mut msg = json!({"role": "tool", "content": content});

@@ -218,51 +218,21 @@ pub(crate) fn text_item(text: &str) -> Value {
     Value::Object(m)
 }
 
-/// A Responses API message `content` for the template: a string, or (with `input_image` parts)
-/// the list of its text items and image items that keep their URL (`{"type": "image",
-/// "image_url": URL}`), so a stored conversation carries its images; [`pending_in`] collects
-/// them.
-pub(crate) fn content_with_image_urls(f: &Fields<'_>, name: &str) -> Result<Value, ApiError> {
-    let Some(Value::Array(parts)) = f.get(name) else {
-        return crate::openai::content_text(f, name).map(Value::from);
+/// The template item of an image part kept as its URL (`{"type": "image", "image_url": URL}`),
+/// read later by [`pending_in`].
+pub(crate) fn url_item(pf: &Fields<'_>) -> Value {
+    let url = match pf.get("image_url") {
+        Some(Value::Object(o)) => o.get("url").cloned().unwrap_or(Value::Null),
+        Some(v) => v.clone(),
+        None => Value::Null,
     };
-    let mut items = Vec::with_capacity(parts.len());
-    let mut text = String::new();
-    for (j, part) in parts.iter().enumerate() {
-        let ppath = format!("{}[{j}]", f.at(name));
-        let pf = Fields::new(crate::json::element(part, &ppath)?, &ppath);
-        match pf.required_str("type")? {
-            "text" | "input_text" | "output_text" => {
-                let t = pf.required_str("text")?;
-                text.push_str(t);
-                items.push(text_item(t));
-            }
-            "input_image" | "image_url" => {
-                // Checked now (a bad part is refused naming it), read when the prompt is made.
-                openai_part(&pf)?;
-                let url = match pf.get("image_url") {
-                    Some(Value::Object(o)) => o.get("url").cloned().unwrap_or(Value::Null),
-                    Some(v) => v.clone(),
-                    None => Value::Null,
-                };
-                let mut item = Map::new();
-                item.insert("type".into(), "image".into());
-                item.insert("image_url".into(), url);
-                items.push(Value::Object(item));
-            }
-            other => {
-                let p = pf.at("type");
-                return Err(ApiError::invalid(
-                    &p,
-                    format!("`{p}` is `{other}`: a user message takes text and image parts"),
-                ));
-            }
-        }
-    }
-    Ok(content_value(items, text))
+    let mut item = Map::new();
+    item.insert("type".into(), "image".into());
+    item.insert("image_url".into(), url);
+    Value::Object(item)
 }
 
-/// The images of template messages made by [`content_with_image_urls`], in order.
+/// The images kept as URLs in template messages ([`url_item`]), in order.
 pub(crate) fn pending_in(messages: &[Value]) -> Result<Vec<Pending>, ApiError> {
     let mut out = Vec::new();
     for (i, m) in messages.iter().enumerate() {

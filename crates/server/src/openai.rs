@@ -93,10 +93,11 @@ fn template_messages(
         };
         let mut msg = Map::new();
         msg.insert("role".into(), role.into());
-        msg.insert(
-            "content".into(),
-            content_with_images(&f, "content", role, images)?,
-        );
+        let parts = match role {
+            "system" => ImageParts::Refuse,
+            _ => ImageParts::Collect(images),
+        };
+        msg.insert("content".into(), content(&f, "content", parts)?);
         if role == "assistant" {
             let reasoning = match f.str("reasoning_content")? {
                 Some(r) => Some(r),
@@ -171,44 +172,69 @@ pub(crate) fn call_arguments(f: &Fields<'_>, name: &str) -> Result<Value, ApiErr
     }
 }
 
-/// A message `content` for the template: a string, or (when it has images) the list of its
-/// text and image items; the images are added to `images`. System messages take no images.
-fn content_with_images(
+/// What [`content`] does with image parts.
+pub(crate) enum ImageParts<'a> {
+    /// Refused: the message takes text only.
+    Refuse,
+    /// Added to the list, the template item standing for each.
+    Collect(&'a mut Vec<images::Pending>),
+    /// Kept in the template item as its URL (`{"type": "image", "image_url": URL}`), checked
+    /// now and read later ([`images::pending_in`]): a stored Responses conversation carries
+    /// its images so.
+    KeepUrls,
+}
+
+/// A message `content` for the template: a string, null, or an array of parts (`text`,
+/// `input_text`, `output_text`; `image_url` / `input_image` as `images` says). A plain string
+/// when it has no image, else the list of its text and image items.
+pub(crate) fn content(
     f: &Fields<'_>,
     name: &str,
-    role: &str,
-    images: &mut Vec<images::Pending>,
+    mut images: ImageParts<'_>,
 ) -> Result<Value, ApiError> {
-    let Some(Value::Array(parts)) = f.get(name) else {
-        return content_text(f, name).map(Value::from);
+    let parts = match f.get(name) {
+        None => return Ok(Value::from("")),
+        Some(Value::String(s)) => return Ok(Value::from(s.as_str())),
+        Some(Value::Array(parts)) => parts,
+        Some(v) => {
+            let p = f.at(name);
+            return Err(ApiError::invalid(
+                &p,
+                format!(
+                    "`{p}` must be a string or an array of content parts, not {}",
+                    type_name(v)
+                ),
+            ));
+        }
     };
     let mut items = Vec::with_capacity(parts.len());
     let mut text = String::new();
     for (j, part) in parts.iter().enumerate() {
         let ppath = format!("{}[{j}]", f.at(name));
         let pf = Fields::new(element(part, &ppath)?, &ppath);
-        match pf.required_str("type")? {
-            "text" | "input_text" | "output_text" => {
+        match (pf.required_str("type")?, &mut images) {
+            ("text" | "input_text" | "output_text", _) => {
                 let t = pf.required_str("text")?;
                 text.push_str(t);
                 items.push(images::text_item(t));
             }
-            "image_url" | "input_image" if role != "system" => {
-                images.push(images::openai_part(&pf)?);
+            ("image_url" | "input_image", ImageParts::Collect(list)) => {
+                list.push(images::openai_part(&pf)?);
                 items.push(images::template_item());
             }
-            other => {
+            ("image_url" | "input_image", ImageParts::KeepUrls) => {
+                images::openai_part(&pf)?;
+                items.push(images::url_item(&pf));
+            }
+            (other, mode) => {
                 let p = pf.at("type");
+                let takes = match mode {
+                    ImageParts::Refuse => "only `text` parts are accepted here",
+                    _ => "a message takes `text` and `image_url` parts",
+                };
                 return Err(ApiError::invalid(
                     &p,
-                    format!(
-                        "`{p}` is `{other}`: a {role} message takes `text` parts{}",
-                        if role == "system" {
-                            ""
-                        } else {
-                            " and `image_url` parts"
-                        }
-                    ),
+                    format!("`{p}` is `{other}`: {takes}"),
                 ));
             }
         }
@@ -216,42 +242,10 @@ fn content_with_images(
     Ok(images::content_value(items, text))
 }
 
-/// A message `content`: a string, null, or an array of text parts, as one string.
+/// A message `content` with text parts only, as one string.
 pub(crate) fn content_text(f: &Fields<'_>, name: &str) -> Result<String, ApiError> {
-    match f.get(name) {
-        None => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for (j, part) in parts.iter().enumerate() {
-                let ppath = format!("{}[{j}]", f.at(name));
-                let pf = Fields::new(element(part, &ppath)?, &ppath);
-                match pf.required_str("type")? {
-                    "text" | "input_text" | "output_text" => {
-                        text.push_str(pf.required_str("text")?)
-                    }
-                    other => {
-                        let p = pf.at("type");
-                        return Err(ApiError::invalid(
-                            &p,
-                            format!("`{p}` is `{other}`: only `text` parts are accepted here"),
-                        ));
-                    }
-                }
-            }
-            Ok(text)
-        }
-        Some(v) => {
-            let p = f.at(name);
-            Err(ApiError::invalid(
-                &p,
-                format!(
-                    "`{p}` must be a string or an array of content parts, not {}",
-                    type_name(v)
-                ),
-            ))
-        }
-    }
+    let v = content(f, name, ImageParts::Refuse)?;
+    Ok(v.as_str().unwrap_or_default().to_string())
 }
 
 /// Reads `tools`: the template gets them as given, the parser gets their schemas.

@@ -37,7 +37,7 @@ use crate::error::{ApiError, Protocol};
 use crate::images;
 use crate::json::{Fields, JsonBody, element, type_name};
 use crate::openai::{
-    Calls, ToolChoice, call_arguments, content_text, engine_failure, read_tool_choice,
+    Calls, ImageParts, ToolChoice, call_arguments, content_text, engine_failure, read_tool_choice,
 };
 use crate::scheduler::{Out, Summary};
 use crate::shared::{self, check_model, new_id, now_secs};
@@ -189,11 +189,11 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, ApiError> {
                         ));
                     }
                 };
-                let content = if role == "user" {
-                    images::content_with_image_urls(&f, "content")?
-                } else {
-                    content_text(&f, "content")?.into()
+                let parts = match role {
+                    "user" => ImageParts::KeepUrls,
+                    _ => ImageParts::Refuse,
                 };
+                let content = crate::openai::content(&f, "content", parts)?;
                 let mut msg = json!({"role": role, "content": content});
                 if role == "assistant"
                     && let Some(r) = reasoning.take()
