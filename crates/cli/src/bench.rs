@@ -91,12 +91,9 @@ fn image_runs(args: &BenchArgs, model: &Qwen35, path: &std::path::Path) -> Resul
             path.display()
         )
     })?;
-    let pre = path.join("preprocessor_config.json");
-    let preprocess = if pre.is_file() {
-        qinfer_vision::PreprocessConfig::from_file(&pre)?
-    } else {
-        qinfer_vision::PreprocessConfig::qwen35()
-    };
+    let mut preprocess =
+        qinfer_engine::images::preprocess_config_in(path).map_err(|e| anyhow::anyhow!(e))?;
+    args.model_opts.image_pixels(&mut preprocess)?;
     let opts = qinfer_engine::images::ImageOptions {
         preprocess,
         limits: qinfer_vision::DecodeLimits::default(),

@@ -72,6 +72,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             qinfer_cpu::init_threads(args.threads);
             let mut bundle = ModelBundle::demo()?;
             args.model_opts.apply(&mut bundle.model)?;
+            if let Some(images) = bundle.images.as_mut() {
+                args.model_opts.image_pixels(&mut images.preprocess)?;
+            }
             bundle
         }
     };

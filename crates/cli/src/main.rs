@@ -359,9 +359,29 @@ pub struct ModelOptions {
     /// `mmproj*.gguf` beside the model file is found without this flag).
     #[arg(long, value_name = "FILE")]
     mmproj: Option<PathBuf>,
+    /// Images are resized to at least this many pixels (default: the model's processor
+    /// settings; Qwen: 65,536 = 256²).
+    #[arg(long, value_name = "N")]
+    min_pixels: Option<u64>,
+    /// Images are resized to at most this many pixels (default: the model's processor
+    /// settings; Qwen: 16,777,216 = 4096²): fewer pixels, fewer tokens, a faster tower.
+    #[arg(long, value_name = "N")]
+    max_pixels: Option<u64>,
 }
 
 impl ModelOptions {
+    /// `--min-pixels` / `--max-pixels` applied to an image processor's settings.
+    pub fn image_pixels(&self, cfg: &mut qinfer_vision::PreprocessConfig) -> Result<()> {
+        if let Some(n) = self.min_pixels {
+            cfg.min_pixels = n;
+        }
+        if let Some(n) = self.max_pixels {
+            cfg.max_pixels = n;
+        }
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("--min-pixels / --max-pixels: {e}"))
+    }
+
     /// The flag, else `QINFER_KV_TYPE`, else [`DEFAULT_KV_TYPE`].
     pub fn resolve(&self) -> Result<KvType> {
         if let Some(t) = self.kv_type {
@@ -477,6 +497,9 @@ pub fn load_bundle(
             .with_context(|| format!("cannot load the vision tower {}", path.display()))?;
     }
     opts.apply(&mut bundle.model)?;
+    if let Some(images) = bundle.images.as_mut() {
+        opts.image_pixels(&mut images.preprocess)?;
+    }
     bundle.draft = opts.draft();
     if opts.draft.as_deref() == Some("mtp") && !bundle.model.has_mtp() {
         bail!(

@@ -623,6 +623,24 @@ fn generate_takes_images() {
     // Each image: <|vision_start|>, 77 pads, <|vision_end|>.
     assert_eq!(prompt_tokens(&one), prompt_tokens(&plain) + 79);
     assert_eq!(prompt_tokens(&two), prompt_tokens(&plain) + 2 * 79);
+    // --min-pixels / --max-pixels bound the area: 100×60 within 1024..4096 pixels is 64×32
+    // (4×2 patches, 2 tokens).
+    let small = qinfer(
+        &[
+            &base[..],
+            &[
+                "--image",
+                image,
+                "--min-pixels",
+                "1024",
+                "--max-pixels",
+                "4096",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(small.status.success(), "{}", stderr(&small));
+    assert_eq!(prompt_tokens(&small), prompt_tokens(&plain) + 4);
     let toml = fixture("../../Cargo.toml");
     let bad = qinfer(&[&base[..], &["--image", toml.to_str().unwrap()]].concat());
     assert!(!bad.status.success());
