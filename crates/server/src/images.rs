@@ -168,6 +168,13 @@ pub(crate) fn read_all(
             ),
         ));
     }
+    let merge = state
+        .bundle
+        .model
+        .vision
+        .as_ref()
+        .map_or(1, |t| t.config.merge * t.config.merge);
+    let mut tokens = 0usize;
     let mut out = Vec::with_capacity(pending.len());
     for p in pending {
         let bytes = match p.source {
@@ -181,7 +188,21 @@ pub(crate) fn read_all(
                 ));
             }
         };
-        out.push(read_image(&bytes, opts).map_err(|e| invalid(&p.path, e))?);
+        let img = read_image(&bytes, opts).map_err(|e| invalid(&p.path, e))?;
+        // Images that cannot fit the context are refused as they come, before the next one
+        // is read (each holds its patches in memory until the request runs).
+        tokens = tokens.saturating_add(img.pixels.rows / merge.max(1));
+        if tokens > state.config.ctx {
+            return Err(ApiError::context_exceeded(
+                "messages",
+                format!(
+                    "the request's images alone take {tokens} tokens or more, past the context \
+                     of {} tokens: send fewer or smaller images",
+                    state.config.ctx
+                ),
+            ));
+        }
+        out.push(img);
     }
     Ok(out)
 }

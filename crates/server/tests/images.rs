@@ -264,6 +264,12 @@ fn bad_images_get_a_400_naming_the_problem() {
             "context",
         ),
     ];
+    // Six images need more tokens than the context holds: refused as they are read.
+    let six: Vec<Value> = (0..6)
+        .map(|_| json!({"type": "image_url", "image_url": {"url": data_url(&a)}}))
+        .collect();
+    let mut cases = cases;
+    cases.push((Value::Array(six), "images alone take"));
     for (content, want) in cases {
         let r = post(server.addr, "/v1/chat/completions", &chat(content, 2));
         assert_eq!(r.status, 400, "{want}: {}", r.body);
