@@ -11,40 +11,9 @@
 #               converter (default /work/oracle-venv/bin/python: torch 2.15, transformers 5.23)
 set -euo pipefail
 
-# ---- pins --------------------------------------------------------------------------------------
-LLAMA_CPP_PYTHON_VERSION=0.3.36
-LLAMA_CPP_PYTHON_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-LLAMA_CPP_COMMIT=0c1e57098        # from the sdist's CHANGELOG.md ("update llama.cpp to ggml-org/llama.cpp@0c1e57098")
-GGUF_PY_VERSION=0.19.0            # vendor/llama.cpp/gguf-py/pyproject.toml
-TOOL_PKGS="scikit-build-core==1.1.2 cmake==4.* tokenizers==0.23.3 numpy==2.4.6 safetensors==0.8.0"
-# -----------------------------------------------------------------------------------------------
-
-REPO="$(cd "$(dirname "$0")/.." && pwd)"
-LLAMA_SRC="${LLAMA_SRC:-/work/llama-src}"
-TOOL_VENV="${TOOL_VENV:-/work/gguf-fix-venv}"
-CONVERT_PY="${CONVERT_PY:-/work/oracle-venv/bin/python}"
+# The pins and the converter (llama-cpp-python sdist): REPO, LLAMA_SRC, TOOL_VENV, CONVERT_PY, LLAMA_DIR.
+source "$(dirname "$0")/llama_cpp_converter.sh"
 OUT="$REPO/tests/fixtures/gguf"
-
-if [ ! -x "$TOOL_VENV/bin/python" ]; then
-    python3 -m venv "$TOOL_VENV"
-    "$TOOL_VENV/bin/pip" install -q $TOOL_PKGS
-fi
-
-SDIST="$LLAMA_SRC/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
-mkdir -p "$LLAMA_SRC"
-if [ ! -f "$SDIST" ]; then
-    # --no-build-isolation: pip must build the sdist's metadata (scikit-build-core looks for cmake);
-    # with isolation, --no-binary :all: would also force building cmake/ninja from source.
-    PATH="$TOOL_VENV/bin:$PATH" "$TOOL_VENV/bin/pip" download --no-binary :all: --no-deps \
-        --no-build-isolation "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$LLAMA_SRC"
-fi
-echo "$LLAMA_CPP_PYTHON_SHA256  $SDIST" | sha256sum -c -
-LLAMA_DIR="$LLAMA_SRC/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
-if [ ! -f "$LLAMA_DIR/convert_hf_to_gguf.py" ]; then
-    tar -xzf "$SDIST" -C "$LLAMA_SRC"
-fi
-grep -q "llama.cpp@$LLAMA_CPP_COMMIT" "$LLAMA_SRC/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/CHANGELOG.md"
-grep -q "^version = \"$GGUF_PY_VERSION\"" "$LLAMA_DIR/gguf-py/pyproject.toml"
 
 # temporary copies of the HF fixtures + a 320-id tokenizer (never written into tests/fixtures/tiny-*)
 TMP="$(mktemp -d /tmp/gguf-fixtures.XXXXXX)"

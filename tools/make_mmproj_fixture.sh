@@ -4,7 +4,7 @@
 # llama.cpp exports a Qwen3.5 / Qwen3.6 `mmproj` GGUF. Then check every tensor against the HF
 # safetensors (bit-exact, after the converter's transforms) and dump all metadata and tensors.
 #
-# Same pins and layout as tools/make_gguf_fixtures.sh:
+# The pins and the converter are tools/llama_cpp_converter.sh's (shared with make_gguf_fixtures.sh):
 #   * llama-cpp-python==0.3.36 sdist from PyPI (sha256 832db069...a2e), which vendors
 #     ggml-org/llama.cpp@0c1e57098 and gguf-py 0.19.0. Nothing of llama.cpp is committed.
 #   * The sdist is downloaded with `pip download --no-binary :all: --no-deps --no-build-isolation`
@@ -28,39 +28,10 @@
 #               (default /work/oracle-venv/bin/python)
 set -euo pipefail
 
-# ---- pins (same as tools/make_gguf_fixtures.sh) --------------------------------------------------
-LLAMA_CPP_PYTHON_VERSION=0.3.36
-LLAMA_CPP_PYTHON_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-LLAMA_CPP_COMMIT=0c1e57098
-GGUF_PY_VERSION=0.19.0
-TOOL_PKGS="scikit-build-core==1.1.2 cmake==4.* tokenizers==0.23.3 numpy==2.4.6 safetensors==0.8.0"
-# -----------------------------------------------------------------------------------------------
-
-REPO="$(cd "$(dirname "$0")/.." && pwd)"
-LLAMA_SRC="${LLAMA_SRC:-/work/llama-src}"
-TOOL_VENV="${TOOL_VENV:-/work/gguf-fix-venv}"
-CONVERT_PY="${CONVERT_PY:-/work/oracle-venv/bin/python}"
+# The pins and the converter (llama-cpp-python sdist): REPO, LLAMA_SRC, TOOL_VENV, CONVERT_PY, LLAMA_DIR.
+source "$(dirname "$0")/llama_cpp_converter.sh"
 FIX="$REPO/tests/fixtures/tiny-vl-f32"
 OUTFILE="$FIX/mmproj-tiny-vl-f32.gguf"
-
-if [ ! -x "$TOOL_VENV/bin/python" ]; then
-    python3 -m venv "$TOOL_VENV"
-    "$TOOL_VENV/bin/pip" install -q $TOOL_PKGS
-fi
-
-SDIST="$LLAMA_SRC/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
-mkdir -p "$LLAMA_SRC"
-if [ ! -f "$SDIST" ]; then
-    PATH="$TOOL_VENV/bin:$PATH" "$TOOL_VENV/bin/pip" download --no-binary :all: --no-deps \
-        --no-build-isolation "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$LLAMA_SRC"
-fi
-echo "$LLAMA_CPP_PYTHON_SHA256  $SDIST" | sha256sum -c -
-LLAMA_DIR="$LLAMA_SRC/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
-if [ ! -f "$LLAMA_DIR/convert_hf_to_gguf.py" ]; then
-    tar -xzf "$SDIST" -C "$LLAMA_SRC"
-fi
-grep -q "llama.cpp@$LLAMA_CPP_COMMIT" "$LLAMA_SRC/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/CHANGELOG.md"
-grep -q "^version = \"$GGUF_PY_VERSION\"" "$LLAMA_DIR/gguf-py/pyproject.toml"
 
 # temporary copy of the HF fixture (never written into tests/fixtures/tiny-vl-f32 except the .gguf)
 TMP="$(mktemp -d /tmp/mmproj-fixture.XXXXXX)"
