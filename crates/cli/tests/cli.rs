@@ -37,6 +37,27 @@ fn csv(v: &serde_json::Value) -> String {
         .join(",")
 }
 
+/// `qinfer args` with `input` on its stdin; its stdout (it must succeed).
+fn run_piped(args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qinfer"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -326,27 +347,22 @@ fn a_config_error_names_its_cause_once() {
 /// (messages and model state) and processes only what the re-rendered history changed.
 #[test]
 fn run_session_resumes_a_conversation() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let session = dir.path().join("chat.session");
+    let session_arg = session.to_str().unwrap();
     let chat = |input: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qinfer"))
-            .args(["run", "--max-tokens", "4", "--seed", "1", "--session"])
-            .arg(&session)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_piped(
+            &[
+                "run",
+                "--max-tokens",
+                "4",
+                "--seed",
+                "1",
+                "--session",
+                session_arg,
+            ],
+            input,
+        )
     };
     let first = chat("What is in src?\n");
     assert!(first.contains("0 reused"), "{first}");
@@ -656,7 +672,6 @@ fn generate_takes_images() {
 /// is not an image is refused with a message while the chat goes on.
 #[test]
 fn run_attaches_images() {
-    use std::io::Write as _;
     let a = fixture("tiny-vl-f32").join("image_a.png");
     let b = fixture("tiny-vl-f32").join("image_b.png");
     let toml = fixture("../../Cargo.toml");
@@ -666,22 +681,7 @@ fn run_attaches_images() {
         b.display(),
         toml.display()
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qinfer"))
-        .args(["run", "--max-tokens", "4"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}{}", stderr(&o));
+    let out = run_piped(&["run", "--max-tokens", "4"], &input);
     assert!(out.contains("image_a.png: 77 tokens"), "{out}");
     assert!(out.contains("image_b.png: 65 tokens"), "{out}");
     assert!(out.contains("not a recognised image"), "{out}");
