@@ -2,6 +2,7 @@
 //! llama.cpp's own converter), load back into qinfer with the reference logits, and follow the
 //! documented type policy.
 
+use qinfer_testkit::json_ids as ids;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -41,14 +42,6 @@ fn reference(name: &str) -> serde_json::Value {
         .unwrap(),
     )
     .unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

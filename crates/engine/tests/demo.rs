@@ -9,6 +9,7 @@
 
 mod common;
 
+use qinfer_testkit::json_ids as ids;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -25,14 +26,6 @@ fn reference() -> &'static serde_json::Value {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/reference.json");
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     })
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn exact_demo() -> Qwen35 {

@@ -5,6 +5,7 @@
 //! by the image's content, so a second turn about the same image resumes past it and gives
 //! the cold run's ids, while a different image with the same tokens does not match.
 
+use qinfer_testkit::json_ids as ids;
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -22,7 +23,7 @@ use qinfer_model::Qwen35;
 use qinfer_tensor::Mat;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-vl-f32")
+    qinfer_testkit::fixture("tiny-vl-f32")
 }
 
 fn model() -> Qwen35 {
@@ -34,16 +35,7 @@ fn model() -> Qwen35 {
 }
 
 fn reference() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
-        .unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    qinfer_testkit::reference("tiny-vl-f32")
 }
 
 /// Image `name`'s patches and grid, as transformers' processor made them.

@@ -36,11 +36,7 @@ pub fn reference(name: &str) -> serde_json::Value {
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    qinfer_testkit::json_ids(v)
 }
 
 /// `(shape, data)` of a fixture's `.npy` file.

@@ -1,8 +1,41 @@
 //! Test helpers shared by the crates' test suites (a dev-dependency only): [`Rng`], a seeded
-//! generator, [`mutate_bytes`], the byte mutations of the fuzz tests, and [`schema`], random
-//! JSON Schemas with an independent validator.
+//! generator, [`mutate_bytes`], the byte mutations of the fuzz tests, [`schema`], random
+//! JSON Schemas with an independent validator, and [`fixture`] / [`reference`] / [`json_ids`]
+//! for the committed fixtures.
 
 pub mod schema;
+
+use std::path::PathBuf;
+
+/// `tests/fixtures/<name>` at the repository root.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+/// `reference.json` of fixture `name`.
+pub fn reference(name: &str) -> serde_json::Value {
+    let path = fixture(name).join("reference.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A JSON array of token ids.
+///
+/// # Panics
+/// If `v` is not an array of non-negative integers below 2³².
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of token ids")
+        .iter()
+        .map(|x| {
+            x.as_u64()
+                .and_then(|i| u32::try_from(i).ok())
+                .expect("a token id")
+        })
+        .collect()
+}
 
 /// SplitMix64: deterministic, dependency-free, good enough to pick cases and mutations.
 #[derive(Clone, Debug)]
