@@ -528,6 +528,7 @@ impl<'a, S: Sink> Engine<'a, S> {
     pub fn step(&mut self) {
         self.drop_closed();
         self.admit();
+        self.encode_images();
         self.publish_gauges();
         if !self.running.is_empty() {
             self.run_plan();
@@ -632,7 +633,7 @@ impl<'a, S: Sink> Engine<'a, S> {
                 }
             };
             if let Some(sp) = images.as_mut()
-                && let Err(e) = sp.encode(m.model, &req.images, cached_tokens)
+                && let Err(e) = sp.begin(m.model, &req.images, cached_tokens)
             {
                 let _ = req.sink.send(Out::Failed(e));
                 continue;
@@ -676,6 +677,25 @@ impl<'a, S: Sink> Engine<'a, S> {
         }
     }
 
+    /// One step of the vision tower for the first sequence whose images are being encoded: a
+    /// block at a time, between the model's steps, so a large image does not stall the other
+    /// sequences for its whole encoding (the sequence's prompt waits until its images are
+    /// done).
+    fn encode_images(&mut self) {
+        let model = self.model.model;
+        let Some(i) = self
+            .running
+            .iter()
+            .position(|s| s.images.as_ref().is_some_and(Spliced::encoding))
+        else {
+            return;
+        };
+        let s = &mut self.running[i];
+        if let Some(Err(e)) = s.images.as_mut().map(|sp| sp.advance(model)) {
+            self.remove_failed(&[i], &e);
+        }
+    }
+
     fn publish_gauges(&self) {
         let c = &self.counters;
         c.running
@@ -695,7 +715,12 @@ impl<'a, S: Sink> Engine<'a, S> {
             .iter()
             .map(|s| SeqView {
                 fed: s.tokens.len(),
-                prompt: s.prompt.len(),
+                // A prompt whose images are in the tower waits whole (prefilling up to them
+                // would cut it where a cold prefill does not).
+                prompt: match &s.images {
+                    Some(sp) if sp.encoding() => s.tokens.len(),
+                    _ => s.prompt.len(),
+                },
                 pending: s.pending.is_some(),
                 cut: self.cache.next_cut(s.tokens.len(), s.prompt.len()),
             })
@@ -706,8 +731,8 @@ impl<'a, S: Sink> Engine<'a, S> {
     fn run_plan(&mut self) {
         let plan = self.plan();
         if plan.is_empty() {
-            // Every running sequence has a prompt chunk or a pending token, so a plan is
-            // never empty; nothing to run would mean nothing can advance.
+            // Every running sequence has a prompt chunk or a pending token, unless its
+            // images are still in the tower (`encode_images` advances them each step).
             return;
         }
         let model = self.model.model;

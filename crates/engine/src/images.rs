@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use qinfer_cache::KeyElem;
-use qinfer_model::{ImagePlacement, Position3, Qwen35, mrope_positions};
+use qinfer_model::{EncodeJob, ImagePlacement, Position3, Qwen35, mrope_positions};
 use qinfer_tensor::Mat;
 use sha2::{Digest, Sha256};
 
@@ -229,11 +229,15 @@ pub(crate) struct Spliced {
     keys: Vec<(usize, KeyElem)>,
     /// Index of each image's first token.
     starts: Vec<usize>,
+    /// Images still going through the tower, in prompt order: the first row of `rows` each
+    /// fills, its token count, and the job.
+    encoding: std::collections::VecDeque<(usize, usize, EncodeJob)>,
 }
 
 impl Spliced {
     /// Checks that every image's pad tokens are where the request says and computes the
-    /// prompt's positions and key; [`Spliced::encode`] then makes the embeddings.
+    /// prompt's positions and key; [`Spliced::begin`] and [`Spliced::advance`] then make the
+    /// embeddings.
     pub(crate) fn prepare(
         model: &Qwen35,
         prompt: &[u32],
@@ -283,6 +287,7 @@ impl Spliced {
         let starts = images.iter().map(|i| i.start).collect();
         Ok(Spliced {
             starts,
+            encoding: Default::default(),
             at,
             rows,
             positions,
@@ -291,10 +296,10 @@ impl Spliced {
         })
     }
 
-    /// Encodes, on the model's backend, the images with a position at or after `from` (the
-    /// positions a state resumed at `from` still has to compute); the rows of the others stay
-    /// unused.
-    pub(crate) fn encode(
+    /// Starts the tower on the images with a position at or after `from` (the positions a
+    /// state resumed at `from` still has to compute: the rows of the others stay unused); the
+    /// patch embedding runs now, the blocks in [`Spliced::advance`].
+    pub(crate) fn begin(
         &mut self,
         model: &Qwen35,
         images: &[PromptImage],
@@ -303,24 +308,44 @@ impl Spliced {
         let Some(tower) = model.vision.as_ref() else {
             return Err("this model has no vision tower: it cannot take images".into());
         };
-        let cols = self.rows.cols;
         let mut row = 0;
         for img in images {
             let tokens = tower.config.tokens_for(img.grid);
             if img.start + tokens > from {
-                let m = model
-                    .encode_image(&img.pixels, img.grid)
+                let job = model
+                    .begin_image(&img.pixels, img.grid)
                     .map_err(|e| e.to_string())?;
-                if m.rows != tokens {
-                    return Err(format!(
-                        "the vision tower made {} rows for an image of {tokens} tokens",
-                        m.rows
-                    ));
-                }
-                self.rows.data[row * cols..(row + tokens) * cols].copy_from_slice(&m.data);
+                self.encoding.push_back((row, tokens, job));
             }
             row += tokens;
         }
+        Ok(())
+    }
+
+    /// Whether images are still going through the tower (the prompt waits for them).
+    pub(crate) fn encoding(&self) -> bool {
+        !self.encoding.is_empty()
+    }
+
+    /// One step of the tower (a block, or an image's merger) for the first image not encoded
+    /// yet; a finished image's rows go where its tokens are.
+    pub(crate) fn advance(&mut self, model: &Qwen35) -> Result<(), String> {
+        let Some((row, tokens, job)) = self.encoding.front_mut() else {
+            return Ok(());
+        };
+        let Some(m) = model.advance_image(job) else {
+            return Ok(());
+        };
+        let (row, tokens) = (*row, *tokens);
+        self.encoding.pop_front();
+        if m.rows != tokens || m.cols != self.rows.cols {
+            return Err(format!(
+                "the vision tower made [{}, {}] rows for an image of {tokens} tokens",
+                m.rows, m.cols
+            ));
+        }
+        let cols = self.rows.cols;
+        self.rows.data[row * cols..(row + tokens) * cols].copy_from_slice(&m.data);
         Ok(())
     }
 

@@ -84,6 +84,7 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
 
 #[derive(Default)]
 struct Record {
+    tokens: usize,
     ended: Option<Ended>,
     admission: Option<Admission>,
     failed: Option<String>,
@@ -94,8 +95,10 @@ struct Collect(Rc<RefCell<Record>>);
 
 impl Sink for Collect {
     fn send(&mut self, out: Out) -> Result<(), Gone> {
-        if let Out::Failed(m) = out {
-            self.0.borrow_mut().failed = Some(m);
+        match out {
+            Out::Failed(m) => self.0.borrow_mut().failed = Some(m),
+            Out::Token { .. } => self.0.borrow_mut().tokens += 1,
+            Out::Done(_) => {}
         }
         Ok(())
     }
@@ -252,4 +255,40 @@ fn bad_image_requests_fail_with_a_reason() {
         out[0].as_ref().unwrap_err().contains("no vision tower"),
         "{out:?}"
     );
+}
+
+/// The tower runs a block per engine step, between the model's steps: a text request admitted
+/// with an image request streams tokens while the image is still being encoded, and the image
+/// request's answer is what it is alone.
+#[test]
+fn other_sequences_decode_while_an_image_encodes() {
+    let m = model();
+    let (p, images) = prompt(&m, "prompt_two", &[pixels("a"), pixels("b")]);
+    let mut e = Engine::new(
+        EngineModel::ids_only(&m),
+        SchedulerConfig::default(),
+        CacheHook::default(),
+        Arc::new(Counters::default()),
+    );
+    let (image_sink, text_sink) = (Collect::default(), Collect::default());
+    let mut r = Request::new(p, greedy(8), image_sink.clone());
+    r.images = images;
+    e.submit(r);
+    e.submit(Request::new(vec![5, 6, 7], greedy(8), text_sink.clone()));
+    // Two images × (2 blocks + the merger) = 6 tower steps, one per engine step.
+    for _ in 0..3 {
+        e.step();
+    }
+    assert!(
+        text_sink.0.borrow().tokens >= 2,
+        "the text request streamed"
+    );
+    assert_eq!(
+        image_sink.0.borrow().tokens,
+        0,
+        "the image request still waits"
+    );
+    e.run_until_idle();
+    let got = image_sink.0.borrow().ended.as_ref().unwrap().ids.clone();
+    assert_eq!(got, ids(&reference()["greedy_two"]));
 }

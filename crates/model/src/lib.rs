@@ -38,7 +38,9 @@ pub use qwen35::{
     DeltaNetPath, MAX_KEPT_POSITIONS, MAX_PIECE_TOKENS, Qwen35, Rows, Span, SpanInput, SpanOutput,
     TracePoint,
 };
-pub use vision::{ImagePlacement, VisionConfig, VisionError, VisionTower, mrope_positions};
+pub use vision::{
+    EncodeJob, ImagePlacement, VisionConfig, VisionError, VisionTower, mrope_positions,
+};
 
 /// `n` token ids drawn by xorshift32 from `seed` (nonzero), each below `vocab`: a fixed prompt
 /// that is the same on every run, for `qinfer bench` and tests whose outcome must not depend on

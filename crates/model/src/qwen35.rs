@@ -36,7 +36,7 @@ use crate::layers::{
 use crate::loader::{Loader, TensorId, TensorSource};
 use crate::mtp::MtpHead;
 use crate::names::{self, Global, LayerTensor, MtpTensor, Naming, VisionTensor};
-use crate::vision::{VisionError, VisionTower};
+use crate::vision::{EncodeJob, VisionError, VisionTower};
 
 /// Token mixer of one layer.
 #[derive(Clone, Debug)]
@@ -983,6 +983,21 @@ impl Qwen35 {
     pub fn encode_image(&self, pixels: &Mat, grid: [usize; 3]) -> Result<Mat, VisionError> {
         let tower = self.vision.as_ref().ok_or(VisionError::NoTower)?;
         tower.encode(&*self.backend, pixels, grid)
+    }
+
+    /// [`Qwen35::encode_image`] as a job advanced a block at a time ([`Qwen35::advance_image`]).
+    pub fn begin_image(&self, pixels: &Mat, grid: [usize; 3]) -> Result<EncodeJob, VisionError> {
+        let tower = self.vision.as_ref().ok_or(VisionError::NoTower)?;
+        tower.begin(&*self.backend, pixels, grid)
+    }
+
+    /// Runs a job's next block (or its merger, returning the image's rows).
+    ///
+    /// # Panics
+    /// If the model has no vision tower (a job comes from [`Qwen35::begin_image`]).
+    pub fn advance_image(&self, job: &mut EncodeJob) -> Option<Mat> {
+        let tower = self.vision.as_ref().expect("a job of this model's tower");
+        tower.advance(&*self.backend, job)
     }
 
     /// Whether `t` more positions after `start` fit the context.

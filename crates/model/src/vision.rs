@@ -545,6 +545,23 @@ impl VisionTower {
         pixels: &Mat,
         grid: [usize; 3],
     ) -> Result<Mat, VisionError> {
+        let mut job = self.begin(be, pixels, grid)?;
+        loop {
+            if let Some(rows) = self.advance(be, &mut job) {
+                return Ok(rows);
+            }
+        }
+    }
+
+    /// [`VisionTower::encode`] as a job a caller advances a block at a time
+    /// ([`VisionTower::advance`]), so that a long encode can share time with other work: the
+    /// patch embedding and the position table now.
+    pub fn begin(
+        &self,
+        be: &dyn Backend,
+        pixels: &Mat,
+        grid: [usize; 3],
+    ) -> Result<EncodeJob, VisionError> {
         let c = &self.config;
         let [t, gh, gw] = grid;
         let m = c.merge;
@@ -627,6 +644,20 @@ impl VisionTower {
                 }
             }
         }
+        Ok(EncodeJob {
+            x,
+            cos,
+            sin,
+            frames: t,
+            frame,
+            next_block: 0,
+        })
+    }
+
+    /// Runs the job's next block, or (after the last) the merger, whose rows
+    /// `[t·(h/m)·(w/m), out_hidden]` it returns: then the job is done.
+    pub fn advance(&self, be: &dyn Backend, job: &mut EncodeJob) -> Option<Mat> {
+        let c = &self.config;
         let d = c.head_dim();
         let shape = AttentionShape {
             n_heads: c.heads,
@@ -634,7 +665,11 @@ impl VisionTower {
             head_dim: d,
             scale: (d as f32).powf(-0.5),
         };
-        for b in &self.blocks {
+        let (t, frame, m) = (job.frames, job.frame, c.merge);
+        let (cos, sin) = (&job.cos, &job.sin);
+        let x = &mut job.x;
+        if let Some(b) = self.blocks.get(job.next_block) {
+            job.next_block += 1;
             let mut h = x.clone();
             be.layer_norm(&mut h, &b.norm1.0, &b.norm1.1, c.ln_eps);
             let mut qkv = be.matmul(&h, &b.qkv.0);
@@ -642,8 +677,8 @@ impl VisionTower {
             let mut q = be.cols(&qkv, 0, c.hidden);
             let mut k = be.cols(&qkv, c.hidden, c.hidden);
             let v = be.cols(&qkv, 2 * c.hidden, c.hidden);
-            be.rope(&mut q, d, &cos, &sin);
-            be.rope(&mut k, d, &cos, &sin);
+            be.rope(&mut q, d, cos, sin);
+            be.rope(&mut k, d, cos, sin);
             // Each frame attends within itself.
             let frames: Vec<_> = (0..t)
                 .map(|f| {
@@ -663,7 +698,7 @@ impl VisionTower {
             };
             let mut o = be.matmul(&o, &b.proj.0);
             be.add_bias(&mut o, &b.proj.1);
-            be.add(&mut x, &o);
+            be.add(x, &o);
             let mut h = x.clone();
             be.layer_norm(&mut h, &b.norm2.0, &b.norm2.1, c.ln_eps);
             let mut f = be.matmul(&h, &b.fc1.0);
@@ -671,8 +706,11 @@ impl VisionTower {
             be.gelu(&mut f, c.act);
             let mut f = be.matmul(&f, &b.fc2.0);
             be.add_bias(&mut f, &b.fc2.1);
-            be.add(&mut x, &f);
+            be.add(x, &f);
+            return None;
         }
+        let n = x.rows();
+        let mut x = std::mem::replace(x, be.zeros(0, c.hidden));
         be.layer_norm(&mut x, &self.merger_norm.0, &self.merger_norm.1, c.ln_eps);
         let x = be.reshape(x, n / (m * m), c.hidden * m * m);
         let mut y = be.matmul(&x, &self.merger_fc1.0);
@@ -680,7 +718,28 @@ impl VisionTower {
         be.gelu(&mut y, Gelu::Erf);
         let mut y = be.matmul(&y, &self.merger_fc2.0);
         be.add_bias(&mut y, &self.merger_fc2.1);
-        Ok(be.download(y))
+        Some(be.download(y))
+    }
+}
+
+/// An image part-way through the tower ([`VisionTower::begin`], [`VisionTower::advance`]).
+#[derive(Debug)]
+pub struct EncodeJob {
+    /// The patches' rows after the blocks run so far, on the backend.
+    x: qinfer_backend::Act,
+    /// The axial rotary angles of every patch.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    frames: usize,
+    /// Patches per frame (each frame attends within itself).
+    frame: usize,
+    next_block: usize,
+}
+
+impl EncodeJob {
+    /// Steps left: the blocks not run yet and the merger.
+    pub fn steps_left(&self, tower: &VisionTower) -> usize {
+        tower.blocks.len() - self.next_block.min(tower.blocks.len()) + 1
     }
 }
 
