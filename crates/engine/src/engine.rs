@@ -131,7 +131,8 @@ pub struct Request<S> {
     /// The caller's own starting state; `None`: the prompt cache (or a fresh state).
     pub start: Option<Start>,
     /// The prompt's images, in order, each at its run of image-pad tokens
-    /// ([`crate::images::expand_image_pads`]); encoded when the request is admitted.
+    /// ([`crate::images::expand_image_pads`]); through the vision tower after admission, a
+    /// block per step.
     pub images: Vec<PromptImage>,
     /// Where the engine reports.
     pub sink: S,

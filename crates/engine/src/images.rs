@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use qinfer_cache::KeyElem;
-use qinfer_model::{EncodeJob, ImagePlacement, Position3, Qwen35, mrope_positions};
+use qinfer_model::{EncodeJob, ImagePlacement, Position3, Qwen35, VisionTower, mrope_positions};
 use qinfer_tensor::Mat;
 use sha2::{Digest, Sha256};
 
@@ -50,6 +50,14 @@ pub fn mmproj_files_beside(model: &std::path::Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// The model's vision tower, or the error a request with images gets without one.
+fn tower(model: &Qwen35) -> Result<&VisionTower, String> {
+    model
+        .vision
+        .as_ref()
+        .ok_or_else(|| "this model has no vision tower: it cannot take images".to_string())
+}
+
 /// An image decoded and preprocessed for the tower: its patches and grid.
 #[derive(Clone, Debug)]
 pub struct ReadImage {
@@ -77,11 +85,7 @@ pub fn place_images(
     ids: &[u32],
     images: Vec<ReadImage>,
 ) -> Result<(Vec<u32>, Vec<PromptImage>), String> {
-    let tower = model
-        .vision
-        .as_ref()
-        .ok_or("this model has no vision tower: it cannot take images")?;
-    let c = &tower.config;
+    let c = &tower(model)?.config;
     let mut counts = Vec::with_capacity(images.len());
     for img in &images {
         let [t, h, w] = img.grid;
@@ -183,13 +187,10 @@ pub fn image_keys(model: &Qwen35, images: &[PromptImage]) -> Result<Vec<(usize, 
     if images.is_empty() {
         return Ok(Vec::new());
     }
-    let tower = model
-        .vision
-        .as_ref()
-        .ok_or("this model has no vision tower: it cannot take images")?;
+    let c = &tower(model)?.config;
     let mut out = Vec::new();
     for img in images {
-        let n = tower.config.tokens_for(img.grid);
+        let n = c.tokens_for(img.grid);
         for k in 0..n {
             out.push((
                 img.start + k,
@@ -217,18 +218,14 @@ pub fn overlay_key(tokens: &[u32], images: &[(usize, KeyElem)]) -> Vec<KeyElem> 
 /// A running prompt's images: embeddings, positions, key.
 #[derive(Debug)]
 pub(crate) struct Spliced {
-    /// Prompt indices of every image token, ascending.
-    at: Vec<usize>,
-    /// `[at.len(), H]`: the embedding of each.
+    /// `(index, key)` of every image token, ascending ([`image_keys`]).
+    keys: Vec<(usize, KeyElem)>,
+    /// `[keys.len(), H]`: the embedding of each.
     rows: Mat,
     /// The mRoPE position of every prompt index.
     pub(crate) positions: Vec<Position3>,
     /// Positions after the prompt are `index + delta`.
     pub(crate) delta: i64,
-    /// `(index, key)` of every image token.
-    keys: Vec<(usize, KeyElem)>,
-    /// Index of each image's first token.
-    starts: Vec<usize>,
     /// Images still going through the tower, in prompt order: the first row of `rows` each
     /// fills, its token count, and the job.
     encoding: std::collections::VecDeque<(usize, usize, EncodeJob)>,
@@ -243,39 +240,23 @@ impl Spliced {
         prompt: &[u32],
         images: &[PromptImage],
     ) -> Result<Self, String> {
-        let tower = model
-            .vision
-            .as_ref()
-            .ok_or("this model has no vision tower: it cannot take images")?;
-        let vc = &tower.config;
+        let vc = &tower(model)?.config;
         let mut placements = Vec::with_capacity(images.len());
-        let mut at = Vec::new();
-        let mut keys = Vec::new();
+        let mut last_end = 0;
         for (i, img) in images.iter().enumerate() {
             let n = vc.tokens_for(img.grid);
             let end = img.start.checked_add(n).filter(|&e| e <= prompt.len());
             let Some(end) = end else {
                 return Err(format!("image {} does not fit the prompt", i + 1));
             };
-            if prompt[img.start..end].iter().any(|&t| t != vc.image_token)
-                || at.last().is_some_and(|&l| l >= img.start)
-            {
+            if prompt[img.start..end].iter().any(|&t| t != vc.image_token) || last_end > img.start {
                 return Err(format!(
                     "image {} needs {n} image tokens at prompt index {}",
                     i + 1,
                     img.start
                 ));
             }
-            for (k, p) in (img.start..end).enumerate() {
-                at.push(p);
-                keys.push((
-                    p,
-                    KeyElem::Image {
-                        hash: img.hash,
-                        index: u32::try_from(k).unwrap_or(u32::MAX),
-                    },
-                ));
-            }
+            last_end = end;
             placements.push(ImagePlacement {
                 start: img.start,
                 grid: img.grid,
@@ -283,16 +264,14 @@ impl Spliced {
         }
         let (positions, delta) = mrope_positions(prompt.len(), &placements, vc.merge)
             .ok_or("the images' positions do not fit the prompt")?;
-        let rows = Mat::zeros(at.len(), model.config.hidden);
-        let starts = images.iter().map(|i| i.start).collect();
+        let keys = image_keys(model, images)?;
+        let rows = Mat::zeros(keys.len(), model.config.hidden);
         Ok(Spliced {
-            starts,
-            encoding: Default::default(),
-            at,
+            keys,
             rows,
             positions,
             delta,
-            keys,
+            encoding: Default::default(),
         })
     }
 
@@ -305,12 +284,10 @@ impl Spliced {
         images: &[PromptImage],
         from: usize,
     ) -> Result<(), String> {
-        let Some(tower) = model.vision.as_ref() else {
-            return Err("this model has no vision tower: it cannot take images".into());
-        };
+        let c = &tower(model)?.config;
         let mut row = 0;
         for img in images {
-            let tokens = tower.config.tokens_for(img.grid);
+            let tokens = c.tokens_for(img.grid);
             if img.start + tokens > from {
                 let job = model
                     .begin_image(&img.pixels, img.grid)
@@ -352,13 +329,15 @@ impl Spliced {
     /// The prompt as the chat template wrote it: each image's run of pad tokens back to one
     /// (what tokenizing the rendered text gives, so the prompt cache can remember it).
     pub(crate) fn collapse(&self, prompt: &[u32]) -> Vec<u32> {
+        let key = self.key(prompt);
         prompt
             .iter()
-            .enumerate()
-            .filter(|(i, _)| {
-                self.at.binary_search(i).is_err() || self.starts.binary_search(i).is_ok()
+            .zip(&key)
+            .filter(|(_, k)| match k {
+                KeyElem::Image { index, .. } => *index == 0,
+                KeyElem::Token(_) => true,
             })
-            .map(|(_, &t)| t)
+            .map(|(&t, _)| t)
             .collect()
     }
 
@@ -370,9 +349,12 @@ impl Spliced {
     /// The image rows inside prompt indices `range`: their indices relative to its start and
     /// their embeddings.
     pub(crate) fn slice(&self, range: std::ops::Range<usize>) -> (Vec<usize>, Mat) {
-        let lo = self.at.partition_point(|&p| p < range.start);
-        let hi = self.at.partition_point(|&p| p < range.end);
-        let at = self.at[lo..hi].iter().map(|p| p - range.start).collect();
+        let lo = self.keys.partition_point(|&(p, _)| p < range.start);
+        let hi = self.keys.partition_point(|&(p, _)| p < range.end);
+        let at = self.keys[lo..hi]
+            .iter()
+            .map(|(p, _)| p - range.start)
+            .collect();
         (at, self.rows.rows_range(lo, hi))
     }
 

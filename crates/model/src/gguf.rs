@@ -121,15 +121,6 @@ impl Qwen35 {
             path: path.clone(),
             cause,
         };
-        if image_token as usize >= self.config.vocab {
-            return Err(config_error(crate::ConfigError::Invalid {
-                field: "image_token_id",
-                why: format!(
-                    "{image_token} is outside the vocabulary of {}",
-                    self.config.vocab
-                ),
-            }));
-        }
         let second = names::vision_in(Naming::Gguf, VisionTensor::PatchWeightT1);
         let temporal = if GgufFile::tensor(file, &second).is_some() {
             2
@@ -139,6 +130,7 @@ impl Qwen35 {
         let config = VisionConfig::from_mmproj(
             &GgufMetadata(file),
             self.config.hidden,
+            self.config.vocab,
             image_token,
             temporal,
         )

@@ -72,12 +72,8 @@ impl VisionConfig {
         let Some(v) = &raw.vision_config else {
             return Ok(None);
         };
-        let need = |x: Option<usize>, field: &'static str| -> Result<usize, ConfigError> {
-            let x = x.ok_or(ConfigError::Missing(field))?;
-            positive(x, field)?;
-            within(x, field)?;
-            Ok(x)
-        };
+        // Present here; positive and within bounds in `checked`.
+        let need = |x: Option<usize>, field: &'static str| x.ok_or(ConfigError::Missing(field));
         let depth = need(v.depth, "vision_config.depth")?;
         let hidden = need(v.hidden_size, "vision_config.hidden_size")?;
         let intermediate = need(v.intermediate_size, "vision_config.intermediate_size")?;
@@ -92,18 +88,6 @@ impl VisionConfig {
             "vision_config.num_position_embeddings",
         )?;
         let invalid = |field: &'static str, why: String| ConfigError::Invalid { field, why };
-        if out_hidden != text_hidden {
-            return Err(invalid(
-                "vision_config.out_hidden_size",
-                format!("{out_hidden} ≠ the language model's hidden size {text_hidden}"),
-            ));
-        }
-        if in_channels != 3 {
-            return Err(invalid(
-                "vision_config.in_channels",
-                format!("{in_channels}: images are RGB"),
-            ));
-        }
         let pos_side = n_pos.isqrt();
         if pos_side * pos_side != n_pos {
             return Err(invalid(
@@ -149,16 +133,8 @@ impl VisionConfig {
                 format!("{rope_theta} is not a finite number above 1"),
             ));
         }
-        let token = |id: Option<u32>, field: &'static str| -> Result<Option<u32>, ConfigError> {
-            match id {
-                Some(t) if t as usize >= vocab => Err(invalid(
-                    field,
-                    format!("{t} is outside the vocabulary of {vocab}"),
-                )),
-                t => Ok(t),
-            }
-        };
-        let image_token = token(raw.image_token_id, "image_token_id")?
+        let image_token = raw
+            .image_token_id
             .ok_or(ConfigError::Missing("image_token_id"))?;
         Ok(Some(
             VisionConfig {
@@ -176,19 +152,21 @@ impl VisionConfig {
                 rope_theta,
                 ln_eps: HF_LN_EPS,
                 image_token,
-                vision_start_token: token(raw.vision_start_token_id, "vision_start_token_id")?,
-                vision_end_token: token(raw.vision_end_token_id, "vision_end_token_id")?,
+                vision_start_token: raw.vision_start_token_id,
+                vision_end_token: raw.vision_end_token_id,
             }
-            .checked()?,
+            .checked(text_hidden, vocab)?,
         ))
     }
 
     /// The tower of a llama.cpp `mmproj` file (`clip.projector_type` `qwen3vl_merger`), for a
-    /// language model of width `text_hidden` whose tokenizer writes images as `image_token`;
-    /// `temporal_patch` is the number of per-frame patch kernels the file holds.
+    /// language model of width `text_hidden` and `vocab` tokens whose tokenizer writes images
+    /// as `image_token`; `temporal_patch` is the number of per-frame patch kernels the file
+    /// holds.
     pub fn from_mmproj(
         md: &dyn Metadata,
         text_hidden: usize,
+        vocab: usize,
         image_token: u32,
         temporal_patch: usize,
     ) -> Result<Self, ConfigError> {
@@ -246,7 +224,7 @@ impl VisionConfig {
                 format!("{image_size} is not a multiple of the patch size {patch}"),
             ));
         }
-        let c = VisionConfig {
+        VisionConfig {
             depth: num(keys::CLIP_BLOCKS)?,
             hidden: num(keys::CLIP_HIDDEN)?,
             intermediate: num(keys::CLIP_FFN)?,
@@ -264,23 +242,15 @@ impl VisionConfig {
             vision_start_token: None,
             vision_end_token: None,
         }
-        .checked()?;
-        if c.out_hidden != text_hidden {
-            return Err(bad(
-                keys::CLIP_PROJECTION,
-                format!(
-                    "{} ≠ the language model's hidden size {text_hidden}: this mmproj file is \
-                     for another model",
-                    c.out_hidden
-                ),
-            ));
-        }
-        Ok(c)
+        .checked(text_hidden, vocab)
     }
 
-    /// Every dimension positive and within [`crate::config::LIMITS`], the heads' width
-    /// divisible by 4 (2-D rotary embedding).
-    fn checked(self) -> Result<Self, ConfigError> {
+    /// The one validation of a tower's hyper-parameters, whatever their source: every
+    /// dimension positive and within [`crate::config::LIMITS`], RGB input, the heads' width
+    /// divisible by 4 (2-D rotary embedding), the output as wide as the language model of
+    /// width `text_hidden`, the image tokens inside its `vocab`.
+    fn checked(self, text_hidden: usize, vocab: usize) -> Result<Self, ConfigError> {
+        let invalid = |field: &'static str, why: String| ConfigError::Invalid { field, why };
         for (v, f) in [
             (self.depth, "vision_config.depth"),
             (self.hidden, "vision_config.hidden_size"),
@@ -290,20 +260,54 @@ impl VisionConfig {
             (self.temporal_patch, "vision_config.temporal_patch_size"),
             (self.merge, "vision_config.spatial_merge_size"),
             (self.out_hidden, "vision_config.out_hidden_size"),
-            (self.pos_side, "vision_config.num_position_embeddings"),
+            (self.in_channels, "vision_config.in_channels"),
+            (
+                self.pos_side.saturating_mul(self.pos_side),
+                "vision_config.num_position_embeddings",
+            ),
         ] {
             positive(v, f)?;
             within(v, f)?;
         }
+        if self.in_channels != 3 {
+            return Err(invalid(
+                "vision_config.in_channels",
+                format!("{}: images are RGB", self.in_channels),
+            ));
+        }
+        if self.out_hidden != text_hidden {
+            return Err(invalid(
+                "vision_config.out_hidden_size",
+                format!(
+                    "{} ≠ the language model's hidden size {text_hidden}: the tower is for \
+                     another model",
+                    self.out_hidden
+                ),
+            ));
+        }
+        for (t, field) in [
+            (Some(self.image_token), "image_token_id"),
+            (self.vision_start_token, "vision_start_token_id"),
+            (self.vision_end_token, "vision_end_token_id"),
+        ] {
+            if let Some(t) = t
+                && t as usize >= vocab
+            {
+                return Err(invalid(
+                    field,
+                    format!("{t} is outside the vocabulary of {vocab}"),
+                ));
+            }
+        }
         let (h, n) = (self.hidden, self.heads);
         if !h.is_multiple_of(n) || !(h / n).is_multiple_of(4) {
-            return Err(ConfigError::Invalid {
-                field: "vision_config.num_heads",
-                why: format!(
+            return Err(invalid(
+                "vision_config.num_heads",
+                format!(
                     "hidden size {h} / {n} heads is not a head width divisible by 4 (2-D \
                      rotary embedding)"
                 ),
-            });
+            ));
         }
         Ok(self)
     }
