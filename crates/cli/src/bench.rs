@@ -559,11 +559,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let rss_limit = (file_bytes as f64 + state_max as f64) * 1.1;
     let (limit, measured) = match args.bandwidth {
         Some(b) => (b, false),
-        None if args.n_gen > 0 => (qinfer_cpu::membw::read_bandwidth_gb_s(1 << 30, 5), true),
+        None if args.n_gen > 0 => match crate::model_gpu() {
+            Some(g) => (g.read_bandwidth_gb_s(), true),
+            None => (qinfer_cpu::membw::read_bandwidth_gb_s(1 << 30, 5), true),
+        },
         None => (f64::NAN, false),
     };
     let share = gbs / limit;
     let isa = format!("{:?}", cpu.isa());
+    let device = model.backend().describe();
     // As stored: a Q8_0 request on rows not a multiple of 32 values stores BF16.
     let kv_type = model
         .state_specs()
@@ -633,6 +637,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "file_bytes": file_bytes,
             "params": model.parameter_count(),
             "threads": threads,
+            "device": device,
             "isa": isa,
             "precision": args.precision,
             "kv_type": kv_type.name(),
@@ -680,7 +685,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         writeln!(
             out,
-            "model {} ({}, {:.2} GB file, {} threads, {isa}, {} precision, {kv_type} KV cache), loaded in {load_s:.2} s",
+            "model {} ({}, {:.2} GB file, {device}, {} threads, {isa}, {} precision, {kv_type} KV cache), loaded in {load_s:.2} s",
             path.display(),
             model.dtype(),
             file_bytes as f64 / 1e9,

@@ -31,28 +31,9 @@ pub struct FitArgs {
     step_tokens: usize,
     #[command(flatten)]
     model_opts: crate::ModelOptions,
-    /// Where the model would run: its memory is the one planned against. `cpu` (host
-    /// memory) is the only device of this build; a GPU backend adds its own.
-    #[arg(long, value_enum, default_value_t = Device::Cpu)]
-    device: Device,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
-}
-
-/// A device `fit` plans for.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Device {
-    /// Host memory (`MemAvailable`, or `QINFER_MEMORY_LIMIT`).
-    Cpu,
-}
-
-impl Device {
-    fn name(self) -> &'static str {
-        match self {
-            Device::Cpu => "cpu",
-        }
-    }
 }
 
 fn gib(b: u64) -> String {
@@ -60,6 +41,15 @@ fn gib(b: u64) -> String {
 }
 
 pub fn fit(args: FitArgs) -> Result<()> {
+    // Host memory is what `fit` plans against (`--device cpu`, the default here); wgpu does
+    // not report a GPU's memory, so a GPU plan is refused rather than guessed.
+    let device = match args.model_opts.device_for_fit() {
+        crate::DeviceChoice::Cpu => "cpu",
+        d => anyhow::bail!(
+            "qinfer fit --device {}: fit plans host memory (--device cpu); a GPU's memory is not reported by its driver through wgpu — the weights, KV and state sizes in the table are the same on a GPU",
+            d.name()
+        ),
+    };
     anyhow::ensure!(
         args.cache_ram.is_finite() && args.cache_ram >= 0.0,
         "--cache-ram must be a number of GB, not {}",
@@ -117,7 +107,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
-            "device": args.device.name(),
+            "device": device,
             "ctx": ctx,
             "max_seqs": plan.max_seqs,
             "kv_type": kv,
@@ -141,8 +131,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
     writeln!(
         out,
         "memory plan at {ctx} tokens × {} sequence(s), {kv} KV cache, on {}",
-        plan.max_seqs,
-        args.device.name()
+        plan.max_seqs, device
     )?;
     writeln!(out, "  weights                {:>12}", gib(plan.weights))?;
     writeln!(

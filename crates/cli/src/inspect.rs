@@ -285,3 +285,72 @@ pub fn run_gguf(path: &Path, out: &mut impl Write) -> Result<()> {
     }
     Ok(())
 }
+
+/// `qinfer inspect --devices`: the GPU adapters wgpu finds, best first, and which one
+/// `--device auto` takes.
+pub fn devices(json: bool, out: &mut impl Write) -> Result<()> {
+    let all = qinfer_gpu::adapters();
+    let auto = all.iter().position(|a| a.kind.is_hardware());
+    if json {
+        let list: Vec<serde_json::Value> = all
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "index": a.index,
+                    "device": format!("gpu:{}", a.index),
+                    "name": a.name,
+                    "kind": a.kind.name(),
+                    "api": a.api,
+                    "driver": a.driver,
+                    "max_binding_bytes": a.max_binding_bytes,
+                    "max_buffer_bytes": a.max_buffer_bytes,
+                    "memory_bytes": a.memory_bytes,
+                    "features": a.features,
+                    "auto": Some(a.index) == auto,
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::Value::Array(list))?;
+        return Ok(());
+    }
+    if all.is_empty() {
+        writeln!(
+            out,
+            "no GPU adapter found (no Vulkan, Metal or DX12 device); --device auto runs on the CPU"
+        )?;
+        return Ok(());
+    }
+    for a in &all {
+        let memory = a.memory_bytes.map_or("not reported".to_string(), |b| {
+            format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+        });
+        writeln!(
+            out,
+            "gpu:{}  {}  ({} {}, {})",
+            a.index,
+            a.name,
+            a.kind.name(),
+            a.api,
+            a.driver
+        )?;
+        writeln!(
+            out,
+            "        memory {memory}; largest binding {:.0} MiB, buffer {:.0} MiB; features: {}",
+            a.max_binding_bytes as f64 / (1u64 << 20) as f64,
+            a.max_buffer_bytes as f64 / (1u64 << 20) as f64,
+            if a.features.is_empty() {
+                "none".to_string()
+            } else {
+                a.features.join(", ")
+            }
+        )?;
+    }
+    match auto {
+        Some(i) => writeln!(out, "--device auto takes gpu:{i}")?,
+        None => writeln!(
+            out,
+            "--device auto takes the CPU (no hardware GPU: a software adapter runs only with --device gpu)"
+        )?,
+    }
+    Ok(())
+}

@@ -16,6 +16,7 @@ mod text;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -48,7 +49,8 @@ enum Command {
     Tokenize(text::TokenizeArgs),
     /// Print the prompt the chat template renders for a conversation.
     Render(text::RenderArgs),
-    /// Show a model's architecture, layer pattern, parameter count, dtypes and tensor table.
+    /// Show a model's architecture, layer pattern, parameter count, dtypes and tensor table;
+    /// `--devices`: the GPU adapters.
     Inspect(InspectArgs),
     /// Download a model from the Hugging Face Hub into the local cache (resumable):
     /// `REPO` (safetensors), or `REPO:TAG` for one GGUF quant of a GGUF repo.
@@ -61,7 +63,7 @@ enum Command {
     Ps(PsArgs),
     /// A short summary of a model: architecture, parameters, context, weights, template
     /// features, vision, MTP (`inspect` prints everything).
-    Show(InspectArgs),
+    Show(ShowArgs),
     /// Write a model as a llama.cpp-compatible GGUF file of a given type.
     Quantize(quantize::QuantizeArgs),
     /// Serve a model over HTTP: OpenAI and Anthropic APIs, continuous batching.
@@ -75,6 +77,20 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct InspectArgs {
+    /// Model directory, GGUF file, or a Hugging Face repo id in the local cache.
+    #[arg(required_unless_present = "devices")]
+    model: Option<PathBuf>,
+    /// List the GPU adapters instead (what `--device gpu:N` names): kind, API, driver,
+    /// buffer limits, memory where the driver reports it, features.
+    #[arg(long, conflicts_with = "model")]
+    devices: bool,
+    /// With --devices: one JSON array.
+    #[arg(long, requires = "devices")]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ShowArgs {
     /// Model directory, GGUF file, or a Hugging Face repo id in the local cache.
     model: PathBuf,
 }
@@ -199,13 +215,20 @@ fn main() -> ExitCode {
         Command::Logits(a) => generate::logits(a),
         Command::Tokenize(a) => text::tokenize(a),
         Command::Render(a) => text::render(a),
-        Command::Inspect(a) => resolve_model(&a.model).and_then(|m| {
-            if is_gguf(&m) {
-                inspect::run_gguf(&m, &mut std::io::stdout().lock())
-            } else {
-                inspect::run(&m, &mut std::io::stdout().lock())
-            }
-        }),
+        Command::Inspect(InspectArgs {
+            devices: true,
+            json,
+            ..
+        }) => inspect::devices(json, &mut std::io::stdout().lock()),
+        Command::Inspect(InspectArgs { model, .. }) => {
+            resolve_model(&model.expect("clap requires MODEL without --devices")).and_then(|m| {
+                if is_gguf(&m) {
+                    inspect::run_gguf(&m, &mut std::io::stdout().lock())
+                } else {
+                    inspect::run(&m, &mut std::io::stdout().lock())
+                }
+            })
+        }
         Command::Quantize(a) => quantize::quantize(a),
         Command::Serve(a) => serve::serve(a),
         Command::Bench(a) => bench::run(&a),
@@ -355,6 +378,11 @@ pub struct ModelOptions {
     /// the measured acceptance says more would not pay.
     #[arg(long = "draft-max", value_name = "K", value_parser = clap::value_parser!(u8).range(1..=15))]
     draft_max: Option<u8>,
+    /// Where the model runs: `cpu`; `gpu` (the best GPU adapter, `gpu:N` the adapter of index
+    /// N in `qinfer inspect --devices`); `auto` (default): a hardware GPU when there is one,
+    /// else the CPU. Also read from QINFER_DEVICE.
+    #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+    device: Option<DeviceChoice>,
     /// A llama.cpp `mmproj` GGUF with the model's vision tower (for a GGUF model; an
     /// `mmproj*.gguf` beside the model file is found without this flag).
     #[arg(long, value_name = "FILE")]
@@ -416,7 +444,40 @@ impl ModelOptions {
         if let Some(p) = self.rope_scaling()? {
             model.set_rope_scaling(p)?;
         }
+        if let Some(gpu) = self.device()?.open()? {
+            check_fits(model, gpu.adapter())?;
+            let _ = GPU.set(gpu.clone());
+            let bytes = model.weight_bytes() as u64;
+            let bar = upload_bar(bytes, gpu.adapter());
+            let progress = bar.clone();
+            gpu.on_upload(Box::new(move |b| progress.inc(b)));
+            let on_gpu = model.clone().with_backend(gpu.clone());
+            gpu.on_upload(Box::new(|_| ()));
+            bar.finish_and_clear();
+            *model = on_gpu.with_context(|| {
+                format!("cannot put the model on the GPU {}", gpu.adapter().name)
+            })?;
+        }
         Ok(())
+    }
+
+    /// `--device` as `qinfer fit` reads it: the flag, else the CPU (a plan is for host memory
+    /// unless a GPU is named).
+    pub fn device_for_fit(&self) -> DeviceChoice {
+        self.device.unwrap_or(DeviceChoice::Cpu)
+    }
+
+    /// `--device`, else `QINFER_DEVICE`, else `auto`.
+    pub fn device(&self) -> Result<DeviceChoice> {
+        if let Some(d) = self.device {
+            return Ok(d);
+        }
+        match std::env::var("QINFER_DEVICE") {
+            Ok(v) if !v.is_empty() => {
+                parse_device(&v).map_err(|e| anyhow::anyhow!("QINFER_DEVICE: {e}"))
+            }
+            _ => Ok(DeviceChoice::Auto),
+        }
     }
 
     /// With `--pull`, downloads `arg` into the cache unless it is a local path or the demo.
@@ -468,6 +529,121 @@ impl ModelOptions {
             }
         })
     }
+}
+
+/// Where a model runs (`--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    /// A GPU adapter: the best one, or the one of this index.
+    Gpu(Option<usize>),
+    /// A hardware GPU when there is one, else the CPU.
+    Auto,
+}
+
+fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
+    match s {
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "gpu" => Ok(DeviceChoice::Gpu(None)),
+        "auto" => Ok(DeviceChoice::Auto),
+        _ => match s.strip_prefix("gpu:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(DeviceChoice::Gpu(Some(i))),
+            _ => Err(format!(
+                "{s:?} is not a device: cpu, gpu, gpu:N (an index of `qinfer inspect --devices`) or auto"
+            )),
+        },
+    }
+}
+
+impl DeviceChoice {
+    /// The GPU backend this choice asks for; `None`: the CPU. `auto` falls back to the CPU
+    /// when no hardware GPU can be opened (saying why on stderr, once).
+    pub fn open(self) -> Result<Option<Arc<qinfer_gpu::Gpu>>> {
+        use qinfer_gpu::{Gpu, Pick};
+        let pick = match self {
+            DeviceChoice::Cpu => return Ok(None),
+            DeviceChoice::Gpu(None) => Pick::Best,
+            DeviceChoice::Gpu(Some(i)) => Pick::Index(i),
+            DeviceChoice::Auto => Pick::Hardware,
+        };
+        match Gpu::open(pick) {
+            Ok(g) => Ok(Some(Arc::new(g))),
+            Err(qinfer_gpu::GpuError::NoAdapter) if self == DeviceChoice::Auto => Ok(None),
+            Err(e) if self == DeviceChoice::Auto => {
+                tracing::warn!("--device auto: {e}; running on the CPU");
+                Ok(None)
+            }
+            Err(e) => Err(anyhow::anyhow!("--device {}: {e}", self.name())),
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            DeviceChoice::Cpu => "cpu".into(),
+            DeviceChoice::Gpu(None) => "gpu".into(),
+            DeviceChoice::Gpu(Some(i)) => format!("gpu:{i}"),
+            DeviceChoice::Auto => "auto".into(),
+        }
+    }
+}
+
+/// The GPU the model was put on; unset while the model runs on the CPU.
+static GPU: std::sync::OnceLock<Arc<qinfer_gpu::Gpu>> = std::sync::OnceLock::new();
+
+/// The GPU the loaded model runs on, if it does.
+pub fn model_gpu() -> Option<&'static Arc<qinfer_gpu::Gpu>> {
+    GPU.get()
+}
+
+/// Where the loaded model's memory comes from: `Some(bytes)` for a GPU that reports its
+/// memory (`serve` plans its context against it), `None` for the host (or a GPU that does
+/// not say).
+pub fn model_device_memory() -> Option<u64> {
+    GPU.get().and_then(|g| g.adapter().memory_bytes)
+}
+
+/// Refuses a model that cannot run on the GPU at all (its weights, one sequence's state and a
+/// 4,096-position KV cache, one step's activations), before uploading anything: the numbers,
+/// and what would fit.
+fn check_fits(model: &Qwen35, adapter: &qinfer_gpu::AdapterSummary) -> Result<()> {
+    let Some(memory) = adapter.memory_bytes else {
+        return Ok(());
+    };
+    let ctx = model.config.max_positions.min(4096);
+    let plan = qinfer_engine::plan::MemoryPlan::new(model, ctx, 1, 0, 512);
+    if plan.total() <= memory {
+        return Ok(());
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    bail!(
+        "the model does not fit the GPU {} ({:.2} GB): weights {:.2} GB, KV cache {:.1} KB per \
+         position ({:.2} GB at {ctx} positions, {}), DeltaNet state {:.1} MB per sequence, one \
+         step's activations {:.2} GB — {:.2} GB in all. A smaller quantization (`qinfer \
+         quantize`), --kv-type q8_0, or --device cpu; `qinfer fit` plans other contexts",
+        adapter.name,
+        gb(memory),
+        gb(plan.weights),
+        plan.kv_per_token as f64 / 1e3,
+        gb(plan.kv_per_seq()),
+        model.kv_type().name(),
+        plan.state_per_seq as f64 / 1e6,
+        gb(plan.activations),
+        gb(plan.total()),
+    )
+}
+
+/// The progress bar of a model's upload to a GPU (hidden when stderr is not a terminal).
+fn upload_bar(bytes: u64, adapter: &qinfer_gpu::AdapterSummary) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(bytes);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("weights → {}", adapter.name));
+    bar
 }
 
 /// Loads a full bundle (weights, tokenizer, template); `demo` is the built-in demo model.

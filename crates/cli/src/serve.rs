@@ -134,15 +134,22 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         None => {
             // The model's context if it fits the memory with --max-seqs sequences and the
             // prompt cache, else the largest that does.
+            // On a GPU: its memory, which the prompt cache (host RAM) does not use.
             let limit = bundle.model.config.max_positions;
+            let gpu = crate::model_device_memory();
+            let cache = if gpu.is_some() {
+                0.0
+            } else {
+                args.cache_ram.max(0.0)
+            };
             let plan = qinfer_engine::plan::MemoryPlan::new(
                 &bundle.model,
                 limit,
                 args.max_seqs,
-                (args.cache_ram.max(0.0) * 1e9) as u64,
+                (cache * 1e9) as u64,
                 args.step_tokens.max(1),
             );
-            let available = qinfer_engine::plan::available_memory();
+            let available = gpu.or_else(qinfer_engine::plan::available_memory);
             let (ctx, cut) = qinfer_engine::plan::choose_ctx(&plan, available, limit);
             if cut {
                 tracing::warn!(
