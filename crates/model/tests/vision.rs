@@ -60,9 +60,26 @@ fn the_tower_matches_transformers_on_both_backends() {
     assert!(model.vision.is_some(), "the tower loads");
     check_tower(&model, "cpu");
     check_tower(
-        &model.with_backend(Arc::new(Reference)).unwrap(),
+        &model.clone().with_backend(Arc::new(Reference)).unwrap(),
         "reference",
     );
+    if let Some(g) = on_gpu(model) {
+        check_tower(&g, "gpu");
+    }
+}
+
+/// `model` on the GPU backend (lavapipe in CI); `None`, saying so, where no adapter exists.
+fn on_gpu(model: Qwen35) -> Option<Qwen35> {
+    match qinfer_gpu::Gpu::open(qinfer_gpu::Pick::Best) {
+        Ok(g) => Some(model.with_backend(Arc::new(g)).unwrap()),
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("SKIPPED: the GPU part: {e}");
+            }
+            None
+        }
+    }
 }
 
 /// A prompt of the fixture with its images placed at their pad tokens.
@@ -165,15 +182,22 @@ fn logits(model: &Qwen35, p: &Prompt, pieces: bool) -> Mat {
 
 #[test]
 fn logits_of_prompts_with_images_match_transformers() {
-    let model = load_exact(VL);
+    let cpu = load_exact(VL);
+    let gpu = on_gpu(load(VL));
+    for model in std::iter::once(&cpu).chain(gpu.as_ref()) {
+        prompts_match(model);
+    }
+}
+
+fn prompts_match(model: &Qwen35) {
     for (key, file) in [
         ("prompt_one", "logits_one.npy"),
         ("prompt_two", "logits_two.npy"),
     ] {
-        let p = prompt(&model, key);
+        let p = prompt(model, key);
         let want = mat(file);
         for pieces in [false, true] {
-            let got = logits(&model, &p, pieces);
+            let got = logits(model, &p, pieces);
             let (d, row, col) = max_diff(&got.data, &want.data, want.cols);
             assert!(
                 d < LOGIT_TOL,

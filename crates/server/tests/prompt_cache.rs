@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::http::{get, metric, post};
-use common::{MODEL, TestServer};
+use common::{MODEL, TestServer, bundle, gpu_bundle};
 use qinfer_engine::prompt_cache::CacheOptions;
 use serde_json::{Value, json};
 
@@ -110,8 +110,20 @@ fn complete(addr: SocketAddr, prompt: &str, max_tokens: usize) -> (Value, Option
 /// by the new tokens only, and every answer equals the one a server without the cache gives.
 #[test]
 fn ten_turns_process_only_new_tokens_and_match_the_uncached_server() {
-    let on = TestServer::start(|c| c.prompt_cache = cache_opts(1 << 30, 64));
-    let off = TestServer::start(|c| c.prompt_cache = None);
+    ten_turns(bundle());
+}
+
+/// The same with the model on the GPU backend: snapshots of device state go to host RAM and
+/// back through the cache unchanged.
+#[test]
+fn ten_turns_on_the_gpu_backend_process_only_new_tokens() {
+    let Some(b) = gpu_bundle() else { return };
+    ten_turns(b);
+}
+
+fn ten_turns(bundle: std::sync::Arc<qinfer_engine::generate::ModelBundle>) {
+    let on = TestServer::start_with(bundle.clone(), |c| c.prompt_cache = cache_opts(1 << 30, 64));
+    let off = TestServer::start_with(bundle, |c| c.prompt_cache = None);
     let mut prompt = format!("<|im_start|>system\n{}<|im_end|>\n", system_prompt());
     let mut held = 0;
     let mut computed_total = 0.0;

@@ -19,6 +19,32 @@ pub fn bundle() -> Arc<ModelBundle> {
         .clone()
 }
 
+/// The demo bundle on the GPU backend (the best adapter: lavapipe in CI); `None`, saying so
+/// on stderr, where no adapter can be made at all.
+pub fn gpu_bundle() -> Option<Arc<ModelBundle>> {
+    static B: OnceLock<Option<Arc<ModelBundle>>> = OnceLock::new();
+    B.get_or_init(|| match qinfer_gpu::Gpu::open(qinfer_gpu::Pick::Best) {
+        Ok(g) => {
+            let mut b = ModelBundle::demo().expect("demo bundle");
+            b.model = b
+                .model
+                .clone()
+                .with_backend(Arc::new(g))
+                .expect("the demo model on the GPU");
+            Some(Arc::new(b))
+        }
+        Err(e) => {
+            let mut err = std::io::stderr().lock();
+            let _ = std::io::Write::write_all(
+                &mut err,
+                format!("SKIPPED: GPU server tests: {e}\n").as_bytes(),
+            );
+            None
+        }
+    })
+    .clone()
+}
+
 /// A server running on its own runtime; stopped when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -28,7 +54,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(configure: impl FnOnce(&mut ServerConfig)) -> Self {
-        let bundle = bundle();
+        Self::start_with(bundle(), configure)
+    }
+
+    /// A server around `bundle` (e.g. [`gpu_bundle`]).
+    pub fn start_with(bundle: Arc<ModelBundle>, configure: impl FnOnce(&mut ServerConfig)) -> Self {
         let mut config = ServerConfig::for_bundle(&bundle, MODEL);
         configure(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
