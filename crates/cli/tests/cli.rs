@@ -697,3 +697,76 @@ fn run_attaches_images() {
         reused[1]
     );
 }
+
+/// `--device gpu` runs the model on the GPU backend (lavapipe in CI) and gives the reference
+/// greedy ids, as the CPU does; `--device auto` on a machine with no hardware GPU (a software
+/// driver does not count) runs on the CPU; a bad device is named.
+#[test]
+fn the_device_flag_chooses_the_backend() {
+    let list = qinfer(&["inspect", "--devices", "--json"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let adapters: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let adapters = adapters.as_array().expect("a JSON array of adapters");
+    if adapters.is_empty() {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("SKIPPED: --device gpu: no GPU adapter at all");
+        }
+    } else {
+        for a in adapters {
+            assert!(a["name"].is_string() && a["kind"].is_string(), "{a}");
+            assert!(a["device"].as_str().unwrap().starts_with("gpu:"), "{a}");
+        }
+        let r = reference("tiny-moe-bf16");
+        let want = r["greedy_ids"].as_array().unwrap().len().to_string();
+        let o = qinfer(&[
+            "generate",
+            fixture("tiny-moe-bf16").to_str().unwrap(),
+            "--device",
+            "gpu",
+            "--ids",
+            &csv(&r["greedy_prompt"]),
+            "--max-tokens",
+            &want,
+            "--temperature",
+            "0",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!({ "ids": r["greedy_ids"] }),
+            "on the GPU"
+        );
+        let b = qinfer(&[
+            "bench", "demo", "--device", "gpu", "-p", "8", "-n", "0", "-r", "1", "--json",
+        ]);
+        assert!(b.status.success(), "{}", stderr(&b));
+        let v: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
+        assert!(v["device"].as_str().unwrap().starts_with("gpu "), "{v}");
+    }
+    if !adapters.iter().any(|a| a["kind"] != "software") {
+        let b = qinfer(&["bench", "demo", "-p", "8", "-n", "0", "-r", "1", "--json"]);
+        assert!(b.status.success(), "{}", stderr(&b));
+        let v: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
+        assert!(
+            v["device"].as_str().unwrap().starts_with("cpu "),
+            "auto: {v}"
+        );
+    }
+    for (bad, says) in [("tpu", "not a device"), ("gpu:99", "no GPU adapter 99")] {
+        let o = qinfer(&[
+            "generate",
+            "demo",
+            "--device",
+            bad,
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "1",
+        ]);
+        assert!(!o.status.success(), "--device {bad} accepted");
+        assert!(stderr(&o).contains(says), "--device {bad}: {}", stderr(&o));
+    }
+}
