@@ -38,7 +38,7 @@ use std::sync::Arc;
 use qinfer_backend::AttentionShape;
 use qinfer_cache::{BLOCK_TOKENS, KvCache};
 
-use crate::context::{Ctx, GBuf, Kernel, grid, kernel};
+use crate::context::{Ctx, GBuf, Kernel, fits, grid, kernel, mul};
 use crate::kv::{self, CHUNK_BLOCKS, Layout, P, SLOTS};
 
 const ATT: fn(&'static str) -> Kernel = |e| kernel("attention", e);
@@ -70,21 +70,6 @@ impl Default for Opts {
             slots: SLOTS,
         }
     }
-}
-
-/// `a · b`, panicking with `what` on overflow (sizes from shapes).
-fn mul(a: usize, b: usize, what: &str) -> usize {
-    a.checked_mul(b)
-        .unwrap_or_else(|| panic!("{what}: size overflows"))
-}
-
-/// Asserts that `len` values fit one storage binding.
-fn fits(ctx: &Ctx, len: usize, what: &str) {
-    assert!(
-        (len as u64).saturating_mul(4) <= ctx.max_binding(),
-        "{what}: {len} values exceed what one GPU binding may see ({} bytes)",
-        ctx.max_binding()
-    );
 }
 
 /// `(Hq, Hkv, D)`, checked.

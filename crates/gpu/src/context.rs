@@ -438,6 +438,21 @@ fn params_buffer(device: &wgpu::Device) -> wgpu::Buffer {
     })
 }
 
+/// `a · b`, panicking with `what` on overflow (sizes from shapes).
+pub(crate) fn mul(a: usize, b: usize, what: &str) -> usize {
+    a.checked_mul(b)
+        .unwrap_or_else(|| panic!("{what}: size overflows"))
+}
+
+/// Asserts that `len` `f32` values fit one storage binding.
+pub(crate) fn fits(ctx: &Ctx, len: usize, what: &str) {
+    assert!(
+        (len as u64).saturating_mul(4) <= ctx.max_binding(),
+        "{what}: {len} values exceed what one GPU binding may see ({} bytes)",
+        ctx.max_binding()
+    );
+}
+
 /// A dispatch's parameter block, built field by field (`u32` and `f32`, each 4 bytes, in the
 /// order of the shader's `Params` struct).
 #[derive(Debug, Default)]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use qinfer_backend::{DeltaForm, DeltaRuleShape, VHeadOrder};
 use qinfer_cache::StateBuf;
 
-use crate::context::{Ctx, GBuf, Kernel, Params, grid, kernel};
+use crate::context::{Ctx, GBuf, Kernel, Params, fits, grid, kernel, mul};
 use crate::state;
 
 const DN: fn(&'static str) -> Kernel = |e| kernel("deltanet", e);
@@ -65,21 +65,6 @@ impl P {
             .u(self.dv)
             .u(self.order)
     }
-}
-
-/// `a · b`, panicking with `what` on overflow (sizes from shapes).
-fn mul(a: usize, b: usize, what: &str) -> usize {
-    a.checked_mul(b)
-        .unwrap_or_else(|| panic!("{what}: size overflows"))
-}
-
-/// Asserts that `len` values fit one storage binding.
-fn fits(ctx: &Ctx, len: usize, what: &str) {
-    assert!(
-        (len as u64).saturating_mul(4) <= ctx.max_binding(),
-        "{what}: {len} values exceed what one GPU binding may see ({} bytes)",
-        ctx.max_binding()
-    );
 }
 
 /// [`qinfer_backend::Backend::conv_silu`] for `x` `[t, c]`; `taps` `[K, C]` on the device.

@@ -312,6 +312,16 @@ fn k_scale_min(o: u32, s: u32) -> vec2<u32> {
                      (lo >> 4u) | ((byte_at(b + s) >> 6u) << 4u));
 }
 
+// The scales and mins of sub-blocks `2c` and `2c + 1` of the Q4_K/Q5_K super-block at byte
+// `o`: `(d·scale₀, dmin·min₀, d·scale₁, dmin·min₁)`.
+fn k_pair(o: u32, c: u32) -> vec4<f32> {
+    let d = f16_at(o);
+    let dmin = f16_at(o + 2u);
+    let s0 = k_scale_min(o, 2u * c);
+    let s1 = k_scale_min(o, 2u * c + 1u);
+    return vec4<f32>(d * f32(s0.x), dmin * f32(s0.y), d * f32(s1.x), dmin * f32(s1.y));
+}
+
 // Q4_K, 144 bytes: d, dmin, packed scales/mins, quants `16..144`. Part `2c + n` reads quant
 // bytes `32c + 16n..+16`: low nibbles are elements `64c + 16n + l` (sub-block `2c`), high
 // nibbles `64c + 32 + 16n + l` (sub-block `2c + 1`). `(d·scale)·q − dmin·min`.
@@ -320,14 +330,11 @@ fn dq_q4_k(row: u32, part: u32) -> W {
     let o = row + (part / 8u) * 144u;
     let c = (part % 8u) / 2u;
     let n = part % 2u;
-    let d = f16_at(o);
-    let dmin = f16_at(o + 2u);
-    let s0 = k_scale_min(o, 2u * c);
-    let s1 = k_scale_min(o, 2u * c + 1u);
-    let scale0 = d * f32(s0.x);
-    let min0 = dmin * f32(s0.y);
-    let scale1 = d * f32(s1.x);
-    let min1 = dmin * f32(s1.y);
+    let sm = k_pair(o, c);
+    let scale0 = sm.x;
+    let min0 = sm.y;
+    let scale1 = sm.z;
+    let min1 = sm.w;
     let qi = (o + 16u + 32u * c + 16u * n) >> 2u;
     for (var g = 0u; g < 4u; g++) {
         let q = wq[qi + g];
@@ -344,14 +351,11 @@ fn dq_q5_k(row: u32, part: u32) -> W {
     let o = row + (part / 8u) * 176u;
     let c = (part % 8u) / 2u;
     let n = part % 2u;
-    let d = f16_at(o);
-    let dmin = f16_at(o + 2u);
-    let s0 = k_scale_min(o, 2u * c);
-    let s1 = k_scale_min(o, 2u * c + 1u);
-    let scale0 = d * f32(s0.x);
-    let min0 = dmin * f32(s0.y);
-    let scale1 = d * f32(s1.x);
-    let min1 = dmin * f32(s1.y);
+    let sm = k_pair(o, c);
+    let scale0 = sm.x;
+    let min0 = sm.y;
+    let scale1 = sm.z;
+    let min1 = sm.w;
     let qi = (o + 48u + 32u * c + 16u * n) >> 2u;
     let hi = (o + 16u + 16u * n) >> 2u;
     for (var g = 0u; g < 4u; g++) {
