@@ -350,6 +350,17 @@ impl Ctx {
             }),
         }];
         for (i, b) in bufs.iter().enumerate() {
+            if let wgpu::BindingResource::Buffer(bb) = b {
+                let size = bb.size.map_or(bb.buffer.size() - bb.offset, |s| s.get());
+                assert!(
+                    size <= self.max_binding(),
+                    "{}: binding {} is {size} bytes, past the {} bytes one GPU binding may see \
+                     (a step too large for this GPU: fewer tokens per step)",
+                    k.entry,
+                    i + 1,
+                    self.max_binding()
+                );
+            }
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
                 resource: b.clone(),

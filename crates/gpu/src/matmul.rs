@@ -177,6 +177,11 @@ fn entry(w: &GpuWeight) -> (&'static str, &'static str) {
 
 /// `x [t, w.cols] · Wᵀ` → `[t, w.rows]`.
 pub(crate) fn matmul(ctx: &Ctx, x: &GBuf, t: usize, w: &GpuWeight) -> GBuf {
+    matmul_within(ctx, x, t, w, ctx.max_binding())
+}
+
+/// [`matmul`] binding at most `max_binding` bytes of the input and of the output at once.
+fn matmul_within(ctx: &Ctx, x: &GBuf, t: usize, w: &GpuWeight, max_binding: u64) -> GBuf {
     let len = t
         .checked_mul(w.rows)
         .expect("matmul: output size overflows");
@@ -199,27 +204,59 @@ pub(crate) fn matmul(ctx: &Ctx, x: &GBuf, t: usize, w: &GpuWeight) -> GBuf {
         w.cols
     );
     let k = kernel("matmul", entry(w).0);
-    let token_groups = t.div_ceil(TOKENS_PER_GROUP);
-    for c in &w.chunks {
-        let groups = c
-            .rows
-            .div_ceil(rows_per_group(w.cols))
-            .checked_mul(token_groups)
-            .expect("matmul: workgroup count overflows");
-        let params = Params::new()
-            .u(c.rows)
-            .u(w.cols)
-            .u(row_bytes(w))
-            .u(t)
-            .u(c.first_row)
-            .u(w.rows)
-            .u(team_size(w.cols));
-        ctx.dispatch(
-            k,
-            params.bytes(),
-            &[out.bind(), c.buf.as_entire_binding(), x.bind()],
-            grid(groups),
-        );
+    // Tokens per dispatch: all of them unless the input or the output rows would pass what
+    // one binding may see (a prefill's logits of every position: [T, 248,320] is 1 MB a
+    // row); then slices of a multiple of 64 tokens, bound at their offsets (64 rows of f32
+    // are a multiple of 256 bytes, the largest offset alignment WebGPU allows).
+    let per_token = 4 * w.rows.max(w.cols) as u64;
+    let fit = (max_binding / per_token) as usize;
+    let slice = if fit >= t { t } else { fit / 64 * 64 };
+    assert!(
+        slice > 0,
+        "matmul: one token's [{}] row past what one GPU binding may see",
+        w.rows.max(w.cols)
+    );
+    // Rows `at..at + n` of `g`, rounded up to whole vec4s (the input is read as `vec4`s;
+    // pooled buffers are whole multiples of 64 bytes, so the rounding stays inside).
+    fn bind(g: &GBuf, at: usize, n: usize, width: usize) -> wgpu::BindingResource<'_> {
+        let offset = (at * width * 4) as u64;
+        let size = ((n * width * 4) as u64)
+            .next_multiple_of(16)
+            .min(g.buffer().size() - offset);
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: g.buffer(),
+            offset,
+            size: wgpu::BufferSize::new(size),
+        })
+    }
+    for t0 in (0..t).step_by(slice) {
+        let n = slice.min(t - t0);
+        let token_groups = n.div_ceil(TOKENS_PER_GROUP);
+        for c in &w.chunks {
+            let groups = c
+                .rows
+                .div_ceil(rows_per_group(w.cols))
+                .checked_mul(token_groups)
+                .expect("matmul: workgroup count overflows");
+            let params = Params::new()
+                .u(c.rows)
+                .u(w.cols)
+                .u(row_bytes(w))
+                .u(n)
+                .u(c.first_row)
+                .u(w.rows)
+                .u(team_size(w.cols));
+            ctx.dispatch(
+                k,
+                params.bytes(),
+                &[
+                    bind(&out, t0, n, w.rows),
+                    c.buf.as_entire_binding(),
+                    bind(x, t0, n, w.cols),
+                ],
+                grid(groups),
+            );
+        }
     }
     out
 }
@@ -496,6 +533,24 @@ mod tests {
 
     /// The backend seam: `prepare` uploads, `matmul_many` and `embed` read the prepared
     /// weights (tolerance as for the kernels).
+    /// A matmul whose output would pass a binding runs in slices of 64·k tokens bound at
+    /// their offsets: the same bits as one dispatch.
+    #[test]
+    fn token_slices_past_the_binding_give_the_same_bits() {
+        let Some(gpu) = crate::tests::gpu() else {
+            return;
+        };
+        let mut rng = Rng(23);
+        let (t, rows, cols) = (200, 100, 64);
+        let (w, _) = random_weight(&mut rng, DType::Q4_0, rows, cols);
+        let w = upload_weight(&gpu.ctx, &w).expect("uploads");
+        let x = gpu.ctx.upload(&random_x(&mut rng, t * cols));
+        let whole = gpu.ctx.read_f32(&matmul(&gpu.ctx, &x, t, &w), t * rows);
+        // 400 bytes a token's output row: 163 fit, slices of 128.
+        let sliced = matmul_within(&gpu.ctx, &x, t, &w, 64 << 10);
+        assert_eq!(gpu.ctx.read_f32(&sliced, t * rows), whole);
+    }
+
     #[test]
     fn through_the_backend() {
         use qinfer_backend::Backend;
