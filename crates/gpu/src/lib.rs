@@ -144,39 +144,42 @@ pub fn adapters() -> Vec<AdapterSummary> {
     raw_adapters()
         .iter()
         .enumerate()
-        .map(|(index, a)| {
-            let info = a.get_info();
-            let limits = a.limits();
-            let f = a.features();
-            let mut features = Vec::new();
-            for (flag, name) in [
-                (wgpu::Features::SHADER_F16, "shader-f16"),
-                (wgpu::Features::SUBGROUP, "subgroup"),
-                (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
-                (
-                    wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
-                    "cooperative-matrix",
-                ),
-            ] {
-                if f.contains(flag) {
-                    features.push(name);
-                }
-            }
-            AdapterSummary {
-                index,
-                name: info.name.clone(),
-                kind: kind_of(info.device_type),
-                api: format!("{:?}", info.backend),
-                driver: format!("{} {}", info.driver, info.driver_info)
-                    .trim()
-                    .to_string(),
-                max_binding_bytes: limits.max_storage_buffer_binding_size,
-                max_buffer_bytes: limits.max_buffer_size,
-                memory_bytes: device_memory(a),
-                features,
-            }
-        })
+        .map(|(index, a)| summarize(index, a))
         .collect()
+}
+
+/// Adapter `a`, of index `index` in [`raw_adapters`], as `inspect --devices` shows it.
+fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
+    let info = a.get_info();
+    let limits = a.limits();
+    let f = a.features();
+    let mut features = Vec::new();
+    for (flag, name) in [
+        (wgpu::Features::SHADER_F16, "shader-f16"),
+        (wgpu::Features::SUBGROUP, "subgroup"),
+        (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+        (
+            wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+            "cooperative-matrix",
+        ),
+    ] {
+        if f.contains(flag) {
+            features.push(name);
+        }
+    }
+    AdapterSummary {
+        index,
+        name: info.name.clone(),
+        kind: kind_of(info.device_type),
+        api: format!("{:?}", info.backend),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        max_binding_bytes: limits.max_storage_buffer_binding_size,
+        max_buffer_bytes: limits.max_buffer_size,
+        memory_bytes: device_memory(a),
+        features,
+    }
 }
 
 /// The adapter's device-local memory, as the Vulkan driver reports its heaps (the sum of the
@@ -247,8 +250,8 @@ const MAX_CONSTS: usize = 16_384;
 impl Gpu {
     /// A backend on the adapter `pick` names.
     pub fn open(pick: Pick) -> Result<Gpu, GpuError> {
+        // One enumeration: the index picked and the adapter opened are the same one.
         let raw = raw_adapters();
-        let summaries = adapters();
         let index = match pick {
             Pick::Best => {
                 if raw.is_empty() {
@@ -256,9 +259,9 @@ impl Gpu {
                 }
                 0
             }
-            Pick::Hardware => summaries
+            Pick::Hardware => raw
                 .iter()
-                .position(|s| s.kind.is_hardware())
+                .position(|a| kind_of(a.get_info().device_type).is_hardware())
                 .ok_or(GpuError::NoAdapter)?,
             Pick::Index(i) => {
                 if i >= raw.len() {
@@ -267,7 +270,7 @@ impl Gpu {
                 i
             }
         };
-        let summary = summaries[index].clone();
+        let summary = summarize(index, &raw[index]);
         let ctx = Ctx::new(&raw[index]).map_err(|e| GpuError::Device(summary.name.clone(), e))?;
         Ok(Gpu {
             ctx: Arc::new(ctx),
