@@ -119,26 +119,33 @@ fn logits_without_out_prints_top5_per_position() {
 #[test]
 fn generate_json_gives_the_reference_greedy_ids() {
     for name in ["tiny-dense-f32", "tiny-moe-bf16"] {
-        let r = reference(name);
-        let want = r["greedy_ids"].as_array().unwrap().len().to_string();
-        let o = qinfer_with(
-            &[("QINFER_MATMUL", "exact")],
-            &[
-                "generate",
-                fixture(name).to_str().unwrap(),
-                "--ids",
-                &csv(&r["greedy_prompt"]),
-                "--max-tokens",
-                &want,
-                "--temperature",
-                "0",
-                "--json",
-            ],
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
-        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(got, serde_json::json!({ "ids": r["greedy_ids"] }), "{name}");
+        assert_reference_greedy(name, &[("QINFER_MATMUL", "exact")], &[], name);
     }
+}
+
+/// `qinfer generate --json` of fixture `name`'s reference prompt (with `env` and `extra`
+/// arguments) gives its reference greedy ids.
+fn assert_reference_greedy(name: &str, env: &[(&str, &str)], extra: &[&str], what: &str) {
+    let r = reference(name);
+    let want = r["greedy_ids"].as_array().unwrap().len().to_string();
+    let prompt = csv(&r["greedy_prompt"]);
+    let model = fixture(name);
+    let mut args = vec![
+        "generate",
+        model.to_str().unwrap(),
+        "--ids",
+        &prompt,
+        "--max-tokens",
+        &want,
+        "--temperature",
+        "0",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let o = qinfer_with(env, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(got, serde_json::json!({ "ids": r["greedy_ids"] }), "{what}");
 }
 
 /// `--rope-scaling yarn --rope-factor 4 --rope-original-ctx 64` on the plain tiny model gives
@@ -717,28 +724,7 @@ fn the_device_flag_chooses_the_backend() {
             assert!(a["name"].is_string() && a["kind"].is_string(), "{a}");
             assert!(a["device"].as_str().unwrap().starts_with("gpu:"), "{a}");
         }
-        let r = reference("tiny-moe-bf16");
-        let want = r["greedy_ids"].as_array().unwrap().len().to_string();
-        let o = qinfer(&[
-            "generate",
-            fixture("tiny-moe-bf16").to_str().unwrap(),
-            "--device",
-            "gpu",
-            "--ids",
-            &csv(&r["greedy_prompt"]),
-            "--max-tokens",
-            &want,
-            "--temperature",
-            "0",
-            "--json",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(
-            got,
-            serde_json::json!({ "ids": r["greedy_ids"] }),
-            "on the GPU"
-        );
+        assert_reference_greedy("tiny-moe-bf16", &[], &["--device", "gpu"], "on the GPU");
         let b = qinfer(&[
             "bench", "demo", "--device", "gpu", "-p", "8", "-n", "0", "-r", "1", "--json",
         ]);
