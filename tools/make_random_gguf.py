@@ -13,6 +13,7 @@ usage:
     python3 tools/make_random_gguf.py --shape 27b OUT.gguf              # the full 27B (~16.5 GB)
     python3 tools/make_random_gguf.py --shape 27b --layers 4 OUT.gguf   # its first 4 layers only
     python3 tools/make_random_gguf.py --shape 0.8b OUT.gguf             # 0.8B (~0.5 GB)
+    python3 tools/make_random_gguf.py --shape 35b-a3b OUT.gguf          # 35B-A3B, 8 layers (~4.8 GB)
     python3 tools/make_random_gguf.py --shape 27b --dry-run [--list]    # sizes (and tensors) only
     # self-check of the type rules against llama.cpp's own output (tensor table only):
     python3 tools/make_random_gguf.py --shape tiny --dry-run \
@@ -24,28 +25,35 @@ options: --seed N (random data, default 0), --mtp N (MTP blocks, see below), --l
 --compare FILE (compare the tensor table — names, shapes, types — with another GGUF).
 Before writing it prints the exact file size and the weight bytes one decode step reads (every
 tensor except `token_embd`, plus one `token_embd` row; a tied `token_embd` is read whole as the
-LM head; the MTP block is not counted), and checks the written size at the end.
+LM head; of an MoE layer's 3-D expert tensors only the experts a token uses, top_k/E of each
+(the router `ffn_gate_inp` and the shared expert are read whole); the MTP block is not counted),
+and checks the written size at the end.
 
 Sizes (--dry-run prints them): 27b 16,547,403,200 bytes (16.55 GB), decode reads 15,821,247,296
 bytes of weights per token (15.82 GB); with --mtp 1 16,810,717,568 bytes; --layers 4 2.76 GB
 (2.03 GB per token: the untied LM head and embedding dominate); 4b 2.71 GB (2.70 GB per token);
-0.8b 0.53 GB (0.52 GB per token). `qinfer bench` reports the same per-token weight bytes. A file
-with MTP blocks makes `qinfer bench` draft with them by default: pass `--draft none` for plain
-decode (random MTP weights never get a draft accepted).
+0.8b 0.53 GB (0.52 GB per token); 35b-a3b 4,801,466,368 bytes (4.80 GB; the routed experts
+3.90 GB of it), decode reads 725,640,832 bytes per token (0.73 GB: 8 of 256 experts = 0.12 GB
+and the shared one per layer, the Q6_K LM head 0.42 GB). `qinfer bench` reports the same
+per-token weight bytes. A file with MTP blocks makes `qinfer bench` draft with them by default:
+pass `--draft none` for plain decode (random MTP weights never get a draft accepted).
 
 Shapes (`--shape`; hidden, layers, heads/kv heads (head_dim 256), DeltaNet key/value heads (dims
 128), FFN, tied embeddings): `0.8b` and `4b` are tools/make_bench_models.py's (1024, 24, 8/2,
 16/16, 3584, tied; 2560, 32, 16/4, 16/32, 9216, tied), `27b` is Qwen3.6-27B (5120, 64, 24/4,
-16/48, 17408, untied), all with vocab 248320, conv kernel 4, every 4th layer full attention
-(gated), rms_norm_eps 1e-6, rope_theta 1e7, partial rotary 0.25 (64 dims), mrope_section
-[11, 11, 10], context 262144. `tiny` is tests/fixtures/tiny-dense-f32's config (the fixture that
-llama.cpp converted and quantized), only for `--compare`.
+16/48, 17408, untied), `35b-a3b` is make_bench_models.py's `35b-a3b`: the Qwen3.5-35B-A3B's
+layer shapes at 8 of its 40 layers (2048, 8, 16/2, 16/32, untied; MoE: 256 routed experts of FFN
+512, top 8, plus one shared expert of 512 with its sigmoid gate), all with vocab 248320, conv
+kernel 4, every 4th layer full attention (gated), rms_norm_eps 1e-6, rope_theta 1e7, partial
+rotary 0.25 (64 dims), mrope_section [11, 11, 10], context 262144. `tiny` is
+tests/fixtures/tiny-dense-f32's config (the fixture that llama.cpp converted and quantized), only
+for `--compare`.
 `--mtp N` adds N multi-token-prediction blocks the way the current converter writes them
 (`blk.{L}` with `nextn.eh_proj`/`enorm`/`hnorm`/`shared_head_norm` and a full-attention layer,
 `nextn_predict_layers = N`, `block_count = L + N`). Default: 0, as the configs above (and
-make_bench_models.py's checkpoints) have none; the released Qwen3.6-27B has one MTP layer, so
-`--mtp 1` is what converting the real release gives (≈0.27 GB more; not read by plain decode).
-`tiny` defaults to 1, as its fixture has it.
+make_bench_models.py's checkpoints, which this converter only takes with `--no-mtp`) have none;
+the released Qwen3.6-27B has one MTP layer, so `--mtp 1` is what converting the real release gives
+(≈0.27 GB more; not read by plain decode). `tiny` defaults to 1, as its fixture has it.
 `--layers N` writes the first N decoder layers (block_count N + MTP) with the types those layers
 have in the full model (so the file is a prefix of the full one, layer for layer; llama-quantize
 run on an N-layer model would pick the "more bits" layers relative to N instead).
@@ -57,21 +65,37 @@ Nv·Dv]`, `attn_gate [H, Nv·Dv]`, `ssm_alpha`/`ssm_beta [H, Nv]`, `ssm_conv1d [
 Nv·Dv]`, `ssm_dt.bias [Nv]`, `ssm_a [Nv]`, `ssm_norm [Dv]`, `ssm_out [Nv·Dv, H]`; per attention
 layer `attn_q [H, 2·heads·D]` (query + gate), `attn_k`/`attn_v [H, kv·D]`, `attn_output [heads·D,
 H]`, `attn_q_norm`/`attn_k_norm [D]`; every layer `post_attention_norm [H]`, `ffn_gate`/`ffn_up
-[H, F]`, `ffn_down [F, H]`. Tensors are in llama-quantize's output order (non-layer tensors by
+[H, F]`, `ffn_down [F, H]`; in an MoE model (`qwen35moe`, E experts) instead of these three:
+`ffn_gate_inp [H, E]` (router), `ffn_gate_exps`/`ffn_up_exps [H, F, E]` and `ffn_down_exps [F, H,
+E]` (the experts stacked: expert e's rows are the e-th contiguous run of blocks, as the converter
+stacks HF's `experts.gate_up_proj` / `down_proj`), `ffn_gate_shexp`/`ffn_up_shexp [H, F]`,
+`ffn_down_shexp [F, H]`, `ffn_gate_inp_shexp [H]` (the converter writes [H, 1], llama-quantize
+writes ggml_n_dims dims: 1-D). Tensors are in llama-quantize's output order (non-layer tensors by
 name, then layer by layer, each layer's by name). Metadata: the fixture's keys in its order
 (general.*, qwen35.* incl. `attention.recurrent_layers`, tokenizer.* from the real Qwen3.5
-vocabulary as the converter writes it, `general.file_type` 15, `quantization_version` 2).
+vocabulary as the converter writes it, `general.file_type` 15, `quantization_version` 2). MoE
+(names, shapes and key order checked against tests/fixtures/gguf/tiny-moe-f32.gguf, the
+converter's qwen35moe output): `qwen35moe.*`, no `feed_forward_length` (the config has no
+`intermediate_size`), `expert_count`/`expert_used_count` after the rms epsilon,
+`expert_feed_forward_length`/`expert_shared_feed_forward_length` after `value_length`;
+`general.size_label` "256x1.3B" (gguf-py: E x (shared + one expert's parameters)).
 
 Q4_K_M types: llama.cpp's `llama_tensor_get_type` (src/llama-quant.cpp, as in llama-cpp-python
 0.3.36's vendored llama.cpp, and as the fixture shows):
-  * not quantized: 1-D tensors and `*_norm.weight` (F32), `ssm_conv1d` (F32, as converted);
+  * not quantized: 1-D tensors and `*_norm.weight` (F32), `ssm_conv1d` (F32, as converted),
+    the routers `ffn_gate_inp` and `ffn_gate_inp_shexp` (F32: the converter forces both, and
+    llama-quantize skips `ffn_gate_inp.weight`);
   * `output` Q6_K; `token_embd` Q4_K, or Q6_K when tied (no `output`: it is the LM head);
   * "attn_v-like" = `attn_v` and `attn_qkv` (the DeltaNet input counts as one, one per layer):
     Q6_K where use_more_bits(i, n) else Q4_K; `ffn_down`: Q6_K where use_more_bits(i, n) else
     Q4_K — use_more_bits(i, n) = i < n/8 or i >= 7n/8 or (i - n/8) % 3 == 2, i the layer
-    (tensors are counted in file order, one per layer), n = block_count incl. MTP;
+    (tensors are counted in file order, one per layer), n = block_count incl. MTP; with experts
+    (n_expert > 1) i is the layer parsed from the name, and every tensor with `ffn_down` in its
+    name counts: `ffn_down_exps` and `ffn_down_shexp` of a layer get the same type;
   * everything else (`attn_q`, `attn_k`, `attn_output`, `attn_gate`, `ssm_alpha`, `ssm_beta`,
-    `ssm_out`, `ffn_gate`, `ffn_up`, `nextn.eh_proj`) Q4_K;
+    `ssm_out`, `ffn_gate`, `ffn_up`, `ffn_gate_exps`, `ffn_up_exps`, `ffn_gate_shexp`,
+    `ffn_up_shexp`, `nextn.eh_proj`) Q4_K (llama.cpp's bumps for models of exactly 8 experts —
+    attn_v-like and `attn_k` Q8_0, `attn_output` Q5_K — do not apply to 256);
   * rows not a whole number of 256-blocks fall back: Q4_K → Q5_0, Q6_K → Q8_0 (then F16);
     `output`/tied `token_embd` go to Q8_0 then (only `tiny` needs this).
 (qinfer's own `qinfer quantize --type Q4_K_M` differs from this: `attn_qkv` always Q5_K,
@@ -83,7 +107,8 @@ Q4_K (144 B/256: f16 d, f16 dmin, 12 scale bytes, 128 quant bytes) d = 1e-4, dmi
 (= d · mean quant), random 6-bit scales/mins; Q6_K (210 B/256: 128 ql, 64 qh, 16 int8 scales,
 f16 d) scales in −16..15, d = 1.2e-4; Q8_0 (34 B/32) d = 2.7e-4; Q5_0 (22 B/32) d = 2.2e-3; F16
 normal · 0.02. F32: norms 1.0 (the converter stores RMSNorm weights with the +1 folded in),
-`ssm_a` = −uniform(1, 16) (= −exp(A_log)), `ssm_dt.bias` 1.0, `ssm_conv1d` normal · 0.1.
+`ssm_a` = −uniform(1, 16) (= −exp(A_log)), `ssm_dt.bias` 1.0, `ssm_conv1d` normal · 0.1, the
+routers normal · 0.02. The 3-D expert tensors are written the same way, block after block.
 """
 
 import argparse
@@ -102,18 +127,24 @@ REPO = Path(__file__).resolve().parent.parent
 ALIGN = 32
 CHUNK = 64 << 20  # bytes of blocks generated and written at a time
 
-# hidden, layers, heads, kv heads, DeltaNet key heads, value heads, FFN, tied embeddings
+# hidden, layers, heads, kv heads, DeltaNet key heads, value heads, FFN (MoE: one expert's and the
+# shared expert's), tied embeddings
 SHAPES = {
     "0.8b": (1024, 24, 8, 2, 16, 16, 3584, True),
     "4b": (2560, 32, 16, 4, 16, 32, 9216, True),
     "27b": (5120, 64, 24, 4, 16, 48, 17408, False),
+    "35b-a3b": (2048, 8, 16, 2, 16, 32, 512, False),
     "tiny": (64, 8, 4, 2, 2, 4, 128, False),
 }
-NAMES = {"0.8b": "Qwen3.5 0.8B", "4b": "Qwen3.5 4B", "27b": "Qwen3.6 27B", "tiny": "Tiny Dense"}
+# MoE shapes: routed experts, experts per token.
+MOE = {"35b-a3b": (256, 8)}
+NAMES = {"0.8b": "Qwen3.5 0.8B", "4b": "Qwen3.5 4B", "27b": "Qwen3.6 27B", "35b-a3b": "Qwen3.5 35B-A3B",
+         "tiny": "Tiny Dense"}
 
 
 def config(shape: str) -> dict:
     hidden, layers, heads, kv, nk, nv, ffn, tied = SHAPES[shape]
+    experts, top_k = MOE.get(shape, (0, 0))
     tiny = shape == "tiny"
     return {
         "hidden": hidden, "layers": layers, "heads": heads, "kv": kv, "head_dim": 32 if tiny else 256,
@@ -121,6 +152,7 @@ def config(shape: str) -> dict:
         "ffn": ffn, "tied": tied, "vocab": 320 if tiny else 248320, "eps": 1e-6, "theta": 1e7,
         "partial_rotary": 0.25, "sections": [2, 1, 1] if tiny else [11, 11, 10],
         "context": 4096 if tiny else 262144, "interval": 4, "mtp": 1 if tiny else 0,
+        "experts": experts, "top_k": top_k,
     }
 
 
@@ -147,7 +179,8 @@ def use_more_bits(i: int, n: int) -> bool:
 
 def q4_k_m_type(name: str, dims: list, layer, n_blocks: int, tied: bool) -> str:
     """llama.cpp's llama_tensor_get_type for LLAMA_FTYPE_MOSTLY_Q4_K_M (see the docstring)."""
-    if len(dims) < 2 or not name.endswith("weight") or "_norm.weight" in name or "ssm_conv1d" in name:
+    if (len(dims) < 2 or not name.endswith("weight") or "_norm.weight" in name or "ssm_conv1d" in name
+            or "ffn_gate_inp" in name):
         return F32
     ncols = dims[0]
     if name == "output.weight" or (tied and name == "token_embd.weight"):
@@ -176,8 +209,15 @@ def tensors(c: dict, n_layers: int, n_mtp: int) -> list:
                 (p + "attn_q_norm.weight", [d]), (p + "attn_k_norm.weight", [d])]
 
     def common(p):
-        return [(p + "attn_norm.weight", [h]), (p + "post_attention_norm.weight", [h]),
-                (p + "ffn_gate.weight", [h, f]), (p + "ffn_up.weight", [h, f]), (p + "ffn_down.weight", [f, h])]
+        norms = [(p + "attn_norm.weight", [h]), (p + "post_attention_norm.weight", [h])]
+        if not c["experts"]:
+            return norms + [(p + "ffn_gate.weight", [h, f]), (p + "ffn_up.weight", [h, f]),
+                            (p + "ffn_down.weight", [f, h])]
+        e = c["experts"]  # routed experts stacked in ne2, then the shared expert and its scalar gate
+        return norms + [(p + "ffn_gate_inp.weight", [h, e]), (p + "ffn_gate_exps.weight", [h, f, e]),
+                        (p + "ffn_up_exps.weight", [h, f, e]), (p + "ffn_down_exps.weight", [f, h, e]),
+                        (p + "ffn_gate_shexp.weight", [h, f]), (p + "ffn_up_shexp.weight", [h, f]),
+                        (p + "ffn_down_shexp.weight", [f, h]), (p + "ffn_gate_inp_shexp.weight", [h])]
 
     top = [("token_embd.weight", [h, c["vocab"]]), ("output_norm.weight", [h])]
     if not c["tied"]:
@@ -239,6 +279,18 @@ def size_label(n: int) -> str:
     return f"{scaled:.{fix}f}{suffix}"
 
 
+def model_size_label(table: list) -> str:
+    """gguf-py's size_label over the tensor table: "{E}x{shared + one expert's parameters}" when
+    there are 3-D `_exps` tensors, else the parameter count."""
+    counts = [(name, dims, int(np.prod(dims, dtype=np.int64))) for name, dims, _, _ in table]
+    exps = [(dims[2], n) for name, dims, n in counts if "_exps." in name]
+    total = sum(n for _, _, n in counts)
+    if not exps:
+        return size_label(total)
+    per_expert = sum(n // e for e, n in exps)
+    return f"{exps[0][0]}x{size_label(total - sum(n for _, n in exps) + per_expert)}"
+
+
 def tokenizer_kvs(tok_dir: Path, vocab: int) -> list:
     """tokenizer.* as llama.cpp's converter writes a byte-level BPE (see
     crates/formats/src/hf_tokenizer.rs): tokens by id padded with `[PAD{id}]` (type 5), type 1
@@ -274,22 +326,30 @@ def tokenizer_kvs(tok_dir: Path, vocab: int) -> list:
     return kvs
 
 
-def metadata(c: dict, shape: str, n_layers: int, n_mtp: int, params: int, tok_dir) -> list:
-    a = "qwen35."
+def metadata(c: dict, shape: str, n_layers: int, n_mtp: int, label: str, tok_dir) -> list:
+    arch = "qwen35moe" if c["experts"] else "qwen35"
+    a = arch + "."
     kinds = [(i + 1) % c["interval"] != 0 for i in range(n_layers)] + [False] * n_mtp
-    kvs = [gguf_kv("general.architecture", STR, "qwen35"), gguf_kv("general.type", STR, "model"),
+    kvs = [gguf_kv("general.architecture", STR, arch), gguf_kv("general.type", STR, "model"),
            gguf_kv("general.sampling.top_k", I32, 20), gguf_kv("general.sampling.top_p", F32V, 0.95),
            gguf_kv("general.sampling.temp", F32V, 1.0),
            gguf_kv("general.name", STR, f"{NAMES[shape]} random (qinfer make_random_gguf)"),
-           gguf_kv("general.size_label", STR, size_label(params)),
+           gguf_kv("general.size_label", STR, label),
            gguf_kv(a + "block_count", U32, n_layers + n_mtp), gguf_kv(a + "context_length", U32, c["context"]),
-           gguf_kv(a + "embedding_length", U32, c["hidden"]), gguf_kv(a + "feed_forward_length", U32, c["ffn"]),
-           gguf_kv(a + "attention.head_count", U32, c["heads"]), gguf_kv(a + "attention.head_count_kv", U32, c["kv"]),
-           gguf_kv(a + "rope.dimension_sections", ARR, c["sections"] + [0], I32),
-           gguf_kv(a + "rope.freq_base", F32V, c["theta"]),
-           gguf_kv(a + "attention.layer_norm_rms_epsilon", F32V, c["eps"]),
-           gguf_kv(a + "attention.key_length", U32, c["head_dim"]),
-           gguf_kv(a + "attention.value_length", U32, c["head_dim"])]
+           gguf_kv(a + "embedding_length", U32, c["hidden"])]
+    if not c["experts"]:  # an MoE config has no `intermediate_size`
+        kvs.append(gguf_kv(a + "feed_forward_length", U32, c["ffn"]))
+    kvs += [gguf_kv(a + "attention.head_count", U32, c["heads"]), gguf_kv(a + "attention.head_count_kv", U32, c["kv"]),
+            gguf_kv(a + "rope.dimension_sections", ARR, c["sections"] + [0], I32),
+            gguf_kv(a + "rope.freq_base", F32V, c["theta"]),
+            gguf_kv(a + "attention.layer_norm_rms_epsilon", F32V, c["eps"])]
+    if c["experts"]:
+        kvs += [gguf_kv(a + "expert_count", U32, c["experts"]), gguf_kv(a + "expert_used_count", U32, c["top_k"])]
+    kvs += [gguf_kv(a + "attention.key_length", U32, c["head_dim"]),
+            gguf_kv(a + "attention.value_length", U32, c["head_dim"])]
+    if c["experts"]:  # one expert's FFN width and the shared expert's (the same here)
+        kvs += [gguf_kv(a + "expert_feed_forward_length", U32, c["ffn"]),
+                gguf_kv(a + "expert_shared_feed_forward_length", U32, c["ffn"])]
     if n_mtp:
         kvs.append(gguf_kv(a + "nextn_predict_layers", U32, n_mtp))
     kvs += [gguf_kv(a + "ssm.conv_kernel", U32, c["conv_kernel"]), gguf_kv(a + "ssm.state_size", U32, c["dk"]),
@@ -431,7 +491,8 @@ def main() -> None:
 
     table = tensors(c, n_layers, n_mtp)
     params = sum(int(np.prod(s, dtype=np.int64)) for _, s, _, _ in table)
-    kvs = metadata(c, args.shape, n_layers, n_mtp, params, tok_dir)
+    label = model_size_label(table)
+    kvs = metadata(c, args.shape, n_layers, n_mtp, label, tok_dir)
     head = [b"GGUF", struct.pack("<IQQ", 3, len(table), len(kvs))] + kvs
     offset, infos, layout = 0, [], []
     for name, dims, ttype, _ in table:
@@ -445,7 +506,8 @@ def main() -> None:
     total = len(header) + offset  # every tensor padded to the alignment, the last one too
 
     # What one decode step reads: everything but the MTP blocks and the embedding, plus one
-    # embedding row; a tied embedding is the LM head and read whole.
+    # embedding row; a tied embedding is the LM head and read whole; of each 3-D expert tensor the
+    # top-k experts a token is routed to (the router and the shared expert are read whole).
     per_type, weights, per_token = {}, 0, 0
     for (name, dims, ttype, layer), (_, size) in zip(table, layout):
         per_type[ttype] = per_type.get(ttype, 0) + size
@@ -455,14 +517,15 @@ def main() -> None:
             row = nbytes(ttype, [dims[0], 1])
             per_token += size + row if c["tied"] else row
         elif not mtp:
-            per_token += size
+            per_token += size * c["top_k"] // c["experts"] if "_exps." in name else size
     mtp_bytes = sum(s for (_, _, _, l), (_, s) in zip(table, layout) if l is not None and l >= c["layers"])
     print(f"{NAMES[args.shape]} ({args.shape}), {n_layers} of {c['layers']} layers, {n_mtp} MTP block(s): "
-          f"{len(table)} tensors, {params / 1e9:.3f} B parameters ({size_label(params)})")
+          f"{len(table)} tensors, {params / 1e9:.3f} B parameters ({label})")
     print("  by type: " + ", ".join(f"{t} {b / 1e9:.3f} GB" for t, b in sorted(per_type.items())))
     print(f"  file: {total} bytes ({total / 1e9:.3f} GB, {total / 2**30:.3f} GiB); header + metadata "
           f"{len(header)} bytes")
     print(f"  decode reads per token: {per_token} bytes ({per_token / 1e9:.3f} GB) of weights"
+          + (f" ({c['top_k']} of {c['experts']} routed experts + the shared one per layer)" if c["experts"] else "")
           + (f"; MTP block(s) {mtp_bytes / 1e9:.3f} GB not counted" if n_mtp else ""))
     if args.list:
         for name, dims, ttype, _ in table:
