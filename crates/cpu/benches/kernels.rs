@@ -73,7 +73,7 @@ fn expert(c: &mut Criterion) {
     let down = weight(DType::Q4_K, h, i);
     let mut g = c.benchmark_group("expert/Q4_K");
     g.sample_size(20);
-    for t in [1, 4, 8, 12, 16, 24, 32, 48] {
+    for t in [1, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128] {
         let x = Mat::from_vec(noise(t * h, 97), t, h);
         let y = Mat::from_vec(noise(t * i, 96), t, i);
         g.throughput(Throughput::Elements((t * 3 * h * i) as u64));

@@ -29,9 +29,10 @@ use super::act::QuantActs;
 
 /// Tokens per group (the vector lanes).
 pub(crate) const LANES: usize = 16;
-/// Fewest activation rows for which the GEMM path is used (below it, the row kernels): one
-/// routed expert of the 35B-A3B (`cargo bench -p qinfer-cpu --bench kernels -- expert`) at 12
-/// tokens took 471 µs in the row kernels, 429 µs here (one group of 16 lanes, 12 filled).
+/// Fewest activation rows for which the GEMM path is used for Q6_K and Q8_0 (below it, the
+/// row kernels; Q4_K and Q5_K meet the rows-in-lanes kernel up to `rows16::MAX_TOKENS`): one
+/// routed Q4_K expert of the 35B-A3B (`cargo bench -p qinfer-cpu --bench kernels -- expert`)
+/// at 12 tokens took 471 µs in the row kernels, 429 µs here (one group of 16 lanes, 12 filled).
 pub(crate) const MIN_ROWS: usize = 12;
 /// Weight rows per tile.
 const R: usize = 4;

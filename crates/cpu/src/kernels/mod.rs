@@ -52,6 +52,8 @@ pub mod delta;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
 pub mod reference;
+#[cfg(target_arch = "x86_64")]
+mod rows16;
 pub mod sgemm;
 pub mod vmath;
 
@@ -257,6 +259,13 @@ enum Acts<'a> {
     /// Many activation rows against a format with an AVX-512 GEMM kernel (`gemm.rs`).
     #[cfg(target_arch = "x86_64")]
     Gemm(gemm::GemmActs),
+    /// A few activation rows (Q8_K, natural order) against a format with a rows-in-lanes
+    /// kernel (`rows16.rs`).
+    #[cfg(target_arch = "x86_64")]
+    Rows16 {
+        fmt: IntFmt,
+        q: QuantActs,
+    },
     /// BF16 activations against BF16 weights.
     Bf16(Bf16Acts),
 }
@@ -299,9 +308,10 @@ macro_rules! for_token_count {
 /// rows 38.8, 2048 rows 38.4; one row after another, the old order, 29.3).
 const X4_CHUNK: usize = 8192;
 
-/// Fewest activation rows for which Q4_K/Q5_K/Q6_K rows go four at a time through
-/// `avx512::q45_k_x4n` / `avx512::q6_k_x4n`, one row from each quarter of a chunk
-/// ([`Plan::compute_k_x4n`]).
+/// Fewest activation rows for which Q6_K rows go four at a time through `avx512::q6_k_x4n`,
+/// one row from each quarter of a chunk ([`Plan::compute_k_x4n`]; Q4_K and Q5_K take the
+/// rows-in-lanes kernel of `rows16.rs` from 2 rows, measured below with the four-row kernel
+/// it replaced).
 /// `cargo bench -p qinfer-cpu --bench kernels -- verify/Q4_K/65536x2048` (a 75 MB matrix
 /// streamed from memory), three alternating rounds, GB/s at 2 / 3 / 4 / 5 tokens: per-row
 /// kernels 15.0 / 10.7 / 10.4 / 7.4, 11.6 / 10.5 / 7.3 / 6.2, 10.5 / 10.1 / 7.5 / 6.5;
@@ -360,6 +370,10 @@ impl<'a> Plan<'a> {
                     QuantActs::q8_0(&x.data, x.rows, x.cols, isa)
                 };
                 #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx512 && rows16::takes(fmt, x.rows) {
+                    break 'int Acts::Rows16 { fmt, q };
+                }
+                #[cfg(target_arch = "x86_64")]
                 if isa == Isa::Avx512
                     && x.rows >= gemm::MIN_ROWS
                     && let Some(g) = gemm::GemmFmt::of(fmt)
@@ -410,6 +424,12 @@ impl<'a> Plan<'a> {
         if let Acts::Gemm(a) = &self.acts {
             // SAFETY: GEMM plans are only made when `isa()` confirmed AVX-512.
             unsafe { gemm::gemm(a, rows, |r| self.row(r), store) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Acts::Rows16 { fmt, q } = &self.acts {
+            // SAFETY: these plans are only made when `isa()` confirmed AVX-512.
+            unsafe { rows16::compute(*fmt, self.bytes, self.row_bytes, q, rows, store) };
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -531,24 +551,24 @@ impl<'a> Plan<'a> {
         self.rows_per_call() == MAX_ROWS
     }
 
-    /// Whether the plan takes K-quant rows four at a time against several activation rows
-    /// (`avx512::q45_k_x4n`, `avx512::q6_k_x4n`).
+    /// Whether the plan takes Q6_K rows four at a time against several activation rows
+    /// (`avx512::q6_k_x4n`; Q4_K and Q5_K take `rows16.rs` there).
     fn has_k_x4n(&self) -> bool {
         matches!(
             self.acts,
             Acts::Int {
-                fmt: IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K,
+                fmt: IntFmt::Q6K,
                 ..
             }
         ) && self.rows_per_call() == 4
     }
 
-    /// Four Q4_K/Q5_K/Q6_K rows `w` against activation rows `t0 .. t0 + g`
-    /// (`avx512::q45_k_x4n`, `avx512::q6_k_x4n`): `out[j][i]` for row `j`, token `t0 + i`.
+    /// Four Q6_K rows `w` against activation rows `t0 .. t0 + g` (`avx512::q6_k_x4n`):
+    /// `out[j][i]` for row `j`, token `t0 + i`.
     #[cfg(target_arch = "x86_64")]
     fn k_x4n(&self, w: [&[u8]; 4], t0: usize, g: usize) -> [[f32; MAX_TOKENS]; 4] {
         let Acts::Int { fmt, q } = &self.acts else {
-            unreachable!("k_x4n runs only for K-quant plans")
+            unreachable!("k_x4n runs only for Q6_K plans")
         };
         let mut out = [[0.0f32; MAX_TOKENS]; 4];
         macro_rules! go {
@@ -557,10 +577,8 @@ impl<'a> Plan<'a> {
                 // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
                 let y = unsafe {
                     match fmt {
-                        IntFmt::Q4K => avx512::q45_k_x4n::<$n, false>(w, a),
-                        IntFmt::Q5K => avx512::q45_k_x4n::<$n, true>(w, a),
                         IntFmt::Q6K => avx512::q6_k_x4n::<$n>(w, a),
-                        _ => unreachable!("k_x4n runs only for K-quant plans"),
+                        _ => unreachable!("k_x4n runs only for Q6_K plans"),
                     }
                 };
                 for (o, yj) in out.iter_mut().zip(y) {
@@ -721,7 +739,9 @@ impl<'a> Plan<'a> {
         let row = self.row(r);
         match &self.acts {
             #[cfg(target_arch = "x86_64")]
-            Acts::Gemm(_) => unreachable!("GEMM plans run through Plan::compute"),
+            Acts::Gemm(_) | Acts::Rows16 { .. } => {
+                unreachable!("GEMM and rows-in-lanes plans run through Plan::compute")
+            }
             Acts::Int { fmt, q } => match self.isa {
                 Isa::Avx512 if avx512_int(*fmt, row, q, t0, out) => {}
                 // SAFETY: `Avx2` is only chosen when the CPU has its features (and AVX-VNNI
@@ -793,7 +813,7 @@ impl Plan<'_> {
             (Acts::Int { fmt, q }, Isa::Avx512)
                 if cfg!(target_arch = "x86_64")
                     && q.rows() >= X4N_MIN_TOKENS
-                    && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K) =>
+                    && *fmt == IntFmt::Q6K =>
             {
                 4
             }
@@ -822,9 +842,7 @@ impl Plan<'_> {
             }
             #[cfg(target_arch = "x86_64")]
             (Acts::Int { fmt, .. }, Isa::Avx512)
-                if out.len() == 4
-                    && g >= X4N_MIN_TOKENS
-                    && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K) =>
+                if out.len() == 4 && g >= X4N_MIN_TOKENS && *fmt == IntFmt::Q6K =>
             {
                 let w: [&[u8]; 4] = std::array::from_fn(|j| self.row(r0 + j));
                 for (o, y) in out.iter_mut().zip(self.k_x4n(w, t0, g)) {

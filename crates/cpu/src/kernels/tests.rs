@@ -40,7 +40,7 @@ const TYPES: [DType; 11] = [
 fn run(plan: &Plan<'_>, n: usize, t: usize, group: usize) -> Vec<f32> {
     let mut out = vec![0.0; t * n];
     #[cfg(target_arch = "x86_64")]
-    if matches!(plan.acts, Acts::Gemm(_)) {
+    if matches!(plan.acts, Acts::Gemm(_) | Acts::Rows16 { .. }) {
         plan.compute(0..n, t, |tok, r, v| {
             out[tok * n + r..tok * n + r + v.len()].copy_from_slice(v)
         });
@@ -155,10 +155,11 @@ fn simd_tiers_match_reference_tier() {
 
 /// Q4_K, Q5_K, Q6_K and Q8_0 follow the reference tier's arithmetic exactly (per-block exact
 /// integers, scaled and added in block order), in the row kernels (1–8 rows per call), the
-/// GEMM kernel (12 rows or more, tiles of up to 4 weight rows × 48 tokens), the
-/// four-rows-one-token kernels (`*_x4`), the four-rows-several-tokens kernels (`q45_k_x4n`,
-/// `q6_k_x4n`, 2–11 tokens; `q8_0_x4n`) and Q8_0's sixteen-rows kernel (`q8_0_x16n`, 2–11 tokens; the
-/// last three reached through `Plan::compute`): every output is
+/// GEMM kernel (tiles of up to 4 weight rows × 48 tokens; Q6_K and Q8_0 from 12 rows, Q4_K and
+/// Q5_K from 40), Q4_K/Q5_K's sixteen-rows-in-lanes kernel (`rows16.rs`, 2–39 tokens, partial
+/// tiles of rows), the four-rows-one-token kernels (`*_x4`), the four-rows-several-tokens
+/// kernels (`q6_k_x4n`, 2–11 tokens; `q8_0_x4n`) and Q8_0's sixteen-rows kernel (`q8_0_x16n`,
+/// 2–11 tokens; the last three reached through `Plan::compute`): every output is
 /// bit-identical to the reference, so a token's result does not depend on the batch it is in.
 #[test]
 fn exact_formats_are_bit_identical_to_the_reference_at_every_batch_size() {
@@ -181,6 +182,12 @@ fn exact_formats_are_bit_identical_to_the_reference_at_every_batch_size() {
             // two groups of tokens.
             (5, 200, 256),
             (11, 70, 512),
+            // Long rows, and the GEMM's passes (530 tokens: two at k = 1280).
+            (40, 6, 2304),
+            (530, 5, 1280),
+            // The rows-in-lanes kernel's last token count and partial tiles of rows.
+            (39, 21, 512),
+            (17, 16, 1024),
         ] {
             let w = weight(dtype, n, k, 13);
             let x = Mat::from_vec(noise(t * k, 17), t, k);
