@@ -122,11 +122,12 @@ pub struct Layer {
 
 /// Most positions [`Qwen35::forward`] and [`Qwen35::prefill`] take through the layers at once:
 /// a longer step runs in pieces of this many, each piece's activations (about 120 KB per
-/// position for Qwen3.5-0.8B) freed before the next, so prefill memory stays flat however long
-/// the prompt. A multiple of the delta rule's chunk length; big enough that every matmul of a
-/// piece is a GEMM whose weights are read once per 256 positions (prefill speed per token is
-/// the same as with 512-position pieces).
-pub const MAX_PIECE_TOKENS: usize = 256;
+/// position for Qwen3.5-0.8B: 61 MB) freed before the next, so prefill memory stays flat however
+/// long the prompt. A multiple of the delta rule's chunk length; big enough that every dense
+/// matmul of a piece is a GEMM whose weights are read once per 512 positions, and that an MoE
+/// layer's routed experts meet 16 tokens each on average (the 35B-A3B: 512 × 8 of 256), not 8
+/// (256-position pieces: 35B-A3B-shape Q4_K_M pp512 ×1.07, `tools/bench_ab.sh`).
+pub const MAX_PIECE_TOKENS: usize = 512;
 const _: () = assert!(MAX_PIECE_TOKENS.is_multiple_of(crate::layers::gated_deltanet::CHUNK));
 
 /// Most positions a span may keep for a rewind ([`Span::keep_states`]): a rewind replays the
