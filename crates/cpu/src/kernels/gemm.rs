@@ -38,10 +38,19 @@ pub(crate) const MIN_ROWS: usize = 12;
 const R: usize = 4;
 /// Token groups per tile.
 const NT: usize = 3;
-/// Activation bytes one pass over a tile's weights may touch (they stay in L2 while every
-/// tile of the chunk passes over them); at least [`MIN_GROUPS_PER_PASS`] groups.
+/// Weight elements of a row unpacked at a time (a whole number of blocks, at least one): a
+/// tile's unpacked bytes (`R × 1024`) stay in L1 while every token group passes over them, and
+/// each weight row is unpacked once per pass (a row unpacked whole, 9,216 elements of the 4B's
+/// `ffn_down`, filled 36 KB: out of L1, and unpacked again for every pass).
+const CHUNK_ELEMS: usize = 1024;
+/// Activation bytes of one K-chunk that a pass covers (they stay in L2 while every tile of the
+/// chunk passes over them); at least [`MIN_GROUPS_PER_PASS`] groups. With 1,024-element chunks a
+/// pass is 32 groups: a 512-token prefill in one pass.
 const PASS_BYTES: usize = 512 << 10;
 const MIN_GROUPS_PER_PASS: usize = 8;
+/// Weight rows whose running sums a pass keeps (`64 × 512 tokens × 4` bytes = 128 KB, in L2
+/// beside the activations) while it walks the K-chunks.
+const PANEL_ROWS: usize = 64;
 
 /// Weight formats with a GEMM kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,9 +176,15 @@ impl GemmActs {
     }
 }
 
-/// Unpacked weight rows of one tile: bytes in natural order and per-block scales.
+/// Unpacked weight rows of one tile, one K-chunk of them: bytes in natural order and per-block
+/// scales, for the chunk's blocks `b0 .. b0 + blocks` (`blocks ≤` the capacity the strides use).
 struct Tile {
+    /// Row stride of `q` (elements of a full chunk).
     k: usize,
+    /// Row stride of the scales (blocks of a full chunk).
+    nb: usize,
+    /// The chunk: its first block in the row, and its blocks.
+    b0: usize,
     blocks: usize,
     /// `[R][K]`.
     q: Vec<u8>,
@@ -186,6 +201,8 @@ impl Tile {
     fn new(k: usize, blocks: usize) -> Self {
         Tile {
             k,
+            nb: blocks,
+            b0: 0,
             blocks,
             q: vec![0; R * k],
             d: vec![0.0; R * blocks],
@@ -209,12 +226,13 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     unsafe { super::avx512::f16(b.as_ptr().add(at)) }
 }
 
-/// Unpacks weight row `row` (its bytes) into slot `r` of `tile`.
+/// Unpacks the tile's chunk of weight row `row` (the row's bytes) into slot `r` of `tile`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 fn unpack(fmt: GemmFmt, row: &[u8], tile: &mut Tile, r: usize) {
-    let (k, nb) = (tile.k, tile.blocks);
+    let (k, nb, bb) = (tile.k, tile.nb, fmt.block_bytes());
     let q = &mut tile.q[r * k..(r + 1) * k];
-    for (b, blk) in row.chunks_exact(fmt.block_bytes()).enumerate() {
+    let chunk = &row[tile.b0 * bb..(tile.b0 + tile.blocks) * bb];
+    for (b, blk) in chunk.chunks_exact(bb).enumerate() {
         let qb = &mut q[b * fmt.block()..(b + 1) * fmt.block()];
         let at = r * nb + b;
         match fmt {
@@ -316,7 +334,8 @@ fn unpack(fmt: GemmFmt, row: &[u8], tile: &mut Tile, r: usize) {
     }
 }
 
-/// `y[r][n]` (16 tokens each) for `RR ≤ R` rows of `tile` against groups `g0 .. g0 + NN`.
+/// Adds to `y[r][n]` (16 tokens each), block by block in order, the products of the tile's
+/// chunk of `RR ≤ R` rows against groups `g0 .. g0 + NN`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 fn kernel<const F: u8, const RR: usize, const NN: usize>(
     a: &GemmActs,
@@ -330,27 +349,32 @@ fn kernel<const F: u8, const RR: usize, const NN: usize>(
         1 => GemmFmt::Q6K,
         _ => GemmFmt::Q8_0,
     };
-    let (nb, words) = (a.blocks, fmt.sum_words());
+    let (nb, words) = (tile.nb, fmt.sum_words());
     let (sub, subs) = match fmt {
         GemmFmt::Q4K | GemmFmt::Q5K => (32, 8),
         GemmFmt::Q6K => (16, 16),
         GemmFmt::Q8_0 => (32, 1),
     };
-    assert!(g0 + NN <= a.groups && RR <= R);
+    let (b0, blocks) = (tile.b0, tile.blocks);
+    assert!(g0 + NN <= a.groups && RR <= R && blocks <= nb && b0 + blocks <= a.blocks);
     let zero = _mm512_setzero_si512();
     // SAFETY (every pointer below): groups `g0 + n < a.groups` have `quads × 16` words of
-    // quants, `blocks × 16` scales and `blocks × words × 16` sums; tile rows `r < R` have `K`
-    // bytes and `blocks` scale sets (checked above and by construction).
+    // quants, `a.blocks × 16` scales and `a.blocks × words × 16` sums, of which the chunk's
+    // blocks `b0 .. b0 + blocks` are read; tile rows `r < R` have `tile.k` bytes and `nb`
+    // scale sets, of which the first `blocks` are read (checked above and by construction).
     let qs: [*const i32; NN] = std::array::from_fn(|n| {
-        // SAFETY: as stated above.
-        unsafe { a.qs.as_ptr().add((g0 + n) * a.quads * LANES) }
+        // SAFETY: as stated above (the chunk's first quad of the group).
+        unsafe {
+            a.qs.as_ptr()
+                .add(((g0 + n) * a.quads + b0 * fmt.block() / 4) * LANES)
+        }
     });
     let wq: [*const u8; RR] = std::array::from_fn(|r| {
         // SAFETY: as stated above.
         unsafe { tile.q.as_ptr().add(r * tile.k) }
     });
     let mut quad = 0;
-    for b in 0..nb {
+    for b in 0..blocks {
         let mut isum = [[zero; NN]; RR];
         for j in 0..subs {
             let mut p = [[zero; NN]; RR];
@@ -388,7 +412,7 @@ fn kernel<const F: u8, const RR: usize, const NN: usize>(
             let (dw, dmin) = unsafe { (*tile.d.get_unchecked(at), *tile.dmin.get_unchecked(at)) };
             let dw = _mm512_set1_ps(dw);
             for n in 0..NN {
-                let ab = (g0 + n) * nb + b;
+                let ab = (g0 + n) * a.blocks + b0 + b;
                 // SAFETY: as stated above.
                 unsafe {
                     let da = _mm512_loadu_ps(a.d.as_ptr().add(ab * LANES));
@@ -429,13 +453,22 @@ fn kernel<const F: u8, const RR: usize, const NN: usize>(
     }
 }
 
-/// Runs [`kernel`] for `rr` rows and `nn` groups (dispatching to the const shapes) and writes
-/// the tile into `buf` (`[token - 16·g_first][stride]`, rows at `col ..`).
+/// Runs [`kernel`] for `rr` rows and `nn` groups (dispatching to the const shapes), its sums
+/// carried in `acc` (`[group - g_first][row - first row][lane]`; rows at `col ..`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
-fn run_tile(a: &GemmActs, tile: &Tile, rr: usize, g0: usize, nn: usize, out: Out<'_>) {
+fn run_tile(a: &GemmActs, tile: &Tile, rr: usize, g0: usize, nn: usize, acc: Acc<'_>) {
     macro_rules! go {
         ($r:literal, $n:literal) => {{
+            let at =
+                |r: usize, n: usize| ((g0 + n - acc.g_first) * acc.width + acc.col + r) * LANES;
             let mut y = [[_mm512_setzero_ps(); $n]; $r];
+            for (r, yr) in y.iter_mut().enumerate() {
+                for (n, yn) in yr.iter_mut().enumerate() {
+                    let v = &acc.buf[at(r, n)..at(r, n) + LANES];
+                    // SAFETY: `v` holds 16 floats (bounds-checked above).
+                    *yn = unsafe { _mm512_loadu_ps(v.as_ptr()) };
+                }
+            }
             match a.fmt {
                 GemmFmt::Q4K | GemmFmt::Q5K => kernel::<0, $r, $n>(a, tile, g0, &mut y),
                 GemmFmt::Q6K => kernel::<1, $r, $n>(a, tile, g0, &mut y),
@@ -443,11 +476,9 @@ fn run_tile(a: &GemmActs, tile: &Tile, rr: usize, g0: usize, nn: usize, out: Out
             }
             for (r, yr) in y.iter().enumerate() {
                 for (n, yn) in yr.iter().enumerate() {
-                    let v = to_array(*yn);
-                    for (lane, x) in v.iter().enumerate() {
-                        let tok = (g0 + n - out.g_first) * LANES + lane;
-                        out.buf[tok * out.stride + out.col + r] = *x;
-                    }
+                    let v = &mut acc.buf[at(r, n)..at(r, n) + LANES];
+                    // SAFETY: `v` holds 16 floats (bounds-checked above).
+                    unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *yn) };
                 }
             }
         }};
@@ -469,22 +500,33 @@ fn run_tile(a: &GemmActs, tile: &Tile, rr: usize, g0: usize, nn: usize, out: Out
     }
 }
 
-/// Where a tile's results go: a pass's buffer of `[token][stride]`.
-struct Out<'b> {
-    buf: &'b mut [f32],
-    stride: usize,
-    col: usize,
-    g_first: usize,
+/// Asks for `bytes` in L1 ahead of use.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+fn prefetch(bytes: &[u8]) {
+    for at in (0..bytes.len()).step_by(64) {
+        // SAFETY: `at` is inside `bytes`; a prefetch never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(at).cast()) };
+    }
 }
 
-fn to_array(v: __m512) -> [f32; LANES] {
-    // SAFETY: same size, any bit pattern is a valid `f32`.
-    unsafe { std::mem::transmute::<__m512, [f32; LANES]>(v) }
+/// A panel's running sums in a pass: `[group - g_first][width][lane]`, the tile's rows at
+/// `col ..`.
+struct Acc<'b> {
+    buf: &'b mut [f32],
+    width: usize,
+    col: usize,
+    g_first: usize,
 }
 
 /// `out(token, first_row, values)` for weight rows `rows` (bytes of each from `row_bytes(r)`)
 /// against every token of `a`: `values[i]` is row `first_row + i`; every (token, row) pair is
 /// delivered once.
+///
+/// Loops, outermost first: passes of token groups (one K-chunk of their activations fits L2),
+/// panels of [`PANEL_ROWS`] rows (their running sums stay in L2), K-chunks of
+/// [`CHUNK_ELEMS`], tiles of [`R`] rows (unpacked once per chunk and pass: in L1 while the
+/// pass's groups go by), tiles of [`NT`] groups. A (token, row)'s blocks are added in order
+/// across the chunks, so the bits do not depend on the chunking.
 ///
 /// # Safety
 /// The CPU must have the AVX-512 features of [`super::Isa::Avx512`].
@@ -494,39 +536,74 @@ pub(crate) unsafe fn gemm<'w>(
     row_bytes: impl Fn(usize) -> &'w [u8],
     mut out: impl FnMut(usize, usize, &[f32]),
 ) {
-    let k = a.quads * 4;
-    let width = rows.len();
-    let mut tile = Tile::new(k, a.blocks);
-    let per_pass = (PASS_BYTES / (k * LANES)).max(MIN_GROUPS_PER_PASS);
-    let mut buf = vec![0.0f32; per_pass.min(a.groups) * LANES * width];
+    let chunk_blocks = (CHUNK_ELEMS / a.fmt.block()).clamp(1, a.blocks.max(1));
+    let chunk_elems = chunk_blocks * a.fmt.block();
+    let mut tile = Tile::new(chunk_elems, chunk_blocks);
+    let per_pass = (PASS_BYTES / (chunk_elems * LANES)).max(MIN_GROUPS_PER_PASS);
+    let panel = PANEL_ROWS.min(rows.len());
+    let mut acc = vec![0.0f32; per_pass.min(a.groups) * panel * LANES];
+    let mut line = vec![0.0f32; panel];
+    let bb = a.fmt.block_bytes();
     let mut g_pass = 0;
     while g_pass < a.groups {
         let g_end = (g_pass + per_pass).min(a.groups);
-        let mut r0 = rows.start;
-        while r0 < rows.end {
-            let rr = R.min(rows.end - r0);
-            for i in 0..rr {
-                // SAFETY: forwarded from the caller.
-                unsafe { unpack(a.fmt, row_bytes(r0 + i), &mut tile, i) };
+        let mut p0 = rows.start;
+        while p0 < rows.end {
+            let width = panel.min(rows.end - p0);
+            let used = (g_end - g_pass) * width * LANES;
+            acc[..used].fill(0.0);
+            let mut b0 = 0;
+            while b0 < a.blocks {
+                tile.b0 = b0;
+                tile.blocks = chunk_blocks.min(a.blocks - b0);
+                let mut r0 = p0;
+                while r0 < p0 + width {
+                    let rr = R.min(p0 + width - r0);
+                    for i in 0..rr {
+                        // SAFETY: forwarded from the caller.
+                        unsafe { unpack(a.fmt, row_bytes(r0 + i), &mut tile, i) };
+                    }
+                    // The next tile's piece of its rows (the next chunk's first tile at the
+                    // panel's end), fetched while this one computes: pieces of rows a row
+                    // apart are not a stream the hardware prefetchers follow.
+                    let (next, nb0) = if r0 + rr < p0 + width {
+                        (r0 + rr, b0)
+                    } else {
+                        (p0, b0 + tile.blocks)
+                    };
+                    if nb0 < a.blocks {
+                        let nblocks = chunk_blocks.min(a.blocks - nb0);
+                        for r in next..(next + R).min(p0 + width) {
+                            // SAFETY: forwarded from the caller.
+                            unsafe { prefetch(&row_bytes(r)[nb0 * bb..(nb0 + nblocks) * bb]) };
+                        }
+                    }
+                    let mut g0 = g_pass;
+                    while g0 < g_end {
+                        let nn = NT.min(g_end - g0);
+                        let o = Acc {
+                            buf: &mut acc,
+                            width,
+                            col: r0 - p0,
+                            g_first: g_pass,
+                        };
+                        // SAFETY: forwarded from the caller.
+                        unsafe { run_tile(a, &tile, rr, g0, nn, o) };
+                        g0 += nn;
+                    }
+                    r0 += rr;
+                }
+                b0 += tile.blocks;
             }
-            let mut g0 = g_pass;
-            while g0 < g_end {
-                let nn = NT.min(g_end - g0);
-                let o = Out {
-                    buf: &mut buf,
-                    stride: width,
-                    col: r0 - rows.start,
-                    g_first: g_pass,
-                };
-                // SAFETY: forwarded from the caller.
-                unsafe { run_tile(a, &tile, rr, g0, nn, o) };
-                g0 += nn;
+            for tok in g_pass * LANES..(g_end * LANES).min(a.t) {
+                let (g, lane) = (tok / LANES - g_pass, tok % LANES);
+                let sums = &acc[g * width * LANES..(g + 1) * width * LANES];
+                for (c, v) in line[..width].iter_mut().enumerate() {
+                    *v = sums[c * LANES + lane];
+                }
+                out(tok, p0, &line[..width]);
             }
-            r0 += rr;
-        }
-        for tok in g_pass * LANES..(g_end * LANES).min(a.t) {
-            let at = (tok - g_pass * LANES) * width;
-            out(tok, rows.start, &buf[at..at + width]);
+            p0 += width;
         }
         g_pass = g_end;
     }
