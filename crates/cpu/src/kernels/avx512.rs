@@ -291,6 +291,59 @@ pub unsafe fn q45_k_x4<const BITS5: bool>(w: [&[u8]; 4], a: &[BlockQ8K]) -> [f32
     unsafe { std::mem::transmute::<__m128, [f32; 4]>(y) }
 }
 
+/// Q4_K/Q5_K: four weight rows against `N` activation rows (a small batch; the few tokens an
+/// MoE expert gets in a prefill step), each output bit for bit what [`q45_k`] gives for that
+/// row and token. Each block of the four rows is unpacked once for the `N` tokens, and each
+/// token's four rows finish through one [`hsum_4x2`] tree as in [`q45_k_x4`], instead of two
+/// horizontal sums per row and token.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
+pub unsafe fn q45_k_x4n<const N: usize, const BITS5: bool>(
+    w: [&[u8]; 4],
+    a: [&[BlockQ8K]; N],
+) -> [[f32; N]; 4] {
+    let bytes = if BITS5 { 176 } else { 144 };
+    let nb = w[0].len() / bytes;
+    let idx = q45_idx();
+    let split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    let mut y = [_mm_setzero_ps(); N];
+    // Per token, the four rows' folded block sums and minimum sums.
+    let mut s = [[_mm256_setzero_si256(); 4]; N];
+    let mut m = [[_mm256_setzero_si256(); 4]; N];
+    for b in 0..nb {
+        // SAFETY: as in `q45_k`, for each of the four rows (all of `nb` blocks) and each of
+        // the `N` activation rows.
+        unsafe {
+            let blk: [*const u8; 4] = std::array::from_fn(|j| w[j].as_ptr().add(b * bytes));
+            for j in 0..4 {
+                prefetch_ahead::<3>(blk[j]);
+                let u = q45_unpack::<BITS5>(blk[j], &idx);
+                for t in 0..N {
+                    let ab = a[t].get_unchecked(b);
+                    s[t][j] = fold256(scaled_dot(&u.wq, &u.scales, &q8k_regs(ab)));
+                    let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+                    m[t][j] = _mm256_madd_epi16(bs, u.mins16);
+                }
+            }
+            let dd: [i32; 4] = std::array::from_fn(|j| blk[j].cast::<i32>().read_unaligned());
+            let dd = _mm256_cvtph_ps(_mm_setr_epi32(dd[0], dd[1], dd[2], dd[3]));
+            let dd = _mm256_permutevar8x32_ps(dd, split);
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let im = _mm256_cvtepi32_ps(hsum_4x2(s[t], m[t]));
+                // (d·d_a)·I − (dmin·d_a)·M per row, as `q45_k` rounds it.
+                let p = _mm256_mul_ps(_mm256_mul_ps(dd, _mm256_set1_ps(ab.d)), im);
+                y[t] = _mm_add_ps(
+                    y[t],
+                    _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps::<1>(p)),
+                );
+            }
+        }
+    }
+    // SAFETY: `__m128` and `[f32; 4]` have the same size.
+    let y: [[f32; 4]; N] = y.map(|v| unsafe { std::mem::transmute::<__m128, [f32; 4]>(v) });
+    std::array::from_fn(|j| std::array::from_fn(|t| y[t][j]))
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")]
 #[inline]
 fn hsum256(v: __m256) -> f32 {

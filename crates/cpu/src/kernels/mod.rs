@@ -308,10 +308,9 @@ macro_rules! for_token_count {
 /// rows 38.8, 2048 rows 38.4; one row after another, the old order, 29.3).
 const X4_CHUNK: usize = 8192;
 
-/// Fewest activation rows for which Q6_K rows go four at a time through `avx512::q6_k_x4n`,
-/// one row from each quarter of a chunk ([`Plan::compute_k_x4n`]; Q4_K and Q5_K take the
-/// rows-in-lanes kernel of `rows16.rs` from 2 rows, measured below with the four-row kernel
-/// it replaced).
+/// Fewest activation rows for which Q4_K/Q5_K/Q6_K rows go four at a time through
+/// `avx512::q45_k_x4n` / `avx512::q6_k_x4n`, one row from each quarter of a chunk
+/// ([`Plan::compute_k_x4n`]).
 /// `cargo bench -p qinfer-cpu --bench kernels -- verify/Q4_K/65536x2048` (a 75 MB matrix
 /// streamed from memory), three alternating rounds, GB/s at 2 / 3 / 4 / 5 tokens: per-row
 /// kernels 15.0 / 10.7 / 10.4 / 7.4, 11.6 / 10.5 / 7.3 / 6.2, 10.5 / 10.1 / 7.5 / 6.5;
@@ -370,7 +369,7 @@ impl<'a> Plan<'a> {
                     QuantActs::q8_0(&x.data, x.rows, x.cols, isa)
                 };
                 #[cfg(target_arch = "x86_64")]
-                if isa == Isa::Avx512 && rows16::takes(fmt, x.rows) {
+                if isa == Isa::Avx512 && rows16::takes(fmt, x.rows, w.bytes().len()) {
                     break 'int Acts::Rows16 { fmt, q };
                 }
                 #[cfg(target_arch = "x86_64")]
@@ -551,24 +550,24 @@ impl<'a> Plan<'a> {
         self.rows_per_call() == MAX_ROWS
     }
 
-    /// Whether the plan takes Q6_K rows four at a time against several activation rows
-    /// (`avx512::q6_k_x4n`; Q4_K and Q5_K take `rows16.rs` there).
+    /// Whether the plan takes K-quant rows four at a time against several activation rows
+    /// (`avx512::q45_k_x4n`, `avx512::q6_k_x4n`).
     fn has_k_x4n(&self) -> bool {
         matches!(
             self.acts,
             Acts::Int {
-                fmt: IntFmt::Q6K,
+                fmt: IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K,
                 ..
             }
         ) && self.rows_per_call() == 4
     }
 
-    /// Four Q6_K rows `w` against activation rows `t0 .. t0 + g` (`avx512::q6_k_x4n`):
-    /// `out[j][i]` for row `j`, token `t0 + i`.
+    /// Four Q4_K/Q5_K/Q6_K rows `w` against activation rows `t0 .. t0 + g`
+    /// (`avx512::q45_k_x4n`, `avx512::q6_k_x4n`): `out[j][i]` for row `j`, token `t0 + i`.
     #[cfg(target_arch = "x86_64")]
     fn k_x4n(&self, w: [&[u8]; 4], t0: usize, g: usize) -> [[f32; MAX_TOKENS]; 4] {
         let Acts::Int { fmt, q } = &self.acts else {
-            unreachable!("k_x4n runs only for Q6_K plans")
+            unreachable!("k_x4n runs only for K-quant plans")
         };
         let mut out = [[0.0f32; MAX_TOKENS]; 4];
         macro_rules! go {
@@ -577,8 +576,10 @@ impl<'a> Plan<'a> {
                 // SAFETY: `Isa::Avx512` is only chosen when the CPU has its features.
                 let y = unsafe {
                     match fmt {
+                        IntFmt::Q4K => avx512::q45_k_x4n::<$n, false>(w, a),
+                        IntFmt::Q5K => avx512::q45_k_x4n::<$n, true>(w, a),
                         IntFmt::Q6K => avx512::q6_k_x4n::<$n>(w, a),
-                        _ => unreachable!("k_x4n runs only for Q6_K plans"),
+                        _ => unreachable!("k_x4n runs only for K-quant plans"),
                     }
                 };
                 for (o, yj) in out.iter_mut().zip(y) {
@@ -813,7 +814,7 @@ impl Plan<'_> {
             (Acts::Int { fmt, q }, Isa::Avx512)
                 if cfg!(target_arch = "x86_64")
                     && q.rows() >= X4N_MIN_TOKENS
-                    && *fmt == IntFmt::Q6K =>
+                    && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K) =>
             {
                 4
             }

@@ -1,5 +1,5 @@
 //! Sixteen weight rows in the vector lanes against a few activation rows (tokens): the
-//! matmuls of 2 to [`MAX_TOKENS`] tokens that an MoE expert meets in a prefill step (the
+//! matmuls of [`MIN_TOKENS`] to [`MAX_TOKENS`] tokens that an MoE expert meets in a prefill step (the
 //! 35B-A3B's 256 experts, top 8, see 8 tokens each in a 256-position piece) and a batched
 //! decode step.
 //!
@@ -18,13 +18,17 @@
 
 use std::arch::x86_64::*;
 
-use super::IntFmt;
 use super::act::{BlockQ8K, QuantActs};
+use super::{IntFmt, gemm};
 
 /// Weight rows per tile (the lanes).
 pub(crate) const ROWS: usize = 16;
-/// Fewest tokens this kernel takes (one token: the `*_x4` decode kernels).
-pub(crate) const MIN_TOKENS: usize = 2;
+/// Fewest tokens this kernel takes (the GEMM's: below, `avx512::q45_k_x4n`). In cache it is
+/// faster from 4 tokens (one routed 35B-A3B expert, 8 tokens: 232 µs against 302), but a
+/// batched decode step streams its dense weights from memory 4 to 11 tokens at a time, and
+/// there the four-row kernel's four long streams read faster than 16 rows' block columns
+/// (35B-A3B shape, `bench -b 4`: 55.3 against 60.3 tok/s).
+pub(crate) const MIN_TOKENS: usize = gemm::MIN_ROWS;
 /// Tokens from which the GEMM takes over. One routed expert of the 35B-A3B (gate + up +
 /// down, Q4_K, `cargo bench -p qinfer-cpu --bench kernels -- expert`), here against the GEMM:
 /// 32 tokens 500 µs against 685, 48 tokens 706 against 652; 12 tokens 218 µs against the
@@ -33,9 +37,18 @@ pub(crate) const MAX_TOKENS: usize = 40;
 /// Tokens per kernel call (each keeps two accumulators per call in registers).
 const NN: usize = 8;
 
-/// Whether `fmt` against `t` activation rows runs here.
-pub(crate) fn takes(fmt: IntFmt, t: usize) -> bool {
-    matches!(fmt, IntFmt::Q4K | IntFmt::Q5K) && (MIN_TOKENS..MAX_TOKENS).contains(&t)
+/// Largest weight (bytes) this kernel takes. One routed expert's matrix of the 35B-A3B is
+/// 576 KB (Q4_K); the dense projections a batched decode step streams from memory are several
+/// MB, and there the GEMM's and the four-row kernels' long row streams read faster than 16
+/// rows' block columns (35B-A3B shape, `bench -b 16`, all sizes here: 69.2 against 75.9
+/// tok/s).
+pub(crate) const MAX_BYTES: usize = 2 << 20;
+
+/// Whether `fmt` against `t` activation rows runs here, for a weight of `bytes`.
+pub(crate) fn takes(fmt: IntFmt, t: usize, bytes: usize) -> bool {
+    matches!(fmt, IntFmt::Q4K | IntFmt::Q5K)
+        && (MIN_TOKENS..MAX_TOKENS).contains(&t)
+        && bytes <= MAX_BYTES
 }
 
 /// One block of a tile's 16 rows, unpacked: quants in natural element order, four per lane
@@ -246,7 +259,11 @@ pub(crate) unsafe fn compute(
     let five = fmt == IntFmt::Q5K;
     let bb = if five { 176 } else { 144 };
     let blocks = row_bytes / bb;
-    assert!(takes(fmt, t) && blocks * bb == row_bytes && rows.end * row_bytes <= bytes.len());
+    assert!(
+        takes(fmt, t, bytes.len())
+            && blocks * bb == row_bytes
+            && rows.end * row_bytes <= bytes.len()
+    );
     let acts: Vec<&[BlockQ8K]> = (0..t).map(|i| q.q8_k_row(i)).collect();
     assert!(acts.iter().all(|a| a.len() == blocks));
     let mut y = vec![[0.0f32; ROWS]; t];

@@ -156,9 +156,9 @@ fn simd_tiers_match_reference_tier() {
 /// Q4_K, Q5_K, Q6_K and Q8_0 follow the reference tier's arithmetic exactly (per-block exact
 /// integers, scaled and added in block order), in the row kernels (1–8 rows per call), the
 /// GEMM kernel (tiles of up to 4 weight rows × 48 tokens; Q6_K and Q8_0 from 12 rows, Q4_K and
-/// Q5_K from 40), Q4_K/Q5_K's sixteen-rows-in-lanes kernel (`rows16.rs`, 2–39 tokens, partial
+/// Q5_K from 40), Q4_K/Q5_K's sixteen-rows-in-lanes kernel (`rows16.rs`, 12–39 tokens, partial
 /// tiles of rows), the four-rows-one-token kernels (`*_x4`), the four-rows-several-tokens
-/// kernels (`q6_k_x4n`, 2–11 tokens; `q8_0_x4n`) and Q8_0's sixteen-rows kernel (`q8_0_x16n`,
+/// kernels (`q45_k_x4n`, `q6_k_x4n`, 2–11 tokens; `q8_0_x4n`) and Q8_0's sixteen-rows kernel (`q8_0_x16n`,
 /// 2–11 tokens; the last three reached through `Plan::compute`): every output is
 /// bit-identical to the reference, so a token's result does not depend on the batch it is in.
 #[test]
