@@ -43,6 +43,27 @@
 //! The precision is a setting of each [`crate::Cpu`] backend (`QINFER_MATMUL=exact` in the
 //! environment for [`crate::Cpu::from_env`]), never process-wide.
 
+/// `$go!(N)` for `N = $g`, a token count in `1..=MAX_TOKENS` (the kernels take it as a const
+/// generic). Defined before the submodules, which use it too.
+macro_rules! for_token_count {
+    ($g:expr, $go:ident) => {
+        match $g {
+            1 => $go!(1),
+            2 => $go!(2),
+            3 => $go!(3),
+            4 => $go!(4),
+            5 => $go!(5),
+            6 => $go!(6),
+            7 => $go!(7),
+            8 => $go!(8),
+            n => unreachable!(
+                "{n} tokens: kernels take 1..={}",
+                $crate::kernels::MAX_TOKENS
+            ),
+        }
+    };
+}
+
 pub mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -283,24 +304,6 @@ pub(crate) struct Plan<'a> {
 
 /// Most activation rows one kernel call handles (the weight row is unpacked once for them).
 pub(crate) const MAX_TOKENS: usize = 8;
-
-/// `$go!(N)` for `N = $g`, a token count in `1..=MAX_TOKENS` (the kernels take it as a const
-/// generic).
-macro_rules! for_token_count {
-    ($g:expr, $go:ident) => {
-        match $g {
-            1 => $go!(1),
-            2 => $go!(2),
-            3 => $go!(3),
-            4 => $go!(4),
-            5 => $go!(5),
-            6 => $go!(6),
-            7 => $go!(7),
-            8 => $go!(8),
-            n => unreachable!("{n} tokens: kernels take 1..={MAX_TOKENS}"),
-        }
-    };
-}
 
 /// Most weight rows [`Plan::compute`] takes at a time for one token with the `*_x4` kernels:
 /// four sequential streams of up to 2048 rows. Longer streams read faster (one thread, a
@@ -843,7 +846,9 @@ impl Plan<'_> {
             }
             #[cfg(target_arch = "x86_64")]
             (Acts::Int { fmt, .. }, Isa::Avx512)
-                if out.len() == 4 && g >= X4N_MIN_TOKENS && *fmt == IntFmt::Q6K =>
+                if out.len() == 4
+                    && g >= X4N_MIN_TOKENS
+                    && matches!(fmt, IntFmt::Q4K | IntFmt::Q5K | IntFmt::Q6K) =>
             {
                 let w: [&[u8]; 4] = std::array::from_fn(|j| self.row(r0 + j));
                 for (o, y) in out.iter_mut().zip(self.k_x4n(w, t0, g)) {

@@ -1,14 +1,13 @@
 //! Sixteen weight rows in the vector lanes against a few activation rows (tokens): the
-//! matmuls of [`MIN_TOKENS`] to [`MAX_TOKENS`] tokens that an MoE expert meets in a prefill step (the
-//! 35B-A3B's 256 experts, top 8, see 8 tokens each in a 256-position piece) and a batched
-//! decode step.
+//! matmuls of [`MIN_TOKENS`] to [`MAX_TOKENS`] tokens that an MoE expert meets in a prefill step
+//! (the 35B-A3B's 256 experts, top 8, see 16 tokens each on average in a 512-position piece).
 //!
 //! The GEMM (`gemm.rs`) puts tokens in the lanes: below 16 tokens part of every vector is
 //! idle. The row kernels (`avx512::q45_k_x4n`) put a row's elements in the lanes and pay a
 //! horizontal sum per block, row and token. Here lane `r` is weight row `r` of a tile of 16:
-//! a block's quants are read from the 16 rows with gathers (a lane per row, already in the
-//! "four consecutive elements per 32-bit lane" layout `vpdpbusd` wants), unpacked once for
-//! every token, and each token's four activation bytes are broadcast, so one `vpdpbusd` does
+//! a block of the 16 rows is read in 64-byte pieces and transposed in registers (a lane per
+//! row, in the "four consecutive elements per 32-bit lane" layout `vpdpbusd` wants; gathers
+//! were 2× slower), unpacked once for every token, and each token's four activation bytes are broadcast, so one `vpdpbusd` does
 //! 64 products and no lane idles whatever the token count.
 //!
 //! # Arithmetic (bit for bit that of [`super::reference`], the row kernels and the GEMM)
@@ -30,12 +29,13 @@ pub(crate) const ROWS: usize = 16;
 /// (35B-A3B shape, `bench -b 4`: 55.3 against 60.3 tok/s).
 pub(crate) const MIN_TOKENS: usize = gemm::MIN_ROWS;
 /// Tokens from which the GEMM takes over. One routed expert of the 35B-A3B (gate + up +
-/// down, Q4_K, `cargo bench -p qinfer-cpu --bench kernels -- expert`), here against the GEMM:
-/// 32 tokens 500 µs against 685, 48 tokens 706 against 652; 12 tokens 218 µs against the
-/// GEMM's 374; 8 tokens 172 µs against the four-row kernel's 323.
+/// down, Q4_K, `cargo bench -p qinfer-cpu --bench kernels -- expert`), here against the GEMM
+/// in the same minutes: 32 tokens 500 µs against 685, 48 tokens 706 against 652; 12 tokens
+/// 218 µs against 374.
 pub(crate) const MAX_TOKENS: usize = 40;
-/// Tokens per kernel call (each keeps two accumulators per call in registers).
-const NN: usize = 8;
+/// Tokens per kernel call (each keeps two accumulators in registers): the row kernels' group,
+/// so that `for_token_count!` dispatches the calls.
+const NN: usize = super::MAX_TOKENS;
 
 /// Largest weight (bytes) this kernel takes. One routed expert's matrix of the 35B-A3B is
 /// 576 KB (Q4_K); the dense projections a batched decode step streams from memory are several
@@ -267,10 +267,11 @@ pub(crate) unsafe fn compute(
     let acts: Vec<&[BlockQ8K]> = (0..t).map(|i| q.q8_k_row(i)).collect();
     assert!(acts.iter().all(|a| a.len() == blocks));
     let mut y = vec![[0.0f32; ROWS]; t];
+    let mut acc = vec![_mm512_setzero_ps(); t];
     let mut r0 = rows.start;
     while r0 < rows.end {
         let n = ROWS.min(rows.end - r0);
-        let mut acc = vec![_mm512_setzero_ps(); t];
+        acc.fill(_mm512_setzero_ps());
         for b in 0..blocks {
             // Lane r reads row r0 + r (a padded lane: row r0).
             let ptrs: [*const u8; ROWS] = std::array::from_fn(|r| {
@@ -296,17 +297,7 @@ pub(crate) unsafe fn compute(
                         acc[t0..t0 + $k].copy_from_slice(&yy);
                     }};
                 }
-                match g {
-                    1 => go!(1),
-                    2 => go!(2),
-                    3 => go!(3),
-                    4 => go!(4),
-                    5 => go!(5),
-                    6 => go!(6),
-                    7 => go!(7),
-                    8 => go!(8),
-                    _ => unreachable!("at most {NN} tokens per call"),
-                }
+                for_token_count!(g, go);
                 t0 += g;
             }
         }
